@@ -1,0 +1,159 @@
+//! `TransportError`: everything that can go wrong while framing bytes or moving them.
+
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+
+use crate::header::FrameKind;
+
+/// A failure of the transport layer: a frame that breaks the format or a limit, or socket I/O.
+///
+/// Format errors are *connection errors*: once a header cannot be trusted, the byte stream cannot
+/// be resynchronised, so the connection must be closed. [`TransportError::FrameTooLarge`] still
+/// carries the frame's `seq`, so a server can tell the sender why before closing.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// The first two bytes of a frame were not `NR` (for example, an HTTP request).
+    BadMagic {
+        /// The two bytes found, big-endian.
+        got: u16,
+    },
+    /// The peer speaks a protocol version this crate does not.
+    UnsupportedVersion {
+        /// The version byte found.
+        got: u8,
+        /// The version this crate speaks.
+        supported: u8,
+    },
+    /// The kind byte names no [`FrameKind`].
+    UnknownKind {
+        /// The kind byte found.
+        got: u8,
+    },
+    /// The method name is longer than the configured limit.
+    NameTooLong {
+        /// Declared length in bytes.
+        len: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The metadata section is larger than the configured limit.
+    MetadataTooLarge {
+        /// Declared length in bytes.
+        len: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The body is larger than the configured limit (on reading: declared in a header; on
+    /// writing: the encoded body).
+    FrameTooLarge {
+        /// Sequence id of the refused frame.
+        seq: u64,
+        /// Kind of the refused frame.
+        kind: FrameKind,
+        /// Body length in bytes.
+        declared: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The peer closed the connection in the middle of a frame.
+    Truncated {
+        /// Bytes of the unfinished frame that had arrived.
+        buffered: usize,
+    },
+    /// A frame took longer than the frame read timeout to arrive in full.
+    FrameTimeout,
+    /// The connection is closed; nothing more can be sent on it.
+    Closed,
+    /// A socket operation failed.
+    Io(Arc<io::Error>),
+}
+
+impl TransportError {
+    /// True for errors in the bytes a peer sent (as opposed to local I/O or a closed socket).
+    pub fn is_protocol_violation(&self) -> bool {
+        !matches!(
+            self,
+            TransportError::Closed | TransportError::Io(_) | TransportError::FrameTimeout
+        )
+    }
+}
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TransportError::BadMagic { got } => {
+                write!(f, "bad magic 0x{got:04x}: not a netrpc frame")
+            }
+            TransportError::UnsupportedVersion { got, supported } => {
+                write!(
+                    f,
+                    "unsupported protocol version {got} (this side speaks {supported})"
+                )
+            }
+            TransportError::UnknownKind { got } => write!(f, "unknown frame kind {got}"),
+            TransportError::NameTooLong { len, limit } => {
+                write!(
+                    f,
+                    "method name of {len} bytes exceeds the {limit}-byte limit"
+                )
+            }
+            TransportError::MetadataTooLarge { len, limit } => {
+                write!(f, "metadata of {len} bytes exceeds the {limit}-byte limit")
+            }
+            TransportError::FrameTooLarge {
+                seq,
+                kind,
+                declared,
+                limit,
+            } => write!(
+                f,
+                "{} frame {seq} with a body of {declared} bytes exceeds the {limit}-byte limit",
+                kind.name()
+            ),
+            TransportError::Truncated { buffered } => {
+                write!(
+                    f,
+                    "connection closed inside a frame ({buffered} bytes of it had arrived)"
+                )
+            }
+            TransportError::FrameTimeout => {
+                write!(
+                    f,
+                    "a frame did not arrive in full within the frame read timeout"
+                )
+            }
+            TransportError::Closed => write!(f, "connection closed"),
+            TransportError::Io(_) => write!(f, "socket i/o failed"),
+        }
+    }
+}
+
+impl std::error::Error for TransportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TransportError::Io(err) => Some(err.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for TransportError {
+    fn from(err: io::Error) -> Self {
+        TransportError::Io(Arc::new(err))
+    }
+}
+
+/// Equality compares variants and fields; two I/O errors are equal when their kinds are.
+///
+/// Every other variant's `Display` text names all of its fields, so equal text means equal
+/// values; this keeps the comparison in one line instead of a match that must grow with the enum.
+impl PartialEq for TransportError {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (TransportError::Io(a), TransportError::Io(b)) => a.kind() == b.kind(),
+            _ => self.to_string() == other.to_string() && !matches!(self, TransportError::Io(_)),
+        }
+    }
+}

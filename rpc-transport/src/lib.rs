@@ -1,0 +1,56 @@
+//! # rpc-transport: frames to sockets and back
+//!
+//! The transport layer of netrpc. It defines the binary frame format (a 28-byte header of plain
+//! integers, then a method name, a metadata section and an opaque body) and moves frames over
+//! TCP. It knows nothing of serde, services or calls: what a body means belongs to `rpc-core`
+//! and `rpc-codec`.
+//!
+//! ```text
+//!   rpc-core                    rpc-transport                          socket
+//!  ┌────────┐  Frame   ┌──────────────┐  bytes   ┌─────────────┐
+//!  │ client │ ───────► │ Frame::encode│ ───────► │             │ ──► peer
+//!  │ server │ ◄─────── │ FrameDecoder │ ◄─────── │ (event loop)│ ◄── peer
+//!  └────────┘  Frame   └──────────────┘  bytes   └─────────────┘
+//! ```
+//!
+//! The format is documented byte by byte in [`header`] and in `docs/PROTOCOL.md`.
+//!
+//! # Example
+//!
+//! Encode a request and decode it again, fed one byte at a time:
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use rpc_transport::{Frame, FrameDecoder, FrameLimits};
+//!
+//! let request = Frame::request(1, "Arith.Multiply", 1, &b"\x0e\x10"[..]);
+//! let mut wire = BytesMut::new();
+//! request.encode(&mut wire, &FrameLimits::default())?;
+//!
+//! let mut decoder = FrameDecoder::new(FrameLimits::default());
+//! let mut frames = Vec::new();
+//! for byte in wire.iter() {
+//!     decoder.handle_bytes(&[*byte]);
+//!     while let Some(frame) = decoder.poll_frame()? {
+//!         frames.push(frame);
+//!     }
+//! }
+//! assert_eq!(frames, vec![request]);
+//! # Ok::<(), rpc_transport::TransportError>(())
+//! ```
+
+pub mod decoder;
+pub mod error;
+pub mod frame;
+pub mod header;
+pub mod limits;
+pub mod metadata;
+
+pub use decoder::FrameDecoder;
+pub use error::TransportError;
+pub use frame::{Frame, FrameBuilder};
+pub use header::{FrameHeader, FrameKind, HEADER_LEN, MAGIC, VERSION};
+pub use limits::{
+    FrameLimits, DEFAULT_MAX_BODY_LEN, DEFAULT_MAX_METADATA_LEN, DEFAULT_MAX_NAME_LEN,
+};
+pub use metadata::{Metadata, MetadataBuilder, MetadataError, MetadataIter};
