@@ -6,7 +6,9 @@ use std::process::Command;
 /// Names of every package in the normal (non-dev) dependency tree of `package`.
 fn dependency_names(package: &str) -> Vec<String> {
     let output = Command::new(env!("CARGO"))
-        .args(["tree", "--edges", "normal", "--prefix", "none", "--format", "{p}", "-p"])
+        .args([
+            "tree", "--edges", "normal", "--prefix", "none", "--format", "{p}", "-p",
+        ])
         .arg(package)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
@@ -25,16 +27,28 @@ fn dependency_names(package: &str) -> Vec<String> {
 
 fn assert_absent(package: &str, forbidden: &[&str]) {
     let names = dependency_names(package);
-    assert!(names.iter().any(|name| name == package), "tree of {package} lists itself");
+    assert!(
+        names.iter().any(|name| name == package),
+        "tree of {package} lists itself"
+    );
     for name in &names {
         assert!(
-            !forbidden.iter().any(|bad| name == bad || name.starts_with(&format!("{bad}_"))),
+            !forbidden
+                .iter()
+                .any(|bad| name == bad || name.starts_with(&format!("{bad}_"))),
             "{package} depends on {name}, which its layer must not know"
         );
     }
 }
 
-const ASYNC_RUNTIMES: [&str; 6] = ["tokio", "async-std", "smol", "async-executor", "futures-executor", "glommio"];
+const ASYNC_RUNTIMES: [&str; 6] = [
+    "tokio",
+    "async-std",
+    "smol",
+    "async-executor",
+    "futures-executor",
+    "glommio",
+];
 
 #[test]
 fn transport_depends_on_no_serde_and_no_async_runtime() {

@@ -11,6 +11,7 @@
 use std::borrow::Cow;
 
 use bytes::{BufMut, BytesMut};
+use rpc_transport::{Frame, FrameKind};
 
 /// Why a call failed, as carried on the wire in an error frame.
 ///
@@ -123,6 +124,15 @@ impl<'a> ErrorBody<'a> {
             message: String::from_utf8_lossy(message),
         })
     }
+}
+
+/// An error-response frame for call `seq`: codec 0, body [`ErrorBody`].
+pub(crate) fn error_frame(seq: u64, code: ErrorCode, message: &str) -> Frame {
+    let mut body = BytesMut::new();
+    ErrorBody::new(code, message).encode(&mut body);
+    let mut frame = Frame::new(FrameKind::Error, seq);
+    frame.body = body.freeze();
+    frame
 }
 
 #[cfg(test)]

@@ -1,7 +1,36 @@
 //! # rpc-core: calls to frames and back
 //!
-//! Work in progress: the error-response body format.
+//! The core of netrpc: [`Server`], [`Client`] (blocking [`Client::call`] and Go-style
+//! [`Client::go`]), [`RpcError`], and the [`service!`] macro. It turns calls into frames for
+//! `rpc-transport` and values into bytes with `rpc-codec`; it never touches a socket itself.
+//!
+//! ```text
+//!  Client::call("Arith.Multiply", &args)           Server (registered services)
+//!        │ encode args (rpc-codec)                        ▲ decode args, run, encode reply
+//!        ▼                                                │
+//!   request frame ──── rpc-transport event loops ────► dispatch table ──► worker pool
+//!   reply frame   ◄─────────────────────────────────── reply frame
+//! ```
 
+pub mod call;
+mod client;
+mod client_conn;
+mod client_loop;
+pub mod error;
 pub mod error_body;
+mod macros;
+mod pending;
+mod pool;
+mod server;
+mod server_conn;
+pub mod service;
 
+pub use call::{done_channel, Call, Completion, DoneSender};
+pub use client::{
+    Client, ClientBuilder, ClientConfig, DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
+};
+pub use error::RpcError;
 pub use error_body::{ErrorBody, ErrorCode};
+pub use rpc_codec::CodecKind;
+pub use server::{Server, ServerBuilder, ServerConfig, ServerHandle, DEFAULT_MAX_WORKERS};
+pub use service::{DispatchError, MethodHandler, MethodTable, Service, ServiceError};

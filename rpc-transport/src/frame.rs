@@ -35,6 +35,19 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// This frame's head, borrowing its name and metadata.
+    pub fn head(&self) -> FrameHead<'_> {
+        FrameHead {
+            kind: self.kind,
+            flags: self.flags,
+            codec: self.codec,
+            seq: self.seq,
+            deadline_ms: self.deadline_ms,
+            name: &self.name,
+            metadata: &self.metadata,
+        }
+    }
+
     /// A frame of `kind` with the given `seq`, no codec, and empty sections.
     pub fn new(kind: FrameKind, seq: u64) -> Self {
         Frame {
@@ -98,23 +111,64 @@ impl Frame {
     }
 }
 
+/// The parts of a frame that precede its body, borrowed: what [`FrameBuilder::start`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHead<'a> {
+    /// What the frame is for.
+    pub kind: FrameKind,
+    /// Reserved flag bits; 0 in version 1.
+    pub flags: u8,
+    /// Codec id of the body.
+    pub codec: u8,
+    /// Sequence id.
+    pub seq: u64,
+    /// Relative deadline in milliseconds; 0 means none.
+    pub deadline_ms: u32,
+    /// Method name (requests only).
+    pub name: &'a [u8],
+    /// Metadata section.
+    pub metadata: &'a [u8],
+}
+
+impl<'a> FrameHead<'a> {
+    /// A head of `kind` for `seq` with no codec, deadline, name or metadata.
+    pub fn new(kind: FrameKind, seq: u64) -> Self {
+        FrameHead {
+            kind,
+            flags: 0,
+            codec: 0,
+            seq,
+            deadline_ms: 0,
+            name: &[],
+            metadata: &[],
+        }
+    }
+}
+
 /// Checks real section lengths (not the saturated header fields) against `limits`.
 fn check_section_lens(frame: &Frame, limits: &FrameLimits) -> Result<(), TransportError> {
-    check_name_and_metadata_lens(frame, limits)?;
+    check_name_and_metadata_lens(&frame.name, &frame.metadata, limits)?;
     check_body_len(frame.kind, frame.seq, frame.body.len(), limits)
 }
 
-fn check_name_and_metadata_lens(frame: &Frame, limits: &FrameLimits) -> Result<(), TransportError> {
-    if frame.name.len() > limits.max_name_len {
+fn check_name_and_metadata_lens(
+    name: &[u8],
+    metadata: &[u8],
+    limits: &FrameLimits,
+) -> Result<(), TransportError> {
+    // The wire fields are a u16 and a u32, so larger limits still stop there.
+    let name_limit = limits.max_name_len.min(u16::MAX as usize);
+    if name.len() > name_limit {
         return Err(TransportError::NameTooLong {
-            len: frame.name.len(),
-            limit: limits.max_name_len,
+            len: name.len(),
+            limit: name_limit,
         });
     }
-    if frame.metadata.len() > limits.max_metadata_len {
+    let metadata_limit = limits.max_metadata_len.min(u32::MAX as usize);
+    if metadata.len() > metadata_limit {
         return Err(TransportError::MetadataTooLarge {
-            len: frame.metadata.len(),
-            limit: limits.max_metadata_len,
+            len: metadata.len(),
+            limit: metadata_limit,
         });
     }
     Ok(())
@@ -143,10 +197,10 @@ fn check_body_len(
 ///
 /// ```
 /// use bytes::{BufMut, BytesMut};
-/// use rpc_transport::{Frame, FrameBuilder, FrameKind, FrameLimits};
+/// use rpc_transport::{FrameBuilder, FrameHead, FrameKind, FrameLimits};
 ///
 /// let mut out = BytesMut::new();
-/// let mut head = Frame::new(FrameKind::Response, 7);
+/// let mut head = FrameHead::new(FrameKind::Response, 7);
 /// head.codec = 1;
 /// let builder = FrameBuilder::start(&mut out, &head, &FrameLimits::default())?;
 /// out.put_slice(b"\x2a"); // the body, written by a codec
@@ -165,8 +219,8 @@ pub struct FrameBuilder {
 }
 
 impl FrameBuilder {
-    /// Writes the header (with a body length still to be patched), name and metadata of `head`;
-    /// `head.body` is ignored. The caller then appends the body to `out`.
+    /// Writes the header (with a body length still to be patched), name and metadata of
+    /// `head`. The caller then appends the body to `out`.
     ///
     /// # Errors
     ///
@@ -174,17 +228,26 @@ impl FrameBuilder {
     /// written then.
     pub fn start(
         out: &mut BytesMut,
-        head: &Frame,
+        head: &FrameHead<'_>,
         limits: &FrameLimits,
     ) -> Result<FrameBuilder, TransportError> {
-        check_name_and_metadata_lens(head, limits)?;
+        check_name_and_metadata_lens(head.name, head.metadata, limits)?;
         let start = out.len();
-        let mut header = head.header();
-        header.body_len = 0; // patched by `finish`
+        let header = FrameHeader {
+            kind: head.kind,
+            flags: head.flags,
+            codec: head.codec,
+            seq: head.seq,
+            deadline_ms: head.deadline_ms,
+            // Both fit: checked against limits no larger than the wire fields just above.
+            name_len: head.name.len() as u16,
+            metadata_len: head.metadata.len() as u32,
+            body_len: 0, // patched by `finish`
+        };
         out.reserve(HEADER_LEN + head.name.len() + head.metadata.len());
         header.write_to(out);
-        out.put_slice(&head.name);
-        out.put_slice(&head.metadata);
+        out.put_slice(head.name);
+        out.put_slice(head.metadata);
         Ok(FrameBuilder {
             start,
             body_start: out.len(),
@@ -265,7 +328,7 @@ mod tests {
         whole.encode(&mut expected, &limits).unwrap();
 
         let mut out = BytesMut::from(&b"previous"[..]);
-        let builder = FrameBuilder::start(&mut out, &whole, &limits).unwrap();
+        let builder = FrameBuilder::start(&mut out, &whole.head(), &limits).unwrap();
         out.put_slice(b"\x0e\x10");
         builder.finish(&mut out).unwrap();
         assert_eq!(&out[..8], b"previous");
@@ -277,7 +340,8 @@ mod tests {
         let limits = FrameLimits::with_max_body_len(4);
         let mut out = BytesMut::from(&b"keep"[..]);
         let builder =
-            FrameBuilder::start(&mut out, &Frame::new(FrameKind::Response, 3), &limits).unwrap();
+            FrameBuilder::start(&mut out, &FrameHead::new(FrameKind::Response, 3), &limits)
+                .unwrap();
         out.put_slice(&[0u8; 5]);
         assert!(matches!(
             builder.finish(&mut out),

@@ -39,16 +39,22 @@
 //! # Ok::<(), rpc_transport::TransportError>(())
 //! ```
 
+pub mod connection;
 pub mod decoder;
 pub mod error;
+pub mod event_loop;
 pub mod frame;
+pub mod handler;
 pub mod header;
 pub mod limits;
 pub mod metadata;
 
+pub use connection::Connection;
 pub use decoder::FrameDecoder;
 pub use error::TransportError;
-pub use frame::{Frame, FrameBuilder};
+pub use event_loop::{spawn_loop, Acceptor, LoopHandle, MakeHandler};
+pub use frame::{Frame, FrameBuilder, FrameHead};
+pub use handler::{CloseReason, EofAction, FrameHandler};
 pub use header::{FrameHeader, FrameKind, HEADER_LEN, MAGIC, VERSION};
 pub use limits::{
     FrameLimits, DEFAULT_MAX_BODY_LEN, DEFAULT_MAX_METADATA_LEN, DEFAULT_MAX_NAME_LEN,

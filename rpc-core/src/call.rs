@@ -1,0 +1,124 @@
+//! `Call` and `Completion`: how the result of a `go` call reaches the caller.
+//!
+//! A completion is never dropped: each `Call` owns a channel with room for its one result,
+//! and [`DoneSender`] (for gathering many calls on one channel) can only be made unbounded.
+//! So the event loop's send never blocks and never fails for want of room, unlike Go's
+//! `Call.done`, which drops a reply when the caller's channel is full.
+
+use std::fmt;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+
+use crate::error::RpcError;
+
+/// A call in flight, returned by [`crate::Client::go`] (Go: `*rpc.Call`).
+///
+/// Its result arrives on [`Call::done`] exactly once: the reply, the method's error, a
+/// timeout at the call's deadline, or a connection error. Dropping a `Call` does not cancel
+/// it; the result is then discarded.
+pub struct Call<R> {
+    seq: u64,
+    timeout: Duration,
+    done: Receiver<Result<R, RpcError>>,
+}
+
+impl<R> Call<R> {
+    pub(crate) fn new(seq: u64, timeout: Duration, done: Receiver<Result<R, RpcError>>) -> Self {
+        Call { seq, timeout, done }
+    }
+
+    /// The call's sequence id on its connection.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The channel the result arrives on (Go: `Call.Done`); usable in `crossbeam_channel::select!`.
+    pub fn done(&self) -> &Receiver<Result<R, RpcError>> {
+        &self.done
+    }
+
+    /// Blocks until the result arrives.
+    ///
+    /// # Errors
+    ///
+    /// The call's error. The client's event loop fails the call at its deadline; should
+    /// that loop be gone, this still returns [`RpcError::Timeout`] shortly after the deadline.
+    pub fn wait(self) -> Result<R, RpcError> {
+        match self.done.recv_timeout(self.timeout + WAIT_GRACE) {
+            Ok(result) => result,
+            Err(RecvTimeoutError::Timeout) => Err(RpcError::Timeout {
+                after: self.timeout,
+            }),
+            Err(RecvTimeoutError::Disconnected) => Err(RpcError::Shutdown),
+        }
+    }
+
+    /// The result, if it has arrived.
+    pub fn try_result(&self) -> Option<Result<R, RpcError>> {
+        match self.done.try_recv() {
+            Ok(result) => Some(result),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => Some(Err(RpcError::Shutdown)),
+        }
+    }
+}
+
+impl<R> fmt::Debug for Call<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Call")
+            .field("seq", &self.seq)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The result of one call gathered on a shared channel (see [`crate::Client::go_with`]).
+#[derive(Debug)]
+pub struct Completion<R> {
+    /// The call's sequence id, as returned by `go_with`.
+    pub seq: u64,
+    /// The `Service.Method` called.
+    pub method: String,
+    /// The reply or the error.
+    pub result: Result<R, RpcError>,
+}
+
+/// The sending half of a channel that gathers many calls' completions.
+///
+/// Made only by [`done_channel`], which makes it unbounded: a completion can never be dropped
+/// for lack of room, and delivering one never blocks the event loop.
+pub struct DoneSender<R> {
+    sender: Sender<Completion<R>>,
+}
+
+impl<R> DoneSender<R> {
+    pub(crate) fn send(&self, completion: Completion<R>) {
+        // Fails only if every receiver is gone: nobody is left to want the result.
+        let _ = self.sender.send(completion);
+    }
+}
+
+impl<R> Clone for DoneSender<R> {
+    fn clone(&self) -> Self {
+        DoneSender {
+            sender: self.sender.clone(),
+        }
+    }
+}
+
+impl<R> fmt::Debug for DoneSender<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DoneSender").finish_non_exhaustive()
+    }
+}
+
+/// A channel to gather the completions of many `go_with` calls (Go: passing one `done`
+/// channel to many `Client.Go` calls).
+pub fn done_channel<R>() -> (DoneSender<R>, Receiver<Completion<R>>) {
+    let (sender, receiver) = crossbeam_channel::unbounded();
+    (DoneSender { sender }, receiver)
+}
+
+/// Extra time `Call::wait` allows past the deadline before giving up on the event loop.
+const WAIT_GRACE: Duration = Duration::from_secs(2);

@@ -1,0 +1,501 @@
+//! `Client`: calls methods on a server over one connection (Go: `rpc.Client`).
+//!
+//! ```text
+//!  caller thread                      client event loop                 server
+//!  ─────────────                      ─────────────────                 ──────
+//!  encode args into a frame
+//!  insert seq in pending table
+//!  write frame to the socket ─────────────────────────────────────────► request
+//!  wait on the call's channel         read reply frame  ◄────────────── reply
+//!                                     take seq from pending table
+//!  ◄─────────────── complete ──────── (decode, for `go`)
+//! ```
+//!
+//! The calling thread writes its own frame (the event loop only writes when the socket is
+//! full), and replies are matched by sequence id, so many threads share one connection and
+//! replies may arrive in any order.
+
+use std::fmt;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rpc_codec::{Codec, CodecKind};
+use rpc_transport::{Connection, Frame, FrameBuilder, FrameHead, FrameKind, FrameLimits};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::call::{Call, Completion, DoneSender};
+use crate::client_conn::{lock, ClientConn};
+use crate::client_loop::shared_client_loop;
+use crate::error::RpcError;
+use crate::pending::{Completer, PendingCalls};
+
+/// A connection to a server, shared by any number of threads. Cheap to clone.
+///
+/// `Send + Sync`. The connection closes when [`Client::close`] is called or the last clone
+/// is dropped; every pending call then fails with [`RpcError::Shutdown`], and every later
+/// call fails at once with the same error. If the server goes away instead, pending calls
+/// fail with [`RpcError::ConnectionLost`].
+///
+/// # Examples
+///
+/// ```no_run
+/// use rpc_core::Client;
+///
+/// let client = Client::dial("127.0.0.1:1234")?;
+/// let product: i64 = client.call("Arith.Multiply", &(7i64, 8i64))?;
+/// # Ok::<(), rpc_core::RpcError>(())
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<ClientInner>,
+}
+
+struct ClientInner {
+    conn: Connection,
+    pending: Arc<Mutex<PendingCalls>>,
+    next_seq: AtomicU64,
+    config: ClientConfig,
+}
+
+/// Settings of a [`Client`]; see [`ClientBuilder`].
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Codec for arguments and replies (default postcard).
+    pub codec: CodecKind,
+    /// Deadline of each call unless given per call (default [`DEFAULT_CALL_TIMEOUT`]); it is
+    /// also sent to the server in the request header.
+    pub call_timeout: Duration,
+    /// How long dialing may take (default [`DEFAULT_CONNECT_TIMEOUT`]).
+    pub connect_timeout: Duration,
+    /// Frame size limits for arguments sent and replies read.
+    pub limits: FrameLimits,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            codec: CodecKind::default(),
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            limits: FrameLimits::default(),
+        }
+    }
+}
+
+/// Builds a [`Client`] with non-default settings.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use rpc_core::{Client, CodecKind};
+///
+/// let client = Client::builder()
+///     .codec(CodecKind::Json)
+///     .call_timeout(Duration::from_secs(2))
+///     .dial("127.0.0.1:1234")?;
+/// # Ok::<(), rpc_core::RpcError>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ClientBuilder {
+    config: ClientConfig,
+}
+
+impl ClientBuilder {
+    /// Codec for arguments and replies; the server answers in the same codec.
+    pub fn codec(mut self, codec: CodecKind) -> Self {
+        self.config.codec = codec;
+        self
+    }
+
+    /// Default deadline of each call.
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.config.call_timeout = timeout;
+        self
+    }
+
+    /// How long dialing may take.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// Frame size limits.
+    pub fn limits(mut self, limits: FrameLimits) -> Self {
+        self.config.limits = limits;
+        self
+    }
+
+    /// Connects to `addr` (Go: `rpc.Dial`), trying each address it resolves to.
+    ///
+    /// # Errors
+    ///
+    /// [`RpcError::Unreachable`] if no address accepts within the connect timeout.
+    pub fn dial(self, addr: impl ToSocketAddrs + fmt::Display) -> Result<Client, RpcError> {
+        let shown = addr.to_string();
+        let unreachable = |err: std::io::Error| RpcError::Unreachable {
+            addr: shown.clone(),
+            source: Arc::new(err),
+        };
+        let mut last_error = None;
+        for candidate in addr.to_socket_addrs().map_err(unreachable)? {
+            match TcpStream::connect_timeout(&candidate, self.config.connect_timeout) {
+                Ok(stream) => return self.connect_stream(stream),
+                Err(err) => last_error = Some(err),
+            }
+        }
+        let err = last_error.unwrap_or_else(|| std::io::ErrorKind::AddrNotAvailable.into());
+        Err(unreachable(err))
+    }
+
+    /// Uses an already-connected socket (Go: `rpc.NewClient`).
+    ///
+    /// # Errors
+    ///
+    /// [`RpcError::Unreachable`] if the client event loop cannot take the socket.
+    pub fn connect_stream(self, stream: TcpStream) -> Result<Client, RpcError> {
+        let peer = stream
+            .peer_addr()
+            .map_or_else(|_| "peer".to_owned(), |a| a.to_string());
+        let unreachable = |err: std::io::Error| RpcError::Unreachable {
+            addr: peer.clone(),
+            source: Arc::new(err),
+        };
+        let _ = stream.set_nodelay(true);
+        let pending = Arc::new(Mutex::new(PendingCalls::default()));
+        let handler_pending = Arc::clone(&pending);
+        let conn = shared_client_loop()
+            .and_then(|handle| {
+                handle.adopt_and_wait(
+                    stream,
+                    self.config.limits,
+                    Box::new(move |_| Box::new(ClientConn::new(handler_pending))),
+                    self.config.connect_timeout,
+                )
+            })
+            .map_err(unreachable)?;
+        Ok(Client {
+            inner: Arc::new(ClientInner {
+                conn,
+                pending,
+                next_seq: AtomicU64::new(1),
+                config: self.config,
+            }),
+        })
+    }
+}
+
+impl Client {
+    /// Connects to `addr` with default settings (Go: `rpc.Dial("tcp", addr)`).
+    ///
+    /// # Errors
+    ///
+    /// [`RpcError::Unreachable`] if nothing accepts within [`DEFAULT_CONNECT_TIMEOUT`].
+    pub fn dial(addr: impl ToSocketAddrs + fmt::Display) -> Result<Client, RpcError> {
+        ClientBuilder::default().dial(addr)
+    }
+
+    /// Connects to `addr`, giving up after `timeout` (Go: `net.DialTimeout` + `NewClient`).
+    ///
+    /// # Errors
+    ///
+    /// [`RpcError::Unreachable`] if nothing accepts in time.
+    pub fn dial_timeout(
+        addr: impl ToSocketAddrs + fmt::Display,
+        timeout: Duration,
+    ) -> Result<Client, RpcError> {
+        ClientBuilder::default().connect_timeout(timeout).dial(addr)
+    }
+
+    /// A builder for a client with other settings.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    /// Calls `method` (`"Service.Method"`) and blocks until the reply, the method's error or
+    /// the client's call timeout (Go: `Client.Call`).
+    ///
+    /// # Errors
+    ///
+    /// Any [`RpcError`]: see its variants.
+    pub fn call<A, R>(&self, method: &str, args: &A) -> Result<R, RpcError>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        self.call_timeout(method, args, self.inner.config.call_timeout)
+    }
+
+    /// Like [`Client::call`], with a deadline of `timeout` for this call.
+    ///
+    /// # Errors
+    ///
+    /// Any [`RpcError`]; [`RpcError::Timeout`] after `timeout`, and a reply arriving later
+    /// is discarded.
+    pub fn call_timeout<A, R>(
+        &self,
+        method: &str,
+        args: &A,
+        timeout: Duration,
+    ) -> Result<R, RpcError>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        // The caller waits with its own deadline, so the loop keeps no timer for this call.
+        let seq = self.start_call(
+            method,
+            args,
+            timeout,
+            false,
+            Box::new(move |result| {
+                let _ = done_tx.send(result);
+            }),
+        );
+        let outcome = match done_rx.recv_timeout(timeout) {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                let abandoned = lock(&self.inner.pending).remove(seq).is_some();
+                if abandoned {
+                    self.send_cancel(seq);
+                    return Err(RpcError::Timeout { after: timeout });
+                }
+                // The reply won the race against the deadline: it is in the channel now.
+                done_rx
+                    .try_recv()
+                    .unwrap_or(Err(RpcError::Timeout { after: timeout }))
+            }
+        };
+        outcome.and_then(|frame| decode_reply(self.inner.config.codec, method, frame))
+    }
+
+    /// Starts a call of `method` and returns at once (Go: `Client.Go`). The result arrives
+    /// on [`Call::done`], or from [`Call::wait`], by the client's call timeout at the latest.
+    pub fn go<A, R>(&self, method: &str, args: &A) -> Call<R>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned + Send + 'static,
+    {
+        self.go_timeout(method, args, self.inner.config.call_timeout)
+    }
+
+    /// Like [`Client::go`], with a deadline of `timeout` for this call.
+    pub fn go_timeout<A, R>(&self, method: &str, args: &A, timeout: Duration) -> Call<R>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned + Send + 'static,
+    {
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        let codec = self.inner.config.codec;
+        let name = method.to_owned();
+        let seq = self.start_call(
+            method,
+            args,
+            timeout,
+            true,
+            Box::new(move |result| {
+                // Room for exactly this one result: the send cannot block or fail for lack of room.
+                let _ = done_tx.send(result.and_then(|frame| decode_reply(codec, &name, frame)));
+            }),
+        );
+        Call::new(seq, timeout, done_rx)
+    }
+
+    /// Starts a call whose [`Completion`] is sent to `done`, shared with other calls
+    /// (Go: `Client.Go` with a caller-supplied `done` channel). Returns the call's sequence
+    /// id, which the completion carries.
+    pub fn go_with<A, R>(&self, method: &str, args: &A, done: &DoneSender<R>) -> u64
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned + Send + 'static,
+    {
+        let codec = self.inner.config.codec;
+        let done = done.clone();
+        let method_owned = method.to_owned();
+        let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
+        let complete: Completer = Box::new(move |result| {
+            let result = result.and_then(|frame| decode_reply(codec, &method_owned, frame));
+            done.send(Completion {
+                seq,
+                method: method_owned,
+                result,
+            });
+        });
+        self.send_call(
+            seq,
+            method,
+            args,
+            self.inner.config.call_timeout,
+            true,
+            complete,
+        );
+        seq
+    }
+
+    /// Closes the connection (Go: `Client.Close`). Pending calls fail with
+    /// [`RpcError::Shutdown`]; later calls fail at once. Idempotent.
+    pub fn close(&self) {
+        self.inner.conn.close();
+    }
+
+    /// True once the connection is closed, by this side or the peer.
+    pub fn is_closed(&self) -> bool {
+        self.inner.conn.is_closed() || lock(&self.inner.pending).is_ended()
+    }
+
+    /// The server's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.inner.conn.peer_addr()
+    }
+
+    /// This client's settings.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// Calls waiting for a reply.
+    pub fn pending_calls(&self) -> usize {
+        lock(&self.inner.pending).len()
+    }
+
+    /// Replies that matched no pending call: late after a timeout, duplicated, or unknown.
+    pub fn discarded_replies(&self) -> u64 {
+        lock(&self.inner.pending).discarded_replies()
+    }
+
+    fn start_call<A: Serialize + ?Sized>(
+        &self,
+        method: &str,
+        args: &A,
+        timeout: Duration,
+        loop_times_out: bool,
+        complete: Completer,
+    ) -> u64 {
+        let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
+        self.send_call(seq, method, args, timeout, loop_times_out, complete);
+        seq
+    }
+
+    /// Encodes and sends call `seq`. Whatever happens, `complete` runs exactly once: now, with
+    /// an error, or later, with the reply, a timeout or a connection error.
+    fn send_call<A: Serialize + ?Sized>(
+        &self,
+        seq: u64,
+        method: &str,
+        args: &A,
+        timeout: Duration,
+        loop_times_out: bool,
+        complete: Completer,
+    ) {
+        let frame = match self.encode_request(seq, method, args, timeout) {
+            Ok(frame) => frame,
+            Err(err) => return complete(Err(err)),
+        };
+        let deadline = loop_times_out.then(|| Instant::now() + timeout);
+        if let Err((err, complete)) =
+            lock(&self.inner.pending).insert(seq, timeout, deadline, complete)
+        {
+            return complete(Err(err));
+        }
+        if let Some(deadline) = deadline {
+            self.inner.conn.schedule_timer(deadline);
+        }
+        if let Err(err) = self.inner.conn.send(&frame) {
+            // If the connection's close already failed the call, it has been completed.
+            if let Some(complete) = lock(&self.inner.pending).remove(seq) {
+                complete(Err(err.into()));
+            }
+        }
+    }
+
+    fn encode_request<A: Serialize + ?Sized>(
+        &self,
+        seq: u64,
+        method: &str,
+        args: &A,
+        timeout: Duration,
+    ) -> Result<BytesMut, RpcError> {
+        let codec = self.inner.config.codec;
+        let mut head = FrameHead::new(FrameKind::Request, seq);
+        head.codec = codec.id();
+        head.name = method.as_bytes();
+        head.deadline_ms = u32::try_from(timeout.as_millis())
+            .unwrap_or(u32::MAX)
+            .max(1);
+        let mut out = BytesMut::new();
+        let builder = FrameBuilder::start(&mut out, &head, &self.inner.config.limits)?;
+        if let Err(err) = codec.encode(args, &mut out) {
+            builder.abandon(&mut out);
+            return Err(RpcError::Encode(err));
+        }
+        builder.finish(&mut out)?;
+        Ok(out)
+    }
+
+    fn send_cancel(&self, seq: u64) {
+        // Advisory: the server may skip the call; its reply, if any, is discarded.
+        let _ = self
+            .inner
+            .conn
+            .send_frame(&Frame::new(FrameKind::Cancel, seq));
+    }
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("peer_addr", &self.inner.conn.peer_addr())
+            .field("codec", &self.inner.config.codec)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for ClientInner {
+    fn drop(&mut self) {
+        self.conn.close();
+    }
+}
+
+/// The value or error a reply frame carries.
+fn decode_reply<R: DeserializeOwned>(
+    codec: CodecKind,
+    method: &str,
+    frame: Frame,
+) -> Result<R, RpcError> {
+    match frame.kind {
+        FrameKind::Response if frame.codec == codec.id() => {
+            codec.decode(&frame.body).map_err(RpcError::Decode)
+        }
+        FrameKind::Response => Err(RpcError::Protocol {
+            detail: format!(
+                "reply to `{method}` in codec {} instead of {}",
+                frame.codec,
+                codec.id()
+            ),
+        }),
+        _ => Err(RpcError::from_error_body(method, &frame.body)),
+    }
+}
+
+/// Default deadline of a call: finite, so no call waits forever.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default time allowed for dialing.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn client_and_call_types_are_send_and_sync() {
+        assert_send_sync::<Client>();
+        assert_send_sync::<Call<i64>>();
+        assert_send_sync::<DoneSender<i64>>();
+    }
+}

@@ -1,0 +1,81 @@
+//! One client connection's event handler: matches replies to pending calls by sequence id.
+//!
+//! Runs on the client event loop. Completers run outside the table's lock, so a slow
+//! completion (decoding a large reply) never holds up a thread starting a new call.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use rpc_transport::{CloseReason, Connection, Frame, FrameHandler, FrameKind};
+
+use crate::error::RpcError;
+use crate::pending::{Completer, Ended, PendingCalls};
+
+/// The [`FrameHandler`] of a client connection.
+pub(crate) struct ClientConn {
+    pending: Arc<Mutex<PendingCalls>>,
+}
+
+impl ClientConn {
+    pub(crate) fn new(pending: Arc<Mutex<PendingCalls>>) -> Self {
+        ClientConn { pending }
+    }
+}
+
+impl FrameHandler for ClientConn {
+    fn handle_frame(&mut self, conn: &Connection, frame: Frame) {
+        match frame.kind {
+            FrameKind::Response | FrameKind::Error => {
+                let completer = lock(&self.pending).take_for_reply(frame.seq);
+                if let Some(complete) = completer {
+                    complete(Ok(frame));
+                }
+            }
+            FrameKind::Ping => {
+                let _ = conn.send_frame(&Frame::new(FrameKind::Pong, frame.seq));
+            }
+            FrameKind::GoAway => lock(&self.pending).go_away(),
+            // Requests, cancels and pongs mean nothing to a client; ignore them.
+            _ => {}
+        }
+    }
+
+    fn handle_timer(&mut self, _conn: &Connection, now: Instant) -> Option<Instant> {
+        let (expired, next) = {
+            let mut pending = lock(&self.pending);
+            (pending.take_expired(now), pending.next_deadline())
+        };
+        complete_all(expired);
+        next
+    }
+
+    fn handle_close(&mut self, _conn: &Connection, reason: CloseReason) {
+        let ended = match reason {
+            CloseReason::Local => Ended::Closed,
+            CloseReason::PeerClosed => Ended::Lost(RpcError::ConnectionLost { cause: None }),
+            CloseReason::Error(err) if err.is_protocol_violation() => {
+                Ended::Lost(RpcError::Protocol {
+                    detail: format!("server sent bad frames: {err}"),
+                })
+            }
+            CloseReason::Error(err) => Ended::Lost(RpcError::ConnectionLost { cause: Some(err) }),
+            _ => Ended::Lost(RpcError::ConnectionLost { cause: None }),
+        };
+        let failed = lock(&self.pending).end(ended);
+        complete_all(failed);
+    }
+}
+
+fn complete_all(calls: Vec<(Completer, RpcError)>) {
+    for (complete, err) in calls {
+        complete(Err(err));
+    }
+}
+
+/// Locks the table. Completers run outside the lock, so it is never poisoned by one; a
+/// poisoned lock would still hold a consistent table (every update is one map operation).
+pub(crate) fn lock(pending: &Mutex<PendingCalls>) -> MutexGuard<'_, PendingCalls> {
+    pending
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

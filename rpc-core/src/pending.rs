@@ -1,0 +1,226 @@
+//! The pending-call table: calls sent and not yet answered, by sequence id.
+//!
+//! Shared by calling threads (which insert) and the event loop (which completes). Every entry
+//! is completed exactly once: by its reply, its deadline, or the end of the connection,
+//! whichever removes it from the table first. The table knows no sockets.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use rpc_transport::Frame;
+
+use crate::error::RpcError;
+
+/// What to do with a call's outcome: deliver it to whoever waits. Called exactly once.
+pub(crate) type Completer = Box<dyn FnOnce(Result<Frame, RpcError>) + Send>;
+
+/// One call waiting for its reply.
+pub(crate) struct PendingCall {
+    complete: Completer,
+    /// When the event loop fails the call with a timeout; `None` when the caller waits with
+    /// its own deadline (blocking `call`).
+    deadline: Option<Instant>,
+    timeout: Duration,
+}
+
+/// Why no more calls can be made on a connection.
+#[derive(Debug, Clone)]
+pub(crate) enum Ended {
+    /// This side closed the client.
+    Closed,
+    /// The connection ended for another reason.
+    Lost(RpcError),
+}
+
+/// Calls in flight on one connection, and whether the connection still takes new ones.
+#[derive(Default)]
+pub(crate) struct PendingCalls {
+    calls: HashMap<u64, PendingCall>,
+    /// (deadline, seq) of the calls the event loop must time out.
+    deadlines: BTreeSet<(Instant, u64)>,
+    ended: Option<Ended>,
+    /// The server sent go-away: calls in flight still complete, new ones are refused.
+    going_away: bool,
+    /// Replies that matched no pending call (late after a timeout, duplicated, or unknown).
+    discarded_replies: u64,
+}
+
+impl PendingCalls {
+    /// Registers call `seq`, unless the connection no longer takes calls.
+    ///
+    /// # Errors
+    ///
+    /// The completer is handed back with the error, so the caller can still complete it.
+    pub(crate) fn insert(
+        &mut self,
+        seq: u64,
+        timeout: Duration,
+        deadline: Option<Instant>,
+        complete: Completer,
+    ) -> Result<(), (RpcError, Completer)> {
+        if let Some(ended) = &self.ended {
+            return Err((ended.error_for_new_call(), complete));
+        }
+        if self.going_away {
+            return Err((RpcError::ShuttingDown, complete));
+        }
+        if let Some(at) = deadline {
+            self.deadlines.insert((at, seq));
+        }
+        self.calls.insert(
+            seq,
+            PendingCall {
+                complete,
+                deadline,
+                timeout,
+            },
+        );
+        Ok(())
+    }
+
+    /// Removes call `seq` and returns its completer, if it is still pending.
+    pub(crate) fn remove(&mut self, seq: u64) -> Option<Completer> {
+        let call = self.calls.remove(&seq)?;
+        if let Some(at) = call.deadline {
+            self.deadlines.remove(&(at, seq));
+        }
+        Some(call.complete)
+    }
+
+    /// Removes the call a reply answers; counts the reply as discarded if nobody waits for it.
+    pub(crate) fn take_for_reply(&mut self, seq: u64) -> Option<Completer> {
+        let completer = self.remove(seq);
+        if completer.is_none() {
+            self.discarded_replies += 1;
+        }
+        completer
+    }
+
+    /// Removes every call whose deadline is at or before `now`, with its timeout error.
+    pub(crate) fn take_expired(&mut self, now: Instant) -> Vec<(Completer, RpcError)> {
+        let mut expired = Vec::new();
+        while let Some(&(at, seq)) = self.deadlines.first() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            if let Some(call) = self.calls.remove(&seq) {
+                expired.push((
+                    call.complete,
+                    RpcError::Timeout {
+                        after: call.timeout,
+                    },
+                ));
+            }
+        }
+        expired
+    }
+
+    /// The earliest deadline the event loop must act on.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.first().map(|&(at, _)| at)
+    }
+
+    /// Marks the connection ended and removes every pending call, each with its error.
+    pub(crate) fn end(&mut self, ended: Ended) -> Vec<(Completer, RpcError)> {
+        let error = ended.error_for_pending_call();
+        if self.ended.is_none() {
+            self.ended = Some(ended);
+        }
+        self.deadlines.clear();
+        self.calls
+            .drain()
+            .map(|(_, call)| (call.complete, error.clone()))
+            .collect()
+    }
+
+    /// Refuses new calls from now on; calls in flight still complete.
+    pub(crate) fn go_away(&mut self) {
+        self.going_away = true;
+    }
+
+    /// Calls waiting for a reply.
+    pub(crate) fn len(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Replies that matched no pending call.
+    pub(crate) fn discarded_replies(&self) -> u64 {
+        self.discarded_replies
+    }
+
+    /// True once the connection ended.
+    pub(crate) fn is_ended(&self) -> bool {
+        self.ended.is_some()
+    }
+}
+
+impl Ended {
+    fn error_for_pending_call(&self) -> RpcError {
+        match self {
+            Ended::Closed => RpcError::Shutdown,
+            Ended::Lost(err) => err.clone(),
+        }
+    }
+
+    fn error_for_new_call(&self) -> RpcError {
+        // Go: every call after the connection ended fails with ErrShutdown.
+        RpcError::Shutdown
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    fn completer(tx: &mpsc::Sender<Result<u64, String>>) -> Completer {
+        let tx = tx.clone();
+        Box::new(move |result| {
+            let _ = tx.send(result.map(|frame| frame.seq).map_err(|e| e.to_string()));
+        })
+    }
+
+    #[test]
+    fn each_call_completes_once_whichever_event_comes_first() {
+        let (tx, rx) = mpsc::channel();
+        let mut table = PendingCalls::default();
+        let now = Instant::now();
+        let timeout = Duration::from_millis(5);
+        for seq in 1..=3 {
+            let deadline = Some(now + timeout * seq as u32);
+            assert!(table.insert(seq, timeout, deadline, completer(&tx)).is_ok());
+        }
+        // Reply for 1, timeout for 2, connection end for 3; then a late reply for 2.
+        (table.take_for_reply(1).unwrap())(Ok(Frame::new(rpc_transport::FrameKind::Response, 1)));
+        for (complete, err) in table.take_expired(now + timeout * 2) {
+            complete(Err(err));
+        }
+        for (complete, err) in table.end(Ended::Lost(RpcError::ConnectionLost { cause: None })) {
+            complete(Err(err));
+        }
+        assert!(table.take_for_reply(2).is_none());
+        let results: Vec<_> = rx.try_iter().collect();
+        assert_eq!(results.len(), 3);
+        assert_eq!(results[0], Ok(1));
+        assert!(results[1].as_ref().unwrap_err().contains("no reply within"));
+        assert!(results[2].as_ref().unwrap_err().contains("connection lost"));
+        assert_eq!(table.discarded_replies(), 1);
+        assert_eq!(table.len(), 0);
+        assert_eq!(table.next_deadline(), None);
+    }
+
+    #[test]
+    fn an_ended_or_going_away_table_refuses_new_calls() {
+        let (tx, _rx) = mpsc::channel();
+        let mut table = PendingCalls::default();
+        table.go_away();
+        let refused = table.insert(1, Duration::ZERO, None, completer(&tx));
+        assert!(matches!(refused, Err((RpcError::ShuttingDown, _))));
+        let mut table = PendingCalls::default();
+        assert!(table.end(Ended::Closed).is_empty());
+        assert!(table.is_ended());
+        let refused = table.insert(1, Duration::ZERO, None, completer(&tx));
+        assert!(matches!(refused, Err((RpcError::Shutdown, _))));
+    }
+}

@@ -1,0 +1,326 @@
+//! `Connection`: a shared handle to one TCP connection, through which any thread sends frames.
+//!
+//! Only the event loop reads from the socket. Writing is shared: the first thread with bytes to
+//! send writes them itself, straight to the socket, and keeps writing whatever other threads
+//! queued meanwhile (so concurrent senders are batched into few system calls). When the socket
+//! is full, the remaining bytes stay queued and the event loop is asked to watch for
+//! writability; it finishes the job when the peer has read enough. The loop thread itself only
+//! ever holds the queue's lock for a copy, never across a blocking call.
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use bytes::BytesMut;
+use mio::net::TcpStream;
+
+use crate::error::TransportError;
+use crate::event_loop::{Command, LoopHandle};
+use crate::frame::Frame;
+use crate::limits::FrameLimits;
+
+/// A cheap, cloneable handle to one connection owned by an event loop.
+///
+/// `Send + Sync`: any thread may [`send`](Connection::send) or [`close`](Connection::close).
+/// Frames are written whole and in the order their `send` calls took the queue's lock.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    token: usize,
+    stream: TcpStream,
+    peer_addr: SocketAddr,
+    local_addr: SocketAddr,
+    limits: FrameLimits,
+    loop_handle: LoopHandle,
+    /// Guards the outbound queue and the flags that say who is writing it.
+    out: Mutex<OutQueue>,
+    /// Guards the earliest timer this connection has asked the loop for.
+    timer: Mutex<Option<Instant>>,
+}
+
+#[derive(Debug, Default)]
+struct OutQueue {
+    /// Bytes accepted by `send` and not yet written to the socket.
+    buf: BytesMut,
+    /// A thread (or the loop) is writing outside the lock; others just append.
+    flushing: bool,
+    /// The socket was full: the loop watches for writability and will flush.
+    loop_flushes: bool,
+    /// No more sends are accepted.
+    closed: bool,
+    /// Close the connection as soon as the queue is empty.
+    close_when_flushed: bool,
+}
+
+/// What a flush left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FlushOutcome {
+    /// Everything was written (or someone else is writing).
+    Done,
+    /// The socket is full; bytes remain queued for the loop.
+    Blocked,
+    /// Everything was written and the connection asked to close once flushed.
+    CloseNow,
+}
+
+impl Connection {
+    pub(crate) fn new(
+        token: usize,
+        stream: TcpStream,
+        limits: FrameLimits,
+        loop_handle: LoopHandle,
+    ) -> io::Result<Connection> {
+        let peer_addr = stream.peer_addr()?;
+        let local_addr = stream.local_addr()?;
+        Ok(Connection {
+            shared: Arc::new(Shared {
+                token,
+                stream,
+                peer_addr,
+                local_addr,
+                limits,
+                loop_handle,
+                out: Mutex::new(OutQueue::default()),
+                timer: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.shared.peer_addr
+    }
+
+    /// This side's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// The frame limits of this connection.
+    pub fn limits(&self) -> &FrameLimits {
+        &self.shared.limits
+    }
+
+    /// The loop's key for this connection; unique among the loop's open connections.
+    pub fn token(&self) -> usize {
+        self.shared.token
+    }
+
+    /// Encodes and sends one frame.
+    ///
+    /// # Errors
+    ///
+    /// A limit error from [`Frame::encode`] (nothing is sent), or as [`Connection::send`].
+    pub fn send_frame(&self, frame: &Frame) -> Result<(), TransportError> {
+        let mut bytes = BytesMut::with_capacity(frame.encoded_len());
+        frame.encode(&mut bytes, &self.shared.limits)?;
+        self.send(&bytes)
+    }
+
+    /// Sends already-encoded bytes (one or more whole frames). Never blocks on the socket: what
+    /// cannot be written now is queued and written by the event loop when the peer reads.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::Closed`] if the connection is closed or closing; an I/O error if the
+    /// socket failed (the connection is then closed).
+    pub fn send(&self, bytes: &[u8]) -> Result<(), TransportError> {
+        {
+            let mut out = self.lock_out();
+            if out.closed || out.close_when_flushed {
+                return Err(TransportError::Closed);
+            }
+            out.buf.extend_from_slice(bytes);
+            if out.flushing || out.loop_flushes {
+                return Ok(()); // whoever is writing will take these bytes too
+            }
+            out.flushing = true;
+        }
+        match self.flush() {
+            Ok(FlushOutcome::Done) => Ok(()),
+            Ok(FlushOutcome::Blocked) => {
+                self.shared
+                    .loop_handle
+                    .command(Command::WantWrite(self.token()));
+                Ok(())
+            }
+            Ok(FlushOutcome::CloseNow) => {
+                self.shared
+                    .loop_handle
+                    .command(Command::Close(self.token()));
+                Ok(())
+            }
+            Err(err) => {
+                self.close();
+                Err(err.into())
+            }
+        }
+    }
+
+    /// Bytes accepted by `send` but not yet written to the socket.
+    pub fn queued_len(&self) -> usize {
+        self.lock_out().buf.len()
+    }
+
+    /// Closes the connection now; queued bytes are dropped. Idempotent.
+    pub fn close(&self) {
+        let first = {
+            let mut out = self.lock_out();
+            let first = !out.closed;
+            out.closed = true;
+            out.buf = BytesMut::new();
+            first
+        };
+        if first {
+            self.shared
+                .loop_handle
+                .command(Command::Close(self.token()));
+        }
+    }
+
+    /// Refuses further sends and closes the connection once queued bytes are written.
+    pub fn close_when_flushed(&self) {
+        let close_now = {
+            let mut out = self.lock_out();
+            if out.closed || out.close_when_flushed {
+                return;
+            }
+            out.close_when_flushed = true;
+            out.buf.is_empty() && !out.flushing && !out.loop_flushes
+        };
+        if close_now {
+            self.shared
+                .loop_handle
+                .command(Command::Close(self.token()));
+        }
+    }
+
+    /// True once [`Connection::close`] or [`Connection::close_when_flushed`] was called, or the
+    /// loop closed the connection.
+    pub fn is_closed(&self) -> bool {
+        let out = self.lock_out();
+        out.closed || out.close_when_flushed
+    }
+
+    /// Asks the loop to call [`crate::FrameHandler::handle_timer`] at `at` (or earlier, if an
+    /// earlier timer is already set). Cheap when a timer at or before `at` is already set.
+    pub fn schedule_timer(&self, at: Instant) {
+        {
+            let mut timer = self.lock_timer();
+            if matches!(*timer, Some(current) if current <= at) {
+                return;
+            }
+            *timer = Some(at);
+        }
+        self.shared
+            .loop_handle
+            .command(Command::Timer(self.token(), at));
+    }
+
+    /// Loop side: takes the timer if `at` is still the one set (stale heap entries are skipped).
+    pub(crate) fn take_timer_if(&self, at: Instant) -> bool {
+        let mut timer = self.lock_timer();
+        if *timer == Some(at) {
+            *timer = None;
+            true
+        } else {
+            false
+        }
+    }
+
+    pub(crate) fn stream(&self) -> &TcpStream {
+        &self.shared.stream
+    }
+
+    /// Loop side: marks the connection closed so later sends fail.
+    pub(crate) fn mark_closed(&self) {
+        let mut out = self.lock_out();
+        out.closed = true;
+        out.buf = BytesMut::new();
+    }
+
+    /// Loop side: the socket became writable while the loop owns flushing.
+    pub(crate) fn flush_from_loop(&self) -> io::Result<FlushOutcome> {
+        {
+            let mut out = self.lock_out();
+            if out.flushing || !out.loop_flushes {
+                return Ok(FlushOutcome::Done);
+            }
+            out.flushing = true;
+        }
+        self.flush()
+    }
+
+    /// Writes queued bytes until the queue is empty or the socket is full. The caller has set
+    /// `flushing`; this clears it before returning.
+    fn flush(&self) -> io::Result<FlushOutcome> {
+        let mut batch = std::mem::take(&mut self.lock_out().buf);
+        loop {
+            let written = match write_until_blocked(&self.shared.stream, &batch) {
+                Ok(written) => written,
+                Err(err) => {
+                    self.lock_out().flushing = false;
+                    return Err(err);
+                }
+            };
+            let mut out = self.lock_out();
+            if written < batch.len() {
+                // Socket full: put the rest back in front of whatever arrived meanwhile.
+                let mut rest = batch.split_off(written);
+                rest.extend_from_slice(&out.buf);
+                out.buf = rest;
+                out.flushing = false;
+                // A sender only flushes while the loop does not, so this is always news to
+                // the loop when `who` is a sender; the loop itself just keeps its interest.
+                out.loop_flushes = true;
+                return Ok(FlushOutcome::Blocked);
+            }
+            if out.buf.is_empty() || out.closed {
+                out.flushing = false;
+                out.loop_flushes = false;
+                return Ok(if out.close_when_flushed {
+                    FlushOutcome::CloseNow
+                } else {
+                    FlushOutcome::Done
+                });
+            }
+            batch = std::mem::take(&mut out.buf);
+        }
+    }
+
+    fn lock_out(&self) -> MutexGuard<'_, OutQueue> {
+        // A panic while holding this lock leaves the queue consistent (every update is a
+        // single assignment), so a poisoned lock is safe to keep using.
+        self.shared
+            .out
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock_timer(&self) -> MutexGuard<'_, Option<Instant>> {
+        self.shared
+            .timer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Writes as much of `bytes` as the socket takes without blocking; returns how much it took.
+fn write_until_blocked(mut stream: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    let mut written = 0;
+    while written < bytes.len() {
+        match stream.write(&bytes[written..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(written)
+}

@@ -1,0 +1,547 @@
+//! The event loop: one thread, one `mio::Poll`, many connections, never blocking.
+//!
+//! The loop owns every socket's read side, its frame decoder and its [`FrameHandler`]. Other
+//! threads reach it through a [`LoopHandle`]: a command channel plus a `mio::Waker`. Each turn
+//! of the loop waits for readiness (or the next timer), then:
+//!
+//! 1. accepts every pending connection, if it has a listener (until `WouldBlock`);
+//! 2. reads each readable socket until `WouldBlock`, hands whole frames to its handler;
+//! 3. flushes each writable socket whose queue the loop owns, and drops write interest once
+//!    the queue is empty (interest follows state: writable only while output is queued);
+//! 4. runs commands from other threads (adopt, close, want-write, timer);
+//! 5. fires due timers.
+//!
+//! Spurious events are harmless: every read and write simply stops at `WouldBlock`.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::{self, Read};
+use std::net::Shutdown;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use mio::net::{TcpListener, TcpStream};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+
+use crate::connection::{Connection, FlushOutcome};
+use crate::decoder::FrameDecoder;
+use crate::error::TransportError;
+use crate::handler::{CloseReason, EofAction, FrameHandler};
+use crate::limits::FrameLimits;
+
+/// Builds the handler of a newly adopted connection, on the loop thread.
+pub type MakeHandler = Box<dyn FnOnce(&Connection) -> Box<dyn FrameHandler> + Send>;
+
+/// Receives each accepted socket and the accepting loop's own handle; typically hands the
+/// socket to one of several loops (this one included) with [`LoopHandle::adopt`].
+pub type Acceptor = Box<dyn FnMut(std::net::TcpStream, &LoopHandle) + Send>;
+
+/// A handle other threads use to reach an event loop. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct LoopHandle {
+    commands: Sender<Command>,
+    waker: Arc<Waker>,
+}
+
+pub(crate) enum Command {
+    Adopt {
+        stream: TcpStream,
+        limits: FrameLimits,
+        make_handler: MakeHandler,
+        adopted: Option<Sender<io::Result<Connection>>>,
+    },
+    WantWrite(usize),
+    Close(usize),
+    Timer(usize, Instant),
+    Shutdown,
+}
+
+impl LoopHandle {
+    /// Hands an already-connected socket to the loop, which builds its handler with
+    /// `make_handler` and starts reading. Returns at once.
+    ///
+    /// # Errors
+    ///
+    /// If the socket cannot be made non-blocking.
+    pub fn adopt(
+        &self,
+        stream: std::net::TcpStream,
+        limits: FrameLimits,
+        make_handler: MakeHandler,
+    ) -> io::Result<()> {
+        stream.set_nonblocking(true)?;
+        self.command(Command::Adopt {
+            stream: TcpStream::from_std(stream),
+            limits,
+            make_handler,
+            adopted: None,
+        });
+        Ok(())
+    }
+
+    /// Like [`LoopHandle::adopt`], but waits (at most `timeout`) for the loop to register the
+    /// socket, and returns its [`Connection`].
+    ///
+    /// # Errors
+    ///
+    /// If the socket cannot be made non-blocking, the registration error, or `TimedOut` if the
+    /// loop did not answer in time (for example because it has shut down).
+    pub fn adopt_and_wait(
+        &self,
+        stream: std::net::TcpStream,
+        limits: FrameLimits,
+        make_handler: MakeHandler,
+        timeout: Duration,
+    ) -> io::Result<Connection> {
+        stream.set_nonblocking(true)?;
+        let (adopted_tx, adopted_rx) = crossbeam_channel::bounded(1);
+        self.command(Command::Adopt {
+            stream: TcpStream::from_std(stream),
+            limits,
+            make_handler,
+            adopted: Some(adopted_tx),
+        });
+        adopted_rx.recv_timeout(timeout).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "event loop did not adopt the connection",
+            )
+        })?
+    }
+
+    /// Asks the loop to close every connection and exit. Idempotent; returns at once.
+    pub fn shutdown(&self) {
+        self.command(Command::Shutdown);
+    }
+
+    pub(crate) fn command(&self, command: Command) {
+        // If the loop has exited, nobody is left to act on the command: dropping it is right
+        // (a connection of a dead loop is already closed).
+        if self.commands.send(command).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+/// Starts an event loop on a new thread named `name`.
+///
+/// With a listener, the loop accepts connections and passes each socket to `acceptor`.
+///
+/// # Errors
+///
+/// If the `Poll`, the waker or the listener's registration cannot be created.
+pub fn spawn_loop(
+    name: &str,
+    listener: Option<(std::net::TcpListener, Acceptor)>,
+) -> io::Result<(LoopHandle, JoinHandle<()>)> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
+    let handle = LoopHandle {
+        commands: commands_tx,
+        waker,
+    };
+    let listener = match listener {
+        Some((listener, acceptor)) => {
+            listener.set_nonblocking(true)?;
+            let mut listener = TcpListener::from_std(listener);
+            poll.registry()
+                .register(&mut listener, LISTENER, Interest::READABLE)?;
+            Some(ListenerState {
+                listener,
+                acceptor,
+                paused_until: None,
+            })
+        }
+        None => None,
+    };
+    let mut event_loop = EventLoop {
+        poll,
+        handle: handle.clone(),
+        commands: commands_rx,
+        slots: Vec::new(),
+        free: Vec::new(),
+        closed_this_turn: Vec::new(),
+        listener,
+        timers: BinaryHeap::new(),
+        scratch: vec![0; READ_CHUNK],
+    };
+    let thread = thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || event_loop.run())?;
+    Ok((handle, thread))
+}
+
+struct EventLoop {
+    poll: Poll,
+    handle: LoopHandle,
+    commands: Receiver<Command>,
+    slots: Vec<Option<Slot>>,
+    /// Slot indices ready for reuse.
+    free: Vec<usize>,
+    /// Slots closed during this turn: reused only from the next turn, so a stale event for a
+    /// closed token can never reach a new connection.
+    closed_this_turn: Vec<usize>,
+    listener: Option<ListenerState>,
+    /// (when, token) of every timer asked for; stale entries are skipped when they fire.
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// One read buffer for every connection: an idle connection holds no buffer of its own.
+    scratch: Vec<u8>,
+}
+
+struct Slot {
+    conn: Connection,
+    decoder: FrameDecoder,
+    handler: Box<dyn FrameHandler>,
+    write_interest: bool,
+    /// Why the connection is closing, once known, for when the close completes.
+    close_reason: Option<CloseReason>,
+}
+
+struct ListenerState {
+    listener: TcpListener,
+    acceptor: Acceptor,
+    /// Accepting is paused until then after an error such as `EMFILE`.
+    paused_until: Option<Instant>,
+}
+
+impl EventLoop {
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        loop {
+            let timeout = self
+                .next_wakeup()
+                .map(|at| at.saturating_duration_since(Instant::now()));
+            if let Err(err) = self.poll.poll(&mut events, timeout) {
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                // Poll itself failing is unrecoverable for this loop: close everything so no
+                // caller waits forever, then exit.
+                self.close_all();
+                return;
+            }
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => {} // commands are drained below on every turn
+                    LISTENER => self.accept_ready(),
+                    Token(index) => {
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.read_ready(index);
+                        }
+                        if event.is_writable() {
+                            self.write_ready(index);
+                        }
+                    }
+                }
+            }
+            if !self.run_commands() {
+                self.close_all();
+                return;
+            }
+            self.fire_timers();
+            self.free.append(&mut self.closed_this_turn);
+        }
+    }
+
+    fn next_wakeup(&self) -> Option<Instant> {
+        let timer = self.timers.peek().map(|Reverse((at, _))| *at);
+        let resume = self.listener.as_ref().and_then(|l| l.paused_until);
+        match (timer, resume) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn accept_ready(&mut self) {
+        let Some(state) = self.listener.as_mut() else {
+            return;
+        };
+        if state.paused_until.is_some() {
+            return;
+        }
+        loop {
+            match state.listener.accept() {
+                Ok((stream, _)) => {
+                    // Small RPC frames must not wait for Nagle's algorithm.
+                    let _ = stream.set_nodelay(true);
+                    (state.acceptor)(stream.into(), &self.handle);
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) if is_transient_accept_error(&err) => continue,
+                Err(_) => {
+                    // Out of file descriptors or memory: retrying now would spin. Stop
+                    // listening for a while; existing connections keep being served.
+                    let _ = self.poll.registry().deregister(&mut state.listener);
+                    state.paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn resume_accepting_if_due(&mut self) {
+        let Some(state) = self.listener.as_mut() else {
+            return;
+        };
+        if matches!(state.paused_until, Some(at) if at <= Instant::now()) {
+            state.paused_until = None;
+            let registered =
+                self.poll
+                    .registry()
+                    .register(&mut state.listener, LISTENER, Interest::READABLE);
+            if registered.is_ok() {
+                self.accept_ready();
+            } else if let Some(state) = self.listener.as_mut() {
+                state.paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+            }
+        }
+    }
+
+    fn read_ready(&mut self, index: usize) {
+        let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
+            return; // spurious or stale event
+        };
+        let conn = slot.conn.clone();
+        let mut stream = conn.stream();
+        let outcome = loop {
+            match stream.read(&mut self.scratch) {
+                Ok(0) => break ReadOutcome::Eof,
+                Ok(n) => {
+                    slot.decoder.handle_bytes(&self.scratch[..n]);
+                    if let Err(err) = deliver_frames(slot) {
+                        break ReadOutcome::FrameError(err);
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break ReadOutcome::Drained,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => break ReadOutcome::Failed(err.into()),
+            }
+        };
+        match outcome {
+            ReadOutcome::Drained => {}
+            ReadOutcome::Eof => match slot.decoder.handle_eof() {
+                Err(err) => self.close_slot(index, CloseReason::Error(err)),
+                Ok(()) => {
+                    if slot.handler.handle_eof(&slot.conn) == EofAction::Close {
+                        self.close_slot(index, CloseReason::PeerClosed);
+                    } else {
+                        slot.close_reason = Some(CloseReason::PeerClosed);
+                    }
+                }
+            },
+            ReadOutcome::FrameError(err) => {
+                slot.handler.handle_frame_error(&slot.conn, &err);
+                slot.close_reason = Some(CloseReason::Error(err));
+                // Let an error frame queued by the handler reach the peer before closing.
+                slot.conn.close_when_flushed();
+            }
+            ReadOutcome::Failed(err) => self.close_slot(index, CloseReason::Error(err)),
+        }
+    }
+
+    fn write_ready(&mut self, index: usize) {
+        let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
+            return;
+        };
+        match slot.conn.flush_from_loop() {
+            Ok(FlushOutcome::Blocked) => {}
+            Ok(FlushOutcome::Done) => {
+                if slot.write_interest {
+                    slot.write_interest = false;
+                    let fd = slot.conn.stream().as_raw_fd();
+                    let _ = reregister(self.poll.registry(), fd, index, Interest::READABLE);
+                }
+            }
+            Ok(FlushOutcome::CloseNow) => self.close_slot_with_pending_reason(index),
+            Err(err) => self.close_slot(index, CloseReason::Error(err.into())),
+        }
+    }
+
+    /// Runs queued commands; returns false when asked to shut down.
+    fn run_commands(&mut self) -> bool {
+        while let Ok(command) = self.commands.try_recv() {
+            match command {
+                Command::Adopt {
+                    stream,
+                    limits,
+                    make_handler,
+                    adopted,
+                } => {
+                    let result = self.adopt(stream, limits, make_handler);
+                    if let Some(adopted) = adopted {
+                        let _ = adopted.send(result);
+                    }
+                }
+                Command::WantWrite(index) => self.want_write(index),
+                Command::Close(index) => self.close_slot_with_pending_reason(index),
+                Command::Timer(index, at) => self.timers.push(Reverse((at, index))),
+                Command::Shutdown => return false,
+            }
+        }
+        true
+    }
+
+    fn adopt(
+        &mut self,
+        mut stream: TcpStream,
+        limits: FrameLimits,
+        make_handler: MakeHandler,
+    ) -> io::Result<Connection> {
+        let index = self.free.pop().unwrap_or(self.slots.len());
+        self.poll
+            .registry()
+            .register(&mut stream, Token(index), Interest::READABLE)?;
+        let conn = match Connection::new(index, stream, limits, self.handle.clone()) {
+            Ok(conn) => conn,
+            Err(err) => {
+                // peer_addr fails if the peer already reset the connection.
+                self.free.push(index);
+                return Err(err);
+            }
+        };
+        let handler = make_handler(&conn);
+        let slot = Slot {
+            conn: conn.clone(),
+            decoder: FrameDecoder::new(limits),
+            handler,
+            write_interest: false,
+            close_reason: None,
+        };
+        if index == self.slots.len() {
+            self.slots.push(Some(slot));
+        } else {
+            self.slots[index] = Some(slot);
+        }
+        // Bytes may have arrived before registration; edge-triggered readiness would not
+        // report them, so read once now.
+        self.read_ready(index);
+        Ok(conn)
+    }
+
+    fn want_write(&mut self, index: usize) {
+        let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
+            return;
+        };
+        if !slot.write_interest {
+            slot.write_interest = true;
+            let fd = slot.conn.stream().as_raw_fd();
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            if let Err(err) = reregister(self.poll.registry(), fd, index, interest) {
+                self.close_slot(index, CloseReason::Error(err.into()));
+            }
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        self.resume_accepting_if_due();
+        let now = Instant::now();
+        while let Some(Reverse((at, index))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
+                continue;
+            };
+            if slot.conn.take_timer_if(at) {
+                if let Some(next) = slot.handler.handle_timer(&slot.conn, now) {
+                    slot.conn.schedule_timer(next);
+                }
+            }
+        }
+    }
+
+    fn close_slot_with_pending_reason(&mut self, index: usize) {
+        let reason = self
+            .slots
+            .get_mut(index)
+            .and_then(Option::as_mut)
+            .and_then(|slot| slot.close_reason.take())
+            .unwrap_or(CloseReason::Local);
+        self.close_slot(index, reason);
+    }
+
+    fn close_slot(&mut self, index: usize, reason: CloseReason) {
+        let Some(mut slot) = self.slots.get_mut(index).and_then(Option::take) else {
+            return;
+        };
+        slot.conn.mark_closed();
+        let stream = slot.conn.stream();
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&stream.as_raw_fd()));
+        // Other threads may still hold the Connection (and so the fd); shutting the socket
+        // down tells the peer now instead of when the last handle is dropped.
+        let _ = stream.shutdown(Shutdown::Both);
+        slot.handler.handle_close(&slot.conn, reason);
+        self.closed_this_turn.push(index);
+    }
+
+    fn close_all(&mut self) {
+        for index in 0..self.slots.len() {
+            self.close_slot(index, CloseReason::LoopShutdown);
+        }
+        // Anyone waiting on an adoption learns the loop is gone.
+        while let Ok(command) = self.commands.try_recv() {
+            if let Command::Adopt {
+                adopted: Some(adopted),
+                ..
+            } = command
+            {
+                let _ = adopted.send(Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "event loop shut down",
+                )));
+            }
+        }
+    }
+}
+
+enum ReadOutcome {
+    Drained,
+    Eof,
+    FrameError(TransportError),
+    Failed(TransportError),
+}
+
+/// Hands every whole frame buffered in the decoder to the handler.
+fn deliver_frames(slot: &mut Slot) -> Result<(), TransportError> {
+    while let Some(frame) = slot.decoder.poll_frame()? {
+        slot.handler.handle_frame(&slot.conn, frame);
+    }
+    Ok(())
+}
+
+fn reregister(registry: &Registry, fd: i32, index: usize, interest: Interest) -> io::Result<()> {
+    // The stream lives in the shared Connection, so the loop has no `&mut TcpStream` to give
+    // mio; its file descriptor identifies the same registration.
+    registry.reregister(&mut SourceFd(&fd), Token(index), interest)
+}
+
+/// Errors from `accept` that concern one half-open connection, not the listener.
+fn is_transient_accept_error(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::Interrupted
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+const WAKER: Token = Token(usize::MAX);
+const LISTENER: Token = Token(usize::MAX - 1);
+
+/// Bytes read per `read` call into the shared scratch buffer.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Readiness events taken per `poll`.
+const EVENTS_CAPACITY: usize = 1024;
+
+/// How long accepting pauses after an error such as `EMFILE`.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);

@@ -1,0 +1,199 @@
+//! Every error class, seen by a caller, with the connection still serving afterwards.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use netrpc::transport::{Frame, FrameDecoder, FrameKind, FrameLimits};
+use netrpc::{Client, Codec, ErrorBody, ErrorCode, RpcError};
+use util::{assert_healthy, Args, ProbeClient, TestServer};
+
+fn assert_still_serving(client: &Client) {
+    let product: i64 = client.call("Arith.Multiply", &Args { a: 6, b: 7 }).unwrap();
+    assert_eq!(product, 42);
+}
+
+#[test]
+fn a_methods_own_error_arrives_as_its_text() {
+    let server = TestServer::start();
+    let arith = server.arith();
+    let err = arith.divide(&Args { a: 1, b: 0 }).unwrap_err();
+    assert!(
+        matches!(&err, RpcError::Method { message } if message == "divide by zero"),
+        "{err:?}"
+    );
+    assert!(!err.is_retryable());
+    assert_still_serving(arith.client());
+}
+
+#[test]
+fn unknown_service_and_unknown_method_are_distinct() {
+    let server = TestServer::start();
+    let client = server.client();
+    let err = client
+        .call::<_, i64>("Nope.Multiply", &Args { a: 1, b: 2 })
+        .unwrap_err();
+    assert!(
+        matches!(&err, RpcError::UnknownService { name } if name == "Nope.Multiply"),
+        "{err:?}"
+    );
+    let err = client
+        .call::<_, i64>("Arith.Nope", &Args { a: 1, b: 2 })
+        .unwrap_err();
+    assert!(
+        matches!(&err, RpcError::UnknownMethod { name } if name == "Arith.Nope"),
+        "{err:?}"
+    );
+    for bad in ["Arith", ""] {
+        let err = client
+            .call::<_, i64>(bad, &Args { a: 1, b: 2 })
+            .unwrap_err();
+        assert!(matches!(err, RpcError::Protocol { .. }), "{bad:?}: {err:?}");
+    }
+    assert_still_serving(&client);
+}
+
+#[test]
+fn undecodable_arguments_are_a_bad_request() {
+    let server = TestServer::start();
+    let client = server.client();
+    // Probe.Echo takes bytes; Arith.Multiply expects two integers.
+    let err = client
+        .call::<_, i64>("Arith.Multiply", &vec![0xffu8; 3])
+        .unwrap_err();
+    assert!(matches!(err, RpcError::BadRequest { .. }), "{err:?}");
+    assert_still_serving(&client);
+}
+
+#[test]
+fn a_reply_of_the_wrong_type_is_a_decode_error_for_that_call_only() {
+    let server = TestServer::start();
+    let client = server.client();
+    let err = client
+        .call::<_, String>("Probe.Echo", &vec![0xffu8, 0xfe])
+        .unwrap_err();
+    assert!(matches!(err, RpcError::Decode(_)), "{err:?}");
+    assert_still_serving(&client);
+}
+
+#[test]
+fn a_handler_panic_is_an_error_for_its_caller_and_nobody_else() {
+    let server = TestServer::start();
+    let client = server.client();
+    let probe = ProbeClient::new(client.clone());
+    for i in 0..20 {
+        let err = probe.panic(&format!("boom {i}")).unwrap_err();
+        assert!(
+            matches!(&err, RpcError::HandlerPanicked { message } if message == &format!("boom {i}")),
+            "{err:?}"
+        );
+        assert_still_serving(&client);
+    }
+    assert_healthy(server.addr());
+}
+
+#[test]
+fn an_argument_over_the_frame_limit_fails_before_sending_and_the_client_stays_usable() {
+    let server = TestServer::start();
+    let client = server.client();
+    let probe = ProbeClient::new(client.clone());
+    let too_big = vec![7u8; 5 * 1024 * 1024];
+    let err = probe.echo(&too_big).unwrap_err();
+    assert!(
+        matches!(err, RpcError::FrameTooLarge { declared: Some(d), limit: Some(l), .. } if d > l),
+        "{err:?}"
+    );
+    assert_eq!(
+        probe.echo(&vec![1u8; 1024 * 1024]).unwrap().len(),
+        1024 * 1024
+    );
+    assert_still_serving(&client);
+}
+
+#[test]
+fn dialing_a_closed_port_is_unreachable_and_retryable() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let err = Client::dial_timeout(addr, Duration::from_secs(2)).unwrap_err();
+    assert!(matches!(err, RpcError::Unreachable { .. }), "{err:?}");
+    assert!(err.is_retryable());
+}
+
+/// Sends raw frames from an evil client and reads the server's answers.
+fn raw_exchange(addr: std::net::SocketAddr, frames: &[Frame], replies: usize) -> Vec<Frame> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut out = BytesMut::new();
+    for frame in frames {
+        frame.encode(&mut out, &FrameLimits::default()).unwrap();
+    }
+    stream.write_all(&out).unwrap();
+    let mut decoder = FrameDecoder::new(FrameLimits::default());
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while got.len() < replies {
+        let n = stream.read(&mut buf).expect("server answers within 5 s");
+        assert!(n > 0, "server closed before answering");
+        decoder.handle_bytes(&buf[..n]);
+        while let Some(frame) = decoder.poll_frame().unwrap() {
+            got.push(frame);
+        }
+    }
+    got
+}
+
+#[test]
+fn an_unknown_codec_gets_a_codec_independent_error_and_the_connection_keeps_serving() {
+    let server = TestServer::start();
+    let mut args = BytesMut::new();
+    netrpc::CodecKind::Postcard
+        .encode(&Args { a: 2, b: 3 }, &mut args)
+        .unwrap();
+    let frames = [
+        Frame::request(1, "Arith.Multiply", 9, args.clone().freeze()),
+        Frame::request(2, "Arith.Multiply", 1, args.freeze()),
+    ];
+    let replies = raw_exchange(server.addr(), &frames, 2);
+    let unsupported = replies.iter().find(|f| f.seq == 1).unwrap();
+    assert_eq!(unsupported.kind, FrameKind::Error);
+    assert_eq!(unsupported.codec, 0);
+    let body = ErrorBody::decode(&unsupported.body).unwrap();
+    assert_eq!(body.code, ErrorCode::UnsupportedCodec);
+    assert!(body.message.contains("codec id 9"), "{}", body.message);
+    let answered = replies.iter().find(|f| f.seq == 2).unwrap();
+    assert_eq!(answered.kind, FrameKind::Response);
+}
+
+#[test]
+fn a_non_utf8_method_name_is_a_protocol_error_for_that_call() {
+    let server = TestServer::start();
+    let frames = [
+        Frame::request(5, &b"Arith.\xff"[..], 1, &b"\x04\x06"[..]),
+        Frame::request(6, "Arith.Multiply", 1, &b"\x04\x06"[..]),
+    ];
+    let replies = raw_exchange(server.addr(), &frames, 2);
+    let bad = replies.iter().find(|f| f.seq == 5).unwrap();
+    assert_eq!(
+        ErrorBody::decode(&bad.body).unwrap().code,
+        ErrorCode::Protocol
+    );
+    let good = replies.iter().find(|f| f.seq == 6).unwrap();
+    assert_eq!(good.kind, FrameKind::Response);
+    assert_eq!(&good.body[..], b"\x0c", "postcard 6 (zigzag 12)");
+}
+
+#[test]
+fn ping_is_answered_with_pong() {
+    let server = TestServer::start();
+    let replies = raw_exchange(server.addr(), &[Frame::new(FrameKind::Ping, 77)], 1);
+    assert_eq!(replies[0].kind, FrameKind::Pong);
+    assert_eq!(replies[0].seq, 77);
+}

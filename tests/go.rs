@@ -1,0 +1,117 @@
+//! Non-blocking calls: `go` handles, shared completion channels, and no lost completions.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod util;
+
+use std::collections::HashSet;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use netrpc::done_channel;
+use util::{Args, ProbeClient, TestServer};
+
+#[test]
+fn go_returns_at_once_and_the_reply_arrives_on_done() {
+    let server = TestServer::start();
+    let probe = ProbeClient::new(server.client());
+    let started = Instant::now();
+    let call = probe.sleep_go(&200);
+    assert!(
+        started.elapsed() < Duration::from_millis(150),
+        "go must not wait for the reply"
+    );
+    let reply = call
+        .done()
+        .recv_timeout(Duration::from_secs(5))
+        .expect("completion arrives");
+    assert_eq!(reply.unwrap(), 200);
+}
+
+#[test]
+fn go_calls_from_many_threads_each_complete_once_with_their_own_reply() {
+    let server = TestServer::start();
+    let arith = server.arith();
+    let threads: Vec<_> = (0..8i64)
+        .map(|t| {
+            let arith = arith.clone();
+            thread::spawn(move || {
+                let calls: Vec<_> = (0..1_000i64)
+                    .map(|i| {
+                        (
+                            i,
+                            arith.multiply_go(&Args {
+                                a: t * 10_000 + i,
+                                b: 2,
+                            }),
+                        )
+                    })
+                    .collect();
+                for (i, call) in calls {
+                    assert_eq!(call.wait().unwrap(), (t * 10_000 + i) * 2);
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+}
+
+#[test]
+fn ten_thousand_calls_sharing_one_channel_all_complete_exactly_once() {
+    let server = TestServer::start();
+    let client = server.client();
+    let (done_tx, done_rx) = done_channel::<i64>();
+    let mut expected = std::collections::HashMap::new();
+    for i in 0..10_000i64 {
+        let seq = client.go_with("Arith.Multiply", &Args { a: i, b: 7 }, &done_tx);
+        expected.insert(seq, i * 7);
+    }
+    let mut seen = HashSet::new();
+    for _ in 0..10_000 {
+        let completion = done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("every completion arrives");
+        assert!(
+            seen.insert(completion.seq),
+            "seq {} completed twice",
+            completion.seq
+        );
+        assert_eq!(completion.method, "Arith.Multiply");
+        assert_eq!(completion.result.unwrap(), expected[&completion.seq]);
+    }
+    assert!(
+        done_rx.try_recv().is_err(),
+        "no completion beyond the 10,000 calls"
+    );
+    assert_eq!(client.pending_calls(), 0);
+}
+
+#[test]
+fn completions_are_kept_while_nobody_reads_the_channel() {
+    let server = TestServer::start();
+    let client = server.client();
+    let (done_tx, done_rx) = done_channel::<i64>();
+    for i in 0..500i64 {
+        client.go_with("Arith.Sum", &Args { a: i, b: 1 }, &done_tx);
+    }
+    util::wait_until("all calls answered", Duration::from_secs(5), || {
+        client.pending_calls() == 0
+    });
+    assert_eq!(done_rx.len(), 500, "every completion waits in the channel");
+}
+
+#[test]
+fn replies_arriving_out_of_order_are_matched_by_sequence_id() {
+    let server = TestServer::start();
+    let probe = ProbeClient::new(server.client());
+    // The slowest call is sent first, so replies come back in reverse order.
+    let calls: Vec<_> = [300u64, 200, 100, 0]
+        .iter()
+        .map(|ms| (*ms, probe.sleep_go(ms)))
+        .collect();
+    for (ms, call) in calls {
+        assert_eq!(call.wait().unwrap(), ms);
+    }
+}

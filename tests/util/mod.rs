@@ -1,0 +1,138 @@
+//! Shared test helpers: servers on 127.0.0.1:0, the tutorials' `Arith`, and a `Probe` service
+//! whose methods sleep, block until released, panic, or echo.
+
+#![allow(dead_code, unused_imports, unreachable_pub)] // each test file uses part of this module
+
+#[path = "../../examples/support/arith.rs"]
+pub mod arith;
+
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use netrpc::{service, Client, Server, ServerHandle, ServiceError};
+
+pub use arith::{Args, ArithClient, ArithServer, Calculator, Quotient};
+
+service! {
+    /// Methods that misbehave on purpose.
+    pub trait Probe {
+        const NAME = "Probe";
+        type Server = ProbeServer;
+        type Client = ProbeClient;
+
+        /// Sleeps `ms` milliseconds, then returns `ms`.
+        #[rpc(name = "Sleep", go = sleep_go, const = SLEEP)]
+        fn sleep(ms: u64) -> u64;
+        /// Waits until the test releases it (at most 10 s), then returns `id`.
+        #[rpc(name = "Block", go = block_go, const = BLOCK)]
+        fn block(id: u64) -> u64;
+        /// Panics with `message`.
+        #[rpc(name = "Panic", go = panic_go, const = PANIC)]
+        fn panic(message: String) -> u64;
+        /// Returns its argument.
+        #[rpc(name = "Echo", go = echo_go, const = ECHO)]
+        fn echo(bytes: Vec<u8>) -> Vec<u8>;
+    }
+}
+
+/// The `Probe` implementation; `release` lets blocked calls go.
+pub struct Prober {
+    release: Receiver<()>,
+}
+
+impl Probe for Prober {
+    fn sleep(&self, ms: u64) -> Result<u64, ServiceError> {
+        std::thread::sleep(Duration::from_millis(ms));
+        Ok(ms)
+    }
+
+    fn block(&self, id: u64) -> Result<u64, ServiceError> {
+        self.release
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|_| ServiceError::new("never released"))?;
+        Ok(id)
+    }
+
+    fn panic(&self, message: String) -> Result<u64, ServiceError> {
+        panic!("{message}");
+    }
+
+    fn echo(&self, bytes: Vec<u8>) -> Result<Vec<u8>, ServiceError> {
+        Ok(bytes)
+    }
+}
+
+/// A running server with `Arith` and `Probe`, and the sender that releases blocked calls.
+pub struct TestServer {
+    pub handle: ServerHandle,
+    pub server: Server,
+    pub release: Sender<()>,
+}
+
+impl TestServer {
+    /// Starts a server on 127.0.0.1:0 with default settings.
+    pub fn start() -> TestServer {
+        TestServer::start_with(Server::new())
+    }
+
+    /// Registers `Arith` and `Probe` on `server` and serves on 127.0.0.1:0.
+    pub fn start_with(server: Server) -> TestServer {
+        let (release_tx, release_rx) = crossbeam_channel::unbounded();
+        server
+            .register(ArithServer::new(Calculator))
+            .expect("register Arith");
+        server
+            .register(ProbeServer::new(Prober {
+                release: release_rx,
+            }))
+            .expect("register Probe");
+        let handle = server.serve("127.0.0.1:0").expect("serve on loopback");
+        TestServer {
+            handle,
+            server,
+            release: release_tx,
+        }
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.handle.local_addr()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::dial(self.addr()).expect("dial the test server")
+    }
+
+    pub fn arith(&self) -> ArithClient {
+        ArithClient::new(self.client())
+    }
+
+    /// Lets `count` blocked `Probe.Block` calls return.
+    pub fn release(&self, count: usize) {
+        for _ in 0..count {
+            self.release.send(()).expect("release a blocked call");
+        }
+    }
+}
+
+/// A fresh client's call must succeed: the server goes on serving everyone else.
+pub fn assert_healthy(addr: std::net::SocketAddr) {
+    let arith = ArithClient::new(Client::dial(addr).expect("dial for health probe"));
+    assert_eq!(
+        arith
+            .multiply(&Args { a: 6, b: 7 })
+            .expect("health probe call"),
+        42
+    );
+}
+
+/// Polls `condition` every 5 ms until it holds, failing with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
