@@ -9,14 +9,15 @@ use bytes::{Buf, BytesMut};
 
 use crate::error::TransportError;
 use crate::frame::Frame;
-use crate::header::{FrameHeader, HEADER_LEN};
+use crate::header::{check_prefix, FrameHeader, HEADER_LEN};
 use crate::limits::FrameLimits;
 
 /// Incremental decoder for one connection's inbound byte stream.
 ///
 /// Contract: feed bytes in arrival order; call [`FrameDecoder::poll_frame`] until it returns
-/// `Ok(None)` (several pipelined frames may be buffered). A header is validated as soon as its
-/// 28 bytes are in, before the rest of the frame arrives. After an error the stream cannot be
+/// `Ok(None)` (several pipelined frames may be buffered). Magic and version are checked as
+/// soon as their bytes arrive, the whole header as soon as its 28 bytes are in, before the rest of
+/// the frame arrives. After an error the stream cannot be
 /// resynchronised: the decoder is *failed*, ignores further input and keeps returning `Ok(None)`;
 /// the connection should be closed.
 #[derive(Debug)]
@@ -127,6 +128,8 @@ impl FrameDecoder {
 
     fn take_header(&mut self) -> Result<Option<FrameHeader>, TransportError> {
         let Some(bytes) = self.buf.get(..HEADER_LEN) else {
+            // Refuse another protocol from its first bytes rather than waiting for 28 of them.
+            check_prefix(&self.buf)?;
             return Ok(None);
         };
         let bytes: &[u8; HEADER_LEN] = bytes
@@ -290,6 +293,32 @@ mod tests {
                 "a failed decoder stays failed"
             );
         }
+    }
+
+    #[test]
+    fn another_protocol_is_refused_from_its_first_bytes() {
+        let cases: [(&[u8], TransportError); 3] = [
+            (b"G", TransportError::BadMagic { got: 0x4700 }),
+            (
+                b"GET / HTTP/1.1\r\n",
+                TransportError::BadMagic { got: 0x4745 },
+            ),
+            (
+                &[0x4e, 0x52, 2],
+                TransportError::UnsupportedVersion {
+                    got: 2,
+                    supported: 1,
+                },
+            ),
+        ];
+        for (bytes, expected) in cases {
+            let mut decoder = FrameDecoder::new(FrameLimits::default());
+            decoder.handle_bytes(bytes);
+            assert_eq!(decoder.poll_frame(), Err(expected));
+        }
+        let mut decoder = FrameDecoder::new(FrameLimits::default());
+        decoder.handle_bytes(&[0x4e, 0x52, 1]);
+        assert_eq!(decoder.poll_frame(), Ok(None), "a valid prefix waits");
     }
 
     #[test]

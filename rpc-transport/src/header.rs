@@ -152,16 +152,7 @@ impl FrameHeader {
     /// [`TransportError::MetadataTooLarge`] or [`TransportError::FrameTooLarge`] when the
     /// header breaks the format or `limits`.
     pub fn parse(bytes: &[u8; HEADER_LEN], limits: &FrameLimits) -> Result<Self, TransportError> {
-        let magic = BigEndian::read_u16(&bytes[0..2]);
-        if magic != MAGIC {
-            return Err(TransportError::BadMagic { got: magic });
-        }
-        if bytes[2] != VERSION {
-            return Err(TransportError::UnsupportedVersion {
-                got: bytes[2],
-                supported: VERSION,
-            });
-        }
+        check_prefix(bytes)?;
         let kind =
             FrameKind::from_u8(bytes[3]).ok_or(TransportError::UnknownKind { got: bytes[3] })?;
         let header = FrameHeader {
@@ -231,6 +222,31 @@ impl FrameHeader {
 
 /// Offset of `body_len` inside the header, for patching it after a body is encoded in place.
 pub(crate) const BODY_LEN_OFFSET: usize = 24;
+
+/// Checks the magic and version bytes of a header that may not have fully arrived yet.
+///
+/// `bytes` is the start of a frame, of any length: the checks that its length allows are made,
+/// the rest wait. This lets a receiver refuse a peer speaking another protocol (an HTTP request,
+/// say) from its first bytes, without waiting for a whole header that may never come.
+///
+/// # Errors
+///
+/// [`TransportError::BadMagic`] or [`TransportError::UnsupportedVersion`].
+pub fn check_prefix(bytes: &[u8]) -> Result<(), TransportError> {
+    match bytes {
+        [first, ..] if *first != (MAGIC >> 8) as u8 => Err(TransportError::BadMagic {
+            got: u16::from(*first) << 8 | u16::from(bytes.get(1).copied().unwrap_or(0)),
+        }),
+        [_, second, ..] if *second != MAGIC as u8 => Err(TransportError::BadMagic {
+            got: BigEndian::read_u16(&bytes[0..2]),
+        }),
+        [_, _, version, ..] if *version != VERSION => Err(TransportError::UnsupportedVersion {
+            got: *version,
+            supported: VERSION,
+        }),
+        _ => Ok(()),
+    }
+}
 
 #[cfg(test)]
 mod tests {
