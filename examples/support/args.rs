@@ -1,4 +1,5 @@
-//! A tiny command-line flag reader for the examples: `--name value` pairs and `--help`.
+//! A tiny command-line flag reader for the examples: `--name value` pairs, bare `--switch`es
+//! and `--help`.
 //! (The examples avoid a dependency on an argument-parsing crate.)
 
 #![allow(dead_code, unreachable_pub)] // included by path; each example uses part of it
@@ -25,7 +26,7 @@ impl Flags {
         usage: &str,
     ) -> Result<Flags, Box<dyn Error>> {
         let mut values = HashMap::new();
-        let mut args = args.into_iter();
+        let mut args = args.into_iter().peekable();
         while let Some(arg) = args.next() {
             if arg == "--help" || arg == "-h" {
                 println!("{usage}");
@@ -34,9 +35,11 @@ impl Flags {
             let Some(name) = arg.strip_prefix("--") else {
                 return Err(format!("unexpected argument `{arg}`\n\n{usage}").into());
             };
-            let value = args
-                .next()
-                .ok_or_else(|| format!("`--{name}` needs a value\n\n{usage}"))?;
+            // A flag followed by another flag (or by nothing) is a switch.
+            let value = match args.peek() {
+                Some(next) if !next.starts_with("--") => args.next().unwrap_or_default(),
+                _ => String::new(),
+            };
             values.insert(name.to_owned(), value);
         }
         Ok(Flags { values })
@@ -53,6 +56,11 @@ impl Flags {
                 .parse()
                 .map_err(|err| format!("bad value `{raw}` for --{name}: {err}").into()),
         }
+    }
+
+    /// True if `--name` was given (as a bare switch or with a value).
+    pub fn has(&self, name: &str) -> bool {
+        self.values.contains_key(name)
     }
 
     /// The value of `--name`, if given.

@@ -1,0 +1,460 @@
+//! loadgen: drives a netrpc server at full speed and reports throughput and latency, beside a
+//! raw-TCP baseline of the same shape measured in the same run.
+//!
+//! Run: `cargo run --release --example loadgen -- --inproc --conns 1 --inflight 64 --baseline`
+//! (`--help` explains every flag). What it calls:
+//!
+//! - with `--payload 0` (the default), `Arith.Multiply` with `Args { A: 7, B: 8 }`;
+//! - with `--payload N`, `Bench.Echo` with `N` bytes, which returns them.
+//!
+//! Each connection is driven by its own thread: with `--inflight 1` it makes blocking `call`s
+//! back to back; with more, it keeps that many `go_with` calls outstanding, starting a new
+//! one as each completes. The raw baseline (`--baseline`) uses the same connections and
+//! in-flight count over plain sockets (`support/raw_tcp.rs`). Calls completing during the
+//! warm-up are not counted. All traffic stays on 127.0.0.1 unless `--addr` says otherwise.
+
+#[path = "support/args.rs"]
+mod args;
+#[path = "support/arith.rs"]
+mod arith;
+#[path = "support/raw_tcp.rs"]
+mod raw_tcp;
+
+use std::collections::{BTreeMap, HashMap};
+use std::error::Error;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use arith::{Args, ArithServer, Calculator};
+use netrpc::{done_channel, service, Client, Codec, CodecKind, RpcError, Server, ServiceError};
+use raw_tcp::{Histogram, RawLoad, RawServer, Shape, Writes};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+const USAGE: &str = "\
+loadgen: measure netrpc calls per second and latency, optionally beside raw TCP
+
+usage: cargo run --release --example loadgen -- [--addr HOST:PORT | --inproc] [options]
+       cargo run --release --example loadgen -- --serve HOST:PORT [--seconds N]
+
+  --inproc           start a server in this process on 127.0.0.1 (the default without --addr)
+  --addr HOST:PORT   drive a running server (Arith, and Bench for --payload; see --serve)
+  --serve HOST:PORT  only serve Arith and Bench on HOST:PORT, for another loadgen to drive
+  --conns N          connections, each driven by its own thread (default 1)
+  --inflight N       calls outstanding per connection: 1 = blocking calls back to back,
+                     more = that many `go` calls kept in flight (default 1)
+  --seconds S        measured duration (default 5)
+  --warmup S         unmeasured warm-up before it (default 1)
+  --codec NAME       postcard (default) or json
+  --payload BYTES    0 = Arith.Multiply (default); N = Bench.Echo with N bytes each way
+  --baseline         first run raw TCP ping-pong of the same shape and print the ratio
+  --raw-unbatched    in the baseline, one write per message instead of grouped writes
+  --loops N          event-loop threads of the in-process server (default: its own default)
+  --help             print this help
+
+Prints a progress line each second (to stderr), then for each run: calls/s, latency p50, p90,
+p99, p999 and max, and errors by kind.";
+
+service! {
+    /// A service for payload benchmarks.
+    pub trait Bench {
+        const NAME = "Bench";
+        type Server = BenchServer;
+        type Client = BenchClient;
+
+        /// Returns its argument.
+        #[rpc(name = "Echo", go = echo_go, const = ECHO)]
+        fn echo(payload: Vec<u8>) -> Vec<u8>;
+    }
+}
+
+/// The `Bench` implementation.
+struct Echoer;
+
+impl Bench for Echoer {
+    fn echo(&self, payload: Vec<u8>) -> Result<Vec<u8>, ServiceError> {
+        Ok(payload)
+    }
+}
+
+/// What one run is asked to do.
+#[derive(Debug, Clone)]
+struct Plan {
+    conns: usize,
+    inflight: usize,
+    warmup: Duration,
+    measured: Duration,
+    codec: CodecKind,
+    payload: usize,
+}
+
+/// What one run measured.
+#[derive(Debug, Default)]
+struct Report {
+    calls: u64,
+    elapsed: Duration,
+    latency: Histogram,
+    errors: BTreeMap<String, u64>,
+}
+
+impl Report {
+    fn per_second(&self) -> f64 {
+        self.calls as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn merge(&mut self, other: Report) {
+        self.calls += other.calls;
+        self.latency.merge(&other.latency);
+        for (kind, count) in other.errors {
+            *self.errors.entry(kind).or_default() += count;
+        }
+    }
+}
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let flags = args::Flags::parse(USAGE)?;
+    let plan = Plan {
+        conns: flags.get("conns", 1usize)?.max(1),
+        inflight: flags.get("inflight", 1usize)?.max(1),
+        warmup: Duration::from_secs_f64(flags.get("warmup", 1.0)?),
+        measured: Duration::from_secs_f64(flags.get("seconds", 5.0)?),
+        codec: match flags.get_str("codec").unwrap_or("postcard") {
+            "postcard" => CodecKind::Postcard,
+            "json" => CodecKind::Json,
+            other => return Err(format!("unknown codec `{other}`\n\n{USAGE}").into()),
+        },
+        payload: flags.get("payload", 0usize)?,
+    };
+    let server = build_server(flags.get("loops", 0usize)?)?;
+
+    if let Some(addr) = flags.get_str("serve") {
+        let running = server.serve(addr)?;
+        println!("serving Arith and Bench on {}", running.local_addr());
+        thread::sleep(Duration::from_secs_f64(flags.get("seconds", 3600.0)?));
+        running.shutdown();
+        return Ok(());
+    }
+
+    let _in_process;
+    let target: SocketAddr = match flags.get_str("addr") {
+        Some(addr) => addr.parse()?,
+        None => {
+            let running = server.serve("127.0.0.1:0")?;
+            let addr = running.local_addr();
+            _in_process = running;
+            addr
+        }
+    };
+    println!(
+        "loadgen: {} conn(s) x {} in flight, {}, {}, {:.1} s measured after {:.1} s warm-up, target {target}",
+        plan.conns,
+        plan.inflight,
+        plan.codec.name(),
+        if plan.payload == 0 {
+            "Arith.Multiply".to_owned()
+        } else {
+            format!("Bench.Echo of {} bytes", plan.payload)
+        },
+        plan.measured.as_secs_f64(),
+        plan.warmup.as_secs_f64(),
+    );
+
+    let baseline = if flags.has("baseline") {
+        let writes = if flags.has("raw-unbatched") {
+            Writes::Unbatched
+        } else {
+            Writes::Grouped
+        };
+        let report = run_raw(&plan, writes)?;
+        print_report("raw tcp", &report);
+        Some(report)
+    } else {
+        None
+    };
+
+    let report = run_netrpc(&plan, target)?;
+    print_report("netrpc", &report);
+    if let Some(raw) = baseline {
+        println!(
+            "ratio      {:.2} of raw calls/s; p50 {:.2}x, p99 {:.2}x raw's",
+            report.per_second() / raw.per_second().max(1e-9),
+            ratio(report.latency.quantile(0.5), raw.latency.quantile(0.5)),
+            ratio(report.latency.quantile(0.99), raw.latency.quantile(0.99)),
+        );
+    }
+    Ok(())
+}
+
+fn build_server(loops: usize) -> Result<Server, RpcError> {
+    let mut builder = Server::builder();
+    if loops > 0 {
+        builder = builder.event_loops(loops);
+    }
+    let server = builder.build();
+    server.register(ArithServer::new(Calculator))?;
+    server.register(BenchServer::new(Echoer))?;
+    Ok(server)
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64().max(1e-12)
+}
+
+/// Runs the raw-TCP baseline of the plan's shape against an in-process raw server.
+fn run_raw(plan: &Plan, writes: Writes) -> Result<Report, Box<dyn Error>> {
+    let shape = if plan.payload == 0 {
+        Shape::ARITH
+    } else {
+        Shape::echo(plan.payload)
+    };
+    let server = RawServer::start(shape)?;
+    let addr = server.addr();
+    let load = RawLoad {
+        shape,
+        inflight: plan.inflight,
+        writes,
+    };
+    run_drivers(plan, move |record_from, end, progress| {
+        let mut report = Report::default();
+        match raw_tcp::drive(addr, load, record_from, end, &mut report.latency, progress) {
+            Ok(calls) => report.calls = calls,
+            Err(err) => {
+                report.errors.insert(format!("io: {err}"), 1);
+            }
+        }
+        report
+    })
+}
+
+/// Runs netrpc calls of the plan's shape against `target`.
+fn run_netrpc(plan: &Plan, target: SocketAddr) -> Result<Report, Box<dyn Error>> {
+    let mut clients = Vec::new();
+    for _ in 0..plan.conns {
+        clients.push(Client::builder().codec(plan.codec).dial(target)?);
+    }
+    let clients = Arc::new(clients);
+    let next = AtomicU64::new(0);
+    let inflight = plan.inflight;
+    let payload = plan.payload;
+    run_drivers(plan, move |record_from, end, progress| {
+        let index = next.fetch_add(1, Ordering::SeqCst) as usize;
+        let client = &clients[index % clients.len()];
+        let window = Window {
+            record_from,
+            end,
+            progress,
+        };
+        if payload == 0 {
+            let expected = 56i64;
+            drive_calls(
+                client,
+                "Arith.Multiply",
+                &Args { a: 7, b: 8 },
+                &expected,
+                inflight,
+                &window,
+            )
+        } else {
+            let bytes = vec![0xa5u8; payload];
+            drive_calls(client, "Bench.Echo", &bytes, &bytes, inflight, &window)
+        }
+    })
+}
+
+/// The time window of a run, shared by its drivers.
+struct Window<'a> {
+    record_from: Instant,
+    end: Instant,
+    progress: &'a AtomicU64,
+}
+
+impl Window<'_> {
+    /// Counts one completed call; records it if it completed after the warm-up.
+    fn complete<R: PartialEq>(
+        &self,
+        report: &mut Report,
+        started: Instant,
+        result: Result<R, RpcError>,
+        expected: &R,
+    ) {
+        self.progress.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        if now < self.record_from {
+            return;
+        }
+        match result {
+            Ok(reply) if reply == *expected => {
+                report.calls += 1;
+                report.latency.record(now - started);
+            }
+            Ok(_) => *report.errors.entry("wrong reply".into()).or_default() += 1,
+            Err(err) => *report.errors.entry(error_kind(&err)).or_default() += 1,
+        }
+    }
+}
+
+/// The variant name of an error (`Timeout`, `ConnectionLost`, ...), for counting by kind.
+fn error_kind(err: &RpcError) -> String {
+    let debug = format!("{err:?}");
+    debug
+        .split(|c: char| !c.is_alphanumeric())
+        .next()
+        .unwrap_or("unknown")
+        .to_owned()
+}
+
+/// One connection's driver: blocking calls back to back, or `inflight` `go_with` calls.
+fn drive_calls<A, R>(
+    client: &Client,
+    method: &str,
+    args: &A,
+    expected: &R,
+    inflight: usize,
+    window: &Window<'_>,
+) -> Report
+where
+    A: Serialize,
+    R: DeserializeOwned + PartialEq + Send + 'static,
+{
+    let mut report = Report::default();
+    if inflight == 1 {
+        while Instant::now() < window.end {
+            let started = Instant::now();
+            let result = client.call::<A, R>(method, args);
+            window.complete(&mut report, started, result, expected);
+        }
+        return report;
+    }
+    let (done, completions) = done_channel::<R>();
+    let mut started_at: HashMap<u64, Instant> = HashMap::with_capacity(inflight);
+    for _ in 0..inflight {
+        started_at.insert(client.go_with(method, args, &done), Instant::now());
+    }
+    // Every call has the client's deadline, so a completion always comes; the extra margin
+    // only guards against a bug in the framework hanging the tool.
+    let stall_limit = client.config().call_timeout + Duration::from_secs(5);
+    while !started_at.is_empty() {
+        let Ok(completion) = completions.recv_timeout(stall_limit) else {
+            *report
+                .errors
+                .entry("stalled (no completion)".into())
+                .or_default() += started_at.len() as u64;
+            break;
+        };
+        let started = started_at
+            .remove(&completion.seq)
+            .unwrap_or_else(Instant::now);
+        window.complete(&mut report, started, completion.result, expected);
+        if Instant::now() < window.end {
+            started_at.insert(client.go_with(method, args, &done), Instant::now());
+        }
+    }
+    report
+}
+
+/// Runs `plan.conns` driver threads over the warm-up and measured window, printing progress,
+/// and merges their reports.
+fn run_drivers<F>(plan: &Plan, driver: F) -> Result<Report, Box<dyn Error>>
+where
+    F: Fn(Instant, Instant, &AtomicU64) -> Report + Sync,
+{
+    let progress = AtomicU64::new(0);
+    let finished = AtomicBool::new(false);
+    let started = Instant::now();
+    let record_from = started + plan.warmup;
+    let end = record_from + plan.measured;
+    let mut total = Report {
+        elapsed: plan.measured,
+        ..Report::default()
+    };
+    thread::scope(|scope| {
+        let drivers: Vec<_> = (0..plan.conns)
+            .map(|_| scope.spawn(|| driver(record_from, end, &progress)))
+            .collect();
+        scope.spawn(|| print_progress(&progress, &finished, started));
+        for handle in drivers {
+            match handle.join() {
+                Ok(report) => total.merge(report),
+                Err(_) => *total.errors.entry("driver panicked".into()).or_default() += 1,
+            }
+        }
+        finished.store(true, Ordering::SeqCst);
+    });
+    Ok(total)
+}
+
+/// Prints the completions per second over the last second, once a second, until `finished`.
+fn print_progress(progress: &AtomicU64, finished: &AtomicBool, started: Instant) {
+    let mut last = 0;
+    let mut last_at = Instant::now();
+    while !finished.load(Ordering::SeqCst) {
+        thread::sleep(Duration::from_millis(100));
+        if last_at.elapsed() < Duration::from_secs(1) {
+            continue;
+        }
+        let now_count = progress.load(Ordering::Relaxed);
+        let rate = (now_count - last) as f64 / last_at.elapsed().as_secs_f64();
+        eprint!(
+            "\r  {:5.1} s  {:>12} calls/s   ",
+            started.elapsed().as_secs_f64(),
+            Thousands(rate as u64)
+        );
+        last = now_count;
+        last_at = Instant::now();
+    }
+    eprint!("\r{:50}\r", "");
+}
+
+fn print_report(label: &str, report: &Report) {
+    let q = |quantile| Micros(report.latency.quantile(quantile));
+    println!(
+        "{label:<10} {:>12} calls/s   p50 {}  p90 {}  p99 {}  p999 {}  max {}   ({} calls)",
+        Thousands(report.per_second() as u64),
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        q(0.999),
+        Micros(report.latency.max()),
+        Thousands(report.calls),
+    );
+    if report.errors.is_empty() {
+        println!("{:<10} errors: none", "");
+    } else {
+        let errors: Vec<_> = report
+            .errors
+            .iter()
+            .map(|(kind, count)| format!("{kind}: {count}"))
+            .collect();
+        println!("{:<10} errors: {}", "", errors.join(", "));
+    }
+}
+
+/// A count with thousands separators.
+struct Thousands(u64);
+
+impl fmt::Display for Thousands {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let digits = self.0.to_string();
+        let mut grouped = String::new();
+        for (i, digit) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                grouped.push(',');
+            }
+            grouped.push(digit);
+        }
+        f.pad(&grouped)
+    }
+}
+
+/// A latency in microseconds, one decimal.
+struct Micros(Duration);
+
+impl fmt::Display for Micros {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:.1} µs", self.0.as_secs_f64() * 1e6)
+    }
+}

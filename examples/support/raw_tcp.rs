@@ -1,0 +1,261 @@
+//! The raw-socket baseline: the fastest simple thing a TCP request/reply can be, to measure
+//! netrpc against in the same run.
+//!
+//! No framing, no codec, no event loop: a thread per connection on each side, blocking
+//! sockets with `TCP_NODELAY`, fixed-size messages. The server answers each `request_len`-byte
+//! request with a `reply_len`-byte reply (for the `Arith` shape, 16 bytes holding two
+//! little-endian `i64`s in, their product out; otherwise the request's first bytes echoed).
+//! The pipelined client keeps `inflight` requests outstanding and, like any sensible pipelined
+//! sender, groups its writes: after each read it sends as many new requests as replies it got,
+//! in one `write`. [`Unbatched`] sends one `write` per message instead.
+
+#![allow(dead_code, unreachable_pub)] // included by path; each user needs part of it
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Instant;
+
+#[path = "histogram.rs"]
+mod histogram;
+pub use histogram::Histogram;
+
+/// The size of one request and one reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Bytes per request.
+    pub request_len: usize,
+    /// Bytes per reply.
+    pub reply_len: usize,
+}
+
+impl Shape {
+    /// The tutorials' `Arith.Multiply`: two `i64`s in, one out.
+    pub const ARITH: Shape = Shape {
+        request_len: 16,
+        reply_len: 8,
+    };
+
+    /// An echo of `len` bytes each way.
+    pub fn echo(len: usize) -> Shape {
+        Shape {
+            request_len: len.max(1),
+            reply_len: len.max(1),
+        }
+    }
+
+    fn reply_to(&self, request: &[u8], out: &mut Vec<u8>) {
+        if *self == Shape::ARITH {
+            let a = i64::from_le_bytes(request[..8].try_into().unwrap_or_default());
+            let b = i64::from_le_bytes(request[8..16].try_into().unwrap_or_default());
+            out.extend_from_slice(&a.wrapping_mul(b).to_le_bytes());
+        } else {
+            out.extend_from_slice(&request[..self.reply_len.min(request.len())]);
+            out.resize(out.len() + self.reply_len.saturating_sub(request.len()), 0);
+        }
+    }
+
+    fn request(&self) -> Vec<u8> {
+        let mut request = vec![0u8; self.request_len];
+        if *self == Shape::ARITH {
+            request[..8].copy_from_slice(&7i64.to_le_bytes());
+            request[8..].copy_from_slice(&8i64.to_le_bytes());
+        }
+        request
+    }
+}
+
+/// A raw TCP server on 127.0.0.1, a thread per connection. Stops when dropped.
+pub struct RawServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl RawServer {
+    /// Starts a server answering messages of `shape`.
+    pub fn start(shape: Shape) -> io::Result<RawServer> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = Arc::clone(&stop);
+        let acceptor = thread::Builder::new()
+            .name("raw-accept".into())
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    if stop_flag.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    if let Ok(stream) = stream {
+                        let _ = thread::Builder::new()
+                            .name("raw-conn".into())
+                            .spawn(move || serve_conn(stream, shape));
+                    }
+                }
+            })?;
+        Ok(RawServer {
+            addr,
+            stop,
+            acceptor: Some(acceptor),
+        })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for RawServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept so the thread sees the flag.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+    }
+}
+
+/// Answers every whole request in each read with one write, until the client closes.
+fn serve_conn(mut stream: TcpStream, shape: Shape) {
+    let _ = stream.set_nodelay(true);
+    let mut input = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut output = Vec::new();
+    loop {
+        let n = match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        input.extend_from_slice(&chunk[..n]);
+        let whole = input.len() / shape.request_len * shape.request_len;
+        output.clear();
+        for request in input[..whole].chunks_exact(shape.request_len) {
+            shape.reply_to(request, &mut output);
+        }
+        input.drain(..whole);
+        if !output.is_empty() && stream.write_all(&output).is_err() {
+            return;
+        }
+    }
+}
+
+/// How the pipelined client writes: grouped (one write per read's worth of replies) or one
+/// write per message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writes {
+    /// As many requests per write as replies just arrived.
+    Grouped,
+    /// One write per request.
+    Unbatched,
+}
+
+/// What a raw client sends: messages of `shape`, `inflight` at a time, written `writes`-wise.
+#[derive(Debug, Clone, Copy)]
+pub struct RawLoad {
+    /// Message sizes.
+    pub shape: Shape,
+    /// Requests kept outstanding.
+    pub inflight: usize,
+    /// How requests are written.
+    pub writes: Writes,
+}
+
+/// Keeps `load.inflight` requests outstanding on one connection to `addr` until `end`.
+///
+/// Replies completed at or after `record_from` go into `histogram`; every completed reply
+/// bumps `progress`. Returns the number of replies recorded.
+pub fn drive(
+    addr: SocketAddr,
+    load: RawLoad,
+    record_from: Instant,
+    end: Instant,
+    histogram: &mut Histogram,
+    progress: &AtomicU64,
+) -> io::Result<u64> {
+    let RawLoad {
+        shape,
+        inflight,
+        writes,
+    } = load;
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    let request = shape.request();
+    let mut sent_at: VecDeque<Instant> = VecDeque::with_capacity(inflight);
+    let mut out = Vec::with_capacity(shape.request_len * inflight);
+    let mut chunk = vec![0u8; (shape.reply_len * inflight).max(64 * 1024)];
+    let mut buffered = 0usize;
+    let mut recorded = 0;
+
+    send_requests(
+        &mut stream,
+        &request,
+        inflight.max(1),
+        writes,
+        &mut out,
+        &mut sent_at,
+    )?;
+    while !sent_at.is_empty() {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        buffered += n;
+        let replies = buffered / shape.reply_len;
+        buffered %= shape.reply_len;
+        let now = Instant::now();
+        for _ in 0..replies {
+            let Some(started) = sent_at.pop_front() else {
+                return Err(io::Error::other("more replies than requests"));
+            };
+            if now >= record_from {
+                histogram.record(now - started);
+                recorded += 1;
+            }
+        }
+        progress.fetch_add(replies as u64, Ordering::Relaxed);
+        if now < end && replies > 0 {
+            send_requests(
+                &mut stream,
+                &request,
+                replies,
+                writes,
+                &mut out,
+                &mut sent_at,
+            )?;
+        }
+    }
+    Ok(recorded)
+}
+
+fn send_requests(
+    stream: &mut TcpStream,
+    request: &[u8],
+    count: usize,
+    writes: Writes,
+    out: &mut Vec<u8>,
+    sent_at: &mut VecDeque<Instant>,
+) -> io::Result<()> {
+    let now = Instant::now();
+    match writes {
+        Writes::Grouped => {
+            out.clear();
+            for _ in 0..count {
+                out.extend_from_slice(request);
+                sent_at.push_back(now);
+            }
+            stream.write_all(out)
+        }
+        Writes::Unbatched => {
+            for _ in 0..count {
+                sent_at.push_back(Instant::now());
+                stream.write_all(request)?;
+            }
+            Ok(())
+        }
+    }
+}
