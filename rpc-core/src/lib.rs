@@ -16,6 +16,7 @@ pub mod call;
 mod client;
 mod client_conn;
 mod client_loop;
+pub mod cluster;
 pub mod error;
 pub mod error_body;
 mod macros;

@@ -1,0 +1,272 @@
+//! Master/worker in push mode: the master hands task `i` to worker `i mod n`, all at once, and
+//! collects every result (SEEDS §3).
+//!
+//! When a worker cannot be reached or its connection fails, the tasks it held go to the next
+//! live worker instead of being lost: a task ends with its result, with the method's own error
+//! (which no other worker would change), or, only when every worker has failed, with the last
+//! connection error. Each task's result is collected exactly once; a task whose worker failed
+//! mid-call may have run there too (execution is at least once).
+//!
+//! ```text
+//!   tasks:   t0   t1   t2   t3   t4   t5
+//!   workers: w0   w1   w2   w0   w1   w2        w1 is down:
+//!                  └─► w2      └─► w0          its tasks are sent to the next live worker
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Select};
+use rpc_codec::CodecKind;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::call::{done_channel, Completion, DoneSender};
+use crate::client::{Client, DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT};
+use crate::error::RpcError;
+
+/// Distributes tasks over a fixed set of workers, round robin, with failover.
+#[derive(Debug, Clone)]
+pub struct Distributor {
+    workers: Vec<String>,
+    codec: CodecKind,
+    call_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+/// The result of one task.
+#[derive(Debug)]
+pub struct TaskResult<R> {
+    /// The worker that produced the result, or the last one tried.
+    pub worker: String,
+    /// The result or the error.
+    pub result: Result<R, RpcError>,
+    /// How many workers were tried (1 unless a worker failed).
+    pub attempts: u32,
+}
+
+/// What a distribution did.
+#[derive(Debug)]
+pub struct Distribution<R> {
+    /// One result per task, in task order.
+    pub results: Vec<TaskResult<R>>,
+    /// Workers found dead (unreachable, or their connection failed), in the order found.
+    pub dead_workers: Vec<String>,
+    /// Tasks sent to another worker after their first one failed.
+    pub reassigned: usize,
+}
+
+/// One live worker: its address, connection and the calls it holds.
+struct Worker<R> {
+    addr: String,
+    client: Client,
+    done: DoneSender<R>,
+    completions: Receiver<Completion<R>>,
+    /// Task index of each call in flight, by sequence id.
+    tasks: HashMap<u64, usize>,
+}
+
+impl Distributor {
+    /// A distributor over `workers` (`"host:port"`), postcard, with the client's default
+    /// connect and call timeouts.
+    pub fn new<I>(workers: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        Distributor {
+            workers: workers.into_iter().map(Into::into).collect(),
+            codec: CodecKind::Postcard,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+
+    /// Sets the codec.
+    pub fn codec(mut self, codec: CodecKind) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Sets the deadline of each task's call; a worker that misses it is treated as failed.
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// Sets how long dialing a worker may take.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Calls `method` once per task, task `i` on worker `i mod n`, all concurrently, and
+    /// returns every task's result.
+    pub fn run<T, R>(&self, method: &str, tasks: &[T]) -> Distribution<R>
+    where
+        T: Serialize,
+        R: DeserializeOwned + Send + 'static,
+    {
+        let mut dead_workers = Vec::new();
+        let mut last_error = RpcError::Unreachable {
+            addr: String::new(),
+            source: Arc::new(io::Error::new(io::ErrorKind::NotFound, "no workers given")),
+        };
+        let mut workers: Vec<Option<Worker<R>>> = self
+            .workers
+            .iter()
+            .map(|addr| match self.dial(addr) {
+                Ok(worker) => Some(worker),
+                Err(err) => {
+                    dead_workers.push(addr.clone());
+                    last_error = err;
+                    None
+                }
+            })
+            .collect();
+        let mut results: Vec<Option<TaskResult<R>>> = tasks.iter().map(|_| None).collect();
+        let mut attempts = vec![0u32; tasks.len()];
+        let mut reassigned = 0;
+
+        for task in 0..tasks.len() {
+            let preferred = task % workers.len().max(1);
+            if send(&mut workers, preferred, method, task, tasks, &mut attempts).is_none() {
+                results[task] = Some(failed(&last_error, &dead_workers, attempts[task]));
+            }
+        }
+        while let Some((from, completion)) = next_completion(&workers) {
+            let worker = workers[from]
+                .as_mut()
+                .expect("completions come from live workers");
+            let Some(task) = worker.tasks.remove(&completion.seq) else {
+                continue;
+            };
+            let addr = worker.addr.clone();
+            match completion.result {
+                Err(err) if is_worker_failure(&err) => {
+                    // The worker is gone: retire it and move every task it held.
+                    let orphans: Vec<usize> = std::iter::once(task)
+                        .chain(worker.tasks.drain().map(|(_, task)| task))
+                        .collect();
+                    workers[from] = None;
+                    dead_workers.push(addr);
+                    last_error = err;
+                    for orphan in orphans {
+                        reassigned += 1;
+                        let sent =
+                            send(&mut workers, from + 1, method, orphan, tasks, &mut attempts);
+                        if sent.is_none() {
+                            results[orphan] =
+                                Some(failed(&last_error, &dead_workers, attempts[orphan]));
+                        }
+                    }
+                }
+                result => {
+                    results[task] = Some(TaskResult {
+                        worker: addr,
+                        result,
+                        attempts: attempts[task],
+                    });
+                }
+            }
+        }
+        Distribution {
+            results: results
+                .into_iter()
+                .map(|result| result.expect("every task ends with a result"))
+                .collect(),
+            dead_workers,
+            reassigned,
+        }
+    }
+
+    fn dial<R>(&self, addr: &str) -> Result<Worker<R>, RpcError> {
+        let client = Client::builder()
+            .codec(self.codec)
+            .connect_timeout(self.connect_timeout)
+            .call_timeout(self.call_timeout)
+            .dial(addr)?;
+        let (done, completions) = done_channel();
+        Ok(Worker {
+            addr: addr.to_owned(),
+            client,
+            done,
+            completions,
+            tasks: HashMap::new(),
+        })
+    }
+}
+
+/// Sends `task` to the first live worker from `preferred` on (wrapping around); `None` if
+/// every worker is dead.
+fn send<T, R>(
+    workers: &mut [Option<Worker<R>>],
+    preferred: usize,
+    method: &str,
+    task: usize,
+    tasks: &[T],
+    attempts: &mut [u32],
+) -> Option<()>
+where
+    T: Serialize,
+    R: DeserializeOwned + Send + 'static,
+{
+    let count = workers.len();
+    let index = (0..count)
+        .map(|offset| (preferred + offset) % count)
+        .find(|&index| workers[index].is_some())?;
+    let worker = workers[index].as_mut()?;
+    let seq = worker.client.go_with(method, &tasks[task], &worker.done);
+    worker.tasks.insert(seq, task);
+    attempts[task] += 1;
+    Some(())
+}
+
+/// Waits for the next completion from any worker with calls in flight; `None` when there are
+/// none. Every call has a deadline, so this never waits forever.
+fn next_completion<R>(workers: &[Option<Worker<R>>]) -> Option<(usize, Completion<R>)> {
+    let busy: Vec<(usize, &Worker<R>)> = workers
+        .iter()
+        .enumerate()
+        .filter_map(|(index, worker)| worker.as_ref().map(|worker| (index, worker)))
+        .filter(|(_, worker)| !worker.tasks.is_empty())
+        .collect();
+    if busy.is_empty() {
+        return None;
+    }
+    let mut select = Select::new();
+    for (_, worker) in &busy {
+        select.recv(&worker.completions);
+    }
+    let operation = select.select();
+    let (index, worker) = busy[operation.index()];
+    // The selected channel is ready and its sender is kept alive by the worker entry.
+    let completion = operation.recv(&worker.completions).ok()?;
+    Some((index, completion))
+}
+
+/// True if `err` means the worker, not the task, failed: the task should go elsewhere.
+fn is_worker_failure(err: &RpcError) -> bool {
+    err.is_retryable() || matches!(err, RpcError::Shutdown)
+}
+
+/// The result of a task no live worker was left to take.
+fn failed<R>(err: &RpcError, dead_workers: &[String], attempts: u32) -> TaskResult<R> {
+    TaskResult {
+        worker: dead_workers.last().cloned().unwrap_or_default(),
+        result: Err(err.clone()),
+        attempts,
+    }
+}
+
+impl<R> fmt::Debug for Worker<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker")
+            .field("addr", &self.addr)
+            .field("in_flight", &self.tasks.len())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,20 @@
+//! Patterns for clusters of netrpc servers, built only on the public `Client` and `Server`:
+//! the tutorials' distributed examples (SEEDS §2 to §4) as reusable pieces.
+//!
+//! | pattern | type | what it gives |
+//! |---|---|---|
+//! | multicast with acknowledgements | [`Multicast`] | one call to many hosts, one answer or typed error per host, within one deadline |
+//! | master/worker, push | [`Distributor`] | tasks handed round robin to workers, a failed worker's tasks moved to live ones |
+//! | master/worker, pull | [`TaskQueue`], [`run_worker`] | a lease-based queue served over RPC: every task completed exactly once despite slow or dead workers |
+
+mod distribute;
+mod multicast;
+mod task_queue;
+
+pub use distribute::{Distribution, Distributor, TaskResult};
+pub use multicast::{AckStream, HostAnswer, Multicast, Outcome, DEFAULT_MULTICAST_DEADLINE};
+pub use task_queue::{
+    run_worker, Assignment, IgnoredReason, QueueEvent, QueueObserver, QueueStats, Submission,
+    SubmitAck, TaskQueue, TaskQueueClient, TaskQueueService, TaskRequest, WorkerExit,
+    WorkerSummary, DEFAULT_LEASE, TASK_QUEUE_SERVICE,
+};
