@@ -72,6 +72,10 @@ fn push_mode_moves_a_dead_workers_tasks_to_live_ones() {
     let run = Distributor::new(addrs).run::<_, TaskReply>("WorkerService.DoTask", &tasks);
 
     assert_eq!(run.dead_workers, vec![dead]);
+    assert_eq!(
+        run.reassigned, 10,
+        "tasks 1, 4, 7, ... went to the next live worker"
+    );
     for (task, result) in tasks.iter().zip(&run.results) {
         let reply = result.result.as_ref().unwrap();
         assert_eq!(reply.result, task.text.to_uppercase());

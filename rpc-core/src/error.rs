@@ -169,7 +169,9 @@ impl fmt::Display for RpcError {
             RpcError::Timeout { after } if after.is_zero() => {
                 write!(f, "deadline passed before the server ran the call")
             }
-            RpcError::Timeout { after } => write!(f, "no reply within {after:?}"),
+            RpcError::Timeout { after } => {
+                write!(f, "no reply within {:.3} s", after.as_secs_f64())
+            }
             RpcError::Unreachable { addr, .. } => write!(f, "cannot connect to {addr}"),
             RpcError::Method { message } => write!(f, "{message}"),
             RpcError::UnknownService { name } => write!(f, "unknown service in `{name}`"),

@@ -55,7 +55,8 @@ pub struct Distribution<R> {
     pub results: Vec<TaskResult<R>>,
     /// Workers found dead (unreachable, or their connection failed), in the order found.
     pub dead_workers: Vec<String>,
-    /// Tasks sent to another worker after their first one failed.
+    /// Tasks that ran elsewhere than on their round-robin worker, because it was unreachable
+    /// at the start or failed while holding them.
     pub reassigned: usize,
 }
 
@@ -133,6 +134,9 @@ impl Distributor {
 
         for task in 0..tasks.len() {
             let preferred = task % workers.len().max(1);
+            if workers.get(preferred).is_some_and(Option::is_none) {
+                reassigned += 1;
+            }
             if send(&mut workers, preferred, method, task, tasks, &mut attempts).is_none() {
                 results[task] = Some(failed(&last_error, &dead_workers, attempts[task]));
             }

@@ -42,7 +42,7 @@ pub const DEFAULT_MULTICAST_DEADLINE: Duration = Duration::from_secs(5);
 /// `&self`.
 ///
 /// ```no_run
-/// use netrpc::cluster::Multicast;
+/// use rpc_core::cluster::Multicast;
 ///
 /// let group = Multicast::new(["127.0.0.1:9001", "127.0.0.1:9002"]).fail_limit(1);
 /// for answer in group.call::<_, String>("Node.Store", &"hello".to_owned()) {
