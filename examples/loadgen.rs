@@ -23,6 +23,7 @@ mod raw_tcp;
 use std::collections::{BTreeMap, HashMap};
 use std::error::Error;
 use std::fmt;
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -387,8 +388,12 @@ where
     Ok(total)
 }
 
-/// Prints the completions per second over the last second, once a second, until `finished`.
+/// Prints the completions per second over the last second, once a second, until `finished`,
+/// on one line of the terminal (nothing when stderr is not a terminal, to keep logs clean).
 fn print_progress(progress: &AtomicU64, finished: &AtomicBool, started: Instant) {
+    if !std::io::stderr().is_terminal() {
+        return;
+    }
     let mut last = 0;
     let mut last_at = Instant::now();
     while !finished.load(Ordering::SeqCst) {
@@ -406,7 +411,7 @@ fn print_progress(progress: &AtomicU64, finished: &AtomicBool, started: Instant)
         last = now_count;
         last_at = Instant::now();
     }
-    eprint!("\r{:50}\r", "");
+    eprint!("\r{:60}\r", "");
 }
 
 fn print_report(label: &str, report: &Report) {
