@@ -55,6 +55,7 @@ usage: cargo run --release --example loadgen -- [--addr HOST:PORT | --inproc] [o
   --baseline         first run raw TCP ping-pong of the same shape and print the ratio
   --raw-unbatched    in the baseline, one write per message instead of grouped writes
   --loops N          event-loop threads of the in-process server (default: its own default)
+  --inline           serve Arith and Bench inline, on the event loop (Server::register_inline)
   --help             print this help
 
 Prints a progress line each second (to stderr), then for each run: calls/s, latency p50, p90,
@@ -130,7 +131,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         },
         payload: flags.get("payload", 0usize)?,
     };
-    let server = build_server(flags.get("loops", 0usize)?)?;
+    let server = build_server(flags.get("loops", 0usize)?, flags.has("inline"))?;
 
     if let Some(addr) = flags.get_str("serve") {
         let running = server.serve(addr)?;
@@ -190,14 +191,19 @@ fn main() -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-fn build_server(loops: usize) -> Result<Server, RpcError> {
+fn build_server(loops: usize, inline: bool) -> Result<Server, RpcError> {
     let mut builder = Server::builder();
     if loops > 0 {
         builder = builder.event_loops(loops);
     }
     let server = builder.build();
-    server.register(ArithServer::new(Calculator))?;
-    server.register(BenchServer::new(Echoer))?;
+    if inline {
+        server.register_inline(ArithServer::new(Calculator))?;
+        server.register_inline(BenchServer::new(Echoer))?;
+    } else {
+        server.register(ArithServer::new(Calculator))?;
+        server.register(BenchServer::new(Echoer))?;
+    }
     Ok(server)
 }
 

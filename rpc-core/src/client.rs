@@ -395,15 +395,26 @@ impl Client {
             Err(err) => return complete(Err(err)),
         };
         let deadline = loop_times_out.then(|| Instant::now() + timeout);
-        if let Err((err, complete)) =
-            lock(&self.inner.pending).insert(seq, timeout, deadline, complete)
-        {
-            return complete(Err(err));
-        }
+        let others_in_flight = {
+            let mut pending = lock(&self.inner.pending);
+            if let Err((err, complete)) = pending.insert(seq, timeout, deadline, complete) {
+                drop(pending);
+                return complete(Err(err));
+            }
+            pending.len() > 1
+        };
         if let Some(deadline) = deadline {
             self.inner.conn.schedule_timer(deadline);
         }
-        if let Err(err) = self.inner.conn.send(&frame) {
+        // A lone call is written at once, by this thread: the lowest latency. A call made
+        // while others are in flight joins a batch the event loop writes at the end of its
+        // turn: under load, many calls share one system call.
+        let sent = if others_in_flight {
+            self.inner.conn.send_batched(&frame)
+        } else {
+            self.inner.conn.send(&frame)
+        };
+        if let Err(err) = sent {
             // If the connection's close already failed the call, it has been completed.
             if let Some(complete) = lock(&self.inner.pending).remove(seq) {
                 complete(Err(err.into()));

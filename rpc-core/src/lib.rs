@@ -34,4 +34,4 @@ pub use error::RpcError;
 pub use error_body::{ErrorBody, ErrorCode};
 pub use rpc_codec::CodecKind;
 pub use server::{Server, ServerBuilder, ServerConfig, ServerHandle, DEFAULT_MAX_WORKERS};
-pub use service::{DispatchError, MethodHandler, MethodTable, Service, ServiceError};
+pub use service::{Dispatch, DispatchError, MethodHandler, MethodTable, Service, ServiceError};

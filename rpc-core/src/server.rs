@@ -24,7 +24,7 @@ use rpc_transport::{
 use crate::error::RpcError;
 use crate::pool::WorkerPool;
 use crate::server_conn::ServerConn;
-use crate::service::{MethodTable, Service};
+use crate::service::{Dispatch, MethodTable, Service};
 
 /// Registers services and serves them. Cheap to clone: clones share services and workers.
 ///
@@ -158,6 +158,26 @@ impl Server {
     ///
     /// [`RpcError::InvalidRegistration`] if `name` is empty, contains a dot, or is taken.
     pub fn register_name<S: Service>(&self, name: &str, service: S) -> Result<(), RpcError> {
+        self.register_table(name, service.into_method_table())
+    }
+
+    /// Registers `service` under its own name with every method run inline, on the event
+    /// loop that read the request ([`Dispatch::Inline`]): no thread hop, and the replies to a
+    /// burst of requests leave in one write.
+    ///
+    /// Only for short methods that never block: while one runs, its loop serves nobody else.
+    /// A panic is still caught and reported to the caller.
+    ///
+    /// # Errors
+    ///
+    /// [`RpcError::InvalidRegistration`] if a service of that name is already registered.
+    pub fn register_inline<S: Service>(&self, service: S) -> Result<(), RpcError> {
+        let mut table = service.into_method_table();
+        table.set_dispatch(Dispatch::Inline);
+        self.register_table(S::NAME, table)
+    }
+
+    fn register_table(&self, name: &str, table: MethodTable) -> Result<(), RpcError> {
         let invalid = |detail: String| Err(RpcError::InvalidRegistration { detail });
         if name.is_empty() || name.contains('.') {
             return invalid(format!(
@@ -172,7 +192,7 @@ impl Server {
         if services.contains_key(name) {
             return invalid(format!("a service named `{name}` is already registered"));
         }
-        services.insert(name.to_owned(), Arc::new(service.into_method_table()));
+        services.insert(name.to_owned(), Arc::new(table));
         Ok(())
     }
 

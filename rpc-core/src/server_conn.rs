@@ -17,7 +17,7 @@ use rpc_transport::{
 
 use crate::error_body::{error_frame, ErrorCode};
 use crate::server::ServerShared;
-use crate::service::{DispatchError, MethodHandler};
+use crate::service::{Dispatch, DispatchError, MethodHandler};
 
 /// The [`FrameHandler`] of one accepted connection.
 pub(crate) struct ServerConn {
@@ -44,7 +44,12 @@ impl ServerConn {
 
     fn dispatch(&mut self, conn: &Connection, request: Frame) {
         match self.lookup(&request) {
-            Ok((codec, handler)) => {
+            Ok((codec, handler, Dispatch::Inline)) => {
+                // On the loop thread: the reply joins the others of this read in one write.
+                let reply = run_handler(&handler, codec, &request, conn);
+                let _ = conn.send_batched(&reply);
+            }
+            Ok((codec, handler, Dispatch::Pool)) => {
                 self.calls.in_flight.fetch_add(1, Ordering::SeqCst);
                 let conn = conn.clone();
                 let calls = Arc::clone(&self.calls);
@@ -62,7 +67,10 @@ impl ServerConn {
     }
 
     /// Finds the codec and method a request names; every failure is a call error.
-    fn lookup(&self, request: &Frame) -> Result<(CodecKind, MethodHandler), DispatchError> {
+    fn lookup(
+        &self,
+        request: &Frame,
+    ) -> Result<(CodecKind, MethodHandler, Dispatch), DispatchError> {
         let codec = CodecKind::from_id(request.codec).ok_or_else(|| {
             DispatchError::new(
                 ErrorCode::UnsupportedCodec,
@@ -87,7 +95,7 @@ impl ServerConn {
         let handler = table.get(method).cloned().ok_or_else(|| {
             DispatchError::new(ErrorCode::UnknownMethod, format!("unknown method `{name}`"))
         })?;
-        Ok((codec, handler))
+        Ok((codec, handler, table.dispatch()))
     }
 }
 

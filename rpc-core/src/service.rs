@@ -80,10 +80,25 @@ impl DispatchError {
 pub type MethodHandler =
     Arc<dyn Fn(CodecKind, &[u8], &mut BytesMut) -> Result<(), DispatchError> + Send + Sync>;
 
+/// Where a service's handlers run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Dispatch {
+    /// On the server's worker pool (the default): a handler may block or take long without
+    /// holding up anyone else.
+    #[default]
+    Pool,
+    /// On the event-loop thread that read the request, with no thread hop; replies to a
+    /// burst of requests leave in one write. Fastest for short methods, but a handler that
+    /// blocks or runs long stalls every connection of that loop: opt in only for methods
+    /// that do a little computation and never wait.
+    Inline,
+}
+
 /// The methods of one service, by method name (the part after the dot).
 #[derive(Default, Clone)]
 pub struct MethodTable {
     methods: HashMap<&'static str, MethodHandler>,
+    dispatch: Dispatch,
 }
 
 impl MethodTable {
@@ -137,6 +152,17 @@ impl MethodTable {
     /// True if the table has no methods.
     pub fn is_empty(&self) -> bool {
         self.methods.is_empty()
+    }
+
+    /// Where this table's handlers run.
+    pub fn dispatch(&self) -> Dispatch {
+        self.dispatch
+    }
+
+    /// Sets where this table's handlers run.
+    pub fn set_dispatch(&mut self, dispatch: Dispatch) -> &mut Self {
+        self.dispatch = dispatch;
+        self
     }
 }
 

@@ -51,6 +51,8 @@ struct OutQueue {
     flushing: bool,
     /// The socket was full: the loop watches for writability and will flush.
     loop_flushes: bool,
+    /// `send_batched` asked the loop to flush at the end of its turn; not yet done.
+    flush_requested: bool,
     /// No more sends are accepted.
     closed: bool,
     /// Close the connection as soon as the queue is empty.
@@ -162,6 +164,34 @@ impl Connection {
         }
     }
 
+    /// Queues `bytes` for the event loop to write at the end of its current turn, together
+    /// with everything else queued by then: many frames, one system call.
+    ///
+    /// Use it where frames come in bursts (replies to a batch of pipelined requests, calls
+    /// issued while others are in flight); [`Connection::send`] writes at once and suits a
+    /// lone frame. Called on the loop thread itself (from a handler), it costs no wake-up.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::Closed`] if the connection is closed or closing.
+    pub fn send_batched(&self, bytes: &[u8]) -> Result<(), TransportError> {
+        {
+            let mut out = self.lock_out();
+            if out.closed || out.close_when_flushed {
+                return Err(TransportError::Closed);
+            }
+            out.buf.extend_from_slice(bytes);
+            if out.flushing || out.loop_flushes || out.flush_requested {
+                return Ok(()); // a flush is already on its way and will take these bytes
+            }
+            out.flush_requested = true;
+        }
+        self.shared
+            .loop_handle
+            .command(Command::Flush(self.token()));
+        Ok(())
+    }
+
     /// Bytes accepted by `send` but not yet written to the socket.
     pub fn queued_len(&self) -> usize {
         self.lock_out().buf.len()
@@ -242,6 +272,23 @@ impl Connection {
         let mut out = self.lock_out();
         out.closed = true;
         out.buf = BytesMut::new();
+    }
+
+    /// Loop side: writes what [`Connection::send_batched`] queued, unless another writer
+    /// already took it.
+    pub(crate) fn flush_requested(&self) -> io::Result<FlushOutcome> {
+        {
+            let mut out = self.lock_out();
+            if !out.flush_requested {
+                return Ok(FlushOutcome::Done);
+            }
+            out.flush_requested = false;
+            if out.flushing || out.loop_flushes || out.closed {
+                return Ok(FlushOutcome::Done);
+            }
+            out.flushing = true;
+        }
+        self.flush()
     }
 
     /// Loop side: the socket became writable while the loop owns flushing.

@@ -13,11 +13,13 @@
 //!
 //! Spurious events are harmless: every read and write simply stops at `WouldBlock`.
 
+use std::cell::Cell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io::{self, Read};
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -45,6 +47,8 @@ pub type Acceptor = Box<dyn FnMut(std::net::TcpStream, &LoopHandle) + Send>;
 pub struct LoopHandle {
     commands: Sender<Command>,
     waker: Arc<Waker>,
+    /// Tells this loop apart from others, so the loop thread can skip waking itself.
+    loop_id: usize,
 }
 
 pub(crate) enum Command {
@@ -55,6 +59,8 @@ pub(crate) enum Command {
         adopted: Option<Sender<io::Result<Connection>>>,
     },
     WantWrite(usize),
+    /// Write what `send_batched` queued on this connection.
+    Flush(usize),
     Close(usize),
     Timer(usize, Instant),
     Shutdown,
@@ -121,9 +127,15 @@ impl LoopHandle {
     pub(crate) fn command(&self, command: Command) {
         // If the loop has exited, nobody is left to act on the command: dropping it is right
         // (a connection of a dead loop is already closed).
-        if self.commands.send(command).is_ok() {
+        if self.commands.send(command).is_ok() && !self.is_current_thread() {
+            // The loop thread itself runs its commands before it next sleeps: no wake needed.
             let _ = self.waker.wake();
         }
+    }
+
+    /// True when called on this loop's own thread (from a handler).
+    fn is_current_thread(&self) -> bool {
+        CURRENT_LOOP.with(|current| current.get() == self.loop_id)
     }
 }
 
@@ -144,7 +156,9 @@ pub fn spawn_loop(
     let handle = LoopHandle {
         commands: commands_tx,
         waker,
+        loop_id: NEXT_LOOP_ID.fetch_add(1, Ordering::Relaxed),
     };
+    let loop_id = handle.loop_id;
     let listener = match listener {
         Some((listener, acceptor)) => {
             listener.set_nonblocking(true)?;
@@ -172,7 +186,10 @@ pub fn spawn_loop(
     };
     let thread = thread::Builder::new()
         .name(name.to_owned())
-        .spawn(move || event_loop.run())?;
+        .spawn(move || {
+            CURRENT_LOOP.with(|current| current.set(loop_id));
+            event_loop.run();
+        })?;
     Ok((handle, thread))
 }
 
@@ -213,9 +230,14 @@ impl EventLoop {
     fn run(&mut self) {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         loop {
-            let timeout = self
-                .next_wakeup()
-                .map(|at| at.saturating_duration_since(Instant::now()));
+            // Commands this thread queued for itself (after `run_commands`, say from a timer
+            // handler) did not wake the poller: do not sleep on them.
+            let timeout = if self.commands.is_empty() {
+                self.next_wakeup()
+                    .map(|at| at.saturating_duration_since(Instant::now()))
+            } else {
+                Some(Duration::ZERO)
+            };
             if let Err(err) = self.poll.poll(&mut events, timeout) {
                 if err.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -362,6 +384,18 @@ impl EventLoop {
         }
     }
 
+    fn flush_requested(&mut self, index: usize) {
+        let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
+            return;
+        };
+        match slot.conn.flush_requested() {
+            Ok(FlushOutcome::Done) => {}
+            Ok(FlushOutcome::Blocked) => self.want_write(index),
+            Ok(FlushOutcome::CloseNow) => self.close_slot_with_pending_reason(index),
+            Err(err) => self.close_slot(index, CloseReason::Error(err.into())),
+        }
+    }
+
     /// Runs queued commands; returns false when asked to shut down.
     fn run_commands(&mut self) -> bool {
         while let Ok(command) = self.commands.try_recv() {
@@ -378,6 +412,7 @@ impl EventLoop {
                     }
                 }
                 Command::WantWrite(index) => self.want_write(index),
+                Command::Flush(index) => self.flush_requested(index),
                 Command::Close(index) => self.close_slot_with_pending_reason(index),
                 Command::Timer(index, at) => self.timers.push(Reverse((at, index))),
                 Command::Shutdown => return false,
@@ -533,6 +568,14 @@ fn is_transient_accept_error(err: &io::Error) -> bool {
             | io::ErrorKind::ConnectionReset
     )
 }
+
+thread_local! {
+    /// The id of the loop running on this thread; 0 on threads that run no loop.
+    static CURRENT_LOOP: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Ids for loops, from 1.
+static NEXT_LOOP_ID: AtomicUsize = AtomicUsize::new(1);
 
 const WAKER: Token = Token(usize::MAX);
 const LISTENER: Token = Token(usize::MAX - 1);

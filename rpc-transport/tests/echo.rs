@@ -16,17 +16,42 @@ use rpc_transport::{
     spawn_loop, CloseReason, Connection, Frame, FrameDecoder, FrameHandler, FrameLimits,
 };
 
+/// How the echo server writes its replies.
+#[derive(Debug, Clone, Copy)]
+enum Sending {
+    /// `Connection::send_frame`: written at once by the sending thread.
+    Direct,
+    /// `Connection::send_batched`: queued for the loop to write at the end of its turn.
+    Batched,
+}
+
+impl Sending {
+    fn send(self, conn: &Connection, frame: &Frame) {
+        match self {
+            Sending::Direct => {
+                let _ = conn.send_frame(frame);
+            }
+            Sending::Batched => {
+                let mut bytes = BytesMut::new();
+                frame.encode(&mut bytes, conn.limits()).unwrap();
+                let _ = conn.send_batched(&bytes);
+            }
+        }
+    }
+}
+
 /// Echoes every frame back, either from the loop thread or from `senders` worker threads.
 struct Echo {
     workers: Option<Vec<Sender<(Connection, Frame)>>>,
     next: usize,
     closed: Sender<CloseReason>,
+    sending: Sending,
 }
 
 impl FrameHandler for Echo {
     fn handle_frame(&mut self, conn: &Connection, frame: Frame) {
         match &self.workers {
-            None => conn.send_frame(&frame).unwrap(),
+            None => self.sending.send(conn, &frame),
             Some(workers) => {
                 self.next = (self.next + 1) % workers.len();
                 workers[self.next].send((conn.clone(), frame)).unwrap();
@@ -46,6 +71,10 @@ struct EchoServer {
 }
 
 fn start_echo(worker_threads: usize) -> EchoServer {
+    start_echo_with(worker_threads, Sending::Direct)
+}
+
+fn start_echo_with(worker_threads: usize, sending: Sending) -> EchoServer {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let (closed_tx, closed_rx) = crossbeam_channel::unbounded();
@@ -56,7 +85,7 @@ fn start_echo(worker_threads: usize) -> EchoServer {
                     let (tx, rx) = crossbeam_channel::unbounded::<(Connection, Frame)>();
                     thread::spawn(move || {
                         for (conn, frame) in rx {
-                            let _ = conn.send_frame(&frame);
+                            sending.send(&conn, &frame);
                         }
                     });
                     tx
@@ -72,6 +101,7 @@ fn start_echo(worker_threads: usize) -> EchoServer {
                     workers,
                     next: 0,
                     closed,
+                    sending,
                 })
             }),
         )
@@ -148,20 +178,37 @@ fn a_large_frame_arriving_in_small_pieces_comes_back_whole() {
 
 #[test]
 fn writes_that_fill_the_socket_are_finished_by_the_loop() {
-    let server = start_echo(0);
-    let mut stream = TcpStream::connect(server.addr).unwrap();
-    let sent = frames(200, 64 * 1024); // 12.8 MiB each way: far beyond the socket buffers
-    let bytes = encode(&sent);
-    let mut writer = stream.try_clone().unwrap();
-    let writing = thread::spawn(move || writer.write_all(&bytes).unwrap());
-    thread::sleep(Duration::from_millis(200)); // let the echoes back up
-    assert_eq!(read_frames(&mut stream, 200), sent);
-    writing.join().unwrap();
+    for sending in [Sending::Direct, Sending::Batched] {
+        let server = start_echo_with(0, sending);
+        let mut stream = TcpStream::connect(server.addr).unwrap();
+        let sent = frames(200, 64 * 1024); // 12.8 MiB each way: far beyond the socket buffers
+        let bytes = encode(&sent);
+        let mut writer = stream.try_clone().unwrap();
+        let writing = thread::spawn(move || writer.write_all(&bytes).unwrap());
+        thread::sleep(Duration::from_millis(200)); // let the echoes back up
+        assert_eq!(read_frames(&mut stream, 200), sent, "{sending:?}");
+        writing.join().unwrap();
+    }
 }
 
 #[test]
 fn many_threads_sending_on_one_connection_never_interleave_frames() {
-    let server = start_echo(8);
+    for sending in [Sending::Direct, Sending::Batched] {
+        assert_threads_never_interleave(sending);
+    }
+}
+
+#[test]
+fn batched_sends_from_the_loop_thread_all_arrive_in_order() {
+    let server = start_echo_with(0, Sending::Batched);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    let sent = frames(1_000, 20);
+    stream.write_all(&encode(&sent)).unwrap();
+    assert_eq!(read_frames(&mut stream, 1_000), sent);
+}
+
+fn assert_threads_never_interleave(sending: Sending) {
+    let server = start_echo_with(8, sending);
     let mut stream = TcpStream::connect(server.addr).unwrap();
     let sent = frames(2_000, 3_000);
     let bytes = encode(&sent);

@@ -267,35 +267,38 @@ impl<R> Iterator for AckStream<R> {
     type Item = HostAnswer<R>;
 
     fn next(&mut self) -> Option<HostAnswer<R>> {
-        if self.pending.is_empty() {
-            return None;
-        }
-        if self.fail_limit_reached() {
-            return self.give_up_on_next(|| Outcome::Abandoned);
-        }
-        let timeout = self.deadline.saturating_duration_since(Instant::now());
-        match self.answers.recv_timeout(timeout) {
-            Ok((host, result, elapsed)) => {
-                if let Some(at) = self.pending.iter().position(|pending| *pending == host) {
-                    self.pending.swap_remove(at);
+        loop {
+            if self.pending.is_empty() {
+                return None;
+            }
+            if self.fail_limit_reached() {
+                return self.give_up_on_next(|| Outcome::Abandoned);
+            }
+            let timeout = self.deadline.saturating_duration_since(Instant::now());
+            let (host, result, elapsed) = match self.answers.recv_timeout(timeout) {
+                Ok(answer) => answer,
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                    let after = self.deadline - self.started;
+                    return self.give_up_on_next(|| Outcome::Failed(RpcError::Timeout { after }));
                 }
-                let outcome = match result {
-                    Ok(ack) => Outcome::Answered(ack),
-                    Err(err) => {
-                        self.failures += 1;
-                        Outcome::Failed(err)
-                    }
-                };
-                Some(HostAnswer {
-                    host,
-                    outcome,
-                    elapsed,
-                })
-            }
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
-                let after = self.deadline - self.started;
-                self.give_up_on_next(|| Outcome::Failed(RpcError::Timeout { after }))
-            }
+            };
+            // An answer from a host already reported as timed out comes too late: skip it.
+            let Some(at) = self.pending.iter().position(|pending| *pending == host) else {
+                continue;
+            };
+            self.pending.swap_remove(at);
+            let outcome = match result {
+                Ok(ack) => Outcome::Answered(ack),
+                Err(err) => {
+                    self.failures += 1;
+                    Outcome::Failed(err)
+                }
+            };
+            return Some(HostAnswer {
+                host,
+                outcome,
+                elapsed,
+            });
         }
     }
 }
