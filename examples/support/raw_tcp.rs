@@ -259,3 +259,61 @@ fn send_requests(
         }
     }
 }
+
+/// A raw client that completes a fixed number of messages, for benches.
+pub struct RawClient {
+    stream: TcpStream,
+    shape: Shape,
+    request: Vec<u8>,
+    out: Vec<u8>,
+    chunk: Vec<u8>,
+}
+
+impl RawClient {
+    /// Connects to a [`RawServer`] of the same `shape`.
+    pub fn connect(addr: SocketAddr, shape: Shape) -> io::Result<RawClient> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        Ok(RawClient {
+            stream,
+            shape,
+            request: shape.request(),
+            out: Vec::new(),
+            chunk: vec![0; 64 * 1024],
+        })
+    }
+
+    /// Completes `total` round trips with up to `inflight` outstanding, grouping writes.
+    pub fn exchange(&mut self, total: usize, inflight: usize) -> io::Result<()> {
+        let mut sent = 0;
+        let mut received = 0;
+        let mut buffered = 0;
+        let first = inflight.clamp(1, total.max(1));
+        self.send(first)?;
+        sent += first;
+        while received < total {
+            let n = self.stream.read(&mut self.chunk)?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            buffered += n;
+            let replies = buffered / self.shape.reply_len;
+            buffered %= self.shape.reply_len;
+            received += replies;
+            let more = replies.min(total - sent);
+            if more > 0 {
+                self.send(more)?;
+                sent += more;
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, count: usize) -> io::Result<()> {
+        self.out.clear();
+        for _ in 0..count {
+            self.out.extend_from_slice(&self.request);
+        }
+        self.stream.write_all(&self.out)
+    }
+}

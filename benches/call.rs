@@ -1,0 +1,148 @@
+//! Call benches: netrpc beside a raw-socket baseline of the same shape, in the same group, so
+//! the HTML report shows them side by side.
+//!
+//! - `call_sequential/{raw_tcp,netrpc/postcard,netrpc/json,netrpc_inline/postcard}`: one
+//!   blocking round trip of `Arith.Multiply` (raw: 16 bytes out, 8 back) per iteration.
+//! - `call_pipelined/{raw_tcp,netrpc,netrpc_inline}/{conns}x{in_flight}`: 4,096 calls per
+//!   connection with that many in flight (`go_with`), raw pipelining with grouped writes.
+//!
+//! Everything runs on 127.0.0.1 in this process. `cargo bench --bench call -- --quick` is a
+//! fast smoke run; `cargo run --release --example loadgen` gives latency percentiles.
+
+#![allow(clippy::unwrap_used)] // a bench that fails should stop loudly
+
+#[path = "../examples/support/arith.rs"]
+mod arith;
+#[path = "../examples/support/raw_tcp.rs"]
+mod raw_tcp;
+
+use std::thread;
+use std::time::Duration;
+
+use arith::{Args, ArithServer, Calculator};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use netrpc::{done_channel, Client, CodecKind, Server, ServerHandle};
+use raw_tcp::{RawClient, RawServer, Shape};
+
+const ARGS: Args = Args { a: 7, b: 8 };
+const CALLS_PER_CONN: usize = 4_096;
+
+fn start_server(inline: bool) -> ServerHandle {
+    let server = Server::new();
+    if inline {
+        server
+            .register_inline(ArithServer::new(Calculator))
+            .unwrap();
+    } else {
+        server.register(ArithServer::new(Calculator)).unwrap();
+    }
+    server.serve("127.0.0.1:0").unwrap()
+}
+
+fn dial(running: &ServerHandle, codec: CodecKind) -> Client {
+    Client::builder()
+        .codec(codec)
+        .dial(running.local_addr())
+        .unwrap()
+}
+
+fn sequential(c: &mut Criterion) {
+    let mut group = c.benchmark_group("call_sequential");
+    group.throughput(Throughput::Elements(1));
+
+    let raw = RawServer::start(Shape::ARITH).unwrap();
+    let mut raw_client = RawClient::connect(raw.addr(), Shape::ARITH).unwrap();
+    group.bench_function("raw_tcp/arith", |b| {
+        b.iter(|| raw_client.exchange(1, 1).unwrap())
+    });
+
+    for (name, codec, inline) in [
+        ("netrpc/postcard", CodecKind::Postcard, false),
+        ("netrpc/json", CodecKind::Json, false),
+        ("netrpc_inline/postcard", CodecKind::Postcard, true),
+    ] {
+        let running = start_server(inline);
+        let client = dial(&running, codec);
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let product: i64 = client.call("Arith.Multiply", &ARGS).unwrap();
+                assert_eq!(product, 56);
+            })
+        });
+    }
+    group.finish();
+}
+
+/// Completes `total` calls on `client` with `inflight` outstanding.
+fn netrpc_exchange(client: &Client, total: usize, inflight: usize) {
+    let (done, completions) = done_channel::<i64>();
+    let mut sent = 0;
+    while sent < inflight.min(total) {
+        client.go_with("Arith.Multiply", &ARGS, &done);
+        sent += 1;
+    }
+    for _ in 0..total {
+        let completion = completions.recv().unwrap();
+        assert_eq!(completion.result.unwrap(), 56);
+        if sent < total {
+            client.go_with("Arith.Multiply", &ARGS, &done);
+            sent += 1;
+        }
+    }
+}
+
+fn pipelined(c: &mut Criterion) {
+    let mut group = c.benchmark_group("call_pipelined");
+    group.measurement_time(Duration::from_secs(3));
+    group.sample_size(20);
+    let raw = RawServer::start(Shape::ARITH).unwrap();
+    let pool = start_server(false);
+    let inline = start_server(true);
+
+    for conns in [1usize, 4] {
+        for inflight in [1usize, 16, 64] {
+            let shape = format!("{conns}x{inflight}");
+            group.throughput(Throughput::Elements((conns * CALLS_PER_CONN) as u64));
+
+            let mut raw_clients: Vec<RawClient> = (0..conns)
+                .map(|_| RawClient::connect(raw.addr(), Shape::ARITH).unwrap())
+                .collect();
+            group.bench_function(BenchmarkId::new("raw_tcp", &shape), |b| {
+                b.iter(|| {
+                    thread::scope(|scope| {
+                        for client in raw_clients.iter_mut() {
+                            scope.spawn(move || client.exchange(CALLS_PER_CONN, inflight).unwrap());
+                        }
+                    })
+                })
+            });
+
+            for (name, running) in [("netrpc", &pool), ("netrpc_inline", &inline)] {
+                let clients: Vec<Client> = (0..conns)
+                    .map(|_| dial(running, CodecKind::Postcard))
+                    .collect();
+                group.bench_function(BenchmarkId::new(name, &shape), |b| {
+                    b.iter(|| {
+                        thread::scope(|scope| {
+                            for client in &clients {
+                                scope.spawn(move || {
+                                    netrpc_exchange(client, CALLS_PER_CONN, inflight)
+                                });
+                            }
+                        })
+                    })
+                });
+            }
+        }
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    targets = sequential, pipelined
+}
+criterion_main!(benches);
