@@ -25,6 +25,7 @@ mod pool;
 mod server;
 mod server_conn;
 pub mod service;
+mod stats;
 
 pub use call::{done_channel, Call, Completion, DoneSender};
 pub use client::{
@@ -33,5 +34,9 @@ pub use client::{
 pub use error::RpcError;
 pub use error_body::{ErrorBody, ErrorCode};
 pub use rpc_codec::CodecKind;
-pub use server::{Server, ServerBuilder, ServerConfig, ServerHandle, DEFAULT_MAX_WORKERS};
+pub use server::{
+    Server, ServerBuilder, ServerConfig, ServerHandle, DEFAULT_MAX_CALLS, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_IN_FLIGHT_PER_CONN, DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_WORKERS,
+};
 pub use service::{Dispatch, DispatchError, MethodHandler, MethodTable, Service, ServiceError};
+pub use stats::{ServerStats, ERROR_CODE_SLOTS};

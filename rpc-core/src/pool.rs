@@ -35,6 +35,8 @@ struct PoolShared {
     queued: AtomicUsize,
     /// Jobs running now.
     running: AtomicUsize,
+    /// The most jobs that ever ran at once.
+    max_running: AtomicUsize,
     max_threads: usize,
     keep_alive: Duration,
 }
@@ -50,6 +52,7 @@ impl WorkerPool {
                 idle: AtomicUsize::new(0),
                 queued: AtomicUsize::new(0),
                 running: AtomicUsize::new(0),
+                max_running: AtomicUsize::new(0),
                 max_threads: max_threads.max(1),
                 keep_alive,
             }),
@@ -69,6 +72,11 @@ impl WorkerPool {
     /// Handlers running now.
     pub(crate) fn running(&self) -> usize {
         self.shared.running.load(Ordering::SeqCst)
+    }
+
+    /// The most handlers that ever ran at once.
+    pub(crate) fn max_running(&self) -> usize {
+        self.shared.max_running.load(Ordering::SeqCst)
     }
 
     /// Threads alive now.
@@ -112,7 +120,8 @@ fn worker_loop(shared: &PoolShared) {
         match job {
             Ok(job) => {
                 shared.queued.fetch_sub(1, Ordering::SeqCst);
-                shared.running.fetch_add(1, Ordering::SeqCst);
+                let running = shared.running.fetch_add(1, Ordering::SeqCst) + 1;
+                shared.max_running.fetch_max(running, Ordering::SeqCst);
                 // Jobs catch their own panics (see the server's dispatch); this guard only
                 // keeps the counters right if one ever escapes.
                 let _guard = RunningGuard(&shared.running);

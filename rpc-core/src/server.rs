@@ -13,18 +13,20 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rpc_transport::{
-    spawn_loop, CloseReason, Connection, Frame, FrameHandler, FrameLimits, LoopHandle,
+    spawn_loop, CloseReason, Connection, Frame, FrameHandler, FrameKind, FrameLimits, LoopHandle,
 };
 
 use crate::error::RpcError;
 use crate::pool::WorkerPool;
-use crate::server_conn::ServerConn;
+use crate::server_conn::{ConnCalls, ServerConn};
 use crate::service::{Dispatch, MethodTable, Service};
+use crate::stats::{ServerStats, StatsCounters};
 
 /// Registers services and serves them. Cheap to clone: clones share services and workers.
 ///
@@ -41,9 +43,22 @@ pub(crate) struct ServerShared {
     /// Guards the registered services: written by `register`, read per request.
     services: RwLock<HashMap<String, Arc<MethodTable>>>,
     pub(crate) pool: WorkerPool,
-    config: ServerConfig,
+    pub(crate) config: ServerConfig,
     /// Loops started by `serve_conn` for connections the caller accepted itself.
     conn_loops: Mutex<Option<LoopGroup>>,
+    pub(crate) stats: StatsCounters,
+    /// Open connections, by id: for go-away on shutdown and for statistics.
+    connections: Mutex<HashMap<u64, Registered>>,
+    /// Ids for connections and loop groups.
+    next_id: AtomicU64,
+}
+
+/// An open connection as the server's registry holds it.
+struct Registered {
+    conn: Connection,
+    calls: Arc<ConnCalls>,
+    /// The loop group (one per `serve`) that owns it.
+    group: u64,
 }
 
 /// Settings of a [`Server`]; build one with [`Server::builder`].
@@ -55,8 +70,20 @@ pub struct ServerConfig {
     pub max_workers: usize,
     /// How long an idle handler thread lives.
     pub worker_keep_alive: Duration,
-    /// Frame size limits for reading requests and writing replies.
+    /// Frame size limits and the frame timeout, for reading requests and writing replies.
     pub limits: FrameLimits,
+    /// Most connections open at once; beyond it a new connection is closed as soon as it is
+    /// accepted. Default [`DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections: usize,
+    /// Most calls in flight on one connection; beyond it a request is answered `Throttled`
+    /// at once. Default [`DEFAULT_MAX_IN_FLIGHT_PER_CONN`].
+    pub max_in_flight_per_conn: usize,
+    /// Most calls in flight on the whole server (running or waiting for a worker); beyond it
+    /// a request is answered `Throttled` at once. Default [`DEFAULT_MAX_CALLS`].
+    pub max_calls: usize,
+    /// Reply bytes a connection may have queued (unread by its peer) before the server stops
+    /// reading its requests, until the peer reads. Default [`DEFAULT_MAX_QUEUED_BYTES`].
+    pub max_queued_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -67,6 +94,10 @@ impl Default for ServerConfig {
             max_workers: DEFAULT_MAX_WORKERS,
             worker_keep_alive: Duration::from_secs(10),
             limits: FrameLimits::default(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_in_flight_per_conn: DEFAULT_MAX_IN_FLIGHT_PER_CONN,
+            max_calls: DEFAULT_MAX_CALLS,
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
         }
     }
 }
@@ -74,7 +105,7 @@ impl Default for ServerConfig {
 /// Builds a [`Server`] with non-default settings.
 #[derive(Debug, Clone, Default)]
 pub struct ServerBuilder {
-    config: ServerConfig,
+    pub(crate) config: ServerConfig,
 }
 
 impl ServerBuilder {
@@ -97,9 +128,35 @@ impl ServerBuilder {
         self
     }
 
-    /// Frame size limits (default [`FrameLimits::default`]: 4 MiB bodies).
+    /// Frame size limits and frame timeout (default [`FrameLimits::default`]: 4 MiB bodies,
+    /// 10 s per frame).
     pub fn limits(mut self, limits: FrameLimits) -> Self {
         self.config.limits = limits;
+        self
+    }
+
+    /// Most connections open at once (default [`DEFAULT_MAX_CONNECTIONS`]).
+    pub fn max_connections(mut self, count: usize) -> Self {
+        self.config.max_connections = count;
+        self
+    }
+
+    /// Most calls in flight per connection (default [`DEFAULT_MAX_IN_FLIGHT_PER_CONN`]).
+    pub fn max_in_flight_per_conn(mut self, count: usize) -> Self {
+        self.config.max_in_flight_per_conn = count.max(1);
+        self
+    }
+
+    /// Most calls in flight on the server (default [`DEFAULT_MAX_CALLS`]).
+    pub fn max_calls(mut self, count: usize) -> Self {
+        self.config.max_calls = count.max(1);
+        self
+    }
+
+    /// Unread reply bytes per connection before its reading pauses (default
+    /// [`DEFAULT_MAX_QUEUED_BYTES`]).
+    pub fn max_queued_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_queued_bytes = bytes;
         self
     }
 
@@ -112,6 +169,9 @@ impl ServerBuilder {
                 pool: WorkerPool::new(config.max_workers, config.worker_keep_alive),
                 config,
                 conn_loops: Mutex::new(None),
+                stats: StatsCounters::default(),
+                connections: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
             }),
         }
     }
@@ -136,6 +196,20 @@ impl Server {
     /// Handlers running right now.
     pub fn running_handlers(&self) -> usize {
         self.shared.pool.running()
+    }
+
+    /// A snapshot of the server's state and counters, for monitoring and leak checks.
+    pub fn stats(&self) -> ServerStats {
+        let shared = &self.shared;
+        let mut stats = shared.stats.snapshot();
+        stats.running_handlers = shared.pool.running();
+        stats.max_running_handlers = shared.pool.max_running();
+        stats.queued_outbound_bytes = shared
+            .registry()
+            .values()
+            .map(|registered| registered.conn.queued_len())
+            .sum();
+        stats
     }
 
     /// Worker threads alive right now (idle ones included).
@@ -218,11 +292,13 @@ impl Server {
         let local_addr = listener
             .local_addr()
             .map_err(|err| unreachable("listener", err))?;
+        let group_id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let group = self
-            .start_loops(Some(listener))
+            .start_loops(Some(listener), group_id)
             .map_err(|err| unreachable(&local_addr.to_string(), err))?;
         Ok(ServerHandle {
             local_addr,
+            server: Arc::clone(&self.shared),
             group: Mutex::new(Some(group)),
         })
     }
@@ -243,13 +319,14 @@ impl Server {
         let handle = self.conn_loop().map_err(fail)?;
         let (closed_tx, closed_rx) = crossbeam_channel::bounded(1);
         let shared = Arc::clone(&self.shared);
+        let slot = ConnectionSlot::open(&self.shared, SERVE_CONN_GROUP);
         handle
             .adopt_and_wait(
                 stream,
                 self.shared.config.limits,
-                Box::new(move |_| {
+                Box::new(move |conn| {
                     Box::new(NotifyOnClose {
-                        inner: ServerConn::new(shared),
+                        inner: ServerConn::new(shared, conn, slot),
                         closed: closed_tx,
                     })
                 }),
@@ -267,7 +344,7 @@ impl Server {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if loops.is_none() {
-            *loops = Some(self.start_loops(None)?);
+            *loops = Some(self.start_loops(None, SERVE_CONN_GROUP)?);
         }
         Ok(loops
             .as_ref()
@@ -275,7 +352,7 @@ impl Server {
             .expect("set just above"))
     }
 
-    fn start_loops(&self, listener: Option<TcpListener>) -> io::Result<LoopGroup> {
+    fn start_loops(&self, listener: Option<TcpListener>, group: u64) -> io::Result<LoopGroup> {
         let count = self.shared.config.event_loops;
         let mut handles = Vec::with_capacity(count);
         let mut threads = Vec::with_capacity(count);
@@ -285,24 +362,36 @@ impl Server {
             handles.push(handle);
             threads.push(thread);
         }
-        let listener = listener.map(|listener| (listener, self.acceptor(handles.clone())));
+        let listener = listener.map(|listener| (listener, self.acceptor(handles.clone(), group)));
         let (handle, thread) = spawn_loop("netrpc-server-loop-0", listener)?;
         handles.insert(0, handle);
         threads.insert(0, thread);
-        Ok(LoopGroup { handles, threads })
+        Ok(LoopGroup {
+            id: group,
+            handles,
+            threads,
+        })
     }
 
-    /// Round-robin over the accepting loop itself and `others`.
-    fn acceptor(&self, others: Vec<LoopHandle>) -> rpc_transport::Acceptor {
+    /// Round-robin over the accepting loop itself and `others`; over `max_connections`, the
+    /// socket is closed at once.
+    fn acceptor(&self, others: Vec<LoopHandle>, group: u64) -> rpc_transport::Acceptor {
         let shared = Arc::clone(&self.shared);
         let mut next = 0usize;
         Box::new(move |stream, own| {
+            let open = shared.stats.open_connections.load(Ordering::SeqCst);
+            if open >= shared.config.max_connections {
+                StatsCounters::bump(&shared.stats.refused_connections);
+                drop(stream); // closes it: the peer sees EOF at once
+                return;
+            }
             let target = if next == 0 { own } else { &others[next - 1] };
             next = (next + 1) % (others.len() + 1);
-            let shared = Arc::clone(&shared);
+            let slot = ConnectionSlot::open(&shared, group);
+            let server = Arc::clone(&shared);
             let limits = shared.config.limits;
-            let make_handler = Box::new(move |_: &Connection| {
-                Box::new(ServerConn::new(shared)) as Box<dyn FrameHandler>
+            let make_handler = Box::new(move |conn: &Connection| {
+                Box::new(ServerConn::new(server, conn, slot)) as Box<dyn FrameHandler>
             });
             // A socket that cannot be made non-blocking is dropped, which closes it.
             let _ = target.adopt(stream, limits, make_handler);
@@ -332,6 +421,91 @@ impl ServerShared {
         let services = self.services.read().unwrap_or_else(|p| p.into_inner());
         services.get(name).cloned()
     }
+
+    pub(crate) fn register_connection(
+        &self,
+        id: u64,
+        conn: &Connection,
+        calls: Arc<ConnCalls>,
+        group: u64,
+    ) {
+        let registered = Registered {
+            conn: conn.clone(),
+            calls,
+            group,
+        };
+        self.registry().insert(id, registered);
+    }
+
+    pub(crate) fn deregister_connection(&self, id: u64) {
+        self.registry().remove(&id);
+    }
+
+    fn registry(&self) -> MutexGuard<'_, HashMap<u64, Registered>> {
+        // Single map operations only: a poisoned lock still holds a sound map.
+        self.connections
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Calls in flight on the connections of loop group `group`.
+    fn in_flight_in_group(&self, group: u64) -> usize {
+        self.registry()
+            .values()
+            .filter(|registered| registered.group == group)
+            .map(|registered| registered.calls.in_flight())
+            .sum()
+    }
+
+    /// Tells every connection of `group` that the server is going away: new requests are
+    /// refused, and a go-away frame carries the last sequence id accepted.
+    fn go_away(&self, group: u64) {
+        for registered in self.registry().values() {
+            if registered.group == group {
+                let last = registered.calls.start_draining();
+                let _ = registered
+                    .conn
+                    .send_frame(&Frame::new(FrameKind::GoAway, last));
+            }
+        }
+    }
+}
+
+/// Counts one connection as open from accept until its handler is dropped (or, if the loop
+/// never adopted it, until the adoption closure is dropped).
+pub(crate) struct ConnectionSlot {
+    server: Arc<ServerShared>,
+    id: u64,
+    group: u64,
+}
+
+impl ConnectionSlot {
+    fn open(server: &Arc<ServerShared>, group: u64) -> Self {
+        server.stats.open_connections.fetch_add(1, Ordering::SeqCst);
+        StatsCounters::bump(&server.stats.accepted_connections);
+        ConnectionSlot {
+            server: Arc::clone(server),
+            id: server.next_id.fetch_add(1, Ordering::Relaxed),
+            group,
+        }
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub(crate) fn group(&self) -> u64 {
+        self.group
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.server
+            .stats
+            .open_connections
+            .fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Drop for ServerShared {
@@ -343,9 +517,9 @@ impl Drop for ServerShared {
 }
 
 /// A running server started by [`Server::serve`]. Dropping it shuts the server down.
-#[derive(Debug)]
 pub struct ServerHandle {
     local_addr: SocketAddr,
+    server: Arc<ServerShared>,
     group: Mutex<Option<LoopGroup>>,
 }
 
@@ -365,6 +539,43 @@ impl ServerHandle {
             group.shutdown();
         }
     }
+
+    /// Shuts down gracefully (Go's gRPC: `GracefulStop`): stops accepting, sends each
+    /// connection a go-away frame carrying the last request it accepted, refuses later
+    /// requests with the retryable `ShuttingDown`, lets the calls in flight finish for up to
+    /// `grace`, then closes everything as [`ServerHandle::shutdown`] does (calls still running
+    /// then fail for their callers with a connection error).
+    ///
+    /// Returns true if every call in flight finished within `grace`. Returns at once when
+    /// nothing is in flight, and when the server is already shut down (idempotent).
+    pub fn shutdown_gracefully(&self, grace: Duration) -> bool {
+        let group = self.group.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(group) = group else {
+            return true;
+        };
+        group.stop_accepting();
+        self.server.go_away(group.id);
+        let deadline = Instant::now() + grace;
+        let drained = loop {
+            if self.server.in_flight_in_group(group.id) == 0 {
+                break true;
+            }
+            if Instant::now() >= deadline {
+                break false;
+            }
+            thread::sleep(DRAIN_POLL.min(deadline.saturating_duration_since(Instant::now())));
+        };
+        group.shutdown();
+        drained
+    }
+}
+
+impl fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drop for ServerHandle {
@@ -376,11 +587,18 @@ impl Drop for ServerHandle {
 /// The event loops of one listener (or of `serve_conn`).
 #[derive(Debug)]
 struct LoopGroup {
+    id: u64,
     handles: Vec<LoopHandle>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl LoopGroup {
+    fn stop_accepting(&self) {
+        for handle in &self.handles {
+            handle.stop_accepting();
+        }
+    }
+
     fn shutdown(self) {
         for handle in &self.handles {
             handle.shutdown();
@@ -429,6 +647,24 @@ fn unreachable(addr: &str, err: io::Error) -> RpcError {
 
 /// Default cap on handler threads.
 pub const DEFAULT_MAX_WORKERS: usize = 1024;
+
+/// Default cap on open connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// Default cap on calls in flight per connection (tarpc's default).
+pub const DEFAULT_MAX_IN_FLIGHT_PER_CONN: usize = 1000;
+
+/// Default cap on calls in flight on the server.
+pub const DEFAULT_MAX_CALLS: usize = 10_000;
+
+/// Default cap on a connection's unread reply bytes before its reading pauses: 1 MiB.
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 1024 * 1024;
+
+/// The group id of connections served with `serve_conn`.
+const SERVE_CONN_GROUP: u64 = 0;
+
+/// How often a graceful shutdown checks whether the calls in flight have finished.
+const DRAIN_POLL: Duration = Duration::from_millis(5);
 
 /// How long `serve_conn` waits for a loop to take the socket.
 const ADOPT_TIMEOUT: Duration = Duration::from_secs(5);

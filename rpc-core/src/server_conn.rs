@@ -1,12 +1,20 @@
-//! One server connection: turns request frames into jobs on the worker pool, and their results
-//! into reply frames.
+//! One server connection: turns request frames into jobs on the worker pool (or runs them
+//! inline), and their results into reply frames.
 //!
 //! Runs on the event loop, so nothing here blocks: the lookup of the method is a map access,
-//! and the handler itself runs on a pool thread, which writes its reply straight to the socket.
+//! and a pooled handler runs on a pool thread, which writes its reply straight to the socket.
+//! Before a request is dispatched it must pass, in order: a known service and method; a server
+//! not draining (else `ShuttingDown`); a sequence id not already in flight (a duplicate is
+//! ignored and counted, never answered: its answer would be taken for the original's); the
+//! per-connection and server-wide caps on calls in flight (else `Throttled`, at once).
+//! A pooled request whose deadline passed, or that the caller cancelled, before a worker took
+//! it is answered `DeadlineExceeded` without running.
 
+use std::collections::HashMap;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use rpc_codec::{Codec, CodecKind};
@@ -16,53 +24,129 @@ use rpc_transport::{
 };
 
 use crate::error_body::{error_frame, ErrorCode};
-use crate::server::ServerShared;
+use crate::server::{ConnectionSlot, ServerShared};
 use crate::service::{Dispatch, DispatchError, MethodHandler};
+use crate::stats::StatsCounters;
 
 /// The [`FrameHandler`] of one accepted connection.
 pub(crate) struct ServerConn {
     server: Arc<ServerShared>,
     calls: Arc<ConnCalls>,
+    /// Keeps the connection counted as open until the handler is dropped.
+    slot: ConnectionSlot,
 }
 
-/// What the loop and the workers of one connection share.
+/// The calls of one connection, shared by its loop, its workers and graceful shutdown.
 #[derive(Debug, Default)]
-struct ConnCalls {
-    /// Requests dispatched and not yet answered.
-    in_flight: AtomicUsize,
-    /// The peer half-closed: close once `in_flight` reaches zero.
+pub(crate) struct ConnCalls {
+    /// Sequence ids in flight, each with whether its caller cancelled it.
+    in_flight: Mutex<HashMap<u64, bool>>,
+    /// The peer half-closed: close once nothing is in flight.
     peer_done: AtomicBool,
+    /// The server is shutting down gracefully: refuse new requests.
+    draining: AtomicBool,
+    /// The highest sequence id accepted for dispatch (for go-away).
+    last_accepted: AtomicU64,
+}
+
+/// Why a request was not dispatched.
+enum Refusal {
+    /// Its sequence id is already in flight: ignored.
+    Duplicate,
+    /// A cap on calls in flight is reached: answered `Throttled`.
+    Throttled,
 }
 
 impl ServerConn {
-    pub(crate) fn new(server: Arc<ServerShared>) -> Self {
+    pub(crate) fn new(server: Arc<ServerShared>, conn: &Connection, slot: ConnectionSlot) -> Self {
+        let calls = Arc::new(ConnCalls::default());
+        server.register_connection(slot.id(), conn, Arc::clone(&calls), slot.group());
         ServerConn {
             server,
-            calls: Arc::default(),
+            calls,
+            slot,
         }
     }
 
     fn dispatch(&mut self, conn: &Connection, request: Frame) {
-        match self.lookup(&request) {
-            Ok((codec, handler, Dispatch::Inline)) => {
+        let (codec, handler, dispatch) = match self.lookup(&request) {
+            Ok(found) => found,
+            Err(err) => return self.refuse(conn, request.seq, err.code, &err.message),
+        };
+        if self.calls.draining.load(Ordering::SeqCst) {
+            return self.refuse(
+                conn,
+                request.seq,
+                ErrorCode::ShuttingDown,
+                "server is shutting down",
+            );
+        }
+        match self.admit(request.seq) {
+            Ok(()) => {}
+            Err(Refusal::Duplicate) => {
+                StatsCounters::bump(&self.server.stats.duplicate_requests);
+                return;
+            }
+            Err(Refusal::Throttled) => {
+                return self.refuse(
+                    conn,
+                    request.seq,
+                    ErrorCode::Throttled,
+                    "too many calls in flight",
+                );
+            }
+        }
+        let call = InFlight {
+            server: Arc::clone(&self.server),
+            calls: Arc::clone(&self.calls),
+            conn: conn.clone(),
+            received: Instant::now(),
+        };
+        match dispatch {
+            Dispatch::Inline => {
                 // On the loop thread: the reply joins the others of this read in one write.
-                let reply = run_handler(&handler, codec, &request, conn);
-                let _ = conn.send_batched(&reply);
+                let (reply, failure) = run_handler(&handler, codec, &request, conn);
+                call.finish(request.seq, &reply, failure, Sending::Batched);
             }
-            Ok((codec, handler, Dispatch::Pool)) => {
-                self.calls.in_flight.fetch_add(1, Ordering::SeqCst);
-                let conn = conn.clone();
-                let calls = Arc::clone(&self.calls);
-                self.server.pool.execute(Box::new(move || {
-                    let reply = run_handler(&handler, codec, &request, &conn);
-                    // A failed send means the peer is gone; the loop is closing the connection.
-                    let _ = conn.send(&reply);
-                    calls.finish_one(&conn);
-                }));
-            }
-            Err(err) => {
-                let _ = conn.send_frame(&error_frame(request.seq, err.code, &err.message));
-            }
+            Dispatch::Pool => self.server.pool.execute(Box::new(move || {
+                let (reply, failure) = match call.expired(&request) {
+                    Some(reason) => {
+                        let code = ErrorCode::DeadlineExceeded;
+                        (encode_error(request.seq, code, reason), Some(code))
+                    }
+                    None => run_handler(&handler, codec, &request, &call.conn),
+                };
+                call.finish(request.seq, &reply, failure, Sending::Now);
+            })),
+        }
+    }
+
+    /// Counts the request in, unless it is a duplicate or a cap is reached.
+    fn admit(&self, seq: u64) -> Result<(), Refusal> {
+        let config = &self.server.config;
+        let stats = &self.server.stats;
+        let mut in_flight = self.calls.lock();
+        if in_flight.contains_key(&seq) {
+            return Err(Refusal::Duplicate);
+        }
+        if in_flight.len() >= config.max_in_flight_per_conn {
+            return Err(Refusal::Throttled);
+        }
+        let total = stats.in_flight_calls.fetch_add(1, Ordering::SeqCst);
+        if total >= config.max_calls {
+            stats.in_flight_calls.fetch_sub(1, Ordering::SeqCst);
+            return Err(Refusal::Throttled);
+        }
+        in_flight.insert(seq, false);
+        self.calls.last_accepted.fetch_max(seq, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Answers `seq` with an error frame at once, without dispatching it.
+    fn refuse(&self, conn: &Connection, seq: u64, code: ErrorCode, message: &str) {
+        self.server.stats.count_call_error(code);
+        if conn.send_frame(&error_frame(seq, code, message)).is_err() {
+            StatsCounters::bump(&self.server.stats.dropped_replies);
         }
     }
 
@@ -100,10 +184,89 @@ impl ServerConn {
 }
 
 impl ConnCalls {
-    fn finish_one(&self, conn: &Connection) {
-        let left = self.in_flight.fetch_sub(1, Ordering::SeqCst) - 1;
-        if left == 0 && self.peer_done.load(Ordering::SeqCst) {
-            conn.close_when_flushed();
+    /// Calls in flight now.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Refuses new requests from now on; returns the last sequence id accepted.
+    pub(crate) fn start_draining(&self) -> u64 {
+        self.draining.store(true, Ordering::SeqCst);
+        self.last_accepted.load(Ordering::SeqCst)
+    }
+
+    fn cancel(&self, seq: u64) {
+        if let Some(cancelled) = self.lock().get_mut(&seq) {
+            *cancelled = true;
+        }
+    }
+
+    fn is_cancelled(&self, seq: u64) -> bool {
+        self.lock().get(&seq).copied().unwrap_or(false)
+    }
+
+    /// Takes `seq` out of flight; true if the connection should now close (half-closed and
+    /// idle).
+    fn finish(&self, seq: u64) -> bool {
+        let mut in_flight = self.lock();
+        in_flight.remove(&seq);
+        in_flight.is_empty() && self.peer_done.load(Ordering::SeqCst)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, bool>> {
+        // Every update is a single map operation: a poisoned lock still holds a sound map.
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// How a reply is written.
+#[derive(Clone, Copy)]
+enum Sending {
+    /// By this thread, now (a pool worker).
+    Now,
+    /// With the other replies of this loop turn (an inline handler, on the loop).
+    Batched,
+}
+
+/// A dispatched call, carried to wherever it runs.
+struct InFlight {
+    server: Arc<ServerShared>,
+    calls: Arc<ConnCalls>,
+    conn: Connection,
+    received: Instant,
+}
+
+impl InFlight {
+    /// Why the call should not run any more, if so: its caller cancelled it, or its deadline
+    /// (relative to when the request was read) has passed.
+    fn expired(&self, request: &Frame) -> Option<&'static str> {
+        if self.calls.is_cancelled(request.seq) {
+            return Some("the caller cancelled the call before it ran");
+        }
+        let deadline = Duration::from_millis(u64::from(request.deadline_ms));
+        (request.deadline_ms > 0 && self.received.elapsed() >= deadline)
+            .then_some("the deadline passed before the call ran")
+    }
+
+    /// Sends the reply and takes the call out of flight.
+    fn finish(self, seq: u64, reply: &[u8], failure: Option<ErrorCode>, sending: Sending) {
+        let stats = &self.server.stats;
+        if let Some(code) = failure {
+            stats.count_call_error(code);
+        }
+        let sent = match sending {
+            Sending::Now => self.conn.send(reply),
+            Sending::Batched => self.conn.send_batched(reply),
+        };
+        // A failed send means the peer is gone and the loop is closing the connection.
+        if sent.is_err() {
+            StatsCounters::bump(&stats.dropped_replies);
+        }
+        stats.in_flight_calls.fetch_sub(1, Ordering::SeqCst);
+        if self.calls.finish(seq) {
+            self.conn.close_when_flushed();
         }
     }
 }
@@ -115,8 +278,10 @@ impl FrameHandler for ServerConn {
             FrameKind::Ping => {
                 let _ = conn.send_frame(&Frame::new(FrameKind::Pong, frame.seq));
             }
-            // Cancel is advisory and handlers cannot be interrupted; the reply of a cancelled
-            // call is discarded by the client. Other kinds have no meaning client-to-server.
+            // Advisory: a call not yet started is skipped; a running one finishes and its
+            // reply is discarded by the client.
+            FrameKind::Cancel => self.calls.cancel(frame.seq),
+            // Other kinds have no meaning client-to-server.
             _ => {}
         }
     }
@@ -146,16 +311,37 @@ impl FrameHandler for ServerConn {
     fn handle_eof(&mut self, conn: &Connection) -> EofAction {
         // Half-close: the peer sent its last request. Answer what is in flight, then close.
         self.calls.peer_done.store(true, Ordering::SeqCst);
-        if self.calls.in_flight.load(Ordering::SeqCst) == 0 {
+        if self.calls.in_flight() == 0 {
             conn.close_when_flushed();
         }
         EofAction::KeepWriting
     }
 
-    fn handle_close(&mut self, _conn: &Connection, _reason: CloseReason) {}
+    fn pause_reading(&self, conn: &Connection) -> bool {
+        let paused = conn.queued_len() > self.server.config.max_queued_bytes;
+        if paused {
+            StatsCounters::bump(&self.server.stats.read_pauses);
+        }
+        paused
+    }
+
+    fn handle_close(&mut self, _conn: &Connection, reason: CloseReason) {
+        let stats = &self.server.stats;
+        match reason {
+            CloseReason::Error(TransportError::FrameTimeout) => {
+                StatsCounters::bump(&stats.frame_timeouts);
+            }
+            CloseReason::Error(err) if err.is_protocol_violation() => {
+                StatsCounters::bump(&stats.frame_errors);
+            }
+            _ => {}
+        }
+        self.server.deregister_connection(self.slot.id());
+    }
 }
 
-/// Runs one call and returns its encoded reply frame (a response or an error).
+/// Runs one call and returns its encoded reply frame (a response or an error), and the error
+/// code if it failed.
 ///
 /// A panic in the handler is caught here and becomes [`ErrorCode::HandlerPanicked`], so a
 /// faulty method never takes down its worker, its connection or the server.
@@ -164,18 +350,24 @@ fn run_handler(
     codec: CodecKind,
     request: &Frame,
     conn: &Connection,
-) -> BytesMut {
+) -> (BytesMut, Option<ErrorCode>) {
     let mut out = BytesMut::new();
     let mut head = FrameHead::new(FrameKind::Response, request.seq);
     head.codec = codec.id();
     let builder = match FrameBuilder::start(&mut out, &head, conn.limits()) {
         Ok(builder) => builder,
-        Err(err) => return encode_error(request.seq, ErrorCode::Internal, &err.to_string()),
+        Err(err) => {
+            let code = ErrorCode::Internal;
+            return (
+                encode_error(request.seq, code, &err.to_string()),
+                Some(code),
+            );
+        }
     };
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| handler(codec, &request.body, &mut out)));
     let failure = match outcome {
         Ok(Ok(())) => match builder.finish(&mut out) {
-            Ok(()) => return out,
+            Ok(()) => return (out, None),
             Err(err) => DispatchError::new(ErrorCode::FrameTooLarge, format!("reply: {err}")),
         },
         Ok(Err(err)) => {
@@ -187,7 +379,10 @@ fn run_handler(
             DispatchError::new(ErrorCode::HandlerPanicked, panic_message(payload.as_ref()))
         }
     };
-    encode_error(request.seq, failure.code, &failure.message)
+    (
+        encode_error(request.seq, failure.code, &failure.message),
+        Some(failure.code),
+    )
 }
 
 fn encode_error(seq: u64, code: ErrorCode, message: &str) -> BytesMut {

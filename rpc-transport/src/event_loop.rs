@@ -63,6 +63,7 @@ pub(crate) enum Command {
     Flush(usize),
     Close(usize),
     Timer(usize, Instant),
+    StopAccepting,
     Shutdown,
 }
 
@@ -117,6 +118,11 @@ impl LoopHandle {
                 "event loop did not adopt the connection",
             )
         })?
+    }
+
+    /// Asks the loop to stop accepting: its listener (if any) is closed; connections stay.
+    pub fn stop_accepting(&self) {
+        self.command(Command::StopAccepting);
     }
 
     /// Asks the loop to close every connection and exit. Idempotent; returns at once.
@@ -204,8 +210,8 @@ struct EventLoop {
     /// closed token can never reach a new connection.
     closed_this_turn: Vec<usize>,
     listener: Option<ListenerState>,
-    /// (when, token) of every timer asked for; stale entries are skipped when they fire.
-    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// (when, token, what) of every timer; stale entries are skipped when they fire.
+    timers: BinaryHeap<Reverse<(Instant, usize, LoopTimer)>>,
     /// One read buffer for every connection: an idle connection holds no buffer of its own.
     scratch: Vec<u8>,
 }
@@ -217,6 +223,21 @@ struct Slot {
     write_interest: bool,
     /// Why the connection is closing, once known, for when the close completes.
     close_reason: Option<CloseReason>,
+    /// When the frame now arriving started (the read that began it), for the frame timeout.
+    frame_started: Option<Instant>,
+    /// The handler asked to stop reading (backpressure); a timer re-checks.
+    read_paused: bool,
+}
+
+/// What a loop timer is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum LoopTimer {
+    /// A timer the connection's handler asked for.
+    Handler,
+    /// The frame timeout of the frame that started at the slot's `frame_started`.
+    FrameDeadline,
+    /// Re-check whether a paused connection may be read again.
+    ResumeReading,
 }
 
 struct ListenerState {
@@ -271,7 +292,7 @@ impl EventLoop {
     }
 
     fn next_wakeup(&self) -> Option<Instant> {
-        let timer = self.timers.peek().map(|Reverse((at, _))| *at);
+        let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
         let resume = self.listener.as_ref().and_then(|l| l.paused_until);
         match (timer, resume) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -328,15 +349,31 @@ impl EventLoop {
         let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
             return; // spurious or stale event
         };
+        if slot.handler.pause_reading(&slot.conn) {
+            // Backpressure: leave the bytes in the socket; TCP slows the peer down.
+            if !slot.read_paused {
+                slot.read_paused = true;
+                let at = Instant::now() + READ_PAUSE_RECHECK;
+                self.timers
+                    .push(Reverse((at, index, LoopTimer::ResumeReading)));
+            }
+            return;
+        }
+        slot.read_paused = false;
         let conn = slot.conn.clone();
         let mut stream = conn.stream();
+        let mut frame_done = false;
         let outcome = loop {
+            if slot.handler.pause_reading(&slot.conn) {
+                break ReadOutcome::Paused;
+            }
             match stream.read(&mut self.scratch) {
                 Ok(0) => break ReadOutcome::Eof,
                 Ok(n) => {
                     slot.decoder.handle_bytes(&self.scratch[..n]);
-                    if let Err(err) = deliver_frames(slot) {
-                        break ReadOutcome::FrameError(err);
+                    match deliver_frames(slot) {
+                        Ok(delivered) => frame_done |= delivered > 0,
+                        Err(err) => break ReadOutcome::FrameError(err),
                     }
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => break ReadOutcome::Drained,
@@ -344,8 +381,18 @@ impl EventLoop {
                 Err(err) => break ReadOutcome::Failed(err.into()),
             }
         };
+        if frame_done || slot.frame_started.is_none() {
+            self.start_frame_clock(index);
+        }
+        let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
+            return;
+        };
         match outcome {
             ReadOutcome::Drained => {}
+            ReadOutcome::Paused => {
+                // Bytes may remain in the socket: come back for them once unpaused.
+                self.read_ready(index);
+            }
             ReadOutcome::Eof => match slot.decoder.handle_eof() {
                 Err(err) => self.close_slot(index, CloseReason::Error(err)),
                 Ok(()) => {
@@ -366,6 +413,23 @@ impl EventLoop {
         }
     }
 
+    /// Notes when the frame now arriving began (if one is partly here) and arms its timeout.
+    fn start_frame_clock(&mut self, index: usize) {
+        let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
+            return;
+        };
+        if !slot.decoder.is_mid_frame() {
+            slot.frame_started = None;
+            return;
+        }
+        let now = Instant::now();
+        slot.frame_started = Some(now);
+        if let Some(timeout) = slot.decoder.limits().frame_timeout {
+            self.timers
+                .push(Reverse((now + timeout, index, LoopTimer::FrameDeadline)));
+        }
+    }
+
     fn write_ready(&mut self, index: usize) {
         let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
             return;
@@ -377,6 +441,9 @@ impl EventLoop {
                     slot.write_interest = false;
                     let fd = slot.conn.stream().as_raw_fd();
                     let _ = reregister(self.poll.registry(), fd, index, Interest::READABLE);
+                }
+                if slot.read_paused {
+                    self.read_ready(index);
                 }
             }
             Ok(FlushOutcome::CloseNow) => self.close_slot_with_pending_reason(index),
@@ -414,7 +481,14 @@ impl EventLoop {
                 Command::WantWrite(index) => self.want_write(index),
                 Command::Flush(index) => self.flush_requested(index),
                 Command::Close(index) => self.close_slot_with_pending_reason(index),
-                Command::Timer(index, at) => self.timers.push(Reverse((at, index))),
+                Command::Timer(index, at) => {
+                    self.timers.push(Reverse((at, index, LoopTimer::Handler)));
+                }
+                Command::StopAccepting => {
+                    if let Some(mut state) = self.listener.take() {
+                        let _ = self.poll.registry().deregister(&mut state.listener);
+                    }
+                }
                 Command::Shutdown => return false,
             }
         }
@@ -446,6 +520,8 @@ impl EventLoop {
             handler,
             write_interest: false,
             close_reason: None,
+            frame_started: None,
+            read_paused: false,
         };
         if index == self.slots.len() {
             self.slots.push(Some(slot));
@@ -475,7 +551,7 @@ impl EventLoop {
     fn fire_timers(&mut self) {
         self.resume_accepting_if_due();
         let now = Instant::now();
-        while let Some(Reverse((at, index))) = self.timers.peek().copied() {
+        while let Some(Reverse((at, index, timer))) = self.timers.peek().copied() {
             if at > now {
                 break;
             }
@@ -483,9 +559,29 @@ impl EventLoop {
             let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
                 continue;
             };
-            if slot.conn.take_timer_if(at) {
-                if let Some(next) = slot.handler.handle_timer(&slot.conn, now) {
-                    slot.conn.schedule_timer(next);
+            match timer {
+                LoopTimer::Handler => {
+                    if slot.conn.take_timer_if(at) {
+                        if let Some(next) = slot.handler.handle_timer(&slot.conn, now) {
+                            slot.conn.schedule_timer(next);
+                        }
+                    }
+                }
+                LoopTimer::FrameDeadline => {
+                    let timeout = slot.decoder.limits().frame_timeout;
+                    let expired = matches!(
+                        (slot.frame_started, timeout),
+                        (Some(started), Some(timeout)) if started + timeout <= now
+                    );
+                    if expired {
+                        self.close_slot(index, CloseReason::Error(TransportError::FrameTimeout));
+                    }
+                }
+                LoopTimer::ResumeReading => {
+                    if slot.read_paused {
+                        slot.read_paused = false;
+                        self.read_ready(index);
+                    }
                 }
             }
         }
@@ -540,17 +636,21 @@ impl EventLoop {
 
 enum ReadOutcome {
     Drained,
+    /// The handler asked to stop reading (backpressure).
+    Paused,
     Eof,
     FrameError(TransportError),
     Failed(TransportError),
 }
 
-/// Hands every whole frame buffered in the decoder to the handler.
-fn deliver_frames(slot: &mut Slot) -> Result<(), TransportError> {
+/// Hands every whole frame buffered in the decoder to the handler; returns how many.
+fn deliver_frames(slot: &mut Slot) -> Result<usize, TransportError> {
+    let mut delivered = 0;
     while let Some(frame) = slot.decoder.poll_frame()? {
         slot.handler.handle_frame(&slot.conn, frame);
+        delivered += 1;
     }
-    Ok(())
+    Ok(delivered)
 }
 
 fn reregister(registry: &Registry, fd: i32, index: usize, interest: Interest) -> io::Result<()> {
@@ -582,6 +682,9 @@ const LISTENER: Token = Token(usize::MAX - 1);
 
 /// Bytes read per `read` call into the shared scratch buffer.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// How often a connection paused by [`FrameHandler::pause_reading`] is asked again.
+pub const READ_PAUSE_RECHECK: Duration = Duration::from_millis(10);
 
 /// Readiness events taken per `poll`.
 const EVENTS_CAPACITY: usize = 1024;

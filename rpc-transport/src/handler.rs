@@ -57,6 +57,15 @@ pub trait FrameHandler: Send + 'static {
         None
     }
 
+    /// Asked before each read: `true` stops reading this connection for now, so a peer that
+    /// sends requests but never reads the replies is held back by TCP instead of filling this
+    /// side's memory (backpressure). The loop asks again as it writes the connection's queued
+    /// bytes, and at least every [`crate::READ_PAUSE_RECHECK`]. The default never pauses.
+    fn pause_reading(&self, conn: &Connection) -> bool {
+        let _ = conn;
+        false
+    }
+
     /// The connection is closed; no more events will follow.
     fn handle_close(&mut self, conn: &Connection, reason: CloseReason);
 }

@@ -1,4 +1,7 @@
-//! Size limits a frame must respect, checked from the header before any memory is reserved.
+//! Limits a frame must respect: sizes, checked from the header before any memory is reserved,
+//! and the time a frame may take to arrive.
+
+use std::time::Duration;
 
 /// Default cap on a frame body: 4 MiB (gRPC's default message size).
 pub const DEFAULT_MAX_BODY_LEN: usize = 4 * 1024 * 1024;
@@ -8,6 +11,9 @@ pub const DEFAULT_MAX_NAME_LEN: usize = 255;
 
 /// Default cap on a frame's metadata section: 16 KiB (trace ids, auth tokens).
 pub const DEFAULT_MAX_METADATA_LEN: usize = 16 * 1024;
+
+/// Default frame timeout: a frame must arrive whole within 10 s of its first byte.
+pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The size limits one side of a connection enforces on the frames it reads and writes.
 ///
@@ -22,6 +28,11 @@ pub struct FrameLimits {
     pub max_name_len: usize,
     /// Largest metadata section, in bytes. Default [`DEFAULT_MAX_METADATA_LEN`].
     pub max_metadata_len: usize,
+    /// Longest a frame may take to arrive, from its first byte to its last (not reset by each
+    /// byte, so a peer trickling bytes cannot hold a connection open). On expiry the
+    /// connection closes with [`crate::TransportError::FrameTimeout`]. `None`: no limit.
+    /// Default [`DEFAULT_FRAME_TIMEOUT`].
+    pub frame_timeout: Option<Duration>,
 }
 
 impl FrameLimits {
@@ -40,6 +51,7 @@ impl Default for FrameLimits {
             max_body_len: DEFAULT_MAX_BODY_LEN,
             max_name_len: DEFAULT_MAX_NAME_LEN,
             max_metadata_len: DEFAULT_MAX_METADATA_LEN,
+            frame_timeout: Some(DEFAULT_FRAME_TIMEOUT),
         }
     }
 }

@@ -1,0 +1,101 @@
+//! Server statistics: what a server holds right now and what it has refused, for monitoring
+//! and for tests that check everything returns to zero after a fault.
+//!
+//! The counters are atomics updated where things happen (accept, dispatch, reply, close);
+//! [`ServerStats`] is a snapshot read with [`crate::Server::stats`].
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crate::error_body::ErrorCode;
+
+/// A snapshot of a server's state and counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Connections open now.
+    pub open_connections: usize,
+    /// Requests accepted for dispatch and not yet answered.
+    pub in_flight_calls: usize,
+    /// Handlers running now on the worker pool.
+    pub running_handlers: usize,
+    /// The most handlers that ever ran at once.
+    pub max_running_handlers: usize,
+    /// Reply bytes queued on open connections and not yet written.
+    pub queued_outbound_bytes: usize,
+    /// Connections accepted since the server started.
+    pub accepted_connections: u64,
+    /// Connections closed at once because `max_connections` were open.
+    pub refused_connections: u64,
+    /// Connections closed because the peer broke the framing (bad magic, version, kind,
+    /// lengths over the limits, a truncated frame).
+    pub frame_errors: u64,
+    /// Connections closed because a frame took longer than the frame timeout to arrive.
+    pub frame_timeouts: u64,
+    /// Requests ignored because their sequence id was already in flight on the connection.
+    pub duplicate_requests: u64,
+    /// Requests answered with an error, by error code (index = code; codes 1 to 12 are used).
+    pub call_errors: [u64; ERROR_CODE_SLOTS],
+    /// Replies that could not be written because the connection had closed.
+    pub dropped_replies: u64,
+    /// Times a connection stopped being read because its unread replies passed the cap.
+    pub read_pauses: u64,
+}
+
+impl ServerStats {
+    /// Requests answered with error `code`.
+    pub fn call_errors(&self, code: ErrorCode) -> u64 {
+        self.call_errors
+            .get(usize::from(code.as_u16()))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// Slots in [`ServerStats::call_errors`]: one per error code this version sends, plus zero.
+pub const ERROR_CODE_SLOTS: usize = 13;
+
+/// The live counters behind [`ServerStats`].
+#[derive(Debug, Default)]
+pub(crate) struct StatsCounters {
+    pub(crate) open_connections: AtomicUsize,
+    pub(crate) in_flight_calls: AtomicUsize,
+    pub(crate) accepted_connections: AtomicU64,
+    pub(crate) refused_connections: AtomicU64,
+    pub(crate) frame_errors: AtomicU64,
+    pub(crate) frame_timeouts: AtomicU64,
+    pub(crate) duplicate_requests: AtomicU64,
+    call_errors: [AtomicU64; ERROR_CODE_SLOTS],
+    pub(crate) dropped_replies: AtomicU64,
+    pub(crate) read_pauses: AtomicU64,
+}
+
+impl StatsCounters {
+    /// Counts one request answered with `code`.
+    pub(crate) fn count_call_error(&self, code: ErrorCode) {
+        if let Some(slot) = self.call_errors.get(usize::from(code.as_u16())) {
+            slot.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds one to `counter`.
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counters' values now; the caller fills in what lives elsewhere (pool, queues).
+    pub(crate) fn snapshot(&self) -> ServerStats {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        ServerStats {
+            open_connections: self.open_connections.load(Ordering::SeqCst),
+            in_flight_calls: self.in_flight_calls.load(Ordering::SeqCst),
+            accepted_connections: load(&self.accepted_connections),
+            refused_connections: load(&self.refused_connections),
+            frame_errors: load(&self.frame_errors),
+            frame_timeouts: load(&self.frame_timeouts),
+            duplicate_requests: load(&self.duplicate_requests),
+            call_errors: std::array::from_fn(|code| load(&self.call_errors[code])),
+            dropped_replies: load(&self.dropped_replies),
+            read_pauses: load(&self.read_pauses),
+            ..ServerStats::default()
+        }
+    }
+}
