@@ -82,7 +82,9 @@ pub struct ServerConfig {
     /// a request is answered `Throttled` at once. Default [`DEFAULT_MAX_CALLS`].
     pub max_calls: usize,
     /// Reply bytes a connection may have queued (unread by its peer) before the server stops
-    /// reading its requests, until the peer reads. Default [`DEFAULT_MAX_QUEUED_BYTES`].
+    /// reading its requests, until the peer reads. Checked before each read, so replies to
+    /// requests already read still join the queue: it can pass the cap by the replies of the
+    /// calls in flight. Default [`DEFAULT_MAX_QUEUED_BYTES`].
     pub max_queued_bytes: usize,
 }
 

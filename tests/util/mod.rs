@@ -5,6 +5,7 @@
 
 #[path = "../../examples/support/arith.rs"]
 pub mod arith;
+pub mod evil;
 
 use std::time::{Duration, Instant};
 
@@ -143,4 +144,16 @@ pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> 
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Waits until the server holds no connection and no call (a leak check), at most 5 s.
+pub fn assert_back_to_idle(server: &Server) {
+    wait_until(
+        "no connections or calls left",
+        Duration::from_secs(5),
+        || {
+            let stats = server.stats();
+            stats.open_connections == 0 && stats.in_flight_calls == 0 && stats.running_handlers == 0
+        },
+    );
 }

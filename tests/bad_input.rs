@@ -1,0 +1,269 @@
+//! The reliability matrix (shared/RELIABILITY.md), bad-input rows: truncated headers, bad
+//! magic/version/kind, oversized lengths, over-long names, slowloris, duplicate sequence ids,
+//! and an evil server's garbage, reordered, duplicated and unknown replies. After each fault
+//! the server holds nothing and a fresh client's call succeeds.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod util;
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use netrpc::transport::{FrameKind, FrameLimits, HEADER_LEN};
+use netrpc::{done_channel, Client, ErrorBody, ErrorCode, RpcError, Server};
+use util::evil::{request, EvilClient};
+use util::{assert_back_to_idle, assert_healthy, Args, TestServer};
+
+fn valid_request_bytes() -> Vec<u8> {
+    let mut out = bytes::BytesMut::new();
+    request(1, "Arith.Multiply", &Args { a: 7, b: 8 })
+        .encode(&mut out, &FrameLimits::default())
+        .unwrap();
+    out.to_vec()
+}
+
+#[test]
+fn a_frame_cut_at_every_length_then_eof_leaves_nothing_behind() {
+    let server = TestServer::start();
+    let bytes = valid_request_bytes();
+    for len in 1..bytes.len() {
+        let mut evil = EvilClient::connect(server.addr());
+        evil.send_raw(&bytes[..len]);
+        evil.stream.shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(
+            evil.read_until_closed().is_empty(),
+            "no reply to a torn frame"
+        );
+    }
+    assert_back_to_idle(&server.server);
+    assert_eq!(server.server.stats().frame_errors, bytes.len() as u64 - 1);
+    assert_healthy(server.addr());
+}
+
+#[test]
+fn a_call_sent_one_byte_at_a_time_succeeds() {
+    let server = TestServer::start();
+    let mut evil = EvilClient::connect(server.addr());
+    evil.stream.set_nodelay(true).unwrap();
+    for byte in valid_request_bytes() {
+        evil.send_raw(&[byte]);
+        evil.stream.flush().unwrap();
+    }
+    let reply = evil.read_frames(1);
+    assert_eq!(
+        (reply[0].kind, &reply[0].body[..]),
+        (FrameKind::Response, &[0x70][..])
+    );
+}
+
+#[test]
+fn bad_magic_version_and_kind_close_the_connection_at_once() {
+    let server = TestServer::start();
+    let good = valid_request_bytes();
+    let with = |offset: usize, byte: u8| {
+        let mut bytes = good.clone();
+        bytes[offset] = byte;
+        bytes
+    };
+    let inputs: Vec<Vec<u8>> = vec![
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        vec![0; 16],
+        with(2, 0),
+        with(2, 255),
+        with(3, 0xff),
+        with(3, 0),
+    ];
+    for input in &inputs {
+        let mut evil = EvilClient::connect(server.addr());
+        evil.send_raw(input);
+        let closed_after = evil.time_until_closed();
+        assert!(
+            closed_after < Duration::from_secs(1),
+            "{input:02x?}: {closed_after:?}"
+        );
+    }
+    assert_back_to_idle(&server.server);
+    assert_eq!(server.server.stats().frame_errors, inputs.len() as u64);
+    assert_healthy(server.addr());
+}
+
+#[test]
+fn an_oversized_declared_body_gets_frame_too_large_under_its_seq_then_a_close() {
+    let server = TestServer::start();
+    for declared in [FrameLimits::default().max_body_len as u32 + 1, u32::MAX] {
+        let mut header = request(42, "Arith.Multiply", &Args { a: 1, b: 2 }).header();
+        header.body_len = declared;
+        let mut bytes = Vec::new();
+        header.write_to(&mut bytes);
+        let mut evil = EvilClient::connect(server.addr());
+        evil.send_raw(&bytes);
+        evil.send_raw(b"Arith.Multiply"); // the name, and no body at all
+        let frames = evil.read_until_closed();
+        assert_eq!(frames.len(), 1, "exactly the error frame");
+        assert_eq!((frames[0].kind, frames[0].seq), (FrameKind::Error, 42));
+        let body = ErrorBody::decode(&frames[0].body).unwrap();
+        assert_eq!(body.code, ErrorCode::FrameTooLarge);
+        assert!(
+            body.message.contains(&declared.to_string()),
+            "{}",
+            body.message
+        );
+    }
+    assert_back_to_idle(&server.server);
+    assert_healthy(server.addr());
+}
+
+#[test]
+fn a_name_over_the_cap_is_a_connection_error() {
+    let server = TestServer::start();
+    let long = format!("Arith.{}", "x".repeat(300));
+    let mut header = request(1, "Arith.Multiply", &Args { a: 1, b: 2 }).header();
+    header.name_len = long.len() as u16;
+    let mut bytes = Vec::new();
+    header.write_to(&mut bytes);
+    let mut evil = EvilClient::connect(server.addr());
+    evil.send_raw(&bytes);
+    assert!(evil.read_until_closed().is_empty());
+    assert_back_to_idle(&server.server);
+    assert_healthy(server.addr());
+}
+
+#[test]
+fn a_trickled_frame_is_cut_off_at_the_frame_timeout_not_extended_per_byte() {
+    let limits = FrameLimits {
+        frame_timeout: Some(Duration::from_millis(300)),
+        ..FrameLimits::default()
+    };
+    let server = TestServer::start_with(Server::builder().limits(limits).build());
+    let bytes = valid_request_bytes();
+    for cut in [HEADER_LEN - 1, bytes.len() - 1] {
+        let mut evil = EvilClient::connect(server.addr());
+        let started = Instant::now();
+        let trickle = {
+            let mut stream = evil.stream.try_clone().unwrap();
+            let bytes = bytes[..cut].to_vec();
+            thread::spawn(move || {
+                for byte in bytes {
+                    if stream.write_all(&[byte]).is_err() {
+                        return;
+                    }
+                    thread::sleep(Duration::from_millis(100));
+                }
+            })
+        };
+        evil.read_until_closed();
+        let closed_after = started.elapsed();
+        assert!(
+            closed_after >= Duration::from_millis(250) && closed_after < Duration::from_secs(2),
+            "closed after {closed_after:?}"
+        );
+        trickle.join().unwrap();
+        assert_healthy(server.addr());
+    }
+    assert_eq!(server.server.stats().frame_timeouts, 2);
+    assert_back_to_idle(&server.server);
+}
+
+#[test]
+fn a_duplicate_sequence_id_in_flight_is_ignored_and_counted() {
+    let server = TestServer::start();
+    let mut evil = EvilClient::connect(server.addr());
+    let sleep = request(5, "Probe.Sleep", &200u64);
+    evil.send_frames(&[sleep.clone(), sleep]);
+    evil.send_frames(&[request(6, "Arith.Multiply", &Args { a: 2, b: 3 })]);
+    let replies = evil.read_frames(2);
+    let seqs: Vec<u64> = replies.iter().map(|f| f.seq).collect();
+    assert_eq!(seqs, vec![6, 5], "one reply for seq 5, after the fast call");
+    evil.stream
+        .set_read_timeout(Some(Duration::from_millis(400)))
+        .unwrap();
+    let mut extra = [0u8; 1];
+    assert!(
+        std::io::Read::read(&mut evil.stream, &mut extra).is_err(),
+        "no second reply for the duplicate"
+    );
+    assert_eq!(server.server.stats().duplicate_requests, 1);
+}
+
+/// An evil server: accepts one connection and answers whatever `script` writes.
+fn evil_server(script: impl FnOnce(&mut EvilClient) + Send + 'static) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(util::evil::READ_TIMEOUT))
+            .unwrap();
+        let mut peer = EvilClient::from_stream(stream);
+        script(&mut peer);
+    });
+    addr
+}
+
+#[test]
+fn a_server_answering_garbage_fails_call_and_go_with_protocol() {
+    let addr = evil_server(|peer| {
+        peer.read_frames(2);
+        peer.send_raw(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        thread::sleep(Duration::from_millis(200));
+    });
+    let client = Client::dial(addr).unwrap();
+    let pending = client.go::<_, i64>("Arith.Multiply", &Args { a: 1, b: 2 });
+    let started = Instant::now();
+    let err = client
+        .call::<_, i64>("Arith.Multiply", &Args { a: 1, b: 2 })
+        .unwrap_err();
+    assert!(matches!(err, RpcError::Protocol { .. }), "{err:?}");
+    let err = pending.wait().unwrap_err();
+    assert!(matches!(err, RpcError::Protocol { .. }), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+#[test]
+fn reordered_duplicated_and_unknown_replies_complete_each_call_once() {
+    let addr = evil_server(|peer| {
+        let requests = peer.read_frames(3);
+        let reply = |seq: u64, value: i64| {
+            let mut frame = request(seq, "", &value);
+            frame.kind = FrameKind::Response;
+            frame.name = bytes::Bytes::new();
+            frame
+        };
+        let seqs: Vec<u64> = requests.iter().map(|r| r.seq).collect();
+        peer.send_frames(&[
+            reply(seqs[2], 30),
+            reply(999_999, 0),
+            reply(seqs[1], 20),
+            reply(seqs[1], 21),
+            reply(seqs[0], 10),
+        ]);
+        thread::sleep(Duration::from_millis(500));
+    });
+    let client = Client::dial(addr).unwrap();
+    let (done, completions) = done_channel::<i64>();
+    let mut expected = std::collections::HashMap::new();
+    for value in [10, 20, 30] {
+        let seq = client.go_with("Any.Method", &(), &done);
+        expected.insert(seq, value);
+    }
+    for _ in 0..3 {
+        let completion = completions.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            completion.result.unwrap(),
+            expected.remove(&completion.seq).unwrap()
+        );
+    }
+    assert!(
+        completions
+            .recv_timeout(Duration::from_millis(200))
+            .is_err(),
+        "never twice"
+    );
+    util::wait_until("both stray replies counted", Duration::from_secs(2), || {
+        client.discarded_replies() == 2
+    });
+    assert!(!client.is_closed(), "the connection stays usable");
+}

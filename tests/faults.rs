@@ -1,0 +1,321 @@
+//! The reliability matrix (shared/RELIABILITY.md), fault rows: handler panics, stuck handlers
+//! against caps and deadlines, clients vanishing mid-call, a client that never reads, a
+//! connection flood, many concurrent calls, half-close, and graceful shutdown. Every wait is
+//! bounded; after each fault the server's statistics return to idle.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod util;
+
+use std::collections::HashSet;
+use std::net::{Shutdown, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use netrpc::transport::FrameKind;
+use netrpc::{done_channel, Client, ErrorCode, RpcError, Server};
+use util::evil::{request, EvilClient};
+use util::{assert_back_to_idle, assert_healthy, wait_until, Args, TestServer};
+
+#[test]
+fn panics_become_errors_for_their_callers_only() {
+    let server = TestServer::start();
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let client = server.client();
+            thread::spawn(move || {
+                let (mut panicked, mut correct) = (0, 0);
+                for i in 0..50i64 {
+                    match client.call::<_, u64>("Probe.Panic", &format!("boom {i}")) {
+                        Err(RpcError::HandlerPanicked { .. }) => panicked += 1,
+                        other => panic!("expected a panic error, got {other:?}"),
+                    }
+                    if client
+                        .call::<_, i64>("Arith.Sum", &Args { a: i, b: 1 })
+                        .unwrap()
+                        == i + 1
+                    {
+                        correct += 1;
+                    }
+                }
+                (panicked, correct)
+            })
+        })
+        .collect();
+    for thread in threads {
+        assert_eq!(thread.join().unwrap(), (50, 50));
+    }
+    let stats = server.server.stats();
+    assert_eq!(stats.call_errors(ErrorCode::HandlerPanicked), 200);
+    assert_eq!((stats.in_flight_calls, stats.running_handlers), (0, 0));
+    assert_healthy(server.addr());
+}
+
+#[test]
+fn stuck_handlers_fill_the_per_connection_cap_and_the_next_call_is_throttled() {
+    let server = TestServer::start_with(Server::builder().max_in_flight_per_conn(4).build());
+    let client = server.client();
+    let stuck: Vec<_> = (0..4u64)
+        .map(|id| client.go::<_, u64>("Probe.Block", &id))
+        .collect();
+    wait_until("four handlers running", Duration::from_secs(5), || {
+        server.server.stats().running_handlers == 4
+    });
+    let started = Instant::now();
+    let err = client.call::<_, u64>("Probe.Block", &5u64).unwrap_err();
+    assert!(matches!(err, RpcError::Throttled), "{err:?}");
+    assert!(err.is_retryable());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused at once"
+    );
+    server.release(4);
+    for call in stuck {
+        call.wait().unwrap();
+    }
+    assert_eq!(server.server.stats().max_running_handlers, 4);
+    assert_eq!(client.call::<_, u64>("Probe.Sleep", &0u64).unwrap(), 0);
+}
+
+#[test]
+fn a_request_whose_deadline_passed_in_the_queue_is_not_run() {
+    let server = TestServer::start_with(Server::builder().max_workers(1).build());
+    let client = server.client();
+    let blocker = client.go::<_, u64>("Probe.Block", &1u64);
+    wait_until("the only worker is busy", Duration::from_secs(5), || {
+        server.server.stats().running_handlers == 1
+    });
+    let err = client
+        .call_timeout::<_, u64>("Probe.Sleep", &0u64, Duration::from_millis(100))
+        .unwrap_err();
+    assert!(matches!(err, RpcError::Timeout { .. }), "{err:?}");
+    thread::sleep(Duration::from_millis(150));
+    server.release(1);
+    blocker.wait().unwrap();
+    wait_until(
+        "the expired call was answered without running",
+        Duration::from_secs(5),
+        || {
+            server
+                .server
+                .stats()
+                .call_errors(ErrorCode::DeadlineExceeded)
+                == 1
+        },
+    );
+    wait_until("its late reply discarded", Duration::from_secs(5), || {
+        client.discarded_replies() == 1
+    });
+    assert_eq!(client.call::<_, u64>("Probe.Sleep", &0u64).unwrap(), 0);
+}
+
+#[test]
+fn clients_vanishing_mid_call_leave_nothing_behind() {
+    let server = TestServer::start();
+    for round in 0..100 {
+        let mut evil = EvilClient::connect(server.addr());
+        evil.send_frames(&[request(1, "Probe.Sleep", &30u64)]);
+        if round % 2 == 0 {
+            // RST: close with unread data in our receive buffer.
+            evil.send_frames(&[request(2, "Arith.Multiply", &Args { a: 1, b: 1 })]);
+            thread::sleep(Duration::from_millis(5));
+        } else {
+            evil.stream.shutdown(Shutdown::Both).unwrap();
+        }
+        drop(evil);
+    }
+    assert_back_to_idle(&server.server);
+    assert!(server.server.stats().dropped_replies >= 1);
+    assert_healthy(server.addr());
+}
+
+#[test]
+fn a_client_that_never_reads_is_held_back_and_gets_every_reply_later() {
+    const CAP: usize = 256 * 1024;
+    const REQUESTS: u64 = 2_000;
+    const REPLY: usize = 4 * 1024;
+    let server = TestServer::start_with(Server::builder().max_queued_bytes(CAP).build());
+    let mut evil = EvilClient::connect(server.addr());
+    let payload = vec![7u8; REPLY];
+    let frames: Vec<_> = (1..=REQUESTS)
+        .map(|seq| request(seq, "Probe.Echo", &payload))
+        .collect();
+    let writer = {
+        let mut stream = evil.stream.try_clone().unwrap();
+        thread::spawn(move || {
+            let mut out = bytes::BytesMut::new();
+            for frame in &frames {
+                frame.encode(&mut out, &Default::default()).unwrap();
+            }
+            std::io::Write::write_all(&mut stream, &out).unwrap();
+        })
+    };
+    wait_until("the server stops reading", Duration::from_secs(5), || {
+        server.server.stats().read_pauses > 0
+    });
+    thread::sleep(Duration::from_millis(300));
+    // The cap is checked before each read; replies to requests already read still join the
+    // queue, so it may pass the cap by those (RELIABILITY.md's goal: cap + 2 MiB).
+    let stats = server.server.stats();
+    let bound = CAP + 2 * 1024 * 1024;
+    assert!(
+        stats.queued_outbound_bytes <= bound,
+        "{} > {bound}",
+        stats.queued_outbound_bytes
+    );
+    assert_healthy(server.addr());
+
+    let replies = evil.read_frames(REQUESTS as usize);
+    writer.join().unwrap();
+    let mut seen = HashSet::new();
+    for reply in &replies {
+        assert_eq!(reply.kind, FrameKind::Response);
+        assert!(seen.insert(reply.seq), "seq {} twice", reply.seq);
+    }
+    assert_eq!(seen.len() as u64, REQUESTS);
+    drop(evil);
+    assert_back_to_idle(&server.server);
+}
+
+#[test]
+fn connections_beyond_the_cap_are_closed_at_once_and_others_keep_being_served() {
+    let server = TestServer::start_with(Server::builder().max_connections(10).build());
+    let client = server.client();
+    let held: Vec<TcpStream> = (0..9)
+        .map(|_| TcpStream::connect(server.addr()).unwrap())
+        .collect();
+    wait_until("ten connections open", Duration::from_secs(5), || {
+        server.server.stats().open_connections == 10
+    });
+    for _ in 0..20 {
+        let mut extra = EvilClient::connect(server.addr());
+        assert!(extra.time_until_closed() < Duration::from_secs(1));
+    }
+    assert_eq!(server.server.stats().refused_connections, 20);
+    assert_eq!(
+        client
+            .call::<_, i64>("Arith.Sum", &Args { a: 1, b: 2 })
+            .unwrap(),
+        3
+    );
+    drop(held);
+    drop(client);
+    assert_back_to_idle(&server.server);
+    assert_healthy(server.addr());
+}
+
+#[test]
+fn eight_thousand_concurrent_calls_each_complete_once_with_their_own_reply() {
+    let server = TestServer::start();
+    let threads: Vec<_> = (0..8i64)
+        .map(|client_id| {
+            let client = server.client();
+            thread::spawn(move || {
+                let (done, completions) = done_channel::<i64>();
+                let mut expected = std::collections::HashMap::new();
+                for i in 0..1_000i64 {
+                    let seq = client.go_with(
+                        "Arith.Sum",
+                        &Args {
+                            a: i,
+                            b: client_id * 10_000,
+                        },
+                        &done,
+                    );
+                    expected.insert(seq, i + client_id * 10_000);
+                }
+                for _ in 0..1_000 {
+                    let completion = completions.recv_timeout(Duration::from_secs(10)).unwrap();
+                    let want = expected.remove(&completion.seq).expect("completed once");
+                    assert_eq!(completion.result.unwrap(), want);
+                }
+                assert!(expected.is_empty());
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    assert_eq!(server.server.stats().in_flight_calls, 0);
+}
+
+#[test]
+fn a_half_closed_client_gets_every_reply_then_eof() {
+    let server = TestServer::start();
+    let mut evil = EvilClient::connect(server.addr());
+    evil.send_frames(&[
+        request(1, "Probe.Sleep", &100u64),
+        request(2, "Probe.Sleep", &50u64),
+        request(3, "Probe.Sleep", &0u64),
+    ]);
+    evil.stream.shutdown(Shutdown::Write).unwrap();
+    let started = Instant::now();
+    let mut seqs: Vec<u64> = evil.read_until_closed().iter().map(|f| f.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, vec![1, 2, 3]);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_back_to_idle(&server.server);
+}
+
+#[test]
+fn graceful_shutdown_lets_calls_in_flight_finish_and_refuses_later_ones() {
+    let server = TestServer::start();
+    let client = server.client();
+    let calls: Vec<_> = (0..20)
+        .map(|_| client.go::<_, u64>("Probe.Sleep", &200u64))
+        .collect();
+    wait_until("twenty calls in flight", Duration::from_secs(5), || {
+        server.server.stats().in_flight_calls == 20
+    });
+    let started = Instant::now();
+    let shutdown = thread::scope(|scope| {
+        let shutting = scope.spawn(|| server.handle.shutdown_gracefully(Duration::from_secs(2)));
+        thread::sleep(Duration::from_millis(50));
+        let late = client.call::<_, u64>("Probe.Sleep", &0u64).unwrap_err();
+        assert!(late.is_retryable(), "{late:?}");
+        assert!(matches!(late, RpcError::ShuttingDown), "{late:?}");
+        shutting.join().unwrap()
+    });
+    assert!(shutdown, "every call finished within the grace");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    for call in calls {
+        assert_eq!(call.wait().unwrap(), 200);
+    }
+    assert!(
+        server.handle.shutdown_gracefully(Duration::from_secs(2)),
+        "idempotent"
+    );
+    assert!(Client::dial(server.addr()).is_err(), "no longer accepting");
+}
+
+#[test]
+fn graceful_shutdown_gives_up_after_the_grace() {
+    let server = TestServer::start();
+    let client = server.client();
+    let stuck = client.go::<_, u64>("Probe.Block", &1u64);
+    wait_until("one call in flight", Duration::from_secs(5), || {
+        server.server.stats().in_flight_calls == 1
+    });
+    let started = Instant::now();
+    assert!(!server.handle.shutdown_gracefully(Duration::from_millis(50)));
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    let err = stuck.wait().unwrap_err();
+    assert!(matches!(err, RpcError::ConnectionLost { .. }), "{err:?}");
+    server.release(1);
+
+    let idle = TestServer::start();
+    let started = Instant::now();
+    assert!(idle.handle.shutdown_gracefully(Duration::from_secs(5)));
+    assert!(
+        started.elapsed() < Duration::from_millis(200),
+        "immediate when idle"
+    );
+}

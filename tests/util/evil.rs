@@ -1,0 +1,113 @@
+//! The evil client: a raw `TcpStream` that writes hand-built frames or bytes and reads
+//! whatever comes back, every read bounded by a timeout.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use netrpc::transport::{Frame, FrameDecoder, FrameLimits};
+use netrpc::{Codec, CodecKind};
+
+/// How long any read of the evil client waits.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A raw connection to a server.
+pub struct EvilClient {
+    pub stream: TcpStream,
+    decoder: FrameDecoder,
+}
+
+impl EvilClient {
+    pub fn connect(addr: SocketAddr) -> EvilClient {
+        let stream = TcpStream::connect(addr).expect("connect the evil client");
+        stream
+            .set_read_timeout(Some(READ_TIMEOUT))
+            .expect("set a read timeout");
+        EvilClient {
+            stream,
+            decoder: FrameDecoder::new(FrameLimits::default()),
+        }
+    }
+
+    /// Wraps an accepted stream (the evil server's side).
+    pub fn from_stream(stream: TcpStream) -> EvilClient {
+        EvilClient {
+            stream,
+            decoder: FrameDecoder::new(FrameLimits::default()),
+        }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write raw bytes");
+    }
+
+    pub fn send_frames(&mut self, frames: &[Frame]) {
+        let mut out = BytesMut::new();
+        for frame in frames {
+            frame
+                .encode(&mut out, &FrameLimits::default())
+                .expect("encode a frame");
+        }
+        self.send_raw(&out);
+    }
+
+    /// Reads until `count` frames have arrived.
+    pub fn read_frames(&mut self, count: usize) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            while let Some(frame) = self.decoder.poll_frame().expect("server frames decode") {
+                frames.push(frame);
+            }
+            if frames.len() >= count {
+                return frames;
+            }
+            let n = self.stream.read(&mut buf).expect("server answers in time");
+            assert!(
+                n > 0,
+                "server closed after {} of {count} frames",
+                frames.len()
+            );
+            self.decoder.handle_bytes(&buf[..n]);
+        }
+    }
+
+    /// Reads frames until the server closes; panics if it does not within the read timeout.
+    pub fn read_until_closed(&mut self) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            while let Some(frame) = self.decoder.poll_frame().expect("server frames decode") {
+                frames.push(frame);
+            }
+            match self.stream.read(&mut buf) {
+                Ok(0) => return frames,
+                Ok(n) => self.decoder.handle_bytes(&buf[..n]),
+                Err(err) if err.kind() == ErrorKind::ConnectionReset => return frames,
+                Err(err) => panic!("the server did not close the connection: {err}"),
+            }
+        }
+    }
+
+    /// Time until the server closes the connection (reading and discarding what it sends).
+    pub fn time_until_closed(&mut self) -> Duration {
+        let started = Instant::now();
+        self.read_until_closed();
+        started.elapsed()
+    }
+}
+
+/// A request frame for `method` with `args` encoded in postcard.
+pub fn request<A: serde::Serialize>(seq: u64, method: &str, args: &A) -> Frame {
+    let mut body = BytesMut::new();
+    CodecKind::Postcard
+        .encode(args, &mut body)
+        .expect("encode the arguments");
+    Frame::request(
+        seq,
+        method.to_owned(),
+        CodecKind::Postcard.id(),
+        body.freeze(),
+    )
+}
