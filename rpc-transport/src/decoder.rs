@@ -298,7 +298,7 @@ mod tests {
     #[test]
     fn another_protocol_is_refused_from_its_first_bytes() {
         let cases: [(&[u8], TransportError); 3] = [
-            (b"G", TransportError::BadMagic { got: 0x4700 }),
+            (b"GE", TransportError::BadMagic { got: 0x4745 }),
             (
                 b"GET / HTTP/1.1\r\n",
                 TransportError::BadMagic { got: 0x4745 },
@@ -316,9 +316,11 @@ mod tests {
             decoder.handle_bytes(bytes);
             assert_eq!(decoder.poll_frame(), Err(expected));
         }
-        let mut decoder = FrameDecoder::new(FrameLimits::default());
-        decoder.handle_bytes(&[0x4e, 0x52, 1]);
-        assert_eq!(decoder.poll_frame(), Ok(None), "a valid prefix waits");
+        for prefix in [&[0x4e, 0x52, 1][..], b"G"] {
+            let mut decoder = FrameDecoder::new(FrameLimits::default());
+            decoder.handle_bytes(prefix);
+            assert_eq!(decoder.poll_frame(), Ok(None), "{prefix:?} waits for more");
+        }
     }
 
     #[test]

@@ -233,13 +233,14 @@ pub(crate) const BODY_LEN_OFFSET: usize = 24;
 ///
 /// [`TransportError::BadMagic`] or [`TransportError::UnsupportedVersion`].
 pub fn check_prefix(bytes: &[u8]) -> Result<(), TransportError> {
+    // Magic is judged on both its bytes, so the error (which quotes them) is the same however
+    // the stream was split.
     match bytes {
-        [first, ..] if *first != (MAGIC >> 8) as u8 => Err(TransportError::BadMagic {
-            got: u16::from(*first) << 8 | u16::from(bytes.get(1).copied().unwrap_or(0)),
-        }),
-        [_, second, ..] if *second != MAGIC as u8 => Err(TransportError::BadMagic {
-            got: BigEndian::read_u16(&bytes[0..2]),
-        }),
+        [first, second, ..] if u16::from_be_bytes([*first, *second]) != MAGIC => {
+            Err(TransportError::BadMagic {
+                got: u16::from_be_bytes([*first, *second]),
+            })
+        }
         [_, _, version, ..] if *version != VERSION => Err(TransportError::UnsupportedVersion {
             got: *version,
             supported: VERSION,
