@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use netrpc::transport::{Frame, FrameDecoder, FrameKind, FrameLimits};
-use netrpc::{Client, Codec, ErrorBody, ErrorCode, RpcError};
-use util::{assert_healthy, Args, ProbeClient, TestServer};
+use netrpc::{Client, Codec, CodecKind, ErrorBody, ErrorCode, RpcError, Server};
+use util::{assert_healthy, Args, ArithClient, ProbeClient, TestServer};
 
 fn assert_still_serving(client: &Client) {
     let product: i64 = client.call("Arith.Multiply", &Args { a: 6, b: 7 }).unwrap();
@@ -170,6 +170,28 @@ fn an_unknown_codec_gets_a_codec_independent_error_and_the_connection_keeps_serv
     assert!(body.message.contains("codec id 9"), "{}", body.message);
     let answered = replies.iter().find(|f| f.seq == 2).unwrap();
     assert_eq!(answered.kind, FrameKind::Response);
+}
+
+#[test]
+fn a_json_client_of_a_postcard_only_server_gets_unsupported_codec_not_a_wrong_value() {
+    let server = TestServer::start_with(Server::builder().codecs(&[CodecKind::Postcard]).build());
+    let json = ArithClient::new(
+        Client::builder()
+            .codec(CodecKind::Json)
+            .dial(server.addr())
+            .unwrap(),
+    );
+    let err = json.multiply(&Args { a: 2, b: 3 }).unwrap_err();
+    assert!(matches!(err, RpcError::UnsupportedCodec { .. }), "{err:?}");
+    assert_eq!(
+        server
+            .server
+            .stats()
+            .call_errors(ErrorCode::UnsupportedCodec),
+        1
+    );
+    let postcard = server.arith();
+    assert_eq!(postcard.multiply(&Args { a: 2, b: 3 }).unwrap(), 6);
 }
 
 #[test]

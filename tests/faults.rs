@@ -1,7 +1,7 @@
 //! The reliability matrix (shared/RELIABILITY.md), fault rows: handler panics, stuck handlers
 //! against caps and deadlines, clients vanishing mid-call, a client that never reads, a
-//! connection flood, many concurrent calls, half-close, and graceful shutdown. Every wait is
-//! bounded; after each fault the server's statistics return to idle.
+//! connection flood, many concurrent calls, half-close, graceful shutdown and the idle
+//! timeout. Every wait is bounded; after each fault the server's statistics return to idle.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -318,4 +318,44 @@ fn graceful_shutdown_gives_up_after_the_grace() {
         started.elapsed() < Duration::from_millis(200),
         "immediate when idle"
     );
+}
+
+#[test]
+fn idle_connections_are_told_to_go_away_then_closed_and_busy_ones_are_kept() {
+    let idle_timeout = Duration::from_millis(200);
+    let server = TestServer::start_with(Server::builder().idle_timeout(idle_timeout).build());
+    let silent_since = Instant::now();
+    let mut silent = EvilClient::connect(server.addr());
+    let idle = server.arith();
+    assert_eq!(idle.multiply(&Args { a: 2, b: 3 }).unwrap(), 6);
+    let busy = server.client();
+    let long_call = busy.go::<_, u64>("Probe.Sleep", &700u64);
+    let chatty = server.arith();
+    thread::scope(|scope| {
+        scope.spawn(|| {
+            for _ in 0..14 {
+                assert_eq!(chatty.multiply(&Args { a: 1, b: 1 }).unwrap(), 1);
+                thread::sleep(Duration::from_millis(50));
+            }
+        });
+        // A connection that never sent a byte: a go-away, then the close.
+        let frames = silent.read_until_closed();
+        let closed_after = silent_since.elapsed();
+        assert_eq!(frames.len(), 1, "{frames:?}");
+        assert_eq!(frames[0].kind, FrameKind::GoAway);
+        assert!(
+            closed_after >= idle_timeout && closed_after < Duration::from_secs(2),
+            "closed after {closed_after:?}"
+        );
+    });
+    // The client idle since its one call was closed too; it learns to dial again.
+    let err = idle.multiply(&Args { a: 2, b: 3 }).unwrap_err();
+    assert!(matches!(err, RpcError::ShuttingDown), "{err:?}");
+    assert!(err.is_retryable());
+    // A call in flight longer than the timeout, and a client calling every 50 ms, were kept.
+    assert_eq!(long_call.wait().unwrap(), 700);
+    assert_eq!(chatty.multiply(&Args { a: 6, b: 7 }).unwrap(), 42);
+    assert_eq!(server.server.stats().idle_closes, 2);
+    drop((busy, chatty));
+    assert_back_to_idle(&server.server);
 }

@@ -58,11 +58,14 @@ impl PendingCalls {
         deadline: Option<Instant>,
         complete: Completer,
     ) -> Result<(), (RpcError, Completer)> {
-        if let Some(ended) = &self.ended {
-            return Err((ended.error_for_new_call(), complete));
-        }
-        if self.going_away {
-            return Err((RpcError::ShuttingDown, complete));
+        // A server that said go-away before closing is still "going away" to a new call
+        // (retryable: dial again), unless this side closed the client itself.
+        match (&self.ended, self.going_away) {
+            (None, false) => {}
+            (None | Some(Ended::Lost(_)), true) => {
+                return Err((RpcError::ShuttingDown, complete));
+            }
+            (Some(ended), _) => return Err((ended.error_for_new_call(), complete)),
         }
         if let Some(at) = deadline {
             self.deadlines.insert((at, seq));
@@ -220,6 +223,24 @@ mod tests {
         let mut table = PendingCalls::default();
         assert!(table.end(Ended::Closed).is_empty());
         assert!(table.is_ended());
+        let refused = table.insert(1, Duration::ZERO, None, completer(&tx));
+        assert!(matches!(refused, Err((RpcError::Shutdown, _))));
+    }
+
+    #[test]
+    fn a_connection_closed_after_go_away_still_refuses_with_shutting_down() {
+        let (tx, _rx) = mpsc::channel();
+        let mut table = PendingCalls::default();
+        table.go_away();
+        assert!(table
+            .end(Ended::Lost(RpcError::ConnectionLost { cause: None }))
+            .is_empty());
+        let refused = table.insert(1, Duration::ZERO, None, completer(&tx));
+        assert!(matches!(refused, Err((RpcError::ShuttingDown, _))));
+        // Closing the client itself is final, go-away or not.
+        let mut table = PendingCalls::default();
+        table.go_away();
+        assert!(table.end(Ended::Closed).is_empty());
         let refused = table.insert(1, Duration::ZERO, None, completer(&tx));
         assert!(matches!(refused, Err((RpcError::Shutdown, _))));
     }

@@ -18,8 +18,9 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use rpc_codec::CodecKind;
 use rpc_transport::{
-    spawn_loop, CloseReason, Connection, Frame, FrameHandler, FrameKind, FrameLimits, LoopHandle,
+    spawn_loop, CloseReason, Connection, Frame, FrameHandler, FrameLimits, LoopHandle,
 };
 
 use crate::error::RpcError;
@@ -86,6 +87,15 @@ pub struct ServerConfig {
     /// requests already read still join the queue: it can pass the cap by the replies of the
     /// calls in flight. Default [`DEFAULT_MAX_QUEUED_BYTES`].
     pub max_queued_bytes: usize,
+    /// The codecs the server answers in; a request in any other gets `UnsupportedCodec`.
+    /// Default: every codec this build has ([`CodecKind::all`]).
+    pub codecs: Vec<CodecKind>,
+    /// Closes a connection that has had no request and no call in flight for this long,
+    /// after telling its client with a go-away frame (the client's later calls get the
+    /// retryable `ShuttingDown`, so it can dial again). Checked once per period, so a
+    /// connection goes between one and two periods after its last activity. Default `None`:
+    /// idle connections stay open (as in gRPC).
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for ServerConfig {
@@ -100,6 +110,8 @@ impl Default for ServerConfig {
             max_in_flight_per_conn: DEFAULT_MAX_IN_FLIGHT_PER_CONN,
             max_calls: DEFAULT_MAX_CALLS,
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
+            codecs: CodecKind::all().to_vec(),
+            idle_timeout: None,
         }
     }
 }
@@ -159,6 +171,20 @@ impl ServerBuilder {
     /// [`DEFAULT_MAX_QUEUED_BYTES`]).
     pub fn max_queued_bytes(mut self, bytes: usize) -> Self {
         self.config.max_queued_bytes = bytes;
+        self
+    }
+
+    /// The only codecs to answer in (default: all of [`CodecKind::all`]). A request in
+    /// another codec gets `UnsupportedCodec`, in an error frame every client can read.
+    pub fn codecs(mut self, codecs: &[CodecKind]) -> Self {
+        self.config.codecs = codecs.to_vec();
+        self
+    }
+
+    /// Closes connections idle for `timeout`: no request arriving and no call in flight
+    /// (default: never). See [`ServerConfig::idle_timeout`].
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.config.idle_timeout = Some(timeout);
         self
     }
 
@@ -464,10 +490,7 @@ impl ServerShared {
     fn go_away(&self, group: u64) {
         for registered in self.registry().values() {
             if registered.group == group {
-                let last = registered.calls.start_draining();
-                let _ = registered
-                    .conn
-                    .send_frame(&Frame::new(FrameKind::GoAway, last));
+                registered.calls.go_away(&registered.conn);
             }
         }
     }

@@ -8,7 +8,9 @@
 //! ignored and counted, never answered: its answer would be taken for the original's); the
 //! per-connection and server-wide caps on calls in flight (else `Throttled`, at once).
 //! A pooled request whose deadline passed, or that the caller cancelled, before a worker took
-//! it is answered `DeadlineExceeded` without running.
+//! it is answered `DeadlineExceeded` without running. With an idle timeout set, a timer
+//! closes the connection (after a go-away frame) once no request has arrived and no call has
+//! been in flight for that long.
 
 use std::collections::HashMap;
 use std::panic::{self, AssertUnwindSafe};
@@ -34,6 +36,8 @@ pub(crate) struct ServerConn {
     calls: Arc<ConnCalls>,
     /// Keeps the connection counted as open until the handler is dropped.
     slot: ConnectionSlot,
+    /// When a frame last arrived or a call was last seen in flight, for the idle timeout.
+    last_active: Instant,
 }
 
 /// The calls of one connection, shared by its loop, its workers and graceful shutdown.
@@ -61,11 +65,37 @@ impl ServerConn {
     pub(crate) fn new(server: Arc<ServerShared>, conn: &Connection, slot: ConnectionSlot) -> Self {
         let calls = Arc::new(ConnCalls::default());
         server.register_connection(slot.id(), conn, Arc::clone(&calls), slot.group());
+        let last_active = Instant::now();
+        if let Some(idle_timeout) = server.config.idle_timeout {
+            conn.schedule_timer(last_active + idle_timeout);
+        }
         ServerConn {
             server,
             calls,
             slot,
+            last_active,
         }
+    }
+
+    /// The idle-timeout check: closes the connection, after a go-away frame, if nothing
+    /// happened on it for `idle_timeout`; otherwise returns when to check again.
+    fn check_idle(
+        &mut self,
+        conn: &Connection,
+        now: Instant,
+        idle_timeout: Duration,
+    ) -> Option<Instant> {
+        if self.calls.in_flight() > 0 {
+            self.last_active = now;
+        }
+        let idle_from = self.last_active + idle_timeout;
+        if now < idle_from {
+            return Some(idle_from);
+        }
+        self.calls.go_away(conn);
+        conn.close_when_flushed();
+        StatsCounters::bump(&self.server.stats.idle_closes);
+        None
     }
 
     fn dispatch(&mut self, conn: &Connection, request: Frame) {
@@ -155,12 +185,14 @@ impl ServerConn {
         &self,
         request: &Frame,
     ) -> Result<(CodecKind, MethodHandler, Dispatch), DispatchError> {
-        let codec = CodecKind::from_id(request.codec).ok_or_else(|| {
-            DispatchError::new(
-                ErrorCode::UnsupportedCodec,
-                format!("codec id {} is not supported by this server", request.codec),
-            )
-        })?;
+        let codec = CodecKind::from_id(request.codec)
+            .filter(|codec| self.server.config.codecs.contains(codec))
+            .ok_or_else(|| {
+                DispatchError::new(
+                    ErrorCode::UnsupportedCodec,
+                    format!("codec id {} is not supported by this server", request.codec),
+                )
+            })?;
         let name = std::str::from_utf8(&request.name).map_err(|_| {
             DispatchError::new(ErrorCode::Protocol, "method name is not valid utf-8")
         })?;
@@ -189,10 +221,12 @@ impl ConnCalls {
         self.lock().len()
     }
 
-    /// Refuses new requests from now on; returns the last sequence id accepted.
-    pub(crate) fn start_draining(&self) -> u64 {
+    /// Refuses new requests from now on, and tells the peer with a go-away frame carrying
+    /// the last sequence id accepted (calls up to it will still be answered).
+    pub(crate) fn go_away(&self, conn: &Connection) {
         self.draining.store(true, Ordering::SeqCst);
-        self.last_accepted.load(Ordering::SeqCst)
+        let last = self.last_accepted.load(Ordering::SeqCst);
+        let _ = conn.send_frame(&Frame::new(FrameKind::GoAway, last));
     }
 
     fn cancel(&self, seq: u64) {
@@ -273,6 +307,9 @@ impl InFlight {
 
 impl FrameHandler for ServerConn {
     fn handle_frame(&mut self, conn: &Connection, frame: Frame) {
+        if self.server.config.idle_timeout.is_some() {
+            self.last_active = Instant::now();
+        }
         match frame.kind {
             FrameKind::Request => self.dispatch(conn, frame),
             FrameKind::Ping => {
@@ -315,6 +352,11 @@ impl FrameHandler for ServerConn {
             conn.close_when_flushed();
         }
         EofAction::KeepWriting
+    }
+
+    fn handle_timer(&mut self, conn: &Connection, now: Instant) -> Option<Instant> {
+        let idle_timeout = self.server.config.idle_timeout?;
+        self.check_idle(conn, now, idle_timeout)
     }
 
     fn pause_reading(&self, conn: &Connection) -> bool {

@@ -38,6 +38,8 @@ pub struct ServerStats {
     pub dropped_replies: u64,
     /// Times a connection stopped being read because its unread replies passed the cap.
     pub read_pauses: u64,
+    /// Connections closed by the idle timeout.
+    pub idle_closes: u64,
 }
 
 impl ServerStats {
@@ -66,6 +68,7 @@ pub(crate) struct StatsCounters {
     call_errors: [AtomicU64; ERROR_CODE_SLOTS],
     pub(crate) dropped_replies: AtomicU64,
     pub(crate) read_pauses: AtomicU64,
+    pub(crate) idle_closes: AtomicU64,
 }
 
 impl StatsCounters {
@@ -95,6 +98,7 @@ impl StatsCounters {
             call_errors: std::array::from_fn(|code| load(&self.call_errors[code])),
             dropped_replies: load(&self.dropped_replies),
             read_pauses: load(&self.read_pauses),
+            idle_closes: load(&self.idle_closes),
             ..ServerStats::default()
         }
     }
