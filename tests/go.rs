@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use netrpc::done_channel;
+use netrpc::{done_channel, Server};
 use util::{Args, ProbeClient, TestServer};
 
 #[test]
@@ -62,7 +62,9 @@ fn go_calls_from_many_threads_each_complete_once_with_their_own_reply() {
 
 #[test]
 fn ten_thousand_calls_sharing_one_channel_all_complete_exactly_once() {
-    let server = TestServer::start();
+    // All 10,000 may be in flight on the one connection at once: raise the default cap of
+    // 1,000, beyond which the surplus would be `Throttled`.
+    let server = TestServer::start_with(Server::builder().max_in_flight_per_conn(10_000).build());
     let client = server.client();
     let (done_tx, done_rx) = done_channel::<i64>();
     let mut expected = std::collections::HashMap::new();
