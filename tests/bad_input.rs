@@ -14,16 +14,8 @@ use std::time::{Duration, Instant};
 
 use netrpc::transport::{FrameKind, FrameLimits, HEADER_LEN};
 use netrpc::{done_channel, Client, ErrorBody, ErrorCode, RpcError, Server};
-use util::evil::{request, EvilClient};
+use util::evil::{header_declaring, request, valid_request_bytes, EvilClient};
 use util::{assert_back_to_idle, assert_healthy, Args, TestServer};
-
-fn valid_request_bytes() -> Vec<u8> {
-    let mut out = bytes::BytesMut::new();
-    request(1, "Arith.Multiply", &Args { a: 7, b: 8 })
-        .encode(&mut out, &FrameLimits::default())
-        .unwrap();
-    out.to_vec()
-}
 
 #[test]
 fn a_frame_cut_at_every_length_then_eof_leaves_nothing_behind() {
@@ -94,13 +86,8 @@ fn bad_magic_version_and_kind_close_the_connection_at_once() {
 fn an_oversized_declared_body_gets_frame_too_large_under_its_seq_then_a_close() {
     let server = TestServer::start();
     for declared in [FrameLimits::default().max_body_len as u32 + 1, u32::MAX] {
-        let mut header = request(42, "Arith.Multiply", &Args { a: 1, b: 2 }).header();
-        header.body_len = declared;
-        let mut bytes = Vec::new();
-        header.write_to(&mut bytes);
         let mut evil = EvilClient::connect(server.addr());
-        evil.send_raw(&bytes);
-        evil.send_raw(b"Arith.Multiply"); // the name, and no body at all
+        evil.send_raw(&header_declaring(42, declared)); // the name, and no body at all
         let frames = evil.read_until_closed();
         assert_eq!(frames.len(), 1, "exactly the error frame");
         assert_eq!((frames[0].kind, frames[0].seq), (FrameKind::Error, 42));

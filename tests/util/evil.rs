@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use netrpc::transport::{Frame, FrameDecoder, FrameLimits};
+
+use super::Args;
 use netrpc::{Codec, CodecKind};
 
 /// How long any read of the evil client waits.
@@ -110,4 +112,24 @@ pub fn request<A: serde::Serialize>(seq: u64, method: &str, args: &A) -> Frame {
         CodecKind::Postcard.id(),
         body.freeze(),
     )
+}
+
+/// The bytes of a good `Arith.Multiply` request (7 × 8), seq 1, in postcard.
+pub fn valid_request_bytes() -> Vec<u8> {
+    let mut out = BytesMut::new();
+    request(1, "Arith.Multiply", &Args { a: 7, b: 8 })
+        .encode(&mut out, &FrameLimits::default())
+        .expect("encode a request");
+    out.to_vec()
+}
+
+/// A request header for `Arith.Multiply` with seq `seq` that declares a body of `declared`
+/// bytes, followed by the method name and no body.
+pub fn header_declaring(seq: u64, declared: u32) -> Vec<u8> {
+    let mut header = request(seq, "Arith.Multiply", &Args { a: 1, b: 2 }).header();
+    header.body_len = declared;
+    let mut bytes = Vec::new();
+    header.write_to(&mut bytes);
+    bytes.extend_from_slice(b"Arith.Multiply");
+    bytes
 }

@@ -1,0 +1,130 @@
+//! Peak heap allocation under hostile input (shared/RELIABILITY.md rows 3, 4 and 6), counted by
+//! a global allocator (`peak_alloc`, a dev-dependency) in this test binary: a header's length
+//! fields never decide what the server allocates, and a lying collection length allocates
+//! nothing. The figures are printed with `--nocapture`.
+//!
+//! The counter is process-wide, so the measurements take turns (one lock), and the bounds leave
+//! room for what the server allocates to accept a connection at all.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod util;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use netrpc::transport::{FrameKind, FrameLimits};
+use netrpc::{Codec, CodecKind};
+use peak_alloc::PeakAlloc;
+use util::evil::{header_declaring, valid_request_bytes, EvilClient};
+use util::{assert_back_to_idle, assert_healthy, TestServer};
+
+#[global_allocator]
+static COUNTING: PeakAlloc = PeakAlloc;
+
+/// One measurement at a time: the counter sees every thread of the process.
+static MEASURING: Mutex<()> = Mutex::new(());
+
+/// Bytes allocated at the peak of `work`, above what was allocated when it started.
+fn peak_extra_allocation(work: impl FnOnce()) -> usize {
+    let _turn = MEASURING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let before = COUNTING.current_usage();
+    COUNTING.reset_peak_usage();
+    work();
+    COUNTING.peak_usage().saturating_sub(before)
+}
+
+/// What a hostile header may cost the server at most (the matrix's goal for row 4).
+const HEADER_ATTACK_BUDGET: usize = 64 * 1024;
+
+#[test]
+fn bad_magic_version_and_kind_allocate_nothing_from_the_length_fields() {
+    let server = TestServer::start();
+    let good = valid_request_bytes();
+    let with = |offset: usize, byte: u8| {
+        let mut bytes = good.clone();
+        bytes[offset] = byte;
+        // The body length says 4 GiB: a server that trusted it would show here.
+        bytes[24..28].copy_from_slice(&u32::MAX.to_be_bytes());
+        bytes
+    };
+    let inputs = [
+        ("http request", b"GET / HTTP/1.1\r\n\r\n".to_vec()),
+        ("zeros", vec![0; 16]),
+        ("version 0", with(2, 0)),
+        ("version 255", with(2, 255)),
+        ("kind 0xff", with(3, 0xff)),
+        ("bad magic", with(0, b'X')),
+    ];
+    for (what, input) in &inputs {
+        let peak = peak_extra_allocation(|| {
+            let mut evil = EvilClient::connect(server.addr());
+            evil.send_raw(input);
+            evil.read_until_closed();
+        });
+        println!("{what}: peak extra allocation {peak} bytes");
+        assert!(peak < HEADER_ATTACK_BUDGET, "{what}: {peak} bytes");
+    }
+    assert_back_to_idle(&server.server);
+    assert_healthy(server.addr());
+}
+
+#[test]
+fn an_oversized_declared_body_is_refused_without_allocating_it() {
+    let server = TestServer::start();
+    let limit = FrameLimits::default().max_body_len as u32;
+    for declared in [limit + 1, u32::MAX] {
+        let peak = peak_extra_allocation(|| {
+            let mut evil = EvilClient::connect(server.addr());
+            evil.send_raw(&header_declaring(7, declared));
+            let frames = evil.read_until_closed();
+            assert_eq!((frames[0].kind, frames[0].seq), (FrameKind::Error, 7));
+        });
+        println!("body_len {declared}: peak extra allocation {peak} bytes");
+        assert!(peak < HEADER_ATTACK_BUDGET, "{declared}: {peak} bytes");
+    }
+    assert_back_to_idle(&server.server);
+}
+
+#[test]
+fn a_body_just_under_the_limit_reserves_only_the_bytes_that_arrived() {
+    let server = TestServer::start();
+    let limit = FrameLimits::default().max_body_len as u32;
+    let peak = peak_extra_allocation(|| {
+        let mut evil = EvilClient::connect(server.addr());
+        evil.send_raw(&header_declaring(9, limit - 1));
+        evil.send_raw(&[0u8; 1024]);
+        // Let the server read what was sent, then leave mid-frame.
+        std::thread::sleep(Duration::from_millis(100));
+        drop(evil);
+        assert_back_to_idle(&server.server);
+    });
+    println!(
+        "body_len {} with 1 KiB sent: peak extra allocation {peak} bytes",
+        limit - 1
+    );
+    assert!(peak < HEADER_ATTACK_BUDGET, "{peak} bytes");
+}
+
+#[test]
+fn a_lying_collection_length_allocates_nothing_in_either_codec() {
+    // A u32::MAX element count, then nothing: postcard's varint and a JSON array that never
+    // ends.
+    let postcard = [0xff, 0xff, 0xff, 0xff, 0x0f];
+    let json = b"[1,2,3";
+    for (codec, bytes) in [
+        (CodecKind::Postcard, &postcard[..]),
+        (CodecKind::Json, &json[..]),
+    ] {
+        let peak = peak_extra_allocation(|| {
+            assert!(codec.decode::<Vec<u64>>(bytes).is_err());
+            assert!(codec.decode::<HashMap<u64, u64>>(bytes).is_err());
+            assert!(codec.decode::<String>(bytes).is_err());
+        });
+        println!("{codec:?} lying lengths: peak extra allocation {peak} bytes");
+        assert!(peak < 1024 * 1024, "{codec:?}: {peak} bytes");
+    }
+}
