@@ -1,7 +1,8 @@
 //! Scale checks (ignored by default: run with
-//! `cargo test --release --test scale -- --ignored --nocapture`):
-//! 10,000 idle connections held by one server, with its memory growth per connection, and
-//! 8,000 concurrent `go` calls with none lost or duplicated.
+//! `cargo test --release --test scale -- --ignored --nocapture`): 10,000 idle connections held
+//! by one server, with its memory growth per connection, and 1,000 connections each declaring
+//! a body just under the limit and sending a few bytes of it. (8,000 concurrent `go` calls
+//! run in the ordinary suite, in `tests/faults.rs`.)
 //!
 //! The client sockets live in a child process (this test binary re-executed with
 //! `NETRPC_SCALE_CHILD` set), because the descriptor limit is per process.
@@ -12,10 +13,13 @@ mod util;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::thread;
 use std::time::{Duration, Instant};
 
+use netrpc::transport::FrameLimits;
 use netrpc::Server;
+use util::evil::header_declaring;
 use util::{assert_healthy, wait_until, TestServer};
 
 const CONNECTIONS: usize = 10_000;
@@ -34,18 +38,78 @@ fn scale_child() {
     let Ok(target) = std::env::var(CHILD_VAR) else {
         return;
     };
-    let (addr, count) = target.split_once(',').unwrap();
+    let mut parts = target.split(',');
+    let (addr, count, hex) = (parts.next().unwrap(), parts.next().unwrap(), parts.next());
     let count: usize = count.parse().unwrap();
+    let first: Vec<u8> = (0..hex.map_or(0, str::len))
+        .step_by(2)
+        .map(|at| u8::from_str_radix(&hex.unwrap()[at..at + 2], 16).unwrap())
+        .collect();
     let mut held = Vec::with_capacity(count);
     for batch in 0..count.div_ceil(500) {
         for _ in 0..500.min(count - batch * 500) {
-            held.push(TcpStream::connect(addr).unwrap());
+            let mut stream = TcpStream::connect(addr).unwrap();
+            stream.write_all(&first).unwrap();
+            held.push(stream);
         }
         std::thread::sleep(Duration::from_millis(20)); // let the accept queue drain
     }
     println!("CONNECTED {}", held.len());
     std::io::stdout().flush().unwrap();
     let _ = std::io::stdin().read_to_end(&mut Vec::new());
+}
+
+/// Client sockets held open by a child process.
+struct HeldConnections {
+    child: Child,
+    drain: thread::JoinHandle<()>,
+}
+
+impl HeldConnections {
+    /// Opens `count` connections to the server from a child process, each sending `first`
+    /// (say, a header whose body never comes), and waits until the server has them all.
+    fn open(server: &TestServer, count: usize, first: &[u8]) -> HeldConnections {
+        let hex: String = first.iter().map(|byte| format!("{byte:02x}")).collect();
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "scale_child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_VAR, format!("{},{count},{hex}", server.addr()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let connected = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|line| {
+                line.split_once("CONNECTED ")
+                    .map(|(_, n)| n.trim().to_owned())
+            })
+            .expect("the child reports its connections");
+        // Keep reading the child's output so its last lines never meet a closed pipe.
+        let drain = thread::spawn(move || lines.for_each(drop));
+        assert_eq!(connected, count.to_string());
+        wait_until("every connection accepted", Duration::from_secs(60), || {
+            server.server.stats().open_connections == count
+        });
+        HeldConnections { child, drain }
+    }
+
+    /// Lets the child exit (its sockets close) and waits until the server has let go.
+    fn release(mut self, server: &TestServer) {
+        drop(self.child.stdin.take());
+        self.child.wait().unwrap();
+        self.drain.join().unwrap();
+        wait_until("every connection closed", Duration::from_secs(10), || {
+            server.server.stats().open_connections == 0
+        });
+    }
 }
 
 #[test]
@@ -56,36 +120,8 @@ fn ten_thousand_idle_connections_cost_little_memory() {
     assert_healthy(server.addr());
     let before = resident_kib();
     let started = Instant::now();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "scale_child",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_VAR, format!("{},{CONNECTIONS}", server.addr()))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let connected = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|line| {
-            line.split_once("CONNECTED ")
-                .map(|(_, n)| n.trim().to_owned())
-        })
-        .expect("the child reports its connections");
-    // Keep reading the child's output so its last lines never meet a closed pipe.
-    let drain = std::thread::spawn(move || lines.for_each(drop));
-    assert_eq!(connected, CONNECTIONS.to_string());
-    wait_until("every connection accepted", Duration::from_secs(60), || {
-        server.server.stats().open_connections == CONNECTIONS
-    });
-    let after = resident_kib();
-    let growth = after.saturating_sub(before);
+    let held = HeldConnections::open(&server, CONNECTIONS, &[]);
+    let growth = resident_kib().saturating_sub(before);
     println!(
         "{CONNECTIONS} idle connections: server RSS +{growth} KiB ({:.0} bytes each), \
          connected in {:?}",
@@ -97,11 +133,35 @@ fn ten_thousand_idle_connections_cost_little_memory() {
         "at most 10 MiB for {CONNECTIONS} idle connections"
     );
     assert_healthy(server.addr());
+    held.release(&server);
+}
 
-    drop(child.stdin.take()); // the child exits and its sockets close
-    child.wait().unwrap();
-    drain.join().unwrap();
-    wait_until("every connection closed", Duration::from_secs(10), || {
-        server.server.stats().open_connections == 0
-    });
+#[test]
+#[ignore = "scale check: run explicitly"]
+fn a_thousand_connections_declaring_the_largest_body_cost_what_they_sent() {
+    const DECLARING: usize = 1_000;
+    // The frame timeout must not close them while memory is measured.
+    let limits = FrameLimits {
+        frame_timeout: Some(Duration::from_secs(120)),
+        ..FrameLimits::default()
+    };
+    let server = TestServer::start_with(Server::builder().limits(limits).build());
+    assert_healthy(server.addr());
+    let mut first = header_declaring(1, limits.max_body_len as u32 - 1);
+    first.extend_from_slice(&[0u8; 16]); // a few body bytes: the body buffer has begun
+    let before = resident_kib();
+    let held = HeldConnections::open(&server, DECLARING, &first);
+    // The bytes were sent before the child reported; give the loop a moment to read them.
+    thread::sleep(Duration::from_millis(200));
+    let growth = resident_kib().saturating_sub(before);
+    println!(
+        "{DECLARING} connections each declaring a {} byte body: server RSS +{growth} KiB \
+         ({:.0} bytes each; trusting the header would take {} MiB)",
+        limits.max_body_len - 1,
+        growth as f64 * 1024.0 / DECLARING as f64,
+        DECLARING * limits.max_body_len / (1024 * 1024),
+    );
+    assert!(growth < 16 * 1024, "at most 16 KiB per connection");
+    assert_healthy(server.addr());
+    held.release(&server);
 }
