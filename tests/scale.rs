@@ -1,8 +1,9 @@
 //! Scale checks (ignored by default: run with
 //! `cargo test --release --test scale -- --ignored --nocapture`): 10,000 idle connections held
 //! by one server, with its memory growth per connection, and 1,000 connections each declaring
-//! a body just under the limit and sending a few bytes of it. (8,000 concurrent `go` calls
-//! run in the ordinary suite, in `tests/faults.rs`.)
+//! a body just under the limit and sending a few bytes of it, and 1,000 clients vanishing
+//! mid-call (FIN and RST) with descriptors and RSS checked before and after. (8,000
+//! concurrent `go` calls run in the ordinary suite, in `tests/faults.rs`.)
 //!
 //! The client sockets live in a child process (this test binary re-executed with
 //! `NETRPC_SCALE_CHILD` set), because the descriptor limit is per process.
@@ -19,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use netrpc::transport::FrameLimits;
 use netrpc::Server;
-use util::evil::header_declaring;
-use util::{assert_healthy, wait_until, TestServer};
+use util::evil::{header_declaring, request, EvilClient};
+use util::{assert_back_to_idle, assert_healthy, wait_until, Args, TestServer};
 
 const CONNECTIONS: usize = 10_000;
 const CHILD_VAR: &str = "NETRPC_SCALE_CHILD";
@@ -164,4 +165,42 @@ fn a_thousand_connections_declaring_the_largest_body_cost_what_they_sent() {
     assert!(growth < 16 * 1024, "at most 16 KiB per connection");
     assert_healthy(server.addr());
     held.release(&server);
+}
+
+fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+#[test]
+#[ignore = "scale check: run explicitly"]
+fn a_thousand_clients_vanishing_mid_call_leave_descriptors_and_memory_flat() {
+    const ROUNDS: usize = 1_000;
+    let server = TestServer::start();
+    assert_healthy(server.addr());
+    let vanish = |round: usize| {
+        let mut evil = EvilClient::connect(server.addr());
+        evil.send_frames(&[request(1, "Probe.Sleep", &5u64)]);
+        if round % 2 == 0 {
+            // RST: close with a request unread in the server's direction and a reply coming.
+            evil.send_frames(&[request(2, "Arith.Multiply", &Args { a: 1, b: 1 })]);
+            thread::sleep(Duration::from_millis(1));
+        } else {
+            evil.stream.shutdown(std::net::Shutdown::Both).unwrap();
+        }
+    };
+    // A first hundred warms up allocator pools and thread stacks.
+    (0..100).for_each(vanish);
+    assert_back_to_idle(&server.server);
+    let (fds_before, rss_before) = (open_descriptors(), resident_kib());
+    (0..ROUNDS).for_each(vanish);
+    assert_back_to_idle(&server.server);
+    let (fds_after, rss_after) = (open_descriptors(), resident_kib());
+    println!(
+        "{ROUNDS} clients vanished mid-call: descriptors {fds_before} -> {fds_after}, \
+         RSS {rss_before} -> {rss_after} KiB, {} replies dropped",
+        server.server.stats().dropped_replies
+    );
+    assert!(fds_after <= fds_before + 2);
+    assert!(rss_after <= rss_before + 1024, "RSS grew by over 1 MiB");
+    assert_healthy(server.addr());
 }
