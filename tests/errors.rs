@@ -11,7 +11,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use netrpc::transport::{Frame, FrameDecoder, FrameKind, FrameLimits};
 use netrpc::{Client, Codec, CodecKind, ErrorBody, ErrorCode, RpcError, Server};
-use util::{assert_healthy, Args, ArithClient, ProbeClient, TestServer};
+use util::evil::EvilClient;
+use util::{assert_healthy, Args, ArithClient, Colour, Label, ProbeClient, TestServer};
 
 fn assert_still_serving(client: &Client) {
     let product: i64 = client.call("Arith.Multiply", &Args { a: 6, b: 7 }).unwrap();
@@ -68,6 +69,87 @@ fn undecodable_arguments_are_a_bad_request() {
         .unwrap_err();
     assert!(matches!(err, RpcError::BadRequest { .. }), "{err:?}");
     assert_still_serving(&client);
+}
+
+#[test]
+fn every_kind_of_undecodable_body_is_a_bad_request_and_the_connection_stays_in_sync() {
+    let server = TestServer::start();
+    let good = Label {
+        name: "ab".to_owned(),
+        colour: Colour::Green,
+        weight: 5,
+    };
+    let postcard_bad: [(&str, &[u8]); 8] = [
+        ("random bytes", &[0xff; 8]),
+        ("truncated", &[0x02, b'a', b'b', 0x01]),
+        ("trailing bytes", &[0x02, b'a', b'b', 0x01, 0x05, 0x00]),
+        ("wrong type (Args)", &[0x0e, 0x10]),
+        ("invalid utf-8", &[0x02, 0xff, 0xfe, 0x01, 0x05]),
+        ("bad enum tag", &[0x02, b'a', b'b', 0x07, 0x05]),
+        (
+            "overlong varint",
+            &[0x02, b'a', b'b', 0x01, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01],
+        ),
+        ("empty", &[]),
+    ];
+    let json_bad: [(&str, &[u8]); 8] = [
+        ("random bytes", &[0xff; 8]),
+        ("truncated", br#"{"name":"ab","colour":"Green""#),
+        (
+            "trailing bytes",
+            br#"{"name":"ab","colour":"Green","weight":5} x"#,
+        ),
+        ("wrong type", br#"{"name":1,"colour":"Green","weight":5}"#),
+        (
+            "invalid utf-8",
+            b"{\"name\":\"\xff\xfe\",\"colour\":\"Green\",\"weight\":5}",
+        ),
+        (
+            "bad enum tag",
+            br#"{"name":"ab","colour":"Blue","weight":5}"#,
+        ),
+        (
+            "number out of range",
+            br#"{"name":"ab","colour":"Green","weight":-1}"#,
+        ),
+        ("empty", b""),
+    ];
+    let mut evil = EvilClient::connect(server.addr());
+    let mut seq = 0;
+    for (codec, cases) in [
+        (CodecKind::Postcard, postcard_bad),
+        (CodecKind::Json, json_bad),
+    ] {
+        let mut good_body = BytesMut::new();
+        codec.encode(&good, &mut good_body).unwrap();
+        for (what, body) in cases {
+            seq += 2;
+            evil.send_frames(&[
+                Frame::request(seq, "Probe.Label", codec.id(), body.to_vec()),
+                Frame::request(
+                    seq + 1,
+                    "Probe.Label",
+                    codec.id(),
+                    good_body.clone().freeze(),
+                ),
+            ]);
+            let mut replies = evil.read_frames(2);
+            replies.sort_by_key(|frame| frame.seq);
+            let bad = ErrorBody::decode(&replies[0].body).unwrap();
+            assert_eq!(
+                (replies[0].kind, bad.code),
+                (FrameKind::Error, ErrorCode::BadRequest),
+                "{codec:?} {what}"
+            );
+            let answer: String = codec.decode(&replies[1].body).unwrap();
+            assert_eq!(answer, "ab Green 5", "{codec:?} after {what}");
+        }
+    }
+    assert_eq!(
+        server.labels_run.load(std::sync::atomic::Ordering::SeqCst),
+        16,
+        "only the good bodies reached the handler"
+    );
 }
 
 #[test]

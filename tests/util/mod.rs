@@ -7,6 +7,8 @@
 pub mod arith;
 pub mod evil;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -33,19 +35,42 @@ service! {
         /// Returns its argument.
         #[rpc(name = "Echo", go = echo_go, const = ECHO)]
         fn echo(bytes: Vec<u8>) -> Vec<u8>;
+        /// Describes a label; counts its runs, so a test can tell a body was never decoded.
+        #[rpc(name = "Label", go = label_go, const = LABEL)]
+        fn label(label: Label) -> String;
     }
+}
+
+/// An argument with a string, an enum and a number: every way a body can fail to decode.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Label {
+    pub name: String,
+    pub colour: Colour,
+    pub weight: u32,
+}
+
+/// The enum inside a [`Label`].
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Colour {
+    Red,
+    Green,
 }
 
 /// The `Probe` implementation; `release` lets blocked calls go.
 pub struct Prober {
     release: Receiver<()>,
+    /// How many times `Label` ran.
+    labels_run: Arc<AtomicUsize>,
 }
 
 impl Prober {
     /// A prober nobody can release: its `Block` calls fail at once.
     pub fn new() -> Self {
         let (_, release) = crossbeam_channel::bounded(0);
-        Prober { release }
+        Prober {
+            release,
+            labels_run: Arc::default(),
+        }
     }
 }
 
@@ -69,6 +94,14 @@ impl Probe for Prober {
     fn echo(&self, bytes: Vec<u8>) -> Result<Vec<u8>, ServiceError> {
         Ok(bytes)
     }
+
+    fn label(&self, label: Label) -> Result<String, ServiceError> {
+        self.labels_run.fetch_add(1, Ordering::SeqCst);
+        Ok(format!(
+            "{} {:?} {}",
+            label.name, label.colour, label.weight
+        ))
+    }
 }
 
 /// A running server with `Arith` and `Probe`, and the sender that releases blocked calls.
@@ -76,6 +109,8 @@ pub struct TestServer {
     pub handle: ServerHandle,
     pub server: Server,
     pub release: Sender<()>,
+    /// How many times `Probe.Label` ran.
+    pub labels_run: Arc<AtomicUsize>,
 }
 
 impl TestServer {
@@ -87,12 +122,14 @@ impl TestServer {
     /// Registers `Arith` and `Probe` on `server` and serves on 127.0.0.1:0.
     pub fn start_with(server: Server) -> TestServer {
         let (release_tx, release_rx) = crossbeam_channel::unbounded();
+        let labels_run = Arc::new(AtomicUsize::new(0));
         server
             .register(ArithServer::new(Calculator))
             .expect("register Arith");
         server
             .register(ProbeServer::new(Prober {
                 release: release_rx,
+                labels_run: Arc::clone(&labels_run),
             }))
             .expect("register Probe");
         let handle = server.serve("127.0.0.1:0").expect("serve on loopback");
@@ -100,6 +137,7 @@ impl TestServer {
             handle,
             server,
             release: release_tx,
+            labels_run,
         }
     }
 
