@@ -153,6 +153,46 @@ fn every_kind_of_undecodable_body_is_a_bad_request_and_the_connection_stays_in_s
 }
 
 #[test]
+fn a_reply_over_the_servers_limit_fails_only_that_call() {
+    let server = TestServer::start();
+    let client = server.client();
+    let probe = ProbeClient::new(client.clone());
+    let over = FrameLimits::default().max_body_len as u32 + 1;
+    let err = probe.fill(&over).unwrap_err();
+    assert!(matches!(err, RpcError::FrameTooLarge { .. }), "{err:?}");
+    assert_eq!(probe.fill(&1000).unwrap().len(), 1000);
+    assert_still_serving(&client);
+}
+
+#[test]
+fn a_reply_over_the_clients_limit_fails_that_call_with_frame_too_large() {
+    let server = TestServer::start();
+    let limits = FrameLimits {
+        max_body_len: 64 * 1024,
+        ..FrameLimits::default()
+    };
+    let client = Client::builder()
+        .limits(limits)
+        .dial(server.addr())
+        .unwrap();
+    let probe = ProbeClient::new(client.clone());
+    let err = probe.fill(&(128 * 1024)).unwrap_err();
+    assert!(
+        matches!(err, RpcError::FrameTooLarge { declared: Some(d), limit: Some(l), .. }
+            if d > l && l == 64 * 1024),
+        "{err:?}"
+    );
+    // The stream cannot be resynchronised without reading the body: the connection is over
+    // (a call racing its close fails with the close's `Protocol` error instead).
+    let later = probe.fill(&1).unwrap_err();
+    assert!(
+        matches!(later, RpcError::Shutdown | RpcError::Protocol { .. }),
+        "{later:?}"
+    );
+    assert_healthy(server.addr());
+}
+
+#[test]
 fn a_reply_of_the_wrong_type_is_a_decode_error_for_that_call_only() {
     let server = TestServer::start();
     let client = server.client();

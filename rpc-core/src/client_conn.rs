@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use rpc_transport::{CloseReason, Connection, Frame, FrameHandler, FrameKind};
+use rpc_transport::{CloseReason, Connection, Frame, FrameHandler, FrameKind, TransportError};
 
 use crate::error::RpcError;
 use crate::pending::{Completer, Ended, PendingCalls};
@@ -37,6 +37,22 @@ impl FrameHandler for ClientConn {
             FrameKind::GoAway => lock(&self.pending).go_away(),
             // Requests, cancels and pongs mean nothing to a client; ignore them.
             _ => {}
+        }
+    }
+
+    fn handle_frame_error(&mut self, _conn: &Connection, error: &TransportError) {
+        // A reply over this client's limit still names its call: that call fails with the
+        // limit it broke; the others fail with the connection when it closes.
+        if let TransportError::FrameTooLarge {
+            seq,
+            kind: FrameKind::Response | FrameKind::Error,
+            ..
+        } = error
+        {
+            let completer = lock(&self.pending).remove(*seq);
+            if let Some(complete) = completer {
+                complete(Err(RpcError::from(error.clone())));
+            }
         }
     }
 

@@ -35,6 +35,9 @@ service! {
         /// Returns its argument.
         #[rpc(name = "Echo", go = echo_go, const = ECHO)]
         fn echo(bytes: Vec<u8>) -> Vec<u8>;
+        /// Returns `len` bytes: a reply as large as the test wants.
+        #[rpc(name = "Fill", go = fill_go, const = FILL)]
+        fn fill(len: u32) -> Vec<u8>;
         /// Describes a label; counts its runs, so a test can tell a body was never decoded.
         #[rpc(name = "Label", go = label_go, const = LABEL)]
         fn label(label: Label) -> String;
@@ -93,6 +96,10 @@ impl Probe for Prober {
 
     fn echo(&self, bytes: Vec<u8>) -> Result<Vec<u8>, ServiceError> {
         Ok(bytes)
+    }
+
+    fn fill(&self, len: u32) -> Result<Vec<u8>, ServiceError> {
+        Ok(vec![0x5a; len as usize])
     }
 
     fn label(&self, label: Label) -> Result<String, ServiceError> {
