@@ -3,15 +3,15 @@
 //! fields never decide what the server allocates, and a lying collection length allocates
 //! nothing. The figures are printed with `--nocapture`.
 //!
-//! The counter is process-wide, so the measurements take turns (one lock), and the bounds leave
-//! room for what the server allocates to accept a connection at all.
+//! The counter is process-wide, so the tests take turns (one lock), and the bounds leave room
+//! for what the server allocates to accept a connection at all.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 mod util;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use netrpc::transport::{FrameKind, FrameLimits};
@@ -23,14 +23,18 @@ use util::{assert_back_to_idle, assert_healthy, TestServer};
 #[global_allocator]
 static COUNTING: PeakAlloc = PeakAlloc;
 
-/// One measurement at a time: the counter sees every thread of the process.
-static MEASURING: Mutex<()> = Mutex::new(());
+/// One test at a time: the counter sees every thread of the process, so another test
+/// starting or stopping its server would show up in a measurement.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn exclusive() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Bytes allocated at the peak of `work`, above what was allocated when it started.
 fn peak_extra_allocation(work: impl FnOnce()) -> usize {
-    let _turn = MEASURING
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let before = COUNTING.current_usage();
     COUNTING.reset_peak_usage();
     work();
@@ -42,6 +46,7 @@ const HEADER_ATTACK_BUDGET: usize = 64 * 1024;
 
 #[test]
 fn bad_magic_version_and_kind_allocate_nothing_from_the_length_fields() {
+    let _alone = exclusive();
     let server = TestServer::start();
     let good = valid_request_bytes();
     let with = |offset: usize, byte: u8| {
@@ -74,6 +79,7 @@ fn bad_magic_version_and_kind_allocate_nothing_from_the_length_fields() {
 
 #[test]
 fn an_oversized_declared_body_is_refused_without_allocating_it() {
+    let _alone = exclusive();
     let server = TestServer::start();
     let limit = FrameLimits::default().max_body_len as u32;
     for declared in [limit + 1, u32::MAX] {
@@ -91,6 +97,7 @@ fn an_oversized_declared_body_is_refused_without_allocating_it() {
 
 #[test]
 fn a_body_just_under_the_limit_reserves_only_the_bytes_that_arrived() {
+    let _alone = exclusive();
     let server = TestServer::start();
     let limit = FrameLimits::default().max_body_len as u32;
     let peak = peak_extra_allocation(|| {
@@ -111,6 +118,7 @@ fn a_body_just_under_the_limit_reserves_only_the_bytes_that_arrived() {
 
 #[test]
 fn a_lying_collection_length_allocates_nothing_in_either_codec() {
+    let _alone = exclusive();
     // A u32::MAX element count, then nothing: postcard's varint and a JSON array that never
     // ends.
     let postcard = [0xff, 0xff, 0xff, 0xff, 0x0f];
