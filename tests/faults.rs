@@ -9,13 +9,14 @@ mod util;
 
 use std::collections::HashSet;
 use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use netrpc::transport::FrameKind;
 use netrpc::{done_channel, Client, ErrorCode, RpcError, Server};
 use util::evil::{request, EvilClient};
-use util::{assert_back_to_idle, assert_healthy, wait_until, Args, TestServer};
+use util::{assert_back_to_idle, assert_healthy, wait_until, Args, Colour, Label, TestServer};
 
 #[test]
 fn panics_become_errors_for_their_callers_only() {
@@ -107,6 +108,48 @@ fn a_request_whose_deadline_passed_in_the_queue_is_not_run() {
         client.discarded_replies() == 1
     });
     assert_eq!(client.call::<_, u64>("Probe.Sleep", &0u64).unwrap(), 0);
+}
+
+#[test]
+fn a_cancelled_call_completes_at_once_and_the_server_skips_it() {
+    let server = TestServer::start_with(Server::builder().max_workers(1).build());
+    let client = server.client();
+    let blocker = client.go::<_, u64>("Probe.Block", &1u64);
+    wait_until("the only worker is busy", Duration::from_secs(5), || {
+        server.server.stats().running_handlers == 1
+    });
+    let label = Label {
+        name: "queued".to_owned(),
+        colour: Colour::Red,
+        weight: 1,
+    };
+    let queued = client.go::<_, String>("Probe.Label", &label);
+    wait_until(
+        "the server holds both calls",
+        Duration::from_secs(5),
+        || server.server.stats().in_flight_calls == 2,
+    );
+    assert!(client.cancel(queued.seq()));
+    assert!(!client.cancel(queued.seq()), "a call is cancelled once");
+    let err = queued.wait().unwrap_err();
+    assert!(matches!(err, RpcError::Cancelled), "{err:?}");
+    server.release(1);
+    assert_eq!(blocker.wait().unwrap(), 1);
+    wait_until("the server skipped it", Duration::from_secs(5), || {
+        server
+            .server
+            .stats()
+            .call_errors(ErrorCode::DeadlineExceeded)
+            == 1
+    });
+    assert_eq!(server.labels_run.load(Ordering::SeqCst), 0, "never ran");
+    wait_until("its answer discarded", Duration::from_secs(5), || {
+        client.discarded_replies() == 1
+    });
+    assert_eq!(
+        client.call::<_, String>("Probe.Label", &label).unwrap(),
+        "queued Red 1"
+    );
 }
 
 #[test]

@@ -16,7 +16,8 @@ use crate::error::RpcError;
 ///
 /// Its result arrives on [`Call::done`] exactly once: the reply, the method's error, a
 /// timeout at the call's deadline, or a connection error. Dropping a `Call` does not cancel
-/// it; the result is then discarded.
+/// it; the result is then discarded. To give up on it, pass [`Call::seq`] to
+/// [`crate::Client::cancel`].
 pub struct Call<R> {
     seq: u64,
     timeout: Duration,

@@ -356,6 +356,22 @@ impl Client {
         &self.inner.config
     }
 
+    /// Gives up on the pending call `seq` (from [`Call::seq`] or [`Client::go_with`]): its
+    /// result becomes [`RpcError::Cancelled`] at once, and a cancel frame tells the server,
+    /// which skips the call if no worker has started it yet. A reply arriving later is
+    /// discarded. Returns false if the call had already completed.
+    ///
+    /// Dropping a [`Call`] does not cancel it; this does.
+    pub fn cancel(&self, seq: u64) -> bool {
+        let completer = lock(&self.inner.pending).remove(seq);
+        let Some(complete) = completer else {
+            return false;
+        };
+        self.send_cancel(seq);
+        complete(Err(RpcError::Cancelled));
+        true
+    }
+
     /// Calls waiting for a reply.
     pub fn pending_calls(&self) -> usize {
         lock(&self.inner.pending).len()

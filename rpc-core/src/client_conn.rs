@@ -56,12 +56,16 @@ impl FrameHandler for ClientConn {
         }
     }
 
-    fn handle_timer(&mut self, _conn: &Connection, now: Instant) -> Option<Instant> {
+    fn handle_timer(&mut self, conn: &Connection, now: Instant) -> Option<Instant> {
         let (expired, next) = {
             let mut pending = lock(&self.pending);
             (pending.take_expired(now), pending.next_deadline())
         };
-        complete_all(expired);
+        for (seq, complete, err) in expired {
+            // Advisory: the server skips the call if no worker has started it.
+            let _ = conn.send_frame(&Frame::new(FrameKind::Cancel, seq));
+            complete(Err(err));
+        }
         next
     }
 

@@ -31,6 +31,9 @@ pub enum RpcError {
         /// The deadline the call was given.
         after: Duration,
     },
+    /// The caller gave up on the call with [`crate::Client::cancel`]; a late reply is
+    /// discarded. The call may or may not have run.
+    Cancelled,
     /// Dialing failed: nothing listens there, or the connect timed out.
     Unreachable {
         /// The address dialed.
@@ -172,6 +175,7 @@ impl fmt::Display for RpcError {
             RpcError::Timeout { after } => {
                 write!(f, "no reply within {:.3} s", after.as_secs_f64())
             }
+            RpcError::Cancelled => write!(f, "call cancelled by the caller"),
             RpcError::Unreachable { addr, .. } => write!(f, "cannot connect to {addr}"),
             RpcError::Method { message } => write!(f, "{message}"),
             RpcError::UnknownService { name } => write!(f, "unknown service in `{name}`"),

@@ -99,8 +99,9 @@ impl PendingCalls {
         completer
     }
 
-    /// Removes every call whose deadline is at or before `now`, with its timeout error.
-    pub(crate) fn take_expired(&mut self, now: Instant) -> Vec<(Completer, RpcError)> {
+    /// Removes every call whose deadline is at or before `now`: its seq, completer and
+    /// timeout error.
+    pub(crate) fn take_expired(&mut self, now: Instant) -> Vec<(u64, Completer, RpcError)> {
         let mut expired = Vec::new();
         while let Some(&(at, seq)) = self.deadlines.first() {
             if at > now {
@@ -109,6 +110,7 @@ impl PendingCalls {
             self.deadlines.pop_first();
             if let Some(call) = self.calls.remove(&seq) {
                 expired.push((
+                    seq,
                     call.complete,
                     RpcError::Timeout {
                         after: call.timeout,
@@ -196,7 +198,8 @@ mod tests {
         }
         // Reply for 1, timeout for 2, connection end for 3; then a late reply for 2.
         (table.take_for_reply(1).unwrap())(Ok(Frame::new(rpc_transport::FrameKind::Response, 1)));
-        for (complete, err) in table.take_expired(now + timeout * 2) {
+        for (seq, complete, err) in table.take_expired(now + timeout * 2) {
+            assert_eq!(seq, 2);
             complete(Err(err));
         }
         for (complete, err) in table.end(Ended::Lost(RpcError::ConnectionLost { cause: None })) {
