@@ -6,9 +6,9 @@
 
 mod util;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -30,40 +30,14 @@ fn child_server() {
 
 /// Starts the child server, optionally under `prlimit`, and returns it with its address.
 fn spawn_child(nofile: Option<u32>) -> (Child, SocketAddr) {
-    let exe = std::env::current_exe().unwrap();
-    let args = ["child_server", "--exact", "--nocapture", "--test-threads=1"];
-    let mut command = match nofile {
-        Some(limit) => {
-            let mut command = Command::new("prlimit");
-            command
-                .arg(format!("--nofile={limit}:{limit}"))
-                .arg(&exe)
-                .args(args);
-            command
-        }
-        None => {
-            let mut command = Command::new(&exe);
-            command.args(args);
-            command
-        }
+    let limit = nofile.map(|limit| format!("--nofile={limit}:{limit}"));
+    let wrapper: Vec<&str> = match &limit {
+        Some(limit) => vec!["prlimit", limit],
+        None => Vec::new(),
     };
-    let mut child = command
-        .env(CHILD_VAR, "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|line| {
-            line.split_once("LISTENING ")
-                .map(|(_, a)| a.trim().parse().unwrap())
-        })
-        .expect("the child server reports its address");
-    thread::spawn(move || lines.for_each(drop));
-    (child, addr)
+    let mut child = util::child::spawn_test("child_server", CHILD_VAR, "1", &wrapper);
+    let (addr, _drain) = util::child::await_report(&mut child, "LISTENING");
+    (child, addr.parse().unwrap())
 }
 
 #[test]

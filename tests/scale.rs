@@ -12,9 +12,9 @@
 
 mod util;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -71,30 +71,9 @@ impl HeldConnections {
     /// (say, a header whose body never comes), and waits until the server has them all.
     fn open(server: &TestServer, count: usize, first: &[u8]) -> HeldConnections {
         let hex: String = first.iter().map(|byte| format!("{byte:02x}")).collect();
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "scale_child",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_VAR, format!("{},{count},{hex}", server.addr()))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let connected = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .find_map(|line| {
-                line.split_once("CONNECTED ")
-                    .map(|(_, n)| n.trim().to_owned())
-            })
-            .expect("the child reports its connections");
-        // Keep reading the child's output so its last lines never meet a closed pipe.
-        let drain = thread::spawn(move || lines.for_each(drop));
+        let target = format!("{},{count},{hex}", server.addr());
+        let mut child = util::child::spawn_test("scale_child", CHILD_VAR, &target, &[]);
+        let (connected, drain) = util::child::await_report(&mut child, "CONNECTED");
         assert_eq!(connected, count.to_string());
         wait_until("every connection accepted", Duration::from_secs(60), || {
             server.server.stats().open_connections == count

@@ -5,6 +5,7 @@
 
 #[path = "../../examples/support/arith.rs"]
 pub mod arith;
+pub mod child;
 pub mod evil;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
