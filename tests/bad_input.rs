@@ -1,5 +1,5 @@
-//! The reliability matrix (shared/RELIABILITY.md), bad-input rows: truncated headers, bad
-//! magic/version/kind, oversized lengths, over-long names, slowloris, duplicate sequence ids,
+//! The reliability matrix (shared/RELIABILITY.md), bad-input rows: truncated headers,
+//! pipelined and split frames, bad magic/version/kind, oversized lengths, over-long names, slowloris, duplicate sequence ids,
 //! and an evil server's garbage, reordered, duplicated and unknown replies. After each fault
 //! the server holds nothing and a fresh client's call succeeds.
 
@@ -13,7 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use netrpc::transport::{FrameKind, FrameLimits, HEADER_LEN};
-use netrpc::{done_channel, Client, ErrorBody, ErrorCode, RpcError, Server};
+use netrpc::{done_channel, Client, Codec, ErrorBody, ErrorCode, RpcError, Server};
 use util::evil::{header_declaring, request, valid_request_bytes, EvilClient};
 use util::{assert_back_to_idle, assert_healthy, Args, TestServer};
 
@@ -49,6 +49,56 @@ fn a_call_sent_one_byte_at_a_time_succeeds() {
         (reply[0].kind, &reply[0].body[..]),
         (FrameKind::Response, &[0x70][..])
     );
+}
+
+/// The bytes of `frames`, back to back.
+fn encode_all(frames: &[netrpc::transport::Frame]) -> Vec<u8> {
+    let mut out = bytes::BytesMut::new();
+    for frame in frames {
+        frame.encode(&mut out, &FrameLimits::default()).unwrap();
+    }
+    out.to_vec()
+}
+
+#[test]
+fn three_frames_and_half_a_fourth_in_one_write_get_three_replies_then_the_fourth() {
+    let server = TestServer::start();
+    let requests: Vec<_> = (1..=4i64)
+        .map(|seq| request(seq as u64, "Arith.Multiply", &Args { a: seq, b: 10 }))
+        .collect();
+    let bytes = encode_all(&requests);
+    let cut = bytes.len() - 10;
+    let mut evil = EvilClient::connect(server.addr());
+    let started = Instant::now();
+    evil.send_raw(&bytes[..cut]);
+    let mut first = evil.read_frames(3);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "answered from one read"
+    );
+    first.sort_by_key(|frame| frame.seq);
+    assert_eq!(first.iter().map(|f| f.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    evil.send_raw(&bytes[cut..]);
+    let last = evil.read_frames(1);
+    assert_eq!((last[0].kind, last[0].seq), (FrameKind::Response, 4));
+    assert_eq!(&last[0].body[..], &[80], "postcard 40 (zigzag 80)");
+}
+
+#[test]
+fn a_one_mebibyte_body_arriving_in_64_kib_pieces_is_answered() {
+    let server = TestServer::start();
+    let payload: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let bytes = encode_all(&[request(1, "Probe.Echo", &payload)]);
+    let mut evil = EvilClient::connect(server.addr());
+    evil.stream.set_nodelay(true).unwrap();
+    for piece in bytes.chunks(64 * 1024) {
+        evil.send_raw(piece);
+        thread::sleep(Duration::from_millis(2));
+    }
+    let reply = evil.read_frames(1);
+    assert_eq!(reply[0].kind, FrameKind::Response);
+    let echoed: Vec<u8> = netrpc::CodecKind::Postcard.decode(&reply[0].body).unwrap();
+    assert_eq!(echoed, payload);
 }
 
 #[test]
