@@ -1,7 +1,8 @@
 //! The reliability matrix (shared/RELIABILITY.md), bad-input rows: truncated headers,
-//! pipelined and split frames, bad magic/version/kind, oversized lengths, over-long names, slowloris, duplicate sequence ids,
-//! and an evil server's garbage, reordered, duplicated and unknown replies. After each fault
-//! the server holds nothing and a fresh client's call succeeds.
+//! pipelined and split frames, bad magic/version/kind, oversized lengths, over-long names,
+//! slowloris, duplicate sequence ids, and an evil server's garbage, reordered, duplicated and
+//! unknown replies. After each fault the server holds nothing and a fresh client's call
+//! succeeds.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
