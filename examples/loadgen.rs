@@ -47,7 +47,8 @@ usage: cargo run --release --example loadgen -- [--addr HOST:PORT | --inproc] [o
   --serve HOST:PORT  only serve Arith and Bench on HOST:PORT, for another loadgen to drive
   --conns N          connections, each driven by its own thread (default 1)
   --inflight N       calls outstanding per connection: 1 = blocking calls back to back,
-                     more = that many `go` calls kept in flight (default 1)
+                     more = that many `go` calls kept in flight (default 1; at most
+                     1,000, a server's default cap per connection)
   --seconds S        measured duration (default 5)
   --warmup S         unmeasured warm-up before it (default 1)
   --codec NAME       postcard (default) or json
@@ -121,7 +122,10 @@ fn main() -> Result<(), Box<dyn Error>> {
     let flags = args::Flags::parse(USAGE)?;
     let plan = Plan {
         conns: flags.get("conns", 1usize)?.max(1),
-        inflight: flags.get("inflight", 1usize)?.max(1),
+        // A default server answers calls beyond its per-connection cap `Throttled`.
+        inflight: flags
+            .get("inflight", 1usize)?
+            .clamp(1, netrpc::core::DEFAULT_MAX_IN_FLIGHT_PER_CONN),
         warmup: Duration::from_secs_f64(flags.get("warmup", 1.0)?),
         measured: Duration::from_secs_f64(flags.get("seconds", 5.0)?),
         codec: match flags.get_str("codec").unwrap_or("postcard") {
@@ -241,7 +245,11 @@ fn run_raw(plan: &Plan, writes: Writes) -> Result<Report, Box<dyn Error>> {
 fn run_netrpc(plan: &Plan, target: SocketAddr) -> Result<Report, Box<dyn Error>> {
     let mut clients = Vec::new();
     for _ in 0..plan.conns {
-        clients.push(Client::builder().codec(plan.codec).dial(target)?);
+        let client = Client::builder()
+            .codec(plan.codec)
+            .max_pending_calls(plan.inflight)
+            .dial(target)?;
+        clients.push(client);
     }
     let clients = Arc::new(clients);
     let next = AtomicU64::new(0);

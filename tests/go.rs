@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use netrpc::{done_channel, Server};
+use netrpc::{done_channel, Client, RpcError, Server};
 use util::{Args, ProbeClient, TestServer};
 
 #[test]
@@ -62,10 +62,13 @@ fn go_calls_from_many_threads_each_complete_once_with_their_own_reply() {
 
 #[test]
 fn ten_thousand_calls_sharing_one_channel_all_complete_exactly_once() {
-    // All 10,000 may be in flight on the one connection at once: raise the default cap of
-    // 1,000, beyond which the surplus would be `Throttled`.
+    // All 10,000 may be in flight on the one connection at once: raise the default caps of
+    // 1,000 (server and client), beyond which the surplus would be `Throttled`.
     let server = TestServer::start_with(Server::builder().max_in_flight_per_conn(10_000).build());
-    let client = server.client();
+    let client = Client::builder()
+        .max_pending_calls(10_000)
+        .dial(server.addr())
+        .unwrap();
     let (done_tx, done_rx) = done_channel::<i64>();
     let mut expected = std::collections::HashMap::new();
     for i in 0..10_000i64 {
@@ -90,6 +93,33 @@ fn ten_thousand_calls_sharing_one_channel_all_complete_exactly_once() {
         "no completion beyond the 10,000 calls"
     );
     assert_eq!(client.pending_calls(), 0);
+}
+
+#[test]
+fn calls_beyond_the_clients_pending_cap_are_throttled_without_being_sent() {
+    let server = TestServer::start();
+    let client = Client::builder()
+        .max_pending_calls(3)
+        .dial(server.addr())
+        .unwrap();
+    let stuck: Vec<_> = (0..3u64)
+        .map(|id| client.go::<_, u64>("Probe.Block", &id))
+        .collect();
+    let refused = client.go::<_, u64>("Probe.Block", &3u64);
+    let err = refused.wait().unwrap_err();
+    assert!(matches!(err, RpcError::Throttled), "{err:?}");
+    util::wait_until("the server has the three", Duration::from_secs(5), || {
+        server.server.stats().in_flight_calls == 3
+    });
+    server.release(3);
+    for call in stuck {
+        call.wait().unwrap();
+    }
+    // Had the refused call reached the server, it would be blocked there for 10 s.
+    util::wait_until("nothing left in flight", Duration::from_secs(2), || {
+        server.server.stats().in_flight_calls == 0
+    });
+    assert_eq!(client.call::<_, u64>("Probe.Sleep", &0u64).unwrap(), 0);
 }
 
 #[test]

@@ -58,6 +58,25 @@ fn push_mode_collects_every_result_once_round_robin() {
 }
 
 #[test]
+fn push_mode_with_more_tasks_than_a_worker_may_hold_completes_every_one() {
+    let workers: Vec<ServerHandle> = (1..=2)
+        .map(|i| start_worker(Worker::new(format!("worker-{i}"))))
+        .collect();
+    let addrs: Vec<String> = workers.iter().map(|w| w.local_addr().to_string()).collect();
+    // 3,000 tasks on 2 workers: far beyond the 1,000 calls a client or server takes at once.
+    let tasks = tutorial_tasks(3_000);
+    let run = Distributor::new(addrs)
+        .max_in_flight_per_worker(50)
+        .run::<_, TaskReply>("WorkerService.DoTask", &tasks);
+    assert!(run.dead_workers.is_empty(), "{:?}", run.dead_workers);
+    for (task, result) in tasks.iter().zip(&run.results) {
+        let reply = result.result.as_ref().unwrap();
+        assert_eq!(reply.result, task.text.to_uppercase());
+        assert_eq!(result.attempts, 1);
+    }
+}
+
+#[test]
 fn push_mode_moves_a_dead_workers_tasks_to_live_ones() {
     let live: Vec<ServerHandle> = (1..=2)
         .map(|i| start_worker(Worker::new(format!("worker-{i}"))))

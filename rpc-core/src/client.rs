@@ -73,6 +73,12 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Frame size limits for arguments sent and replies read.
     pub limits: FrameLimits,
+    /// Most calls pending at once on this client; a call beyond it fails at once with
+    /// [`RpcError::Throttled`], without being sent. This bounds the client's memory (its
+    /// pending table, and the requests queued when the server stops reading) when callers
+    /// start `go` calls faster than they complete. Default [`DEFAULT_MAX_PENDING_CALLS`], the
+    /// server's default cap per connection.
+    pub max_pending_calls: usize,
 }
 
 impl Default for ClientConfig {
@@ -82,6 +88,7 @@ impl Default for ClientConfig {
             call_timeout: DEFAULT_CALL_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             limits: FrameLimits::default(),
+            max_pending_calls: DEFAULT_MAX_PENDING_CALLS,
         }
     }
 }
@@ -128,6 +135,13 @@ impl ClientBuilder {
         self
     }
 
+    /// Most calls pending at once (default [`DEFAULT_MAX_PENDING_CALLS`]); see
+    /// [`ClientConfig::max_pending_calls`].
+    pub fn max_pending_calls(mut self, count: usize) -> Self {
+        self.config.max_pending_calls = count.max(1);
+        self
+    }
+
     /// Connects to `addr` (Go: `rpc.Dial`), trying each address it resolves to.
     ///
     /// # Errors
@@ -164,7 +178,9 @@ impl ClientBuilder {
             source: Arc::new(err),
         };
         let _ = stream.set_nodelay(true);
-        let pending = Arc::new(Mutex::new(PendingCalls::default()));
+        let pending = Arc::new(Mutex::new(PendingCalls::with_limit(
+            self.config.max_pending_calls,
+        )));
         let handler_pending = Arc::clone(&pending);
         let conn = shared_client_loop()
             .and_then(|handle| {
@@ -512,6 +528,11 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Default time allowed for dialing.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Default cap on calls pending on one client: the server's default cap per connection
+/// ([`crate::DEFAULT_MAX_IN_FLIGHT_PER_CONN`]), so a client never sends what the server
+/// would refuse anyway.
+pub const DEFAULT_MAX_PENDING_CALLS: usize = 1_000;
 
 #[cfg(test)]
 mod tests {

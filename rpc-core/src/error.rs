@@ -85,7 +85,8 @@ pub enum RpcError {
         /// The server's message, naming the codec id.
         detail: String,
     },
-    /// The server is at its limit of concurrent calls; nothing was processed.
+    /// The server is at its limit of concurrent calls, or this client at its limit of
+    /// pending calls ([`crate::ClientConfig::max_pending_calls`]); nothing was processed.
     Throttled,
     /// The server is shutting down; nothing was processed, so another server may be tried.
     ShuttingDown,
@@ -196,7 +197,7 @@ impl fmt::Display for RpcError {
             RpcError::FrameTooLarge { detail, .. } => write!(f, "frame too large: {detail}"),
             RpcError::HandlerPanicked { message } => write!(f, "handler panicked: {message}"),
             RpcError::UnsupportedCodec { detail } => write!(f, "unsupported codec: {detail}"),
-            RpcError::Throttled => write!(f, "server is at its call limit; nothing was processed"),
+            RpcError::Throttled => write!(f, "call limit reached; nothing was processed"),
             RpcError::ShuttingDown => write!(f, "server is shutting down; nothing was processed"),
             RpcError::Protocol { detail } => write!(f, "protocol violation: {detail}"),
             RpcError::Internal { detail } => write!(f, "server error: {detail}"),

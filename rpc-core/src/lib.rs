@@ -30,6 +30,7 @@ mod stats;
 pub use call::{done_channel, Call, Completion, DoneSender};
 pub use client::{
     Client, ClientBuilder, ClientConfig, DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_PENDING_CALLS,
 };
 pub use error::RpcError;
 pub use error_body::{ErrorBody, ErrorCode};

@@ -33,9 +33,10 @@ pub(crate) enum Ended {
 }
 
 /// Calls in flight on one connection, and whether the connection still takes new ones.
-#[derive(Default)]
 pub(crate) struct PendingCalls {
     calls: HashMap<u64, PendingCall>,
+    /// Most calls pending at once; beyond it a new call is refused `Throttled`.
+    max_calls: usize,
     /// (deadline, seq) of the calls the event loop must time out.
     deadlines: BTreeSet<(Instant, u64)>,
     ended: Option<Ended>,
@@ -46,6 +47,18 @@ pub(crate) struct PendingCalls {
 }
 
 impl PendingCalls {
+    /// An empty table that holds at most `max_calls` calls.
+    pub(crate) fn with_limit(max_calls: usize) -> Self {
+        PendingCalls {
+            calls: HashMap::new(),
+            max_calls,
+            deadlines: BTreeSet::new(),
+            ended: None,
+            going_away: false,
+            discarded_replies: 0,
+        }
+    }
+
     /// Registers call `seq`, unless the connection no longer takes calls.
     ///
     /// # Errors
@@ -66,6 +79,9 @@ impl PendingCalls {
                 return Err((RpcError::ShuttingDown, complete));
             }
             (Some(ended), _) => return Err((ended.error_for_new_call(), complete)),
+        }
+        if self.calls.len() >= self.max_calls {
+            return Err((RpcError::Throttled, complete));
         }
         if let Some(at) = deadline {
             self.deadlines.insert((at, seq));
@@ -189,7 +205,7 @@ mod tests {
     #[test]
     fn each_call_completes_once_whichever_event_comes_first() {
         let (tx, rx) = mpsc::channel();
-        let mut table = PendingCalls::default();
+        let mut table = PendingCalls::with_limit(usize::MAX);
         let now = Instant::now();
         let timeout = Duration::from_millis(5);
         for seq in 1..=3 {
@@ -219,11 +235,11 @@ mod tests {
     #[test]
     fn an_ended_or_going_away_table_refuses_new_calls() {
         let (tx, _rx) = mpsc::channel();
-        let mut table = PendingCalls::default();
+        let mut table = PendingCalls::with_limit(usize::MAX);
         table.go_away();
         let refused = table.insert(1, Duration::ZERO, None, completer(&tx));
         assert!(matches!(refused, Err((RpcError::ShuttingDown, _))));
-        let mut table = PendingCalls::default();
+        let mut table = PendingCalls::with_limit(usize::MAX);
         assert!(table.end(Ended::Closed).is_empty());
         assert!(table.is_ended());
         let refused = table.insert(1, Duration::ZERO, None, completer(&tx));
@@ -231,9 +247,26 @@ mod tests {
     }
 
     #[test]
+    fn a_full_table_refuses_new_calls_until_one_completes() {
+        let (tx, _rx) = mpsc::channel();
+        let mut table = PendingCalls::with_limit(2);
+        for seq in 1..=2 {
+            assert!(table
+                .insert(seq, Duration::ZERO, None, completer(&tx))
+                .is_ok());
+        }
+        let refused = table.insert(3, Duration::ZERO, None, completer(&tx));
+        assert!(matches!(refused, Err((RpcError::Throttled, _))));
+        assert!(table.remove(1).is_some());
+        assert!(table
+            .insert(3, Duration::ZERO, None, completer(&tx))
+            .is_ok());
+    }
+
+    #[test]
     fn a_connection_closed_after_go_away_still_refuses_with_shutting_down() {
         let (tx, _rx) = mpsc::channel();
-        let mut table = PendingCalls::default();
+        let mut table = PendingCalls::with_limit(usize::MAX);
         table.go_away();
         assert!(table
             .end(Ended::Lost(RpcError::ConnectionLost { cause: None }))
@@ -241,7 +274,7 @@ mod tests {
         let refused = table.insert(1, Duration::ZERO, None, completer(&tx));
         assert!(matches!(refused, Err((RpcError::ShuttingDown, _))));
         // Closing the client itself is final, go-away or not.
-        let mut table = PendingCalls::default();
+        let mut table = PendingCalls::with_limit(usize::MAX);
         table.go_away();
         assert!(table.end(Ended::Closed).is_empty());
         let refused = table.insert(1, Duration::ZERO, None, completer(&tx));

@@ -1,5 +1,7 @@
 //! Master/worker in push mode: the master hands task `i` to worker `i mod n`, all at once, and
-//! collects every result (SEEDS §3).
+//! collects every result (SEEDS §3). "All at once" is bounded: each worker has at most
+//! [`DEFAULT_MAX_IN_FLIGHT_PER_WORKER`] tasks in flight (a client and a server refuse more than
+//! 1,000 by default); the rest wait and go to whichever worker finishes a task first.
 //!
 //! When a worker cannot be reached or its connection fails, the tasks it held go to the next
 //! live worker instead of being lost: a task ends with its result, with the method's own error
@@ -13,7 +15,7 @@
 //!                  └─► w2      └─► w0          its tasks are sent to the next live worker
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io;
 use std::sync::Arc;
@@ -35,7 +37,11 @@ pub struct Distributor {
     codec: CodecKind,
     call_timeout: Duration,
     connect_timeout: Duration,
+    max_in_flight_per_worker: usize,
 }
+
+/// Default cap on tasks in flight on one worker.
+pub const DEFAULT_MAX_IN_FLIGHT_PER_WORKER: usize = 256;
 
 /// The result of one task.
 #[derive(Debug)]
@@ -83,7 +89,16 @@ impl Distributor {
             codec: CodecKind::Postcard,
             call_timeout: DEFAULT_CALL_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            max_in_flight_per_worker: DEFAULT_MAX_IN_FLIGHT_PER_WORKER,
         }
+    }
+
+    /// Sets how many tasks one worker may hold at once (default
+    /// [`DEFAULT_MAX_IN_FLIGHT_PER_WORKER`]; keep it within the workers' servers' cap on calls
+    /// in flight per connection, or they answer the surplus `Throttled`).
+    pub fn max_in_flight_per_worker(mut self, count: usize) -> Self {
+        self.max_in_flight_per_worker = count.max(1);
+        self
     }
 
     /// Sets the codec.
@@ -129,16 +144,22 @@ impl Distributor {
             })
             .collect();
         let mut results: Vec<Option<TaskResult<R>>> = tasks.iter().map(|_| None).collect();
-        let mut attempts = vec![0u32; tasks.len()];
+        let mut sending = Sending {
+            method,
+            tasks,
+            attempts: vec![0u32; tasks.len()],
+            waiting: VecDeque::new(),
+            window: self.max_in_flight_per_worker,
+        };
         let mut reassigned = 0;
 
-        for task in 0..tasks.len() {
+        for (task, result) in results.iter_mut().enumerate() {
             let preferred = task % workers.len().max(1);
             if workers.get(preferred).is_some_and(Option::is_none) {
                 reassigned += 1;
             }
-            if send(&mut workers, preferred, method, task, tasks, &mut attempts).is_none() {
-                results[task] = Some(failed(&last_error, &dead_workers, attempts[task]));
+            if sending.send(&mut workers, preferred, task).is_none() {
+                *result = Some(failed(&last_error, &dead_workers, sending.attempts[task]));
             }
         }
         while let Some((from, completion)) = next_completion(&workers) {
@@ -160,11 +181,9 @@ impl Distributor {
                     last_error = err;
                     for orphan in orphans {
                         reassigned += 1;
-                        let sent =
-                            send(&mut workers, from + 1, method, orphan, tasks, &mut attempts);
-                        if sent.is_none() {
+                        if sending.send(&mut workers, from + 1, orphan).is_none() {
                             results[orphan] =
-                                Some(failed(&last_error, &dead_workers, attempts[orphan]));
+                                Some(failed(&last_error, &dead_workers, sending.attempts[orphan]));
                         }
                     }
                 }
@@ -172,10 +191,15 @@ impl Distributor {
                     results[task] = Some(TaskResult {
                         worker: addr,
                         result,
-                        attempts: attempts[task],
+                        attempts: sending.attempts[task],
                     });
                 }
             }
+            sending.send_waiting(&mut workers, from);
+        }
+        // Tasks still waiting had no live worker left to take them.
+        for task in sending.waiting {
+            results[task] = Some(failed(&last_error, &dead_workers, sending.attempts[task]));
         }
         Distribution {
             results: results
@@ -204,29 +228,74 @@ impl Distributor {
     }
 }
 
-/// Sends `task` to the first live worker from `preferred` on (wrapping around); `None` if
-/// every worker is dead.
-fn send<T, R>(
-    workers: &mut [Option<Worker<R>>],
-    preferred: usize,
-    method: &str,
-    task: usize,
-    tasks: &[T],
-    attempts: &mut [u32],
-) -> Option<()>
-where
-    T: Serialize,
-    R: DeserializeOwned + Send + 'static,
-{
-    let count = workers.len();
-    let index = (0..count)
-        .map(|offset| (preferred + offset) % count)
-        .find(|&index| workers[index].is_some())?;
-    let worker = workers[index].as_mut()?;
-    let seq = worker.client.go_with(method, &tasks[task], &worker.done);
-    worker.tasks.insert(seq, task);
-    attempts[task] += 1;
-    Some(())
+/// What is being sent: the tasks, how often each was sent, and those waiting for room.
+struct Sending<'a, T> {
+    method: &'a str,
+    tasks: &'a [T],
+    attempts: Vec<u32>,
+    /// Tasks waiting until a live worker has room, oldest first.
+    waiting: VecDeque<usize>,
+    /// Most tasks in flight on one worker.
+    window: usize,
+}
+
+impl<T: Serialize> Sending<'_, T> {
+    /// Sends `task` to the first live worker from `preferred` on (wrapping around) with room
+    /// for it, or queues it if every live worker is full; `None` if every worker is dead.
+    fn send<R>(
+        &mut self,
+        workers: &mut [Option<Worker<R>>],
+        preferred: usize,
+        task: usize,
+    ) -> Option<()>
+    where
+        R: DeserializeOwned + Send + 'static,
+    {
+        let count = workers.len();
+        let mut live = (0..count)
+            .map(|offset| (preferred + offset) % count)
+            .filter(|&index| workers[index].is_some())
+            .peekable();
+        live.peek()?;
+        let window = self.window;
+        let Some(index) = live.find(|&index| {
+            workers[index]
+                .as_ref()
+                .is_some_and(|w| w.tasks.len() < window)
+        }) else {
+            self.waiting.push_back(task);
+            return Some(());
+        };
+        let worker = workers[index].as_mut()?;
+        let seq = worker
+            .client
+            .go_with(self.method, &self.tasks[task], &worker.done);
+        worker.tasks.insert(seq, task);
+        self.attempts[task] += 1;
+        Some(())
+    }
+
+    /// Sends waiting tasks while a live worker has room, starting with worker `from` (the one
+    /// that just finished a task).
+    fn send_waiting<R>(&mut self, workers: &mut [Option<Worker<R>>], from: usize)
+    where
+        R: DeserializeOwned + Send + 'static,
+    {
+        let window = self.window;
+        let has_room = |workers: &[Option<Worker<R>>]| {
+            workers
+                .iter()
+                .flatten()
+                .any(|worker| worker.tasks.len() < window)
+        };
+        while has_room(workers) {
+            let Some(task) = self.waiting.pop_front() else {
+                return;
+            };
+            // A worker has room, so this sends rather than queueing again.
+            let _ = self.send(workers, from, task);
+        }
+    }
 }
 
 /// Waits for the next completion from any worker with calls in flight; `None` when there are

@@ -11,7 +11,7 @@ mod distribute;
 mod multicast;
 mod task_queue;
 
-pub use distribute::{Distribution, Distributor, TaskResult};
+pub use distribute::{Distribution, Distributor, TaskResult, DEFAULT_MAX_IN_FLIGHT_PER_WORKER};
 pub use multicast::{AckStream, HostAnswer, Multicast, Outcome, DEFAULT_MULTICAST_DEADLINE};
 pub use task_queue::{
     run_worker, Assignment, IgnoredReason, QueueEvent, QueueObserver, QueueStats, Submission,
