@@ -46,9 +46,22 @@ fn panics_become_errors_for_their_callers_only() {
     for thread in threads {
         assert_eq!(thread.join().unwrap(), (50, 50));
     }
-    let stats = server.server.stats();
-    assert_eq!(stats.call_errors(ErrorCode::HandlerPanicked), 200);
-    assert_eq!((stats.in_flight_calls, stats.running_handlers), (0, 0));
+    assert_eq!(
+        server
+            .server
+            .stats()
+            .call_errors(ErrorCode::HandlerPanicked),
+        200
+    );
+    // Counted out just after each reply is written.
+    wait_until(
+        "no call in flight or running",
+        Duration::from_secs(5),
+        || {
+            let stats = server.server.stats();
+            (stats.in_flight_calls, stats.running_handlers) == (0, 0)
+        },
+    );
     assert_healthy(server.addr());
 }
 
@@ -133,6 +146,9 @@ fn a_cancelled_call_completes_at_once_and_the_server_skips_it() {
     assert!(!client.cancel(queued.seq()), "a call is cancelled once");
     let err = queued.wait().unwrap_err();
     assert!(matches!(err, RpcError::Cancelled), "{err:?}");
+    wait_until("the server has the cancel", Duration::from_secs(5), || {
+        server.server.stats().cancels == 1
+    });
     server.release(1);
     assert_eq!(blocker.wait().unwrap(), 1);
     wait_until("the server skipped it", Duration::from_secs(5), || {
@@ -279,7 +295,10 @@ fn eight_thousand_concurrent_calls_each_complete_once_with_their_own_reply() {
     for thread in threads {
         thread.join().unwrap();
     }
-    assert_eq!(server.server.stats().in_flight_calls, 0);
+    // A worker counts its call out just after writing the reply: wait for the last ones.
+    wait_until("no call left in flight", Duration::from_secs(5), || {
+        server.server.stats().in_flight_calls == 0
+    });
 }
 
 #[test]

@@ -151,6 +151,13 @@ impl ServerConn {
         }
     }
 
+    /// Marks call `seq` cancelled, if it is in flight, and counts it.
+    fn cancel(&self, seq: u64) {
+        if self.calls.cancel(seq) {
+            StatsCounters::bump(&self.server.stats.cancels);
+        }
+    }
+
     /// Counts the request in, unless it is a duplicate or a cap is reached.
     fn admit(&self, seq: u64) -> Result<(), Refusal> {
         let config = &self.server.config;
@@ -229,10 +236,11 @@ impl ConnCalls {
         let _ = conn.send_frame(&Frame::new(FrameKind::GoAway, last));
     }
 
-    fn cancel(&self, seq: u64) {
-        if let Some(cancelled) = self.lock().get_mut(&seq) {
-            *cancelled = true;
-        }
+    /// Marks call `seq` cancelled; false if it is not in flight.
+    fn cancel(&self, seq: u64) -> bool {
+        let mut in_flight = self.lock();
+        let found = in_flight.get_mut(&seq).map(|cancelled| *cancelled = true);
+        found.is_some()
     }
 
     fn is_cancelled(&self, seq: u64) -> bool {
@@ -317,7 +325,7 @@ impl FrameHandler for ServerConn {
             }
             // Advisory: a call not yet started is skipped; a running one finishes and its
             // reply is discarded by the client.
-            FrameKind::Cancel => self.calls.cancel(frame.seq),
+            FrameKind::Cancel => self.cancel(frame.seq),
             // Other kinds have no meaning client-to-server.
             _ => {}
         }

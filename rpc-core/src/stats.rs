@@ -40,6 +40,9 @@ pub struct ServerStats {
     pub read_pauses: u64,
     /// Connections closed by the idle timeout.
     pub idle_closes: u64,
+    /// Cancel frames received for calls in flight (each such call is skipped if no worker
+    /// has started it).
+    pub cancels: u64,
 }
 
 impl ServerStats {
@@ -69,6 +72,7 @@ pub(crate) struct StatsCounters {
     pub(crate) dropped_replies: AtomicU64,
     pub(crate) read_pauses: AtomicU64,
     pub(crate) idle_closes: AtomicU64,
+    pub(crate) cancels: AtomicU64,
 }
 
 impl StatsCounters {
@@ -99,6 +103,7 @@ impl StatsCounters {
             dropped_replies: load(&self.dropped_replies),
             read_pauses: load(&self.read_pauses),
             idle_closes: load(&self.idle_closes),
+            cancels: load(&self.cancels),
             ..ServerStats::default()
         }
     }
