@@ -71,6 +71,29 @@ fn every_codec_round_trips_every_shape_of_value() {
 }
 
 #[test]
+fn every_f64_comes_back_bit_for_bit() {
+    // -0.011111111111111101 is what fuzzing found: JSON printed it in its shortest form, and
+    // a parser that is not correctly rounded read that back one unit in the last place off.
+    let values = [
+        -0.011111111111111101,
+        103000000.0,
+        0.1 + 0.2,
+        f64::MIN_POSITIVE,
+        5e-324,
+        f64::MAX,
+        1.0 / 3.0,
+        -0.0,
+        std::f64::consts::PI,
+    ];
+    for &codec in CodecKind::all() {
+        for value in values {
+            let back: f64 = codec.decode(&encode(codec, &value)).unwrap();
+            assert_eq!(back.to_bits(), value.to_bits(), "{}: {value:e}", codec.name());
+        }
+    }
+}
+
+#[test]
 fn encoding_appends_to_what_the_buffer_already_holds() {
     let mut out = BytesMut::from(&b"head"[..]);
     Postcard.encode(&Args { A: 7, B: 8 }, &mut out).unwrap();
