@@ -88,7 +88,12 @@ fn every_f64_comes_back_bit_for_bit() {
     for &codec in CodecKind::all() {
         for value in values {
             let back: f64 = codec.decode(&encode(codec, &value)).unwrap();
-            assert_eq!(back.to_bits(), value.to_bits(), "{}: {value:e}", codec.name());
+            assert_eq!(
+                back.to_bits(),
+                value.to_bits(),
+                "{}: {value:e}",
+                codec.name()
+            );
         }
     }
 }
