@@ -83,9 +83,9 @@ pub struct ServerConfig {
     /// a request is answered `Throttled` at once. Default [`DEFAULT_MAX_CALLS`].
     pub max_calls: usize,
     /// Reply bytes a connection may have queued (unread by its peer) before the server stops
-    /// reading its requests, until the peer reads. Checked before each read, so replies to
-    /// requests already read still join the queue: it can pass the cap by the replies of the
-    /// calls in flight. Default [`DEFAULT_MAX_QUEUED_BYTES`].
+    /// reading its requests, until the peer reads. Checked before each request, counting what
+    /// the calls in flight may still add (each as large as the largest reply so far), so the
+    /// queue passes the cap by about one reply at most. Default [`DEFAULT_MAX_QUEUED_BYTES`].
     pub max_queued_bytes: usize,
     /// The codecs the server answers in; a request in any other gets `UnsupportedCodec`.
     /// Default: every codec this build has ([`CodecKind::all`]).

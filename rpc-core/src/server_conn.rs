@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,9 @@ pub(crate) struct ConnCalls {
     draining: AtomicBool,
     /// The highest sequence id accepted for dispatch (for go-away).
     last_accepted: AtomicU64,
+    /// The largest reply sent on this connection so far: what each call in flight may yet
+    /// add to the queue, for backpressure.
+    largest_reply: AtomicUsize,
 }
 
 /// Why a request was not dispatched.
@@ -307,9 +310,14 @@ impl InFlight {
             StatsCounters::bump(&stats.dropped_replies);
         }
         stats.in_flight_calls.fetch_sub(1, Ordering::SeqCst);
+        self.calls
+            .largest_reply
+            .fetch_max(reply.len(), Ordering::Relaxed);
         if self.calls.finish(seq) {
             self.conn.close_when_flushed();
         }
+        // One call fewer in flight may be what the connection's reading waits for.
+        self.conn.resume_reading();
     }
 }
 
@@ -368,7 +376,11 @@ impl FrameHandler for ServerConn {
     }
 
     fn pause_reading(&self, conn: &Connection) -> bool {
-        let paused = conn.queued_len() > self.server.config.max_queued_bytes;
+        // Unread replies, plus what the calls in flight may add once they finish (each
+        // reckoned as large as the largest reply so far): one read can hold hundreds of
+        // small requests for large replies.
+        let coming = self.calls.in_flight() * self.calls.largest_reply.load(Ordering::Relaxed);
+        let paused = conn.queued_len() + coming > self.server.config.max_queued_bytes;
         if paused {
             StatsCounters::bump(&self.server.stats.read_pauses);
         }

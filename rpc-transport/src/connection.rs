@@ -9,6 +9,7 @@
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -41,6 +42,8 @@ struct Shared {
     out: Mutex<OutQueue>,
     /// Guards the earliest timer this connection has asked the loop for.
     timer: Mutex<Option<Instant>>,
+    /// The loop stopped reading this connection because its handler asked (backpressure).
+    read_paused: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -89,6 +92,7 @@ impl Connection {
                 loop_handle,
                 out: Mutex::new(OutQueue::default()),
                 timer: Mutex::new(None),
+                read_paused: AtomicBool::new(false),
             }),
         })
     }
@@ -190,6 +194,27 @@ impl Connection {
             .loop_handle
             .command(Command::Flush(self.token()));
         Ok(())
+    }
+
+    /// Asks the loop to read this connection again if it is holding back because the handler
+    /// asked ([`crate::FrameHandler::pause_reading`]), say because a call in flight finished.
+    /// Cheap when reading is not paused. The loop asks the handler again before reading.
+    pub fn resume_reading(&self) {
+        if self.shared.read_paused.load(Ordering::SeqCst) {
+            self.shared
+                .loop_handle
+                .command(Command::ResumeReading(self.token()));
+        }
+    }
+
+    /// Whether the loop is holding back reading this connection.
+    pub(crate) fn is_read_paused(&self) -> bool {
+        self.shared.read_paused.load(Ordering::SeqCst)
+    }
+
+    /// Set by the loop as it stops and starts reading this connection.
+    pub(crate) fn set_read_paused(&self, paused: bool) {
+        self.shared.read_paused.store(paused, Ordering::SeqCst);
     }
 
     /// Bytes accepted by `send` but not yet written to the socket.

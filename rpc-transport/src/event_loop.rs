@@ -62,6 +62,8 @@ pub(crate) enum Command {
     /// Write what `send_batched` queued on this connection.
     Flush(usize),
     Close(usize),
+    /// Read the connection again if its handler had paused it.
+    ResumeReading(usize),
     Timer(usize, Instant),
     StopAccepting,
     Shutdown,
@@ -223,10 +225,10 @@ struct Slot {
     write_interest: bool,
     /// Why the connection is closing, once known, for when the close completes.
     close_reason: Option<CloseReason>,
+    /// A `ResumeReading` timer is pending for this paused connection.
+    recheck_armed: bool,
     /// When the frame now arriving started (the read that began it), for the frame timeout.
     frame_started: Option<Instant>,
-    /// The handler asked to stop reading (backpressure); a timer re-checks.
-    read_paused: bool,
 }
 
 /// What a loop timer is for.
@@ -350,32 +352,34 @@ impl EventLoop {
             return; // spurious or stale event
         };
         if slot.handler.pause_reading(&slot.conn) {
-            // Backpressure: leave the bytes in the socket; TCP slows the peer down.
-            if !slot.read_paused {
-                slot.read_paused = true;
+            // Backpressure: leave the bytes in the socket; TCP slows the peer down. Writes,
+            // `Connection::resume_reading` and a periodic timer bring the loop back.
+            slot.conn.set_read_paused(true);
+            if !slot.recheck_armed {
+                slot.recheck_armed = true;
                 let at = Instant::now() + READ_PAUSE_RECHECK;
                 self.timers
                     .push(Reverse((at, index, LoopTimer::ResumeReading)));
             }
             return;
         }
-        slot.read_paused = false;
+        slot.conn.set_read_paused(false);
         let conn = slot.conn.clone();
         let mut stream = conn.stream();
         let mut frame_done = false;
         let outcome = loop {
-            if slot.handler.pause_reading(&slot.conn) {
-                break ReadOutcome::Paused;
+            // Frames left in the decoder by an earlier pause go first.
+            match deliver_frames(slot) {
+                Ok(Delivered::All(count)) => frame_done |= count > 0,
+                Ok(Delivered::Paused(count)) => {
+                    frame_done |= count > 0;
+                    break ReadOutcome::Paused;
+                }
+                Err(err) => break ReadOutcome::FrameError(err),
             }
             match stream.read(&mut self.scratch) {
                 Ok(0) => break ReadOutcome::Eof,
-                Ok(n) => {
-                    slot.decoder.handle_bytes(&self.scratch[..n]);
-                    match deliver_frames(slot) {
-                        Ok(delivered) => frame_done |= delivered > 0,
-                        Err(err) => break ReadOutcome::FrameError(err),
-                    }
-                }
+                Ok(n) => slot.decoder.handle_bytes(&self.scratch[..n]),
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => break ReadOutcome::Drained,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(err) => break ReadOutcome::Failed(err.into()),
@@ -430,6 +434,18 @@ impl EventLoop {
         }
     }
 
+    /// Reads a paused connection again (`read_ready` asks its handler first).
+    fn resume_reading(&mut self, index: usize) {
+        let paused = self
+            .slots
+            .get(index)
+            .and_then(Option::as_ref)
+            .is_some_and(|slot| slot.conn.is_read_paused());
+        if paused {
+            self.read_ready(index);
+        }
+    }
+
     fn write_ready(&mut self, index: usize) {
         let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
             return;
@@ -442,7 +458,7 @@ impl EventLoop {
                     let fd = slot.conn.stream().as_raw_fd();
                     let _ = reregister(self.poll.registry(), fd, index, Interest::READABLE);
                 }
-                if slot.read_paused {
+                if slot.conn.is_read_paused() {
                     self.read_ready(index);
                 }
             }
@@ -481,6 +497,7 @@ impl EventLoop {
                 Command::WantWrite(index) => self.want_write(index),
                 Command::Flush(index) => self.flush_requested(index),
                 Command::Close(index) => self.close_slot_with_pending_reason(index),
+                Command::ResumeReading(index) => self.resume_reading(index),
                 Command::Timer(index, at) => {
                     self.timers.push(Reverse((at, index, LoopTimer::Handler)));
                 }
@@ -520,8 +537,8 @@ impl EventLoop {
             handler,
             write_interest: false,
             close_reason: None,
+            recheck_armed: false,
             frame_started: None,
-            read_paused: false,
         };
         if index == self.slots.len() {
             self.slots.push(Some(slot));
@@ -573,15 +590,15 @@ impl EventLoop {
                         (slot.frame_started, timeout),
                         (Some(started), Some(timeout)) if started + timeout <= now
                     );
-                    if expired {
+                    // While this side holds back reading (backpressure), a frame left half
+                    // read is not the peer's slowness; its clock restarts on resuming.
+                    if expired && !slot.conn.is_read_paused() {
                         self.close_slot(index, CloseReason::Error(TransportError::FrameTimeout));
                     }
                 }
                 LoopTimer::ResumeReading => {
-                    if slot.read_paused {
-                        slot.read_paused = false;
-                        self.read_ready(index);
-                    }
+                    slot.recheck_armed = false;
+                    self.resume_reading(index);
                 }
             }
         }
@@ -643,14 +660,29 @@ enum ReadOutcome {
     Failed(TransportError),
 }
 
-/// Hands every whole frame buffered in the decoder to the handler; returns how many.
-fn deliver_frames(slot: &mut Slot) -> Result<usize, TransportError> {
+/// How many frames [`deliver_frames`] handed over, and whether it stopped for a pause.
+enum Delivered {
+    /// Every whole frame buffered was delivered.
+    All(usize),
+    /// The handler asked to stop reading: the rest stay in the decoder for later.
+    Paused(usize),
+}
+
+/// Hands the whole frames buffered in the decoder to the handler, asking before each one
+/// whether it wants reading paused: one read can hold hundreds of small requests, and each
+/// may add a reply to the connection's queue.
+fn deliver_frames(slot: &mut Slot) -> Result<Delivered, TransportError> {
     let mut delivered = 0;
-    while let Some(frame) = slot.decoder.poll_frame()? {
+    loop {
+        if slot.handler.pause_reading(&slot.conn) {
+            return Ok(Delivered::Paused(delivered));
+        }
+        let Some(frame) = slot.decoder.poll_frame()? else {
+            return Ok(Delivered::All(delivered));
+        };
         slot.handler.handle_frame(&slot.conn, frame);
         delivered += 1;
     }
-    Ok(delivered)
 }
 
 fn reregister(registry: &Registry, fd: i32, index: usize, interest: Interest) -> io::Result<()> {

@@ -57,10 +57,12 @@ pub trait FrameHandler: Send + 'static {
         None
     }
 
-    /// Asked before each read: `true` stops reading this connection for now, so a peer that
-    /// sends requests but never reads the replies is held back by TCP instead of filling this
-    /// side's memory (backpressure). The loop asks again as it writes the connection's queued
-    /// bytes, and at least every [`crate::READ_PAUSE_RECHECK`]. The default never pauses.
+    /// Asked before each read and before each frame is handed over: `true` stops reading this
+    /// connection for now (frames already read wait in the decoder), so a peer that sends
+    /// requests but never reads the replies is held back by TCP instead of filling this side's
+    /// memory (backpressure). The loop asks again as it writes the connection's queued bytes,
+    /// on [`Connection::resume_reading`], and at least every [`crate::READ_PAUSE_RECHECK`].
+    /// The default never pauses.
     fn pause_reading(&self, conn: &Connection) -> bool {
         let _ = conn;
         false
