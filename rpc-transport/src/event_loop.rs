@@ -590,9 +590,18 @@ impl EventLoop {
                         (slot.frame_started, timeout),
                         (Some(started), Some(timeout)) if started + timeout <= now
                     );
-                    // While this side holds back reading (backpressure), a frame left half
-                    // read is not the peer's slowness; its clock restarts on resuming.
-                    if expired && !slot.conn.is_read_paused() {
+                    if expired && slot.conn.is_read_paused() {
+                        // This side holds back reading (backpressure): a frame left half read
+                        // is not the peer's slowness. Its clock starts again.
+                        if let Some(timeout) = timeout {
+                            slot.frame_started = Some(now);
+                            self.timers.push(Reverse((
+                                now + timeout,
+                                index,
+                                LoopTimer::FrameDeadline,
+                            )));
+                        }
+                    } else if expired {
                         self.close_slot(index, CloseReason::Error(TransportError::FrameTimeout));
                     }
                 }
