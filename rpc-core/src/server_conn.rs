@@ -379,11 +379,7 @@ impl FrameHandler for ServerConn {
         // Unread replies, plus what the calls in flight may add once they finish (each
         // reckoned as large as the largest reply so far): one read can hold hundreds of
         // small requests for large replies.
-        let per_call = match self.calls.largest_reply.load(Ordering::Relaxed) {
-            0 => FIRST_REPLY_ESTIMATE,
-            largest => largest,
-        };
-        let coming = self.calls.in_flight() * per_call;
+        let coming = self.calls.in_flight() * self.calls.largest_reply.load(Ordering::Relaxed);
         let paused = conn.queued_len() + coming > self.server.config.max_queued_bytes;
         if paused {
             StatsCounters::bump(&self.server.stats.read_pauses);
@@ -405,11 +401,6 @@ impl FrameHandler for ServerConn {
         self.server.deregister_connection(self.slot.id());
     }
 }
-
-/// What a call in flight is reckoned to add to its connection's queue before any reply on
-/// that connection has shown how large they are: with the default 1 MiB cap, a first burst
-/// of pipelined requests dispatches 16 before reading pauses.
-const FIRST_REPLY_ESTIMATE: usize = 64 * 1024;
 
 /// Runs one call and returns its encoded reply frame (a response or an error), and the error
 /// code if it failed.
