@@ -244,9 +244,10 @@ fn a_client_that_never_reads_ten_thousand_64_kib_replies_is_held_at_the_cap() {
     // running). The matrix's goal is cap + 2 MiB.
     assert!(queued <= cap + 2 * 1024 * 1024, "{queued} bytes queued");
     // RSS adds the allocator's own slack (per-thread arenas, freed 64 KiB blocks it keeps),
-    // which varies from run to run: 2.1 to 4.4 MiB here.
+    // which varies from run to run: +1.3 to +6.0 MiB here, the most with a build running
+    // beside it. Queued bytes are the figure to trust; this only catches a gross leak.
     assert!(
-        growth <= (cap / 1024 + 4 * 1024) as u64,
+        growth <= (cap / 1024 + 8 * 1024) as u64,
         "RSS +{growth} KiB"
     );
     assert_eq!(others_ok, 100);
