@@ -378,10 +378,15 @@ impl FrameHandler for ServerConn {
     fn pause_reading(&self, conn: &Connection) -> bool {
         // Unread replies, plus what the calls in flight may add once they finish (each
         // reckoned as large as the largest reply so far): one read can hold hundreds of
-        // small requests for large replies.
-        let coming = self.calls.in_flight() * self.calls.largest_reply.load(Ordering::Relaxed);
+        // small requests for large replies. Asked before every frame, so the in-flight
+        // table's lock is taken only once a reply has been sent.
+        let coming = match self.calls.largest_reply.load(Ordering::Relaxed) {
+            0 => 0,
+            largest => self.calls.in_flight() * largest,
+        };
         let paused = conn.queued_len() + coming > self.server.config.max_queued_bytes;
-        if paused {
+        // The loop asks again on every resume attempt: count only the start of a pause.
+        if paused && !conn.is_read_paused() {
             StatsCounters::bump(&self.server.stats.read_pauses);
         }
         paused

@@ -207,8 +207,8 @@ impl Connection {
         }
     }
 
-    /// Whether the loop is holding back reading this connection.
-    pub(crate) fn is_read_paused(&self) -> bool {
+    /// Whether the loop is holding back reading this connection because its handler asked.
+    pub fn is_read_paused(&self) -> bool {
         self.shared.read_paused.load(Ordering::SeqCst)
     }
 

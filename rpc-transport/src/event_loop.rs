@@ -684,6 +684,7 @@ fn deliver_frames(slot: &mut Slot) -> Result<Delivered, TransportError> {
     let mut delivered = 0;
     loop {
         if slot.handler.pause_reading(&slot.conn) {
+            slot.conn.set_read_paused(true);
             return Ok(Delivered::Paused(delivered));
         }
         let Some(frame) = slot.decoder.poll_frame()? else {
