@@ -39,6 +39,7 @@
 //! # Ok::<(), rpc_transport::TransportError>(())
 //! ```
 
+pub mod clock;
 pub mod connection;
 pub mod decoder;
 pub mod error;
