@@ -226,7 +226,43 @@ fn a_duplicate_sequence_id_in_flight_is_ignored_and_counted() {
     assert_eq!(server.server.stats().duplicate_requests, 1);
 }
 
-/// An evil server: accepts one connection and answers whatever `script` writes.
+#[test]
+fn a_duplicate_id_is_ignored_whatever_it_names_and_while_draining() {
+    let server = TestServer::start();
+    let mut evil = EvilClient::connect(server.addr());
+    evil.send_frames(&[request(5, "Probe.Sleep", &300u64)]);
+    util::wait_until("the call in flight", Duration::from_secs(5), || {
+        server.server.stats().in_flight_calls == 1
+    });
+    // Each of these would get an error frame with seq 5 if it were not a duplicate.
+    let mut unknown_codec = request(5, "Arith.Multiply", &Args { a: 1, b: 2 });
+    unknown_codec.codec = 99;
+    evil.send_frames(&[
+        request(5, "Nope.Method", &0u64),
+        request(5, "Probe.Nope", &0u64),
+        request(5, "no-dot", &0u64),
+        unknown_codec,
+    ]);
+    util::wait_until("four duplicates counted", Duration::from_secs(5), || {
+        server.server.stats().duplicate_requests == 4
+    });
+    // Draining: the go-away frame, then a duplicate that must not get `ShuttingDown`.
+    let draining = thread::spawn({
+        let handle = server.handle;
+        move || handle.shutdown_gracefully(Duration::from_secs(5))
+    });
+    let go_away = evil.read_frames(1);
+    assert_eq!((go_away[0].kind, go_away[0].seq), (FrameKind::GoAway, 5));
+    evil.send_frames(&[request(5, "Probe.Sleep", &0u64)]);
+    let replies = evil.read_until_closed();
+    assert_eq!(replies.len(), 1, "one reply for seq 5: {replies:?}");
+    assert_eq!((replies[0].kind, replies[0].seq), (FrameKind::Response, 5));
+    assert!(draining.join().unwrap(), "the call in flight finished");
+    assert_eq!(server.server.stats().duplicate_requests, 5);
+}
+
+/// An evil server: accepts one connection, reads the client's hello, and answers whatever
+/// `script` writes.
 fn evil_server(script: impl FnOnce(&mut EvilClient) + Send + 'static) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -236,6 +272,9 @@ fn evil_server(script: impl FnOnce(&mut EvilClient) + Send + 'static) -> std::ne
             .set_read_timeout(Some(util::evil::READ_TIMEOUT))
             .unwrap();
         let mut peer = EvilClient::from_stream(stream);
+        // A netrpc client's first frame is its hello: a ping with seq 0.
+        let hello = peer.read_frames(1);
+        assert_eq!((hello[0].kind, hello[0].seq), (FrameKind::Ping, 0));
         script(&mut peer);
     });
     addr

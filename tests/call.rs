@@ -6,6 +6,7 @@ mod util;
 
 use std::collections::HashSet;
 use std::thread;
+use std::time::Duration;
 
 use netrpc::{Client, CodecKind, Server};
 use util::{Args, ArithClient, ArithServer, Calculator, ProbeClient, Quotient, TestServer};
@@ -175,4 +176,28 @@ fn serve_conn_serves_a_connection_the_caller_accepted() {
     arith.client().close();
     // ServeConn returns once the client hangs up.
     serving.join().unwrap().unwrap();
+}
+
+#[test]
+fn serve_conn_connections_get_the_idle_timeout_like_served_ones() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = Server::builder()
+        .idle_timeout(Duration::from_millis(100))
+        .build();
+    server.register(ArithServer::new(Calculator)).unwrap();
+    let (returned_tx, returned) = crossbeam_channel::bounded(1);
+    thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let _ = returned_tx.send(server.serve_conn(stream));
+    });
+    let arith = ArithClient::new(Client::dial(addr).unwrap());
+    assert_eq!(arith.multiply(&Args { a: 5, b: 5 }).unwrap(), 25);
+    // Idle past the timeout: the server says go-away and closes, so ServeConn returns.
+    returned
+        .recv_timeout(Duration::from_secs(5))
+        .expect("serve_conn returns once the idle connection is closed")
+        .unwrap();
+    let err = arith.multiply(&Args { a: 5, b: 5 }).unwrap_err();
+    assert!(matches!(err, netrpc::RpcError::ShuttingDown), "{err:?}");
 }

@@ -12,7 +12,7 @@ use std::process::Child;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use netrpc::{done_channel, Client, RpcError};
+use netrpc::{done_channel, Client, RpcError, Server};
 use util::{Args, ArithClient, TestServer};
 
 const CHILD_VAR: &str = "NETRPC_CHILD_SERVER";
@@ -23,7 +23,8 @@ fn child_server() {
     if std::env::var(CHILD_VAR).is_err() {
         return;
     }
-    let server = TestServer::start();
+    // A cap above the descriptor limit on purpose: the accept loop's EMFILE path is tested.
+    let server = TestServer::start_with(Server::builder().max_connections(100_000).build());
     println!("LISTENING {}", server.addr());
     let _ = std::io::stdin().read_to_end(&mut Vec::new());
 }

@@ -421,3 +421,36 @@ fn idle_connections_are_told_to_go_away_then_closed_and_busy_ones_are_kept() {
     drop((busy, chatty));
     assert_back_to_idle(&server.server);
 }
+
+#[test]
+fn a_server_that_stops_reading_cannot_grow_the_clients_unsent_queue_past_its_cap() {
+    // A peer that accepts and never reads: requests pile up once the socket buffers are full.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let holder = thread::spawn(move || listener.accept().map(|(stream, _)| stream));
+    let cap = 1024 * 1024;
+    let client = Client::builder()
+        .max_pending_calls(4)
+        .max_unsent_bytes(cap)
+        .call_timeout(Duration::from_millis(5))
+        .dial(addr)
+        .unwrap();
+    let payload = vec![0x5a_u8; 64 * 1024];
+    let (mut timed_out, mut throttled) = (0, 0);
+    for _ in 0..400 {
+        match client.call::<_, Vec<u8>>("Probe.Echo", &payload) {
+            Err(RpcError::Timeout { .. }) => timed_out += 1,
+            Err(RpcError::Throttled) => throttled += 1,
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    let unsent = client.unsent_bytes();
+    println!("{timed_out} timed out, {throttled} throttled, {unsent} bytes unsent");
+    // Past the cap by one request at most (each call checks before it queues).
+    assert!(
+        unsent <= cap + payload.len() + 1024,
+        "{unsent} bytes unsent"
+    );
+    assert!(throttled > 0, "the cap was never reached");
+    drop(holder.join().unwrap());
+}

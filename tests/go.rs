@@ -149,3 +149,44 @@ fn replies_arriving_out_of_order_are_matched_by_sequence_id() {
         assert_eq!(call.wait().unwrap(), ms);
     }
 }
+
+/// A reply type whose `Deserialize` panics: user code that `go` runs on the client event loop.
+#[derive(Debug)]
+struct Explosive;
+
+impl<'de> serde::Deserialize<'de> for Explosive {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        panic!("explosive reply type")
+    }
+}
+
+#[test]
+fn a_panicking_reply_type_fails_its_call_and_the_shared_client_loop_lives_on() {
+    let server = TestServer::start();
+    let client = server.client();
+    let args = Args { a: 6, b: 7 };
+    let err = client
+        .go::<_, Explosive>("Arith.Multiply", &args)
+        .wait()
+        .unwrap_err();
+    assert!(
+        matches!(&err, RpcError::Decode(_)) && format!("{err:?}").contains("panicked"),
+        "{err:?}"
+    );
+    let (done, completions) = done_channel::<Explosive>();
+    client.go_with("Arith.Multiply", &args, &done);
+    let completion = completions.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(matches!(completion.result, Err(RpcError::Decode(_))));
+    // The loop that ran those completions serves every client of the process.
+    let other = Client::dial(server.addr()).expect("dialing still works");
+    assert_eq!(other.call::<_, i64>("Arith.Multiply", &args).unwrap(), 42);
+    let timed_out = other
+        .go_timeout::<_, u64>("Probe.Sleep", &2_000u64, Duration::from_millis(50))
+        .wait()
+        .unwrap_err();
+    assert!(
+        matches!(timed_out, RpcError::Timeout { .. }),
+        "{timed_out:?}"
+    );
+    assert_eq!(client.call::<_, i64>("Arith.Multiply", &args).unwrap(), 42);
+}

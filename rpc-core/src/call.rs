@@ -46,7 +46,10 @@ impl<R> Call<R> {
     /// The call's error. The client's event loop fails the call at its deadline; should
     /// that loop be gone, this still returns [`RpcError::Timeout`] shortly after the deadline.
     pub fn wait(self) -> Result<R, RpcError> {
-        match self.done.recv_timeout(self.timeout + WAIT_GRACE) {
+        match self
+            .done
+            .recv_timeout(self.timeout.saturating_add(WAIT_GRACE))
+        {
             Ok(result) => result,
             Err(RecvTimeoutError::Timeout) => Err(RpcError::Timeout {
                 after: self.timeout,

@@ -22,12 +22,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use rpc_codec::{Codec, CodecKind};
+use crossbeam_channel::Receiver;
+use rpc_codec::{Codec, CodecError, CodecKind};
+use rpc_transport::clock::deadline_after;
 use rpc_transport::{Connection, Frame, FrameBuilder, FrameHead, FrameKind, FrameLimits};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::call::{Call, Completion, DoneSender};
+use crate::catch_panic::catch_panic;
 use crate::client_conn::{lock, ClientConn};
 use crate::client_loop::shared_client_loop;
 use crate::error::RpcError;
@@ -79,6 +82,12 @@ pub struct ClientConfig {
     /// start `go` calls faster than they complete. Default [`DEFAULT_MAX_PENDING_CALLS`], the
     /// server's default cap per connection.
     pub max_pending_calls: usize,
+    /// Most request bytes waiting to be written (the socket full, say because the server
+    /// stopped reading); while that many wait, a new call fails at once with
+    /// [`RpcError::Throttled`], without being sent. Calls that time out do not take their
+    /// bytes back, so without this cap a server that stops reading would grow the queue with
+    /// every retry. Default [`DEFAULT_MAX_UNSENT_BYTES`].
+    pub max_unsent_bytes: usize,
 }
 
 impl Default for ClientConfig {
@@ -89,6 +98,7 @@ impl Default for ClientConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             limits: FrameLimits::default(),
             max_pending_calls: DEFAULT_MAX_PENDING_CALLS,
+            max_unsent_bytes: DEFAULT_MAX_UNSENT_BYTES,
         }
     }
 }
@@ -142,6 +152,13 @@ impl ClientBuilder {
         self
     }
 
+    /// Most request bytes waiting to be written (default [`DEFAULT_MAX_UNSENT_BYTES`]); see
+    /// [`ClientConfig::max_unsent_bytes`].
+    pub fn max_unsent_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_unsent_bytes = bytes;
+        self
+    }
+
     /// Connects to `addr` (Go: `rpc.Dial`), trying each address it resolves to.
     ///
     /// # Errors
@@ -192,6 +209,9 @@ impl ClientBuilder {
                 )
             })
             .map_err(unreachable)?;
+        // The first frame says hello: a server closes connections that send no whole frame
+        // within its first-frame timeout, and this one may not call for a while.
+        let _ = conn.send_frame(&Frame::new(FrameKind::Ping, 0));
         Ok(Client {
             inner: Arc::new(ClientInner {
                 conn,
@@ -271,19 +291,9 @@ impl Client {
                 let _ = done_tx.send(result);
             }),
         );
-        let outcome = match done_rx.recv_timeout(timeout) {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                let abandoned = lock(&self.inner.pending).remove(seq).is_some();
-                if abandoned {
-                    self.send_cancel(seq);
-                    return Err(RpcError::Timeout { after: timeout });
-                }
-                // The reply won the race against the deadline: it is in the channel now.
-                done_rx
-                    .try_recv()
-                    .unwrap_or(Err(RpcError::Timeout { after: timeout }))
-            }
+        let Some(outcome) = await_outcome(&self.inner.pending, seq, &done_rx, timeout) else {
+            self.send_cancel(seq);
+            return Err(RpcError::Timeout { after: timeout });
         };
         outcome.and_then(|frame| decode_reply(self.inner.config.codec, method, frame))
     }
@@ -388,6 +398,12 @@ impl Client {
         true
     }
 
+    /// Request bytes waiting to be written because the socket is full (see
+    /// [`ClientConfig::max_unsent_bytes`]).
+    pub fn unsent_bytes(&self) -> usize {
+        self.inner.conn.queued_len()
+    }
+
     /// Calls waiting for a reply.
     pub fn pending_calls(&self) -> usize {
         lock(&self.inner.pending).len()
@@ -426,7 +442,10 @@ impl Client {
             Ok(frame) => frame,
             Err(err) => return complete(Err(err)),
         };
-        let deadline = loop_times_out.then(|| Instant::now() + timeout);
+        if self.inner.conn.queued_len() >= self.inner.config.max_unsent_bytes {
+            return complete(Err(RpcError::Throttled));
+        }
+        let deadline = loop_times_out.then(|| deadline_after(Instant::now(), timeout));
         let others_in_flight = {
             let mut pending = lock(&self.inner.pending);
             if let Err((err, complete)) = pending.insert(seq, timeout, deadline, complete) {
@@ -502,7 +521,33 @@ impl Drop for ClientInner {
     }
 }
 
+/// Waits until `timeout` for the outcome of the blocking call `seq`. `None`: the deadline
+/// passed with the call still pending, and it is now taken out of the table (the caller tells
+/// the server). A reply that wins the race against the deadline is never lost: its completer
+/// was taken from the table and is sending it right now, so this waits for it.
+fn await_outcome(
+    pending: &Mutex<PendingCalls>,
+    seq: u64,
+    done: &Receiver<Result<Frame, RpcError>>,
+    timeout: Duration,
+) -> Option<Result<Frame, RpcError>> {
+    if let Ok(outcome) = done.recv_timeout(timeout) {
+        return Some(outcome);
+    }
+    if lock(pending).remove(seq).is_some() {
+        return None;
+    }
+    // A completer taken from the table runs at once; the bound only guards against a bug.
+    Some(
+        done.recv_timeout(COMPLETER_GRACE)
+            .unwrap_or(Err(RpcError::Timeout { after: timeout })),
+    )
+}
+
 /// The value or error a reply frame carries.
+///
+/// The reply type's `Deserialize` is user code and may panic; on the client event loop that
+/// would end the loop for every client, so a panic becomes [`RpcError::Decode`] instead.
 fn decode_reply<R: DeserializeOwned>(
     codec: CodecKind,
     method: &str,
@@ -510,7 +555,13 @@ fn decode_reply<R: DeserializeOwned>(
 ) -> Result<R, RpcError> {
     match frame.kind {
         FrameKind::Response if frame.codec == codec.id() => {
-            codec.decode(&frame.body).map_err(RpcError::Decode)
+            let decoded = catch_panic(|| codec.decode(&frame.body)).unwrap_or_else(|message| {
+                Err(CodecError::Decode {
+                    codec: codec.name(),
+                    detail: format!("the reply type's Deserialize panicked: {message}"),
+                })
+            });
+            decoded.map_err(RpcError::Decode)
         }
         FrameKind::Response => Err(RpcError::Protocol {
             detail: format!(
@@ -522,6 +573,13 @@ fn decode_reply<R: DeserializeOwned>(
         _ => Err(RpcError::from_error_body(method, &frame.body)),
     }
 }
+
+/// Default cap on request bytes waiting to be written: 4 MiB, one request of the largest
+/// default body.
+pub const DEFAULT_MAX_UNSENT_BYTES: usize = 4 * 1024 * 1024;
+
+/// How long a blocking call that lost the race to its reply waits for that reply's completer.
+const COMPLETER_GRACE: Duration = Duration::from_secs(5);
 
 /// Default deadline of a call: finite, so no call waits forever.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -539,6 +597,44 @@ mod tests {
     use super::*;
 
     fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn a_reply_that_wins_the_race_against_the_deadline_is_returned_not_a_timeout() {
+        let pending = Mutex::new(PendingCalls::with_limit(usize::MAX));
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        let completer: Completer = Box::new(move |result| {
+            let _ = done_tx.send(result);
+        });
+        assert!(lock(&pending)
+            .insert(1, Duration::ZERO, None, completer)
+            .is_ok());
+        // The loop matched the reply (took the completer) but has not run it yet.
+        let complete = lock(&pending).take_for_reply(1).unwrap();
+        let completing = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            complete(Ok(Frame::new(FrameKind::Response, 1)));
+        });
+        let outcome = await_outcome(&pending, 1, &done_rx, Duration::from_millis(10));
+        completing.join().unwrap();
+        let frame = outcome
+            .expect("not abandoned")
+            .expect("the reply, not a timeout");
+        assert_eq!(frame.seq, 1);
+    }
+
+    #[test]
+    fn a_call_still_pending_at_its_deadline_is_taken_out_of_the_table() {
+        let pending = Mutex::new(PendingCalls::with_limit(usize::MAX));
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        let completer: Completer = Box::new(move |result| {
+            let _ = done_tx.send(result);
+        });
+        assert!(lock(&pending)
+            .insert(1, Duration::ZERO, None, completer)
+            .is_ok());
+        assert!(await_outcome(&pending, 1, &done_rx, Duration::from_millis(10)).is_none());
+        assert_eq!(lock(&pending).len(), 0);
+    }
 
     #[test]
     fn client_and_call_types_are_send_and_sync() {

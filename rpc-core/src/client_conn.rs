@@ -1,13 +1,16 @@
 //! One client connection's event handler: matches replies to pending calls by sequence id.
 //!
 //! Runs on the client event loop. Completers run outside the table's lock, so a slow
-//! completion (decoding a large reply) never holds up a thread starting a new call.
+//! completion (decoding a large reply) never holds up a thread starting a new call, and under
+//! `catch_unwind`: the loop serves every client of the process, so a panic in user code run
+//! by a completer (a reply type's `Deserialize`) must not end it.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use rpc_transport::{CloseReason, Connection, Frame, FrameHandler, FrameKind, TransportError};
 
+use crate::catch_panic::catch_panic;
 use crate::error::RpcError;
 use crate::pending::{Completer, Ended, PendingCalls};
 
@@ -25,10 +28,17 @@ impl ClientConn {
 impl FrameHandler for ClientConn {
     fn handle_frame(&mut self, conn: &Connection, frame: Frame) {
         match frame.kind {
+            // Seq 0 is no call's: the server speaks of the connection (say, refused at its
+            // connection limit). Every call, pending or later, fails with what it said.
+            FrameKind::Error if frame.seq == 0 => {
+                let err = RpcError::from_error_body("", &frame.body);
+                let failed = lock(&self.pending).end(Ended::Refused(err));
+                complete_all(failed);
+            }
             FrameKind::Response | FrameKind::Error => {
                 let completer = lock(&self.pending).take_for_reply(frame.seq);
                 if let Some(complete) = completer {
-                    complete(Ok(frame));
+                    complete_safely(complete, Ok(frame));
                 }
             }
             FrameKind::Ping => {
@@ -51,7 +61,7 @@ impl FrameHandler for ClientConn {
         {
             let completer = lock(&self.pending).remove(*seq);
             if let Some(complete) = completer {
-                complete(Err(RpcError::from(error.clone())));
+                complete_safely(complete, Err(RpcError::from(error.clone())));
             }
         }
     }
@@ -64,7 +74,7 @@ impl FrameHandler for ClientConn {
         for (seq, complete, err) in expired {
             // Advisory: the server skips the call if no worker has started it.
             let _ = conn.send_frame(&Frame::new(FrameKind::Cancel, seq));
-            complete(Err(err));
+            complete_safely(complete, Err(err));
         }
         next
     }
@@ -88,8 +98,16 @@ impl FrameHandler for ClientConn {
 
 fn complete_all(calls: Vec<(Completer, RpcError)>) {
     for (complete, err) in calls {
-        complete(Err(err));
+        complete_safely(complete, Err(err));
     }
+}
+
+/// Runs a completer on the loop thread; a panic in it is contained. The completers of `go`
+/// and `go_with` catch a panicking `Deserialize` themselves and deliver it as an error; this
+/// guards the loop against anything else (a `Drop` that panics, say), whose call then
+/// completes by its own deadline.
+fn complete_safely(complete: Completer, result: Result<Frame, RpcError>) {
+    let _ = catch_panic(|| complete(result));
 }
 
 /// Locks the table. Completers run outside the lock, so it is never poisoned by one; a

@@ -85,8 +85,9 @@ pub enum RpcError {
         /// The server's message, naming the codec id.
         detail: String,
     },
-    /// The server is at its limit of concurrent calls, or this client at its limit of
-    /// pending calls ([`crate::ClientConfig::max_pending_calls`]); nothing was processed.
+    /// The server is at its limit of concurrent calls or of connections, or this client at
+    /// its limit of pending calls ([`crate::ClientConfig::max_pending_calls`]) or of unsent
+    /// bytes ([`crate::ClientConfig::max_unsent_bytes`]); nothing was processed.
     Throttled,
     /// The server is shutting down; nothing was processed, so another server may be tried.
     ShuttingDown,

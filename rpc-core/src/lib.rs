@@ -13,6 +13,7 @@
 //! ```
 
 pub mod call;
+mod catch_panic;
 mod client;
 mod client_conn;
 mod client_loop;
@@ -20,6 +21,7 @@ pub mod cluster;
 pub mod error;
 pub mod error_body;
 mod macros;
+mod open_files;
 mod pending;
 mod pool;
 mod server;
@@ -30,14 +32,15 @@ mod stats;
 pub use call::{done_channel, Call, Completion, DoneSender};
 pub use client::{
     Client, ClientBuilder, ClientConfig, DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_MAX_PENDING_CALLS,
+    DEFAULT_MAX_PENDING_CALLS, DEFAULT_MAX_UNSENT_BYTES,
 };
 pub use error::RpcError;
 pub use error_body::{ErrorBody, ErrorCode};
 pub use rpc_codec::CodecKind;
 pub use server::{
-    Server, ServerBuilder, ServerConfig, ServerHandle, DEFAULT_MAX_CALLS, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_IN_FLIGHT_PER_CONN, DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_WORKERS,
+    default_max_connections, Server, ServerBuilder, ServerConfig, ServerHandle,
+    DEFAULT_FIRST_FRAME_TIMEOUT, DEFAULT_MAX_CALLS, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_IN_FLIGHT_PER_CONN, DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_WORKERS, RESERVED_FILES,
 };
 pub use service::{Dispatch, DispatchError, MethodHandler, MethodTable, Service, ServiceError};
 pub use stats::{ServerStats, ERROR_CODE_SLOTS};

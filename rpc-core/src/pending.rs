@@ -30,6 +30,9 @@ pub(crate) enum Ended {
     Closed,
     /// The connection ended for another reason.
     Lost(RpcError),
+    /// The server refused the connection with this error (an error frame with seq 0, such
+    /// as `Throttled` at its connection limit): pending and later calls all get it.
+    Refused(RpcError),
 }
 
 /// Calls in flight on one connection, and whether the connection still takes new ones.
@@ -180,13 +183,17 @@ impl Ended {
     fn error_for_pending_call(&self) -> RpcError {
         match self {
             Ended::Closed => RpcError::Shutdown,
-            Ended::Lost(err) => err.clone(),
+            Ended::Lost(err) | Ended::Refused(err) => err.clone(),
         }
     }
 
     fn error_for_new_call(&self) -> RpcError {
-        // Go: every call after the connection ended fails with ErrShutdown.
-        RpcError::Shutdown
+        match self {
+            // The server said why: more use to the caller than a bare shutdown.
+            Ended::Refused(err) => err.clone(),
+            // Go: every call after the connection ended fails with ErrShutdown.
+            Ended::Closed | Ended::Lost(_) => RpcError::Shutdown,
+        }
     }
 }
 
@@ -279,5 +286,24 @@ mod tests {
         assert!(table.end(Ended::Closed).is_empty());
         let refused = table.insert(1, Duration::ZERO, None, completer(&tx));
         assert!(matches!(refused, Err((RpcError::Shutdown, _))));
+    }
+
+    #[test]
+    fn a_refused_connection_fails_pending_and_later_calls_with_the_servers_reason() {
+        let (tx, rx) = mpsc::channel();
+        let mut table = PendingCalls::with_limit(usize::MAX);
+        assert!(table
+            .insert(1, Duration::ZERO, None, completer(&tx))
+            .is_ok());
+        for (complete, err) in table.end(Ended::Refused(RpcError::Throttled)) {
+            complete(Err(err));
+        }
+        assert!(rx.try_recv().unwrap().unwrap_err().contains("call limit"));
+        // The close that follows the refusal does not change the reason.
+        assert!(table
+            .end(Ended::Lost(RpcError::ConnectionLost { cause: None }))
+            .is_empty());
+        let refused = table.insert(2, Duration::ZERO, None, completer(&tx));
+        assert!(matches!(refused, Err((RpcError::Throttled, _))));
     }
 }

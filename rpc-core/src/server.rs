@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io;
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -19,13 +19,14 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use rpc_codec::CodecKind;
-use rpc_transport::{
-    spawn_loop, CloseReason, Connection, Frame, FrameHandler, FrameLimits, LoopHandle,
-};
+use rpc_transport::clock::deadline_after;
+use rpc_transport::{spawn_loop, Connection, FrameHandler, FrameLimits, LoopHandle};
 
 use crate::error::RpcError;
+use crate::error_body::ErrorCode;
+use crate::open_files::open_files_limit;
 use crate::pool::WorkerPool;
-use crate::server_conn::{ConnCalls, ServerConn};
+use crate::server_conn::{encode_error, ConnCalls, ServerConn};
 use crate::service::{Dispatch, MethodTable, Service};
 use crate::stats::{ServerStats, StatsCounters};
 
@@ -73,9 +74,16 @@ pub struct ServerConfig {
     pub worker_keep_alive: Duration,
     /// Frame size limits and the frame timeout, for reading requests and writing replies.
     pub limits: FrameLimits,
-    /// Most connections open at once; beyond it a new connection is closed as soon as it is
-    /// accepted. Default [`DEFAULT_MAX_CONNECTIONS`].
+    /// Most connections open at once; beyond it a new connection is told so with an error
+    /// frame (seq 0, code `Throttled`, so its client's calls fail with the retryable
+    /// [`RpcError::Throttled`]) and closed. Default [`DEFAULT_MAX_CONNECTIONS`], or fewer when
+    /// the process may open fewer files (see [`default_max_connections`]).
     pub max_connections: usize,
+    /// Closes a connection that has not sent one whole frame this long after it was accepted,
+    /// after a go-away frame, so sockets that never speak cannot hold connection slots for
+    /// ever. netrpc's client sends a ping as soon as it connects, so its connections always
+    /// pass. Default `Some(`[`DEFAULT_FIRST_FRAME_TIMEOUT`]`)`; `None` turns it off.
+    pub first_frame_timeout: Option<Duration>,
     /// Most calls in flight on one connection; beyond it a request is answered `Throttled`
     /// at once. Default [`DEFAULT_MAX_IN_FLIGHT_PER_CONN`].
     pub max_in_flight_per_conn: usize,
@@ -106,7 +114,8 @@ impl Default for ServerConfig {
             max_workers: DEFAULT_MAX_WORKERS,
             worker_keep_alive: Duration::from_secs(10),
             limits: FrameLimits::default(),
-            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections: default_max_connections(),
+            first_frame_timeout: Some(DEFAULT_FIRST_FRAME_TIMEOUT),
             max_in_flight_per_conn: DEFAULT_MAX_IN_FLIGHT_PER_CONN,
             max_calls: DEFAULT_MAX_CALLS,
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
@@ -149,9 +158,18 @@ impl ServerBuilder {
         self
     }
 
-    /// Most connections open at once (default [`DEFAULT_MAX_CONNECTIONS`]).
+    /// Most connections open at once (default [`default_max_connections`]); see
+    /// [`ServerConfig::max_connections`].
     pub fn max_connections(mut self, count: usize) -> Self {
         self.config.max_connections = count;
+        self
+    }
+
+    /// How long a new connection may take to send its first whole frame (default
+    /// [`DEFAULT_FIRST_FRAME_TIMEOUT`]; `None`: no limit); see
+    /// [`ServerConfig::first_frame_timeout`].
+    pub fn first_frame_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.first_frame_timeout = timeout;
         self
     }
 
@@ -353,10 +371,7 @@ impl Server {
                 stream,
                 self.shared.config.limits,
                 Box::new(move |conn| {
-                    Box::new(NotifyOnClose {
-                        inner: ServerConn::new(shared, conn, slot),
-                        closed: closed_tx,
-                    })
+                    Box::new(ServerConn::new(shared, conn, slot).notify_on_close(closed_tx))
                 }),
                 ADOPT_TIMEOUT,
             )
@@ -402,15 +417,23 @@ impl Server {
     }
 
     /// Round-robin over the accepting loop itself and `others`; over `max_connections`, the
-    /// socket is closed at once.
+    /// socket is told why and closed at once.
     fn acceptor(&self, others: Vec<LoopHandle>, group: u64) -> rpc_transport::Acceptor {
         let shared = Arc::clone(&self.shared);
         let mut next = 0usize;
-        Box::new(move |stream, own| {
+        let max_connections = shared.config.max_connections;
+        let refusal = encode_error(
+            0,
+            ErrorCode::Throttled,
+            &format!("server at its limit of {max_connections} connections; try again later"),
+        );
+        Box::new(move |mut stream, own| {
             let open = shared.stats.open_connections.load(Ordering::SeqCst);
-            if open >= shared.config.max_connections {
+            if open >= max_connections {
                 StatsCounters::bump(&shared.stats.refused_connections);
-                drop(stream); // closes it: the peer sees EOF at once
+                // A new socket's send buffer is empty: this small frame goes out whole, without
+                // blocking (the socket is non-blocking). Dropping the socket then closes it.
+                let _ = stream.write_all(&refusal);
                 return;
             }
             let target = if next == 0 { own } else { &others[next - 1] };
@@ -580,7 +603,7 @@ impl ServerHandle {
         };
         group.stop_accepting();
         self.server.go_away(group.id);
-        let deadline = Instant::now() + grace;
+        let deadline = deadline_after(Instant::now(), grace);
         let drained = loop {
             if self.server.in_flight_in_group(group.id) == 0 {
                 break true;
@@ -638,31 +661,6 @@ impl LoopGroup {
     }
 }
 
-/// Wraps a connection's handler to report when it closes (for the blocking `serve_conn`).
-struct NotifyOnClose {
-    inner: ServerConn,
-    closed: crossbeam_channel::Sender<()>,
-}
-
-impl FrameHandler for NotifyOnClose {
-    fn handle_frame(&mut self, conn: &Connection, frame: Frame) {
-        self.inner.handle_frame(conn, frame);
-    }
-
-    fn handle_frame_error(&mut self, conn: &Connection, error: &rpc_transport::TransportError) {
-        self.inner.handle_frame_error(conn, error);
-    }
-
-    fn handle_eof(&mut self, conn: &Connection) -> rpc_transport::EofAction {
-        self.inner.handle_eof(conn)
-    }
-
-    fn handle_close(&mut self, conn: &Connection, reason: CloseReason) {
-        self.inner.handle_close(conn, reason);
-        let _ = self.closed.send(());
-    }
-}
-
 fn unreachable(addr: &str, err: io::Error) -> RpcError {
     RpcError::Unreachable {
         addr: addr.to_owned(),
@@ -673,8 +671,37 @@ fn unreachable(addr: &str, err: io::Error) -> RpcError {
 /// Default cap on handler threads.
 pub const DEFAULT_MAX_WORKERS: usize = 1024;
 
-/// Default cap on open connections.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default cap on open connections where the process may open enough files: an idle
+/// connection costs about 700 bytes, so 10,000 of them cost about 7 MiB.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// Default first-frame timeout: a new connection must send one whole frame within 10 s.
+pub const DEFAULT_FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The default cap on open connections: [`DEFAULT_MAX_CONNECTIONS`], or fewer when the
+/// process's limit on open files (`RLIMIT_NOFILE`, read on Linux) leaves less room, keeping
+/// [`RESERVED_FILES`] for everything else. Past the cap a new client is told `Throttled`; past
+/// the file limit it would get no answer at all until a descriptor frees.
+pub fn default_max_connections() -> usize {
+    max_connections_for(open_files_limit())
+}
+
+/// The connection cap that leaves [`RESERVED_FILES`] of `open_files` for other uses (but
+/// never less than half of them).
+fn max_connections_for(open_files: Option<u64>) -> usize {
+    let Some(open_files) = open_files else {
+        return DEFAULT_MAX_CONNECTIONS;
+    };
+    let room = open_files
+        .saturating_sub(RESERVED_FILES)
+        .max(open_files / 2);
+    usize::try_from(room).map_or(DEFAULT_MAX_CONNECTIONS, |room| {
+        room.clamp(1, DEFAULT_MAX_CONNECTIONS)
+    })
+}
+
+/// Descriptors the default connection cap leaves for listeners, loops, files and clients.
+pub const RESERVED_FILES: u64 = 64;
 
 /// Default cap on calls in flight per connection (tarpc's default).
 pub const DEFAULT_MAX_IN_FLIGHT_PER_CONN: usize = 1000;
@@ -693,3 +720,20 @@ const DRAIN_POLL: Duration = Duration::from_millis(5);
 
 /// How long `serve_conn` waits for a loop to take the socket.
 const ADOPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_connection_cap_leaves_room_under_the_open_files_limit() {
+        assert_eq!(max_connections_for(None), DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(
+            max_connections_for(Some(1_048_576)),
+            DEFAULT_MAX_CONNECTIONS
+        );
+        assert_eq!(max_connections_for(Some(1024)), 960);
+        assert_eq!(max_connections_for(Some(64)), 32);
+        assert_eq!(max_connections_for(Some(0)), 1);
+    }
+}

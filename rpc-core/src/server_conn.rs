@@ -3,28 +3,33 @@
 //!
 //! Runs on the event loop, so nothing here blocks: the lookup of the method is a map access,
 //! and a pooled handler runs on a pool thread, which writes its reply straight to the socket.
-//! Before a request is dispatched it must pass, in order: a known service and method; a server
-//! not draining (else `ShuttingDown`); a sequence id not already in flight (a duplicate is
-//! ignored and counted, never answered: its answer would be taken for the original's); the
-//! per-connection and server-wide caps on calls in flight (else `Throttled`, at once).
+//! Before a request is dispatched it must pass, in order: a sequence id not already in flight
+//! (a duplicate is ignored and counted, never answered, whatever else it names: its answer
+//! would be taken for the original's); a supported codec and a known service and method; a
+//! server not draining (else `ShuttingDown`); the per-connection and server-wide caps on calls
+//! in flight (else `Throttled`, at once).
 //! A pooled request whose deadline passed, or that the caller cancelled, before a worker took
 //! it is answered `DeadlineExceeded` without running. With an idle timeout set, a timer
 //! closes the connection (after a go-away frame) once no request has arrived and no call has
-//! been in flight for that long.
+//! been in flight for that long; and a first-frame timeout closes (also after a go-away frame)
+//! a connection that has not sent one whole frame since it was accepted, so sockets that
+//! never speak cannot hold connection slots for ever.
 
 use std::collections::HashMap;
-use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use crossbeam_channel::Sender;
 use rpc_codec::{Codec, CodecKind};
+use rpc_transport::clock::deadline_after;
 use rpc_transport::{
     CloseReason, Connection, EofAction, Frame, FrameBuilder, FrameHandler, FrameHead, FrameKind,
     TransportError,
 };
 
+use crate::catch_panic::catch_panic;
 use crate::error_body::{error_frame, ErrorCode};
 use crate::server::{ConnectionSlot, ServerShared};
 use crate::service::{Dispatch, DispatchError, MethodHandler};
@@ -38,6 +43,11 @@ pub(crate) struct ServerConn {
     slot: ConnectionSlot,
     /// When a frame last arrived or a call was last seen in flight, for the idle timeout.
     last_active: Instant,
+    /// When the connection is closed unless a whole frame has arrived by then (the first-frame
+    /// timeout); `None` once one has, or with no such timeout.
+    first_frame_deadline: Option<Instant>,
+    /// Told when the connection closes (`Server::serve_conn` waits on it).
+    closed: Option<Sender<()>>,
 }
 
 /// The calls of one connection, shared by its loop, its workers and graceful shutdown.
@@ -56,28 +66,35 @@ pub(crate) struct ConnCalls {
     largest_reply: AtomicUsize,
 }
 
-/// Why a request was not dispatched.
-enum Refusal {
-    /// Its sequence id is already in flight: ignored.
-    Duplicate,
-    /// A cap on calls in flight is reached: answered `Throttled`.
-    Throttled,
-}
-
 impl ServerConn {
     pub(crate) fn new(server: Arc<ServerShared>, conn: &Connection, slot: ConnectionSlot) -> Self {
         let calls = Arc::new(ConnCalls::default());
         server.register_connection(slot.id(), conn, Arc::clone(&calls), slot.group());
-        let last_active = Instant::now();
-        if let Some(idle_timeout) = server.config.idle_timeout {
-            conn.schedule_timer(last_active + idle_timeout);
+        let now = Instant::now();
+        let config = &server.config;
+        let first_frame_deadline = config
+            .first_frame_timeout
+            .map(|timeout| deadline_after(now, timeout));
+        let idle_deadline = config
+            .idle_timeout
+            .map(|timeout| deadline_after(now, timeout));
+        if let Some(at) = earliest(first_frame_deadline, idle_deadline) {
+            conn.schedule_timer(at);
         }
         ServerConn {
             server,
             calls,
             slot,
-            last_active,
+            last_active: now,
+            first_frame_deadline,
+            closed: None,
         }
+    }
+
+    /// Sends `()` on `closed` when the connection closes.
+    pub(crate) fn notify_on_close(mut self, closed: Sender<()>) -> Self {
+        self.closed = Some(closed);
+        self
     }
 
     /// The idle-timeout check: closes the connection, after a go-away frame, if nothing
@@ -91,17 +108,30 @@ impl ServerConn {
         if self.calls.in_flight() > 0 {
             self.last_active = now;
         }
-        let idle_from = self.last_active + idle_timeout;
+        let idle_from = deadline_after(self.last_active, idle_timeout);
         if now < idle_from {
             return Some(idle_from);
         }
-        self.calls.go_away(conn);
-        conn.close_when_flushed();
-        StatsCounters::bump(&self.server.stats.idle_closes);
+        self.go_away_and_close(conn, &self.server.stats.idle_closes);
         None
     }
 
+    /// Tells the client with a go-away frame (its later calls get the retryable
+    /// `ShuttingDown`), closes the connection once that is written, and counts it in `counter`.
+    fn go_away_and_close(&self, conn: &Connection, counter: &AtomicU64) {
+        self.calls.go_away(conn);
+        conn.close_when_flushed();
+        StatsCounters::bump(counter);
+    }
+
     fn dispatch(&mut self, conn: &Connection, request: Frame) {
+        // First: any answer to a duplicate would be taken for the original's, so one whose
+        // sequence id is in flight is never answered, whatever else is wrong with it. Only
+        // this thread adds ids, so the id cannot become in flight before `admit`.
+        if self.calls.is_in_flight(request.seq) {
+            StatsCounters::bump(&self.server.stats.duplicate_requests);
+            return;
+        }
         let (codec, handler, dispatch) = match self.lookup(&request) {
             Ok(found) => found,
             Err(err) => return self.refuse(conn, request.seq, err.code, &err.message),
@@ -114,20 +144,13 @@ impl ServerConn {
                 "server is shutting down",
             );
         }
-        match self.admit(request.seq) {
-            Ok(()) => {}
-            Err(Refusal::Duplicate) => {
-                StatsCounters::bump(&self.server.stats.duplicate_requests);
-                return;
-            }
-            Err(Refusal::Throttled) => {
-                return self.refuse(
-                    conn,
-                    request.seq,
-                    ErrorCode::Throttled,
-                    "too many calls in flight",
-                );
-            }
+        if !self.admit(request.seq) {
+            return self.refuse(
+                conn,
+                request.seq,
+                ErrorCode::Throttled,
+                "too many calls in flight",
+            );
         }
         let call = InFlight {
             server: Arc::clone(&self.server),
@@ -161,25 +184,22 @@ impl ServerConn {
         }
     }
 
-    /// Counts the request in, unless it is a duplicate or a cap is reached.
-    fn admit(&self, seq: u64) -> Result<(), Refusal> {
+    /// Counts the request in; false if a cap on calls in flight is reached.
+    fn admit(&self, seq: u64) -> bool {
         let config = &self.server.config;
         let stats = &self.server.stats;
         let mut in_flight = self.calls.lock();
-        if in_flight.contains_key(&seq) {
-            return Err(Refusal::Duplicate);
-        }
         if in_flight.len() >= config.max_in_flight_per_conn {
-            return Err(Refusal::Throttled);
+            return false;
         }
         let total = stats.in_flight_calls.fetch_add(1, Ordering::SeqCst);
         if total >= config.max_calls {
             stats.in_flight_calls.fetch_sub(1, Ordering::SeqCst);
-            return Err(Refusal::Throttled);
+            return false;
         }
         in_flight.insert(seq, false);
         self.calls.last_accepted.fetch_max(seq, Ordering::SeqCst);
-        Ok(())
+        true
     }
 
     /// Answers `seq` with an error frame at once, without dispatching it.
@@ -237,6 +257,11 @@ impl ConnCalls {
         self.draining.store(true, Ordering::SeqCst);
         let last = self.last_accepted.load(Ordering::SeqCst);
         let _ = conn.send_frame(&Frame::new(FrameKind::GoAway, last));
+    }
+
+    /// True if call `seq` is in flight.
+    fn is_in_flight(&self, seq: u64) -> bool {
+        self.lock().contains_key(&seq)
     }
 
     /// Marks call `seq` cancelled; false if it is not in flight.
@@ -323,6 +348,7 @@ impl InFlight {
 
 impl FrameHandler for ServerConn {
     fn handle_frame(&mut self, conn: &Connection, frame: Frame) {
+        self.first_frame_deadline = None;
         if self.server.config.idle_timeout.is_some() {
             self.last_active = Instant::now();
         }
@@ -371,8 +397,19 @@ impl FrameHandler for ServerConn {
     }
 
     fn handle_timer(&mut self, conn: &Connection, now: Instant) -> Option<Instant> {
-        let idle_timeout = self.server.config.idle_timeout?;
-        self.check_idle(conn, now, idle_timeout)
+        if let Some(deadline) = self.first_frame_deadline {
+            if now >= deadline {
+                // Not one whole frame since accept: an idle socket holding a connection slot.
+                let counter = &self.server.stats.first_frame_timeouts;
+                self.go_away_and_close(conn, counter);
+                return None;
+            }
+        }
+        let idle_check = match self.server.config.idle_timeout {
+            Some(idle_timeout) => Some(self.check_idle(conn, now, idle_timeout)?),
+            None => None,
+        };
+        earliest(self.first_frame_deadline, idle_check)
     }
 
     fn pause_reading(&self, conn: &Connection) -> bool {
@@ -404,6 +441,9 @@ impl FrameHandler for ServerConn {
             _ => {}
         }
         self.server.deregister_connection(self.slot.id());
+        if let Some(closed) = &self.closed {
+            let _ = closed.send(());
+        }
     }
 }
 
@@ -431,7 +471,7 @@ fn run_handler(
             );
         }
     };
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| handler(codec, &request.body, &mut out)));
+    let outcome = catch_panic(|| handler(codec, &request.body, &mut out));
     let failure = match outcome {
         Ok(Ok(())) => match builder.finish(&mut out) {
             Ok(()) => return (out, None),
@@ -441,9 +481,9 @@ fn run_handler(
             builder.abandon(&mut out);
             err
         }
-        Err(payload) => {
+        Err(message) => {
             builder.abandon(&mut out);
-            DispatchError::new(ErrorCode::HandlerPanicked, panic_message(payload.as_ref()))
+            DispatchError::new(ErrorCode::HandlerPanicked, message)
         }
     };
     (
@@ -452,20 +492,18 @@ fn run_handler(
     )
 }
 
-fn encode_error(seq: u64, code: ErrorCode, message: &str) -> BytesMut {
+/// The earlier of two optional moments.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The bytes of an error frame answering `seq` with `code`.
+pub(crate) fn encode_error(seq: u64, code: ErrorCode, message: &str) -> BytesMut {
     let mut out = BytesMut::new();
     // Error frames have no name or metadata and a short body, so no limit can refuse them.
     let _ = error_frame(seq, code, message).encode(&mut out, &Default::default());
     out
-}
-
-/// The text of a panic payload (`panic!` with a literal or a formatted message).
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(message) = payload.downcast_ref::<&str>() {
-        (*message).to_owned()
-    } else if let Some(message) = payload.downcast_ref::<String>() {
-        message.clone()
-    } else {
-        "panic with a non-string payload".to_owned()
-    }
 }

@@ -23,7 +23,8 @@ pub struct ServerStats {
     pub queued_outbound_bytes: usize,
     /// Connections accepted since the server started.
     pub accepted_connections: u64,
-    /// Connections closed at once because `max_connections` were open.
+    /// Connections refused because `max_connections` were open: each was told so with an
+    /// error frame (seq 0, code `Throttled`), then closed.
     pub refused_connections: u64,
     /// Connections closed because the peer broke the framing (bad magic, version, kind,
     /// lengths over the limits, a truncated frame).
@@ -40,6 +41,8 @@ pub struct ServerStats {
     pub read_pauses: u64,
     /// Connections closed by the idle timeout.
     pub idle_closes: u64,
+    /// Connections closed because no whole frame arrived within the first-frame timeout.
+    pub first_frame_timeouts: u64,
     /// Cancel frames received for calls in flight (each such call is skipped if no worker
     /// has started it).
     pub cancels: u64,
@@ -72,6 +75,7 @@ pub(crate) struct StatsCounters {
     pub(crate) dropped_replies: AtomicU64,
     pub(crate) read_pauses: AtomicU64,
     pub(crate) idle_closes: AtomicU64,
+    pub(crate) first_frame_timeouts: AtomicU64,
     pub(crate) cancels: AtomicU64,
 }
 
@@ -103,6 +107,7 @@ impl StatsCounters {
             dropped_replies: load(&self.dropped_replies),
             read_pauses: load(&self.read_pauses),
             idle_closes: load(&self.idle_closes),
+            first_frame_timeouts: load(&self.first_frame_timeouts),
             cancels: load(&self.cancels),
             ..ServerStats::default()
         }

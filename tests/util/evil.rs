@@ -54,13 +54,17 @@ impl EvilClient {
         self.send_raw(&out);
     }
 
-    /// Reads until `count` frames have arrived.
+    /// Reads until `count` frames have arrived; returns those, leaving later ones for the
+    /// next read.
     pub fn read_frames(&mut self, count: usize) -> Vec<Frame> {
         let mut frames = Vec::new();
         let mut buf = [0u8; 16 * 1024];
         loop {
-            while let Some(frame) = self.decoder.poll_frame().expect("server frames decode") {
-                frames.push(frame);
+            while frames.len() < count {
+                match self.decoder.poll_frame().expect("server frames decode") {
+                    Some(frame) => frames.push(frame),
+                    None => break,
+                }
             }
             if frames.len() >= count {
                 return frames;
