@@ -17,7 +17,7 @@ use bytes::BytesMut;
 use mio::net::TcpStream;
 
 use crate::error::TransportError;
-use crate::event_loop::{Command, LoopHandle};
+use crate::event_loop::{Command, ConnCommand, ConnKey, LoopHandle};
 use crate::frame::Frame;
 use crate::limits::FrameLimits;
 
@@ -32,7 +32,9 @@ pub struct Connection {
 
 #[derive(Debug)]
 struct Shared {
-    token: usize,
+    /// The loop's slot for this connection and the generation that tells it from the slot's
+    /// earlier and later occupants.
+    key: ConnKey,
     stream: TcpStream,
     peer_addr: SocketAddr,
     local_addr: SocketAddr,
@@ -75,7 +77,7 @@ pub(crate) enum FlushOutcome {
 
 impl Connection {
     pub(crate) fn new(
-        token: usize,
+        key: ConnKey,
         stream: TcpStream,
         limits: FrameLimits,
         loop_handle: LoopHandle,
@@ -84,7 +86,7 @@ impl Connection {
         let local_addr = stream.local_addr()?;
         Ok(Connection {
             shared: Arc::new(Shared {
-                token,
+                key,
                 stream,
                 peer_addr,
                 local_addr,
@@ -112,9 +114,18 @@ impl Connection {
         &self.shared.limits
     }
 
-    /// The loop's key for this connection; unique among the loop's open connections.
+    /// The loop's slot index for this connection; unique among the loop's open connections.
+    ///
+    /// A slot is reused once its connection has closed, so a closed connection may share its
+    /// token with a newer one. Commands sent through this handle (say a late
+    /// [`Connection::close`]) carry a generation as well, and never reach the newer connection.
     pub fn token(&self) -> usize {
-        self.shared.token
+        self.shared.key.index
+    }
+
+    /// The slot and generation the loop knows this connection by.
+    pub(crate) fn key(&self) -> ConnKey {
+        self.shared.key
     }
 
     /// Encodes and sends one frame.
@@ -150,15 +161,11 @@ impl Connection {
         match self.flush() {
             Ok(FlushOutcome::Done) => Ok(()),
             Ok(FlushOutcome::Blocked) => {
-                self.shared
-                    .loop_handle
-                    .command(Command::WantWrite(self.token()));
+                self.post(ConnCommand::WantWrite);
                 Ok(())
             }
             Ok(FlushOutcome::CloseNow) => {
-                self.shared
-                    .loop_handle
-                    .command(Command::Close(self.token()));
+                self.post(ConnCommand::Close);
                 Ok(())
             }
             Err(err) => {
@@ -190,9 +197,7 @@ impl Connection {
             }
             out.flush_requested = true;
         }
-        self.shared
-            .loop_handle
-            .command(Command::Flush(self.token()));
+        self.post(ConnCommand::Flush);
         Ok(())
     }
 
@@ -201,9 +206,7 @@ impl Connection {
     /// Cheap when reading is not paused. The loop asks the handler again before reading.
     pub fn resume_reading(&self) {
         if self.shared.read_paused.load(Ordering::SeqCst) {
-            self.shared
-                .loop_handle
-                .command(Command::ResumeReading(self.token()));
+            self.post(ConnCommand::ResumeReading);
         }
     }
 
@@ -232,9 +235,7 @@ impl Connection {
             first
         };
         if first {
-            self.shared
-                .loop_handle
-                .command(Command::Close(self.token()));
+            self.post(ConnCommand::Close);
         }
     }
 
@@ -249,9 +250,7 @@ impl Connection {
             out.buf.is_empty() && !out.flushing && !out.loop_flushes
         };
         if close_now {
-            self.shared
-                .loop_handle
-                .command(Command::Close(self.token()));
+            self.post(ConnCommand::Close);
         }
     }
 
@@ -272,9 +271,7 @@ impl Connection {
             }
             *timer = Some(at);
         }
-        self.shared
-            .loop_handle
-            .command(Command::Timer(self.token(), at));
+        self.post(ConnCommand::Timer(at));
     }
 
     /// Loop side: takes the timer if `at` is still the one set (stale heap entries are skipped).
@@ -363,6 +360,14 @@ impl Connection {
             }
             batch = std::mem::take(&mut out.buf);
         }
+    }
+
+    /// Sends the loop a command about this connection; the loop ignores it once this
+    /// connection no longer holds its slot.
+    fn post(&self, command: ConnCommand) {
+        self.shared
+            .loop_handle
+            .command(Command::Conn(self.key(), command));
     }
 
     fn lock_out(&self) -> MutexGuard<'_, OutQueue> {

@@ -8,7 +8,8 @@
 //! 2. reads each readable socket until `WouldBlock`, hands whole frames to its handler;
 //! 3. flushes each writable socket whose queue the loop owns, and drops write interest once
 //!    the queue is empty (interest follows state: writable only while output is queued);
-//! 4. runs commands from other threads (adopt, close, want-write, timer);
+//! 4. runs commands from other threads (adopt, close, want-write, timer), dropping those
+//!    meant for a connection that has since closed (see `ConnKey`);
 //! 5. fires due timers.
 //!
 //! Spurious events are harmless: every read and write simply stops at `WouldBlock`.
@@ -19,16 +20,17 @@ use std::collections::BinaryHeap;
 use std::io::{self, Read};
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, SendError, Sender};
 use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
+use crate::clock::deadline_after;
 use crate::connection::{Connection, FlushOutcome};
 use crate::decoder::FrameDecoder;
 use crate::error::TransportError;
@@ -51,24 +53,6 @@ pub struct LoopHandle {
     loop_id: usize,
 }
 
-pub(crate) enum Command {
-    Adopt {
-        stream: TcpStream,
-        limits: FrameLimits,
-        make_handler: MakeHandler,
-        adopted: Option<Sender<io::Result<Connection>>>,
-    },
-    WantWrite(usize),
-    /// Write what `send_batched` queued on this connection.
-    Flush(usize),
-    Close(usize),
-    /// Read the connection again if its handler had paused it.
-    ResumeReading(usize),
-    Timer(usize, Instant),
-    StopAccepting,
-    Shutdown,
-}
-
 impl LoopHandle {
     /// Hands an already-connected socket to the loop, which builds its handler with
     /// `make_handler` and starts reading. Returns at once.
@@ -87,7 +71,7 @@ impl LoopHandle {
             stream: TcpStream::from_std(stream),
             limits,
             make_handler,
-            adopted: None,
+            waiter: None,
         });
         Ok(())
     }
@@ -95,10 +79,15 @@ impl LoopHandle {
     /// Like [`LoopHandle::adopt`], but waits (at most `timeout`) for the loop to register the
     /// socket, and returns its [`Connection`].
     ///
+    /// An adoption that times out is cancelled: the loop closes the socket when it reaches the
+    /// request, and `make_handler` is dropped without being called. If the loop takes the
+    /// socket just as `timeout` runs out, this waits the moment the loop needs to finish and
+    /// returns the connection, so either the caller owns the connection or it is closed.
+    ///
     /// # Errors
     ///
     /// If the socket cannot be made non-blocking, the registration error, or `TimedOut` if the
-    /// loop did not answer in time (for example because it has shut down).
+    /// loop did not answer in time (for example because it is busy or has shut down).
     pub fn adopt_and_wait(
         &self,
         stream: std::net::TcpStream,
@@ -107,19 +96,37 @@ impl LoopHandle {
         timeout: Duration,
     ) -> io::Result<Connection> {
         stream.set_nonblocking(true)?;
-        let (adopted_tx, adopted_rx) = crossbeam_channel::bounded(1);
+        let (answer, adopted) = crossbeam_channel::bounded(1);
+        let state = Arc::new(AtomicU8::new(WAITING));
         self.command(Command::Adopt {
             stream: TcpStream::from_std(stream),
             limits,
             make_handler,
-            adopted: Some(adopted_tx),
+            waiter: Some(AdoptWaiter {
+                state: Arc::clone(&state),
+                answer,
+            }),
         });
-        adopted_rx.recv_timeout(timeout).map_err(|_| {
+        let not_adopted = || {
             io::Error::new(
                 io::ErrorKind::TimedOut,
                 "event loop did not adopt the connection",
             )
-        })?
+        };
+        if let Ok(result) = adopted.recv_timeout(timeout) {
+            return result;
+        }
+        let gave_up = state
+            .compare_exchange(WAITING, ABANDONED, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+        if gave_up {
+            // The loop will find the request abandoned and drop the socket (or the loop is
+            // gone, and the socket with it).
+            return Err(not_adopted());
+        }
+        // The loop claimed the socket first and is adopting it now: its answer is moments
+        // away, or the channel disconnects if the loop thread dies meanwhile.
+        adopted.recv().unwrap_or_else(|_| Err(not_adopted()))
     }
 
     /// Asks the loop to stop accepting: its listener (if any) is closed; connections stay.
@@ -144,6 +151,79 @@ impl LoopHandle {
     /// True when called on this loop's own thread (from a handler).
     fn is_current_thread(&self) -> bool {
         CURRENT_LOOP.with(|current| current.get() == self.loop_id)
+    }
+}
+
+/// Which connection a command or timer is for: its slot and the generation of the connection
+/// in it.
+///
+/// Slots are reused, so an index alone may name a newer connection than the sender meant: a
+/// `Close` posted by an old handle just as the loop closed that connection would close the
+/// next one adopted into the slot. The loop drops every command and timer whose generation
+/// is not the slot's. The mio `Token` stays the bare index: readiness events need no
+/// generation, because a closed slot is deregistered at once and reused only from the loop's
+/// next turn, so no event polled for the old connection can reach the new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct ConnKey {
+    /// The slot, and the mio `Token` of the connection's socket.
+    pub(crate) index: usize,
+    /// Counts adoptions on this loop: no two connections of a loop share one.
+    pub(crate) generation: u64,
+}
+
+pub(crate) enum Command {
+    Adopt {
+        stream: TcpStream,
+        limits: FrameLimits,
+        make_handler: MakeHandler,
+        /// Present when someone waits for the connection (`adopt_and_wait`).
+        waiter: Option<AdoptWaiter>,
+    },
+    /// A command from one connection's handle; ignored unless that connection still holds
+    /// the slot.
+    Conn(ConnKey, ConnCommand),
+    StopAccepting,
+    Shutdown,
+}
+
+/// What a [`Connection`] asks of the loop about itself.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ConnCommand {
+    /// Watch the socket for writability: the loop finishes a blocked write.
+    WantWrite,
+    /// Write what `send_batched` queued on this connection.
+    Flush,
+    Close,
+    /// Read the connection again if its handler had paused it.
+    ResumeReading,
+    /// Call the handler's `handle_timer` at this moment.
+    Timer(Instant),
+}
+
+/// The loop's side of an `adopt_and_wait`: settles, once, whether the loop adopts the socket
+/// or the waiter has given up, so that a timed-out adoption never leaves a connection behind.
+pub(crate) struct AdoptWaiter {
+    /// `WAITING`, then either `CLAIMED` by the loop or `ABANDONED` by the waiter, never both.
+    state: Arc<AtomicU8>,
+    answer: Sender<io::Result<Connection>>,
+}
+
+impl AdoptWaiter {
+    /// Loop side: true if the waiter still waits, and will now wait for [`AdoptWaiter::answer`];
+    /// false if it gave up, and the socket must just be dropped (which closes it).
+    fn claim(&self) -> bool {
+        self.state
+            .compare_exchange(WAITING, CLAIMED, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
+    /// Loop side: hands the result of a claimed adoption to the waiter.
+    fn answer(self, result: io::Result<Connection>) {
+        // The waiter of a claimed adoption waits for this answer without a deadline; only its
+        // thread unwinding drops the receiver. Then nobody owns the connection: close it.
+        if let Err(SendError(Ok(conn))) = self.answer.send(result) {
+            conn.close();
+        }
     }
 }
 
@@ -186,6 +266,7 @@ pub fn spawn_loop(
         handle: handle.clone(),
         commands: commands_rx,
         slots: Vec::new(),
+        next_generation: 0,
         free: Vec::new(),
         closed_this_turn: Vec::new(),
         listener,
@@ -206,14 +287,16 @@ struct EventLoop {
     handle: LoopHandle,
     commands: Receiver<Command>,
     slots: Vec<Option<Slot>>,
+    /// The generation of the next adopted connection (see [`ConnKey`]).
+    next_generation: u64,
     /// Slot indices ready for reuse.
     free: Vec<usize>,
     /// Slots closed during this turn: reused only from the next turn, so a stale event for a
     /// closed token can never reach a new connection.
     closed_this_turn: Vec<usize>,
     listener: Option<ListenerState>,
-    /// (when, token, what) of every timer; stale entries are skipped when they fire.
-    timers: BinaryHeap<Reverse<(Instant, usize, LoopTimer)>>,
+    /// (when, which connection, what) of every timer; stale entries are skipped when they fire.
+    timers: BinaryHeap<Reverse<(Instant, ConnKey, LoopTimer)>>,
     /// One read buffer for every connection: an idle connection holds no buffer of its own.
     scratch: Vec<u8>,
 }
@@ -322,7 +405,7 @@ impl EventLoop {
                     // Out of file descriptors or memory: retrying now would spin. Stop
                     // listening for a while; existing connections keep being served.
                     let _ = self.poll.registry().deregister(&mut state.listener);
-                    state.paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+                    state.paused_until = Some(deadline_after(Instant::now(), ACCEPT_PAUSE));
                     return;
                 }
             }
@@ -342,78 +425,102 @@ impl EventLoop {
             if registered.is_ok() {
                 self.accept_ready();
             } else if let Some(state) = self.listener.as_mut() {
-                state.paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+                state.paused_until = Some(deadline_after(Instant::now(), ACCEPT_PAUSE));
             }
         }
     }
 
+    /// Reads a ready (or resumed) connection until `WouldBlock`, handing whole frames to its
+    /// handler, and acts on how the reading ended.
     fn read_ready(&mut self, index: usize) {
-        let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
-            return; // spurious or stale event
-        };
-        if slot.handler.pause_reading(&slot.conn) {
-            // Backpressure: leave the bytes in the socket; TCP slows the peer down. Writes,
-            // `Connection::resume_reading` and a periodic timer bring the loop back.
-            slot.conn.set_read_paused(true);
-            if !slot.recheck_armed {
-                slot.recheck_armed = true;
-                let at = Instant::now() + READ_PAUSE_RECHECK;
-                self.timers
-                    .push(Reverse((at, index, LoopTimer::ResumeReading)));
+        // One pass per round of reading. A pause that follows progress (a frame delivered or
+        // bytes read) asks the handler again at once: its reason may already be gone, and a
+        // `resume_reading` sent meanwhile may have found the connection not yet paused. A
+        // pause without progress waits for a resume or the recheck timer instead, so a handler
+        // that keeps changing its mind cannot hold the loop.
+        loop {
+            let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
+                return; // spurious or stale event
+            };
+            if slot.handler.pause_reading(&slot.conn) {
+                self.hold_back_reading(index);
+                return;
             }
-            return;
-        }
-        slot.conn.set_read_paused(false);
-        let conn = slot.conn.clone();
-        let mut stream = conn.stream();
-        let mut frame_done = false;
-        let outcome = loop {
-            // Frames left in the decoder by an earlier pause go first.
-            match deliver_frames(slot) {
-                Ok(Delivered::All(count)) => frame_done |= count > 0,
-                Ok(Delivered::Paused(count)) => {
-                    frame_done |= count > 0;
-                    break ReadOutcome::Paused;
-                }
-                Err(err) => break ReadOutcome::FrameError(err),
-            }
-            match stream.read(&mut self.scratch) {
-                Ok(0) => break ReadOutcome::Eof,
-                Ok(n) => slot.decoder.handle_bytes(&self.scratch[..n]),
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break ReadOutcome::Drained,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(err) => break ReadOutcome::Failed(err.into()),
-            }
-        };
-        if frame_done || slot.frame_started.is_none() {
-            self.start_frame_clock(index);
-        }
-        let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
-            return;
-        };
-        match outcome {
-            ReadOutcome::Drained => {}
-            ReadOutcome::Paused => {
-                // Bytes may remain in the socket: come back for them once unpaused.
-                self.read_ready(index);
-            }
-            ReadOutcome::Eof => match slot.decoder.handle_eof() {
-                Err(err) => self.close_slot(index, CloseReason::Error(err)),
-                Ok(()) => {
-                    if slot.handler.handle_eof(&slot.conn) == EofAction::Close {
-                        self.close_slot(index, CloseReason::PeerClosed);
-                    } else {
-                        slot.close_reason = Some(CloseReason::PeerClosed);
+            slot.conn.set_read_paused(false);
+            let conn = slot.conn.clone();
+            let mut stream = conn.stream();
+            let mut frame_done = false;
+            let mut bytes_read = false;
+            let outcome = loop {
+                // Frames left in the decoder by an earlier pause go first.
+                match deliver_frames(slot) {
+                    Ok(Delivered::All(count)) => frame_done |= count > 0,
+                    Ok(Delivered::Paused(count)) => {
+                        frame_done |= count > 0;
+                        break ReadOutcome::Paused;
                     }
+                    Err(err) => break ReadOutcome::FrameError(err),
                 }
-            },
-            ReadOutcome::FrameError(err) => {
-                slot.handler.handle_frame_error(&slot.conn, &err);
-                slot.close_reason = Some(CloseReason::Error(err));
-                // Let an error frame queued by the handler reach the peer before closing.
-                slot.conn.close_when_flushed();
+                match stream.read(&mut self.scratch) {
+                    Ok(0) => break ReadOutcome::Eof,
+                    Ok(n) => {
+                        bytes_read = true;
+                        slot.decoder.handle_bytes(&self.scratch[..n]);
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                        break ReadOutcome::Drained
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(err) => break ReadOutcome::Failed(err.into()),
+                }
+            };
+            if frame_done || slot.frame_started.is_none() {
+                self.start_frame_clock(index);
             }
-            ReadOutcome::Failed(err) => self.close_slot(index, CloseReason::Error(err)),
+            let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
+                return;
+            };
+            match outcome {
+                ReadOutcome::Drained => {}
+                // Bytes may remain in the socket: ask again now (see above), or come back
+                // for them once unpaused.
+                ReadOutcome::Paused if frame_done || bytes_read => continue,
+                ReadOutcome::Paused => self.hold_back_reading(index),
+                ReadOutcome::Eof => match slot.decoder.handle_eof() {
+                    Err(err) => self.close_slot(index, CloseReason::Error(err)),
+                    Ok(()) => {
+                        if slot.handler.handle_eof(&slot.conn) == EofAction::Close {
+                            self.close_slot(index, CloseReason::PeerClosed);
+                        } else {
+                            slot.close_reason = Some(CloseReason::PeerClosed);
+                        }
+                    }
+                },
+                ReadOutcome::FrameError(err) => {
+                    slot.handler.handle_frame_error(&slot.conn, &err);
+                    slot.close_reason = Some(CloseReason::Error(err));
+                    // Let an error frame queued by the handler reach the peer before closing.
+                    slot.conn.close_when_flushed();
+                }
+                ReadOutcome::Failed(err) => self.close_slot(index, CloseReason::Error(err)),
+            }
+            return;
+        }
+    }
+
+    /// Backpressure: leaves the bytes in the socket, so TCP slows the peer down. Writes,
+    /// `Connection::resume_reading` and a periodic timer bring the loop back.
+    fn hold_back_reading(&mut self, index: usize) {
+        let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
+            return;
+        };
+        slot.conn.set_read_paused(true);
+        if !slot.recheck_armed {
+            slot.recheck_armed = true;
+            let at = deadline_after(Instant::now(), READ_PAUSE_RECHECK);
+            let key = slot.conn.key();
+            self.timers
+                .push(Reverse((at, key, LoopTimer::ResumeReading)));
         }
     }
 
@@ -429,8 +536,11 @@ impl EventLoop {
         let now = Instant::now();
         slot.frame_started = Some(now);
         if let Some(timeout) = slot.decoder.limits().frame_timeout {
+            // `deadline_after`: a timeout of `Duration::MAX` ("no limit") must not overflow.
+            let at = deadline_after(now, timeout);
+            let key = slot.conn.key();
             self.timers
-                .push(Reverse((now + timeout, index, LoopTimer::FrameDeadline)));
+                .push(Reverse((at, key, LoopTimer::FrameDeadline)));
         }
     }
 
@@ -487,19 +597,22 @@ impl EventLoop {
                     stream,
                     limits,
                     make_handler,
-                    adopted,
-                } => {
-                    let result = self.adopt(stream, limits, make_handler);
-                    if let Some(adopted) = adopted {
-                        let _ = adopted.send(result);
+                    waiter,
+                } => match waiter {
+                    None => {
+                        // Nobody waits: on failure the socket is dropped, which closes it.
+                        let _ = self.adopt(stream, limits, make_handler);
                     }
-                }
-                Command::WantWrite(index) => self.want_write(index),
-                Command::Flush(index) => self.flush_requested(index),
-                Command::Close(index) => self.close_slot_with_pending_reason(index),
-                Command::ResumeReading(index) => self.resume_reading(index),
-                Command::Timer(index, at) => {
-                    self.timers.push(Reverse((at, index, LoopTimer::Handler)));
+                    Some(waiter) if waiter.claim() => {
+                        waiter.answer(self.adopt(stream, limits, make_handler));
+                    }
+                    // The waiter timed out and left: dropping the socket closes it.
+                    Some(_) => drop(stream),
+                },
+                Command::Conn(key, command) => {
+                    if self.is_open(key) {
+                        self.run_conn_command(key, command);
+                    }
                 }
                 Command::StopAccepting => {
                     if let Some(mut state) = self.listener.take() {
@@ -512,6 +625,26 @@ impl EventLoop {
         true
     }
 
+    /// Whether the connection `key` names still holds its slot.
+    fn is_open(&self, key: ConnKey) -> bool {
+        self.slots
+            .get(key.index)
+            .and_then(Option::as_ref)
+            .is_some_and(|slot| slot.conn.key() == key)
+    }
+
+    /// Runs one connection's command; the caller checked that the connection is open.
+    fn run_conn_command(&mut self, key: ConnKey, command: ConnCommand) {
+        let index = key.index;
+        match command {
+            ConnCommand::WantWrite => self.want_write(index),
+            ConnCommand::Flush => self.flush_requested(index),
+            ConnCommand::Close => self.close_slot_with_pending_reason(index),
+            ConnCommand::ResumeReading => self.resume_reading(index),
+            ConnCommand::Timer(at) => self.timers.push(Reverse((at, key, LoopTimer::Handler))),
+        }
+    }
+
     fn adopt(
         &mut self,
         mut stream: TcpStream,
@@ -522,7 +655,12 @@ impl EventLoop {
         self.poll
             .registry()
             .register(&mut stream, Token(index), Interest::READABLE)?;
-        let conn = match Connection::new(index, stream, limits, self.handle.clone()) {
+        let key = ConnKey {
+            index,
+            generation: self.next_generation,
+        };
+        self.next_generation += 1;
+        let conn = match Connection::new(key, stream, limits, self.handle.clone()) {
             Ok(conn) => conn,
             Err(err) => {
                 // peer_addr fails if the peer already reset the connection.
@@ -568,11 +706,15 @@ impl EventLoop {
     fn fire_timers(&mut self) {
         self.resume_accepting_if_due();
         let now = Instant::now();
-        while let Some(Reverse((at, index, timer))) = self.timers.peek().copied() {
+        while let Some(Reverse((at, key, timer))) = self.timers.peek().copied() {
             if at > now {
                 break;
             }
             self.timers.pop();
+            if !self.is_open(key) {
+                continue; // the connection this timer was for is gone
+            }
+            let index = key.index;
             let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
                 continue;
             };
@@ -588,18 +730,16 @@ impl EventLoop {
                     let timeout = slot.decoder.limits().frame_timeout;
                     let expired = matches!(
                         (slot.frame_started, timeout),
-                        (Some(started), Some(timeout)) if started + timeout <= now
+                        (Some(started), Some(timeout)) if deadline_after(started, timeout) <= now
                     );
                     if expired && slot.conn.is_read_paused() {
                         // This side holds back reading (backpressure): a frame left half read
                         // is not the peer's slowness. Its clock starts again.
                         if let Some(timeout) = timeout {
                             slot.frame_started = Some(now);
-                            self.timers.push(Reverse((
-                                now + timeout,
-                                index,
-                                LoopTimer::FrameDeadline,
-                            )));
+                            let at = deadline_after(now, timeout);
+                            self.timers
+                                .push(Reverse((at, key, LoopTimer::FrameDeadline)));
                         }
                     } else if expired {
                         self.close_slot(index, CloseReason::Error(TransportError::FrameTimeout));
@@ -647,11 +787,12 @@ impl EventLoop {
         // Anyone waiting on an adoption learns the loop is gone.
         while let Ok(command) = self.commands.try_recv() {
             if let Command::Adopt {
-                adopted: Some(adopted),
+                waiter: Some(waiter),
                 ..
             } = command
             {
-                let _ = adopted.send(Err(io::Error::new(
+                // The socket in the command is dropped, so closed, whoever settles first.
+                let _ = waiter.answer.send(Err(io::Error::new(
                     io::ErrorKind::NotConnected,
                     "event loop shut down",
                 )));
@@ -722,6 +863,11 @@ static NEXT_LOOP_ID: AtomicUsize = AtomicUsize::new(1);
 const WAKER: Token = Token(usize::MAX);
 const LISTENER: Token = Token(usize::MAX - 1);
 
+/// [`AdoptWaiter`] states: the waiter waits, the loop claimed the socket, the waiter gave up.
+const WAITING: u8 = 0;
+const CLAIMED: u8 = 1;
+const ABANDONED: u8 = 2;
+
 /// Bytes read per `read` call into the shared scratch buffer.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -733,3 +879,86 @@ const EVENTS_CAPACITY: usize = 1024;
 
 /// How long accepting pauses after an error such as `EMFILE`.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+    use std::io::Write;
+    use std::net::TcpListener;
+
+    use super::*;
+    use crate::frame::Frame;
+
+    struct Quiet;
+
+    impl FrameHandler for Quiet {
+        fn handle_frame(&mut self, conn: &Connection, frame: Frame) {
+            let _ = conn.send_frame(&frame);
+        }
+
+        fn handle_close(&mut self, _conn: &Connection, _reason: CloseReason) {}
+    }
+
+    fn adopt(handle: &LoopHandle, listener: &TcpListener) -> (Connection, std::net::TcpStream) {
+        let ours = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (peer, _) = listener.accept().unwrap();
+        let conn = handle
+            .adopt_and_wait(
+                ours,
+                FrameLimits::default(),
+                Box::new(|_| Box::new(Quiet)),
+                Duration::from_secs(5),
+            )
+            .expect("the loop adopts within 5 s");
+        (conn, peer)
+    }
+
+    #[test]
+    fn late_commands_for_an_old_connection_leave_the_new_one_in_its_slot_open() {
+        let (handle, _thread) = spawn_loop("stale-commands", None).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (old, _old_peer) = adopt(&handle, &listener);
+        old.close();
+        // A closed slot is reused from the loop's next turn: adopt until one lands in it,
+        // keeping the others open so that their slots stay taken.
+        let mut others = Vec::new();
+        let (new, mut new_peer) = loop {
+            let (conn, peer) = adopt(&handle, &listener);
+            if conn.token() == old.token() {
+                break (conn, peer);
+            }
+            assert!(others.len() < 10, "no new connection reused the old slot");
+            others.push((conn, peer));
+        };
+
+        // What an old handle's sender may post after the loop closed it (say a `send` that
+        // saw the socket full just as the peer reset): it must not reach the new connection.
+        let key = old.key();
+        for command in [
+            ConnCommand::WantWrite,
+            ConnCommand::Flush,
+            ConnCommand::ResumeReading,
+            ConnCommand::Timer(Instant::now()),
+            ConnCommand::Close,
+        ] {
+            handle.command(Command::Conn(key, command));
+        }
+        drop(adopt(&handle, &listener)); // every command above has run
+
+        assert!(
+            !new.is_closed(),
+            "a late close for the old connection closed the new one"
+        );
+        let frame = Frame::request(1, "Echo.Echo", 1, &b"ping"[..]);
+        let mut bytes = bytes::BytesMut::new();
+        frame.encode(&mut bytes, &FrameLimits::default()).unwrap();
+        new_peer.write_all(&bytes).unwrap();
+        new_peer
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut echo = vec![0u8; bytes.len()];
+        io::Read::read_exact(&mut new_peer, &mut echo).expect("the echo arrives within 5 s");
+        assert_eq!(echo, bytes.to_vec());
+    }
+}

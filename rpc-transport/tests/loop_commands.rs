@@ -1,0 +1,337 @@
+//! The event loop's commands and timers over real sockets: adoptions that time out, handles
+//! that outlive their connection, handlers that pause after every frame, and deadlines so far
+//! off that `Instant + Duration` would overflow.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use std::cell::Cell;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use crossbeam_channel::{Receiver, Sender};
+use rpc_transport::clock::deadline_after;
+use rpc_transport::{
+    spawn_loop, CloseReason, Connection, Frame, FrameDecoder, FrameHandler, FrameLimits,
+    LoopHandle, MakeHandler,
+};
+
+/// Echoes every frame back; reports each close with the connection's address.
+struct Echo {
+    closed: Sender<(std::net::SocketAddr, CloseReason)>,
+}
+
+impl FrameHandler for Echo {
+    fn handle_frame(&mut self, conn: &Connection, frame: Frame) {
+        let _ = conn.send_frame(&frame);
+    }
+
+    fn handle_close(&mut self, conn: &Connection, reason: CloseReason) {
+        let _ = self.closed.send((conn.local_addr(), reason));
+    }
+}
+
+/// A loop without a listener, fed socket pairs by the test.
+struct Harness {
+    handle: LoopHandle,
+    listener: TcpListener,
+    closed_tx: Sender<(std::net::SocketAddr, CloseReason)>,
+    closed: Receiver<(std::net::SocketAddr, CloseReason)>,
+}
+
+impl Harness {
+    fn new(name: &str) -> Harness {
+        let (handle, _thread) = spawn_loop(name, None).unwrap();
+        let (closed_tx, closed) = crossbeam_channel::unbounded();
+        Harness {
+            handle,
+            listener: TcpListener::bind("127.0.0.1:0").unwrap(),
+            closed_tx,
+            closed,
+        }
+    }
+
+    /// A connected pair: the side to hand to the loop, and the test's peer.
+    fn pair(&self) -> (TcpStream, TcpStream) {
+        let ours = TcpStream::connect(self.listener.local_addr().unwrap()).unwrap();
+        let (peer, _) = self.listener.accept().unwrap();
+        (ours, peer)
+    }
+
+    fn echo(&self) -> MakeHandler {
+        let closed = self.closed_tx.clone();
+        Box::new(move |_| Box::new(Echo { closed }))
+    }
+
+    /// Adopts one end of a new pair with an echo handler; returns its connection and the peer.
+    fn adopt_echo(&self, limits: FrameLimits) -> (Connection, TcpStream) {
+        let (ours, peer) = self.pair();
+        let conn = self
+            .handle
+            .adopt_and_wait(ours, limits, self.echo(), Duration::from_secs(5))
+            .expect("the loop adopts within 5 s");
+        (conn, peer)
+    }
+
+    /// Returns once the loop has run every command queued before this call: commands run in
+    /// order, and an adoption answers only when the loop reaches it.
+    fn sync(&self) {
+        let (conn, _peer) = self.adopt_echo(FrameLimits::default());
+        conn.close();
+    }
+}
+
+fn encode(frame: &Frame) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    frame.encode(&mut out, &FrameLimits::default()).unwrap();
+    out.to_vec()
+}
+
+fn read_frame(stream: &mut TcpStream) -> Frame {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut decoder = FrameDecoder::new(FrameLimits::default());
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).expect("the echo arrives within 10 s");
+        assert!(n > 0, "the connection closed before its echo arrived");
+        decoder.handle_bytes(&buf[..n]);
+        if let Some(frame) = decoder.poll_frame().unwrap() {
+            return frame;
+        }
+    }
+}
+
+fn assert_echoes(peer: &mut TcpStream, seq: u64) {
+    let frame = Frame::request(seq, "Echo.Echo", 1, &b"ping"[..]);
+    peer.write_all(&encode(&frame)).unwrap();
+    assert_eq!(read_frame(peer), frame);
+}
+
+/// Fails unless `peer` reads end-of-file within 5 s: the loop's side of it is closed.
+fn assert_sees_eof(peer: &mut TcpStream, what: &str) {
+    peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    match peer.read(&mut [0u8; 16]) {
+        Ok(0) => {}
+        Err(err) if err.kind() == ErrorKind::ConnectionReset => {}
+        other => panic!("{what}: expected EOF within 5 s, got {other:?}"),
+    }
+}
+
+/// Holds the loop thread inside `handle_frame` until released (or for 10 s at most): a fake
+/// for a loop too busy to answer an adoption in time.
+struct Stall {
+    entered: Sender<()>,
+    release: Receiver<()>,
+}
+
+impl FrameHandler for Stall {
+    fn handle_frame(&mut self, _conn: &Connection, _frame: Frame) {
+        let _ = self.entered.send(());
+        let _ = self.release.recv_timeout(Duration::from_secs(10));
+    }
+
+    fn handle_close(&mut self, _conn: &Connection, _reason: CloseReason) {}
+}
+
+/// Adopts `count` sockets with `timeout`; returns the peers, the connections the caller got,
+/// and how many adoptions timed out.
+fn adopt_many(
+    harness: &Harness,
+    count: usize,
+    timeout: Duration,
+) -> (Vec<TcpStream>, Vec<Connection>, usize) {
+    let mut peers = Vec::new();
+    let mut owned = Vec::new();
+    let mut timed_out = 0;
+    for _ in 0..count {
+        let (ours, peer) = harness.pair();
+        match harness
+            .handle
+            .adopt_and_wait(ours, FrameLimits::default(), harness.echo(), timeout)
+        {
+            Ok(conn) => owned.push(conn),
+            Err(err) => {
+                assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
+                timed_out += 1;
+            }
+        }
+        peers.push(peer);
+    }
+    (peers, owned, timed_out)
+}
+
+#[test]
+fn an_adoption_that_times_out_leaves_no_connection_behind() {
+    let harness = Harness::new("adopt-timeout");
+    let (ours, mut stalling_peer) = harness.pair();
+    let (entered_tx, entered) = crossbeam_channel::bounded(1);
+    let (release, release_rx) = crossbeam_channel::bounded(1);
+    let stall = Box::new(move |_: &Connection| -> Box<dyn FrameHandler> {
+        Box::new(Stall {
+            entered: entered_tx,
+            release: release_rx,
+        })
+    });
+    harness
+        .handle
+        .adopt_and_wait(ours, FrameLimits::default(), stall, Duration::from_secs(5))
+        .unwrap();
+    stalling_peer
+        .write_all(&encode(&Frame::request(1, "Stall", 1, &b""[..])))
+        .unwrap();
+    entered
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the loop thread stalls in the handler within 5 s");
+
+    // The loop is stuck: every adoption times out, and is left queued behind the stall.
+    let (mut peers, _, timed_out) = adopt_many(&harness, 20, Duration::from_millis(1));
+    assert_eq!(
+        timed_out, 20,
+        "adoptions that timed out while the loop was stuck"
+    );
+    release.send(()).unwrap();
+
+    // A free loop and no time at all: the waiter and the loop race; whoever wins, the socket
+    // ends up either with the caller (who closes it) or closed.
+    let (racing_peers, owned, _) = adopt_many(&harness, 20, Duration::ZERO);
+    peers.extend(racing_peers);
+    for conn in &owned {
+        conn.close();
+    }
+    harness.sync();
+    for (i, peer) in peers.iter_mut().enumerate() {
+        assert_sees_eof(peer, &format!("peer {i} of a timed-out or closed adoption"));
+    }
+}
+
+#[test]
+fn commands_from_an_old_handle_leave_the_new_connection_in_its_slot_open() {
+    let harness = Harness::new("old-handle");
+    let (old, _old_peer) = harness.adopt_echo(FrameLimits::default());
+    old.close();
+    let (addr, reason) = harness.closed.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!((addr, reason), (old.local_addr(), CloseReason::Local));
+
+    let (new, mut new_peer) = harness.adopt_echo(FrameLimits::default());
+    assert_eq!(
+        new.token(),
+        old.token(),
+        "the new connection reuses the old slot"
+    );
+
+    old.close();
+    old.close_when_flushed();
+    old.resume_reading();
+    old.schedule_timer(Instant::now());
+    assert!(
+        old.send(b"late").is_err(),
+        "a closed connection refuses sends"
+    );
+    assert!(old.send_batched(b"late").is_err());
+    harness.sync();
+
+    assert!(!new.is_closed(), "the old handle closed the new connection");
+    assert_echoes(&mut new_peer, 1);
+}
+
+/// Asks for a pause right after each frame, and lets reading go on when asked again: the loop
+/// comes back at once, frame after frame.
+struct PauseAfterEachFrame {
+    owes_pause: Cell<bool>,
+    frames: usize,
+    expected: usize,
+    done: Sender<usize>,
+}
+
+impl FrameHandler for PauseAfterEachFrame {
+    fn handle_frame(&mut self, _conn: &Connection, _frame: Frame) {
+        self.frames += 1;
+        self.owes_pause.set(true);
+        if self.frames == self.expected {
+            let _ = self.done.send(self.frames);
+        }
+    }
+
+    fn pause_reading(&self, _conn: &Connection) -> bool {
+        self.owes_pause.replace(false)
+    }
+
+    fn handle_close(&mut self, _conn: &Connection, _reason: CloseReason) {
+        let _ = self.done.send(self.frames);
+    }
+}
+
+#[test]
+fn a_handler_pausing_after_every_frame_gets_every_frame_of_a_long_burst() {
+    const FRAMES: usize = 200_000;
+    let harness = Harness::new("pause-each");
+    let (ours, mut peer) = harness.pair();
+    let (done_tx, done) = crossbeam_channel::unbounded();
+    harness
+        .handle
+        .adopt_and_wait(
+            ours,
+            FrameLimits::default(),
+            Box::new(move |_| {
+                Box::new(PauseAfterEachFrame {
+                    owes_pause: Cell::new(false),
+                    frames: 0,
+                    expected: FRAMES,
+                    done: done_tx,
+                })
+            }),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    let mut burst = Vec::new();
+    for seq in 0..FRAMES {
+        burst.extend_from_slice(&encode(&Frame::request(seq as u64, "E", 1, &b""[..])));
+    }
+    let writing = thread::spawn(move || {
+        peer.write_all(&burst).unwrap();
+        peer
+    });
+    let got = done
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the handler sees every frame within 30 s");
+    assert_eq!(got, FRAMES, "frames delivered before the connection closed");
+    drop(writing.join().unwrap());
+}
+
+#[test]
+fn a_frame_timeout_of_duration_max_lets_a_half_frame_finish() {
+    let harness = Harness::new("huge-frame-timeout");
+    let limits = FrameLimits {
+        frame_timeout: Some(Duration::MAX),
+        ..FrameLimits::default()
+    };
+    let (ours, mut peer) = harness.pair();
+    let frame = Frame::request(7, "Echo.Echo", 1, &b"a body of some length"[..]);
+    let bytes = encode(&frame);
+    // Half a frame is waiting before the loop first reads: its frame clock starts at adoption.
+    peer.write_all(&bytes[..bytes.len() / 2]).unwrap();
+    let conn = harness
+        .handle
+        .adopt_and_wait(ours, limits, harness.echo(), Duration::from_secs(5))
+        .expect("the loop adopts a connection whose first frame is half here");
+    harness.sync();
+    assert!(!conn.is_closed(), "the half frame closed the connection");
+    peer.write_all(&bytes[bytes.len() / 2..]).unwrap();
+    assert_eq!(read_frame(&mut peer), frame);
+    assert_echoes(&mut peer, 8);
+}
+
+#[test]
+fn a_timer_in_the_far_future_leaves_the_loop_serving() {
+    let harness = Harness::new("far-timer");
+    let (conn, mut peer) = harness.adopt_echo(FrameLimits::default());
+    conn.schedule_timer(deadline_after(Instant::now(), Duration::MAX));
+    harness.sync();
+    assert_echoes(&mut peer, 1);
+    let (_other, mut other_peer) = harness.adopt_echo(FrameLimits::default());
+    assert_echoes(&mut other_peer, 2);
+}
