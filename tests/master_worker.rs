@@ -350,3 +350,151 @@ fn a_submission_after_the_lease_expired_is_late_and_the_task_goes_back_to_the_qu
     let stats = queue.stats();
     assert_eq!((stats.late, stats.requeued, stats.completed), (1, 1, 0));
 }
+
+/// A tutorial worker that counts the tasks it runs, to show none runs twice.
+struct CountingWorker {
+    worker: Worker,
+    runs: Arc<AtomicU64>,
+}
+
+impl worker::WorkerService for CountingWorker {
+    fn do_task(&self, task: worker::Task) -> Result<TaskReply, netrpc::ServiceError> {
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        self.worker.do_task(task)
+    }
+}
+
+/// Starts `count` counting workers, each answering at most `max_in_flight` calls per
+/// connection at once (`Throttled` beyond) and taking `delay` per task.
+fn start_counting_workers(
+    count: usize,
+    max_in_flight: usize,
+    delay: Duration,
+    runs: &Arc<AtomicU64>,
+) -> Vec<(Server, ServerHandle)> {
+    (1..=count)
+        .map(|i| {
+            let server = Server::builder()
+                .max_in_flight_per_conn(max_in_flight)
+                .build();
+            let worker = CountingWorker {
+                worker: Worker {
+                    id: format!("worker-{i}"),
+                    delay,
+                },
+                runs: Arc::clone(runs),
+            };
+            server.register(WorkerServiceServer::new(worker)).unwrap();
+            let handle = server.serve("127.0.0.1:0").unwrap();
+            (server, handle)
+        })
+        .collect()
+}
+
+/// Checks that every task of a push-mode run succeeded once, on a live worker.
+fn assert_every_task_done_once(
+    tasks: &[worker::Task],
+    run: &netrpc::cluster::Distribution<TaskReply>,
+    runs: &AtomicU64,
+) {
+    let done = run.results.iter().filter(|r| r.result.is_ok()).count();
+    assert_eq!(
+        done,
+        tasks.len(),
+        "tasks done; first failure: {:?}",
+        run.results.iter().find(|r| r.result.is_err())
+    );
+    assert!(run.dead_workers.is_empty(), "{:?}", run.dead_workers);
+    for (task, result) in tasks.iter().zip(&run.results) {
+        let reply = result.result.as_ref().unwrap();
+        assert_eq!(reply.result, task.text.to_uppercase());
+        assert_eq!(result.attempts, 1, "a throttled call is not an attempt");
+    }
+    assert_eq!(
+        runs.load(Ordering::Relaxed),
+        tasks.len() as u64,
+        "each task ran exactly once"
+    );
+}
+
+#[test]
+fn push_mode_with_a_window_above_the_clients_pending_cap_completes_every_task() {
+    let runs = Arc::new(AtomicU64::new(0));
+    let workers = start_counting_workers(2, 1_000, Duration::ZERO, &runs);
+    let addrs: Vec<String> = workers
+        .iter()
+        .map(|(_, handle)| handle.local_addr().to_string())
+        .collect();
+    let tasks = tutorial_tasks(1_500);
+    // The client refuses a fifth pending call `Throttled` at once, without sending it.
+    let run = Distributor::new(addrs)
+        .max_pending_calls(4)
+        .max_in_flight_per_worker(64)
+        .run::<_, TaskReply>("WorkerService.DoTask", &tasks);
+    assert_every_task_done_once(&tasks, &run, &runs);
+}
+
+#[test]
+fn push_mode_treats_a_workers_throttled_answers_as_back_pressure_not_failure() {
+    let runs = Arc::new(AtomicU64::new(0));
+    // Each worker's server answers a fifth call in flight on a connection `Throttled`.
+    let workers = start_counting_workers(2, 4, Duration::from_millis(1), &runs);
+    let addrs: Vec<String> = workers
+        .iter()
+        .map(|(_, handle)| handle.local_addr().to_string())
+        .collect();
+    let tasks = tutorial_tasks(1_500);
+    let run = Distributor::new(addrs)
+        .max_in_flight_per_worker(64)
+        .run::<_, TaskReply>("WorkerService.DoTask", &tasks);
+    assert_every_task_done_once(&tasks, &run, &runs);
+    let throttled: u64 = workers
+        .iter()
+        .map(|(server, _)| server.stats().call_errors(netrpc::ErrorCode::Throttled))
+        .sum();
+    assert!(throttled > 0, "the workers' servers did throttle calls");
+}
+
+#[test]
+fn push_mode_retries_a_worker_that_throttles_while_holding_nothing_after_a_pause_not_at_once() {
+    // One call slot on the whole server, taken by another client: the distributor's calls
+    // are refused `Throttled` while it holds none there, until that call ends.
+    let server = Server::builder().max_calls(1).build();
+    let worker = Worker {
+        id: "busy".into(),
+        delay: Duration::from_millis(100),
+    };
+    server.register(WorkerServiceServer::new(worker)).unwrap();
+    let handle = server.serve("127.0.0.1:0").unwrap();
+    let addr = handle.local_addr().to_string();
+    let other = Client::dial(&*addr).unwrap();
+    let blocker: netrpc::Call<TaskReply> = other.go("WorkerService.DoTask", &tutorial_tasks(1)[0]);
+    let waited = Instant::now();
+    while server.running_handlers() == 0 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(5),
+            "the other client's call never started"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+
+    let started = Instant::now();
+    let tasks = tutorial_tasks(3);
+    let run = Distributor::new([addr]).run::<_, TaskReply>("WorkerService.DoTask", &tasks);
+    let elapsed = started.elapsed();
+    blocker.wait().unwrap();
+
+    assert!(run.dead_workers.is_empty(), "{:?}", run.dead_workers);
+    for (task, result) in tasks.iter().zip(&run.results) {
+        assert_eq!(
+            result.result.as_ref().unwrap().result,
+            task.text.to_uppercase()
+        );
+        assert_eq!(result.attempts, 1);
+    }
+    // Retried once per 10 ms pause at most (plus the first refusals), not in a hot loop.
+    let throttled = server.stats().call_errors(netrpc::ErrorCode::Throttled);
+    let paced = elapsed.as_millis() as u64 / 10 + tasks.len() as u64 + 1;
+    assert!(throttled >= 1, "the worker did throttle");
+    assert!(throttled <= paced, "{throttled} refusals in {elapsed:?}");
+}
