@@ -498,3 +498,38 @@ fn push_mode_retries_a_worker_that_throttles_while_holding_nothing_after_a_pause
     assert!(throttled >= 1, "the worker did throttle");
     assert!(throttled <= paced, "{throttled} refusals in {elapsed:?}");
 }
+
+#[test]
+fn waiting_for_the_queue_with_duration_max_does_not_panic_and_returns_once_all_are_done() {
+    let master = start_master((0..20).collect(), Duration::from_secs(3));
+    let addr = master.handle.local_addr();
+    let queue = master.queue.clone();
+    // "No limit" must not hang the test: the wait runs on a thread we wait for.
+    let (done_tx, done) = crossbeam_channel::bounded(1);
+    thread::spawn(move || {
+        let _ = done_tx.send(queue.wait_done(Duration::MAX));
+    });
+    let workers: Vec<_> = (0..2)
+        .map(|i| {
+            thread::spawn(move || {
+                run_worker(&queue_client(addr), &format!("w{i}"), |_, n| square(n))
+            })
+        })
+        .collect();
+
+    let all_done = done
+        .recv_timeout(Duration::from_secs(10))
+        .expect("wait_done(Duration::MAX) returned (and did not panic)");
+    assert!(all_done);
+    let expected: Vec<u64> = (0..20).map(|n| n * n).collect();
+    assert_eq!(master.queue.results(), Some(expected));
+    for worker in workers {
+        let summary = worker.join().unwrap();
+        assert!(
+            matches!(summary.exit, WorkerExit::NoMoreTasks),
+            "{summary:?}"
+        );
+    }
+    // Already done: returns at once.
+    assert!(master.queue.wait_done(Duration::MAX));
+}

@@ -120,6 +120,7 @@ impl Multicast {
     }
 
     /// Sets the overall deadline: dialing and calling every host must finish within it.
+    /// `Duration::MAX` (or any deadline too far off to represent) means no deadline.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
         self
@@ -179,7 +180,7 @@ impl Multicast {
         R: DeserializeOwned + Send + 'static,
     {
         let started = Instant::now();
-        let deadline = started + self.deadline;
+        let deadline = deadline_after(started, self.deadline);
         let args = Arc::new(args.clone());
         let (answers_tx, answers) = crossbeam_channel::unbounded();
         for host in &self.hosts {
