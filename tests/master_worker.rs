@@ -533,3 +533,42 @@ fn waiting_for_the_queue_with_duration_max_does_not_panic_and_returns_once_all_a
     // Already done: returns at once.
     assert!(master.queue.wait_done(Duration::MAX));
 }
+
+#[test]
+fn push_mode_gives_up_on_a_task_refused_for_a_whole_call_timeout_without_retiring_the_worker() {
+    // The server's one call slot stays taken by another client for longer than the
+    // distributor's call timeout.
+    let server = Server::builder().max_calls(1).build();
+    let worker = Worker {
+        id: "busy".into(),
+        delay: Duration::from_millis(1_000),
+    };
+    server.register(WorkerServiceServer::new(worker)).unwrap();
+    let handle = server.serve("127.0.0.1:0").unwrap();
+    let addr = handle.local_addr().to_string();
+    let other = Client::dial(&*addr).unwrap();
+    let blocker: netrpc::Call<TaskReply> = other.go("WorkerService.DoTask", &tutorial_tasks(1)[0]);
+    let waited = Instant::now();
+    while server.running_handlers() == 0 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(5),
+            "the other client's call never started"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+
+    let tasks = tutorial_tasks(2);
+    let run = Distributor::new([addr])
+        .call_timeout(Duration::from_millis(200))
+        .run::<_, TaskReply>("WorkerService.DoTask", &tasks);
+    blocker.wait().unwrap();
+
+    assert!(run.dead_workers.is_empty(), "{:?}", run.dead_workers);
+    for result in &run.results {
+        assert!(
+            matches!(result.result, Err(netrpc::RpcError::Throttled)),
+            "{result:?}"
+        );
+        assert_eq!(result.attempts, 0, "no worker took the call");
+    }
+}
