@@ -350,3 +350,225 @@ fn a_submission_after_the_lease_expired_is_late_and_the_task_goes_back_to_the_qu
     let stats = queue.stats();
     assert_eq!((stats.late, stats.requeued, stats.completed), (1, 1, 0));
 }
+
+/// A tutorial worker that counts the tasks it runs, to show none runs twice.
+struct CountingWorker {
+    worker: Worker,
+    runs: Arc<AtomicU64>,
+}
+
+impl worker::WorkerService for CountingWorker {
+    fn do_task(&self, task: worker::Task) -> Result<TaskReply, netrpc::ServiceError> {
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        self.worker.do_task(task)
+    }
+}
+
+/// Starts `count` counting workers, each answering at most `max_in_flight` calls per
+/// connection at once (`Throttled` beyond) and taking `delay` per task.
+fn start_counting_workers(
+    count: usize,
+    max_in_flight: usize,
+    delay: Duration,
+    runs: &Arc<AtomicU64>,
+) -> Vec<(Server, ServerHandle)> {
+    (1..=count)
+        .map(|i| {
+            let server = Server::builder()
+                .max_in_flight_per_conn(max_in_flight)
+                .build();
+            let worker = CountingWorker {
+                worker: Worker {
+                    id: format!("worker-{i}"),
+                    delay,
+                },
+                runs: Arc::clone(runs),
+            };
+            server.register(WorkerServiceServer::new(worker)).unwrap();
+            let handle = server.serve("127.0.0.1:0").unwrap();
+            (server, handle)
+        })
+        .collect()
+}
+
+/// Checks that every task of a push-mode run succeeded once, on a live worker.
+fn assert_every_task_done_once(
+    tasks: &[worker::Task],
+    run: &netrpc::cluster::Distribution<TaskReply>,
+    runs: &AtomicU64,
+) {
+    let done = run.results.iter().filter(|r| r.result.is_ok()).count();
+    assert_eq!(
+        done,
+        tasks.len(),
+        "tasks done; first failure: {:?}",
+        run.results.iter().find(|r| r.result.is_err())
+    );
+    assert!(run.dead_workers.is_empty(), "{:?}", run.dead_workers);
+    for (task, result) in tasks.iter().zip(&run.results) {
+        let reply = result.result.as_ref().unwrap();
+        assert_eq!(reply.result, task.text.to_uppercase());
+        assert_eq!(result.attempts, 1, "a throttled call is not an attempt");
+    }
+    assert_eq!(
+        runs.load(Ordering::Relaxed),
+        tasks.len() as u64,
+        "each task ran exactly once"
+    );
+}
+
+#[test]
+fn push_mode_with_a_window_above_the_clients_pending_cap_completes_every_task() {
+    let runs = Arc::new(AtomicU64::new(0));
+    let workers = start_counting_workers(2, 1_000, Duration::ZERO, &runs);
+    let addrs: Vec<String> = workers
+        .iter()
+        .map(|(_, handle)| handle.local_addr().to_string())
+        .collect();
+    let tasks = tutorial_tasks(1_500);
+    // The client refuses a fifth pending call `Throttled` at once, without sending it.
+    let run = Distributor::new(addrs)
+        .max_pending_calls(4)
+        .max_in_flight_per_worker(64)
+        .run::<_, TaskReply>("WorkerService.DoTask", &tasks);
+    assert_every_task_done_once(&tasks, &run, &runs);
+}
+
+#[test]
+fn push_mode_treats_a_workers_throttled_answers_as_back_pressure_not_failure() {
+    let runs = Arc::new(AtomicU64::new(0));
+    // Each worker's server answers a fifth call in flight on a connection `Throttled`.
+    let workers = start_counting_workers(2, 4, Duration::from_millis(1), &runs);
+    let addrs: Vec<String> = workers
+        .iter()
+        .map(|(_, handle)| handle.local_addr().to_string())
+        .collect();
+    let tasks = tutorial_tasks(1_500);
+    let run = Distributor::new(addrs)
+        .max_in_flight_per_worker(64)
+        .run::<_, TaskReply>("WorkerService.DoTask", &tasks);
+    assert_every_task_done_once(&tasks, &run, &runs);
+    let throttled: u64 = workers
+        .iter()
+        .map(|(server, _)| server.stats().call_errors(netrpc::ErrorCode::Throttled))
+        .sum();
+    assert!(throttled > 0, "the workers' servers did throttle calls");
+}
+
+#[test]
+fn push_mode_retries_a_worker_that_throttles_while_holding_nothing_after_a_pause_not_at_once() {
+    // One call slot on the whole server, taken by another client: the distributor's calls
+    // are refused `Throttled` while it holds none there, until that call ends.
+    let server = Server::builder().max_calls(1).build();
+    let worker = Worker {
+        id: "busy".into(),
+        delay: Duration::from_millis(100),
+    };
+    server.register(WorkerServiceServer::new(worker)).unwrap();
+    let handle = server.serve("127.0.0.1:0").unwrap();
+    let addr = handle.local_addr().to_string();
+    let other = Client::dial(&*addr).unwrap();
+    let blocker: netrpc::Call<TaskReply> = other.go("WorkerService.DoTask", &tutorial_tasks(1)[0]);
+    let waited = Instant::now();
+    while server.running_handlers() == 0 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(5),
+            "the other client's call never started"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+
+    let started = Instant::now();
+    let tasks = tutorial_tasks(3);
+    let run = Distributor::new([addr]).run::<_, TaskReply>("WorkerService.DoTask", &tasks);
+    let elapsed = started.elapsed();
+    blocker.wait().unwrap();
+
+    assert!(run.dead_workers.is_empty(), "{:?}", run.dead_workers);
+    for (task, result) in tasks.iter().zip(&run.results) {
+        assert_eq!(
+            result.result.as_ref().unwrap().result,
+            task.text.to_uppercase()
+        );
+        assert_eq!(result.attempts, 1);
+    }
+    // Retried once per 10 ms pause at most (plus the first refusals), not in a hot loop.
+    let throttled = server.stats().call_errors(netrpc::ErrorCode::Throttled);
+    let paced = elapsed.as_millis() as u64 / 10 + tasks.len() as u64 + 1;
+    assert!(throttled >= 1, "the worker did throttle");
+    assert!(throttled <= paced, "{throttled} refusals in {elapsed:?}");
+}
+
+#[test]
+fn waiting_for_the_queue_with_duration_max_does_not_panic_and_returns_once_all_are_done() {
+    let master = start_master((0..20).collect(), Duration::from_secs(3));
+    let addr = master.handle.local_addr();
+    let queue = master.queue.clone();
+    // "No limit" must not hang the test: the wait runs on a thread we wait for.
+    let (done_tx, done) = crossbeam_channel::bounded(1);
+    thread::spawn(move || {
+        let _ = done_tx.send(queue.wait_done(Duration::MAX));
+    });
+    let workers: Vec<_> = (0..2)
+        .map(|i| {
+            thread::spawn(move || {
+                run_worker(&queue_client(addr), &format!("w{i}"), |_, n| square(n))
+            })
+        })
+        .collect();
+
+    let all_done = done
+        .recv_timeout(Duration::from_secs(10))
+        .expect("wait_done(Duration::MAX) returned (and did not panic)");
+    assert!(all_done);
+    let expected: Vec<u64> = (0..20).map(|n| n * n).collect();
+    assert_eq!(master.queue.results(), Some(expected));
+    for worker in workers {
+        let summary = worker.join().unwrap();
+        assert!(
+            matches!(summary.exit, WorkerExit::NoMoreTasks),
+            "{summary:?}"
+        );
+    }
+    // Already done: returns at once.
+    assert!(master.queue.wait_done(Duration::MAX));
+}
+
+#[test]
+fn push_mode_gives_up_on_a_task_refused_for_a_whole_call_timeout_without_retiring_the_worker() {
+    // The server's one call slot stays taken by another client for longer than the
+    // distributor's call timeout.
+    let server = Server::builder().max_calls(1).build();
+    let worker = Worker {
+        id: "busy".into(),
+        delay: Duration::from_millis(1_000),
+    };
+    server.register(WorkerServiceServer::new(worker)).unwrap();
+    let handle = server.serve("127.0.0.1:0").unwrap();
+    let addr = handle.local_addr().to_string();
+    let other = Client::dial(&*addr).unwrap();
+    let blocker: netrpc::Call<TaskReply> = other.go("WorkerService.DoTask", &tutorial_tasks(1)[0]);
+    let waited = Instant::now();
+    while server.running_handlers() == 0 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(5),
+            "the other client's call never started"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+
+    let tasks = tutorial_tasks(2);
+    let run = Distributor::new([addr])
+        .call_timeout(Duration::from_millis(200))
+        .run::<_, TaskReply>("WorkerService.DoTask", &tasks);
+    blocker.wait().unwrap();
+
+    assert!(run.dead_workers.is_empty(), "{:?}", run.dead_workers);
+    for result in &run.results {
+        assert!(
+            matches!(result.result, Err(netrpc::RpcError::Throttled)),
+            "{result:?}"
+        );
+        assert_eq!(result.attempts, 0, "no worker took the call");
+    }
+}

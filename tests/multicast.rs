@@ -185,3 +185,36 @@ fn a_host_whose_connection_died_is_dialed_again() {
     let answers = group.call::<_, TaskReply>("WorkerService.DoTask", &task());
     assert!(answers[0].outcome.ack().is_some(), "{answers:?}");
 }
+
+#[test]
+fn a_deadline_of_duration_max_does_not_panic_and_returns_once_every_host_answered() {
+    let live: Vec<ServerHandle> = (0..2)
+        .map(|i| start_worker(Worker::new(format!("w{i}"))))
+        .collect();
+    let mut hosts: Vec<String> = live.iter().map(|h| h.local_addr().to_string()).collect();
+    hosts.push(dead_addr().to_string());
+    let group = Multicast::new(hosts).deadline(Duration::MAX);
+
+    // "No deadline" must not hang the test: the multicast runs on a thread we wait for.
+    let (done_tx, done) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let answers = group.call::<_, TaskReply>("WorkerService.DoTask", &task());
+        let _ = done_tx.send(answers);
+    });
+    let answers = done
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the multicast with a Duration::MAX deadline returned (and did not panic)");
+
+    assert_eq!(answers.len(), 3);
+    for answer in &answers[..2] {
+        assert_eq!(answer.outcome.ack().unwrap().result, "HELLO", "{answer:?}");
+    }
+    assert!(
+        matches!(
+            answers[2].outcome,
+            Outcome::Failed(RpcError::Unreachable { .. })
+        ),
+        "{:?}",
+        answers[2]
+    );
+}

@@ -3,6 +3,13 @@
 //! [`DEFAULT_MAX_IN_FLIGHT_PER_WORKER`] tasks in flight (a client and a server refuse more than
 //! 1,000 by default); the rest wait and go to whichever worker finishes a task first.
 //!
+//! A worker that answers a call `Throttled` (its server, or this side's client, is at its cap
+//! on calls in flight; nothing ran) is busy, not dead: the task goes back to the head of the
+//! queue, and that worker's window shrinks to the calls it still holds (growing back by one
+//! per window of successes), so the task is sent again once a call completes, never in a hot
+//! loop. A worker holding nothing when throttled gets no task for a short pause. A task
+//! still refused after one call timeout of retries ends with `Throttled`.
+//!
 //! When a worker cannot be reached or its connection fails, the tasks it held go to the next
 //! live worker instead of being lost: a task ends with its result, with the method's own error
 //! (which no other worker would change), or, only when every worker has failed, with the last
@@ -19,15 +26,19 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select};
 use rpc_codec::CodecKind;
+use rpc_transport::clock::deadline_after;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::call::{done_channel, Completion, DoneSender};
-use crate::client::{Client, DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT};
+use crate::client::{
+    Client, DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_PENDING_CALLS,
+};
 use crate::error::RpcError;
 
 /// Distributes tasks over a fixed set of workers, round robin, with failover.
@@ -38,6 +49,7 @@ pub struct Distributor {
     call_timeout: Duration,
     connect_timeout: Duration,
     max_in_flight_per_worker: usize,
+    max_pending_calls: usize,
 }
 
 /// Default cap on tasks in flight on one worker.
@@ -50,7 +62,8 @@ pub struct TaskResult<R> {
     pub worker: String,
     /// The result or the error.
     pub result: Result<R, RpcError>,
-    /// How many workers were tried (1 unless a worker failed).
+    /// How many workers took the task's call (1 unless a worker failed; a call refused
+    /// `Throttled` ran nowhere and does not count).
     pub attempts: u32,
 }
 
@@ -74,6 +87,42 @@ struct Worker<R> {
     completions: Receiver<Completion<R>>,
     /// Task index of each call in flight, by sequence id.
     tasks: HashMap<u64, usize>,
+    /// Most calls in flight now: `max_window` until a `Throttled` answer shrinks it.
+    window: usize,
+    /// The configured window, clamped to the client's cap on pending calls.
+    max_window: usize,
+    /// Calls answered since the window last changed; a window's worth grows it by one.
+    answered: usize,
+    /// No task is sent before this moment: the worker refused one while holding none.
+    paused_until: Option<Instant>,
+}
+
+impl<R> Worker<R> {
+    /// True if a task may be sent to this worker at `now`.
+    fn has_room(&self, now: Instant) -> bool {
+        self.tasks.len() < self.window && !self.paused_until.is_some_and(|until| until > now)
+    }
+
+    /// The worker refused a call `Throttled` (the call is already out of `tasks`): hold at
+    /// most the calls it still has, so the next send waits for one of them to complete; if it
+    /// has none, pause it instead, since no completion will come.
+    fn throttled(&mut self, now: Instant) {
+        self.window = self.tasks.len().max(1);
+        self.answered = 0;
+        if self.tasks.is_empty() {
+            self.paused_until = Some(deadline_after(now, THROTTLE_PAUSE));
+        }
+    }
+
+    /// The worker answered a call: a window's worth of answers grows a shrunk window by one.
+    fn answered(&mut self) {
+        self.paused_until = None;
+        self.answered += 1;
+        if self.answered >= self.window && self.window < self.max_window {
+            self.window += 1;
+            self.answered = 0;
+        }
+    }
 }
 
 impl Distributor {
@@ -90,14 +139,24 @@ impl Distributor {
             call_timeout: DEFAULT_CALL_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_in_flight_per_worker: DEFAULT_MAX_IN_FLIGHT_PER_WORKER,
+            max_pending_calls: DEFAULT_MAX_PENDING_CALLS,
         }
     }
 
     /// Sets how many tasks one worker may hold at once (default
-    /// [`DEFAULT_MAX_IN_FLIGHT_PER_WORKER`]; keep it within the workers' servers' cap on calls
-    /// in flight per connection, or they answer the surplus `Throttled`).
+    /// [`DEFAULT_MAX_IN_FLIGHT_PER_WORKER`], at most [`Distributor::max_pending_calls`]). Keep it
+    /// within the workers' servers' cap on calls in flight per connection: they answer the
+    /// surplus `Throttled`, which is retried, but wastes a round trip.
     pub fn max_in_flight_per_worker(mut self, count: usize) -> Self {
         self.max_in_flight_per_worker = count.max(1);
+        self
+    }
+
+    /// Sets the cap on pending calls of the client dialed to each worker (default
+    /// [`DEFAULT_MAX_PENDING_CALLS`]; see [`crate::ClientConfig::max_pending_calls`]). A
+    /// worker's window never exceeds it.
+    pub fn max_pending_calls(mut self, count: usize) -> Self {
+        self.max_pending_calls = count.max(1);
         self
     }
 
@@ -149,8 +208,8 @@ impl Distributor {
             tasks,
             attempts: vec![0u32; tasks.len()],
             waiting: VecDeque::new(),
-            window: self.max_in_flight_per_worker,
         };
+        let mut first_throttled: Vec<Option<Instant>> = vec![None; tasks.len()];
         let mut reassigned = 0;
 
         for (task, result) in results.iter_mut().enumerate() {
@@ -162,7 +221,15 @@ impl Distributor {
                 *result = Some(failed(&last_error, &dead_workers, sending.attempts[task]));
             }
         }
-        while let Some((from, completion)) = next_completion(&workers) {
+        loop {
+            let (from, completion) = match next_event(&workers, &sending.waiting) {
+                Event::Completion(from, completion) => (from, completion),
+                Event::PauseOver => {
+                    sending.send_waiting(&mut workers, 0);
+                    continue;
+                }
+                Event::Idle => break,
+            };
             let worker = workers[from]
                 .as_mut()
                 .expect("completions come from live workers");
@@ -171,6 +238,22 @@ impl Distributor {
             };
             let addr = worker.addr.clone();
             match completion.result {
+                Err(RpcError::Throttled) => {
+                    // Back-pressure, not failure: the call ran nowhere, so it is no attempt.
+                    let now = Instant::now();
+                    worker.throttled(now);
+                    sending.attempts[task] -= 1;
+                    let since = *first_throttled[task].get_or_insert(now);
+                    if now.duration_since(since) < self.call_timeout {
+                        sending.waiting.push_front(task);
+                    } else {
+                        results[task] = Some(TaskResult {
+                            worker: addr,
+                            result: Err(RpcError::Throttled),
+                            attempts: sending.attempts[task],
+                        });
+                    }
+                }
                 Err(err) if is_worker_failure(&err) => {
                     // The worker is gone: retire it and move every task it held.
                     let orphans: Vec<usize> = std::iter::once(task)
@@ -188,6 +271,7 @@ impl Distributor {
                     }
                 }
                 result => {
+                    worker.answered();
                     results[task] = Some(TaskResult {
                         worker: addr,
                         result,
@@ -216,14 +300,24 @@ impl Distributor {
             .codec(self.codec)
             .connect_timeout(self.connect_timeout)
             .call_timeout(self.call_timeout)
+            .max_pending_calls(self.max_pending_calls)
             .dial(addr)?;
         let (done, completions) = done_channel();
+        // More calls than the client may have pending would be refused `Throttled` unsent.
+        let max_window = self
+            .max_in_flight_per_worker
+            .min(client.config().max_pending_calls)
+            .max(1);
         Ok(Worker {
             addr: addr.to_owned(),
             client,
             done,
             completions,
             tasks: HashMap::new(),
+            window: max_window,
+            max_window,
+            answered: 0,
+            paused_until: None,
         })
     }
 }
@@ -235,8 +329,6 @@ struct Sending<'a, T> {
     attempts: Vec<u32>,
     /// Tasks waiting until a live worker has room, oldest first.
     waiting: VecDeque<usize>,
-    /// Most tasks in flight on one worker.
-    window: usize,
 }
 
 impl<T: Serialize> Sending<'_, T> {
@@ -257,12 +349,10 @@ impl<T: Serialize> Sending<'_, T> {
             .filter(|&index| workers[index].is_some())
             .peekable();
         live.peek()?;
-        let window = self.window;
-        let Some(index) = live.find(|&index| {
-            workers[index]
-                .as_ref()
-                .is_some_and(|w| w.tasks.len() < window)
-        }) else {
+        let now = Instant::now();
+        let Some(index) =
+            live.find(|&index| workers[index].as_ref().is_some_and(|w| w.has_room(now)))
+        else {
             self.waiting.push_back(task);
             return Some(());
         };
@@ -281,12 +371,9 @@ impl<T: Serialize> Sending<'_, T> {
     where
         R: DeserializeOwned + Send + 'static,
     {
-        let window = self.window;
         let has_room = |workers: &[Option<Worker<R>>]| {
-            workers
-                .iter()
-                .flatten()
-                .any(|worker| worker.tasks.len() < window)
+            let now = Instant::now();
+            workers.iter().flatten().any(|worker| worker.has_room(now))
         };
         while has_room(workers) {
             let Some(task) = self.waiting.pop_front() else {
@@ -298,32 +385,62 @@ impl<T: Serialize> Sending<'_, T> {
     }
 }
 
-/// Waits for the next completion from any worker with calls in flight; `None` when there are
-/// none. Every call has a deadline, so this never waits forever.
-fn next_completion<R>(workers: &[Option<Worker<R>>]) -> Option<(usize, Completion<R>)> {
-    let busy: Vec<(usize, &Worker<R>)> = workers
-        .iter()
-        .enumerate()
-        .filter_map(|(index, worker)| worker.as_ref().map(|worker| (index, worker)))
-        .filter(|(_, worker)| !worker.tasks.is_empty())
-        .collect();
+/// What the distribution loop waits for.
+enum Event<R> {
+    /// A call completed on the worker at this index.
+    Completion(usize, Completion<R>),
+    /// A throttled worker's pause is over: waiting tasks may go to it.
+    PauseOver,
+    /// No call is in flight and no pause will end with tasks waiting: nothing more to do.
+    Idle,
+}
+
+/// Waits for the next completion from any worker with calls in flight, or, while tasks are
+/// `waiting`, for the end of the first pause of a throttled worker. Every call has a deadline
+/// and every pause an end, so this never waits forever.
+fn next_event<R>(workers: &[Option<Worker<R>>], waiting: &VecDeque<usize>) -> Event<R> {
+    let live = || {
+        workers
+            .iter()
+            .enumerate()
+            .filter_map(|(index, worker)| worker.as_ref().map(|worker| (index, worker)))
+    };
+    let busy: Vec<(usize, &Worker<R>)> = live().filter(|(_, w)| !w.tasks.is_empty()).collect();
+    // A pause already over is no reason to wake: its worker got what it had room for.
+    let now = Instant::now();
+    let pause_end = live()
+        .filter_map(|(_, worker)| worker.paused_until.filter(|&until| until > now))
+        .min()
+        .filter(|_| !waiting.is_empty());
     if busy.is_empty() {
-        return None;
+        let Some(pause_end) = pause_end else {
+            return Event::Idle;
+        };
+        thread::sleep(pause_end.saturating_duration_since(now));
+        return Event::PauseOver;
     }
     let mut select = Select::new();
     for (_, worker) in &busy {
         select.recv(&worker.completions);
     }
-    let operation = select.select();
+    let operation = match pause_end {
+        Some(pause_end) => match select.select_deadline(pause_end) {
+            Ok(operation) => operation,
+            Err(_) => return Event::PauseOver,
+        },
+        None => select.select(),
+    };
     let (index, worker) = busy[operation.index()];
-    // The selected channel is ready and its sender is kept alive by the worker entry.
-    let completion = operation.recv(&worker.completions).ok()?;
-    Some((index, completion))
+    let completion = operation
+        .recv(&worker.completions)
+        .expect("the selected channel is ready and the worker entry keeps its sender alive");
+    Event::Completion(index, completion)
 }
 
-/// True if `err` means the worker, not the task, failed: the task should go elsewhere.
+/// True if `err` means the worker, not the task, failed: the task should go elsewhere. Not
+/// `Throttled`: that worker is alive, only busy.
 fn is_worker_failure(err: &RpcError) -> bool {
-    err.is_retryable() || matches!(err, RpcError::Shutdown)
+    !matches!(err, RpcError::Throttled) && (err.is_retryable() || matches!(err, RpcError::Shutdown))
 }
 
 /// The result of a task no live worker was left to take.
@@ -334,6 +451,9 @@ fn failed<R>(err: &RpcError, dead_workers: &[String], attempts: u32) -> TaskResu
         attempts,
     }
 }
+
+/// How long a worker that answered `Throttled` while holding no other task gets no task.
+const THROTTLE_PAUSE: Duration = Duration::from_millis(10);
 
 impl<R> fmt::Debug for Worker<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

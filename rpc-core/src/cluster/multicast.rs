@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use rpc_codec::CodecKind;
+use rpc_transport::clock::deadline_after;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -119,13 +120,15 @@ impl Multicast {
     }
 
     /// Sets the overall deadline: dialing and calling every host must finish within it.
+    /// `Duration::MAX` (or any deadline too far off to represent) means no deadline.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
         self
     }
 
-    /// Stops waiting once `failures` hosts have failed; the hosts still pending are reported
-    /// as [`Outcome::Abandoned`]. `0` means no limit.
+    /// Stops waiting once `failures` hosts have failed; the hosts that have not answered by
+    /// then are reported as [`Outcome::Abandoned`], while answers that already arrived keep
+    /// their outcome. `0` means no limit.
     pub fn fail_limit(mut self, failures: usize) -> Self {
         self.fail_limit = (failures > 0).then_some(failures);
         self
@@ -177,7 +180,7 @@ impl Multicast {
         R: DeserializeOwned + Send + 'static,
     {
         let started = Instant::now();
-        let deadline = started + self.deadline;
+        let deadline = deadline_after(started, self.deadline);
         let args = Arc::new(args.clone());
         let (answers_tx, answers) = crossbeam_channel::unbounded();
         for host in &self.hosts {
@@ -271,16 +274,23 @@ impl<R> Iterator for AckStream<R> {
             if self.pending.is_empty() {
                 return None;
             }
-            if self.fail_limit_reached() {
-                return self.give_up_on_next(|| Outcome::Abandoned);
-            }
-            let timeout = self.deadline.saturating_duration_since(Instant::now());
-            let (host, result, elapsed) = match self.answers.recv_timeout(timeout) {
-                Ok(answer) => answer,
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
-                    let after = self.deadline - self.started;
-                    return self.give_up_on_next(|| Outcome::Failed(RpcError::Timeout { after }));
+            let received = if self.fail_limit_reached() {
+                // Stop waiting, but an answer already here is still that host's answer: only
+                // the hosts that have not answered are abandoned.
+                self.answers.try_recv().ok()
+            } else {
+                let timeout = self.deadline.saturating_duration_since(Instant::now());
+                match self.answers.recv_timeout(timeout) {
+                    Ok(answer) => Some(answer),
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                        let after = self.deadline - self.started;
+                        return self
+                            .give_up_on_next(|| Outcome::Failed(RpcError::Timeout { after }));
+                    }
                 }
+            };
+            let Some((host, result, elapsed)) = received else {
+                return self.give_up_on_next(|| Outcome::Abandoned);
             };
             // An answer from a host already reported as timed out comes too late: skip it.
             let Some(at) = self.pending.iter().position(|pending| *pending == host) else {
@@ -365,4 +375,59 @@ fn lock(
     clients
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Where a test delivers hosts' answers, as their calling threads would.
+    type Answers = crossbeam_channel::Sender<(String, Result<u32, RpcError>, Duration)>;
+
+    /// A stream over `hosts` whose answers are whatever the test sends on the returned sender.
+    fn stream_of(hosts: &[&str], fail_limit: Option<usize>) -> (Answers, AckStream<u32>) {
+        let (answers_tx, answers) = crossbeam_channel::unbounded();
+        let started = Instant::now();
+        let stream = AckStream {
+            answers,
+            pending: hosts.iter().map(|&host| host.to_owned()).collect(),
+            started,
+            deadline: deadline_after(started, Duration::from_secs(60)),
+            fail_limit,
+            failures: 0,
+        };
+        (answers_tx, stream)
+    }
+
+    fn outcome_of<'a>(answers: &'a [HostAnswer<u32>], host: &str) -> &'a Outcome<u32> {
+        &answers
+            .iter()
+            .find(|answer| answer.host == host)
+            .expect("every host is yielded")
+            .outcome
+    }
+
+    #[test]
+    fn reaching_the_fail_limit_abandons_only_the_hosts_that_have_not_answered() {
+        let (answers_tx, stream) = stream_of(&["a", "b", "c", "d"], Some(1));
+        let refused = RpcError::Throttled;
+        // "a" fails first; "b" and "c" have answered too before anyone reads the stream.
+        answers_tx
+            .send(("a".into(), Err(refused), Duration::ZERO))
+            .unwrap();
+        answers_tx
+            .send(("b".into(), Ok(2), Duration::ZERO))
+            .unwrap();
+        answers_tx
+            .send(("c".into(), Ok(3), Duration::ZERO))
+            .unwrap();
+
+        let answers: Vec<HostAnswer<u32>> = stream.collect();
+
+        assert_eq!(answers.len(), 4, "{answers:?}");
+        assert!(matches!(outcome_of(&answers, "a"), Outcome::Failed(_)));
+        assert_eq!(outcome_of(&answers, "b").ack(), Some(&2), "{answers:?}");
+        assert_eq!(outcome_of(&answers, "c").ack(), Some(&3), "{answers:?}");
+        assert!(matches!(outcome_of(&answers, "d"), Outcome::Abandoned));
+    }
 }

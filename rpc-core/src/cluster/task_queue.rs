@@ -29,6 +29,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use rpc_transport::clock::deadline_after;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -363,8 +364,9 @@ where
     }
 
     /// Waits until every task is completed or `timeout` passes; true if all are completed.
+    /// `Duration::MAX` waits with no limit.
     pub fn wait_done(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(Instant::now(), timeout);
         let mut state = self.lock();
         while state.stats.completed < state.stats.tasks {
             let left = deadline.saturating_duration_since(Instant::now());
