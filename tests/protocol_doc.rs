@@ -1,6 +1,8 @@
 //! docs/PROTOCOL.md against the real server: the worked example's bytes are read out of the
 //! document itself, sent over a raw socket, and the server's reply must equal the document's
-//! bytes exactly. The connection-error rules of §9 are checked the same way.
+//! bytes exactly. The example service's table of bodies in §8 (what the client encodes and the
+//! server answers, in both codecs) and the connection-error rules of §9 are checked the same
+//! way.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -12,8 +14,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use netrpc::transport::{Frame, FrameDecoder, FrameKind, FrameLimits};
-use netrpc::{ErrorBody, ErrorCode};
-use util::TestServer;
+use netrpc::{Codec, CodecKind, ErrorBody, ErrorCode};
+use util::{Args, TestServer};
 
 const PROTOCOL_MD: &str = include_str!("../docs/PROTOCOL.md");
 
@@ -206,4 +208,130 @@ fn ping_is_answered_with_pong_under_the_same_seq() {
     let reply = read_frame_bytes(&mut socket);
     assert_eq!(reply[3], FrameKind::Pong as u8);
     assert_eq!(&reply[8..16], &77u64.to_be_bytes());
+}
+
+/// The rows of the example table in section 8: call, postcard body, JSON body, postcard reply,
+/// JSON reply, each cell as written.
+fn example_table_rows() -> Vec<Vec<String>> {
+    let section = PROTOCOL_MD
+        .split("## 8. Worked example")
+        .nth(1)
+        .unwrap()
+        .split("\n## ")
+        .next()
+        .unwrap();
+    section
+        .lines()
+        .filter(|line| line.starts_with("| `") && line.contains(")` |"))
+        .map(|line| {
+            line.trim_matches('|')
+                .split(" | ")
+                .map(|cell| cell.trim().to_owned())
+                .collect()
+        })
+        .collect()
+}
+
+/// The text between the first pair of backticks of `cell`.
+fn quoted(cell: &str) -> &str {
+    cell.split('`').nth(1).unwrap()
+}
+
+fn hex_bytes(text: &str) -> Vec<u8> {
+    text.split_whitespace()
+        .map(|byte| u8::from_str_radix(byte, 16).unwrap())
+        .collect()
+}
+
+#[test]
+fn the_example_table_is_what_client_and_server_send() {
+    let rows = example_table_rows();
+    assert_eq!(rows.len(), 7, "{rows:?}");
+    let server = TestServer::start();
+    let mut socket = connect(&server);
+    // A fresh seq for every request: a seq is freed only just after its reply is sent (§4).
+    let mut seq = 0u64;
+    for row in &rows {
+        let [call, postcard, json, postcard_reply, json_reply] = &row[..] else {
+            panic!("five cells: {row:?}");
+        };
+        // `Divide(-7, 2)` → method "Divide", A = -7, B = 2.
+        let call = quoted(call);
+        let (method, args) = call.trim_end_matches(')').split_once('(').unwrap();
+        let (a, b) = args.split_once(", ").unwrap();
+        let args = Args {
+            a: a.parse().unwrap(),
+            b: b.parse().unwrap(),
+        };
+        let cases = [
+            (
+                CodecKind::Postcard,
+                hex_bytes(quoted(postcard)),
+                postcard_reply,
+            ),
+            (
+                CodecKind::Json,
+                quoted(json).as_bytes().to_vec(),
+                json_reply,
+            ),
+        ];
+        for (codec, body, reply) in cases {
+            seq += 1;
+            let mut encoded = BytesMut::new();
+            codec.encode(&args, &mut encoded).unwrap();
+            assert_eq!(
+                &encoded[..],
+                &body[..],
+                "the client's {codec:?} body for {call}"
+            );
+
+            let name = format!("Arith.{method}");
+            let request = Frame::request(seq, name.into_bytes(), codec.id(), body);
+            socket.write_all(&encode(&request)).unwrap();
+            let answer = read_frame_bytes(&mut socket);
+            assert_eq!(&answer[8..16], &seq.to_be_bytes());
+            if reply.starts_with("Error frame") || reply == "the same" {
+                assert_eq!(answer[3], FrameKind::Error as u8, "{call} {codec:?}");
+                let body = ErrorBody::decode(&answer[28..]).unwrap();
+                assert_eq!(
+                    body,
+                    ErrorBody::new(ErrorCode::Service, quoted(postcard_reply))
+                );
+            } else {
+                assert_eq!(answer[3], FrameKind::Response as u8, "{call} {codec:?}");
+                assert_eq!(answer[5], codec.id());
+                let expected = match codec {
+                    CodecKind::Postcard => hex_bytes(quoted(reply)),
+                    _ => quoted(reply).as_bytes().to_vec(),
+                };
+                assert_eq!(&answer[28..], &expected[..], "{call} {codec:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_version_is_checked_on_every_frame_not_only_the_first() {
+    let server = TestServer::start();
+    let mut socket = connect(&server);
+    socket
+        .write_all(&encode(&Frame::request(
+            1,
+            "Arith.Multiply",
+            1,
+            vec![0x0e, 0x10],
+        )))
+        .unwrap();
+    assert_eq!(read_frame_bytes(&mut socket).last(), Some(&0x70));
+    let mut request = encode(&Frame::request(2, "Arith.Multiply", 1, vec![0x0e, 0x10]));
+    request[2] = 2;
+    socket.write_all(&request).unwrap();
+    let reply = read_frame_bytes(&mut socket);
+    assert_eq!(reply[3], FrameKind::Error as u8);
+    assert_eq!(&reply[8..16], &0u64.to_be_bytes());
+    assert_eq!(
+        ErrorBody::decode(&reply[28..]).unwrap().code,
+        ErrorCode::Protocol
+    );
+    assert_closed(&mut socket);
 }
