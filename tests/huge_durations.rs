@@ -26,13 +26,11 @@ fn calls_with_a_huge_timeout_complete() {
         client.go::<_, i64>("Arith.Multiply", &args).wait().unwrap(),
         42
     );
-    let call = server
-        .client()
-        .go_timeout::<_, i64>("Arith.Multiply", &args, HUGE);
+    // A client kept alive: dropping the last handle closes it, failing its pending calls.
+    let other = server.client();
+    let call = other.go_timeout::<_, i64>("Arith.Multiply", &args, HUGE);
     assert_eq!(call.wait().unwrap(), 42);
-    let blocking = server
-        .client()
-        .call_timeout::<_, i64>("Arith.Multiply", &args, HUGE);
+    let blocking = other.call_timeout::<_, i64>("Arith.Multiply", &args, HUGE);
     assert_eq!(blocking.unwrap(), 42);
 }
 
