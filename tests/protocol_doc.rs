@@ -162,6 +162,23 @@ fn another_version_gets_a_protocol_error_under_seq_0_then_a_close() {
 }
 
 #[test]
+fn a_request_with_seq_0_gets_a_protocol_error_under_seq_0_then_a_close() {
+    let server = TestServer::start();
+    let mut socket = connect(&server);
+    let request = encode(&Frame::request(0, "Arith.Multiply", 1, vec![0x0e, 0x10]));
+    socket.write_all(&request).unwrap();
+    let reply = read_frame_bytes(&mut socket);
+    let mut decoder = FrameDecoder::new(FrameLimits::default());
+    decoder.handle_bytes(&reply);
+    let frame = decoder.poll_frame().unwrap().unwrap();
+    assert_eq!((frame.kind, frame.seq), (FrameKind::Error, 0));
+    let body = ErrorBody::decode(&frame.body).unwrap();
+    assert_eq!(body.code, ErrorCode::Protocol);
+    assert!(body.message.contains("reserved"), "{body:?}");
+    assert_closed(&mut socket);
+}
+
+#[test]
 fn a_bad_method_name_is_a_call_error_and_the_connection_stays_open() {
     let server = TestServer::start();
     let mut socket = connect(&server);

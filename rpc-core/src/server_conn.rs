@@ -3,7 +3,9 @@
 //!
 //! Runs on the event loop, so nothing here blocks: the lookup of the method is a map access,
 //! and a pooled handler runs on a pool thread, which writes its reply straight to the socket.
-//! Before a request is dispatched it must pass, in order: a sequence id not already in flight
+//! A request with sequence id 0, which the protocol keeps for messages about the connection,
+//! gets a `Protocol` error under seq 0 and the connection closes. Before any other request is
+//! dispatched it must pass, in order: a sequence id not already in flight
 //! (a duplicate is ignored and counted, never answered, whatever else it names: its answer
 //! would be taken for the original's); a supported codec and a known service and method; a
 //! server not draining (else `ShuttingDown`); the per-connection and server-wide caps on calls
@@ -125,6 +127,19 @@ impl ServerConn {
     }
 
     fn dispatch(&mut self, conn: &Connection, request: Frame) {
+        if request.seq == 0 {
+            // Seq 0 speaks of the connection (refusals, go-away with nothing accepted): an
+            // answer to it would read as a connection error, so the request breaks the
+            // protocol. Said once, under seq 0, then the connection closes.
+            self.refuse(
+                conn,
+                0,
+                ErrorCode::Protocol,
+                "sequence id 0 is reserved for the connection",
+            );
+            conn.close_when_flushed();
+            return;
+        }
         // First: any answer to a duplicate would be taken for the original's, so one whose
         // sequence id is in flight is never answered, whatever else is wrong with it. Only
         // this thread adds ids, so the id cannot become in flight before `admit`.
