@@ -17,9 +17,9 @@ use bytes::BytesMut;
 use mio::net::TcpStream;
 
 use crate::error::TransportError;
-use crate::event_loop::{Command, ConnCommand, ConnKey, LoopHandle};
 use crate::frame::Frame;
 use crate::limits::FrameLimits;
+use crate::loop_handle::{Command, ConnCommand, ConnKey, LoopHandle};
 
 /// A cheap, cloneable handle to one connection owned by an event loop.
 ///

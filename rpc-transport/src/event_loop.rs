@@ -1,7 +1,8 @@
 //! The event loop: one thread, one `mio::Poll`, many connections, never blocking.
 //!
 //! The loop owns every socket's read side, its frame decoder and its [`FrameHandler`]. Other
-//! threads reach it through a [`LoopHandle`]: a command channel plus a `mio::Waker`. Each turn
+//! threads reach it through a [`LoopHandle`] (`loop_handle.rs`): a command channel plus a
+//! `mio::Waker`. Each turn
 //! of the loop waits for readiness (or the next timer), then:
 //!
 //! 1. accepts every pending connection, if it has a listener (until `WouldBlock`);
@@ -14,18 +15,16 @@
 //!
 //! Spurious events are harmless: every read and write simply stops at `WouldBlock`.
 
-use std::cell::Cell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io::{self, Read};
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, SendError, Sender};
+use crossbeam_channel::Receiver;
 use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
@@ -36,196 +35,7 @@ use crate::decoder::FrameDecoder;
 use crate::error::TransportError;
 use crate::handler::{CloseReason, EofAction, FrameHandler};
 use crate::limits::FrameLimits;
-
-/// Builds the handler of a newly adopted connection, on the loop thread.
-pub type MakeHandler = Box<dyn FnOnce(&Connection) -> Box<dyn FrameHandler> + Send>;
-
-/// Receives each accepted socket and the accepting loop's own handle; typically hands the
-/// socket to one of several loops (this one included) with [`LoopHandle::adopt`].
-pub type Acceptor = Box<dyn FnMut(std::net::TcpStream, &LoopHandle) + Send>;
-
-/// A handle other threads use to reach an event loop. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct LoopHandle {
-    commands: Sender<Command>,
-    waker: Arc<Waker>,
-    /// Tells this loop apart from others, so the loop thread can skip waking itself.
-    loop_id: usize,
-}
-
-impl LoopHandle {
-    /// Hands an already-connected socket to the loop, which builds its handler with
-    /// `make_handler` and starts reading. Returns at once.
-    ///
-    /// # Errors
-    ///
-    /// If the socket cannot be made non-blocking.
-    pub fn adopt(
-        &self,
-        stream: std::net::TcpStream,
-        limits: FrameLimits,
-        make_handler: MakeHandler,
-    ) -> io::Result<()> {
-        stream.set_nonblocking(true)?;
-        self.command(Command::Adopt {
-            stream: TcpStream::from_std(stream),
-            limits,
-            make_handler,
-            waiter: None,
-        });
-        Ok(())
-    }
-
-    /// Like [`LoopHandle::adopt`], but waits (at most `timeout`) for the loop to register the
-    /// socket, and returns its [`Connection`].
-    ///
-    /// An adoption that times out is cancelled: the loop closes the socket when it reaches the
-    /// request, and `make_handler` is dropped without being called. If the loop takes the
-    /// socket just as `timeout` runs out, this waits the moment the loop needs to finish and
-    /// returns the connection, so either the caller owns the connection or it is closed.
-    ///
-    /// # Errors
-    ///
-    /// If the socket cannot be made non-blocking, the registration error, or `TimedOut` if the
-    /// loop did not answer in time (for example because it is busy or has shut down).
-    pub fn adopt_and_wait(
-        &self,
-        stream: std::net::TcpStream,
-        limits: FrameLimits,
-        make_handler: MakeHandler,
-        timeout: Duration,
-    ) -> io::Result<Connection> {
-        stream.set_nonblocking(true)?;
-        let (answer, adopted) = crossbeam_channel::bounded(1);
-        let state = Arc::new(AtomicU8::new(WAITING));
-        self.command(Command::Adopt {
-            stream: TcpStream::from_std(stream),
-            limits,
-            make_handler,
-            waiter: Some(AdoptWaiter {
-                state: Arc::clone(&state),
-                answer,
-            }),
-        });
-        let not_adopted = || {
-            io::Error::new(
-                io::ErrorKind::TimedOut,
-                "event loop did not adopt the connection",
-            )
-        };
-        if let Ok(result) = adopted.recv_timeout(timeout) {
-            return result;
-        }
-        let gave_up = state
-            .compare_exchange(WAITING, ABANDONED, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok();
-        if gave_up {
-            // The loop will find the request abandoned and drop the socket (or the loop is
-            // gone, and the socket with it).
-            return Err(not_adopted());
-        }
-        // The loop claimed the socket first and is adopting it now: its answer is moments
-        // away, or the channel disconnects if the loop thread dies meanwhile.
-        adopted.recv().unwrap_or_else(|_| Err(not_adopted()))
-    }
-
-    /// Asks the loop to stop accepting: its listener (if any) is closed; connections stay.
-    pub fn stop_accepting(&self) {
-        self.command(Command::StopAccepting);
-    }
-
-    /// Asks the loop to close every connection and exit. Idempotent; returns at once.
-    pub fn shutdown(&self) {
-        self.command(Command::Shutdown);
-    }
-
-    pub(crate) fn command(&self, command: Command) {
-        // If the loop has exited, nobody is left to act on the command: dropping it is right
-        // (a connection of a dead loop is already closed).
-        if self.commands.send(command).is_ok() && !self.is_current_thread() {
-            // The loop thread itself runs its commands before it next sleeps: no wake needed.
-            let _ = self.waker.wake();
-        }
-    }
-
-    /// True when called on this loop's own thread (from a handler).
-    fn is_current_thread(&self) -> bool {
-        CURRENT_LOOP.with(|current| current.get() == self.loop_id)
-    }
-}
-
-/// Which connection a command or timer is for: its slot and the generation of the connection
-/// in it.
-///
-/// Slots are reused, so an index alone may name a newer connection than the sender meant: a
-/// `Close` posted by an old handle just as the loop closed that connection would close the
-/// next one adopted into the slot. The loop drops every command and timer whose generation
-/// is not the slot's. The mio `Token` stays the bare index: readiness events need no
-/// generation, because a closed slot is deregistered at once and reused only from the loop's
-/// next turn, so no event polled for the old connection can reach the new one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct ConnKey {
-    /// The slot, and the mio `Token` of the connection's socket.
-    pub(crate) index: usize,
-    /// Counts adoptions on this loop: no two connections of a loop share one.
-    pub(crate) generation: u64,
-}
-
-pub(crate) enum Command {
-    Adopt {
-        stream: TcpStream,
-        limits: FrameLimits,
-        make_handler: MakeHandler,
-        /// Present when someone waits for the connection (`adopt_and_wait`).
-        waiter: Option<AdoptWaiter>,
-    },
-    /// A command from one connection's handle; ignored unless that connection still holds
-    /// the slot.
-    Conn(ConnKey, ConnCommand),
-    StopAccepting,
-    Shutdown,
-}
-
-/// What a [`Connection`] asks of the loop about itself.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum ConnCommand {
-    /// Watch the socket for writability: the loop finishes a blocked write.
-    WantWrite,
-    /// Write what `send_batched` queued on this connection.
-    Flush,
-    Close,
-    /// Read the connection again if its handler had paused it.
-    ResumeReading,
-    /// Call the handler's `handle_timer` at this moment.
-    Timer(Instant),
-}
-
-/// The loop's side of an `adopt_and_wait`: settles, once, whether the loop adopts the socket
-/// or the waiter has given up, so that a timed-out adoption never leaves a connection behind.
-pub(crate) struct AdoptWaiter {
-    /// `WAITING`, then either `CLAIMED` by the loop or `ABANDONED` by the waiter, never both.
-    state: Arc<AtomicU8>,
-    answer: Sender<io::Result<Connection>>,
-}
-
-impl AdoptWaiter {
-    /// Loop side: true if the waiter still waits, and will now wait for [`AdoptWaiter::answer`];
-    /// false if it gave up, and the socket must just be dropped (which closes it).
-    fn claim(&self) -> bool {
-        self.state
-            .compare_exchange(WAITING, CLAIMED, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
-    }
-
-    /// Loop side: hands the result of a claimed adoption to the waiter.
-    fn answer(self, result: io::Result<Connection>) {
-        // The waiter of a claimed adoption waits for this answer without a deadline; only its
-        // thread unwinding drops the receiver. Then nobody owns the connection: close it.
-        if let Err(SendError(Ok(conn))) = self.answer.send(result) {
-            conn.close();
-        }
-    }
-}
+use crate::loop_handle::{Acceptor, Command, ConnCommand, ConnKey, LoopHandle, MakeHandler};
 
 /// Starts an event loop on a new thread named `name`.
 ///
@@ -240,13 +50,7 @@ pub fn spawn_loop(
 ) -> io::Result<(LoopHandle, JoinHandle<()>)> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-    let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
-    let handle = LoopHandle {
-        commands: commands_tx,
-        waker,
-        loop_id: NEXT_LOOP_ID.fetch_add(1, Ordering::Relaxed),
-    };
-    let loop_id = handle.loop_id;
+    let (handle, commands_rx) = LoopHandle::new(waker);
     let listener = match listener {
         Some((listener, acceptor)) => {
             listener.set_nonblocking(true)?;
@@ -276,7 +80,7 @@ pub fn spawn_loop(
     let thread = thread::Builder::new()
         .name(name.to_owned())
         .spawn(move || {
-            CURRENT_LOOP.with(|current| current.set(loop_id));
+            event_loop.handle.mark_current_thread();
             event_loop.run();
         })?;
     Ok((handle, thread))
@@ -792,7 +596,7 @@ impl EventLoop {
             } = command
             {
                 // The socket in the command is dropped, so closed, whoever settles first.
-                let _ = waiter.answer.send(Err(io::Error::new(
+                waiter.answer(Err(io::Error::new(
                     io::ErrorKind::NotConnected,
                     "event loop shut down",
                 )));
@@ -852,21 +656,8 @@ fn is_transient_accept_error(err: &io::Error) -> bool {
     )
 }
 
-thread_local! {
-    /// The id of the loop running on this thread; 0 on threads that run no loop.
-    static CURRENT_LOOP: Cell<usize> = const { Cell::new(0) };
-}
-
-/// Ids for loops, from 1.
-static NEXT_LOOP_ID: AtomicUsize = AtomicUsize::new(1);
-
 const WAKER: Token = Token(usize::MAX);
 const LISTENER: Token = Token(usize::MAX - 1);
-
-/// [`AdoptWaiter`] states: the waiter waits, the loop claimed the socket, the waiter gave up.
-const WAITING: u8 = 0;
-const CLAIMED: u8 = 1;
-const ABANDONED: u8 = 2;
 
 /// Bytes read per `read` call into the shared scratch buffer.
 const READ_CHUNK: usize = 64 * 1024;

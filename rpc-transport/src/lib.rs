@@ -48,12 +48,13 @@ pub mod frame;
 pub mod handler;
 pub mod header;
 pub mod limits;
+pub mod loop_handle;
 pub mod metadata;
 
 pub use connection::Connection;
 pub use decoder::FrameDecoder;
 pub use error::TransportError;
-pub use event_loop::{spawn_loop, Acceptor, LoopHandle, MakeHandler, READ_PAUSE_RECHECK};
+pub use event_loop::{spawn_loop, READ_PAUSE_RECHECK};
 pub use frame::{Frame, FrameBuilder, FrameHead};
 pub use handler::{CloseReason, EofAction, FrameHandler};
 pub use header::{FrameHeader, FrameKind, HEADER_LEN, MAGIC, VERSION};
@@ -61,4 +62,5 @@ pub use limits::{
     FrameLimits, DEFAULT_FRAME_TIMEOUT, DEFAULT_MAX_BODY_LEN, DEFAULT_MAX_METADATA_LEN,
     DEFAULT_MAX_NAME_LEN,
 };
+pub use loop_handle::{Acceptor, LoopHandle, MakeHandler};
 pub use metadata::{Metadata, MetadataBuilder, MetadataError, MetadataIter};
