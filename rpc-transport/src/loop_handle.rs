@@ -1,6 +1,6 @@
 //! `LoopHandle`: how other threads reach an event loop. A command channel plus a
 //! `mio::Waker`; the commands themselves (adopt a socket, and what a [`Connection`] asks of the
-//! loop about itself, keyed by [`ConnKey`] so a stale handle cannot touch a newer connection);
+//! loop about itself, keyed by `ConnKey` so a stale handle cannot touch a newer connection);
 //! and the handshake that lets `adopt_and_wait` give up without leaving a connection behind.
 //! The loop that runs the commands lives in `event_loop.rs`.
 
