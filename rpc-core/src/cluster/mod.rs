@@ -6,13 +6,16 @@
 //! | multicast with acknowledgements | [`Multicast`] | one call to many hosts, one answer or typed error per host, within one deadline |
 //! | master/worker, push | [`Distributor`] | tasks handed round robin to workers, a failed worker's tasks moved to live ones |
 //! | master/worker, pull | [`TaskQueue`], [`run_worker`] | a lease-based queue served over RPC: every task completed exactly once despite slow or dead workers |
+//! | seeded randomness | [`Rng`] | jitter and random choices that replay exactly from a seed |
 
 mod distribute;
 mod multicast;
+mod rng;
 mod task_queue;
 
 pub use distribute::{Distribution, Distributor, TaskResult, DEFAULT_MAX_IN_FLIGHT_PER_WORKER};
 pub use multicast::{AckStream, HostAnswer, Multicast, Outcome, DEFAULT_MULTICAST_DEADLINE};
+pub use rng::Rng;
 pub use task_queue::{
     run_worker, Assignment, IgnoredReason, QueueEvent, QueueObserver, QueueStats, Submission,
     SubmitAck, TaskQueue, TaskQueueClient, TaskQueueService, TaskRequest, WorkerExit,
