@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use crossbeam_channel::Receiver;
 use rpc_codec::{Codec, CodecError, CodecKind};
 use rpc_transport::clock::deadline_after;
@@ -34,6 +34,7 @@ use crate::catch_panic::catch_panic;
 use crate::client_conn::{lock, ClientConn};
 use crate::client_loop::shared_client_loop;
 use crate::error::RpcError;
+use crate::middleware::{run_after_call, run_before_call, CallRecord, ClientMiddleware};
 use crate::pending::{Completer, PendingCalls};
 
 /// A connection to a server, shared by any number of threads. Cheap to clone.
@@ -88,6 +89,9 @@ pub struct ClientConfig {
     /// bytes back, so without this cap a server that stops reading would grow the queue with
     /// every retry. Default [`DEFAULT_MAX_UNSENT_BYTES`].
     pub max_unsent_bytes: usize,
+    /// Middleware that sees every call before it is sent and after it completes, in order
+    /// (see [`crate::middleware`]). Default: none.
+    pub middleware: Vec<Arc<dyn ClientMiddleware>>,
 }
 
 impl Default for ClientConfig {
@@ -99,6 +103,7 @@ impl Default for ClientConfig {
             limits: FrameLimits::default(),
             max_pending_calls: DEFAULT_MAX_PENDING_CALLS,
             max_unsent_bytes: DEFAULT_MAX_UNSENT_BYTES,
+            middleware: Vec::new(),
         }
     }
 }
@@ -156,6 +161,13 @@ impl ClientBuilder {
     /// [`ClientConfig::max_unsent_bytes`].
     pub fn max_unsent_bytes(mut self, bytes: usize) -> Self {
         self.config.max_unsent_bytes = bytes;
+        self
+    }
+
+    /// Adds `middleware` after those added before it (see [`crate::middleware`]: logging,
+    /// rate limiting, tracing, and your own).
+    pub fn middleware(mut self, middleware: impl ClientMiddleware) -> Self {
+        self.config.middleware.push(Arc::new(middleware));
         self
     }
 
@@ -438,7 +450,11 @@ impl Client {
         loop_times_out: bool,
         complete: Completer,
     ) {
-        let frame = match self.encode_request(seq, method, args, timeout) {
+        let (metadata, complete) = match self.run_middleware(method, complete) {
+            Ok(prepared) => prepared,
+            Err((err, complete)) => return complete(Err(err)),
+        };
+        let frame = match self.encode_request(seq, method, args, timeout, &metadata) {
             Ok(frame) => frame,
             Err(err) => return complete(Err(err)),
         };
@@ -473,17 +489,62 @@ impl Client {
         }
     }
 
+    /// Runs the client middleware's `before_call`s, and wraps `complete` so their
+    /// `after_call`s see the outcome. Returns the request's metadata section and the completer
+    /// to use; on refusal, the error and the untouched completer.
+    fn run_middleware(
+        &self,
+        method: &str,
+        complete: Completer,
+    ) -> Result<(Bytes, Completer), (RpcError, Completer)> {
+        let chain = &self.inner.config.middleware;
+        if chain.is_empty() {
+            return Ok((Bytes::new(), complete));
+        }
+        let started = Instant::now();
+        let peer = self.inner.conn.peer_addr();
+        let metadata = match run_before_call(chain, method, peer) {
+            Ok(metadata) => metadata,
+            Err(err) => return Err((err, complete)),
+        };
+        let chain = chain.clone();
+        let method = method.to_owned();
+        let complete: Completer = Box::new(move |result: Result<Frame, RpcError>| {
+            let method_error = match &result {
+                Ok(frame) if frame.kind == FrameKind::Error => {
+                    Some(RpcError::from_error_body(&method, &frame.body))
+                }
+                _ => None,
+            };
+            let outcome = match (&result, &method_error) {
+                (_, Some(err)) | (Err(err), None) => Err(err),
+                (Ok(_), None) => Ok(()),
+            };
+            let record = CallRecord {
+                method: &method,
+                peer,
+                started,
+                outcome,
+            };
+            run_after_call(&chain, &record);
+            complete(result);
+        });
+        Ok((metadata, complete))
+    }
+
     fn encode_request<A: Serialize + ?Sized>(
         &self,
         seq: u64,
         method: &str,
         args: &A,
         timeout: Duration,
+        metadata: &[u8],
     ) -> Result<BytesMut, RpcError> {
         let codec = self.inner.config.codec;
         let mut head = FrameHead::new(FrameKind::Request, seq);
         head.codec = codec.id();
         head.name = method.as_bytes();
+        head.metadata = metadata;
         head.deadline_ms = u32::try_from(timeout.as_millis())
             .unwrap_or(u32::MAX)
             .max(1);

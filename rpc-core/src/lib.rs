@@ -21,6 +21,7 @@ pub mod cluster;
 pub mod error;
 pub mod error_body;
 mod macros;
+pub mod middleware;
 mod open_files;
 mod pending;
 mod pool;

@@ -24,6 +24,7 @@ use rpc_transport::{spawn_loop, Connection, FrameHandler, FrameLimits, LoopHandl
 
 use crate::error::RpcError;
 use crate::error_body::ErrorCode;
+use crate::middleware::ServerMiddleware;
 use crate::open_files::open_files_limit;
 use crate::pool::WorkerPool;
 use crate::server_conn::{encode_error, ConnCalls, ServerConn};
@@ -104,6 +105,9 @@ pub struct ServerConfig {
     /// connection goes between one and two periods after its last activity. Default `None`:
     /// idle connections stay open (as in gRPC).
     pub idle_timeout: Option<Duration>,
+    /// Middleware run around every call, the first outermost (see [`crate::middleware`]).
+    /// Default: none.
+    pub middleware: Vec<Arc<dyn ServerMiddleware>>,
 }
 
 impl Default for ServerConfig {
@@ -121,6 +125,7 @@ impl Default for ServerConfig {
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
             codecs: CodecKind::all().to_vec(),
             idle_timeout: None,
+            middleware: Vec::new(),
         }
     }
 }
@@ -203,6 +208,13 @@ impl ServerBuilder {
     /// (default: never). See [`ServerConfig::idle_timeout`].
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.config.idle_timeout = Some(timeout);
+        self
+    }
+
+    /// Adds `middleware` around every call, inside those added before it (see
+    /// [`crate::middleware`]: logging, rate limiting, and your own).
+    pub fn middleware(mut self, middleware: impl ServerMiddleware) -> Self {
+        self.config.middleware.push(Arc::new(middleware));
         self
     }
 

@@ -24,15 +24,16 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use crossbeam_channel::Sender;
-use rpc_codec::{Codec, CodecKind};
+use rpc_codec::CodecKind;
 use rpc_transport::clock::deadline_after;
 use rpc_transport::{
     CloseReason, Connection, EofAction, Frame, FrameBuilder, FrameHandler, FrameHead, FrameKind,
-    TransportError,
+    FrameLimits, TransportError,
 };
 
 use crate::catch_panic::catch_panic;
 use crate::error_body::{error_frame, ErrorCode};
+use crate::middleware::{run_server_chain, CallContext};
 use crate::server::{ConnectionSlot, ServerShared};
 use crate::service::{Dispatch, DispatchError, MethodHandler};
 use crate::stats::StatsCounters;
@@ -176,7 +177,7 @@ impl ServerConn {
         match dispatch {
             Dispatch::Inline => {
                 // On the loop thread: the reply joins the others of this read in one write.
-                let (reply, failure) = run_handler(&handler, codec, &request, conn);
+                let (reply, failure) = call.run(&handler, codec, &request);
                 call.finish(request.seq, &reply, failure, Sending::Batched);
             }
             Dispatch::Pool => self.server.pool.execute(Box::new(move || {
@@ -185,7 +186,7 @@ impl ServerConn {
                         let code = ErrorCode::DeadlineExceeded;
                         (encode_error(request.seq, code, reason), Some(code))
                     }
-                    None => run_handler(&handler, codec, &request, &call.conn),
+                    None => call.run(&handler, codec, &request),
                 };
                 call.finish(request.seq, &reply, failure, Sending::Now);
             })),
@@ -335,6 +336,30 @@ impl InFlight {
             .then_some("the deadline passed before the call ran")
     }
 
+    /// Runs the call's handler inside the server's middleware, with the call's context
+    /// current; returns the reply frame and the error code if it failed.
+    fn run(
+        &self,
+        handler: &MethodHandler,
+        codec: CodecKind,
+        request: &Frame,
+    ) -> (BytesMut, Option<ErrorCode>) {
+        let chain = &self.server.config.middleware;
+        let context = CallContext::new(
+            request.name.clone(),
+            request.metadata.clone(),
+            self.conn.peer_addr(),
+            request.seq,
+            self.received,
+        );
+        run_handler(request, self.conn.limits(), |out| {
+            let mut method = || handler(codec, &request.body, out);
+            context
+                .clone()
+                .enter(|| run_server_chain(chain, &context, &mut method))
+        })
+    }
+
     /// Sends the reply and takes the call out of flight.
     fn finish(self, seq: u64, reply: &[u8], failure: Option<ErrorCode>, sending: Sending) {
         let stats = &self.server.stats;
@@ -462,21 +487,21 @@ impl FrameHandler for ServerConn {
     }
 }
 
-/// Runs one call and returns its encoded reply frame (a response or an error), and the error
-/// code if it failed.
+/// Runs one call (`handle` appends the encoded reply to the buffer it is given) and returns
+/// its encoded reply frame (a response or an error), and the error code if it failed.
 ///
-/// A panic in the handler is caught here and becomes [`ErrorCode::HandlerPanicked`], so a
-/// faulty method never takes down its worker, its connection or the server.
+/// A panic in the handler or a middleware is caught here and becomes
+/// [`ErrorCode::HandlerPanicked`], so a faulty method never takes down its worker, its
+/// connection or the server.
 fn run_handler(
-    handler: &MethodHandler,
-    codec: CodecKind,
     request: &Frame,
-    conn: &Connection,
+    limits: &FrameLimits,
+    handle: impl FnOnce(&mut BytesMut) -> Result<(), DispatchError>,
 ) -> (BytesMut, Option<ErrorCode>) {
     let mut out = BytesMut::new();
     let mut head = FrameHead::new(FrameKind::Response, request.seq);
-    head.codec = codec.id();
-    let builder = match FrameBuilder::start(&mut out, &head, conn.limits()) {
+    head.codec = request.codec;
+    let builder = match FrameBuilder::start(&mut out, &head, limits) {
         Ok(builder) => builder,
         Err(err) => {
             let code = ErrorCode::Internal;
@@ -486,7 +511,7 @@ fn run_handler(
             );
         }
     };
-    let outcome = catch_panic(|| handler(codec, &request.body, &mut out));
+    let outcome = catch_panic(|| handle(&mut out));
     let failure = match outcome {
         Ok(Ok(())) => match builder.finish(&mut out) {
             Ok(()) => return (out, None),
