@@ -32,7 +32,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::client::{Client, ClientConfig};
-use crate::cluster::{Breaker, RetryBudget, Rng};
+use crate::cluster::{Breaker, BreakerState, RetryBudget, Rng};
 use crate::error::RpcError;
 
 /// How the wait before a retry is randomized.
@@ -189,7 +189,8 @@ impl Default for RetryPolicy {
 /// closed). Every call deposits into the client's [`RetryBudget`] and every retry withdraws
 /// from it, so retries stay a bounded share of the calls whatever the callers do. With a
 /// [`Breaker`], each attempt asks it first and reports to it; an open breaker ends the call
-/// with [`RpcError::CircuitOpen`] without dialing.
+/// with [`RpcError::CircuitOpen`] without dialing, and a failure that opens it ends the call
+/// at once with that failure (a retry would only fail fast).
 ///
 /// # Examples
 ///
@@ -360,6 +361,10 @@ impl RetryingClient {
             };
             let stale = matches!(err, RpcError::Shutdown) && !inner.closed.load(Ordering::Relaxed);
             if attempt >= policy.max_attempts || !(stale || policy.should_retry(&err)) {
+                return Err(err);
+            }
+            if inner.breaker.as_ref().map(|breaker| breaker.state()) == Some(BreakerState::Open) {
+                // This failure opened the breaker: a retry would only fail fast after its wait.
                 return Err(err);
             }
             let backoff = policy.backoff(attempt, previous_backoff, &mut lock(&inner.rng));
