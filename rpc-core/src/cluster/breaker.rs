@@ -227,7 +227,8 @@ impl Breaker {
         let mut machine = self.lock();
         match (machine.phase, trial) {
             (Phase::Closed, _) => {
-                if health != Health::Ignored && machine.push(health, &self.policy) {
+                let must_open = health != Health::Ignored && machine.push(health, &self.policy);
+                if must_open {
                     self.open(&mut machine, now);
                 }
             }
@@ -394,10 +395,8 @@ impl Machine {
         } else {
             0
         };
-        if self.recent.len() >= policy.window {
-            if self.recent.pop_front() == Some(true) {
-                self.recent_failures -= 1;
-            }
+        if self.recent.len() >= policy.window && self.recent.pop_front() == Some(true) {
+            self.recent_failures -= 1;
         }
         self.recent.push_back(failed);
         self.recent_failures += usize::from(failed);
