@@ -15,16 +15,16 @@ mod distribute;
 mod multicast;
 mod retry;
 mod retry_budget;
+mod retrying_client;
 mod rng;
 mod task_queue;
 
 pub use breaker::{Breaker, BreakerPolicy, BreakerState, Permit, MAX_BREAKER_WINDOW};
 pub use distribute::{Distribution, Distributor, TaskResult, DEFAULT_MAX_IN_FLIGHT_PER_WORKER};
 pub use multicast::{AckStream, HostAnswer, Multicast, Outcome, DEFAULT_MULTICAST_DEADLINE};
-pub use retry::{
-    Jitter, RetryNotice, RetryPolicy, RetryStats, RetryingClient, RetryingClientBuilder,
-};
+pub use retry::{Jitter, RetryPolicy};
 pub use retry_budget::{RetryBudget, RETRY_BUDGET_WINDOW};
+pub use retrying_client::{RetryNotice, RetryStats, RetryingClient, RetryingClientBuilder};
 pub use rng::Rng;
 pub use task_queue::{
     run_worker, Assignment, IgnoredReason, QueueEvent, QueueObserver, QueueStats, Submission,
