@@ -204,7 +204,7 @@ impl RetryingClient {
                 return Err(err);
             }
             let backoff = policy.backoff(attempt, previous_backoff, &mut lock(&inner.rng));
-            if Instant::now() + backoff >= deadline {
+            if deadline_after(Instant::now(), backoff) >= deadline {
                 return Err(err);
             }
             if !inner.budget.try_retry() {
