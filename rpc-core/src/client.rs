@@ -235,6 +235,14 @@ impl ClientBuilder {
     }
 }
 
+impl From<ClientConfig> for ClientBuilder {
+    /// A builder starting from `config` (say, another client's [`Client::config`]), every
+    /// setting included, so code that dials again never drops one.
+    fn from(config: ClientConfig) -> Self {
+        ClientBuilder { config }
+    }
+}
+
 impl Client {
     /// Connects to `addr` with default settings (Go: `rpc.Dial("tcp", addr)`).
     ///

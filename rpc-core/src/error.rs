@@ -108,11 +108,24 @@ pub enum RpcError {
         /// What was wrong.
         detail: String,
     },
+    /// A circuit breaker ([`crate::cluster::Breaker`]) refused the call at once because its
+    /// endpoint failed too often lately; nothing was sent. Another endpoint may be tried, or
+    /// this one after `retry_after`.
+    CircuitOpen {
+        /// The endpoint the breaker guards.
+        endpoint: String,
+        /// How long until the breaker lets a trial call through; zero while a trial call is
+        /// in flight (its outcome decides).
+        retry_after: Duration,
+    },
 }
 
 impl RpcError {
     /// True for failures worth retrying: timeouts, transient network failures, and refusals
     /// where the server processed nothing. Never for a method's own error.
+    ///
+    /// A timeout or a lost connection may have run the call: retry those only for idempotent
+    /// methods ([`RpcError::is_unprocessed`] tells the cases that are always safe).
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
@@ -121,6 +134,20 @@ impl RpcError {
                 | RpcError::Unreachable { .. }
                 | RpcError::Throttled
                 | RpcError::ShuttingDown
+                | RpcError::CircuitOpen { .. }
+        )
+    }
+
+    /// True if the call certainly did not run: nothing was sent (the dial failed, a circuit
+    /// breaker refused it) or the server refused it before running it (throttled, shutting
+    /// down). Retrying such a call is safe even for a method that is not idempotent.
+    pub fn is_unprocessed(&self) -> bool {
+        matches!(
+            self,
+            RpcError::Unreachable { .. }
+                | RpcError::Throttled
+                | RpcError::ShuttingDown
+                | RpcError::CircuitOpen { .. }
         )
     }
 
@@ -205,6 +232,14 @@ impl fmt::Display for RpcError {
             RpcError::InvalidRegistration { detail } => {
                 write!(f, "cannot register service: {detail}")
             }
+            RpcError::CircuitOpen {
+                endpoint,
+                retry_after,
+            } => write!(
+                f,
+                "circuit open for {endpoint}; next trial in {:.3} s",
+                retry_after.as_secs_f64()
+            ),
         }
     }
 }
@@ -271,6 +306,30 @@ mod tests {
         assert!(RpcError::Throttled.is_retryable());
         assert!(!RpcError::UnknownMethod { name: "A.b".into() }.is_retryable());
         assert!(!RpcError::Shutdown.is_retryable());
+    }
+
+    #[test]
+    fn an_open_circuit_is_retryable_elsewhere_and_nothing_ran() {
+        let err = RpcError::CircuitOpen {
+            endpoint: "127.0.0.1:9".into(),
+            retry_after: Duration::from_millis(250),
+        };
+        assert!(err.is_retryable());
+        assert!(err.is_unprocessed());
+        assert_eq!(
+            err.to_string(),
+            "circuit open for 127.0.0.1:9; next trial in 0.250 s"
+        );
+        assert!(RpcError::Throttled.is_unprocessed());
+        assert!(!RpcError::ConnectionLost { cause: None }.is_unprocessed());
+        assert!(!RpcError::Timeout {
+            after: Duration::from_secs(1)
+        }
+        .is_unprocessed());
+        assert!(!RpcError::Method {
+            message: "x".into()
+        }
+        .is_unprocessed());
     }
 
     #[test]

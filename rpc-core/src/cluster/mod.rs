@@ -7,14 +7,24 @@
 //! | master/worker, push | [`Distributor`] | tasks handed round robin to workers, a failed worker's tasks moved to live ones |
 //! | master/worker, pull | [`TaskQueue`], [`run_worker`] | a lease-based queue served over RPC: every task completed exactly once despite slow or dead workers |
 //! | seeded randomness | [`Rng`] | jitter and random choices that replay exactly from a seed |
+//! | retries with backoff | [`RetryingClient`], [`RetryPolicy`], [`RetryBudget`] | only retryable failures retried (possibly-run ones only for idempotent methods), exponential backoff with jitter within the call's deadline, redial after a lost connection, retries capped at a share of the calls |
+//! | circuit breaker | [`Breaker`], [`BreakerPolicy`] | an endpoint failing past a threshold is not called for a cooldown (calls fail fast with `CircuitOpen`), then one trial call decides whether it closes |
 
+mod breaker;
 mod distribute;
 mod multicast;
+mod retry;
+mod retry_budget;
+mod retrying_client;
 mod rng;
 mod task_queue;
 
+pub use breaker::{Breaker, BreakerPolicy, BreakerState, Permit, MAX_BREAKER_WINDOW};
 pub use distribute::{Distribution, Distributor, TaskResult, DEFAULT_MAX_IN_FLIGHT_PER_WORKER};
 pub use multicast::{AckStream, HostAnswer, Multicast, Outcome, DEFAULT_MULTICAST_DEADLINE};
+pub use retry::{Jitter, RetryPolicy};
+pub use retry_budget::{RetryBudget, RETRY_BUDGET_WINDOW};
+pub use retrying_client::{RetryNotice, RetryStats, RetryingClient, RetryingClientBuilder};
 pub use rng::Rng;
 pub use task_queue::{
     run_worker, Assignment, IgnoredReason, QueueEvent, QueueObserver, QueueStats, Submission,
