@@ -43,4 +43,4 @@ pub use server::{
     DEFAULT_MAX_IN_FLIGHT_PER_CONN, DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_WORKERS, RESERVED_FILES,
 };
 pub use service::{Dispatch, DispatchError, MethodHandler, MethodTable, Service, ServiceError};
-pub use stats::{ServerStats, ERROR_CODE_SLOTS};
+pub use stats::{MethodStats, ServerStats, ERROR_CODE_SLOTS};

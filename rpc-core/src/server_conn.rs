@@ -34,7 +34,7 @@ use rpc_transport::{
 use crate::catch_panic::catch_panic;
 use crate::error_body::{error_frame, ErrorCode};
 use crate::server::{ConnectionSlot, ServerShared};
-use crate::service::{Dispatch, DispatchError, MethodHandler};
+use crate::service::{Dispatch, DispatchError, MethodCounters, MethodHandler};
 use crate::stats::StatsCounters;
 
 /// The [`FrameHandler`] of one accepted connection.
@@ -147,7 +147,7 @@ impl ServerConn {
             StatsCounters::bump(&self.server.stats.duplicate_requests);
             return;
         }
-        let (codec, handler, dispatch) = match self.lookup(&request) {
+        let (codec, handler, dispatch, counters) = match self.lookup(&request) {
             Ok(found) => found,
             Err(err) => return self.refuse(conn, request.seq, err.code, &err.message),
         };
@@ -172,6 +172,7 @@ impl ServerConn {
             calls: Arc::clone(&self.calls),
             conn: conn.clone(),
             received: Instant::now(),
+            counters,
         };
         match dispatch {
             Dispatch::Inline => {
@@ -229,7 +230,7 @@ impl ServerConn {
     fn lookup(
         &self,
         request: &Frame,
-    ) -> Result<(CodecKind, MethodHandler, Dispatch), DispatchError> {
+    ) -> Result<(CodecKind, MethodHandler, Dispatch, Arc<MethodCounters>), DispatchError> {
         let codec = CodecKind::from_id(request.codec)
             .filter(|codec| self.server.config.codecs.contains(codec))
             .ok_or_else(|| {
@@ -253,10 +254,11 @@ impl ServerConn {
                 format!("unknown service `{service}`"),
             )
         })?;
-        let handler = table.get(method).cloned().ok_or_else(|| {
-            DispatchError::new(ErrorCode::UnknownMethod, format!("unknown method `{name}`"))
-        })?;
-        Ok((codec, handler, table.dispatch()))
+        let unknown_method =
+            || DispatchError::new(ErrorCode::UnknownMethod, format!("unknown method `{name}`"));
+        let handler = table.get(method).cloned().ok_or_else(unknown_method)?;
+        let counters = table.counters(method).cloned().ok_or_else(unknown_method)?;
+        Ok((codec, handler, table.dispatch(), counters))
     }
 }
 
@@ -321,6 +323,8 @@ struct InFlight {
     calls: Arc<ConnCalls>,
     conn: Connection,
     received: Instant,
+    /// The method's call and error counters (`Server::method_stats`).
+    counters: Arc<MethodCounters>,
 }
 
 impl InFlight {
@@ -341,6 +345,7 @@ impl InFlight {
         if let Some(code) = failure {
             stats.count_call_error(code);
         }
+        self.counters.count(failure.is_some());
         let sent = match sending {
             Sending::Now => self.conn.send(reply),
             Sending::Batched => self.conn.send_batched(reply),
