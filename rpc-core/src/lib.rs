@@ -20,6 +20,7 @@ mod client_loop;
 pub mod cluster;
 pub mod error;
 pub mod error_body;
+pub mod http;
 mod macros;
 mod open_files;
 mod pending;
@@ -36,6 +37,7 @@ pub use client::{
 };
 pub use error::RpcError;
 pub use error_body::{ErrorBody, ErrorCode};
+pub use http::{HttpConfig, HttpHandle, HttpStats};
 pub use rpc_codec::CodecKind;
 pub use server::{
     default_max_connections, Server, ServerBuilder, ServerConfig, ServerHandle,
