@@ -232,9 +232,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<HttpShared>) {
         let counters = &shared.counters;
         if counters.handshakes.load(Ordering::SeqCst) >= shared.config.max_handshakes {
             Counters::bump(&counters.refused_busy);
-            // A new socket's send buffer is empty: this short answer goes out at once.
-            let _ = stream.set_nonblocking(true);
-            let _ = (&stream).write_all(&response(503, "too many connections at once\n"));
+            refuse_at_accept(stream);
             continue;
         }
         counters.handshakes.fetch_add(1, Ordering::SeqCst);
@@ -362,15 +360,24 @@ fn answer(mut stream: TcpStream, status: u16, content_type: &str, body: &str) {
     }
 }
 
-/// A whole plain-text response, for answers written without a thread (the 503).
-fn response(status: u16, body: &str) -> Vec<u8> {
-    format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {TEXT}\r\nContent-Length: {}\r\n\
+/// Answers `503` on the accept thread, never blocking it. Best effort: the request is not
+/// read, so if it arrives before the close, the close resets the connection and the peer
+/// may see the reset instead of the answer.
+fn refuse_at_accept(mut stream: TcpStream) {
+    let body = "too many connections at once\n";
+    let response = format!(
+        "HTTP/1.1 503 {}\r\nContent-Type: {TEXT}\r\nContent-Length: {}\r\n\
          Connection: close\r\n\r\n{body}",
-        reason(status),
+        reason(503),
         body.len()
-    )
-    .into_bytes()
+    );
+    // A new socket's send buffer is empty: this short answer goes out at once.
+    let _ = stream.set_nonblocking(true);
+    let _ = stream.write_all(response.as_bytes());
+    let _ = stream.shutdown(Shutdown::Write);
+    // Take what has arrived already, so fewer closes become resets.
+    let mut sink = [0u8; 4096];
+    while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
 }
 
 fn reason(status: u16) -> &'static str {
