@@ -34,6 +34,7 @@ impl DebugSnapshot<'_> {
             "th, td { border: 1px solid #bbb; padding: 4px 12px; text-align: left; }\n",
             "th { background: #eee; }\n",
             "td.count { text-align: right; font-variant-numeric: tabular-nums; }\n",
+            ".figures { display: flex; flex-wrap: wrap; gap: 0 3em; }\n",
             "</style>\n</head>\n<body>\n<h1>netrpc services</h1>\n",
         ));
         let _ = writeln!(
@@ -57,15 +58,10 @@ impl DebugSnapshot<'_> {
             }
             page.push_str("</table>\n");
         }
-        page.push_str("<h2>Server</h2>\n<table>\n<tr><th>Statistic</th><th>Value</th></tr>\n");
-        for (name, value) in self.figures() {
-            let _ = writeln!(
-                page,
-                "<tr><td>{}</td><td class=\"count\">{value}</td></tr>",
-                escape_html(&name)
-            );
-        }
-        page.push_str("</table>\n</body>\n</html>\n");
+        page.push_str("<div class=\"figures\">\n");
+        push_figures_table(&mut page, "Server", &server_figures(self.server));
+        push_figures_table(&mut page, "HTTP listener", &http_figures(self.http));
+        page.push_str("</div>\n</body>\n</html>\n");
         page
     }
 
@@ -99,17 +95,6 @@ impl DebugSnapshot<'_> {
         push_json_fields(&mut json, &http_figures(self.http));
         json.push_str("}}");
         json
-    }
-
-    /// Every statistic the HTML shows, server first, then HTTP.
-    fn figures(&self) -> Vec<(String, u64)> {
-        let mut all = server_figures(self.server);
-        all.extend(
-            http_figures(self.http)
-                .into_iter()
-                .map(|(name, value)| (format!("http_{name}"), value)),
-        );
-        all
     }
 }
 
@@ -168,6 +153,20 @@ fn by_service(methods: &[MethodStats]) -> impl Iterator<Item = (&str, &[MethodSt
     methods
         .chunk_by(|a, b| a.service == b.service)
         .map(|group| (group[0].service.as_str(), group))
+}
+
+/// A section of statistics: a heading and a two-column table.
+fn push_figures_table(page: &mut String, title: &str, figures: &[(String, u64)]) {
+    let _ = writeln!(page, "<section>\n<h2>{}</h2>", escape_html(title));
+    page.push_str("<table>\n<tr><th>Statistic</th><th>Value</th></tr>\n");
+    for (name, value) in figures {
+        let _ = writeln!(
+            page,
+            "<tr><td>{}</td><td class=\"count\">{value}</td></tr>",
+            escape_html(name)
+        );
+    }
+    page.push_str("</table>\n</section>\n");
 }
 
 fn push_json_fields(json: &mut String, fields: &[(String, u64)]) {
