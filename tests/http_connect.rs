@@ -261,6 +261,14 @@ fn the_debug_page_counts_calls_and_errors_per_method() {
     arith.divide(&Args { a: 9, b: 3 }).expect("divide");
     let err = arith.divide(&Args { a: 1, b: 0 }).unwrap_err();
     assert!(matches!(err, RpcError::Method { .. }), "{err:?}");
+    let counts: Vec<_> = server
+        .method_stats()
+        .into_iter()
+        .map(|m| (m.service, m.method, m.calls, m.errors))
+        .collect();
+    let expected = [("Divide", 2, 1), ("Multiply", 3, 0), ("Sum", 0, 0)]
+        .map(|(method, calls, errors)| ("Arith".to_owned(), method.to_owned(), calls, errors));
+    assert_eq!(counts, expected);
 
     let json = get(http.local_addr(), "/debug/rpc.json");
     assert_eq!(json.status, "HTTP/1.1 200 OK");
