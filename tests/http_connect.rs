@@ -5,7 +5,7 @@
 mod util;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -75,8 +75,8 @@ fn get(addr: SocketAddr, path: &str) -> Response {
     )
 }
 
-/// Reads byte by byte until a blank line: the server's answer to a CONNECT, and nothing more.
-fn read_connect_answer(stream: &mut TcpStream) -> String {
+/// Reads byte by byte up to a blank line (a CONNECT or its answer), and not a byte more.
+fn read_until_blank_line(stream: &mut TcpStream) -> String {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\n\n") && !head.ends_with(b"\r\n\r\n") {
@@ -138,7 +138,7 @@ fn bytes_pipelined_after_the_connect_head_are_not_lost() {
     bytes.extend_from_slice(&valid_request_bytes());
     stream.write_all(&bytes).expect("send head and frame");
     assert_eq!(
-        read_connect_answer(&mut stream),
+        read_until_blank_line(&mut stream),
         format!("HTTP/1.0 {CONNECTED_STATUS}\n\n")
     );
     let mut evil = EvilClient::from_stream(stream);
@@ -402,4 +402,32 @@ fn shutdown_closes_connections_that_came_over_http_and_stops_accepting() {
     assert!(arith.multiply(&Args { a: 3, b: 3 }).is_err());
     assert!(Client::dial_http(addr).is_err());
     util::assert_back_to_idle(&server);
+}
+
+#[test]
+fn dial_http_sends_gos_exact_connect_line() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a fake server");
+    let addr = listener.local_addr().expect("its address");
+    let fake = thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept the client");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("set a read timeout");
+        let head = read_until_blank_line(&mut stream);
+        stream
+            .write_all(b"HTTP/1.0 403 Forbidden\r\n\r\n")
+            .expect("answer");
+        head
+    });
+    let err = Client::dial_http(addr).unwrap_err();
+    assert!(err.to_string().contains(&addr.to_string()), "{err}");
+    let head = fake.join().expect("the fake server");
+    assert_eq!(head, "CONNECT /_goRPC_ HTTP/1.0\n\n");
+    let RpcError::Unreachable { source, .. } = &err else {
+        panic!("expected Unreachable, got {err:?}");
+    };
+    assert_eq!(
+        source.to_string(),
+        "unexpected HTTP response: 403 Forbidden"
+    );
 }
