@@ -431,3 +431,12 @@ fn dial_http_sends_gos_exact_connect_line() {
         "unexpected HTTP response: 403 Forbidden"
     );
 }
+
+#[test]
+fn the_http_types_can_be_shared_between_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<HttpHandle>();
+    assert_send_sync::<HttpConfig>();
+    assert_send_sync::<netrpc::core::HttpStats>();
+    assert_send_sync::<netrpc::core::MethodStats>();
+}
