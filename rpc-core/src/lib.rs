@@ -20,6 +20,7 @@ mod client_loop;
 pub mod cluster;
 pub mod error;
 pub mod error_body;
+pub mod http;
 mod macros;
 pub mod middleware;
 mod open_files;
@@ -37,6 +38,7 @@ pub use client::{
 };
 pub use error::RpcError;
 pub use error_body::{ErrorBody, ErrorCode};
+pub use http::{HttpConfig, HttpHandle, HttpStats};
 pub use rpc_codec::CodecKind;
 pub use server::{
     default_max_connections, Server, ServerBuilder, ServerConfig, ServerHandle,
@@ -44,4 +46,4 @@ pub use server::{
     DEFAULT_MAX_IN_FLIGHT_PER_CONN, DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_WORKERS, RESERVED_FILES,
 };
 pub use service::{Dispatch, DispatchError, MethodHandler, MethodTable, Service, ServiceError};
-pub use stats::{ServerStats, ERROR_CODE_SLOTS};
+pub use stats::{MethodStats, ServerStats, ERROR_CODE_SLOTS};

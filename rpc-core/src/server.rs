@@ -29,7 +29,7 @@ use crate::open_files::open_files_limit;
 use crate::pool::WorkerPool;
 use crate::server_conn::{encode_error, ConnCalls, ServerConn};
 use crate::service::{Dispatch, MethodTable, Service};
-use crate::stats::{ServerStats, StatsCounters};
+use crate::stats::{MethodStats, ServerStats, StatsCounters};
 
 /// Registers services and serves them. Cheap to clone: clones share services and workers.
 ///
@@ -270,6 +270,30 @@ impl Server {
         stats
     }
 
+    /// Calls and errors of every method of every registered service, sorted by service and
+    /// method name (Go: the call counts on the `/debug/rpc` page).
+    pub fn method_stats(&self) -> Vec<MethodStats> {
+        let services = self
+            .shared
+            .services
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut all = Vec::new();
+        for (service, table) in services.iter() {
+            for method in table.names() {
+                let (calls, errors) = table.counters(method).map_or((0, 0), |c| c.load());
+                all.push(MethodStats {
+                    service: service.clone(),
+                    method: method.to_owned(),
+                    calls,
+                    errors,
+                });
+            }
+        }
+        all.sort_unstable();
+        all
+    }
+
     /// Worker threads alive right now (idle ones included).
     pub fn worker_threads(&self) -> usize {
         self.shared.pool.threads()
@@ -353,6 +377,21 @@ impl Server {
         let group_id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let group = self
             .start_loops(Some(listener), group_id)
+            .map_err(|err| unreachable(&local_addr.to_string(), err))?;
+        Ok(ServerHandle {
+            local_addr,
+            server: Arc::clone(&self.shared),
+            group: Mutex::new(Some(group)),
+        })
+    }
+
+    /// Starts event loops with no listener, for a transport that accepts sockets itself and
+    /// hands them over with [`ServerHandle::adopt`] (the HTTP CONNECT listener, which listens
+    /// on `local_addr`).
+    pub(crate) fn serve_adopted(&self, local_addr: SocketAddr) -> Result<ServerHandle, RpcError> {
+        let group_id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let group = self
+            .start_loops(None, group_id)
             .map_err(|err| unreachable(&local_addr.to_string(), err))?;
         Ok(ServerHandle {
             local_addr,
@@ -627,6 +666,32 @@ impl ServerHandle {
         };
         group.shutdown();
         drained
+    }
+}
+
+impl ServerHandle {
+    /// Hands `stream` to this handle's event loops, as its acceptor would (spread over the
+    /// loops by connection id). The connection counts as open from now on.
+    ///
+    /// Fails if the handle is shut down or the socket cannot be made non-blocking; the socket
+    /// is then closed.
+    pub(crate) fn adopt(&self, stream: TcpStream) -> io::Result<()> {
+        let group = self.group.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(group) = group.as_ref() else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "server is shut down",
+            ));
+        };
+        let _ = stream.set_nodelay(true);
+        let slot = ConnectionSlot::open(&self.server, group.id);
+        // `handles` is never empty: `start_loops` starts loop 0 at least.
+        let target = &group.handles[(slot.id() % group.handles.len() as u64) as usize];
+        let server = Arc::clone(&self.server);
+        let make_handler = Box::new(move |conn: &Connection| {
+            Box::new(ServerConn::new(server, conn, slot)) as Box<dyn FrameHandler>
+        });
+        target.adopt(stream, self.server.config.limits, make_handler)
     }
 }
 

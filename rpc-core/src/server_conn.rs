@@ -35,7 +35,7 @@ use crate::catch_panic::catch_panic;
 use crate::error_body::{error_frame, ErrorCode};
 use crate::middleware::{run_server_chain, CallContext};
 use crate::server::{ConnectionSlot, ServerShared};
-use crate::service::{Dispatch, DispatchError, MethodHandler};
+use crate::service::{Dispatch, DispatchError, MethodCounters, MethodHandler};
 use crate::stats::StatsCounters;
 
 /// The [`FrameHandler`] of one accepted connection.
@@ -148,7 +148,7 @@ impl ServerConn {
             StatsCounters::bump(&self.server.stats.duplicate_requests);
             return;
         }
-        let (codec, handler, dispatch) = match self.lookup(&request) {
+        let (codec, handler, dispatch, counters) = match self.lookup(&request) {
             Ok(found) => found,
             Err(err) => return self.refuse(conn, request.seq, err.code, &err.message),
         };
@@ -173,6 +173,7 @@ impl ServerConn {
             calls: Arc::clone(&self.calls),
             conn: conn.clone(),
             received: Instant::now(),
+            counters,
         };
         match dispatch {
             Dispatch::Inline => {
@@ -230,7 +231,7 @@ impl ServerConn {
     fn lookup(
         &self,
         request: &Frame,
-    ) -> Result<(CodecKind, MethodHandler, Dispatch), DispatchError> {
+    ) -> Result<(CodecKind, MethodHandler, Dispatch, Arc<MethodCounters>), DispatchError> {
         let codec = CodecKind::from_id(request.codec)
             .filter(|codec| self.server.config.codecs.contains(codec))
             .ok_or_else(|| {
@@ -254,10 +255,11 @@ impl ServerConn {
                 format!("unknown service `{service}`"),
             )
         })?;
-        let handler = table.get(method).cloned().ok_or_else(|| {
-            DispatchError::new(ErrorCode::UnknownMethod, format!("unknown method `{name}`"))
-        })?;
-        Ok((codec, handler, table.dispatch()))
+        let unknown_method =
+            || DispatchError::new(ErrorCode::UnknownMethod, format!("unknown method `{name}`"));
+        let handler = table.get(method).cloned().ok_or_else(unknown_method)?;
+        let counters = table.counters(method).cloned().ok_or_else(unknown_method)?;
+        Ok((codec, handler, table.dispatch(), counters))
     }
 }
 
@@ -322,6 +324,8 @@ struct InFlight {
     calls: Arc<ConnCalls>,
     conn: Connection,
     received: Instant,
+    /// The method's call and error counters (`Server::method_stats`).
+    counters: Arc<MethodCounters>,
 }
 
 impl InFlight {
@@ -366,6 +370,7 @@ impl InFlight {
         if let Some(code) = failure {
             stats.count_call_error(code);
         }
+        self.counters.count(failure.is_some());
         let sent = match sending {
             Sending::Now => self.conn.send(reply),
             Sending::Batched => self.conn.send_batched(reply),

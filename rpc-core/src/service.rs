@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -95,10 +96,37 @@ pub enum Dispatch {
 }
 
 /// The methods of one service, by method name (the part after the dot).
+///
+/// Each method also has call and error counters, bumped by the server as it answers calls
+/// (read them with `Server::method_stats`); clones of a table share its counters.
 #[derive(Default, Clone)]
 pub struct MethodTable {
     methods: HashMap<&'static str, MethodHandler>,
+    counters: HashMap<&'static str, Arc<MethodCounters>>,
     dispatch: Dispatch,
+}
+
+/// Calls and failed calls of one method, counted where the server finishes a call.
+#[derive(Debug, Default)]
+pub(crate) struct MethodCounters {
+    calls: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl MethodCounters {
+    /// Counts one answered call, and one error if it `failed`.
+    pub(crate) fn count(&self, failed: bool) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Calls answered and, of those, errors.
+    pub(crate) fn load(&self) -> (u64, u64) {
+        let calls = self.calls.load(Ordering::Relaxed);
+        (calls, self.errors.load(Ordering::Relaxed))
+    }
 }
 
 impl MethodTable {
@@ -131,12 +159,18 @@ impl MethodTable {
             })
         };
         self.methods.insert(name, Arc::new(handler));
+        self.counters.insert(name, Arc::default());
         self
     }
 
     /// The handler of method `name`.
     pub fn get(&self, name: &str) -> Option<&MethodHandler> {
         self.methods.get(name)
+    }
+
+    /// The call counters of method `name`.
+    pub(crate) fn counters(&self, name: &str) -> Option<&Arc<MethodCounters>> {
+        self.counters.get(name)
     }
 
     /// Method names, in no particular order.

@@ -58,6 +58,23 @@ impl ServerStats {
     }
 }
 
+/// Calls answered by one method, from [`crate::Server::method_stats`] (Go: the call counts
+/// on the `/debug/rpc` page).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MethodStats {
+    /// The service's registered name.
+    pub service: String,
+    /// The method's name (the part after the dot).
+    pub method: String,
+    /// Calls that ran (or were dispatched and then skipped as expired or cancelled) and were
+    /// answered; requests refused before dispatch (unknown names, caps, shutdown) are not
+    /// counted.
+    pub calls: u64,
+    /// Of `calls`, those answered with an error: the method's own, an undecodable argument,
+    /// a panic, an expired deadline, a reply over the limits.
+    pub errors: u64,
+}
+
 /// Slots in [`ServerStats::call_errors`]: one per error code this version sends, plus zero.
 pub const ERROR_CODE_SLOTS: usize = 13;
 

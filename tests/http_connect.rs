@@ -1,0 +1,442 @@
+//! RPC over HTTP CONNECT and the debug page (Go: `HandleHTTP`, `DialHTTP`, `/debug/rpc`;
+//! SEEDS §5): a client dialed with `dial_http` calls Arith through `serve_http`, the listener
+//! answers everything else with one HTTP response, and bad or slow heads cost nothing lasting.
+
+mod util;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use netrpc::core::http::{HttpConfig, HttpHandle, CONNECTED_STATUS};
+use netrpc::transport::FrameKind;
+use netrpc::{Client, Codec, CodecKind, RpcError, Server};
+use util::evil::{valid_request_bytes, EvilClient};
+use util::{wait_until, Args, ArithClient, ArithServer, Calculator};
+
+/// An Arith server with an HTTP listener on 127.0.0.1 (head timeout `head_timeout`).
+fn start(config: HttpConfig) -> (Server, HttpHandle) {
+    let server = Server::new();
+    server
+        .register(ArithServer::new(Calculator))
+        .expect("register Arith");
+    let http = server
+        .serve_http_with("127.0.0.1:0", config)
+        .expect("serve HTTP");
+    (server, http)
+}
+
+fn start_default() -> (Server, HttpHandle) {
+    start(HttpConfig::default())
+}
+
+fn short_timeouts() -> HttpConfig {
+    HttpConfig {
+        head_timeout: Duration::from_millis(300),
+        ..HttpConfig::default()
+    }
+}
+
+/// An HTTP response read to its end: the status line, the head's other lines, the body.
+struct Response {
+    status: String,
+    headers: String,
+    body: String,
+}
+
+/// Sends `request` on a fresh connection and reads the response until the server closes.
+fn exchange(addr: SocketAddr, request: &[u8]) -> Response {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("set a read timeout");
+    stream.write_all(request).expect("send the request");
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .expect("the server answers and closes in time");
+    let text = String::from_utf8(raw).expect("a text response");
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no blank line in {text:?}"));
+    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    Response {
+        status: status.to_owned(),
+        headers: headers.to_owned(),
+        body: body.to_owned(),
+    }
+}
+
+fn get(addr: SocketAddr, path: &str) -> Response {
+    exchange(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes(),
+    )
+}
+
+/// Reads byte by byte up to a blank line (a CONNECT or its answer), and not a byte more.
+fn read_until_blank_line(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\n\n") && !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).expect("the CONNECT answer");
+        head.push(byte[0]);
+        assert!(head.len() < 1024, "endless answer: {head:?}");
+    }
+    String::from_utf8(head).expect("a text answer")
+}
+
+#[test]
+fn a_client_dialed_over_http_calls_arith() {
+    let (server, http) = start_default();
+    let arith = ArithClient::new(Client::dial_http(http.local_addr()).expect("dial_http"));
+    assert_eq!(arith.multiply(&Args { a: 7, b: 8 }).expect("multiply"), 56);
+    let quotient = arith.divide(&Args { a: 17, b: 5 }).expect("divide");
+    assert_eq!((quotient.quo, quotient.rem), (3, 2));
+    assert_eq!(server.stats().open_connections, 1);
+    assert_eq!(http.stats().rpc_connections, 1);
+    assert_eq!(http.stats().handshakes_in_progress, 0);
+}
+
+#[test]
+fn several_clients_over_http_call_concurrently() {
+    let (server, http) = start_default();
+    let addr = http.local_addr();
+    let workers: Vec<_> = (0..8i64)
+        .map(|id| {
+            thread::spawn(move || {
+                let arith = ArithClient::new(Client::dial_http(addr).expect("dial_http"));
+                for b in 0..25 {
+                    let product = arith.multiply(&Args { a: id, b }).expect("multiply");
+                    assert_eq!(product, id * b);
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().expect("a client thread panicked");
+    }
+    assert_eq!(http.stats().rpc_connections, 8);
+    let multiply = server
+        .method_stats()
+        .into_iter()
+        .find(|m| m.method == "Multiply")
+        .expect("Multiply is listed");
+    assert_eq!((multiply.calls, multiply.errors), (200, 0));
+}
+
+#[test]
+fn bytes_pipelined_after_the_connect_head_are_not_lost() {
+    let (_server, http) = start_default();
+    let mut stream = TcpStream::connect(http.local_addr()).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("set a read timeout");
+    // The head and a whole request frame in one write, before any answer.
+    let mut bytes = b"CONNECT /_goRPC_ HTTP/1.0\n\n".to_vec();
+    bytes.extend_from_slice(&valid_request_bytes());
+    stream.write_all(&bytes).expect("send head and frame");
+    assert_eq!(
+        read_until_blank_line(&mut stream),
+        format!("HTTP/1.0 {CONNECTED_STATUS}\n\n")
+    );
+    let mut evil = EvilClient::from_stream(stream);
+    let reply = evil.read_frames(1).remove(0);
+    assert_eq!((reply.kind, reply.seq), (FrameKind::Response, 1));
+    let product: i64 = CodecKind::Postcard.decode(&reply.body).expect("an i64");
+    assert_eq!(product, 56);
+}
+
+#[test]
+fn get_on_the_rpc_path_is_answered_405_must_connect() {
+    let (_server, http) = start_default();
+    let response = get(http.local_addr(), "/_goRPC_");
+    assert_eq!(response.status, "HTTP/1.1 405 Method Not Allowed");
+    assert_eq!(response.body, "405 must CONNECT\n");
+    assert!(response
+        .headers
+        .contains("Content-Type: text/plain; charset=utf-8"));
+    assert_eq!(http.stats().rejected_requests, 1);
+}
+
+#[test]
+fn an_unknown_path_is_answered_404() {
+    let (_server, http) = start_default();
+    let response = get(http.local_addr(), "/nothing/here");
+    assert_eq!(response.status, "HTTP/1.1 404 Not Found");
+    let response = exchange(http.local_addr(), b"CONNECT /_netrpc_ HTTP/1.0\n\n");
+    assert_eq!(response.status, "HTTP/1.1 404 Not Found");
+}
+
+#[test]
+fn a_garbage_head_is_answered_400_and_the_server_keeps_serving() {
+    let (server, http) = start_default();
+    for garbage in [
+        &b"\x00\x01\x02\x03 garbage\r\n\r\n"[..],
+        b"GET /debug/rpc\r\n\r\n",
+        b"CONNECT /_goRPC_ HTTP/9.9\n\n",
+        b"GET / HTTP/1.1\r\nno colon\r\n\r\n",
+    ] {
+        let response = exchange(http.local_addr(), garbage);
+        assert_eq!(response.status, "HTTP/1.1 400 Bad Request", "{garbage:?}");
+    }
+    assert_eq!(http.stats().rejected_requests, 4);
+    let arith = ArithClient::new(Client::dial_http(http.local_addr()).expect("dial_http"));
+    assert_eq!(arith.sum(&Args { a: 2, b: 3 }).expect("sum"), 5);
+    assert_eq!(server.stats().frame_errors, 0);
+}
+
+#[test]
+fn half_a_head_then_silence_is_closed_after_the_timeout_without_leaks() {
+    let (server, http) = start(short_timeouts());
+    let mut stream = TcpStream::connect(http.local_addr()).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("set a read timeout");
+    stream
+        .write_all(b"CONNECT /_goR")
+        .expect("send half a head");
+    wait_until("the head being read", Duration::from_secs(5), || {
+        http.stats().handshakes_in_progress == 1
+    });
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    match stream.read_to_end(&mut rest) {
+        Ok(_) => assert!(rest.is_empty(), "no answer expected, got {rest:?}"),
+        Err(err) => assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "closed only after {:?}",
+        started.elapsed()
+    );
+    wait_until(
+        "the handshake thread to end",
+        Duration::from_secs(5),
+        || http.stats().handshakes_in_progress == 0,
+    );
+    assert_eq!(http.stats().abandoned_heads, 1);
+    assert_eq!(server.stats().open_connections, 0);
+    let arith = ArithClient::new(Client::dial_http(http.local_addr()).expect("dial_http"));
+    assert_eq!(arith.multiply(&Args { a: 6, b: 7 }).expect("multiply"), 42);
+}
+
+#[test]
+fn a_head_over_the_size_cap_is_answered_431() {
+    let config = HttpConfig {
+        max_head_len: 1024,
+        ..HttpConfig::default()
+    };
+    let (_server, http) = start(config);
+    let mut request = b"GET /debug/rpc HTTP/1.1\r\n".to_vec();
+    for index in 0..100 {
+        request.extend_from_slice(format!("X-Filler-{index}: {}\r\n", "x".repeat(40)).as_bytes());
+    }
+    request.extend_from_slice(b"\r\n");
+    let response = exchange(http.local_addr(), &request);
+    assert_eq!(
+        response.status,
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+    assert!(
+        response.body.contains("1024-byte limit"),
+        "{}",
+        response.body
+    );
+    wait_until(
+        "the handshake thread to end",
+        Duration::from_secs(5),
+        || http.stats().handshakes_in_progress == 0,
+    );
+}
+
+#[test]
+fn the_debug_page_counts_calls_and_errors_per_method() {
+    let (server, http) = start_default();
+    let arith = ArithClient::new(Client::dial_http(http.local_addr()).expect("dial_http"));
+    for b in 1..=3 {
+        arith.multiply(&Args { a: 2, b }).expect("multiply");
+    }
+    arith.divide(&Args { a: 9, b: 3 }).expect("divide");
+    let err = arith.divide(&Args { a: 1, b: 0 }).unwrap_err();
+    assert!(matches!(err, RpcError::Method { .. }), "{err:?}");
+    let counts: Vec<_> = server
+        .method_stats()
+        .into_iter()
+        .map(|m| (m.service, m.method, m.calls, m.errors))
+        .collect();
+    let expected = [("Divide", 2, 1), ("Multiply", 3, 0), ("Sum", 0, 0)]
+        .map(|(method, calls, errors)| ("Arith".to_owned(), method.to_owned(), calls, errors));
+    assert_eq!(counts, expected);
+
+    let json = get(http.local_addr(), "/debug/rpc.json");
+    assert_eq!(json.status, "HTTP/1.1 200 OK");
+    assert!(json.headers.contains("Content-Type: application/json"));
+    assert!(
+        json.body.contains(
+            "{\"name\":\"Arith\",\"methods\":[{\"name\":\"Divide\",\"calls\":2,\"errors\":1},\
+         {\"name\":\"Multiply\",\"calls\":3,\"errors\":0},{\"name\":\"Sum\",\"calls\":0,\
+         \"errors\":0}]}"
+        ),
+        "{}",
+        json.body
+    );
+    assert!(
+        json.body.contains("\"open_connections\":1"),
+        "{}",
+        json.body
+    );
+    assert!(
+        json.body.contains("\"call_errors_Service\":1"),
+        "{}",
+        json.body
+    );
+
+    let html = get(http.local_addr(), "/debug/rpc");
+    assert_eq!(html.status, "HTTP/1.1 200 OK");
+    assert!(html
+        .headers
+        .contains("Content-Type: text/html; charset=utf-8"));
+    assert!(html.headers.contains("Connection: close"));
+    assert!(
+        html.body.contains("<h2>Service Arith</h2>"),
+        "{}",
+        html.body
+    );
+    assert!(html
+        .body
+        .contains("<tr><td>Divide</td><td class=\"count\">2</td><td class=\"count\">1</td></tr>"));
+    assert!(html.body.contains(
+        "<tr><td>Multiply</td><td class=\"count\">3</td><td class=\"count\">0</td></tr>"
+    ));
+    assert!(html.body.contains("<a href=\"/debug/rpc\">Refresh</a>"));
+    assert_eq!(http.stats().pages_served, 2);
+}
+
+#[test]
+fn service_names_are_escaped_on_the_debug_page() {
+    let (server, http) = start_default();
+    server
+        .register_name("A<b>", ArithServer::new(Calculator))
+        .expect("`<` is allowed in a service name");
+    let client = Client::dial_http(http.local_addr()).expect("dial_http");
+    let sum: i64 = client
+        .call("A<b>.Sum", &Args { a: 1, b: 1 })
+        .expect("call A<b>.Sum");
+    assert_eq!(sum, 2);
+    let html = get(http.local_addr(), "/debug/rpc").body;
+    assert!(html.contains("<h2>Service A&lt;b&gt;</h2>"), "{html}");
+    assert!(!html.contains("A<b>"), "{html}");
+    let json = get(http.local_addr(), "/debug/rpc.json").body;
+    assert!(
+        json.contains(
+            "{\"name\":\"A<b>\",\"methods\":[{\"name\":\"Divide\",\"calls\":0,\"errors\":0},\
+         {\"name\":\"Multiply\",\"calls\":0,\"errors\":0},{\"name\":\"Sum\",\"calls\":1,"
+        ),
+        "{json}"
+    );
+}
+
+#[test]
+fn dial_http_reports_any_other_answer_as_unreachable() {
+    let (_server, http) = start_default();
+    let err = Client::dial_http_path(http.local_addr(), "/elsewhere").unwrap_err();
+    let RpcError::Unreachable { source, .. } = &err else {
+        panic!("expected Unreachable, got {err:?}");
+    };
+    assert_eq!(
+        source.to_string(),
+        "unexpected HTTP response: 404 Not Found"
+    );
+
+    // A plain netrpc listener takes the CONNECT for a broken frame and closes.
+    let plain = Server::new().serve("127.0.0.1:0").expect("serve");
+    let started = Instant::now();
+    let err = Client::dial_http(plain.local_addr()).unwrap_err();
+    assert!(matches!(err, RpcError::Unreachable { .. }), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    let err = Client::dial_http_path(http.local_addr(), "no-slash").unwrap_err();
+    assert!(matches!(err, RpcError::Unreachable { .. }), "{err:?}");
+}
+
+#[test]
+fn too_many_heads_at_once_are_answered_503() {
+    let config = HttpConfig {
+        max_handshakes: 2,
+        ..short_timeouts()
+    };
+    let (_server, http) = start(config);
+    let silent: Vec<_> = (0..2)
+        .map(|_| TcpStream::connect(http.local_addr()).expect("connect"))
+        .collect();
+    wait_until("two heads being read", Duration::from_secs(5), || {
+        http.stats().handshakes_in_progress == 2
+    });
+    // The refusal is written at accept, without reading: a client that waits gets it whole
+    // (one whose request were still unread at the close could see a reset instead).
+    let response = exchange(http.local_addr(), b"");
+    assert_eq!(response.status, "HTTP/1.1 503 Service Unavailable");
+    assert_eq!(http.stats().refused_busy, 1);
+    drop(silent);
+    wait_until(
+        "the silent heads to be dropped",
+        Duration::from_secs(5),
+        || http.stats().handshakes_in_progress == 0,
+    );
+    assert_eq!(
+        get(http.local_addr(), "/debug/rpc").status,
+        "HTTP/1.1 200 OK"
+    );
+}
+
+#[test]
+fn shutdown_closes_connections_that_came_over_http_and_stops_accepting() {
+    let (server, http) = start_default();
+    let arith = ArithClient::new(Client::dial_http(http.local_addr()).expect("dial_http"));
+    assert_eq!(arith.multiply(&Args { a: 3, b: 3 }).expect("multiply"), 9);
+    let addr = http.local_addr();
+    http.shutdown();
+    http.shutdown();
+    assert!(arith.multiply(&Args { a: 3, b: 3 }).is_err());
+    assert!(Client::dial_http(addr).is_err());
+    util::assert_back_to_idle(&server);
+}
+
+#[test]
+fn dial_http_sends_gos_exact_connect_line() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a fake server");
+    let addr = listener.local_addr().expect("its address");
+    let fake = thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept the client");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("set a read timeout");
+        let head = read_until_blank_line(&mut stream);
+        stream
+            .write_all(b"HTTP/1.0 403 Forbidden\r\n\r\n")
+            .expect("answer");
+        head
+    });
+    let err = Client::dial_http(addr).unwrap_err();
+    assert!(err.to_string().contains(&addr.to_string()), "{err}");
+    let head = fake.join().expect("the fake server");
+    assert_eq!(head, "CONNECT /_goRPC_ HTTP/1.0\n\n");
+    let RpcError::Unreachable { source, .. } = &err else {
+        panic!("expected Unreachable, got {err:?}");
+    };
+    assert_eq!(
+        source.to_string(),
+        "unexpected HTTP response: 403 Forbidden"
+    );
+}
+
+#[test]
+fn the_http_types_can_be_shared_between_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<HttpHandle>();
+    assert_send_sync::<HttpConfig>();
+    assert_send_sync::<netrpc::core::HttpStats>();
+    assert_send_sync::<netrpc::core::MethodStats>();
+}
