@@ -23,7 +23,7 @@ fn two_thousand_idle_sockets_do_not_lock_out_a_new_client() {
         .collect();
     wait_until(
         "the server to hold 2,000 idle connections",
-        Duration::from_secs(5),
+        Duration::from_secs(20),
         || server.server.stats().open_connections == idle.len(),
     );
     let arith = server.arith();

@@ -171,6 +171,11 @@ impl ClientBuilder {
         self
     }
 
+    /// The connect timeout set so far (for dialers in other files, such as HTTP CONNECT).
+    pub(crate) fn connect_timeout_setting(&self) -> Duration {
+        self.config.connect_timeout
+    }
+
     /// Connects to `addr` (Go: `rpc.Dial`), trying each address it resolves to.
     ///
     /// # Errors

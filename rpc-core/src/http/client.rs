@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rpc_transport::clock::deadline_after;
 
-use crate::client::{Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT};
+use crate::client::{Client, ClientBuilder};
 use crate::error::RpcError;
 use crate::http::head::{parse_status, read_head, HeadError};
 use crate::http::{CONNECTED_STATUS, DEFAULT_RPC_PATH};
@@ -19,9 +19,8 @@ impl ClientBuilder {
     /// Connects to a server's HTTP listener ([`crate::Server::serve_http`]) on Go's path
     /// [`DEFAULT_RPC_PATH`] (Go: `rpc.DialHTTP`), then works like [`ClientBuilder::dial`].
     ///
-    /// The TCP connect and the HTTP exchange together must finish within
-    /// [`DEFAULT_CONNECT_TIMEOUT`] (the builder's `connect_timeout` still bounds the hand-over
-    /// to the client's event loop).
+    /// The TCP connect and the HTTP exchange together must finish within the builder's
+    /// connect timeout (default [`crate::DEFAULT_CONNECT_TIMEOUT`]).
     ///
     /// # Errors
     ///
@@ -67,7 +66,7 @@ impl ClientBuilder {
                 detail,
             )));
         }
-        let deadline = deadline_after(Instant::now(), DEFAULT_CONNECT_TIMEOUT);
+        let deadline = deadline_after(Instant::now(), self.connect_timeout_setting());
         let mut last_error = None;
         for candidate in addr.to_socket_addrs().map_err(unreachable)? {
             let remaining = time_left(deadline).map_err(unreachable)?;
