@@ -39,7 +39,10 @@ mod suite {
         let lease_b = registry.register(&b, ttl).unwrap();
         let lease_a = registry.register(&a, ttl).unwrap();
         registry.register(&other, ttl).unwrap();
-        assert!(lease_a.ttl >= ttl, "the granted ttl is never shorter than asked");
+        assert!(
+            lease_a.ttl >= ttl,
+            "the granted ttl is never shorter than asked"
+        );
         assert_eq!(registry.list("Arith").unwrap(), vec![a.clone(), b.clone()]);
         assert!(registry.list("Nobody").unwrap().is_empty());
         registry.deregister(lease_b).unwrap();
@@ -60,9 +63,11 @@ mod suite {
         let lease = registry.register(&instance, ttl).unwrap();
         assert_eq!(registry.list("Expiring").unwrap(), vec![instance]);
         let registered = Instant::now();
-        wait_until("the unrenewed instance to expire", lease.ttl + SLACK, || {
-            registry.list("Expiring").unwrap().is_empty()
-        });
+        wait_until(
+            "the unrenewed instance to expire",
+            lease.ttl + SLACK,
+            || registry.list("Expiring").unwrap().is_empty(),
+        );
         assert!(
             registered.elapsed() >= lease.ttl - Duration::from_millis(50),
             "expired after {:?}, before its ttl of {:?}",
@@ -75,15 +80,22 @@ mod suite {
         ));
     }
 
-    pub(super) fn heartbeat_keeps_alive_and_drop_deregisters(registry: Arc<dyn Registry>, ttl: Duration) {
+    pub(super) fn heartbeat_keeps_alive_and_drop_deregisters(
+        registry: Arc<dyn Registry>,
+        ttl: Duration,
+    ) {
         let instance = Instance::new("Beating", "127.0.0.1:7020");
-        let registration = Registration::start(Arc::clone(&registry), instance.clone(), ttl)
-            .unwrap();
+        let registration =
+            Registration::start(Arc::clone(&registry), instance.clone(), ttl).unwrap();
         let granted = registration.lease().ttl;
         // Past the TTL plus the backend's expiry granularity: only heartbeats keep it listed.
         thread::sleep(granted + granted / 2 + Duration::from_millis(500));
         assert_eq!(registry.list("Beating").unwrap(), vec![instance]);
-        assert!(registration.renewals() >= 2, "{} renewals", registration.renewals());
+        assert!(
+            registration.renewals() >= 2,
+            "{} renewals",
+            registration.renewals()
+        );
         assert_eq!(registration.reregistrations(), 0);
         drop(registration);
         assert!(
@@ -107,7 +119,9 @@ mod suite {
         assert_eq!(next_change(&mut watcher, "b expired"), vec![a.clone()]);
         registry.deregister(lease_a).unwrap();
         assert!(next_change(&mut watcher, "a deregistered").is_empty());
-        registry.register(&Instance::new("Unwatched", "127.0.0.1:7032"), ttl).unwrap();
+        registry
+            .register(&Instance::new("Unwatched", "127.0.0.1:7032"), ttl)
+            .unwrap();
         assert_eq!(
             watcher.changed(Duration::from_millis(300)).unwrap(),
             None,
@@ -193,10 +207,15 @@ fn etcd_lease_expiry_deletes_the_key_itself() {
         String::from_utf8(body).unwrap()
     };
     let before = stored(&raw);
-    assert!(before.contains(&format!(r#""lease":"{}""#, lease.id)), "{before}");
-    wait_until("etcd to revoke the lease and its key", lease.ttl + SLACK, || {
-        !stored(&raw).contains("\"kvs\"")
-    });
+    assert!(
+        before.contains(&format!(r#""lease":"{}""#, lease.id)),
+        "{before}"
+    );
+    wait_until(
+        "etcd to revoke the lease and its key",
+        lease.ttl + SLACK,
+        || !stored(&raw).contains("\"kvs\""),
+    );
 }
 
 #[test]
@@ -215,7 +234,10 @@ fn etcd_watch_picks_up_a_new_instance_from_another_client() {
     assert_eq!(seen, Some(vec![instance]));
     println!("etcd watch: a registration seen after {latency:?} (register included)");
     writer.deregister(lease).unwrap();
-    assert_eq!(watcher.changed(Duration::from_secs(5)).unwrap(), Some(Vec::new()));
+    assert_eq!(
+        watcher.changed(Duration::from_secs(5)).unwrap(),
+        Some(Vec::new())
+    );
 }
 
 #[test]
@@ -265,7 +287,11 @@ fn health_checker_drops_a_stopped_server_and_restores_it_when_it_returns() {
     while let Ok(Some(snapshot)) = healthy.changed(Duration::ZERO) {
         changes.push(snapshot);
     }
-    assert_eq!(changes.last(), Some(&vec![instance]), "watchers see the return");
+    assert_eq!(
+        changes.last(),
+        Some(&vec![instance]),
+        "watchers see the return"
+    );
     checker.stop();
     restarted.shutdown();
 }
@@ -274,13 +300,20 @@ fn health_checker_drops_a_stopped_server_and_restores_it_when_it_returns() {
 fn health_checker_forgets_deregistered_instances_at_once() {
     let registry = MemoryRegistry::new();
     let lease = registry
-        .register(&Instance::new("Arith", "127.0.0.1:1"), Duration::from_secs(30))
+        .register(
+            &Instance::new("Arith", "127.0.0.1:1"),
+            Duration::from_secs(30),
+        )
         .unwrap();
     let checker = HealthChecker::builder()
         .interval(Duration::from_secs(60))
         .start(registry.watch("Arith").unwrap())
         .unwrap();
-    assert_eq!(checker.healthy().len(), 1, "registered instances start healthy");
+    assert_eq!(
+        checker.healthy().len(),
+        1,
+        "registered instances start healthy"
+    );
     registry.deregister(lease).unwrap();
     wait_until("the checker to follow the registry", SLACK, || {
         checker.healthy().is_empty() && checker.statuses().is_empty()
@@ -296,8 +329,11 @@ fn ping_probe_tells_a_netrpc_server_from_silent_and_foreign_peers() {
 
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
     let started = Instant::now();
-    let err = ping_probe(&Instance::new("S", silent.local_addr().unwrap().to_string()), timeout)
-        .unwrap_err();
+    let err = ping_probe(
+        &Instance::new("S", silent.local_addr().unwrap().to_string()),
+        timeout,
+    )
+    .unwrap_err();
     assert!(matches!(err, RpcError::Timeout { .. }), "{err}");
     assert!(started.elapsed() < timeout + SLACK);
 
@@ -397,11 +433,17 @@ fn start_throwaway_etcd() -> Option<String> {
     let probe = HttpClient::new(addr.clone()).timeout(Duration::from_millis(500));
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
-        if probe.post("/v3/kv/range", br#"{"key":"AA=="}"#).is_ok_and(|r| r.status == 200) {
+        if probe
+            .post("/v3/kv/range", br#"{"key":"AA=="}"#)
+            .is_ok_and(|r| r.status == 200)
+        {
             println!("started a throwaway etcd on {addr}");
             return Some(addr);
         }
         thread::sleep(Duration::from_millis(100));
     }
-    panic!("etcd did not answer on {addr} within 15 s (log: {}.log)", dir.display());
+    panic!(
+        "etcd did not answer on {addr} within 15 s (log: {}.log)",
+        dir.display()
+    );
 }

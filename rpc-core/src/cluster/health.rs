@@ -80,12 +80,16 @@ pub fn ping_probe(instance: &Instance, timeout: Duration) -> Result<(), RpcError
         .map_err(|err| RpcError::Internal {
             detail: err.to_string(),
         })?;
-    stream.set_write_timeout(Some(left(deadline)?)).map_err(lost)?;
+    stream
+        .set_write_timeout(Some(left(deadline)?))
+        .map_err(lost)?;
     stream.write_all(&wire).map_err(lost)?;
     let mut decoder = FrameDecoder::new(limits);
     let mut buf = [0u8; 512];
     loop {
-        stream.set_read_timeout(Some(left(deadline)?)).map_err(lost)?;
+        stream
+            .set_read_timeout(Some(left(deadline)?))
+            .map_err(lost)?;
         let read = match stream.read(&mut buf) {
             Ok(read) => read,
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
@@ -323,9 +327,7 @@ impl Shared {
             let results: Vec<Result<(), RpcError>> = thread::scope(|scope| {
                 let probes: Vec<_> = batch
                     .iter()
-                    .map(|instance| {
-                        scope.spawn(|| (settings.probe)(instance, settings.timeout))
-                    })
+                    .map(|instance| scope.spawn(|| (settings.probe)(instance, settings.timeout)))
                     .collect();
                 probes
                     .into_iter()
@@ -381,7 +383,11 @@ impl Shared {
 }
 
 /// Counts one probe result and flips the instance's health past the thresholds.
-fn record(status: &mut InstanceHealth, result: Result<(), RpcError>, settings: &HealthCheckerBuilder) {
+fn record(
+    status: &mut InstanceHealth,
+    result: Result<(), RpcError>,
+    settings: &HealthCheckerBuilder,
+) {
     match result {
         Ok(()) => {
             status.consecutive_successes = status.consecutive_successes.saturating_add(1);

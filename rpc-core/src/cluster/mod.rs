@@ -32,8 +32,8 @@ mod watch;
 
 pub use etcd::EtcdRegistry;
 pub use health::{
-    ping_probe, HealthChecker, HealthCheckerBuilder, InstanceHealth, Probe,
-    DEFAULT_HEALTHY_AFTER, DEFAULT_PROBE_INTERVAL, DEFAULT_PROBE_TIMEOUT, DEFAULT_UNHEALTHY_AFTER,
+    ping_probe, HealthChecker, HealthCheckerBuilder, InstanceHealth, Probe, DEFAULT_HEALTHY_AFTER,
+    DEFAULT_PROBE_INTERVAL, DEFAULT_PROBE_TIMEOUT, DEFAULT_UNHEALTHY_AFTER,
 };
 pub use registration::Registration;
 pub use registry::{Instance, Lease, Registry, RegistryError, MAX_INSTANCE_FIELD_LEN};

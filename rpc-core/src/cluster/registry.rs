@@ -46,8 +46,9 @@ pub const MAX_INSTANCE_FIELD_LEN: usize = 255;
 /// let arith = Instance::new("Arith", "127.0.0.1:9000").with_metadata("zone", "a").with_weight(3);
 /// assert_eq!(arith.metadata["zone"], "a");
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct Instance {
     /// The service name clients look up, e.g. `"Arith"`.
     pub service: String,
@@ -264,7 +265,10 @@ mod tests {
             Instance::new("x".repeat(256), "127.0.0.1:1"),
         ] {
             let err = bad.validate().expect_err("a bad instance is refused");
-            assert!(matches!(err, RegistryError::InvalidInstance { .. }), "{err}");
+            assert!(
+                matches!(err, RegistryError::InvalidInstance { .. }),
+                "{err}"
+            );
         }
     }
 

@@ -166,9 +166,7 @@ impl Registry for MemoryRegistry {
         let mut state = self.inner.lock();
         let slot = WatchSlot::new(state.live(service, Instant::now()));
         state.watchers.retain(|(_, slot)| slot.has_watcher());
-        state
-            .watchers
-            .push((service.to_owned(), Arc::clone(&slot)));
+        state.watchers.push((service.to_owned(), Arc::clone(&slot)));
         Ok(Watcher::new(slot))
     }
 }

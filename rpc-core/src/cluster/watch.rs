@@ -163,7 +163,10 @@ mod tests {
         slot.publish(vec![Instance::new("A", "h:1")]);
         assert_eq!(watcher.changed(Duration::ZERO).expect("open"), None);
         slot.publish(vec![Instance::new("A", "h:2"), Instance::new("A", "h:1")]);
-        let seen = watcher.changed(Duration::ZERO).expect("open").expect("a change");
+        let seen = watcher
+            .changed(Duration::ZERO)
+            .expect("open")
+            .expect("a change");
         assert_eq!(seen[0].addr, "h:1", "snapshots are sorted by address");
     }
 
@@ -174,7 +177,10 @@ mod tests {
         assert!(slot.has_watcher());
         slot.publish(vec![Instance::new("A", "h:1")]);
         slot.close();
-        assert!(watcher.changed(Duration::ZERO).expect("change first").is_some());
+        assert!(watcher
+            .changed(Duration::ZERO)
+            .expect("change first")
+            .is_some());
         assert!(matches!(
             watcher.changed(Duration::MAX),
             Err(RegistryError::Closed)

@@ -12,7 +12,11 @@ use std::fmt;
 pub fn encode(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for group in bytes.chunks(3) {
-        let b = [group[0], *group.get(1).unwrap_or(&0), *group.get(2).unwrap_or(&0)];
+        let b = [
+            group[0],
+            *group.get(1).unwrap_or(&0),
+            *group.get(2).unwrap_or(&0),
+        ];
         let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
         for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
             if i <= group.len() {
@@ -132,10 +136,7 @@ mod tests {
     #[test]
     fn bad_base64_gets_typed_errors() {
         assert_eq!(decode("Zm9"), Err(Base64Error::Length { len: 3 }));
-        assert_eq!(
-            decode("Zm9*"),
-            Err(Base64Error::Byte { at: 3, byte: b'*' })
-        );
+        assert_eq!(decode("Zm9*"), Err(Base64Error::Byte { at: 3, byte: b'*' }));
         assert_eq!(decode("Zg==Zm9v"), Err(Base64Error::Padding));
         assert_eq!(decode("Z==="), Err(Base64Error::Padding));
         assert_eq!(decode("=Zm9"), Err(Base64Error::Byte { at: 0, byte: b'=' }));

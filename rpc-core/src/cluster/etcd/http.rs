@@ -400,19 +400,29 @@ mod tests {
         let reply = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
             Transfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n";
         let (addr, server) = fake_server(reply, Duration::ZERO);
-        let response = HttpClient::new(addr).post("/v3/kv/range", b"{}").expect("post");
+        let response = HttpClient::new(addr)
+            .post("/v3/kv/range", b"{}")
+            .expect("post");
         assert_eq!(response.status, 200);
         assert_eq!(response.body, b"{\"a\":1}");
         let request = String::from_utf8(server.join().expect("server")).expect("utf-8");
-        assert!(request.starts_with("POST /v3/kv/range HTTP/1.1\r\n"), "{request}");
+        assert!(
+            request.starts_with("POST /v3/kv/range HTTP/1.1\r\n"),
+            "{request}"
+        );
         assert!(request.contains("Content-Length: 2\r\n"), "{request}");
     }
 
     #[test]
     fn a_garbage_response_is_a_typed_error_not_a_panic() {
         let (addr, server) = fake_server(b"SSH-2.0-OpenSSH\r\n\r\n", Duration::ZERO);
-        let err = HttpClient::new(addr).post("/x", b"{}").expect_err("garbage");
-        assert!(matches!(err, HttpError::MalformedStatusLine { .. }), "{err}");
+        let err = HttpClient::new(addr)
+            .post("/x", b"{}")
+            .expect_err("garbage");
+        assert!(
+            matches!(err, HttpError::MalformedStatusLine { .. }),
+            "{err}"
+        );
         server.join().expect("server");
     }
 
@@ -435,7 +445,10 @@ mod tests {
         let (addr, server) = fake_server(reply, Duration::ZERO);
         let client = HttpClient::new(addr).max_body_len(10);
         let err = client.post("/x", b"{}").expect_err("too large");
-        assert!(matches!(err, HttpError::BodyTooLarge { limit: 10 }), "{err}");
+        assert!(
+            matches!(err, HttpError::BodyTooLarge { limit: 10 }),
+            "{err}"
+        );
         server.join().expect("server");
         let err = client.post("/x HTTP/1.0\r\n", b"").expect_err("bad path");
         assert!(matches!(err, HttpError::InvalidRequest { .. }), "{err}");

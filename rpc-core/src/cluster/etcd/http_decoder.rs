@@ -396,24 +396,32 @@ mod tests {
             (b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort", |e| {
                 matches!(e, HttpError::UnexpectedEof)
             }),
-            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", |e| {
-                matches!(e, HttpError::MalformedChunk { .. })
-            }),
-            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabXY", |e| {
-                matches!(e, HttpError::MalformedChunk { .. })
-            }),
-            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nFFFFF\r\n", |e| {
-                matches!(e, HttpError::BodyTooLarge { .. })
-            }),
-            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nab", |e| {
-                matches!(e, HttpError::UnexpectedEof)
-            }),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                |e| matches!(e, HttpError::MalformedChunk { .. }),
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabXY",
+                |e| matches!(e, HttpError::MalformedChunk { .. }),
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nFFFFF\r\n",
+                |e| matches!(e, HttpError::BodyTooLarge { .. }),
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nab",
+                |e| matches!(e, HttpError::UnexpectedEof),
+            ),
             (b"HTTP/1.1 200", |e| matches!(e, HttpError::UnexpectedEof)),
             (b"", |e| matches!(e, HttpError::UnexpectedEof)),
         ];
         for (wire, expected) in cases {
             let err = decode(wire, 7).expect_err("malformed input is refused");
-            assert!(expected(&err), "{:?} gave {err:?}", String::from_utf8_lossy(wire));
+            assert!(
+                expected(&err),
+                "{:?} gave {err:?}",
+                String::from_utf8_lossy(wire)
+            );
         }
     }
 

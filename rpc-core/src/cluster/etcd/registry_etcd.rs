@@ -219,7 +219,10 @@ impl Registry for EtcdRegistry {
     }
 
     fn renew(&self, lease: Lease) -> Result<(), RegistryError> {
-        let answer = self.call("/v3/lease/keepalive", &json!({ "ID": lease.id.to_string() }))?;
+        let answer = self.call(
+            "/v3/lease/keepalive",
+            &json!({ "ID": lease.id.to_string() }),
+        )?;
         // etcd answers an unknown or expired lease with a TTL of 0, which JSON omits.
         match int_field(&answer["result"], "TTL") {
             Some(ttl) if ttl > 0 => Ok(()),
@@ -327,7 +330,10 @@ mod tests {
 
     #[test]
     fn prefix_end_is_the_next_key_after_the_prefix() {
-        assert_eq!(prefix_end(b"/netrpc/services/Arith/"), b"/netrpc/services/Arith0");
+        assert_eq!(
+            prefix_end(b"/netrpc/services/Arith/"),
+            b"/netrpc/services/Arith0"
+        );
         assert_eq!(prefix_end(b"a\xff"), b"b");
         assert_eq!(prefix_end(b"\xff\xff"), b"\0");
     }
