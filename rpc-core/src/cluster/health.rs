@@ -325,18 +325,27 @@ impl Shared {
         self.follow_registry(registered);
         for batch in registered.chunks(MAX_PARALLEL_PROBES) {
             let results: Vec<Result<(), RpcError>> = thread::scope(|scope| {
-                let probes: Vec<_> = batch
+                let probe = |instance| (settings.probe)(instance, settings.timeout);
+                // A probe that cannot get a thread runs here instead, after the others start.
+                let started: Vec<_> = batch
                     .iter()
-                    .map(|instance| scope.spawn(|| (settings.probe)(instance, settings.timeout)))
+                    .map(|instance| {
+                        let thread = thread::Builder::new().name("netrpc-probe".to_owned());
+                        (
+                            instance,
+                            thread.spawn_scoped(scope, move || probe(instance)).ok(),
+                        )
+                    })
                     .collect();
-                probes
+                started
                     .into_iter()
-                    .map(|probe| {
-                        probe.join().unwrap_or_else(|_| {
+                    .map(|(instance, thread)| match thread {
+                        Some(thread) => thread.join().unwrap_or_else(|_| {
                             Err(RpcError::HandlerPanicked {
                                 message: "the health probe panicked".to_owned(),
                             })
-                        })
+                        }),
+                        None => probe(instance),
                     })
                     .collect()
             });
