@@ -31,3 +31,21 @@ pub use task_queue::{
     SubmitAck, TaskQueue, TaskQueueClient, TaskQueueService, TaskRequest, WorkerExit,
     WorkerSummary, DEFAULT_LEASE, TASK_QUEUE_SERVICE,
 };
+
+// Service registry and discovery (SEEDS §7).
+pub mod etcd;
+mod health;
+mod registration;
+mod registry;
+mod registry_memory;
+mod watch;
+
+pub use etcd::EtcdRegistry;
+pub use health::{
+    ping_probe, HealthChecker, HealthCheckerBuilder, InstanceHealth, Probe, DEFAULT_HEALTHY_AFTER,
+    DEFAULT_PROBE_INTERVAL, DEFAULT_PROBE_TIMEOUT, DEFAULT_UNHEALTHY_AFTER,
+};
+pub use registration::Registration;
+pub use registry::{Instance, Lease, Registry, RegistryError, MAX_INSTANCE_FIELD_LEN};
+pub use registry_memory::MemoryRegistry;
+pub use watch::Watcher;

@@ -1,0 +1,368 @@
+//! [`EtcdRegistry`]: the [`Registry`] trait over etcd v3's JSON gateway.
+//!
+//! Layout: one key per instance, `<prefix><service>/<addr>` (prefix `/netrpc/services/` by
+//! default), whose value is the [`Instance`] as JSON, attached to a lease.
+//!
+//! | operation | gateway calls |
+//! |---|---|
+//! | register | `/v3/lease/grant` (TTL in whole seconds), then `/v3/kv/put` with the lease |
+//! | renew | `/v3/lease/keepalive` (one request, one answer) |
+//! | deregister | `/v3/lease/revoke`, which deletes the key with the lease |
+//! | list | `/v3/kv/range` over the service's prefix (`range_end` = prefix + 1) |
+//! | watch | `/v3/watch` from the listed revision + 1, held open as a chunked stream |
+//!
+//! Watch: a thread per [`Watcher`] keeps a `/v3/watch` stream open (etcd pushes each event as
+//! one JSON line); every event makes it list the prefix again and publish the result, so the
+//! watcher always holds a full, consistent snapshot rather than applying deltas. The delay
+//! from a change in etcd to the watcher is one event delivery plus one `range` round trip:
+//! milliseconds on a LAN. Expiry is etcd's: a lease is revoked by etcd's own checker, which
+//! runs every 500 ms, so an instance is gone between TTL and TTL + 0.5 s after its last
+//! renewal. If the stream breaks (etcd restarting), the thread retries every 250 ms, lists
+//! again, and the watcher keeps its last snapshot meanwhile. The thread ends within 250 ms
+//! of its [`Watcher`] being dropped.
+
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::base64;
+use super::http::{HttpClient, HttpError, Response, StreamEvent};
+use crate::cluster::registry::{check_ttl, Instance, Lease, Registry, RegistryError};
+use crate::cluster::watch::{WatchSlot, Watcher};
+
+/// Default key prefix under which instances are stored.
+pub const DEFAULT_ETCD_PREFIX: &str = "/netrpc/services/";
+
+/// A registry kept in etcd (3.4 or later), reached over its HTTP JSON gateway.
+///
+/// Creating one does no I/O; every method makes one or two HTTP requests, each bounded by the
+/// client's timeout (5 s by default). Etcd grants leases in whole seconds, at least its
+/// minimum TTL (2 s with default settings): the [`Lease`] returned says what was granted.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use rpc_core::cluster::{EtcdRegistry, Instance, Registry};
+///
+/// let etcd = EtcdRegistry::new("127.0.0.1:2379");
+/// let lease = etcd.register(&Instance::new("Arith", "10.0.0.1:9000"), Duration::from_secs(5))?;
+/// println!("{:?}", etcd.list("Arith")?);
+/// etcd.deregister(lease)?;
+/// # Ok::<(), rpc_core::cluster::RegistryError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct EtcdRegistry {
+    http: HttpClient,
+    prefix: String,
+}
+
+impl EtcdRegistry {
+    /// A registry on the etcd client URL `addr` (`host:port`, plain HTTP).
+    pub fn new(addr: impl Into<String>) -> Self {
+        EtcdRegistry {
+            http: HttpClient::new(addr),
+            prefix: DEFAULT_ETCD_PREFIX.to_owned(),
+        }
+    }
+
+    /// Stores instances under `prefix` instead of [`DEFAULT_ETCD_PREFIX`] (it should end with
+    /// `/`); separate prefixes keep separate registries in one etcd.
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Sets the deadline of each HTTP request.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.http = self.http.timeout(timeout);
+        self
+    }
+
+    /// The key an instance is stored under.
+    pub fn key_of(&self, instance: &Instance) -> String {
+        format!("{}{}/{}", self.prefix, instance.service, instance.addr)
+    }
+
+    /// One gateway call: `body` posted to `path`, the JSON answer on status 200.
+    fn call(&self, path: &str, body: &Value) -> Result<Value, RegistryError> {
+        let response = self
+            .http
+            .post(path, body.to_string().as_bytes())
+            .map_err(|source| self.unavailable(source))?;
+        parse_answer(&response)
+    }
+
+    fn unavailable(&self, source: HttpError) -> RegistryError {
+        RegistryError::Unavailable {
+            addr: self.http.addr().to_owned(),
+            source,
+        }
+    }
+
+    /// The instances of `service` and the store revision they were read at.
+    fn list_at(&self, service: &str) -> Result<(Vec<Instance>, u64), RegistryError> {
+        let (key, range_end) = self.service_range(service);
+        let answer = self.call(
+            "/v3/kv/range",
+            &json!({ "key": base64::encode(&key), "range_end": base64::encode(&range_end) }),
+        )?;
+        let revision = int_field(&answer["header"], "revision").unwrap_or(0);
+        let mut instances: Vec<Instance> = answer["kvs"]
+            .as_array()
+            .map(|kvs| kvs.iter().filter_map(decode_instance).collect())
+            .unwrap_or_default();
+        instances.retain(|instance| instance.service == service);
+        instances.sort();
+        Ok((instances, revision))
+    }
+
+    /// The key range `[key, range_end)` holding every instance of `service`.
+    fn service_range(&self, service: &str) -> (Vec<u8>, Vec<u8>) {
+        let key = format!("{}{service}/", self.prefix).into_bytes();
+        let range_end = prefix_end(&key);
+        (key, range_end)
+    }
+
+    /// The watch thread's body: follow the stream, and after any break list and start again.
+    fn follow_until_unwatched(&self, service: &str, slot: &Arc<WatchSlot>, mut revision: u64) {
+        while slot.has_watcher() {
+            if let Err(_broken) = self.follow(service, slot, &mut revision) {
+                thread::sleep(WATCH_RETRY);
+                if let Ok((instances, now)) = self.list_at(service) {
+                    slot.publish(instances);
+                    revision = now;
+                }
+            }
+        }
+    }
+
+    /// Holds one `/v3/watch` stream open; on each event, lists and publishes.
+    fn follow(
+        &self,
+        service: &str,
+        slot: &Arc<WatchSlot>,
+        revision: &mut u64,
+    ) -> Result<(), RegistryError> {
+        let (key, range_end) = self.service_range(service);
+        let request = json!({ "create_request": {
+            "key": base64::encode(&key),
+            "range_end": base64::encode(&range_end),
+            "start_revision": (*revision + 1).to_string(),
+        }});
+        let mut stream = self
+            .http
+            .post_streaming("/v3/watch", request.to_string().as_bytes())
+            .map_err(|source| self.unavailable(source))?;
+        if stream.head.status != 200 {
+            return Err(RegistryError::Backend {
+                message: format!("watch answered http {}", stream.head.status),
+            });
+        }
+        let mut lines = Vec::new();
+        while slot.has_watcher() {
+            let data = match stream.next_data(WATCH_RETRY) {
+                Ok(StreamEvent::Data(data)) => data,
+                Ok(StreamEvent::Idle) => continue,
+                Ok(StreamEvent::End) => return Err(malformed("the watch stream ended")),
+                Err(source) => return Err(self.unavailable(source)),
+            };
+            lines.extend(data);
+            if lines.len() > MAX_WATCH_LINE_LEN {
+                return Err(malformed("a watch message over the size limit"));
+            }
+            while let Some(end) = lines.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = lines.drain(..=end).collect();
+                let message: Value = serde_json::from_slice(&line)
+                    .map_err(|err| malformed(&format!("watch message: {err}")))?;
+                let result = &message["result"];
+                if result["canceled"].as_bool() == Some(true) || message.get("error").is_some() {
+                    return Err(malformed("the watch was cancelled by etcd"));
+                }
+                if result["events"].as_array().is_some_and(|e| !e.is_empty()) {
+                    let (instances, now) = self.list_at(service)?;
+                    slot.publish(instances);
+                    *revision = now.max(*revision);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Registry for EtcdRegistry {
+    fn register(&self, instance: &Instance, ttl: Duration) -> Result<Lease, RegistryError> {
+        instance.validate()?;
+        check_ttl(ttl)?;
+        let seconds = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+        let grant = self.call("/v3/lease/grant", &json!({ "TTL": seconds.to_string() }))?;
+        let id = int_field(&grant, "ID").ok_or_else(|| malformed("lease grant without an ID"))?;
+        let granted = int_field(&grant, "TTL").unwrap_or(seconds);
+        let lease = Lease {
+            id,
+            ttl: Duration::from_secs(granted),
+        };
+        let value = serde_json::to_vec(instance).map_err(|err| RegistryError::InvalidInstance {
+            detail: err.to_string(),
+        })?;
+        let put = json!({
+            "key": base64::encode(self.key_of(instance).as_bytes()),
+            "value": base64::encode(&value),
+            "lease": id.to_string(),
+        });
+        if let Err(err) = self.call("/v3/kv/put", &put) {
+            // Best effort: an orphan lease holds no key and expires by itself anyway.
+            let _ = self.deregister(lease);
+            return Err(err);
+        }
+        Ok(lease)
+    }
+
+    fn renew(&self, lease: Lease) -> Result<(), RegistryError> {
+        let answer = self.call(
+            "/v3/lease/keepalive",
+            &json!({ "ID": lease.id.to_string() }),
+        )?;
+        // etcd answers an unknown or expired lease with a TTL of 0, which JSON omits.
+        match int_field(&answer["result"], "TTL") {
+            Some(ttl) if ttl > 0 => Ok(()),
+            _ => Err(RegistryError::LeaseNotFound { lease: lease.id }),
+        }
+    }
+
+    fn deregister(&self, lease: Lease) -> Result<(), RegistryError> {
+        match self.call("/v3/lease/revoke", &json!({ "ID": lease.id.to_string() })) {
+            Err(RegistryError::Backend { message }) if message.contains("lease not found") => {
+                Err(RegistryError::LeaseNotFound { lease: lease.id })
+            }
+            other => other.map(drop),
+        }
+    }
+
+    fn list(&self, service: &str) -> Result<Vec<Instance>, RegistryError> {
+        self.list_at(service).map(|(instances, _)| instances)
+    }
+
+    fn watch(&self, service: &str) -> Result<Watcher, RegistryError> {
+        let (instances, revision) = self.list_at(service)?;
+        let slot = WatchSlot::new(instances);
+        let feeding = Arc::clone(&slot);
+        let registry = self.clone();
+        let service = service.to_owned();
+        let watcher = Watcher::new(slot);
+        thread::Builder::new()
+            .name("netrpc-etcd-watch".to_owned())
+            .spawn(move || {
+                registry.follow_until_unwatched(&service, &feeding, revision);
+                feeding.close();
+            })
+            .map_err(|err| RegistryError::Backend {
+                message: format!("cannot start the watch thread: {err}"),
+            })?;
+        Ok(watcher)
+    }
+}
+
+/// The JSON answer of a gateway call, or the error etcd sent.
+fn parse_answer(response: &Response) -> Result<Value, RegistryError> {
+    let parsed: Result<Value, _> = serde_json::from_slice(&response.body);
+    match (response.status, parsed) {
+        (200, Ok(answer)) => Ok(answer),
+        (200, Err(err)) => Err(malformed(&format!("not JSON: {err}"))),
+        (status, Ok(answer)) if answer["error"].is_string() => Err(RegistryError::Backend {
+            message: format!("{} (http {status})", answer["error"].as_str().unwrap_or("")),
+        }),
+        (status, _) => Err(RegistryError::Backend {
+            message: format!(
+                "http {status}: {}",
+                String::from_utf8_lossy(&response.body[..response.body.len().min(80)]).trim()
+            ),
+        }),
+    }
+}
+
+/// Decodes one `kvs` entry's value; `None` for anything not written by a netrpc registry (a
+/// foreign or corrupt key under the prefix must not hide the valid ones).
+fn decode_instance(kv: &Value) -> Option<Instance> {
+    let bytes = base64::decode(kv["value"].as_str()?).ok()?;
+    let instance: Instance = serde_json::from_slice(&bytes).ok()?;
+    instance.validate().ok()?;
+    Some(instance)
+}
+
+/// An int64 field, which the gateway writes as a JSON string (or a number).
+fn int_field(object: &Value, name: &str) -> Option<u64> {
+    match &object[name] {
+        Value::String(text) => text.parse().ok(),
+        Value::Number(number) => number.as_u64(),
+        _ => None,
+    }
+}
+
+/// The first key after every key starting with `prefix` (etcd's `range_end` for a prefix).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Only a prefix of all 0xff bytes gets here; "\0" means "to the end of the keyspace".
+    vec![0]
+}
+
+fn malformed(detail: &str) -> RegistryError {
+    RegistryError::Malformed {
+        detail: detail.to_owned(),
+    }
+}
+
+/// How often a watch thread checks that its watcher still exists, and waits before
+/// reconnecting after the stream broke.
+const WATCH_RETRY: Duration = Duration::from_millis(250);
+/// Longest watch message accepted (etcd's events here are a few hundred bytes each).
+const MAX_WATCH_LINE_LEN: usize = 4 * 1024 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_is_the_next_key_after_the_prefix() {
+        assert_eq!(
+            prefix_end(b"/netrpc/services/Arith/"),
+            b"/netrpc/services/Arith0"
+        );
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), b"\0");
+    }
+
+    #[test]
+    fn etcd_error_answers_become_typed_errors() {
+        let response = Response {
+            status: 404,
+            headers: Vec::new(),
+            body: br#"{"error":"etcdserver: requested lease not found","code":5}"#.to_vec(),
+        };
+        let err = parse_answer(&response).expect_err("an error answer");
+        assert!(err.to_string().contains("lease not found"), "{err}");
+        let response = Response {
+            status: 200,
+            headers: Vec::new(),
+            body: b"<html>".to_vec(),
+        };
+        assert!(matches!(
+            parse_answer(&response),
+            Err(RegistryError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn foreign_values_under_the_prefix_are_skipped() {
+        assert!(decode_instance(&json!({ "value": "not base64!" })).is_none());
+        assert!(decode_instance(&json!({ "value": base64::encode(b"{}") })).is_none());
+        let good = serde_json::to_vec(&Instance::new("A", "h:1")).expect("encode");
+        assert!(decode_instance(&json!({ "value": base64::encode(&good) })).is_some());
+    }
+}
