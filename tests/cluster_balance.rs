@@ -76,7 +76,9 @@ fn round_robin_spreads_calls_evenly_over_three_servers() {
         .iter()
         .map(|id| start_worker(id, Duration::ZERO))
         .collect();
-    let client = BalancedClient::new(endpoints(&servers));
+    let client = BalancedClient::builder()
+        .balancer(RoundRobin::new())
+        .build(endpoints(&servers));
     let answered = call_many(&client, 30);
     for id in ["a", "b", "c"] {
         assert_eq!(count(&answered, id), 10, "{answered:?}");
