@@ -187,19 +187,44 @@ fn least_active_sends_the_slow_server_fewer_calls_under_concurrency() {
 }
 
 #[test]
-fn a_server_shutting_down_gracefully_loses_no_call() {
-    let servers: Vec<ServerHandle> = ["a", "b", "c"]
-        .iter()
-        .map(|id| start_worker(id, Duration::ZERO))
-        .collect();
-    let client = BalancedClient::new(endpoints(&servers));
-    call_many(&client, 9);
-    // It says go-away on its open connection, then closes it: the next call there is
-    // refused `ShuttingDown` or finds the connection ended, and moves on.
-    assert!(servers[1].shutdown_gracefully(Duration::from_secs(1)));
-    let answered = call_many(&client, 30);
-    assert_eq!(count(&answered, "b"), 0, "{answered:?}");
-    assert_eq!(count(&answered, "a") + count(&answered, "c"), 30);
+fn a_draining_server_refuses_new_calls_and_they_move_to_another() {
+    let draining = TestServer::start();
+    let other = TestServer::start();
+    let client = BalancedClient::new(vec![Endpoint::new(draining.addr())]);
+    let blocked = {
+        let client = client.clone();
+        thread::spawn(move || client.call::<_, u64>("Probe.Block", &7u64))
+    };
+    util::wait_until("the blocking call to run", Duration::from_secs(5), || {
+        draining.server.stats().in_flight_calls == 1
+    });
+    client.set_endpoints(vec![
+        Endpoint::new(draining.addr()),
+        Endpoint::new(other.addr()),
+    ]);
+    thread::scope(|scope| {
+        // Go-away on its connection, then new calls are refused `ShuttingDown` (nothing ran)
+        // while the blocked call is given up to 5 s to finish.
+        let drain = scope.spawn(|| draining.handle.shutdown_gracefully(Duration::from_secs(5)));
+        util::wait_until(
+            "the draining server marked down",
+            Duration::from_secs(5),
+            || {
+                let slept: u64 = client.call("Probe.Sleep", &0u64).unwrap();
+                assert_eq!(slept, 0);
+                client.stats()[0].down
+            },
+        );
+        let slept: u64 = client.call("Probe.Sleep", &1u64).unwrap();
+        assert_eq!(slept, 1);
+        draining.release(1);
+        assert_eq!(blocked.join().unwrap().unwrap(), 7);
+        assert!(
+            drain.join().unwrap(),
+            "the blocked call finished within the grace"
+        );
+    });
+    assert!(client.stats()[1].calls >= 2);
 }
 
 #[test]

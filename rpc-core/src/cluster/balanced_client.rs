@@ -26,7 +26,6 @@
 //! `Timeout` never is, since the call's whole deadline is spent.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -475,8 +474,9 @@ impl Shared {
             .connect_timeout(self.settings.connect_timeout.min(remaining))
             .dial(addr)?;
         let mut slots = lock(&self.slots);
-        let Some(slot) = slots.iter_mut().find(|slot| slot.endpoint.addr == addr) else {
-            // Removed from the list meanwhile: serve this call, keep nothing.
+        let listed = slots.iter_mut().find(|slot| slot.endpoint.addr == addr);
+        let Some(slot) = listed.filter(|_| !self.closed.load(Ordering::Acquire)) else {
+            // Removed from the list or closed meanwhile: serve this call, keep nothing.
             return Ok(dialed);
         };
         match &slot.client {
@@ -535,14 +535,6 @@ impl Slot {
 impl Drop for Choice {
     fn drop(&mut self) {
         self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl fmt::Debug for Choice {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Choice")
-            .field("addr", &self.addr)
-            .finish_non_exhaustive()
     }
 }
 

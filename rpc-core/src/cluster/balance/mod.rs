@@ -162,8 +162,9 @@ pub trait Balancer: Send + fmt::Debug {
     /// empty. An index out of range counts as 0.
     fn pick(&mut self, candidates: &[Candidate<'_>]) -> Option<usize>;
 
-    /// A call to `addr` ended after `latency`: with a reply, the method's own error, or a
-    /// timeout. Not called for failures where nothing ran. The default ignores it.
+    /// A call to `addr` ended after `latency`: with a reply, the method's own error (or
+    /// another answer from the server), or a timeout. Not called for failures where nothing
+    /// ran, nor for a lost connection. The default ignores it.
     fn record(&mut self, addr: &str, latency: Duration) {
         let _ = (addr, latency);
     }
