@@ -45,10 +45,14 @@ impl Balancer for WeightedRoundRobin {
         for (index, candidate) in candidates.iter().enumerate() {
             let weight = i64::from(candidate.endpoint.effective_weight());
             total += weight;
-            let current = self
-                .current
-                .entry(candidate.endpoint.addr.clone())
-                .or_insert(0);
+            let addr = &candidate.endpoint.addr;
+            // Look up before inserting: `entry` would allocate a key on every pick.
+            if !self.current.contains_key(addr) {
+                self.current.insert(addr.clone(), 0);
+            }
+            let Some(current) = self.current.get_mut(addr) else {
+                continue;
+            };
             *current += weight;
             if best.map_or(true, |(_, best_current)| *current > best_current) {
                 best = Some((index, *current));
