@@ -52,10 +52,10 @@ pub const DEFAULT_MAX_ATTEMPTS: usize = 3;
 /// over between them.
 ///
 /// `Send + Sync` and cheap to clone (clones share connections, counters and balancer). Calls
-/// from many threads run concurrently: the endpoint list and the balancer are locked only to
-/// pick, never during a call or a dial. Each endpoint has at most one connection, dialed
-/// lazily; two threads that find an endpoint without one may both dial, and the second
-/// connection is closed. The connections close when the last clone is dropped or on
+/// from many threads run concurrently: the endpoint list and the balancer are locked only
+/// briefly (to pick, to record a latency, to keep a new connection), never during a call or
+/// a dial. Each endpoint keeps at most one connection, dialed lazily; two threads that find
+/// an endpoint without one may both dial, and the second connection is closed. The connections close when the last clone is dropped or on
 /// [`BalancedClient::close`].
 ///
 /// An endpoint whose dial fails, whose connection is lost, or which answers `ShuttingDown`
