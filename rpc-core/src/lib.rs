@@ -20,6 +20,8 @@ mod client_loop;
 pub mod cluster;
 pub mod error;
 pub mod error_body;
+#[cfg(feature = "json")]
+pub mod jsonrpc;
 mod macros;
 mod open_files;
 mod pending;
@@ -36,6 +38,8 @@ pub use client::{
 };
 pub use error::RpcError;
 pub use error_body::{ErrorBody, ErrorCode};
+#[cfg(feature = "json")]
+pub use jsonrpc::{JsonRpcClient, JsonRpcClientBuilder, JsonRpcHandle};
 pub use rpc_codec::CodecKind;
 pub use server::{
     default_max_connections, Server, ServerBuilder, ServerConfig, ServerHandle,
