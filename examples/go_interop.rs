@@ -68,7 +68,10 @@ fn serve(addr: &str, seconds: u64) -> Result<(), Box<dyn Error>> {
     let server = Server::new();
     server.register(ArithServer::new(Calculator))?;
     let running = server.serve_jsonrpc(addr)?;
-    println!("serving Arith over jsonrpc on {} for {seconds} s", running.local_addr());
+    println!(
+        "serving Arith over jsonrpc on {} for {seconds} s",
+        running.local_addr()
+    );
     std::thread::sleep(Duration::from_secs(seconds));
     running.shutdown();
     Ok(())
@@ -95,7 +98,9 @@ fn call_all(client: &JsonRpcClient) -> Result<(), Box<dyn Error>> {
     println!("Multiply(7, 8) = {product}, Sum(7, 8) = {sum}, Divide(17, 5) = {quotient:?}");
 
     match client.call::<_, Quotient>("Arith.Divide", &Args { a: 1, b: 0 }) {
-        Err(RpcError::Method { message }) => println!("Divide(1, 0): the method's error `{message}`"),
+        Err(RpcError::Method { message }) => {
+            println!("Divide(1, 0): the method's error `{message}`")
+        }
         other => return Err(format!("Divide(1, 0) gave {other:?}").into()),
     }
     match client.call::<_, i64>("Arith.Foo", &args) {

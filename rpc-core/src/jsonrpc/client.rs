@@ -117,7 +117,9 @@ impl JsonRpcClientBuilder {
                 Err(err) => last_error = Some(err),
             }
         }
-        Err(unreachable(last_error.unwrap_or_else(|| io::ErrorKind::AddrNotAvailable.into())))
+        Err(unreachable(
+            last_error.unwrap_or_else(|| io::ErrorKind::AddrNotAvailable.into()),
+        ))
     }
 
     /// Uses an already-connected socket (Go: `jsonrpc.NewClient(conn)`).
@@ -213,7 +215,12 @@ impl JsonRpcClient {
     /// # Errors
     ///
     /// As [`JsonRpcClient::call`].
-    pub fn call_timeout<A, R>(&self, method: &str, args: &A, timeout: Duration) -> Result<R, RpcError>
+    pub fn call_timeout<A, R>(
+        &self,
+        method: &str,
+        args: &A,
+        timeout: Duration,
+    ) -> Result<R, RpcError>
     where
         A: Serialize + ?Sized,
         R: DeserializeOwned,
@@ -341,7 +348,11 @@ impl fmt::Debug for JsonRpcClient {
 impl Drop for JsonRpcClient {
     fn drop(&mut self) {
         self.close();
-        let reader = self.reader.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        let reader = self
+            .reader
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Some(reader) = reader {
             let _ = reader.join();
         }

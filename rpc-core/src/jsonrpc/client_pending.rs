@@ -150,7 +150,10 @@ mod tests {
     use super::*;
     use crossbeam_channel::Receiver;
 
-    fn pending(method: &str, deadline: Instant) -> (PendingCall, Receiver<Result<Vec<u8>, RpcError>>) {
+    fn pending(
+        method: &str,
+        deadline: Instant,
+    ) -> (PendingCall, Receiver<Result<Vec<u8>, RpcError>>) {
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         let call = PendingCall {
             method: method.to_owned(),
@@ -195,10 +198,16 @@ mod tests {
             result: b"15",
         };
         assert!(table.complete(&response));
-        assert!(!table.complete(&response), "a second reply is not delivered");
+        assert!(
+            !table.complete(&response),
+            "a second reply is not delivered"
+        );
         assert_eq!(first_rx.try_recv().unwrap().unwrap(), b"15");
         table.end(|| RpcError::Shutdown);
-        assert!(matches!(second_rx.try_recv().unwrap(), Err(RpcError::Shutdown)));
+        assert!(matches!(
+            second_rx.try_recv().unwrap(),
+            Err(RpcError::Shutdown)
+        ));
         let (late, _) = pending("Arith.Sum", far);
         assert!(matches!(table.insert(4, late), Err(RpcError::Shutdown)));
         assert!(table.is_ended());
@@ -213,7 +222,10 @@ mod tests {
         table.insert(1, expired).unwrap();
         table.insert(2, alive).unwrap();
         table.fail_expired(now);
-        assert!(matches!(expired_rx.try_recv().unwrap(), Err(RpcError::Timeout { .. })));
+        assert!(matches!(
+            expired_rx.try_recv().unwrap(),
+            Err(RpcError::Timeout { .. })
+        ));
         assert!(alive_rx.try_recv().is_err());
         assert_eq!(table.len(), 1);
     }

@@ -339,10 +339,22 @@ mod tests {
             }
         };
         assert_eq!(params("null"), "Missing");
-        assert_eq!(params(r#"{"A":1}"#), "params must be an array holding the argument, found an object");
-        assert_eq!(params("3"), "params must be an array holding the argument, found a number");
-        assert_eq!(params("[ ]"), "params is an empty array: expected one argument");
-        assert_eq!(params(r#"[1, "]", [2]]"#), "params holds 3 values: expected one argument");
+        assert_eq!(
+            params(r#"{"A":1}"#),
+            "params must be an array holding the argument, found an object"
+        );
+        assert_eq!(
+            params("3"),
+            "params must be an array holding the argument, found a number"
+        );
+        assert_eq!(
+            params("[ ]"),
+            "params is an empty array: expected one argument"
+        );
+        assert_eq!(
+            params(r#"[1, "]", [2]]"#),
+            "params holds 3 values: expected one argument"
+        );
         assert_eq!(params(r#"[ "a,b" ]"#), r#"One([34, 97, 44, 98, 34])"#);
         let request = parse_request(br#"{"method":"A.B","id":1}"#).unwrap();
         assert_eq!(request.params, Params::Missing);
@@ -386,7 +398,10 @@ mod tests {
         let response = parse_response(br#"{"id":4,"result":null,"error":"divide by zero"}"#);
         assert_eq!(response.unwrap().error.as_deref(), Some("divide by zero"));
         let response = parse_response(br#"{"id":4,"result":null,"error":""}"#);
-        assert_eq!(response.unwrap().error.as_deref(), Some("unspecified error"));
+        assert_eq!(
+            response.unwrap().error.as_deref(),
+            Some("unspecified error")
+        );
         assert!(parse_response(br#"{"id":-1,"result":1}"#).is_err());
         assert!(parse_response(br#"{"id":1,"error":{"code":1}}"#).is_err());
         assert!(parse_response(br#"{"result":1}"#).is_err());
@@ -396,13 +411,19 @@ mod tests {
     fn written_messages_read_back() {
         let mut out = BytesMut::new();
         encode_request(&mut out, 9, "Arith.Sum", &[1, 2]).unwrap();
-        assert_eq!(&out[..], b"{\"method\":\"Arith.Sum\",\"params\":[[1,2]],\"id\":9}\n");
+        assert_eq!(
+            &out[..],
+            b"{\"method\":\"Arith.Sum\",\"params\":[[1,2]],\"id\":9}\n"
+        );
         let mut out = BytesMut::new();
         start_response(&mut out, b"\"x\"");
         out.put_slice(b"15");
         finish_response(&mut out);
         assert_eq!(&out[..], b"{\"id\":\"x\",\"result\":15,\"error\":null}\n");
         let out = error_response(b"2", "say \"no\"");
-        assert_eq!(&out[..], b"{\"id\":2,\"result\":null,\"error\":\"say \\\"no\\\"\"}\n");
+        assert_eq!(
+            &out[..],
+            b"{\"id\":2,\"result\":null,\"error\":\"say \\\"no\\\"\"}\n"
+        );
     }
 }

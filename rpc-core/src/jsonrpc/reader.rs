@@ -60,7 +60,10 @@ impl ValueReader {
     /// # Errors
     ///
     /// [`ReadError`] when the connection can carry no more values.
-    pub(crate) fn next_value(&mut self, wait: Option<Duration>) -> Result<Option<&[u8]>, ReadError> {
+    pub(crate) fn next_value(
+        &mut self,
+        wait: Option<Duration>,
+    ) -> Result<Option<&[u8]>, ReadError> {
         let started = Instant::now();
         let wait_until = wait.map(|wait| deadline_after(started, wait));
         let mut chunk = [0u8; READ_CHUNK];
@@ -117,8 +120,12 @@ impl fmt::Display for ReadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ReadError::Closed => write!(f, "peer closed the connection"),
-            ReadError::Truncated => write!(f, "peer closed the connection in the middle of a value"),
-            ReadError::FrameTimeout => write!(f, "a value did not arrive whole within the frame timeout"),
+            ReadError::Truncated => {
+                write!(f, "peer closed the connection in the middle of a value")
+            }
+            ReadError::FrameTimeout => {
+                write!(f, "a value did not arrive whole within the frame timeout")
+            }
             ReadError::Split(err) => write!(f, "{err}"),
             ReadError::Io(_) => write!(f, "reading the socket failed"),
         }
@@ -136,7 +143,10 @@ impl std::error::Error for ReadError {
 
 /// True for the errors a read timeout gives (`WouldBlock` on Unix, `TimedOut` elsewhere).
 fn is_timeout(err: &io::Error) -> bool {
-    matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+    matches!(
+        err.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 /// Bytes read from the socket at a time (on the reading thread's stack).

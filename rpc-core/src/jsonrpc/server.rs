@@ -200,9 +200,8 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<ServerShared>, listening: &A
         };
         if shared.stats.open_connections.load(Ordering::SeqCst) >= max_connections {
             StatsCounters::bump(&shared.stats.refused_connections);
-            let text = format!(
-                "server at its limit of {max_connections} connections; try again later"
-            );
+            let text =
+                format!("server at its limit of {max_connections} connections; try again later");
             // Small and the first write on a new socket: fits its send buffer.
             let _ = stream.write_all(&message::error_response(&NULL, &text));
             continue;

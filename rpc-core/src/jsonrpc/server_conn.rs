@@ -43,7 +43,11 @@ use super::reader::{ReadError, ValueReader};
 /// # Errors
 ///
 /// An I/O error if the socket cannot be cloned for writing.
-pub(crate) fn serve(server: Arc<ServerShared>, stream: TcpStream, stop: &AtomicBool) -> io::Result<()> {
+pub(crate) fn serve(
+    server: Arc<ServerShared>,
+    stream: TcpStream,
+    stop: &AtomicBool,
+) -> io::Result<()> {
     let _ = stream.set_nodelay(true);
     let write_half = stream.try_clone()?;
     let limits = server.config.limits;
@@ -193,7 +197,10 @@ impl JsonConn {
         };
         match table.get(name) {
             Some(handler) => Ok((handler.clone(), table.dispatch())),
-            None => Err((ErrorCode::UnknownMethod, format!("rpc: can't find method {method}"))),
+            None => Err((
+                ErrorCode::UnknownMethod,
+                format!("rpc: can't find method {method}"),
+            )),
         }
     }
 
@@ -214,7 +221,9 @@ impl JsonConn {
     /// write fails.
     fn refuse(&self, id: &[u8], code: ErrorCode, text: &str) -> Result<(), ()> {
         self.server.stats.count_call_error(code);
-        self.writer.send(&message::error_response(id, text)).map_err(|_| ())
+        self.writer
+            .send(&message::error_response(id, text))
+            .map_err(|_| ())
     }
 }
 
@@ -287,7 +296,10 @@ impl JsonCall {
                     (message::error_response(&self.id, &text), Some(code))
                 }
             }
-            Ok(Err(err)) => (message::error_response(&self.id, &err.message), Some(err.code)),
+            Ok(Err(err)) => (
+                message::error_response(&self.id, &err.message),
+                Some(err.code),
+            ),
             Err(panic) => {
                 let text = format!("handler panicked: {panic}");
                 let code = ErrorCode::HandlerPanicked;

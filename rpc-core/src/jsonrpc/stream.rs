@@ -175,7 +175,11 @@ const RETAINED_CAPACITY: usize = 16 * 1024;
 mod tests {
     use super::*;
 
-    fn split_in_chunks(input: &[u8], chunk: usize, max_len: usize) -> Result<Vec<String>, SplitError> {
+    fn split_in_chunks(
+        input: &[u8],
+        chunk: usize,
+        max_len: usize,
+    ) -> Result<Vec<String>, SplitError> {
         let mut splitter = ValueSplitter::new(max_len);
         let mut values = Vec::new();
         for piece in input.chunks(chunk) {
@@ -197,7 +201,11 @@ mod tests {
             r#"{"id":2}"#.to_owned(),
         ];
         for chunk in 1..=input.len() {
-            assert_eq!(split_in_chunks(input, chunk, 1024), Ok(expected.clone()), "{chunk}");
+            assert_eq!(
+                split_in_chunks(input, chunk, 1024),
+                Ok(expected.clone()),
+                "{chunk}"
+            );
         }
     }
 
