@@ -60,6 +60,8 @@ pub struct JsonRpcClientBuilder {
 struct ClientShared {
     /// The write half; the lock guards whole requests, written one at a time.
     writer: Mutex<TcpStream>,
+    /// Another handle on the socket, to shut it down without waiting for a writer.
+    socket: TcpStream,
     pending: PendingCalls,
     next_id: AtomicU64,
     /// `close` was called: calls still pending end with `Shutdown`.
@@ -140,11 +142,13 @@ impl JsonRpcClientBuilder {
         let peer_addr = peer.map_err(unreachable)?;
         let _ = stream.set_nodelay(true);
         let write_half = stream.try_clone().map_err(unreachable)?;
+        let socket = stream.try_clone().map_err(unreachable)?;
         write_half
             .set_write_timeout(self.limits.frame_timeout)
             .map_err(unreachable)?;
         let shared = Arc::new(ClientShared {
             writer: Mutex::new(write_half),
+            socket,
             pending: PendingCalls::new(self.max_pending_calls),
             next_id: AtomicU64::new(0),
             closing: AtomicBool::new(false),
@@ -271,8 +275,7 @@ impl JsonRpcClient {
     /// ones (Go: `Client.Close`). Idempotent.
     pub fn close(&self) {
         self.shared.closing.store(true, Ordering::SeqCst);
-        let writer = self.shared.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = writer.shutdown(Shutdown::Both);
+        let _ = self.shared.socket.shutdown(Shutdown::Both);
     }
 
     /// True once the connection has ended (closed here, by the peer, or broken).
@@ -380,9 +383,7 @@ fn read_responses(shared: &ClientShared, mut reader: ValueReader) {
         }
         shared.pending.fail_expired(Instant::now());
     };
-    let writer = shared.writer.lock().unwrap_or_else(|p| p.into_inner());
-    let _ = writer.shutdown(Shutdown::Both);
-    drop(writer);
+    reader.shutdown();
     let closed_here = shared.closing.load(Ordering::SeqCst);
     shared.pending.end(|| match closed_here {
         true => RpcError::Shutdown,

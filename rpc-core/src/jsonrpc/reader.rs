@@ -103,6 +103,12 @@ impl ValueReader {
         }
     }
 
+    /// Shuts the socket down both ways (the peer sees the close), without waiting for anyone
+    /// writing to it.
+    pub(crate) fn shutdown(&self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+
     fn set_read_timeout(&mut self, timeout: Option<Duration>) -> Result<(), ReadError> {
         // Zero means "block" to the socket: wait at least a millisecond instead.
         let timeout = timeout.map(|timeout| timeout.max(Duration::from_millis(1)));

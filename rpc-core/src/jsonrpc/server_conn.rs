@@ -62,7 +62,7 @@ pub(crate) fn serve(
     };
     let mut reader = ValueReader::new(stream, limits.max_body_len, limits.frame_timeout);
     conn.read_requests(&mut reader, stop);
-    conn.writer.close();
+    reader.shutdown();
     Ok(())
 }
 
@@ -237,12 +237,6 @@ impl ReplyWriter {
             let _ = stream.shutdown(Shutdown::Both);
         }
         written
-    }
-
-    /// Shuts the socket down both ways: the reader sees the end, the peer sees the close.
-    fn close(&self) {
-        let stream = self.stream.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = stream.shutdown(Shutdown::Both);
     }
 }
 
