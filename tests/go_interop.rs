@@ -732,3 +732,10 @@ fn util_healthy(handle: &JsonRpcHandle) {
         .expect("health probe call");
     assert_eq!(product, 42);
 }
+
+#[test]
+fn jsonrpc_client_and_handle_can_be_shared_between_threads() {
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<JsonRpcClient>();
+    assert_send_sync::<JsonRpcHandle>();
+}
