@@ -68,3 +68,5 @@ pub use rpc_core::{
     done_channel, service, Call, Client, ClientBuilder, Completion, DoneSender, ErrorBody,
     ErrorCode, RpcError, Server, ServerBuilder, ServerHandle, Service, ServiceError,
 };
+#[cfg(feature = "json")]
+pub use rpc_core::{JsonRpcClient, JsonRpcClientBuilder, JsonRpcHandle};

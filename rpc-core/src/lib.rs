@@ -21,6 +21,8 @@ pub mod cluster;
 pub mod error;
 pub mod error_body;
 pub mod http;
+#[cfg(feature = "json")]
+pub mod jsonrpc;
 mod macros;
 pub mod middleware;
 mod open_files;
@@ -39,6 +41,8 @@ pub use client::{
 pub use error::RpcError;
 pub use error_body::{ErrorBody, ErrorCode};
 pub use http::{HttpConfig, HttpHandle, HttpStats};
+#[cfg(feature = "json")]
+pub use jsonrpc::{JsonRpcClient, JsonRpcClientBuilder, JsonRpcHandle};
 pub use rpc_codec::CodecKind;
 pub use server::{
     default_max_connections, Server, ServerBuilder, ServerConfig, ServerHandle,

@@ -38,7 +38,7 @@ use crate::stats::{MethodStats, ServerStats, StatsCounters};
 ///
 #[derive(Clone)]
 pub struct Server {
-    shared: Arc<ServerShared>,
+    pub(crate) shared: Arc<ServerShared>,
 }
 
 /// What every connection of a server shares.
@@ -579,7 +579,7 @@ pub(crate) struct ConnectionSlot {
 }
 
 impl ConnectionSlot {
-    fn open(server: &Arc<ServerShared>, group: u64) -> Self {
+    pub(crate) fn open(server: &Arc<ServerShared>, group: u64) -> Self {
         server.stats.open_connections.fetch_add(1, Ordering::SeqCst);
         StatsCounters::bump(&server.stats.accepted_connections);
         ConnectionSlot {

@@ -1,0 +1,3 @@
+module netrpc.example/interop
+
+go 1.19

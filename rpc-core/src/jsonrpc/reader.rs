@@ -1,0 +1,159 @@
+//! `ValueReader`: reads whole JSON objects from a blocking socket, with the size limit and
+//! the frame timeout (from a value's first byte to its last) that netrpc's frames have.
+//!
+//! One thread reads one connection (the jsonrpc server's connection thread, the jsonrpc
+//! client's reader). The socket's read timeout is set to the nearest deadline, so a quiet
+//! connection costs no wake-ups unless the caller asks for one.
+
+use std::fmt;
+use std::io::{self, Read};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use rpc_transport::clock::deadline_after;
+
+use super::stream::{SplitError, ValueSplitter};
+
+/// Reads JSON objects from `stream`, one at a time.
+#[derive(Debug)]
+pub(crate) struct ValueReader {
+    stream: TcpStream,
+    splitter: ValueSplitter,
+    frame_timeout: Option<Duration>,
+    /// When the current partial value was first seen.
+    partial_since: Option<Instant>,
+    /// The read timeout last set on the socket, to skip redundant system calls.
+    read_timeout: Option<Duration>,
+}
+
+/// Why a [`ValueReader`] stopped; each ends the connection.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// The peer closed its side between two values.
+    Closed,
+    /// The peer closed its side in the middle of a value.
+    Truncated,
+    /// A value did not arrive whole within the frame timeout.
+    FrameTimeout,
+    /// The bytes cannot be a stream of JSON objects within the limit.
+    Split(SplitError),
+    /// The socket failed.
+    Io(io::Error),
+}
+
+impl ValueReader {
+    /// A reader of `stream` refusing values over `max_len` bytes and values that take longer
+    /// than `frame_timeout` to arrive.
+    pub(crate) fn new(stream: TcpStream, max_len: usize, frame_timeout: Option<Duration>) -> Self {
+        ValueReader {
+            stream,
+            splitter: ValueSplitter::new(max_len),
+            frame_timeout,
+            partial_since: None,
+            read_timeout: None,
+        }
+    }
+
+    /// The next whole value; `Ok(None)` once `wait` has passed without one (and without a
+    /// partial value running out of time). `wait: None` waits as long as it takes.
+    ///
+    /// # Errors
+    ///
+    /// [`ReadError`] when the connection can carry no more values.
+    pub(crate) fn next_value(
+        &mut self,
+        wait: Option<Duration>,
+    ) -> Result<Option<&[u8]>, ReadError> {
+        let started = Instant::now();
+        let wait_until = wait.map(|wait| deadline_after(started, wait));
+        let mut chunk = [0u8; READ_CHUNK];
+        loop {
+            if let Some(range) = self.splitter.poll_value().map_err(ReadError::Split)? {
+                self.partial_since = None;
+                return Ok(Some(self.splitter.value(range)));
+            }
+            let now = Instant::now();
+            if !self.splitter.has_partial() {
+                self.partial_since = None;
+            } else if self.partial_since.is_none() {
+                self.partial_since = Some(now);
+            }
+            let frame_deadline = self
+                .partial_since
+                .zip(self.frame_timeout)
+                .map(|(since, timeout)| deadline_after(since, timeout));
+            if frame_deadline.is_some_and(|deadline| now >= deadline) {
+                return Err(ReadError::FrameTimeout);
+            }
+            if wait_until.is_some_and(|deadline| now >= deadline) {
+                return Ok(None);
+            }
+            let deadline = match (frame_deadline, wait_until) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            self.set_read_timeout(deadline.map(|deadline| deadline - now))?;
+            match self.stream.read(&mut chunk) {
+                Ok(0) if self.splitter.has_partial() => return Err(ReadError::Truncated),
+                Ok(0) => return Err(ReadError::Closed),
+                Ok(read) => self.splitter.handle_bytes(&chunk[..read]),
+                Err(err) if is_timeout(&err) || err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(ReadError::Io(err)),
+            }
+        }
+    }
+
+    /// Shuts the socket down both ways (the peer sees the close), without waiting for anyone
+    /// writing to it.
+    pub(crate) fn shutdown(&self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> Result<(), ReadError> {
+        // Zero means "block" to the socket: wait at least a millisecond instead.
+        let timeout = timeout.map(|timeout| timeout.max(Duration::from_millis(1)));
+        if timeout != self.read_timeout {
+            self.stream
+                .set_read_timeout(timeout)
+                .map_err(ReadError::Io)?;
+            self.read_timeout = timeout;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::Closed => write!(f, "peer closed the connection"),
+            ReadError::Truncated => {
+                write!(f, "peer closed the connection in the middle of a value")
+            }
+            ReadError::FrameTimeout => {
+                write!(f, "a value did not arrive whole within the frame timeout")
+            }
+            ReadError::Split(err) => write!(f, "{err}"),
+            ReadError::Io(_) => write!(f, "reading the socket failed"),
+        }
+    }
+}
+
+impl std::error::Error for ReadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ReadError::Io(err) => Some(err),
+            _ => None,
+        }
+    }
+}
+
+/// True for the errors a read timeout gives (`WouldBlock` on Unix, `TimedOut` elsewhere).
+fn is_timeout(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Bytes read from the socket at a time (on the reading thread's stack).
+const READ_CHUNK: usize = 8 * 1024;

@@ -1,0 +1,315 @@
+//! One jsonrpc connection on the server (Go: `jsonrpc.ServeConn`): a thread reads requests,
+//! handlers run on the server's worker pool, and each finished call writes its whole
+//! response under the connection's write lock, so responses leave in any order.
+//!
+//! The reading thread blocks on the socket, as Go's goroutine per connection does; the
+//! server's `max_connections` bounds how many there are. What a peer sends is handled as in
+//! Go's `net/rpc` server:
+//!
+//! - a request that names no known service or method, lacks `params`, or whose argument does
+//!   not decode is answered with an error (Go's own texts where Go has one), and reading goes
+//!   on;
+//! - bytes that are not a JSON object, a message over `limits.max_body_len`, or one nesting
+//!   past the codec's limit get one error response with a `null` id (Go closes without one),
+//!   then the connection closes;
+//! - a message still incomplete `limits.frame_timeout` after its first byte closes the
+//!   connection, as does `idle_timeout` with nothing in flight, when set;
+//! - at `max_in_flight_per_conn` calls in flight the thread stops reading until one finishes
+//!   (TCP then slows the peer down); at the server's `max_calls` a request is refused;
+//! - after the peer's last request (end of stream) the calls in flight are answered, then the
+//!   connection closes.
+
+use std::io::{self, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rpc_codec::CodecKind;
+
+use crate::catch_panic::catch_panic;
+use crate::error_body::ErrorCode;
+use crate::server::ServerShared;
+use crate::service::{Dispatch, MethodHandler};
+use crate::stats::StatsCounters;
+
+use super::message::{self, Params, NULL};
+use super::reader::{ReadError, ValueReader};
+
+/// Serves jsonrpc requests read from `stream` until the peer leaves, the connection breaks a
+/// rule, or `stop` is set (and the socket shut down by whoever set it).
+///
+/// # Errors
+///
+/// An I/O error if the socket cannot be cloned for writing.
+pub(crate) fn serve(
+    server: Arc<ServerShared>,
+    stream: TcpStream,
+    stop: &AtomicBool,
+) -> io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let write_half = stream.try_clone()?;
+    let limits = server.config.limits;
+    // A peer that reads nothing holds a writing worker for at most this long.
+    write_half.set_write_timeout(limits.frame_timeout)?;
+    let conn = JsonConn {
+        server,
+        writer: Arc::new(ReplyWriter {
+            stream: Mutex::new(write_half),
+        }),
+        calls: Arc::new(CallsInFlight::default()),
+    };
+    let mut reader = ValueReader::new(stream, limits.max_body_len, limits.frame_timeout);
+    conn.read_requests(&mut reader, stop);
+    reader.shutdown();
+    Ok(())
+}
+
+/// What the reading thread and the calls of one connection share.
+struct JsonConn {
+    server: Arc<ServerShared>,
+    writer: Arc<ReplyWriter>,
+    calls: Arc<CallsInFlight>,
+}
+
+/// The write half of the socket. The lock guards whole responses: one is written at a time.
+struct ReplyWriter {
+    stream: Mutex<TcpStream>,
+}
+
+/// Calls in flight on one connection, with a signal when the count falls.
+#[derive(Default)]
+struct CallsInFlight {
+    count: Mutex<usize>,
+    fell: Condvar,
+}
+
+/// A request admitted for dispatch, carried to the worker that runs it.
+struct JsonCall {
+    server: Arc<ServerShared>,
+    writer: Arc<ReplyWriter>,
+    calls: Arc<CallsInFlight>,
+    handler: MethodHandler,
+    id: Vec<u8>,
+    argument: Vec<u8>,
+}
+
+impl JsonConn {
+    fn read_requests(&self, reader: &mut ValueReader, stop: &AtomicBool) {
+        let config = &self.server.config;
+        let stats = &self.server.stats;
+        let mut last_active = Instant::now();
+        while !stop.load(Ordering::SeqCst) {
+            self.calls.wait_below(config.max_in_flight_per_conn, stop);
+            let wait = config
+                .idle_timeout
+                .map(|idle| idle.saturating_sub(last_active.elapsed()));
+            match reader.next_value(wait) {
+                Ok(Some(request)) => {
+                    last_active = Instant::now();
+                    if self.handle(request).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) if self.calls.count() > 0 => last_active = Instant::now(),
+                Ok(None) => {
+                    StatsCounters::bump(&stats.idle_closes);
+                    return;
+                }
+                Err(ReadError::Closed) => {
+                    // End of stream: the peer's last request is in; answer what is in flight.
+                    self.calls.wait_below(1, stop);
+                    return;
+                }
+                Err(ReadError::FrameTimeout) => {
+                    StatsCounters::bump(&stats.frame_timeouts);
+                    return;
+                }
+                Err(ReadError::Split(err)) => {
+                    StatsCounters::bump(&stats.frame_errors);
+                    let text = format!("rpc: server cannot decode request: {err}");
+                    let _ = self.writer.send(&message::error_response(&NULL, &text));
+                    return;
+                }
+                Err(ReadError::Truncated) => {
+                    StatsCounters::bump(&stats.frame_errors);
+                    return;
+                }
+                Err(ReadError::Io(_)) => return,
+            }
+        }
+    }
+
+    /// Answers or dispatches one request; `Err` if the connection must close.
+    fn handle(&self, bytes: &[u8]) -> Result<(), ()> {
+        let request = match message::parse_request(bytes) {
+            Ok(request) => request,
+            Err(detail) => {
+                StatsCounters::bump(&self.server.stats.frame_errors);
+                let text = format!("rpc: server cannot decode request: {detail}");
+                let _ = self.writer.send(&message::error_response(&NULL, &text));
+                return Err(());
+            }
+        };
+        let id = request.id;
+        let (handler, dispatch) = match self.lookup(&request.method) {
+            Ok(found) => found,
+            Err((code, text)) => return self.refuse(id, code, &text),
+        };
+        let argument = match request.params {
+            Params::One(argument) => argument,
+            Params::Missing => {
+                let text = "jsonrpc: request body missing params";
+                return self.refuse(id, ErrorCode::BadRequest, text);
+            }
+            Params::Invalid(text) => return self.refuse(id, ErrorCode::BadRequest, &text),
+        };
+        if !self.admit() {
+            let limit = self.server.config.max_calls;
+            let text = format!("server at its limit of {limit} calls in flight; try again later");
+            return self.refuse(id, ErrorCode::Throttled, &text);
+        }
+        let call = JsonCall {
+            server: Arc::clone(&self.server),
+            writer: Arc::clone(&self.writer),
+            calls: Arc::clone(&self.calls),
+            handler,
+            id: id.to_vec(),
+            argument: argument.to_vec(),
+        };
+        match dispatch {
+            Dispatch::Inline => call.run(),
+            Dispatch::Pool => self.server.pool.execute(Box::new(move || call.run())),
+        }
+        Ok(())
+    }
+
+    /// The handler of `method`, or the error Go's server gives (same texts).
+    fn lookup(&self, method: &str) -> Result<(MethodHandler, Dispatch), (ErrorCode, String)> {
+        let Some((service, name)) = method.rsplit_once('.') else {
+            let text = format!("rpc: service/method request ill-formed: {method}");
+            return Err((ErrorCode::Protocol, text));
+        };
+        let Some(table) = self.server.service(service) else {
+            let text = format!("rpc: can't find service {method}");
+            return Err((ErrorCode::UnknownService, text));
+        };
+        match table.get(name) {
+            Some(handler) => Ok((handler.clone(), table.dispatch())),
+            None => Err((
+                ErrorCode::UnknownMethod,
+                format!("rpc: can't find method {method}"),
+            )),
+        }
+    }
+
+    /// Counts a call in; false if the server is at `max_calls`. (The per-connection cap was
+    /// waited for before the request was read.)
+    fn admit(&self) -> bool {
+        let stats = &self.server.stats;
+        let total = stats.in_flight_calls.fetch_add(1, Ordering::SeqCst);
+        if total >= self.server.config.max_calls {
+            stats.in_flight_calls.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        }
+        *self.calls.lock() += 1;
+        true
+    }
+
+    /// Answers request `id` with an error at once; the connection stays open unless the
+    /// write fails.
+    fn refuse(&self, id: &[u8], code: ErrorCode, text: &str) -> Result<(), ()> {
+        self.server.stats.count_call_error(code);
+        self.writer
+            .send(&message::error_response(id, text))
+            .map_err(|_| ())
+    }
+}
+
+impl ReplyWriter {
+    /// Writes one whole response; on failure the connection is shut down (a response may
+    /// have been cut, and the peer is not reading or gone).
+    fn send(&self, bytes: &[u8]) -> io::Result<()> {
+        let mut stream = self.stream.lock().unwrap_or_else(|p| p.into_inner());
+        let written = stream.write_all(bytes);
+        if written.is_err() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        written
+    }
+}
+
+impl CallsInFlight {
+    fn lock(&self) -> MutexGuard<'_, usize> {
+        // A plain counter: a poisoned lock still holds a sound number.
+        self.count.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn count(&self) -> usize {
+        *self.lock()
+    }
+
+    /// Blocks while `limit` or more calls are in flight, unless `stop` is set.
+    fn wait_below(&self, limit: usize, stop: &AtomicBool) {
+        let mut count = self.lock();
+        while *count >= limit && !stop.load(Ordering::SeqCst) {
+            count = self
+                .fell
+                .wait_timeout(count, STOP_CHECK)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    fn finish(&self) {
+        *self.lock() -= 1;
+        self.fell.notify_all();
+    }
+}
+
+impl JsonCall {
+    /// Runs the handler, writes the response, and takes the call out of flight.
+    fn run(self) {
+        let stats = &self.server.stats;
+        let mut out = BytesMut::new();
+        message::start_response(&mut out, &self.id);
+        let outcome = catch_panic(|| (self.handler)(CodecKind::Json, &self.argument, &mut out));
+        let max_len = self.server.config.limits.max_body_len;
+        let (response, failure) = match outcome {
+            Ok(Ok(())) => {
+                message::finish_response(&mut out);
+                if out.len() <= max_len {
+                    (out, None)
+                } else {
+                    let text = format!(
+                        "reply of {} bytes exceeds the {max_len}-byte limit",
+                        out.len()
+                    );
+                    let code = ErrorCode::FrameTooLarge;
+                    (message::error_response(&self.id, &text), Some(code))
+                }
+            }
+            Ok(Err(err)) => (
+                message::error_response(&self.id, &err.message),
+                Some(err.code),
+            ),
+            Err(panic) => {
+                let text = format!("handler panicked: {panic}");
+                let code = ErrorCode::HandlerPanicked;
+                (message::error_response(&self.id, &text), Some(code))
+            }
+        };
+        if let Some(code) = failure {
+            stats.count_call_error(code);
+        }
+        if self.writer.send(&response).is_err() {
+            StatsCounters::bump(&stats.dropped_replies);
+        }
+        stats.in_flight_calls.fetch_sub(1, Ordering::SeqCst);
+        self.calls.finish();
+    }
+}
+
+/// How often a waiting reader looks at the stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(50);
