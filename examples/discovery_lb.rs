@@ -1,5 +1,6 @@
-//! Client-side load balancing (SEEDS §7): one `BalancedClient` over several servers, a policy
-//! picking the server of each call, a server killed mid-run, and a server joining at run time.
+//! Discovery and client-side load balancing (SEEDS §7): servers register in a registry, one
+//! `BalancedClient` follows the registry (`Discovery`), a policy picks the server of each
+//! call, a server is killed mid-run and another joins, and no call fails.
 //!
 //! The tutorials' counterpart is a client that asks a registry for the live instances of a
 //! service and spreads its calls over them (round robin, random, weighted round robin, least
@@ -7,9 +8,12 @@
 //! calls this a balancer. For each of the five policies it starts three `WorkerService`
 //! servers on 127.0.0.1 (`a` with weight 3, `b` and `c` with weight 1, `c` taking 2 ms per
 //! call) and makes 300 calls one after another: at call 100 server `b` is shut down (its
-//! connection cut, as if the process died), and at call 200 a fourth server `d` is added
-//! with `set_endpoints`, as discovery would. `DoTask` is idempotent, so the client is built
-//! `idempotent(true)`: a call whose connection is cut under it moves to another server too.
+//! connection cut, as if the process died, and its registration gone with it), and at call 200
+//! a fourth server `d` registers. The servers register in an in-process `MemoryRegistry`
+//! with heartbeats (`Registration`); the client learns of each change through the registry's
+//! `Watcher`, followed by `Discovery` (the same code works on `EtcdRegistry`). `DoTask` is
+//! idempotent, so the client is built `idempotent(true)`: a call whose connection is cut
+//! under it moves to another server too.
 //!
 //! Run: `cargo run --example discovery_lb`
 //!
@@ -24,11 +28,12 @@ mod worker;
 
 use std::collections::HashMap;
 use std::error::Error;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use netrpc::cluster::{
-    BalancedClient, Balancer, Endpoint, LeastActive, PeakEwma, Random, RoundRobin,
-    WeightedRoundRobin,
+    BalancedClient, Balancer, Discovery, Instance, LeastActive, MemoryRegistry, PeakEwma, Random,
+    Registration, Registry, RoundRobin, WeightedRoundRobin,
 };
 use netrpc::{Server, ServerHandle};
 use worker::{Task, TaskReply, Worker, WorkerServiceServer};
@@ -36,9 +41,12 @@ use worker::{Task, TaskReply, Worker, WorkerServiceServer};
 const CALLS: u64 = 300;
 const KILL_AT: u64 = 100;
 const JOIN_AT: u64 = 200;
+const SERVICE: &str = "WorkerService";
+/// Registrations live this long without a heartbeat (renewed every third of it).
+const TTL: Duration = Duration::from_secs(5);
 
 fn main() -> Result<(), Box<dyn Error>> {
-    println!("{CALLS} calls per policy; `b` killed at call {KILL_AT}, `d` added at {JOIN_AT}");
+    println!("{CALLS} calls per policy; `b` killed at call {KILL_AT}, `d` registers at {JOIN_AT}");
     println!("weights a 3, b 1, c 1 (slow: 2 ms a call), d 1\n");
     let policies: Vec<(&str, Box<dyn Balancer>)> = vec![
         ("round robin", Box::new(RoundRobin::new())),
@@ -80,29 +88,34 @@ fn run_policy(balancer: Box<dyn Balancer>) -> Result<Run, Box<dyn Error>> {
     let b = start("b", Duration::ZERO)?;
     let c = start("c", Duration::from_millis(2))?;
     let d = start("d", Duration::ZERO)?;
-    let endpoint =
-        |server: &ServerHandle, weight| Endpoint::new(server.local_addr()).with_weight(weight);
+    let registry = MemoryRegistry::new();
+    let shared: Arc<dyn Registry> = Arc::new(registry.clone());
+    let register = |server: &ServerHandle, weight| {
+        let instance = Instance::new(SERVICE, server.local_addr().to_string()).with_weight(weight);
+        Registration::start(Arc::clone(&shared), instance, TTL)
+    };
+    let _a = register(&a, 3)?;
+    let mut b_registration = Some(register(&b, 1)?);
+    let _c = register(&c, 1)?;
+    let mut d_registration = None;
     let client = BalancedClient::builder()
         .balancer(balancer)
         .idempotent(true)
         .call_timeout(Duration::from_secs(2))
-        .build(vec![endpoint(&a, 3), endpoint(&b, 1), endpoint(&c, 1)]);
+        .build(Vec::new());
+    let _discovery = Discovery::follow(registry.watch(SERVICE)?, &client);
 
     let started = Instant::now();
     let mut answered = HashMap::new();
     let mut failed = 0;
     for id in 0..CALLS {
         if id == KILL_AT {
+            // The process dies: its connections are cut, its heartbeat stops.
             b.shutdown();
+            b_registration.take();
         }
         if id == JOIN_AT {
-            // What a discovery watcher does when the live instances change.
-            client.set_endpoints(vec![
-                endpoint(&a, 3),
-                endpoint(&b, 1),
-                endpoint(&c, 1),
-                endpoint(&d, 1),
-            ]);
+            d_registration = Some(register(&d, 1)?);
         }
         let task = Task {
             id,
@@ -116,6 +129,7 @@ fn run_policy(balancer: Box<dyn Balancer>) -> Result<Run, Box<dyn Error>> {
             }
         }
     }
+    drop(d_registration);
     Ok(Run {
         answered,
         failed,

@@ -14,12 +14,13 @@
 //! | client-side load balancing | [`BalancedClient`] | one client over many endpoints: a policy picks per call, failover where nothing ran, down endpoints skipped, endpoint list replaceable at run time |
 //! | service registry | [`Registry`], [`Instance`], [`MemoryRegistry`], [`EtcdRegistry`] | instances registered with a TTL lease; dead ones expire |
 //! | heartbeats | [`Registration`] | renews a registration every TTL/3 on its own thread, deregisters on drop |
-//! | discovery | [`Watcher`] | the live instance list of a service, updated without restart |
+//! | discovery | [`Watcher`], [`Discovery`] | the live instance list of a service, fed to a [`BalancedClient`] without restart |
 //! | health checks | [`HealthChecker`], [`ping_probe`] | probes each instance over the network, marks the ones that stop answering |
 
 mod balance;
 mod balanced_client;
 mod breaker;
+mod discovery;
 mod distribute;
 pub mod etcd;
 mod health;
@@ -42,6 +43,7 @@ pub use balanced_client::{
     BalancedClient, BalancedClientBuilder, EndpointStats, DEFAULT_DOWN_FOR, DEFAULT_MAX_ATTEMPTS,
 };
 pub use breaker::{Breaker, BreakerPolicy, BreakerState, Permit, MAX_BREAKER_WINDOW};
+pub use discovery::{Discovery, DISCOVERY_STOP_CHECK};
 pub use distribute::{Distribution, Distributor, TaskResult, DEFAULT_MAX_IN_FLIGHT_PER_WORKER};
 pub use etcd::EtcdRegistry;
 pub use health::{
