@@ -40,7 +40,11 @@ impl Whoami for Handler {
         // No extra parameter: the call's context is current on the handler's thread.
         let context = CallContext::current().ok_or("not inside a call")?;
         let ids = context.trace().ok_or("the caller sent no trace ids")?;
-        Ok(format!("{} called from {}: {ids}", context.method(), context.peer_addr()))
+        Ok(format!(
+            "{} called from {}: {ids}",
+            context.method(),
+            context.peer_addr()
+        ))
     }
 }
 

@@ -20,6 +20,7 @@ mod client_loop;
 pub mod cluster;
 pub mod error;
 pub mod error_body;
+mod link;
 mod macros;
 pub mod middleware;
 mod open_files;
@@ -28,6 +29,7 @@ mod pool;
 mod server;
 mod server_conn;
 pub mod service;
+pub mod sim;
 mod stats;
 
 pub use call::{done_channel, Call, Completion, DoneSender};
