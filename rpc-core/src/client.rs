@@ -400,7 +400,8 @@ impl Client {
         self.inner.conn.is_closed() || lock(&self.inner.pending).is_ended()
     }
 
-    /// The server's address.
+    /// The server's address (for a client of a [`crate::sim::SimNetwork`], a made-up
+    /// address of the server its end is connected to now).
     pub fn peer_addr(&self) -> SocketAddr {
         self.inner.conn.peer_addr()
     }

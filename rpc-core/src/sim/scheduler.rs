@@ -206,3 +206,83 @@ impl Ord for Entry {
 /// Most messages (requests, replies, failures) in flight at once on one network: a bound on
 /// its memory. Beyond it a message is dropped and counted in `SimStats::overflowed`.
 pub const MAX_QUEUED_MESSAGES: usize = 65_536;
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    use rpc_transport::FrameLimits;
+
+    use super::*;
+    use crate::pending::PendingCalls;
+
+    fn end() -> Arc<SimEnd> {
+        Arc::new(SimEnd {
+            name: "end".to_owned(),
+            addr: SocketAddr::from(([192, 0, 2, 2], 1)),
+            pending: Arc::new(Mutex::new(PendingCalls::with_limit(1))),
+            limits: FrameLimits::default(),
+            closed: AtomicBool::new(false),
+            timer: Mutex::new(None),
+        })
+    }
+
+    fn fail(end: &Arc<SimEnd>, seq: u64) -> Event {
+        Event::Fail {
+            end: Arc::clone(end),
+            seq,
+            error: RpcError::Shutdown,
+        }
+    }
+
+    #[test]
+    fn events_run_by_due_time_then_in_the_order_they_were_scheduled() {
+        let scheduler = Arc::new(Scheduler::new());
+        let end = end();
+        let now = Instant::now();
+        scheduler
+            .schedule(now + Duration::from_millis(30), fail(&end, 3))
+            .unwrap();
+        scheduler.schedule(now, fail(&end, 1)).unwrap();
+        scheduler.schedule(now, fail(&end, 2)).unwrap();
+        let (seen_tx, seen_rx) = crossbeam_channel::unbounded();
+        let running = Arc::clone(&scheduler);
+        let thread = std::thread::spawn(move || {
+            running.run(|event| {
+                if let Event::Fail { seq, .. } = event {
+                    let _ = seen_tx.send(seq);
+                }
+            });
+        });
+        let wait = Duration::from_secs(5);
+        let seen: Vec<u64> = (0..3)
+            .map(|_| seen_rx.recv_timeout(wait).unwrap())
+            .collect();
+        assert_eq!(seen, [1, 2, 3]);
+        assert!(scheduler.stop().is_empty());
+        thread.join().unwrap();
+        assert_eq!(
+            scheduler.schedule(now, fail(&end, 4)).err(),
+            Some(Refused::Stopped)
+        );
+    }
+
+    #[test]
+    fn messages_beyond_the_cap_are_refused_but_timers_are_not() {
+        let scheduler = Scheduler::new();
+        let end = end();
+        let later = Instant::now() + Duration::from_secs(60);
+        for seq in 0..MAX_QUEUED_MESSAGES as u64 {
+            scheduler.schedule(later, fail(&end, seq)).unwrap();
+        }
+        assert_eq!(
+            scheduler.schedule(later, fail(&end, 0)).err(),
+            Some(Refused::Full)
+        );
+        let timer = Event::Timer(Arc::downgrade(&end));
+        assert!(scheduler.schedule(later, timer).is_ok());
+        assert_eq!(scheduler.stop().len(), MAX_QUEUED_MESSAGES + 1);
+    }
+}
