@@ -25,7 +25,7 @@ use bytes::{Bytes, BytesMut};
 use crossbeam_channel::Receiver;
 use rpc_codec::{Codec, CodecError, CodecKind};
 use rpc_transport::clock::deadline_after;
-use rpc_transport::{Connection, Frame, FrameBuilder, FrameHead, FrameKind, FrameLimits};
+use rpc_transport::{Frame, FrameBuilder, FrameHead, FrameKind, FrameLimits};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -34,6 +34,7 @@ use crate::catch_panic::catch_panic;
 use crate::client_conn::{lock, ClientConn};
 use crate::client_loop::shared_client_loop;
 use crate::error::RpcError;
+use crate::link::Link;
 use crate::middleware::{run_after_call, run_before_call, CallRecord, ClientMiddleware};
 use crate::pending::{Completer, PendingCalls};
 
@@ -59,7 +60,8 @@ pub struct Client {
 }
 
 struct ClientInner {
-    conn: Connection,
+    /// A socket connection, or an end of a simulated network.
+    conn: Link,
     pending: Arc<Mutex<PendingCalls>>,
     next_seq: AtomicU64,
     config: ClientConfig,
@@ -229,14 +231,12 @@ impl ClientBuilder {
         // The first frame says hello: a server closes connections that send no whole frame
         // within its first-frame timeout, and this one may not call for a while.
         let _ = conn.send_frame(&Frame::new(FrameKind::Ping, 0));
-        Ok(Client {
-            inner: Arc::new(ClientInner {
-                conn,
-                pending,
-                next_seq: AtomicU64::new(1),
-                config: self.config,
-            }),
-        })
+        Ok(Client::with_link(Link::Socket(conn), pending, self.config))
+    }
+
+    /// The settings built so far (for constructors outside this file: the simulated network).
+    pub(crate) fn into_config(self) -> ClientConfig {
+        self.config
     }
 }
 
@@ -249,6 +249,22 @@ impl From<ClientConfig> for ClientBuilder {
 }
 
 impl Client {
+    /// A client over `conn`, whose replies are matched in `pending`.
+    pub(crate) fn with_link(
+        conn: Link,
+        pending: Arc<Mutex<PendingCalls>>,
+        config: ClientConfig,
+    ) -> Client {
+        Client {
+            inner: Arc::new(ClientInner {
+                conn,
+                pending,
+                next_seq: AtomicU64::new(1),
+                config,
+            }),
+        }
+    }
+
     /// Connects to `addr` with default settings (Go: `rpc.Dial("tcp", addr)`).
     ///
     /// # Errors
@@ -397,7 +413,8 @@ impl Client {
         self.inner.conn.is_closed() || lock(&self.inner.pending).is_ended()
     }
 
-    /// The server's address.
+    /// The server's address (for a client of a [`crate::sim::SimNetwork`], a made-up
+    /// address of the server its end is connected to now).
     pub fn peer_addr(&self) -> SocketAddr {
         self.inner.conn.peer_addr()
     }

@@ -1,4 +1,6 @@
 //! One client connection's event handler: matches replies to pending calls by sequence id.
+//! The matching lives in free functions ([`handle_reply_frame`], [`expire_calls`], ...) that
+//! the simulated network's client ends ([`crate::sim`]) call too.
 //!
 //! Runs on the client event loop. Completers run outside the table's lock, so a slow
 //! completion (decoding a large reply) never holds up a thread starting a new call, and under
@@ -27,26 +29,8 @@ impl ClientConn {
 
 impl FrameHandler for ClientConn {
     fn handle_frame(&mut self, conn: &Connection, frame: Frame) {
-        match frame.kind {
-            // Seq 0 is no call's: the server speaks of the connection (say, refused at its
-            // connection limit). Every call, pending or later, fails with what it said.
-            FrameKind::Error if frame.seq == 0 => {
-                let err = RpcError::from_error_body("", &frame.body);
-                let failed = lock(&self.pending).end(Ended::Refused(err));
-                complete_all(failed);
-            }
-            FrameKind::Response | FrameKind::Error => {
-                let completer = lock(&self.pending).take_for_reply(frame.seq);
-                if let Some(complete) = completer {
-                    complete_safely(complete, Ok(frame));
-                }
-            }
-            FrameKind::Ping => {
-                let _ = conn.send_frame(&Frame::new(FrameKind::Pong, frame.seq));
-            }
-            FrameKind::GoAway => lock(&self.pending).go_away(),
-            // Requests, cancels and pongs mean nothing to a client; ignore them.
-            _ => {}
+        if let Some(answer) = handle_reply_frame(&self.pending, frame) {
+            let _ = conn.send_frame(&answer);
         }
     }
 
@@ -59,24 +43,15 @@ impl FrameHandler for ClientConn {
             ..
         } = error
         {
-            let completer = lock(&self.pending).remove(*seq);
-            if let Some(complete) = completer {
-                complete_safely(complete, Err(RpcError::from(error.clone())));
-            }
+            fail_call(&self.pending, *seq, RpcError::from(error.clone()));
         }
     }
 
     fn handle_timer(&mut self, conn: &Connection, now: Instant) -> Option<Instant> {
-        let (expired, next) = {
-            let mut pending = lock(&self.pending);
-            (pending.take_expired(now), pending.next_deadline())
-        };
-        for (seq, complete, err) in expired {
+        expire_calls(&self.pending, now, |seq| {
             // Advisory: the server skips the call if no worker has started it.
             let _ = conn.send_frame(&Frame::new(FrameKind::Cancel, seq));
-            complete_safely(complete, Err(err));
-        }
-        next
+        })
     }
 
     fn handle_close(&mut self, _conn: &Connection, reason: CloseReason) {
@@ -91,9 +66,67 @@ impl FrameHandler for ClientConn {
             CloseReason::Error(err) => Ended::Lost(RpcError::ConnectionLost { cause: Some(err) }),
             _ => Ended::Lost(RpcError::ConnectionLost { cause: None }),
         };
-        let failed = lock(&self.pending).end(ended);
-        complete_all(failed);
+        end_calls(&self.pending, ended);
     }
+}
+
+/// Hands a frame from the server to the pending-call table: a reply completes its call, an
+/// error under seq 0 or a go-away speaks of the whole connection. Returns the frame to send
+/// back, if any (a pong for a ping). Used by the socket handler above and by the simulated
+/// network ([`crate::sim`]), so both match replies the same way.
+pub(crate) fn handle_reply_frame(pending: &Mutex<PendingCalls>, frame: Frame) -> Option<Frame> {
+    match frame.kind {
+        // Seq 0 is no call's: the server speaks of the connection (say, refused at its
+        // connection limit). Every call, pending or later, fails with what it said.
+        FrameKind::Error if frame.seq == 0 => {
+            let err = RpcError::from_error_body("", &frame.body);
+            let failed = lock(pending).end(Ended::Refused(err));
+            complete_all(failed);
+        }
+        FrameKind::Response | FrameKind::Error => {
+            let completer = lock(pending).take_for_reply(frame.seq);
+            if let Some(complete) = completer {
+                complete_safely(complete, Ok(frame));
+            }
+        }
+        FrameKind::Ping => return Some(Frame::new(FrameKind::Pong, frame.seq)),
+        FrameKind::GoAway => lock(pending).go_away(),
+        // Requests, cancels and pongs mean nothing to a client; ignore them.
+        _ => {}
+    }
+    None
+}
+
+/// Fails call `seq` with `err`, if it is still pending.
+pub(crate) fn fail_call(pending: &Mutex<PendingCalls>, seq: u64, err: RpcError) {
+    let completer = lock(pending).remove(seq);
+    if let Some(complete) = completer {
+        complete_safely(complete, Err(err));
+    }
+}
+
+/// Fails every call whose deadline is at or before `now` with a timeout, telling `cancel`
+/// each one's seq first; returns the next deadline to wake up for.
+pub(crate) fn expire_calls(
+    pending: &Mutex<PendingCalls>,
+    now: Instant,
+    mut cancel: impl FnMut(u64),
+) -> Option<Instant> {
+    let (expired, next) = {
+        let mut pending = lock(pending);
+        (pending.take_expired(now), pending.next_deadline())
+    };
+    for (seq, complete, err) in expired {
+        cancel(seq);
+        complete_safely(complete, Err(err));
+    }
+    next
+}
+
+/// Ends the connection's table: every pending call fails with what `ended` says.
+pub(crate) fn end_calls(pending: &Mutex<PendingCalls>, ended: Ended) {
+    let failed = lock(pending).end(ended);
+    complete_all(failed);
 }
 
 fn complete_all(calls: Vec<(Completer, RpcError)>) {

@@ -23,6 +23,7 @@ pub mod error_body;
 pub mod http;
 #[cfg(feature = "json")]
 pub mod jsonrpc;
+mod link;
 mod macros;
 pub mod middleware;
 mod open_files;
@@ -31,6 +32,7 @@ mod pool;
 mod server;
 mod server_conn;
 pub mod service;
+pub mod sim;
 mod stats;
 
 pub use call::{done_channel, Call, Completion, DoneSender};

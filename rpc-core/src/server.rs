@@ -251,6 +251,11 @@ impl Server {
         &self.shared.config
     }
 
+    /// What this server's connections share (the simulated network dispatches through it).
+    pub(crate) fn shared(&self) -> &Arc<ServerShared> {
+        &self.shared
+    }
+
     /// Handlers running right now.
     pub fn running_handlers(&self) -> usize {
         self.shared.pool.running()

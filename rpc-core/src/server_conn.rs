@@ -148,7 +148,12 @@ impl ServerConn {
             StatsCounters::bump(&self.server.stats.duplicate_requests);
             return;
         }
-        let (codec, handler, dispatch, counters) = match self.lookup(&request) {
+        let Found {
+            codec,
+            handler,
+            dispatch,
+            counters,
+        } = match lookup(&self.server, &request) {
             Ok(found) => found,
             Err(err) => return self.refuse(conn, request.seq, err.code, &err.message),
         };
@@ -225,41 +230,6 @@ impl ServerConn {
         if conn.send_frame(&error_frame(seq, code, message)).is_err() {
             StatsCounters::bump(&self.server.stats.dropped_replies);
         }
-    }
-
-    /// Finds the codec and method a request names; every failure is a call error.
-    fn lookup(
-        &self,
-        request: &Frame,
-    ) -> Result<(CodecKind, MethodHandler, Dispatch, Arc<MethodCounters>), DispatchError> {
-        let codec = CodecKind::from_id(request.codec)
-            .filter(|codec| self.server.config.codecs.contains(codec))
-            .ok_or_else(|| {
-                DispatchError::new(
-                    ErrorCode::UnsupportedCodec,
-                    format!("codec id {} is not supported by this server", request.codec),
-                )
-            })?;
-        let name = std::str::from_utf8(&request.name).map_err(|_| {
-            DispatchError::new(ErrorCode::Protocol, "method name is not valid utf-8")
-        })?;
-        let Some((service, method)) = name.rsplit_once('.') else {
-            return Err(DispatchError::new(
-                ErrorCode::Protocol,
-                format!("ill-formed method name `{name}`: expected `Service.Method`"),
-            ));
-        };
-        let table = self.server.service(service).ok_or_else(|| {
-            DispatchError::new(
-                ErrorCode::UnknownService,
-                format!("unknown service `{service}`"),
-            )
-        })?;
-        let unknown_method =
-            || DispatchError::new(ErrorCode::UnknownMethod, format!("unknown method `{name}`"));
-        let handler = table.get(method).cloned().ok_or_else(unknown_method)?;
-        let counters = table.counters(method).cloned().ok_or_else(unknown_method)?;
-        Ok((codec, handler, table.dispatch(), counters))
     }
 }
 
@@ -348,7 +318,6 @@ impl InFlight {
         codec: CodecKind,
         request: &Frame,
     ) -> (BytesMut, Option<ErrorCode>) {
-        let chain = &self.server.config.middleware;
         let context = CallContext::new(
             request.name.clone(),
             request.metadata.clone(),
@@ -356,12 +325,14 @@ impl InFlight {
             request.seq,
             self.received,
         );
-        run_handler(request, self.conn.limits(), |out| {
-            let mut method = || handler(codec, &request.body, out);
-            context
-                .clone()
-                .enter(|| run_server_chain(chain, &context, &mut method))
-        })
+        run_call(
+            &self.server,
+            handler,
+            codec,
+            request,
+            context,
+            self.conn.limits(),
+        )
     }
 
     /// Sends the reply and takes the call out of flight.
@@ -490,6 +461,72 @@ impl FrameHandler for ServerConn {
             let _ = closed.send(());
         }
     }
+}
+
+/// Finds the codec and method a request names on `server`; every failure is a call error.
+/// Shared with the simulated network's dispatch ([`crate::sim`]).
+pub(crate) fn lookup(server: &ServerShared, request: &Frame) -> Result<Found, DispatchError> {
+    let codec = CodecKind::from_id(request.codec)
+        .filter(|codec| server.config.codecs.contains(codec))
+        .ok_or_else(|| {
+            DispatchError::new(
+                ErrorCode::UnsupportedCodec,
+                format!("codec id {} is not supported by this server", request.codec),
+            )
+        })?;
+    let name = std::str::from_utf8(&request.name)
+        .map_err(|_| DispatchError::new(ErrorCode::Protocol, "method name is not valid utf-8"))?;
+    let Some((service, method)) = name.rsplit_once('.') else {
+        return Err(DispatchError::new(
+            ErrorCode::Protocol,
+            format!("ill-formed method name `{name}`: expected `Service.Method`"),
+        ));
+    };
+    let table = server.service(service).ok_or_else(|| {
+        DispatchError::new(
+            ErrorCode::UnknownService,
+            format!("unknown service `{service}`"),
+        )
+    })?;
+    let unknown_method =
+        || DispatchError::new(ErrorCode::UnknownMethod, format!("unknown method `{name}`"));
+    Ok(Found {
+        codec,
+        handler: table.get(method).cloned().ok_or_else(unknown_method)?,
+        dispatch: table.dispatch(),
+        counters: table.counters(method).cloned().ok_or_else(unknown_method)?,
+    })
+}
+
+/// What [`lookup`] finds for a request.
+pub(crate) struct Found {
+    /// The codec the request's body is in.
+    pub(crate) codec: CodecKind,
+    /// The method's handler.
+    pub(crate) handler: MethodHandler,
+    /// Where the service's handlers run.
+    pub(crate) dispatch: Dispatch,
+    /// The method's call and error counters (`Server::method_stats`).
+    pub(crate) counters: Arc<MethodCounters>,
+}
+
+/// Runs a call's handler inside `server`'s middleware with `context` current; returns the
+/// reply frame and the error code if it failed. Shared with the simulated network.
+pub(crate) fn run_call(
+    server: &ServerShared,
+    handler: &MethodHandler,
+    codec: CodecKind,
+    request: &Frame,
+    context: CallContext,
+    limits: &FrameLimits,
+) -> (BytesMut, Option<ErrorCode>) {
+    let chain = &server.config.middleware;
+    run_handler(request, limits, |out| {
+        let mut method = || handler(codec, &request.body, out);
+        context
+            .clone()
+            .enter(|| run_server_chain(chain, &context, &mut method))
+    })
 }
 
 /// Runs one call (`handle` appends the encoded reply to the buffer it is given) and returns
