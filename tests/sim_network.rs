@@ -299,8 +299,9 @@ fn pull_mode_master_worker_completes_every_task_exactly_once_under_30_percent_lo
             let tasks: TaskQueueClient<u64, u64> = TaskQueueClient::new(client);
             let processed = Arc::clone(&processed);
             thread::spawn(move || {
-                // run_worker returns on its first failed call ("master gone"); through a lossy
-                // network that failure is a lost message, so the worker starts again.
+                // run_worker retries a timed-out call a few times (WORKER_RETRIES), but at 30%
+                // loss each way a run of lost messages still happens; then it reports the
+                // master gone, and through a lossy network that is a lost message: start again.
                 let mut restarts = 0;
                 loop {
                     let summary = run_worker(&tasks, &id, |_, n| {
@@ -331,7 +332,7 @@ fn pull_mode_master_worker_completes_every_task_exactly_once_under_30_percent_lo
         processed.load(Ordering::Relaxed) >= TASKS,
         "at least once each"
     );
-    assert!(restarts > 0, "the loss was felt: some calls failed");
+    println!("{restarts} worker restarts");
     let net_stats = net.stats();
     assert!(net_stats.requests_dropped + net_stats.replies_dropped > 0);
     assert_eq!(net.rpc_count("master"), net_stats.requests_delivered);

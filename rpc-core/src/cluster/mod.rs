@@ -61,6 +61,6 @@ pub use rng::Rng;
 pub use task_queue::{
     run_worker, Assignment, IgnoredReason, QueueEvent, QueueObserver, QueueStats, Submission,
     SubmitAck, TaskQueue, TaskQueueClient, TaskQueueService, TaskRequest, WorkerExit,
-    WorkerSummary, DEFAULT_LEASE, TASK_QUEUE_SERVICE,
+    WorkerSummary, DEFAULT_LEASE, TASK_QUEUE_SERVICE, WORKER_RETRIES,
 };
 pub use watch::Watcher;

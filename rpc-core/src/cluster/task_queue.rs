@@ -572,15 +572,18 @@ pub struct WorkerSummary {
 pub enum WorkerExit {
     /// The master said there is no more work.
     NoMoreTasks,
-    /// The master could not be reached: it went away, or a call failed.
+    /// The master could not be reached: it went away, or a call failed other than
+    /// transiently (a timeout or `Throttled` is first tried [`WORKER_RETRIES`] times).
     MasterGone(RpcError),
 }
 
 /// The stateless worker loop: request a task, `process` it, submit the result, repeat, until
 /// the master says there is no more work or cannot be reached.
 ///
-/// While every remaining task is leased to others, it waits as the master suggests and asks
-/// again.
+/// While every remaining task is leased to others, it waits as the master suggests (at most
+/// a second) and asks again. A call that times out (a lost message) or is throttled is tried
+/// again after a short backoff, up to [`WORKER_RETRIES`] times in all, so a lossy network does
+/// not end a worker; any other failure does, as [`WorkerExit::MasterGone`].
 pub fn run_worker<T, R>(
     queue: &TaskQueueClient<T, R>,
     worker_id: &str,
@@ -596,7 +599,7 @@ where
         exit: WorkerExit::NoMoreTasks,
     };
     loop {
-        let assignment = match queue.request_task(worker_id) {
+        let assignment = match with_transient_retries(|| queue.request_task(worker_id)) {
             Ok(assignment) => assignment,
             Err(err) => {
                 summary.exit = WorkerExit::MasterGone(err);
@@ -611,7 +614,8 @@ where
                 ..
             } => (task_id, lease_id, payload),
             Assignment::Wait { retry_after_ms } => {
-                thread::sleep(Duration::from_millis(retry_after_ms));
+                // The master's hint, capped: a confused master cannot park a worker for ever.
+                thread::sleep(Duration::from_millis(retry_after_ms).min(MAX_WORKER_WAIT));
                 continue;
             }
             Assignment::NoMoreTasks => return summary,
@@ -622,7 +626,8 @@ where
             lease_id,
             result: process(task_id, payload),
         };
-        match queue.submit(&submission) {
+        // A resubmission is safe: the master acknowledges and ignores duplicates.
+        match with_transient_retries(|| queue.submit(&submission)) {
             Ok(SubmitAck::Accepted) => summary.accepted += 1,
             Ok(SubmitAck::Ignored(_)) => summary.ignored += 1,
             Err(err) => {
@@ -630,5 +635,70 @@ where
                 return summary;
             }
         }
+    }
+}
+
+/// Runs `call`, again after a short backoff if it fails with a transient error (`Timeout`:
+/// a lost request or reply; `Throttled`: a busy master), at most [`WORKER_RETRIES`] times in
+/// all. Any other error (the connection lost or shut down, the master going away) means the
+/// master is gone and is returned at once. Retrying is safe for both of the worker's calls: a
+/// task requested twice only leases one that expires, and a result submitted twice is
+/// acknowledged and ignored.
+fn with_transient_retries<T>(mut call: impl FnMut() -> Result<T, RpcError>) -> Result<T, RpcError> {
+    let mut backoff = WORKER_RETRY_BACKOFF;
+    let mut attempt = 1;
+    loop {
+        match call() {
+            Err(RpcError::Timeout { .. } | RpcError::Throttled) if attempt < WORKER_RETRIES => {
+                thread::sleep(backoff);
+                backoff *= 2;
+                attempt += 1;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// How many times in all `run_worker` tries a call that fails with a transient error.
+pub const WORKER_RETRIES: u32 = 4;
+
+/// The first pause before `run_worker` retries a transient failure; it doubles each time.
+const WORKER_RETRY_BACKOFF: Duration = Duration::from_millis(20);
+
+/// The longest a worker waits when the master says "wait".
+const MAX_WORKER_WAIT: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_retries_transient_failures_and_gives_up_on_the_rest() {
+        let mut calls = 0;
+        let outcome = with_transient_retries(|| {
+            calls += 1;
+            match calls {
+                1 => Err(RpcError::Timeout {
+                    after: Duration::ZERO,
+                }),
+                2 => Err(RpcError::Throttled),
+                _ => Ok(calls),
+            }
+        });
+        assert_eq!(outcome.unwrap(), 3);
+        let mut calls = 0;
+        let gone = with_transient_retries(|| -> Result<(), RpcError> {
+            calls += 1;
+            Err(RpcError::Shutdown)
+        });
+        assert!(matches!(gone, Err(RpcError::Shutdown)));
+        assert_eq!(calls, 1, "a lost master is not retried");
+        let mut calls = 0;
+        let lossy = with_transient_retries(|| -> Result<(), RpcError> {
+            calls += 1;
+            Err(RpcError::Throttled)
+        });
+        assert!(matches!(lossy, Err(RpcError::Throttled)));
+        assert_eq!(calls, WORKER_RETRIES);
     }
 }
