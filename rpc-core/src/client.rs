@@ -689,8 +689,8 @@ mod tests {
 
     fn assert_send_sync<T: Send + Sync>() {}
 
-    #[test]
-    fn a_reply_that_wins_the_race_against_the_deadline_is_returned_not_a_timeout() {
+    /// A table holding blocking call 1, and the channel its outcome arrives on.
+    fn one_pending_call() -> (Mutex<PendingCalls>, Receiver<Result<Frame, RpcError>>) {
         let pending = Mutex::new(PendingCalls::with_limit(usize::MAX));
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         let completer: Completer = Box::new(move |result| {
@@ -699,6 +699,12 @@ mod tests {
         assert!(lock(&pending)
             .insert(1, Duration::ZERO, None, completer)
             .is_ok());
+        (pending, done_rx)
+    }
+
+    #[test]
+    fn a_reply_that_wins_the_race_against_the_deadline_is_returned_not_a_timeout() {
+        let (pending, done_rx) = one_pending_call();
         // The loop matched the reply (took the completer) but has not run it yet.
         let complete = lock(&pending).take_for_reply(1).unwrap();
         let completing = std::thread::spawn(move || {
@@ -715,14 +721,7 @@ mod tests {
 
     #[test]
     fn a_call_still_pending_at_its_deadline_is_taken_out_of_the_table() {
-        let pending = Mutex::new(PendingCalls::with_limit(usize::MAX));
-        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-        let completer: Completer = Box::new(move |result| {
-            let _ = done_tx.send(result);
-        });
-        assert!(lock(&pending)
-            .insert(1, Duration::ZERO, None, completer)
-            .is_ok());
+        let (pending, done_rx) = one_pending_call();
         assert!(await_outcome(&pending, 1, &done_rx, Duration::from_millis(10)).is_none());
         assert_eq!(lock(&pending).len(), 0);
     }
