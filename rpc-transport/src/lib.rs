@@ -50,6 +50,7 @@ pub mod header;
 pub mod limits;
 pub mod loop_handle;
 pub mod metadata;
+pub mod tls;
 
 pub use connection::Connection;
 pub use decoder::FrameDecoder;
