@@ -248,3 +248,179 @@ impl TlsSession {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+    use bytes::BytesMut;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+
+    use super::*;
+    use crate::frame::Frame;
+    use crate::limits::FrameLimits;
+    use crate::tls::{self, ClientTls, PrivateKeyDer, RootCertStore};
+
+    /// A server and a client session, the server's certificate signed by a fresh CA.
+    fn sessions() -> (TlsSession, TlsSession) {
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+        let key = PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap();
+        let server_config = tls::server_config(vec![leaf.der().clone()], key, None).unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(ca_cert.der().clone()).unwrap();
+        let client_config = tls::client_config(roots, None).unwrap();
+        let client = ClientTls::new(client_config, "localhost").unwrap();
+        (
+            TlsSession::new(tls::server_session(&server_config).unwrap()),
+            TlsSession::new(client.session().unwrap()),
+        )
+    }
+
+    fn decoder() -> FrameDecoder {
+        FrameDecoder::new(FrameLimits::default())
+    }
+
+    fn encoded(frame: &Frame) -> Vec<u8> {
+        let mut bytes = BytesMut::new();
+        frame.encode(&mut bytes, &FrameLimits::default()).unwrap();
+        bytes.to_vec()
+    }
+
+    /// Moves records both ways until neither side has any left.
+    fn pump(
+        server: &mut TlsSession,
+        client: &mut TlsSession,
+        to_server: &mut BytesMut,
+        to_client: &mut BytesMut,
+        (server_in, client_in): (&mut FrameDecoder, &mut FrameDecoder),
+    ) {
+        for _ in 0..10 {
+            if to_server.is_empty() && to_client.is_empty() {
+                return;
+            }
+            let bytes = to_server.split();
+            server
+                .handle_ciphertext(&bytes, server_in, to_client)
+                .unwrap();
+            let bytes = to_client.split();
+            client
+                .handle_ciphertext(&bytes, client_in, to_server)
+                .unwrap();
+        }
+        panic!("the sessions kept exchanging records");
+    }
+
+    #[test]
+    fn frames_sent_during_the_handshake_are_held_then_delivered_in_order() {
+        let (mut server, mut client) = sessions();
+        let (mut to_server, mut to_client) = (BytesMut::new(), BytesMut::new());
+        let (mut server_in, mut client_in) = (decoder(), decoder());
+        client.poll_records(&mut to_server); // the client hello
+        assert!(!to_server.is_empty());
+
+        let first = Frame::request(1, "Arith.Multiply", 1, &b"early"[..]);
+        client
+            .handle_plaintext(&encoded(&first), &mut to_server)
+            .unwrap();
+        assert_eq!(client.early_len(), encoded(&first).len());
+        pump(
+            &mut server,
+            &mut client,
+            &mut to_server,
+            &mut to_client,
+            (&mut server_in, &mut client_in),
+        );
+        assert!(!client.is_handshaking() && !server.is_handshaking());
+        assert_eq!(client.early_len(), 0);
+
+        let second = Frame::request(2, "Arith.Sum", 1, vec![7u8; 40_000]);
+        client
+            .handle_plaintext(&encoded(&second), &mut to_server)
+            .unwrap();
+        let records = to_server.split();
+        assert!(
+            !records.windows(9).any(|w| w == b"Arith.Sum"),
+            "plaintext visible on the wire"
+        );
+        server
+            .handle_ciphertext(&records, &mut server_in, &mut to_client)
+            .unwrap();
+        assert_eq!(server_in.poll_frame().unwrap(), Some(first));
+        assert_eq!(server_in.poll_frame().unwrap(), Some(second));
+        assert_eq!(server_in.poll_frame().unwrap(), None);
+    }
+
+    #[test]
+    fn a_tls13_client_settles_only_on_the_servers_first_record_after_the_handshake() {
+        let (mut server, mut client) = sessions();
+        let (mut to_server, mut to_client) = (BytesMut::new(), BytesMut::new());
+        let (mut server_in, mut client_in) = (decoder(), decoder());
+        client.poll_records(&mut to_server);
+        // Hello to the server; its flight (ending in Finished) back to the client.
+        let hello = to_server.split();
+        let progress = server
+            .handle_ciphertext(&hello, &mut server_in, &mut to_client)
+            .unwrap();
+        assert!(!progress.settled);
+        let flight = to_client.split();
+        let progress = client
+            .handle_ciphertext(&flight, &mut client_in, &mut to_server)
+            .unwrap();
+        assert!(!client.is_handshaking(), "the client has finished");
+        assert!(!progress.settled, "but the server has not judged it yet");
+        // The client's Finished settles the server, whose tickets then settle the client.
+        let finished = to_server.split();
+        let progress = server
+            .handle_ciphertext(&finished, &mut server_in, &mut to_client)
+            .unwrap();
+        assert!(progress.settled);
+        let tickets = to_client.split();
+        assert!(!tickets.is_empty());
+        let progress = client
+            .handle_ciphertext(&tickets, &mut client_in, &mut to_server)
+            .unwrap();
+        assert!(progress.settled);
+    }
+
+    #[test]
+    fn bytes_that_are_not_tls_fail_with_a_tls_error_and_an_alert_for_the_peer() {
+        let (mut server, _client) = sessions();
+        let mut out = BytesMut::new();
+        let ping = encoded(&Frame::new(crate::FrameKind::Ping, 0));
+        let err = server
+            .handle_ciphertext(&ping, &mut decoder(), &mut out)
+            .unwrap_err();
+        assert!(matches!(err, TransportError::Tls { .. }), "{err:?}");
+        assert!(err.is_tls() && !err.is_protocol_violation());
+        assert!(err.to_string().starts_with("tls failed: "), "{err}");
+        assert_eq!(out.first(), Some(&0x15), "an alert record is queued");
+    }
+
+    #[test]
+    fn a_close_before_the_handshake_settles_fails_its_waiters_with_the_reason() {
+        let (_server, client) = sessions();
+        let layer = TlsLayer {
+            session: Mutex::new(client),
+            handshake_changed: Condvar::new(),
+        };
+        let waited = Duration::from_millis(20);
+        assert_eq!(
+            layer.wait_for_handshake(waited),
+            Err(TransportError::TlsHandshakeTimeout { after: waited })
+        );
+        layer.handle_close(&CloseReason::PeerClosed);
+        assert_eq!(
+            layer.wait_for_handshake(Duration::from_secs(5)),
+            Err(TransportError::TlsHandshakeClosed)
+        );
+    }
+}
