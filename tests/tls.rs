@@ -447,6 +447,28 @@ fn serve_conn_speaks_tls_too() {
     serving.join().unwrap().unwrap();
 }
 
+#[test]
+fn rpc_over_http_connect_speaks_tls_after_the_connect_exchange() {
+    let pki = Pki::new();
+    let (chain, key) = pki.server.pair();
+    let server = Server::builder()
+        .tls(tls::server_config(chain, key, None).unwrap())
+        .build();
+    server
+        .register(util::ArithServer::new(util::Calculator))
+        .unwrap();
+    let http = server.serve_http("127.0.0.1:0").unwrap();
+    let client = bounded_builder()
+        .tls(pki.client_tls(&pki.ca, None))
+        .dial_http(http.local_addr())
+        .unwrap();
+    let arith = ArithClient::new(client);
+    assert_eq!(arith.multiply(&Args { a: 6, b: 9 }).unwrap(), 54);
+    drop(arith);
+    http.shutdown();
+    assert_back_to_idle(&server);
+}
+
 /// A client hello as rustls's client sends it first.
 fn client_hello(pki: &Pki) -> Vec<u8> {
     let config = tls::client_config(pki.ca.roots().unwrap(), None).unwrap();
