@@ -133,6 +133,8 @@ enum LoopTimer {
     ResumeReading,
     /// The TLS handshake must have finished by now.
     HandshakeDeadline,
+    /// A connection closing after a TLS failure closes now, alert written or not.
+    CloseGrace,
 }
 
 struct ListenerState {
@@ -326,9 +328,14 @@ impl EventLoop {
                     slot.conn.close_when_flushed();
                 }
                 ReadOutcome::TlsFailed(err) => {
-                    // Best effort: the alert telling the peer why, if the socket takes it now.
+                    // Close once the alert telling the peer why is written (whoever writes
+                    // it), or after a grace period if the peer does not read it.
+                    slot.close_reason = Some(CloseReason::Error(err));
+                    slot.conn.close_when_flushed();
+                    let at = deadline_after(Instant::now(), ALERT_GRACE);
+                    let key = slot.conn.key();
+                    self.timers.push(Reverse((at, key, LoopTimer::CloseGrace)));
                     self.flush_now(index);
-                    self.close_slot(index, CloseReason::Error(err));
                 }
                 ReadOutcome::Failed(err) => self.close_slot(index, CloseReason::Error(err)),
             }
@@ -613,6 +620,7 @@ impl EventLoop {
                     slot.recheck_armed = false;
                     self.resume_reading(index);
                 }
+                LoopTimer::CloseGrace => self.close_slot_with_pending_reason(index),
                 LoopTimer::HandshakeDeadline => {
                     if let (true, Some(after)) = (
                         slot.conn.is_handshaking(),
@@ -738,6 +746,9 @@ pub const READ_PAUSE_RECHECK: Duration = Duration::from_millis(10);
 
 /// Readiness events taken per `poll`.
 const EVENTS_CAPACITY: usize = 1024;
+
+/// How long a connection closing after a TLS failure waits for its alert to be written.
+const ALERT_GRACE: Duration = Duration::from_secs(1);
 
 /// How long accepting pauses after an error such as `EMFILE`.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
