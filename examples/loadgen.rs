@@ -12,11 +12,17 @@
 //! one as each completes. The raw baseline (`--baseline`) uses the same connections and
 //! in-flight count over plain sockets (`support/raw_tcp.rs`). Calls completing during the
 //! warm-up are not counted. All traffic stays on 127.0.0.1 unless `--addr` says otherwise.
+//!
+//! With `--tls`, the same load then runs again against a second in-process server that speaks
+//! TLS (a throwaway certificate made at start with rcgen, `support/certs.rs`), and the ratio of
+//! TLS to plaintext is printed.
 
 #[path = "support/args.rs"]
 mod args;
 #[path = "support/arith.rs"]
 mod arith;
+#[path = "support/certs.rs"]
+mod certs;
 #[path = "support/raw_tcp.rs"]
 mod raw_tcp;
 
@@ -31,6 +37,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use arith::{Args, ArithServer, Calculator};
+use netrpc::tls::{self, ClientTls};
 use netrpc::{done_channel, service, Client, Codec, CodecKind, RpcError, Server, ServiceError};
 use raw_tcp::{Histogram, RawLoad, RawServer, Shape, Writes};
 use serde::de::DeserializeOwned;
@@ -57,6 +64,8 @@ usage: cargo run --release --example loadgen -- [--addr HOST:PORT | --inproc] [o
   --raw-unbatched    in the baseline, one write per message instead of grouped writes
   --loops N          event-loop threads of the in-process server (default: its own default)
   --inline           serve Arith and Bench inline, on the event loop (Server::register_inline)
+  --tls              then run the same load over TLS (in-process only: a second server with a
+                     throwaway certificate) and print the ratio TLS / plaintext
   --help             print this help
 
 Prints a progress line each second (to stderr), then for each run: calls/s, latency p50, p90,
@@ -135,7 +144,12 @@ fn main() -> Result<(), Box<dyn Error>> {
         },
         payload: flags.get("payload", 0usize)?,
     };
-    let server = build_server(flags.get("loops", 0usize)?, flags.has("inline"))?;
+    let (loops, inline) = (flags.get("loops", 0usize)?, flags.has("inline"));
+    let server = build_server(loops, inline, None)?;
+    let with_tls = flags.has("tls");
+    if with_tls && (flags.get_str("addr").is_some() || flags.get_str("serve").is_some()) {
+        return Err(format!("--tls runs in-process only\n\n{USAGE}").into());
+    }
 
     if let Some(addr) = flags.get_str("serve") {
         let running = server.serve(addr)?;
@@ -182,7 +196,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         None
     };
 
-    let report = run_netrpc(&plan, target)?;
+    let report = run_netrpc(&plan, target, None)?;
     print_report("netrpc", &report);
     if let Some(raw) = baseline {
         println!(
@@ -192,13 +206,36 @@ fn main() -> Result<(), Box<dyn Error>> {
             ratio(report.latency.quantile(0.99), raw.latency.quantile(0.99)),
         );
     }
+    if with_tls {
+        let ca = certs::Authority::new("loadgen ca")?;
+        let (chain, key) = ca.server()?.pair();
+        let tls_server = build_server(loops, inline, Some(tls::server_config(chain, key, None)?))?;
+        let running = tls_server.serve("127.0.0.1:0")?;
+        let client_tls = ClientTls::new(tls::client_config(ca.roots()?, None)?, "localhost")?;
+        let secure = run_netrpc(&plan, running.local_addr(), Some(client_tls))?;
+        print_report("netrpc+tls", &secure);
+        println!(
+            "tls ratio  {:.2} of plaintext calls/s; p50 {:.2}x, p99 {:.2}x plaintext's",
+            secure.per_second() / report.per_second().max(1e-9),
+            ratio(secure.latency.quantile(0.5), report.latency.quantile(0.5)),
+            ratio(secure.latency.quantile(0.99), report.latency.quantile(0.99)),
+        );
+        running.shutdown();
+    }
     Ok(())
 }
 
-fn build_server(loops: usize, inline: bool) -> Result<Server, RpcError> {
+fn build_server(
+    loops: usize,
+    inline: bool,
+    tls: Option<Arc<tls::ServerConfig>>,
+) -> Result<Server, RpcError> {
     let mut builder = Server::builder();
     if loops > 0 {
         builder = builder.event_loops(loops);
+    }
+    if let Some(config) = tls {
+        builder = builder.tls(config);
     }
     let server = builder.build();
     if inline {
@@ -241,15 +278,21 @@ fn run_raw(plan: &Plan, writes: Writes) -> Result<Report, Box<dyn Error>> {
     })
 }
 
-/// Runs netrpc calls of the plan's shape against `target`.
-fn run_netrpc(plan: &Plan, target: SocketAddr) -> Result<Report, Box<dyn Error>> {
+/// Runs netrpc calls of the plan's shape against `target`, over TLS when `tls` is given.
+fn run_netrpc(
+    plan: &Plan,
+    target: SocketAddr,
+    tls: Option<ClientTls>,
+) -> Result<Report, Box<dyn Error>> {
     let mut clients = Vec::new();
     for _ in 0..plan.conns {
-        let client = Client::builder()
+        let mut builder = Client::builder()
             .codec(plan.codec)
-            .max_pending_calls(plan.inflight)
-            .dial(target)?;
-        clients.push(client);
+            .max_pending_calls(plan.inflight);
+        if let Some(tls) = &tls {
+            builder = builder.tls(tls.clone());
+        }
+        clients.push(builder.dial(target)?);
     }
     let clients = Arc::new(clients);
     let next = AtomicU64::new(0);

@@ -62,6 +62,7 @@ pub use rpc_codec as codec;
 pub use rpc_core as core;
 pub use rpc_core::cluster;
 pub use rpc_transport as transport;
+pub use rpc_transport::tls;
 
 pub use rpc_codec::{Codec, CodecError, CodecKind};
 pub use rpc_core::{

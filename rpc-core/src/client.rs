@@ -25,6 +25,7 @@ use bytes::{Bytes, BytesMut};
 use crossbeam_channel::Receiver;
 use rpc_codec::{Codec, CodecError, CodecKind};
 use rpc_transport::clock::deadline_after;
+use rpc_transport::tls::ClientTls;
 use rpc_transport::{Frame, FrameBuilder, FrameHead, FrameKind, FrameLimits};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -94,6 +95,10 @@ pub struct ClientConfig {
     /// Middleware that sees every call before it is sent and after it completes, in order
     /// (see [`crate::middleware`]). Default: none.
     pub middleware: Vec<Arc<dyn ClientMiddleware>>,
+    /// TLS, when set: dialing completes the handshake (within the connect timeout) before it
+    /// returns, and fails with [`RpcError::Tls`] if the server's certificate is refused.
+    /// Default `None`: plaintext.
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for ClientConfig {
@@ -106,6 +111,7 @@ impl Default for ClientConfig {
             max_pending_calls: DEFAULT_MAX_PENDING_CALLS,
             max_unsent_bytes: DEFAULT_MAX_UNSENT_BYTES,
             middleware: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -173,6 +179,13 @@ impl ClientBuilder {
         self
     }
 
+    /// Speaks TLS to the server (see [`rpc_transport::tls`]): `tls` holds the roots to trust,
+    /// the client certificate if any, and the name the server's certificate must carry.
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.config.tls = Some(tls);
+        self
+    }
+
     /// The connect timeout set so far (for dialers in other files, such as HTTP CONNECT).
     pub(crate) fn connect_timeout_setting(&self) -> Duration {
         self.config.connect_timeout
@@ -204,8 +217,11 @@ impl ClientBuilder {
     ///
     /// # Errors
     ///
-    /// [`RpcError::Unreachable`] if the client event loop cannot take the socket.
+    /// [`RpcError::Unreachable`] if the client event loop cannot take the socket;
+    /// [`RpcError::Tls`] if the TLS handshake fails or does not finish within the connect
+    /// timeout.
     pub fn connect_stream(self, stream: TcpStream) -> Result<Client, RpcError> {
+        let started = Instant::now();
         let peer = stream
             .peer_addr()
             .map_or_else(|_| "peer".to_owned(), |a| a.to_string());
@@ -218,19 +234,38 @@ impl ClientBuilder {
             self.config.max_pending_calls,
         )));
         let handler_pending = Arc::clone(&pending);
+        let tls_failed = |cause| RpcError::Tls {
+            addr: peer.clone(),
+            cause,
+        };
+        let session = self.config.tls.as_ref().map(ClientTls::session);
+        let session = session.transpose().map_err(tls_failed)?;
         let conn = shared_client_loop()
             .and_then(|handle| {
-                handle.adopt_and_wait(
-                    stream,
-                    self.config.limits,
-                    Box::new(move |_| Box::new(ClientConn::new(handler_pending))),
-                    self.config.connect_timeout,
-                )
+                let make_handler: rpc_transport::MakeHandler =
+                    Box::new(move |_| Box::new(ClientConn::new(handler_pending)));
+                let (limits, timeout) = (self.config.limits, self.config.connect_timeout);
+                match session {
+                    None => handle.adopt_and_wait(stream, limits, make_handler, timeout),
+                    Some(session) => {
+                        handle.adopt_tls_and_wait(stream, limits, session, make_handler, timeout)
+                    }
+                }
             })
             .map_err(unreachable)?;
         // The first frame says hello: a server closes connections that send no whole frame
-        // within its first-frame timeout, and this one may not call for a while.
+        // within its first-frame timeout, and this one may not call for a while. With TLS it
+        // goes once the handshake is done, and the server's pong settles the handshake.
         let _ = conn.send_frame(&Frame::new(FrameKind::Ping, 0));
+        // A refused certificate, either side's, is reported here, not by the first call.
+        let remaining = self
+            .config
+            .connect_timeout
+            .saturating_sub(started.elapsed());
+        if let Err(cause) = conn.wait_for_handshake(remaining) {
+            conn.close();
+            return Err(tls_failed(cause));
+        }
         Ok(Client::with_link(Link::Socket(conn), pending, self.config))
     }
 

@@ -41,6 +41,18 @@ pub enum RpcError {
         /// The connect error.
         source: Arc<io::Error>,
     },
+    /// The TLS handshake failed while dialing: the server's certificate is not trusted or
+    /// does not name the address dialed, the server refused this client, the server does
+    /// not speak TLS, or the handshake did not finish within the connect timeout. The cause
+    /// names which. Nothing was sent.
+    Tls {
+        /// The address dialed.
+        addr: String,
+        /// What failed: [`TransportError::Tls`] (with rustls's reason, such as
+        /// `UnknownIssuer`), [`TransportError::TlsHandshakeClosed`] or
+        /// [`TransportError::TlsHandshakeTimeout`].
+        cause: TransportError,
+    },
     /// The method ran and returned its own error, whose text this is (Go: `ServerError`).
     Method {
         /// The error text the method returned.
@@ -145,6 +157,7 @@ impl RpcError {
         matches!(
             self,
             RpcError::Unreachable { .. }
+                | RpcError::Tls { .. }
                 | RpcError::Throttled
                 | RpcError::ShuttingDown
                 | RpcError::CircuitOpen { .. }
@@ -206,6 +219,7 @@ impl fmt::Display for RpcError {
             }
             RpcError::Cancelled => write!(f, "call cancelled by the caller"),
             RpcError::Unreachable { addr, .. } => write!(f, "cannot connect to {addr}"),
+            RpcError::Tls { addr, .. } => write!(f, "tls handshake with {addr} failed"),
             RpcError::Method { message } => write!(f, "{message}"),
             RpcError::UnknownService { name } => write!(f, "unknown service in `{name}`"),
             RpcError::UnknownMethod { name } => write!(f, "unknown method `{name}`"),
@@ -248,6 +262,7 @@ impl std::error::Error for RpcError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             RpcError::ConnectionLost { cause: Some(cause) } => Some(cause),
+            RpcError::Tls { cause, .. } => Some(cause),
             RpcError::Unreachable { source, .. } => Some(source.as_ref()),
             RpcError::Encode(err) | RpcError::Decode(err) => Some(err),
             _ => None,

@@ -191,6 +191,15 @@ impl Ended {
         match self {
             // The server said why: more use to the caller than a bare shutdown.
             Ended::Refused(err) => err.clone(),
+            // The peer refused TLS (say, this client's certificate) or speaks another
+            // protocol (say, TLS to this plaintext client): a verdict on this connection, not
+            // a mishap, and a bare shutdown would hide it.
+            Ended::Lost(err @ RpcError::Protocol { .. }) => err.clone(),
+            Ended::Lost(err @ RpcError::ConnectionLost { cause: Some(cause) })
+                if cause.is_tls() =>
+            {
+                err.clone()
+            }
             // Go: every call after the connection ended fails with ErrShutdown.
             Ended::Closed | Ended::Lost(_) => RpcError::Shutdown,
         }
@@ -284,6 +293,31 @@ mod tests {
         let mut table = PendingCalls::with_limit(usize::MAX);
         table.go_away();
         assert!(table.end(Ended::Closed).is_empty());
+        let refused = table.insert(1, Duration::ZERO, None, completer(&tx));
+        assert!(matches!(refused, Err((RpcError::Shutdown, _))));
+    }
+
+    #[test]
+    fn a_connection_lost_to_tls_or_a_protocol_error_tells_later_calls_why() {
+        let (tx, _rx) = mpsc::channel();
+        let tls_refused = RpcError::ConnectionLost {
+            cause: Some(rpc_transport::TransportError::TlsHandshakeClosed),
+        };
+        let bad_frames = RpcError::Protocol {
+            detail: "server sent bad frames".into(),
+        };
+        for lost in [tls_refused, bad_frames] {
+            let mut table = PendingCalls::with_limit(usize::MAX);
+            assert!(table.end(Ended::Lost(lost.clone())).is_empty());
+            match table.insert(1, Duration::ZERO, None, completer(&tx)) {
+                Err((err, _)) => assert_eq!(err.to_string(), lost.to_string()),
+                Ok(()) => panic!("an ended table took a call"),
+            }
+        }
+        // A connection merely lost still answers later calls as Go does.
+        let mut table = PendingCalls::with_limit(usize::MAX);
+        let lost = RpcError::ConnectionLost { cause: None };
+        assert!(table.end(Ended::Lost(lost)).is_empty());
         let refused = table.insert(1, Duration::ZERO, None, completer(&tx));
         assert!(matches!(refused, Err((RpcError::Shutdown, _))));
     }

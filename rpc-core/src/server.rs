@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use rpc_codec::CodecKind;
 use rpc_transport::clock::deadline_after;
-use rpc_transport::{spawn_loop, Connection, FrameHandler, FrameLimits, LoopHandle};
+use rpc_transport::tls::{self, ServerConfig as TlsServerConfig};
+use rpc_transport::{spawn_loop, Connection, FrameHandler, FrameLimits, LoopHandle, MakeHandler};
 
 use crate::error::RpcError;
 use crate::error_body::ErrorCode;
@@ -108,6 +109,10 @@ pub struct ServerConfig {
     /// Middleware run around every call, the first outermost (see [`crate::middleware`]).
     /// Default: none.
     pub middleware: Vec<Arc<dyn ServerMiddleware>>,
+    /// TLS for every connection, when set (see [`rpc_transport::tls`]): a client that does
+    /// not complete the handshake within the frame timeout, or is refused by it, is closed
+    /// and counted in [`ServerStats::tls_errors`]. Default `None`: plaintext.
+    pub tls: Option<Arc<TlsServerConfig>>,
 }
 
 impl Default for ServerConfig {
@@ -126,6 +131,7 @@ impl Default for ServerConfig {
             codecs: CodecKind::all().to_vec(),
             idle_timeout: None,
             middleware: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -215,6 +221,14 @@ impl ServerBuilder {
     /// [`crate::middleware`]: logging, rate limiting, and your own).
     pub fn middleware(mut self, middleware: impl ServerMiddleware) -> Self {
         self.config.middleware.push(Arc::new(middleware));
+        self
+    }
+
+    /// Serves every connection over TLS with `config` (see [`rpc_transport::tls`]; build it
+    /// with [`rpc_transport::tls::server_config`], passing client CA roots to require client
+    /// certificates).
+    pub fn tls(mut self, config: Arc<TlsServerConfig>) -> Self {
+        self.config.tls = Some(config);
         self
     }
 
@@ -422,16 +436,19 @@ impl Server {
         let (closed_tx, closed_rx) = crossbeam_channel::bounded(1);
         let shared = Arc::clone(&self.shared);
         let slot = ConnectionSlot::open(&self.shared, SERVE_CONN_GROUP);
-        handle
-            .adopt_and_wait(
-                stream,
-                self.shared.config.limits,
-                Box::new(move |conn| {
-                    Box::new(ServerConn::new(shared, conn, slot).notify_on_close(closed_tx))
+        let make_handler: MakeHandler = Box::new(move |conn| {
+            Box::new(ServerConn::new(shared, conn, slot).notify_on_close(closed_tx))
+        });
+        let limits = self.shared.config.limits;
+        match &self.shared.config.tls {
+            None => handle.adopt_and_wait(stream, limits, make_handler, ADOPT_TIMEOUT),
+            Some(config) => tls::server_session(config)
+                .map_err(io::Error::other)
+                .and_then(|session| {
+                    handle.adopt_tls_and_wait(stream, limits, session, make_handler, ADOPT_TIMEOUT)
                 }),
-                ADOPT_TIMEOUT,
-            )
-            .map_err(fail)?;
+        }
+        .map_err(fail)?;
         let _ = closed_rx.recv();
         Ok(())
     }
@@ -489,19 +506,21 @@ impl Server {
                 StatsCounters::bump(&shared.stats.refused_connections);
                 // A new socket's send buffer is empty: this small frame goes out whole, without
                 // blocking (the socket is non-blocking). Dropping the socket then closes it.
-                let _ = stream.write_all(&refusal);
+                // A TLS client could not read it: it just sees the connection close.
+                if shared.config.tls.is_none() {
+                    let _ = stream.write_all(&refusal);
+                }
                 return;
             }
             let target = if next == 0 { own } else { &others[next - 1] };
             next = (next + 1) % (others.len() + 1);
             let slot = ConnectionSlot::open(&shared, group);
             let server = Arc::clone(&shared);
-            let limits = shared.config.limits;
             let make_handler = Box::new(move |conn: &Connection| {
                 Box::new(ServerConn::new(server, conn, slot)) as Box<dyn FrameHandler>
             });
             // A socket that cannot be made non-blocking is dropped, which closes it.
-            let _ = target.adopt(stream, limits, make_handler);
+            let _ = adopt_conn(target, stream, &shared.config, make_handler);
         })
     }
 }
@@ -696,7 +715,7 @@ impl ServerHandle {
         let make_handler = Box::new(move |conn: &Connection| {
             Box::new(ServerConn::new(server, conn, slot)) as Box<dyn FrameHandler>
         });
-        target.adopt(stream, self.server.config.limits, make_handler)
+        adopt_conn(target, stream, &self.server.config, make_handler)
     }
 }
 
@@ -739,6 +758,22 @@ impl LoopGroup {
             if thread.thread().id() != current {
                 let _ = thread.join();
             }
+        }
+    }
+}
+
+/// Hands `stream` to `target`, with a TLS server session when the server has TLS.
+fn adopt_conn(
+    target: &LoopHandle,
+    stream: TcpStream,
+    config: &ServerConfig,
+    make_handler: MakeHandler,
+) -> io::Result<()> {
+    match &config.tls {
+        None => target.adopt(stream, config.limits, make_handler),
+        Some(tls) => {
+            let session = tls::server_session(tls).map_err(io::Error::other)?;
+            target.adopt_tls(stream, config.limits, session, make_handler)
         }
     }
 }

@@ -451,6 +451,8 @@ impl FrameHandler for ServerConn {
             CloseReason::Error(TransportError::FrameTimeout) => {
                 StatsCounters::bump(&stats.frame_timeouts);
             }
+            CloseReason::Error(TransportError::TlsHandshakeClosed) => {}
+            CloseReason::Error(err) if err.is_tls() => StatsCounters::bump(&stats.tls_errors),
             CloseReason::Error(err) if err.is_protocol_violation() => {
                 StatsCounters::bump(&stats.frame_errors);
             }

@@ -46,6 +46,11 @@ pub struct ServerStats {
     /// Cancel frames received for calls in flight (each such call is skipped if no worker
     /// has started it).
     pub cancels: u64,
+    /// TLS connections closed because TLS failed: a handshake refused (a certificate not
+    /// trusted or missing, bytes that are not TLS) or not finished within the frame
+    /// timeout, or a record that did not decrypt. A peer that closes during the handshake
+    /// is not counted.
+    pub tls_errors: u64,
 }
 
 impl ServerStats {
@@ -94,6 +99,7 @@ pub(crate) struct StatsCounters {
     pub(crate) idle_closes: AtomicU64,
     pub(crate) first_frame_timeouts: AtomicU64,
     pub(crate) cancels: AtomicU64,
+    pub(crate) tls_errors: AtomicU64,
 }
 
 impl StatsCounters {
@@ -126,6 +132,7 @@ impl StatsCounters {
             idle_closes: load(&self.idle_closes),
             first_frame_timeouts: load(&self.first_frame_timeouts),
             cancels: load(&self.cancels),
+            tls_errors: load(&self.tls_errors),
             ..ServerStats::default()
         }
     }

@@ -6,20 +6,27 @@
 //! is full, the remaining bytes stay queued and the event loop is asked to watch for
 //! writability; it finishes the job when the peer has read enough. The loop thread itself only
 //! ever holds the queue's lock for a copy, never across a blocking call.
+//!
+//! With TLS ([`crate::tls`]), `send` encrypts under the session's lock straight into the queue,
+//! so the queue holds records in the order rustls numbered them, and the loop passes what it
+//! reads through the session before the frame decoder. Without TLS that costs one `None` check.
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use mio::net::TcpStream;
 
+use crate::decoder::FrameDecoder;
 use crate::error::TransportError;
 use crate::frame::Frame;
+use crate::handler::CloseReason;
 use crate::limits::FrameLimits;
 use crate::loop_handle::{Command, ConnCommand, ConnKey, LoopHandle};
+use crate::tls::session::TlsLayer;
 
 /// A cheap, cloneable handle to one connection owned by an event loop.
 ///
@@ -46,6 +53,8 @@ struct Shared {
     timer: Mutex<Option<Instant>>,
     /// The loop stopped reading this connection because its handler asked (backpressure).
     read_paused: AtomicBool,
+    /// The TLS session, on a TLS connection. Its lock is taken before `out`'s.
+    tls: Option<TlsLayer>,
 }
 
 #[derive(Debug, Default)]
@@ -81,6 +90,7 @@ impl Connection {
         stream: TcpStream,
         limits: FrameLimits,
         loop_handle: LoopHandle,
+        tls: Option<rustls::Connection>,
     ) -> io::Result<Connection> {
         let peer_addr = stream.peer_addr()?;
         let local_addr = stream.local_addr()?;
@@ -95,6 +105,7 @@ impl Connection {
                 out: Mutex::new(OutQueue::default()),
                 timer: Mutex::new(None),
                 read_paused: AtomicBool::new(false),
+                tls: tls.map(TlsLayer::new),
             }),
         })
     }
@@ -147,16 +158,8 @@ impl Connection {
     /// [`TransportError::Closed`] if the connection is closed or closing; an I/O error if the
     /// socket failed (the connection is then closed).
     pub fn send(&self, bytes: &[u8]) -> Result<(), TransportError> {
-        {
-            let mut out = self.lock_out();
-            if out.closed || out.close_when_flushed {
-                return Err(TransportError::Closed);
-            }
-            out.buf.extend_from_slice(bytes);
-            if out.flushing || out.loop_flushes {
-                return Ok(()); // whoever is writing will take these bytes too
-            }
-            out.flushing = true;
+        if !self.enqueue(bytes, Enqueue::WriteNow)? {
+            return Ok(()); // whoever is writing will take these bytes too
         }
         match self.flush() {
             Ok(FlushOutcome::Done) => Ok(()),
@@ -186,19 +189,40 @@ impl Connection {
     ///
     /// [`TransportError::Closed`] if the connection is closed or closing.
     pub fn send_batched(&self, bytes: &[u8]) -> Result<(), TransportError> {
-        {
-            let mut out = self.lock_out();
-            if out.closed || out.close_when_flushed {
-                return Err(TransportError::Closed);
-            }
-            out.buf.extend_from_slice(bytes);
-            if out.flushing || out.loop_flushes || out.flush_requested {
-                return Ok(()); // a flush is already on its way and will take these bytes
-            }
-            out.flush_requested = true;
+        if self.enqueue(bytes, Enqueue::Batched)? {
+            self.post(ConnCommand::Flush);
         }
-        self.post(ConnCommand::Flush);
         Ok(())
+    }
+
+    /// True if this connection runs TLS ([`crate::LoopHandle::adopt_tls`]).
+    pub fn is_tls(&self) -> bool {
+        self.shared.tls.is_some()
+    }
+
+    /// Waits until the TLS handshake has settled, at most `timeout`: finished, and past the
+    /// point where the peer could still refuse this side. Returns at once on a plaintext
+    /// connection.
+    ///
+    /// In TLS 1.3 a client finishes its handshake before the server has checked the client's
+    /// certificate; the server's verdict comes with its next record (a session ticket, data,
+    /// or an alert). A client's handshake therefore settles only when that record arrives,
+    /// so send something the server answers (netrpc's hello ping) before waiting.
+    ///
+    /// Frames sent before the handshake finishes are held and sent after it, so waiting is
+    /// needed only to learn early whether the peer was accepted (a dialer reports a refused
+    /// certificate from `dial` rather than from the first call).
+    ///
+    /// # Errors
+    ///
+    /// What ended the handshake ([`TransportError::Tls`] naming the refused certificate,
+    /// [`TransportError::TlsHandshakeClosed`], ...), or
+    /// [`TransportError::TlsHandshakeTimeout`] if it had not finished within `timeout`.
+    pub fn wait_for_handshake(&self, timeout: Duration) -> Result<(), TransportError> {
+        match &self.shared.tls {
+            None => Ok(()),
+            Some(tls) => tls.wait_for_handshake(timeout),
+        }
     }
 
     /// Asks the loop to read this connection again if it is holding back because the handler
@@ -220,9 +244,16 @@ impl Connection {
         self.shared.read_paused.store(paused, Ordering::SeqCst);
     }
 
-    /// Bytes accepted by `send` but not yet written to the socket.
+    /// Bytes accepted by `send` but not yet written to the socket (with TLS: record bytes,
+    /// plus plaintext held until the handshake finishes).
     pub fn queued_len(&self) -> usize {
-        self.lock_out().buf.len()
+        let queued = self.lock_out().buf.len();
+        let early = self
+            .shared
+            .tls
+            .as_ref()
+            .map_or(0, |tls| tls.lock().early_len());
+        queued + early
     }
 
     /// Closes the connection now; queued bytes are dropped. Idempotent.
@@ -289,11 +320,81 @@ impl Connection {
         &self.shared.stream
     }
 
-    /// Loop side: marks the connection closed so later sends fail.
-    pub(crate) fn mark_closed(&self) {
+    /// Loop side: marks the connection closed so later sends fail, and fails a TLS handshake
+    /// still running with `reason`.
+    pub(crate) fn mark_closed(&self, reason: &CloseReason) {
+        {
+            let mut out = self.lock_out();
+            out.closed = true;
+            out.buf = BytesMut::new();
+        }
+        if let Some(tls) = &self.shared.tls {
+            tls.handle_close(reason);
+        }
+    }
+
+    /// Loop side: hands bytes read from the socket to `decoder`, through TLS on a TLS
+    /// connection. Returns true if TLS queued records to send (handshake messages, alerts):
+    /// the loop then writes them with [`Connection::flush_now`], since no send may come.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::Tls`]: the connection must close (an alert saying why is queued).
+    pub(crate) fn handle_read(
+        &self,
+        bytes: &[u8],
+        decoder: &mut FrameDecoder,
+    ) -> Result<bool, TransportError> {
+        let Some(tls) = &self.shared.tls else {
+            decoder.handle_bytes(bytes);
+            return Ok(false);
+        };
+        let mut session = tls.lock();
+        let (result, queued) = {
+            let mut out = self.lock_out();
+            let before = out.buf.len();
+            let result = session.handle_ciphertext(bytes, decoder, &mut out.buf);
+            (result, out.buf.len() > before)
+        };
+        drop(session);
+        let progress = result?; // the loop closes the connection, which wakes the waiters
+        if progress.settled {
+            tls.notify();
+        }
+        Ok(queued)
+    }
+
+    /// Loop side: queues the records TLS has ready before anything was read (a client's
+    /// hello); true if there are any, to be written with [`Connection::flush_now`].
+    pub(crate) fn queue_tls_records(&self) -> bool {
+        let Some(tls) = &self.shared.tls else {
+            return false;
+        };
+        let mut session = tls.lock();
         let mut out = self.lock_out();
-        out.closed = true;
-        out.buf = BytesMut::new();
+        let before = out.buf.len();
+        session.poll_records(&mut out.buf);
+        out.buf.len() > before
+    }
+
+    /// True while a TLS handshake runs (never on a plaintext connection).
+    pub(crate) fn is_handshaking(&self) -> bool {
+        self.shared
+            .tls
+            .as_ref()
+            .is_some_and(|tls| tls.lock().is_handshaking())
+    }
+
+    /// Loop side: writes queued bytes now, unless another writer is at it.
+    pub(crate) fn flush_now(&self) -> io::Result<FlushOutcome> {
+        {
+            let mut out = self.lock_out();
+            if out.flushing || out.loop_flushes || out.closed {
+                return Ok(FlushOutcome::Done);
+            }
+            out.flushing = true;
+        }
+        self.flush()
     }
 
     /// Loop side: writes what [`Connection::send_batched`] queued, unless another writer
@@ -362,6 +463,29 @@ impl Connection {
         }
     }
 
+    /// Appends `bytes` to the queue (encrypted, with TLS); true if the caller must now write
+    /// (`WriteNow`: it became the flusher) or ask the loop to (`Batched`).
+    fn enqueue(&self, bytes: &[u8], how: Enqueue) -> Result<bool, TransportError> {
+        let mut session = self.shared.tls.as_ref().map(TlsLayer::lock);
+        let mut out = self.lock_out();
+        if out.closed || out.close_when_flushed {
+            return Err(TransportError::Closed);
+        }
+        match session.as_mut() {
+            None => out.buf.extend_from_slice(bytes),
+            Some(session) => session.handle_plaintext(bytes, &mut out.buf)?,
+        }
+        if out.flushing || out.loop_flushes {
+            return Ok(false);
+        }
+        match how {
+            Enqueue::WriteNow => out.flushing = true,
+            Enqueue::Batched if out.flush_requested => return Ok(false),
+            Enqueue::Batched => out.flush_requested = true,
+        }
+        Ok(true)
+    }
+
     /// Sends the loop a command about this connection; the loop ignores it once this
     /// connection no longer holds its slot.
     fn post(&self, command: ConnCommand) {
@@ -385,6 +509,13 @@ impl Connection {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// Who writes bytes just queued: the sender at once, or the loop at the end of its turn.
+#[derive(Debug, Clone, Copy)]
+enum Enqueue {
+    WriteNow,
+    Batched,
 }
 
 /// Writes as much of `bytes` as the socket takes without blocking; returns how much it took.

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::header::FrameKind;
 
@@ -68,14 +69,43 @@ pub enum TransportError {
     Closed,
     /// A socket operation failed.
     Io(Arc<io::Error>),
+    /// TLS refused the peer or its bytes: a certificate not trusted (or missing where one is
+    /// required), no protocol version or cipher both sides speak, bytes that are not TLS
+    /// (say, a plaintext netrpc peer), or a record that does not decrypt. The text is
+    /// rustls's own description, which names the problem (`UnknownIssuer`, `NotValidForName`).
+    Tls {
+        /// What rustls reported.
+        error: rustls::Error,
+    },
+    /// The TLS handshake did not finish within the frame timeout
+    /// ([`crate::FrameLimits::frame_timeout`]) counted from when the connection was adopted.
+    TlsHandshakeTimeout {
+        /// The timeout that passed.
+        after: Duration,
+    },
+    /// The peer closed the connection before the TLS handshake finished: typically a
+    /// plaintext server, which closes on the TLS client's first bytes.
+    TlsHandshakeClosed,
 }
 
 impl TransportError {
-    /// True for errors in the bytes a peer sent (as opposed to local I/O or a closed socket).
+    /// True for errors in the frames a peer sent (as opposed to local I/O, a closed socket,
+    /// or TLS, which [`TransportError::is_tls`] tells).
     pub fn is_protocol_violation(&self) -> bool {
         !matches!(
             self,
             TransportError::Closed | TransportError::Io(_) | TransportError::FrameTimeout
+        ) && !self.is_tls()
+    }
+
+    /// True for TLS failures: a refused handshake or record, a handshake that timed out or
+    /// that the peer closed.
+    pub fn is_tls(&self) -> bool {
+        matches!(
+            self,
+            TransportError::Tls { .. }
+                | TransportError::TlsHandshakeTimeout { .. }
+                | TransportError::TlsHandshakeClosed
         )
     }
 }
@@ -83,6 +113,15 @@ impl TransportError {
 impl fmt::Display for TransportError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            // 0x15 (alert) or 0x16 (handshake) then 0x03 (major version 3) opens a TLS record.
+            TransportError::BadMagic { got }
+                if matches!(got >> 8, 0x15 | 0x16) && got & 0xff == 3 =>
+            {
+                write!(
+                    f,
+                    "bad magic 0x{got:04x}: a tls record, not a netrpc frame (is the peer using tls?)"
+                )
+            }
             TransportError::BadMagic { got } => {
                 write!(f, "bad magic 0x{got:04x}: not a netrpc frame")
             }
@@ -126,6 +165,16 @@ impl fmt::Display for TransportError {
             }
             TransportError::Closed => write!(f, "connection closed"),
             TransportError::Io(_) => write!(f, "socket i/o failed"),
+            TransportError::Tls { error } => write!(f, "tls failed: {error}"),
+            TransportError::TlsHandshakeTimeout { after } => write!(
+                f,
+                "tls handshake did not finish within {:.3} s",
+                after.as_secs_f64()
+            ),
+            TransportError::TlsHandshakeClosed => write!(
+                f,
+                "peer closed the connection during the tls handshake (is it serving tls?)"
+            ),
         }
     }
 }

@@ -13,6 +13,10 @@
 //!    meant for a connection that has since closed (see `ConnKey`);
 //! 5. fires due timers.
 //!
+//! On a TLS connection the bytes read pass through its TLS session (`tls/session.rs`) on
+//! their way to the decoder, and the loop writes at once what the session wants to send
+//! (handshake messages, alerts): no application write may come to carry them.
+//!
 //! Spurious events are harmless: every read and write simply stops at `WouldBlock`.
 
 use std::cmp::Reverse;
@@ -127,6 +131,10 @@ enum LoopTimer {
     FrameDeadline,
     /// Re-check whether a paused connection may be read again.
     ResumeReading,
+    /// The TLS handshake must have finished by now.
+    HandshakeDeadline,
+    /// A connection closing after a TLS failure closes now, alert written or not.
+    CloseGrace,
 }
 
 struct ListenerState {
@@ -255,6 +263,7 @@ impl EventLoop {
             let mut stream = conn.stream();
             let mut frame_done = false;
             let mut bytes_read = false;
+            let mut tls_records = false;
             let outcome = loop {
                 // Frames left in the decoder by an earlier pause go first.
                 match deliver_frames(slot) {
@@ -269,7 +278,10 @@ impl EventLoop {
                     Ok(0) => break ReadOutcome::Eof,
                     Ok(n) => {
                         bytes_read = true;
-                        slot.decoder.handle_bytes(&self.scratch[..n]);
+                        match conn.handle_read(&self.scratch[..n], &mut slot.decoder) {
+                            Ok(queued) => tls_records |= queued,
+                            Err(err) => break ReadOutcome::TlsFailed(err),
+                        }
                     }
                     Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                         break ReadOutcome::Drained
@@ -278,7 +290,12 @@ impl EventLoop {
                     Err(err) => break ReadOutcome::Failed(err.into()),
                 }
             };
-            if frame_done || slot.frame_started.is_none() {
+            let restart_clock = frame_done || slot.frame_started.is_none();
+            if tls_records {
+                // Handshake messages or an alert: nobody else may write them.
+                self.flush_now(index);
+            }
+            if restart_clock {
                 self.start_frame_clock(index);
             }
             let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
@@ -290,6 +307,10 @@ impl EventLoop {
                 // for them once unpaused.
                 ReadOutcome::Paused if frame_done || bytes_read => continue,
                 ReadOutcome::Paused => self.hold_back_reading(index),
+                ReadOutcome::Eof if slot.conn.is_handshaking() => {
+                    let reason = CloseReason::Error(TransportError::TlsHandshakeClosed);
+                    self.close_slot(index, reason);
+                }
                 ReadOutcome::Eof => match slot.decoder.handle_eof() {
                     Err(err) => self.close_slot(index, CloseReason::Error(err)),
                     Ok(()) => {
@@ -305,6 +326,16 @@ impl EventLoop {
                     slot.close_reason = Some(CloseReason::Error(err));
                     // Let an error frame queued by the handler reach the peer before closing.
                     slot.conn.close_when_flushed();
+                }
+                ReadOutcome::TlsFailed(err) => {
+                    // Close once the alert telling the peer why is written (whoever writes
+                    // it), or after a grace period if the peer does not read it.
+                    slot.close_reason = Some(CloseReason::Error(err));
+                    slot.conn.close_when_flushed();
+                    let at = deadline_after(Instant::now(), ALERT_GRACE);
+                    let key = slot.conn.key();
+                    self.timers.push(Reverse((at, key, LoopTimer::CloseGrace)));
+                    self.flush_now(index);
                 }
                 ReadOutcome::Failed(err) => self.close_slot(index, CloseReason::Error(err)),
             }
@@ -385,7 +416,21 @@ impl EventLoop {
         let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
             return;
         };
-        match slot.conn.flush_requested() {
+        let outcome = slot.conn.flush_requested();
+        self.handle_flush_outcome(index, outcome);
+    }
+
+    /// Writes the connection's queue now (say, TLS records the loop itself queued).
+    fn flush_now(&mut self, index: usize) {
+        let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
+            return;
+        };
+        let outcome = slot.conn.flush_now();
+        self.handle_flush_outcome(index, outcome);
+    }
+
+    fn handle_flush_outcome(&mut self, index: usize, outcome: io::Result<FlushOutcome>) {
+        match outcome {
             Ok(FlushOutcome::Done) => {}
             Ok(FlushOutcome::Blocked) => self.want_write(index),
             Ok(FlushOutcome::CloseNow) => self.close_slot_with_pending_reason(index),
@@ -400,15 +445,16 @@ impl EventLoop {
                 Command::Adopt {
                     stream,
                     limits,
+                    tls,
                     make_handler,
                     waiter,
                 } => match waiter {
                     None => {
                         // Nobody waits: on failure the socket is dropped, which closes it.
-                        let _ = self.adopt(stream, limits, make_handler);
+                        let _ = self.adopt(stream, limits, tls, make_handler);
                     }
                     Some(waiter) if waiter.claim() => {
-                        waiter.answer(self.adopt(stream, limits, make_handler));
+                        waiter.answer(self.adopt(stream, limits, tls, make_handler));
                     }
                     // The waiter timed out and left: dropping the socket closes it.
                     Some(_) => drop(stream),
@@ -453,6 +499,7 @@ impl EventLoop {
         &mut self,
         mut stream: TcpStream,
         limits: FrameLimits,
+        tls: Option<Box<rustls::Connection>>,
         make_handler: MakeHandler,
     ) -> io::Result<Connection> {
         let index = self.free.pop().unwrap_or(self.slots.len());
@@ -464,7 +511,8 @@ impl EventLoop {
             generation: self.next_generation,
         };
         self.next_generation += 1;
-        let conn = match Connection::new(key, stream, limits, self.handle.clone()) {
+        let tls = tls.map(|session| *session);
+        let conn = match Connection::new(key, stream, limits, self.handle.clone(), tls) {
             Ok(conn) => conn,
             Err(err) => {
                 // peer_addr fails if the peer already reset the connection.
@@ -487,10 +535,29 @@ impl EventLoop {
         } else {
             self.slots[index] = Some(slot);
         }
+        if conn.is_tls() {
+            self.start_handshake(index);
+        }
         // Bytes may have arrived before registration; edge-triggered readiness would not
         // report them, so read once now.
         self.read_ready(index);
         Ok(conn)
+    }
+
+    /// Arms the handshake's deadline and sends what TLS says first (a client's hello).
+    fn start_handshake(&mut self, index: usize) {
+        let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
+            return;
+        };
+        if let Some(timeout) = slot.decoder.limits().frame_timeout {
+            let at = deadline_after(Instant::now(), timeout);
+            let key = slot.conn.key();
+            self.timers
+                .push(Reverse((at, key, LoopTimer::HandshakeDeadline)));
+        }
+        if slot.conn.queue_tls_records() {
+            self.flush_now(index);
+        }
     }
 
     fn want_write(&mut self, index: usize) {
@@ -553,6 +620,16 @@ impl EventLoop {
                     slot.recheck_armed = false;
                     self.resume_reading(index);
                 }
+                LoopTimer::CloseGrace => self.close_slot_with_pending_reason(index),
+                LoopTimer::HandshakeDeadline => {
+                    if let (true, Some(after)) = (
+                        slot.conn.is_handshaking(),
+                        slot.decoder.limits().frame_timeout,
+                    ) {
+                        let reason = TransportError::TlsHandshakeTimeout { after };
+                        self.close_slot(index, CloseReason::Error(reason));
+                    }
+                }
             }
         }
     }
@@ -571,7 +648,7 @@ impl EventLoop {
         let Some(mut slot) = self.slots.get_mut(index).and_then(Option::take) else {
             return;
         };
-        slot.conn.mark_closed();
+        slot.conn.mark_closed(&reason);
         let stream = slot.conn.stream();
         let _ = self
             .poll
@@ -611,6 +688,8 @@ enum ReadOutcome {
     Paused,
     Eof,
     FrameError(TransportError),
+    /// TLS refused the peer's bytes.
+    TlsFailed(TransportError),
     Failed(TransportError),
 }
 
@@ -667,6 +746,9 @@ pub const READ_PAUSE_RECHECK: Duration = Duration::from_millis(10);
 
 /// Readiness events taken per `poll`.
 const EVENTS_CAPACITY: usize = 1024;
+
+/// How long a connection closing after a TLS failure waits for its alert to be written.
+const ALERT_GRACE: Duration = Duration::from_secs(1);
 
 /// How long accepting pauses after an error such as `EMFILE`.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);

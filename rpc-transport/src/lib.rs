@@ -15,6 +15,9 @@
 //!
 //! The format is documented byte by byte in [`header`] and in `docs/PROTOCOL.md`.
 //!
+//! A connection may run TLS ([`tls`], with rustls): frames are encrypted on their way to the
+//! socket and decrypted on their way to the decoder, and nothing above the transport changes.
+//!
 //! # Example
 //!
 //! Encode a request and decode it again, fed one byte at a time:
@@ -50,6 +53,7 @@ pub mod header;
 pub mod limits;
 pub mod loop_handle;
 pub mod metadata;
+pub mod tls;
 
 pub use connection::Connection;
 pub use decoder::FrameDecoder;

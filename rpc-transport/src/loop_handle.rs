@@ -64,10 +64,39 @@ impl LoopHandle {
         limits: FrameLimits,
         make_handler: MakeHandler,
     ) -> io::Result<()> {
+        self.adopt_with(stream, limits, None, make_handler)
+    }
+
+    /// Like [`LoopHandle::adopt`], with TLS: `tls` (from [`crate::tls::server_session`] or
+    /// [`crate::tls::ClientTls::session`]) encrypts every frame sent and decrypts every byte
+    /// read. The handshake starts at once and must finish within `limits.frame_timeout`, or
+    /// the connection closes with [`crate::TransportError::TlsHandshakeTimeout`].
+    ///
+    /// # Errors
+    ///
+    /// If the socket cannot be made non-blocking.
+    pub fn adopt_tls(
+        &self,
+        stream: std::net::TcpStream,
+        limits: FrameLimits,
+        tls: rustls::Connection,
+        make_handler: MakeHandler,
+    ) -> io::Result<()> {
+        self.adopt_with(stream, limits, Some(tls), make_handler)
+    }
+
+    fn adopt_with(
+        &self,
+        stream: std::net::TcpStream,
+        limits: FrameLimits,
+        tls: Option<rustls::Connection>,
+        make_handler: MakeHandler,
+    ) -> io::Result<()> {
         stream.set_nonblocking(true)?;
         self.command(Command::Adopt {
             stream: TcpStream::from_std(stream),
             limits,
+            tls: tls.map(Box::new),
             make_handler,
             waiter: None,
         });
@@ -93,12 +122,42 @@ impl LoopHandle {
         make_handler: MakeHandler,
         timeout: Duration,
     ) -> io::Result<Connection> {
+        self.adopt_and_wait_with(stream, limits, None, make_handler, timeout)
+    }
+
+    /// Like [`LoopHandle::adopt_and_wait`], with TLS as in [`LoopHandle::adopt_tls`]. Returns
+    /// once the loop has the socket, not once the handshake is done: see
+    /// [`Connection::wait_for_handshake`].
+    ///
+    /// # Errors
+    ///
+    /// As [`LoopHandle::adopt_and_wait`].
+    pub fn adopt_tls_and_wait(
+        &self,
+        stream: std::net::TcpStream,
+        limits: FrameLimits,
+        tls: rustls::Connection,
+        make_handler: MakeHandler,
+        timeout: Duration,
+    ) -> io::Result<Connection> {
+        self.adopt_and_wait_with(stream, limits, Some(tls), make_handler, timeout)
+    }
+
+    fn adopt_and_wait_with(
+        &self,
+        stream: std::net::TcpStream,
+        limits: FrameLimits,
+        tls: Option<rustls::Connection>,
+        make_handler: MakeHandler,
+        timeout: Duration,
+    ) -> io::Result<Connection> {
         stream.set_nonblocking(true)?;
         let (answer, adopted) = crossbeam_channel::bounded(1);
         let state = Arc::new(AtomicU8::new(WAITING));
         self.command(Command::Adopt {
             stream: TcpStream::from_std(stream),
             limits,
+            tls: tls.map(Box::new),
             make_handler,
             waiter: Some(AdoptWaiter {
                 state: Arc::clone(&state),
@@ -173,6 +232,9 @@ pub(crate) enum Command {
     Adopt {
         stream: TcpStream,
         limits: FrameLimits,
+        /// The TLS session of a TLS connection (boxed: it is large, and every command is
+        /// as large as the largest).
+        tls: Option<Box<rustls::Connection>>,
         make_handler: MakeHandler,
         /// Present when someone waits for the connection (`adopt_and_wait`).
         waiter: Option<AdoptWaiter>,

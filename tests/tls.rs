@@ -1,0 +1,501 @@
+//! TLS and mutual TLS end to end (SEEDS §7 "Security"): calls of every shape over TLS, client
+//! certificates required and refused, untrusted servers, plaintext and TLS peers mixed up, a
+//! handshake that stalls and bytes that are not TLS. Certificates are made in the test with
+//! rcgen; every wait is bounded, and after each fault the server serves others and returns to
+//! idle.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod util;
+
+#[path = "../examples/support/certs.rs"]
+mod certs;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use certs::{Authority, Identity};
+use netrpc::tls::rustls::{self, AlertDescription, CertificateError};
+use netrpc::tls::{self, ClientTls};
+use netrpc::transport::{FrameLimits, TransportError};
+use netrpc::{done_channel, Client, ClientBuilder, RpcError, Server, ServerBuilder};
+use util::{assert_back_to_idle, wait_until, Args, ArithClient, ProbeClient, TestServer};
+
+/// Everything a test needs: a CA, a server and a client certificate signed by it, and a
+/// second CA that signed nothing the server knows.
+struct Pki {
+    ca: Authority,
+    server: Identity,
+    client: Identity,
+    other_ca: Authority,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let ca = Authority::new("netrpc test ca").unwrap();
+        let server = ca.server().unwrap();
+        let client = ca.client("client-1").unwrap();
+        let other_ca = Authority::new("some other ca").unwrap();
+        Pki {
+            ca,
+            server,
+            client,
+            other_ca,
+        }
+    }
+
+    /// A TLS server with `Arith` and `Probe`; `mtls` requires client certificates from `ca`.
+    fn serve(&self, mtls: bool, builder: ServerBuilder) -> TestServer {
+        let client_roots = mtls.then(|| self.ca.roots().unwrap());
+        let (chain, key) = self.server.pair();
+        let config = tls::server_config(chain, key, client_roots).unwrap();
+        TestServer::start_with(builder.tls(config).build())
+    }
+
+    /// Client TLS trusting `roots`, presenting `identity` if given, expecting `localhost`.
+    fn client_tls(&self, roots: &Authority, identity: Option<&Identity>) -> ClientTls {
+        let config = tls::client_config(roots.roots().unwrap(), identity.map(Identity::pair));
+        ClientTls::new(config.unwrap(), "localhost").unwrap()
+    }
+
+    fn dial(&self, server: &TestServer, identity: Option<&Identity>) -> Result<Client, RpcError> {
+        bounded_builder()
+            .tls(self.client_tls(&self.ca, identity))
+            .dial(server.addr())
+    }
+}
+
+fn bounded_builder() -> ClientBuilder {
+    Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .call_timeout(Duration::from_secs(10))
+}
+
+/// A fresh TLS client (with the client certificate, which every test server accepts) gets
+/// its answer: the server goes on serving others after a fault.
+fn assert_tls_healthy(pki: &Pki, server: &TestServer) {
+    let arith = ArithClient::new(pki.dial(server, Some(&pki.client)).unwrap());
+    assert_eq!(arith.multiply(&Args { a: 6, b: 7 }).unwrap(), 42);
+}
+
+/// The whole chain of an error's texts, as a user printing it would see it.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[test]
+fn calls_of_every_shape_work_over_tls() {
+    let pki = Pki::new();
+    let server = pki.serve(false, Server::builder());
+    let client = pki.dial(&server, None).unwrap();
+    let arith = ArithClient::new(client.clone());
+
+    assert_eq!(arith.multiply(&Args { a: 7, b: 8 }).unwrap(), 56);
+    assert_eq!(arith.sum_go(&Args { a: 2, b: 3 }).wait().unwrap(), 5);
+
+    let (done, completions) = done_channel::<i64>();
+    for i in 0..100i64 {
+        client.go_with("Arith.Multiply", &Args { a: i, b: 3 }, &done);
+    }
+    let mut products: Vec<i64> = (0..100)
+        .map(|_| {
+            let completion = completions
+                .recv_timeout(Duration::from_secs(10))
+                .expect("each of 100 go calls completes within 10 s");
+            completion.result.unwrap()
+        })
+        .collect();
+    products.sort_unstable();
+    assert_eq!(products, (0..100).map(|i| i * 3).collect::<Vec<_>>());
+
+    drop((arith, client));
+    assert_eq!(server.server.stats().tls_errors, 0);
+    assert_back_to_idle(&server.server);
+}
+
+#[test]
+fn one_mebibyte_payloads_cross_tls_both_ways_concurrently() {
+    let pki = Pki::new();
+    let server = pki.serve(false, Server::builder());
+    let probe = ProbeClient::new(pki.dial(&server, None).unwrap());
+    // Four callers at once on one connection: many records per frame, records of different
+    // frames queued behind each other, and socket writes cut short by a full buffer.
+    let callers: Vec<_> = (0..4u8)
+        .map(|caller| {
+            let probe = probe.clone();
+            thread::spawn(move || {
+                for round in 0..2u8 {
+                    let payload: Vec<u8> = (0..1024 * 1024)
+                        .map(|i: u32| (i as u8) ^ caller ^ round.wrapping_mul(31))
+                        .collect();
+                    let echoed = probe.echo(&payload).unwrap();
+                    assert!(echoed == payload, "a 1 MiB echo came back changed");
+                }
+            })
+        })
+        .collect();
+    for caller in callers {
+        caller.join().unwrap();
+    }
+    drop(probe);
+    assert_back_to_idle(&server.server);
+}
+
+#[test]
+fn mutual_tls_accepts_a_client_certificate_signed_by_the_ca() {
+    let pki = Pki::new();
+    let server = pki.serve(true, Server::builder());
+    let arith = ArithClient::new(pki.dial(&server, Some(&pki.client)).unwrap());
+    for a in 0..20 {
+        assert_eq!(arith.multiply(&Args { a, b: 2 }).unwrap(), a * 2);
+    }
+    drop(arith);
+    assert_eq!(server.server.stats().tls_errors, 0);
+    assert_back_to_idle(&server.server);
+}
+
+#[test]
+fn mutual_tls_refuses_a_client_without_a_certificate_on_both_sides() {
+    let pki = Pki::new();
+    let server = pki.serve(true, Server::builder());
+    // TLS 1.3: the client finishes its side of the handshake before the server has looked at
+    // its (empty) certificate; the dial waits for the server's verdict all the same.
+    let err = pki.dial(&server, None).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            RpcError::Tls {
+                cause: TransportError::Tls {
+                    error: rustls::Error::AlertReceived(AlertDescription::CertificateRequired)
+                },
+                ..
+            }
+        ),
+        "expected the server's certificate_required alert, got {err:?}"
+    );
+    assert!(
+        chain(&err).contains("CertificateRequired"),
+        "{}",
+        chain(&err)
+    );
+    wait_until(
+        "the server counts the refusal",
+        Duration::from_secs(5),
+        || server.server.stats().tls_errors == 1,
+    );
+    assert_tls_healthy(&pki, &server);
+    assert_back_to_idle(&server.server);
+}
+
+#[test]
+fn mutual_tls_refuses_a_client_certificate_from_another_ca() {
+    let pki = Pki::new();
+    let stranger = pki.other_ca.client("stranger").unwrap();
+    let server = pki.serve(true, Server::builder());
+    let err = pki.dial(&server, Some(&stranger)).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            RpcError::Tls {
+                cause: TransportError::Tls {
+                    error: rustls::Error::AlertReceived(
+                        AlertDescription::UnknownCA | AlertDescription::BadCertificate
+                    )
+                },
+                ..
+            }
+        ),
+        "expected an unknown-ca alert, got {err:?}"
+    );
+    wait_until(
+        "the server counts the refusal",
+        Duration::from_secs(5),
+        || server.server.stats().tls_errors == 1,
+    );
+    assert_tls_healthy(&pki, &server);
+    assert_back_to_idle(&server.server);
+}
+
+#[test]
+fn a_server_certificate_from_an_untrusted_ca_fails_the_dial_naming_the_problem() {
+    let pki = Pki::new();
+    let server = pki.serve(false, Server::builder());
+    let err = bounded_builder()
+        .tls(pki.client_tls(&pki.other_ca, None))
+        .dial(server.addr())
+        .unwrap_err();
+    match &err {
+        RpcError::Tls {
+            cause:
+                TransportError::Tls {
+                    error: rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
+                },
+            ..
+        } => {}
+        other => panic!("expected RpcError::Tls with UnknownIssuer, got {other:?}"),
+    }
+    let text = chain(&err);
+    assert!(text.starts_with("tls handshake with 127.0.0.1:"), "{text}");
+    assert!(text.contains("UnknownIssuer"), "{text}");
+    assert!(!err.is_retryable() && err.is_unprocessed());
+    // The client's alert reaches the server, which counts the failed handshake.
+    wait_until(
+        "the server counts the refusal",
+        Duration::from_secs(5),
+        || server.server.stats().tls_errors == 1,
+    );
+    assert_tls_healthy(&pki, &server);
+    assert_back_to_idle(&server.server);
+}
+
+#[test]
+fn a_server_certificate_for_another_name_fails_the_dial() {
+    let pki = Pki::new();
+    let server = pki.serve(false, Server::builder());
+    let config = tls::client_config(pki.ca.roots().unwrap(), None).unwrap();
+    let err = bounded_builder()
+        .tls(ClientTls::new(config, "rpc.example.com").unwrap())
+        .dial(server.addr())
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            RpcError::Tls {
+                cause: TransportError::Tls {
+                    error: rustls::Error::InvalidCertificate(
+                        CertificateError::NotValidForName
+                            | CertificateError::NotValidForNameContext { .. }
+                    ),
+                },
+                ..
+            }
+        ),
+        "expected a name mismatch, got {err:?}"
+    );
+    assert_tls_healthy(&pki, &server);
+}
+
+#[test]
+fn a_plaintext_client_gets_a_clear_error_from_a_tls_server() {
+    let pki = Pki::new();
+    let server = pki.serve(false, Server::builder());
+
+    // What a plaintext client reads: the server's alert, which its decoder names as TLS.
+    let mut raw = TcpStream::connect(server.addr()).unwrap();
+    let mut hello = bytes::BytesMut::new();
+    let ping = netrpc::transport::Frame::new(netrpc::transport::FrameKind::Ping, 0);
+    ping.encode(&mut hello, &FrameLimits::default()).unwrap();
+    raw.write_all(&hello).unwrap();
+    let answer = read_until_closed(&mut raw);
+    let mut decoder = netrpc::transport::FrameDecoder::new(FrameLimits::default());
+    decoder.handle_bytes(&answer);
+    let err = decoder.poll_frame().unwrap_err();
+    assert!(
+        err.to_string().contains("a tls record, not a netrpc frame"),
+        "{err}"
+    );
+    wait_until(
+        "the server counts the tls error",
+        Duration::from_secs(5),
+        || server.server.stats().tls_errors == 1,
+    );
+
+    // A netrpc client: its hello ping gets the alert, so its first call fails at once.
+    let started = Instant::now();
+    let arith = ArithClient::new(bounded_builder().dial(server.addr()).unwrap());
+    let err = arith.multiply(&Args { a: 1, b: 1 }).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5), "no hang");
+    // Usually the protocol error naming TLS; a call that races the close (its write refused
+    // by the closed socket) fails as the connection's end instead.
+    assert!(
+        matches!(
+            err,
+            RpcError::Protocol { .. } | RpcError::Shutdown | RpcError::ConnectionLost { .. }
+        ),
+        "{err:?}"
+    );
+    wait_until(
+        "the server counts the second tls error",
+        Duration::from_secs(5),
+        || server.server.stats().tls_errors == 2,
+    );
+    drop(arith);
+    assert_tls_healthy(&pki, &server);
+    assert_back_to_idle(&server.server);
+}
+
+#[test]
+fn a_tls_client_gets_a_clear_error_from_a_plaintext_server() {
+    let pki = Pki::new();
+    let server = TestServer::start();
+    let err = bounded_builder()
+        .tls(pki.client_tls(&pki.ca, None))
+        .dial(server.addr())
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            RpcError::Tls {
+                cause: TransportError::TlsHandshakeClosed,
+                ..
+            }
+        ),
+        "expected the handshake closed by the plaintext server, got {err:?}"
+    );
+    assert!(
+        chain(&err).contains("is it serving tls?"),
+        "{}",
+        chain(&err)
+    );
+    // The plaintext server saw bad magic and closed; it goes on serving.
+    util::assert_healthy(server.addr());
+    assert_back_to_idle(&server.server);
+}
+
+#[test]
+fn a_handshake_that_stalls_is_closed_after_the_frame_timeout() {
+    let pki = Pki::new();
+    let limits = FrameLimits {
+        frame_timeout: Some(Duration::from_millis(300)),
+        ..FrameLimits::default()
+    };
+    // No first-frame timeout: the handshake deadline alone must close the connection.
+    let server = pki.serve(
+        false,
+        Server::builder().limits(limits).first_frame_timeout(None),
+    );
+
+    // A real client hello, cut short: the server waits for the rest, which never comes.
+    let hello = client_hello(&pki);
+    let mut raw = TcpStream::connect(server.addr()).unwrap();
+    raw.write_all(&hello[..hello.len() / 2]).unwrap();
+    let started = Instant::now();
+    assert_closed_by_peer(&mut raw);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(4),
+        "closed after {waited:?}, expected about 300 ms"
+    );
+    wait_until(
+        "the server counts the handshake timeout",
+        Duration::from_secs(5),
+        || server.server.stats().tls_errors == 1,
+    );
+    assert_back_to_idle(&server.server);
+    assert_tls_healthy(&pki, &server);
+}
+
+#[test]
+fn garbage_bytes_close_the_connection_and_count_a_tls_error() {
+    let pki = Pki::new();
+    let server = pki.serve(false, Server::builder());
+    let mut raw = TcpStream::connect(server.addr()).unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    assert_closed_by_peer(&mut raw);
+    wait_until(
+        "the server counts the tls error",
+        Duration::from_secs(5),
+        || server.server.stats().tls_errors == 1,
+    );
+    assert_back_to_idle(&server.server);
+    assert_tls_healthy(&pki, &server);
+}
+
+#[test]
+fn serve_conn_speaks_tls_too() {
+    let pki = Pki::new();
+    let (chain, key) = pki.server.pair();
+    let server = Server::builder()
+        .tls(tls::server_config(chain, key, None).unwrap())
+        .build();
+    server
+        .register(util::ArithServer::new(util::Calculator))
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serving = {
+        let server = server.clone();
+        thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            server.serve_conn(stream)
+        })
+    };
+    let client = bounded_builder()
+        .tls(pki.client_tls(&pki.ca, None))
+        .dial(addr)
+        .unwrap();
+    let arith = ArithClient::new(client);
+    assert_eq!(arith.sum(&Args { a: 40, b: 2 }).unwrap(), 42);
+    drop(arith);
+    // serve_conn returns once the client has closed.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !serving.is_finished() {
+        assert!(Instant::now() < deadline, "serve_conn did not return");
+        thread::sleep(Duration::from_millis(5));
+    }
+    serving.join().unwrap().unwrap();
+}
+
+#[test]
+fn rpc_over_http_connect_speaks_tls_after_the_connect_exchange() {
+    let pki = Pki::new();
+    let (chain, key) = pki.server.pair();
+    let server = Server::builder()
+        .tls(tls::server_config(chain, key, None).unwrap())
+        .build();
+    server
+        .register(util::ArithServer::new(util::Calculator))
+        .unwrap();
+    let http = server.serve_http("127.0.0.1:0").unwrap();
+    let client = bounded_builder()
+        .tls(pki.client_tls(&pki.ca, None))
+        .dial_http(http.local_addr())
+        .unwrap();
+    let arith = ArithClient::new(client);
+    assert_eq!(arith.multiply(&Args { a: 6, b: 9 }).unwrap(), 54);
+    drop(arith);
+    http.shutdown();
+    assert_back_to_idle(&server);
+}
+
+/// A client hello as rustls's client sends it first.
+fn client_hello(pki: &Pki) -> Vec<u8> {
+    let config = tls::client_config(pki.ca.roots().unwrap(), None).unwrap();
+    let name = tls::ServerName::try_from("localhost").unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::clone(&config), name).unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    assert!(hello.len() > 100, "a client hello is a few hundred bytes");
+    hello
+}
+
+/// Reads until the peer closes (an alert may come first), failing after 5 s.
+fn assert_closed_by_peer(raw: &mut TcpStream) {
+    read_until_closed(raw);
+}
+
+/// What the peer sent before closing, failing if it has not closed within 5 s.
+fn read_until_closed(raw: &mut TcpStream) -> Vec<u8> {
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        match raw.read(&mut chunk) {
+            Ok(0) => return received,
+            Ok(n) => received.extend_from_slice(&chunk[..n]),
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => return received,
+            Err(err) => panic!("the server did not close the connection within 5 s: {err}"),
+        }
+    }
+}
