@@ -30,6 +30,7 @@ mod open_files;
 mod pending;
 mod pool;
 mod server;
+mod server_config;
 mod server_conn;
 pub mod service;
 pub mod sim;
@@ -46,10 +47,11 @@ pub use http::{HttpConfig, HttpHandle, HttpStats};
 #[cfg(feature = "json")]
 pub use jsonrpc::{JsonRpcClient, JsonRpcClientBuilder, JsonRpcHandle};
 pub use rpc_codec::CodecKind;
-pub use server::{
-    default_max_connections, Server, ServerBuilder, ServerConfig, ServerHandle,
-    DEFAULT_FIRST_FRAME_TIMEOUT, DEFAULT_MAX_CALLS, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_IN_FLIGHT_PER_CONN, DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_WORKERS, RESERVED_FILES,
+pub use server::{Server, ServerHandle};
+pub use server_config::{
+    default_max_connections, ServerBuilder, ServerConfig, DEFAULT_FIRST_FRAME_TIMEOUT,
+    DEFAULT_MAX_CALLS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IN_FLIGHT_PER_CONN,
+    DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_WORKERS, RESERVED_FILES,
 };
 pub use service::{Dispatch, DispatchError, MethodHandler, MethodTable, Service, ServiceError};
 pub use stats::{MethodStats, ServerStats, ERROR_CODE_SLOTS};

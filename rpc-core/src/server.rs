@@ -18,16 +18,14 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use rpc_codec::CodecKind;
 use rpc_transport::clock::deadline_after;
-use rpc_transport::tls::{self, ServerConfig as TlsServerConfig};
-use rpc_transport::{spawn_loop, Connection, FrameHandler, FrameLimits, LoopHandle, MakeHandler};
+use rpc_transport::tls;
+use rpc_transport::{spawn_loop, Connection, FrameHandler, LoopHandle, MakeHandler};
 
 use crate::error::RpcError;
 use crate::error_body::ErrorCode;
-use crate::middleware::ServerMiddleware;
-use crate::open_files::open_files_limit;
 use crate::pool::WorkerPool;
+use crate::server_config::{ServerBuilder, ServerConfig};
 use crate::server_conn::{encode_error, ConnCalls, ServerConn};
 use crate::service::{Dispatch, MethodTable, Service};
 use crate::stats::{MethodStats, ServerStats, StatsCounters};
@@ -65,176 +63,9 @@ struct Registered {
     group: u64,
 }
 
-/// Settings of a [`Server`]; build one with [`Server::builder`].
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// Event-loop threads that read and write sockets.
-    pub event_loops: usize,
-    /// Most handler threads running at once; further calls queue for a free thread.
-    pub max_workers: usize,
-    /// How long an idle handler thread lives.
-    pub worker_keep_alive: Duration,
-    /// Frame size limits and the frame timeout, for reading requests and writing replies.
-    pub limits: FrameLimits,
-    /// Most connections open at once; beyond it a new connection is told so with an error
-    /// frame (seq 0, code `Throttled`, so its client's calls fail with the retryable
-    /// [`RpcError::Throttled`]) and closed. Default [`DEFAULT_MAX_CONNECTIONS`], or fewer when
-    /// the process may open fewer files (see [`default_max_connections`]).
-    pub max_connections: usize,
-    /// Closes a connection that has not sent one whole frame this long after it was accepted,
-    /// after a go-away frame, so sockets that never speak cannot hold connection slots for
-    /// ever. netrpc's client sends a ping as soon as it connects, so its connections always
-    /// pass. Default `Some(`[`DEFAULT_FIRST_FRAME_TIMEOUT`]`)`; `None` turns it off.
-    pub first_frame_timeout: Option<Duration>,
-    /// Most calls in flight on one connection; beyond it a request is answered `Throttled`
-    /// at once. Default [`DEFAULT_MAX_IN_FLIGHT_PER_CONN`].
-    pub max_in_flight_per_conn: usize,
-    /// Most calls in flight on the whole server (running or waiting for a worker); beyond it
-    /// a request is answered `Throttled` at once. Default [`DEFAULT_MAX_CALLS`].
-    pub max_calls: usize,
-    /// Reply bytes a connection may have queued (unread by its peer) before the server stops
-    /// reading its requests, until the peer reads. Checked before each request, counting what
-    /// the calls in flight may still add (each as large as the largest reply so far), so the
-    /// queue passes the cap by about one reply at most. Default [`DEFAULT_MAX_QUEUED_BYTES`].
-    pub max_queued_bytes: usize,
-    /// The codecs the server answers in; a request in any other gets `UnsupportedCodec`.
-    /// Default: every codec this build has ([`CodecKind::all`]).
-    pub codecs: Vec<CodecKind>,
-    /// Closes a connection that has had no request and no call in flight for this long,
-    /// after telling its client with a go-away frame (the client's later calls get the
-    /// retryable `ShuttingDown`, so it can dial again). Checked once per period, so a
-    /// connection goes between one and two periods after its last activity. Default `None`:
-    /// idle connections stay open (as in gRPC).
-    pub idle_timeout: Option<Duration>,
-    /// Middleware run around every call, the first outermost (see [`crate::middleware`]).
-    /// Default: none.
-    pub middleware: Vec<Arc<dyn ServerMiddleware>>,
-    /// TLS for every connection, when set (see [`rpc_transport::tls`]): a client that does
-    /// not complete the handshake within the frame timeout, or is refused by it, is closed
-    /// and counted in [`ServerStats::tls_errors`]. Default `None`: plaintext.
-    pub tls: Option<Arc<TlsServerConfig>>,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        let cores = thread::available_parallelism().map_or(1, usize::from);
-        ServerConfig {
-            event_loops: (cores / 2).clamp(1, 4),
-            max_workers: DEFAULT_MAX_WORKERS,
-            worker_keep_alive: Duration::from_secs(10),
-            limits: FrameLimits::default(),
-            max_connections: default_max_connections(),
-            first_frame_timeout: Some(DEFAULT_FIRST_FRAME_TIMEOUT),
-            max_in_flight_per_conn: DEFAULT_MAX_IN_FLIGHT_PER_CONN,
-            max_calls: DEFAULT_MAX_CALLS,
-            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
-            codecs: CodecKind::all().to_vec(),
-            idle_timeout: None,
-            middleware: Vec::new(),
-            tls: None,
-        }
-    }
-}
-
-/// Builds a [`Server`] with non-default settings.
-#[derive(Debug, Clone, Default)]
-pub struct ServerBuilder {
-    pub(crate) config: ServerConfig,
-}
-
-impl ServerBuilder {
-    /// Event-loop threads (default: half the cores, 1 to 4).
-    pub fn event_loops(mut self, count: usize) -> Self {
-        self.config.event_loops = count.max(1);
-        self
-    }
-
-    /// Cap on handler threads (default [`DEFAULT_MAX_WORKERS`]). Calls beyond it wait in a
-    /// queue, in arrival order, until a thread is free.
-    pub fn max_workers(mut self, count: usize) -> Self {
-        self.config.max_workers = count.max(1);
-        self
-    }
-
-    /// How long an idle handler thread lives (default 10 s).
-    pub fn worker_keep_alive(mut self, keep_alive: Duration) -> Self {
-        self.config.worker_keep_alive = keep_alive;
-        self
-    }
-
-    /// Frame size limits and frame timeout (default [`FrameLimits::default`]: 4 MiB bodies,
-    /// 10 s per frame).
-    pub fn limits(mut self, limits: FrameLimits) -> Self {
-        self.config.limits = limits;
-        self
-    }
-
-    /// Most connections open at once (default [`default_max_connections`]); see
-    /// [`ServerConfig::max_connections`].
-    pub fn max_connections(mut self, count: usize) -> Self {
-        self.config.max_connections = count;
-        self
-    }
-
-    /// How long a new connection may take to send its first whole frame (default
-    /// [`DEFAULT_FIRST_FRAME_TIMEOUT`]; `None`: no limit); see
-    /// [`ServerConfig::first_frame_timeout`].
-    pub fn first_frame_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.config.first_frame_timeout = timeout;
-        self
-    }
-
-    /// Most calls in flight per connection (default [`DEFAULT_MAX_IN_FLIGHT_PER_CONN`]).
-    pub fn max_in_flight_per_conn(mut self, count: usize) -> Self {
-        self.config.max_in_flight_per_conn = count.max(1);
-        self
-    }
-
-    /// Most calls in flight on the server (default [`DEFAULT_MAX_CALLS`]).
-    pub fn max_calls(mut self, count: usize) -> Self {
-        self.config.max_calls = count.max(1);
-        self
-    }
-
-    /// Unread reply bytes per connection before its reading pauses (default
-    /// [`DEFAULT_MAX_QUEUED_BYTES`]).
-    pub fn max_queued_bytes(mut self, bytes: usize) -> Self {
-        self.config.max_queued_bytes = bytes;
-        self
-    }
-
-    /// The only codecs to answer in (default: all of [`CodecKind::all`]). A request in
-    /// another codec gets `UnsupportedCodec`, in an error frame every client can read.
-    pub fn codecs(mut self, codecs: &[CodecKind]) -> Self {
-        self.config.codecs = codecs.to_vec();
-        self
-    }
-
-    /// Closes connections idle for `timeout`: no request arriving and no call in flight
-    /// (default: never). See [`ServerConfig::idle_timeout`].
-    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
-        self.config.idle_timeout = Some(timeout);
-        self
-    }
-
-    /// Adds `middleware` around every call, inside those added before it (see
-    /// [`crate::middleware`]: logging, rate limiting, and your own).
-    pub fn middleware(mut self, middleware: impl ServerMiddleware) -> Self {
-        self.config.middleware.push(Arc::new(middleware));
-        self
-    }
-
-    /// Serves every connection over TLS with `config` (see [`rpc_transport::tls`]; build it
-    /// with [`rpc_transport::tls::server_config`], passing client CA roots to require client
-    /// certificates).
-    pub fn tls(mut self, config: Arc<TlsServerConfig>) -> Self {
-        self.config.tls = Some(config);
-        self
-    }
-
-    /// The server.
-    pub fn build(self) -> Server {
-        let config = self.config;
+impl Server {
+    /// A server with `config` and no services (what [`ServerBuilder::build`] makes).
+    pub(crate) fn with_config(config: ServerConfig) -> Server {
         Server {
             shared: Arc::new(ServerShared {
                 services: RwLock::default(),
@@ -247,9 +78,7 @@ impl ServerBuilder {
             }),
         }
     }
-}
 
-impl Server {
     /// A server with default settings and no services.
     pub fn new() -> Self {
         Server::builder().build()
@@ -785,50 +614,6 @@ fn unreachable(addr: &str, err: io::Error) -> RpcError {
     }
 }
 
-/// Default cap on handler threads.
-pub const DEFAULT_MAX_WORKERS: usize = 1024;
-
-/// Default cap on open connections where the process may open enough files: an idle
-/// connection costs about 700 bytes, so 10,000 of them cost about 7 MiB.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
-
-/// Default first-frame timeout: a new connection must send one whole frame within 10 s.
-pub const DEFAULT_FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The default cap on open connections: [`DEFAULT_MAX_CONNECTIONS`], or fewer when the
-/// process's limit on open files (`RLIMIT_NOFILE`, read on Linux) leaves less room, keeping
-/// [`RESERVED_FILES`] for everything else. Past the cap a new client is told `Throttled`; past
-/// the file limit it would get no answer at all until a descriptor frees.
-pub fn default_max_connections() -> usize {
-    max_connections_for(open_files_limit())
-}
-
-/// The connection cap that leaves [`RESERVED_FILES`] of `open_files` for other uses (but
-/// never less than half of them).
-fn max_connections_for(open_files: Option<u64>) -> usize {
-    let Some(open_files) = open_files else {
-        return DEFAULT_MAX_CONNECTIONS;
-    };
-    let room = open_files
-        .saturating_sub(RESERVED_FILES)
-        .max(open_files / 2);
-    usize::try_from(room).map_or(DEFAULT_MAX_CONNECTIONS, |room| {
-        room.clamp(1, DEFAULT_MAX_CONNECTIONS)
-    })
-}
-
-/// Descriptors the default connection cap leaves for listeners, loops, files and clients.
-pub const RESERVED_FILES: u64 = 64;
-
-/// Default cap on calls in flight per connection (tarpc's default).
-pub const DEFAULT_MAX_IN_FLIGHT_PER_CONN: usize = 1000;
-
-/// Default cap on calls in flight on the server.
-pub const DEFAULT_MAX_CALLS: usize = 10_000;
-
-/// Default cap on a connection's unread reply bytes before its reading pauses: 1 MiB.
-pub const DEFAULT_MAX_QUEUED_BYTES: usize = 1024 * 1024;
-
 /// The group id of connections served with `serve_conn`.
 const SERVE_CONN_GROUP: u64 = 0;
 
@@ -837,20 +622,3 @@ const DRAIN_POLL: Duration = Duration::from_millis(5);
 
 /// How long `serve_conn` waits for a loop to take the socket.
 const ADOPT_TIMEOUT: Duration = Duration::from_secs(5);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_default_connection_cap_leaves_room_under_the_open_files_limit() {
-        assert_eq!(max_connections_for(None), DEFAULT_MAX_CONNECTIONS);
-        assert_eq!(
-            max_connections_for(Some(1_048_576)),
-            DEFAULT_MAX_CONNECTIONS
-        );
-        assert_eq!(max_connections_for(Some(1024)), 960);
-        assert_eq!(max_connections_for(Some(64)), 32);
-        assert_eq!(max_connections_for(Some(0)), 1);
-    }
-}
