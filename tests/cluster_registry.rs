@@ -380,7 +380,11 @@ fn etcd_registry(test: &str) -> Option<EtcdRegistry> {
 fn etcd_addr() -> Option<String> {
     static ADDR: OnceLock<Option<String>> = OnceLock::new();
     ADDR.get_or_init(|| {
-        if let Ok(addr) = std::env::var("NETRPC_ETCD") {
+        // An empty value counts as unset.
+        if let Some(addr) = std::env::var("NETRPC_ETCD")
+            .ok()
+            .filter(|addr| !addr.is_empty())
+        {
             return Some(addr);
         }
         let started = start_throwaway_etcd();
