@@ -90,7 +90,7 @@ pub(crate) fn handle_reply_frame(pending: &Mutex<PendingCalls>, frame: Frame) ->
             }
         }
         FrameKind::Ping => return Some(Frame::new(FrameKind::Pong, frame.seq)),
-        FrameKind::GoAway => lock(pending).go_away(),
+        FrameKind::GoAway => lock(pending).go_away(frame.seq),
         // Requests, cancels and pongs mean nothing to a client; ignore them.
         _ => {}
     }

@@ -45,6 +45,10 @@ pub(crate) struct PendingCalls {
     ended: Option<Ended>,
     /// The server sent go-away: calls in flight still complete, new ones are refused.
     going_away: bool,
+    /// The highest sequence id the server's go-away said it accepted: a call after it was
+    /// never run, so if the connection then ends, it fails with the retryable `ShuttingDown`
+    /// rather than `ConnectionLost` (which says the call may have run).
+    last_accepted: Option<u64>,
     /// Replies that matched no pending call (late after a timeout, duplicated, or unknown).
     discarded_replies: u64,
 }
@@ -58,6 +62,7 @@ impl PendingCalls {
             deadlines: BTreeSet::new(),
             ended: None,
             going_away: false,
+            last_accepted: None,
             discarded_replies: 0,
         }
     }
@@ -148,19 +153,29 @@ impl PendingCalls {
     /// Marks the connection ended and removes every pending call, each with its error.
     pub(crate) fn end(&mut self, ended: Ended) -> Vec<(Completer, RpcError)> {
         let error = ended.error_for_pending_call();
+        // Only a lost connection may have cut a call short after the server refused it.
+        let refused_after = match ended {
+            Ended::Lost(_) => self.last_accepted,
+            Ended::Closed | Ended::Refused(_) => None,
+        };
         if self.ended.is_none() {
             self.ended = Some(ended);
         }
         self.deadlines.clear();
         self.calls
             .drain()
-            .map(|(_, call)| (call.complete, error.clone()))
+            .map(|(seq, call)| match refused_after {
+                Some(last) if seq > last => (call.complete, RpcError::ShuttingDown),
+                _ => (call.complete, error.clone()),
+            })
             .collect()
     }
 
-    /// Refuses new calls from now on; calls in flight still complete.
-    pub(crate) fn go_away(&mut self) {
+    /// Refuses new calls from now on; calls in flight still complete. `last_accepted` is the
+    /// go-away frame's sequence id: the server runs no call after it.
+    pub(crate) fn go_away(&mut self, last_accepted: u64) {
         self.going_away = true;
+        self.last_accepted = Some(last_accepted);
     }
 
     /// Calls waiting for a reply.
@@ -252,7 +267,7 @@ mod tests {
     fn an_ended_or_going_away_table_refuses_new_calls() {
         let (tx, _rx) = mpsc::channel();
         let mut table = PendingCalls::with_limit(usize::MAX);
-        table.go_away();
+        table.go_away(0);
         let refused = table.insert(1, Duration::ZERO, None, completer(&tx));
         assert!(matches!(refused, Err((RpcError::ShuttingDown, _))));
         let mut table = PendingCalls::with_limit(usize::MAX);
@@ -283,7 +298,7 @@ mod tests {
     fn a_connection_closed_after_go_away_still_refuses_with_shutting_down() {
         let (tx, _rx) = mpsc::channel();
         let mut table = PendingCalls::with_limit(usize::MAX);
-        table.go_away();
+        table.go_away(0);
         assert!(table
             .end(Ended::Lost(RpcError::ConnectionLost { cause: None }))
             .is_empty());
@@ -291,7 +306,7 @@ mod tests {
         assert!(matches!(refused, Err((RpcError::ShuttingDown, _))));
         // Closing the client itself is final, go-away or not.
         let mut table = PendingCalls::with_limit(usize::MAX);
-        table.go_away();
+        table.go_away(0);
         assert!(table.end(Ended::Closed).is_empty());
         let refused = table.insert(1, Duration::ZERO, None, completer(&tx));
         assert!(matches!(refused, Err((RpcError::Shutdown, _))));
@@ -320,6 +335,29 @@ mod tests {
         assert!(table.end(Ended::Lost(lost)).is_empty());
         let refused = table.insert(1, Duration::ZERO, None, completer(&tx));
         assert!(matches!(refused, Err((RpcError::Shutdown, _))));
+    }
+
+    #[test]
+    fn calls_after_the_go_away_seq_fail_shutting_down_when_the_connection_is_lost() {
+        let (tx, rx) = mpsc::channel();
+        let mut table = PendingCalls::with_limit(usize::MAX);
+        for seq in [4u64, 5] {
+            let tx = tx.clone();
+            let complete: Completer = Box::new(move |result| {
+                let _ = tx.send((seq, result.map(|_| ()).map_err(|err| err.is_unprocessed())));
+            });
+            assert!(table.insert(seq, Duration::ZERO, None, complete).is_ok());
+        }
+        // The server accepted up to 4; 5 was sent before the go-away arrived.
+        table.go_away(4);
+        let lost = RpcError::ConnectionLost { cause: None };
+        for (complete, err) in table.end(Ended::Lost(lost)) {
+            complete(Err(err));
+        }
+        let mut outcomes: Vec<_> = rx.try_iter().collect();
+        outcomes.sort_unstable();
+        // Call 4 may have run (ConnectionLost); call 5 surely did not (ShuttingDown).
+        assert_eq!(outcomes, [(4, Err(false)), (5, Err(true))]);
     }
 
     #[test]
