@@ -15,6 +15,7 @@
 pub mod call;
 mod catch_panic;
 mod client;
+mod client_builder;
 mod client_conn;
 mod client_loop;
 pub mod cluster;
@@ -37,8 +38,9 @@ pub mod sim;
 mod stats;
 
 pub use call::{done_channel, Call, Completion, DoneSender};
-pub use client::{
-    Client, ClientBuilder, ClientConfig, DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
+pub use client::Client;
+pub use client_builder::{
+    ClientBuilder, ClientConfig, DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_PENDING_CALLS, DEFAULT_MAX_UNSENT_BYTES,
 };
 pub use error::RpcError;

@@ -37,7 +37,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::balance::{Balancer, Candidate, Endpoint, RoundRobin};
-use crate::client::{Client, ClientBuilder, DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT};
+use crate::client::Client;
+use crate::client_builder::{ClientBuilder, DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT};
 use crate::error::RpcError;
 
 /// Default time an endpoint is skipped after its dial failed, its connection was lost or it

@@ -36,8 +36,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::call::{done_channel, Completion, DoneSender};
-use crate::client::{
-    Client, DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_PENDING_CALLS,
+use crate::client::Client;
+use crate::client_builder::{
+    DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_PENDING_CALLS,
 };
 use crate::error::RpcError;
 

@@ -13,7 +13,8 @@ use rpc_transport::clock::deadline_after;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::client::{Client, ClientBuilder, ClientConfig};
+use crate::client::Client;
+use crate::client_builder::{ClientBuilder, ClientConfig};
 use crate::cluster::{Breaker, BreakerState, RetryBudget, RetryPolicy, Rng};
 use crate::error::RpcError;
 

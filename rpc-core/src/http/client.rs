@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use rpc_transport::clock::deadline_after;
 
-use crate::client::{Client, ClientBuilder};
+use crate::client::Client;
+use crate::client_builder::ClientBuilder;
 use crate::error::RpcError;
 use crate::http::head::{parse_status, read_head, HeadError};
 use crate::http::{CONNECTED_STATUS, DEFAULT_RPC_PATH};

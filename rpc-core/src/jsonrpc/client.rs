@@ -25,7 +25,9 @@ use serde::Serialize;
 
 use crate::call::Call;
 use crate::catch_panic::catch_panic;
-use crate::client::{DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_PENDING_CALLS};
+use crate::client_builder::{
+    DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_PENDING_CALLS,
+};
 use crate::error::RpcError;
 
 use super::client_pending::{Completer, PendingCall, PendingCalls};

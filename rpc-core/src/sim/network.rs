@@ -7,7 +7,8 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 
-use crate::client::{Client, ClientBuilder};
+use crate::client::Client;
+use crate::client_builder::ClientBuilder;
 use crate::link::Link;
 use crate::pending::PendingCalls;
 use crate::server::Server;
