@@ -101,7 +101,7 @@ struct Worker<R> {
 impl<R> Worker<R> {
     /// True if a task may be sent to this worker at `now`.
     fn has_room(&self, now: Instant) -> bool {
-        self.tasks.len() < self.window && !self.paused_until.is_some_and(|until| until > now)
+        self.tasks.len() < self.window && self.paused_until.is_none_or(|until| until <= now)
     }
 
     /// The worker refused a call `Throttled` (the call is already out of `tasks`): hold at

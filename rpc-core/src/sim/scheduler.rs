@@ -107,10 +107,7 @@ impl Scheduler {
         }
         let order = queue.next_order;
         queue.next_order += 1;
-        let wakes_earlier = queue
-            .heap
-            .peek()
-            .map_or(true, |Reverse(first)| at < first.at);
+        let wakes_earlier = queue.heap.peek().is_none_or(|Reverse(first)| at < first.at);
         queue.heap.push(Reverse(Entry { at, order, event }));
         drop(queue);
         if wakes_earlier {

@@ -54,7 +54,7 @@ impl Balancer for WeightedRoundRobin {
                 continue;
             };
             *current += weight;
-            if best.map_or(true, |(_, best_current)| *current > best_current) {
+            if best.is_none_or(|(_, best_current)| *current > best_current) {
                 best = Some((index, *current));
             }
         }
