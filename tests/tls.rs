@@ -76,6 +76,16 @@ fn bounded_builder() -> ClientBuilder {
 
 /// A fresh TLS client (with the client certificate, which every test server accepts) gets
 /// its answer: the server goes on serving others after a fault.
+/// Waits until the server has counted `tls_errors` failed handshakes (`what`), then checks it
+/// still serves a good TLS client and holds nothing from the fault.
+fn assert_counted_then_recovered(pki: &Pki, server: &TestServer, tls_errors: u64, what: &str) {
+    wait_until(what, Duration::from_secs(5), || {
+        server.server.stats().tls_errors == tls_errors
+    });
+    assert_tls_healthy(pki, server);
+    assert_back_to_idle(&server.server);
+}
+
 fn assert_tls_healthy(pki: &Pki, server: &TestServer) {
     let arith = ArithClient::new(pki.dial(server, Some(&pki.client)).unwrap());
     assert_eq!(arith.multiply(&Args { a: 6, b: 7 }).unwrap(), 42);
@@ -188,13 +198,7 @@ fn mutual_tls_refuses_a_client_without_a_certificate_on_both_sides() {
         "{}",
         chain(&err)
     );
-    wait_until(
-        "the server counts the refusal",
-        Duration::from_secs(5),
-        || server.server.stats().tls_errors == 1,
-    );
-    assert_tls_healthy(&pki, &server);
-    assert_back_to_idle(&server.server);
+    assert_counted_then_recovered(&pki, &server, 1, "the server counts the refusal");
 }
 
 #[test]
@@ -217,13 +221,7 @@ fn mutual_tls_refuses_a_client_certificate_from_another_ca() {
         ),
         "expected an unknown-ca alert, got {err:?}"
     );
-    wait_until(
-        "the server counts the refusal",
-        Duration::from_secs(5),
-        || server.server.stats().tls_errors == 1,
-    );
-    assert_tls_healthy(&pki, &server);
-    assert_back_to_idle(&server.server);
+    assert_counted_then_recovered(&pki, &server, 1, "the server counts the refusal");
 }
 
 #[test]
@@ -249,13 +247,7 @@ fn a_server_certificate_from_an_untrusted_ca_fails_the_dial_naming_the_problem()
     assert!(text.contains("UnknownIssuer"), "{text}");
     assert!(!err.is_retryable() && err.is_unprocessed());
     // The client's alert reaches the server, which counts the failed handshake.
-    wait_until(
-        "the server counts the refusal",
-        Duration::from_secs(5),
-        || server.server.stats().tls_errors == 1,
-    );
-    assert_tls_healthy(&pki, &server);
-    assert_back_to_idle(&server.server);
+    assert_counted_then_recovered(&pki, &server, 1, "the server counts the refusal");
 }
 
 #[test]
@@ -324,14 +316,8 @@ fn a_plaintext_client_gets_a_clear_error_from_a_tls_server() {
         ),
         "{err:?}"
     );
-    wait_until(
-        "the server counts the second tls error",
-        Duration::from_secs(5),
-        || server.server.stats().tls_errors == 2,
-    );
     drop(arith);
-    assert_tls_healthy(&pki, &server);
-    assert_back_to_idle(&server.server);
+    assert_counted_then_recovered(&pki, &server, 2, "the server counts the second tls error");
 }
 
 #[test]
@@ -386,13 +372,7 @@ fn a_handshake_that_stalls_is_closed_after_the_frame_timeout() {
         waited >= Duration::from_millis(250) && waited < Duration::from_secs(4),
         "closed after {waited:?}, expected about 300 ms"
     );
-    wait_until(
-        "the server counts the handshake timeout",
-        Duration::from_secs(5),
-        || server.server.stats().tls_errors == 1,
-    );
-    assert_back_to_idle(&server.server);
-    assert_tls_healthy(&pki, &server);
+    assert_counted_then_recovered(&pki, &server, 1, "the server counts the handshake timeout");
 }
 
 #[test]
@@ -403,13 +383,7 @@ fn garbage_bytes_close_the_connection_and_count_a_tls_error() {
     raw.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     assert_closed_by_peer(&mut raw);
-    wait_until(
-        "the server counts the tls error",
-        Duration::from_secs(5),
-        || server.server.stats().tls_errors == 1,
-    );
-    assert_back_to_idle(&server.server);
-    assert_tls_healthy(&pki, &server);
+    assert_counted_then_recovered(&pki, &server, 1, "the server counts the tls error");
 }
 
 #[test]
