@@ -459,30 +459,14 @@ fn push_mode_treats_a_workers_throttled_answers_as_back_pressure_not_failure() {
 fn push_mode_retries_a_worker_that_throttles_while_holding_nothing_after_a_pause_not_at_once() {
     // One call slot on the whole server, taken by another client: the distributor's calls
     // are refused `Throttled` while it holds none there, until that call ends.
-    let server = Server::builder().max_calls(1).build();
-    let worker = Worker {
-        id: "busy".into(),
-        delay: Duration::from_millis(100),
-    };
-    server.register(WorkerServiceServer::new(worker)).unwrap();
-    let handle = server.serve("127.0.0.1:0").unwrap();
-    let addr = handle.local_addr().to_string();
-    let other = Client::dial(&*addr).unwrap();
-    let blocker: netrpc::Call<TaskReply> = other.go("WorkerService.DoTask", &tutorial_tasks(1)[0]);
-    let waited = Instant::now();
-    while server.running_handlers() == 0 {
-        assert!(
-            waited.elapsed() < Duration::from_secs(5),
-            "the other client's call never started"
-        );
-        thread::sleep(Duration::from_millis(1));
-    }
+    let busy = BusyWorker::start(Duration::from_millis(100));
+    let addr = busy.addr.clone();
 
     let started = Instant::now();
     let tasks = tutorial_tasks(3);
     let run = Distributor::new([addr]).run::<_, TaskReply>("WorkerService.DoTask", &tasks);
     let elapsed = started.elapsed();
-    blocker.wait().unwrap();
+    busy.blocker.wait().unwrap();
 
     assert!(run.dead_workers.is_empty(), "{:?}", run.dead_workers);
     for (task, result) in tasks.iter().zip(&run.results) {
@@ -493,7 +477,10 @@ fn push_mode_retries_a_worker_that_throttles_while_holding_nothing_after_a_pause
         assert_eq!(result.attempts, 1);
     }
     // Retried once per 10 ms pause at most (plus the first refusals), not in a hot loop.
-    let throttled = server.stats().call_errors(netrpc::ErrorCode::Throttled);
+    let throttled = busy
+        .server
+        .stats()
+        .call_errors(netrpc::ErrorCode::Throttled);
     let paced = elapsed.as_millis() as u64 / 10 + tasks.len() as u64 + 1;
     assert!(throttled >= 1, "the worker did throttle");
     assert!(throttled <= paced, "{throttled} refusals in {elapsed:?}");
@@ -538,30 +525,14 @@ fn waiting_for_the_queue_with_duration_max_does_not_panic_and_returns_once_all_a
 fn push_mode_gives_up_on_a_task_refused_for_a_whole_call_timeout_without_retiring_the_worker() {
     // The server's one call slot stays taken by another client for longer than the
     // distributor's call timeout.
-    let server = Server::builder().max_calls(1).build();
-    let worker = Worker {
-        id: "busy".into(),
-        delay: Duration::from_millis(1_000),
-    };
-    server.register(WorkerServiceServer::new(worker)).unwrap();
-    let handle = server.serve("127.0.0.1:0").unwrap();
-    let addr = handle.local_addr().to_string();
-    let other = Client::dial(&*addr).unwrap();
-    let blocker: netrpc::Call<TaskReply> = other.go("WorkerService.DoTask", &tutorial_tasks(1)[0]);
-    let waited = Instant::now();
-    while server.running_handlers() == 0 {
-        assert!(
-            waited.elapsed() < Duration::from_secs(5),
-            "the other client's call never started"
-        );
-        thread::sleep(Duration::from_millis(1));
-    }
+    let busy = BusyWorker::start(Duration::from_millis(1_000));
+    let addr = busy.addr.clone();
 
     let tasks = tutorial_tasks(2);
     let run = Distributor::new([addr])
         .call_timeout(Duration::from_millis(200))
         .run::<_, TaskReply>("WorkerService.DoTask", &tasks);
-    blocker.wait().unwrap();
+    busy.blocker.wait().unwrap();
 
     assert!(run.dead_workers.is_empty(), "{:?}", run.dead_workers);
     for result in &run.results {
@@ -570,5 +541,45 @@ fn push_mode_gives_up_on_a_task_refused_for_a_whole_call_timeout_without_retirin
             "{result:?}"
         );
         assert_eq!(result.attempts, 0, "no worker took the call");
+    }
+}
+
+/// A worker server with one call slot on the whole server, taken by another client's call
+/// that takes `delay`: the distributor's calls are refused `Throttled` until it ends.
+struct BusyWorker {
+    server: Server,
+    _handle: ServerHandle,
+    addr: String,
+    _other: Client,
+    blocker: netrpc::Call<TaskReply>,
+}
+
+impl BusyWorker {
+    fn start(delay: Duration) -> BusyWorker {
+        let server = Server::builder().max_calls(1).build();
+        let worker = Worker {
+            id: "busy".into(),
+            delay,
+        };
+        server.register(WorkerServiceServer::new(worker)).unwrap();
+        let handle = server.serve("127.0.0.1:0").unwrap();
+        let addr = handle.local_addr().to_string();
+        let other = Client::dial(&*addr).unwrap();
+        let blocker = other.go("WorkerService.DoTask", &tutorial_tasks(1)[0]);
+        let waited = Instant::now();
+        while server.running_handlers() == 0 {
+            assert!(
+                waited.elapsed() < Duration::from_secs(5),
+                "the other client's call never started"
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+        BusyWorker {
+            server,
+            _handle: handle,
+            addr,
+            _other: other,
+            blocker,
+        }
     }
 }
