@@ -393,3 +393,33 @@ fn close_fails_later_calls_with_shutdown() {
     ));
     assert!(!client.stats()[0].connected);
 }
+
+#[test]
+fn every_endpoints_client_is_dialed_with_the_given_client_settings() {
+    // Middleware stands for any client setting (TLS, limits, ...): the template carries all.
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = std::sync::Arc::clone(&seen);
+    let logging = netrpc::core::middleware::Logging::to(move |_| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    let (a, b) = (
+        start_worker("a", Duration::ZERO),
+        start_worker("b", Duration::ZERO),
+    );
+    let client = BalancedClient::builder()
+        .client(Client::builder().middleware(logging))
+        .build(vec![
+            Endpoint::new(a.local_addr()),
+            Endpoint::new(b.local_addr()),
+        ]);
+    for id in 0..4 {
+        let task = Task {
+            id,
+            text: "x".into(),
+        };
+        client
+            .call::<_, TaskReply>("WorkerService.DoTask", &task)
+            .unwrap();
+    }
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 4);
+}

@@ -349,6 +349,14 @@ impl BalancedClientBuilder {
         self
     }
 
+    /// The settings every endpoint's client is dialed with (TLS, middleware, limits, codec,
+    /// pending-call cap: anything [`ClientBuilder`] sets). The call and connect timeouts stay
+    /// this builder's, since they span failovers.
+    pub fn client(mut self, client: ClientBuilder) -> Self {
+        self.settings.client = client;
+        self
+    }
+
     /// Codec of every endpoint's client (default postcard).
     pub fn codec(mut self, codec: CodecKind) -> Self {
         self.settings.client = self.settings.client.codec(codec);
