@@ -305,9 +305,7 @@ impl InFlight {
         if self.calls.is_cancelled(request.seq) {
             return Some("the caller cancelled the call before it ran");
         }
-        let deadline = Duration::from_millis(u64::from(request.deadline_ms));
-        (request.deadline_ms > 0 && self.received.elapsed() >= deadline)
-            .then_some("the deadline passed before the call ran")
+        deadline_passed(request, self.received).then_some(DEADLINE_PASSED)
     }
 
     /// Runs the call's handler inside the server's middleware, with the call's context
@@ -575,6 +573,16 @@ fn run_handler(
         Some(failure.code),
     )
 }
+
+/// True if `request` carries a deadline (relative to `received`, when it was read) that has
+/// passed: the call must not run. Shared with the simulated network.
+pub(crate) fn deadline_passed(request: &Frame, received: Instant) -> bool {
+    let deadline = Duration::from_millis(u64::from(request.deadline_ms));
+    request.deadline_ms > 0 && received.elapsed() >= deadline
+}
+
+/// The error message of a call skipped because its deadline passed before it ran.
+pub(crate) const DEADLINE_PASSED: &str = "the deadline passed before the call ran";
 
 /// The earlier of two optional moments.
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {

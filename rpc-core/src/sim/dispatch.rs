@@ -9,13 +9,13 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rpc_transport::Frame;
 
 use crate::error_body::ErrorCode;
 use crate::middleware::CallContext;
-use crate::server_conn::{encode_error, lookup, run_call, Found};
+use crate::server_conn::{deadline_passed, encode_error, lookup, run_call, Found, DEADLINE_PASSED};
 use crate::sim::end::SimEnd;
 use crate::sim::fate::Fate;
 use crate::sim::router::{NetShared, ServerEntry};
@@ -50,11 +50,9 @@ pub(crate) fn deliver_request(
     shared.stats.in_flight_calls.fetch_add(1, Ordering::SeqCst);
     let pool = shared.pool.clone();
     pool.execute(Box::new(move || {
-        let deadline = Duration::from_millis(u64::from(request.deadline_ms));
-        let (reply, failure) = if request.deadline_ms > 0 && received.elapsed() >= deadline {
+        let (reply, failure) = if deadline_passed(&request, received) {
             let code = ErrorCode::DeadlineExceeded;
-            let reason = "the deadline passed before the call ran";
-            (encode_error(seq, code, reason), Some(code))
+            (encode_error(seq, code, DEADLINE_PASSED), Some(code))
         } else {
             let context = CallContext::new(
                 request.name.clone(),
