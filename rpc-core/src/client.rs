@@ -148,7 +148,7 @@ impl Client {
             method,
             args,
             timeout,
-            false,
+            Waiter::Caller,
             Box::new(move |result| {
                 let _ = done_tx.send(result);
             }),
@@ -183,7 +183,7 @@ impl Client {
             method,
             args,
             timeout,
-            true,
+            Waiter::Loop,
             Box::new(move |result| {
                 // Room for exactly this one result: the send cannot block or fail for lack of room.
                 let _ = done_tx.send(result.and_then(|frame| decode_reply(codec, &name, frame)));
@@ -217,7 +217,7 @@ impl Client {
             method,
             args,
             self.inner.config.call_timeout,
-            true,
+            Waiter::Loop,
             complete,
         );
         seq
@@ -282,11 +282,11 @@ impl Client {
         method: &str,
         args: &A,
         timeout: Duration,
-        loop_times_out: bool,
+        waiter: Waiter,
         complete: Completer,
     ) -> u64 {
         let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
-        self.send_call(seq, method, args, timeout, loop_times_out, complete);
+        self.send_call(seq, method, args, timeout, waiter, complete);
         seq
     }
 
@@ -298,7 +298,7 @@ impl Client {
         method: &str,
         args: &A,
         timeout: Duration,
-        loop_times_out: bool,
+        waiter: Waiter,
         complete: Completer,
     ) {
         let (metadata, complete) = match self.run_middleware(method, complete) {
@@ -312,7 +312,7 @@ impl Client {
         if self.inner.conn.queued_len() >= self.inner.config.max_unsent_bytes {
             return complete(Err(RpcError::Throttled));
         }
-        let deadline = loop_times_out.then(|| deadline_after(Instant::now(), timeout));
+        let deadline = (waiter == Waiter::Loop).then(|| deadline_after(Instant::now(), timeout));
         let others_in_flight = {
             let mut pending = lock(&self.inner.pending);
             if let Err((err, complete)) = pending.insert(seq, timeout, deadline, complete) {
@@ -324,13 +324,17 @@ impl Client {
         if let Some(deadline) = deadline {
             self.inner.conn.schedule_timer(deadline);
         }
-        // A lone call is written at once, by this thread: the lowest latency. A call made
-        // while others are in flight joins a batch the event loop writes at the end of its
-        // turn: under load, many calls share one system call.
-        let sent = if others_in_flight {
-            self.inner.conn.send_batched(&frame)
-        } else {
+        // A lone blocking call is written at once, by this thread: nothing can join it, and
+        // its caller waits anyway. Every other call joins a batch the event loop writes at the
+        // end of its turn, so calls started together share one system call. `go` calls never
+        // count as lone: a thread that re-issues calls as their replies arrive finds none in
+        // flight each time, and writing its first one alone splits every batch in two
+        // (docs/BENCHMARKS.md, "Four connections, 16 in flight each").
+        let lone = waiter == Waiter::Caller && !others_in_flight;
+        let sent = if lone {
             self.inner.conn.send(&frame)
+        } else {
+            self.inner.conn.send_batched(&frame)
         };
         if let Err(err) = sent {
             // If the connection's close already failed the call, it has been completed.
@@ -484,6 +488,15 @@ fn decode_reply<R: DeserializeOwned>(
         }),
         _ => Err(RpcError::from_error_body(method, &frame.body)),
     }
+}
+
+/// Who waits for a call's outcome, which decides who times the call out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waiter {
+    /// A blocking call: its thread waits with its own deadline; the loop keeps no timer.
+    Caller,
+    /// A `go` call: the event loop keeps its deadline and completes it on timeout.
+    Loop,
 }
 
 /// How long a blocking call that lost the race to its reply waits for that reply's completer.
