@@ -8,9 +8,12 @@
 //! - with `--payload N`, `Bench.Echo` with `N` bytes, which returns them.
 //!
 //! Each connection is driven by its own thread: with `--inflight 1` it makes blocking `call`s
-//! back to back; with more, it keeps that many `go_with` calls outstanding, starting a new
-//! one as each completes. The raw baseline (`--baseline`) uses the same connections and
-//! in-flight count over plain sockets (`support/raw_tcp.rs`). Calls completing during the
+//! back to back; with more, it keeps that many `go_with` calls outstanding. Each time it wakes
+//! it takes every completion that has arrived and starts as many new calls in one
+//! `Client::batch`, written together, just as the raw client writes as many requests as
+//! replies just arrived; `--no-batch` starts each new call on its own instead. The raw
+//! baseline (`--baseline`) uses the same connections and in-flight count over plain sockets
+//! (`support/raw_tcp.rs`). Calls completing during the
 //! warm-up are not counted. All traffic stays on 127.0.0.1 unless `--addr` says otherwise.
 //!
 //! With `--tls`, the same load then runs again against a second in-process server that speaks
@@ -62,6 +65,8 @@ usage: cargo run --release --example loadgen -- [--addr HOST:PORT | --inproc] [o
   --payload BYTES    0 = Arith.Multiply (default); N = Bench.Echo with N bytes each way
   --baseline         first run raw TCP ping-pong of the same shape and print the ratio
   --raw-unbatched    in the baseline, one write per message instead of grouped writes
+  --no-batch         start each new call on its own (`go_with`) as its predecessor completes,
+                     instead of one `Client::batch` per wake-up for all that completed
   --loops N          event-loop threads of the in-process server (default: its own default)
   --inline           serve Arith and Bench inline, on the event loop (Server::register_inline)
   --tls              then run the same load over TLS (in-process only: a second server with a
@@ -102,6 +107,8 @@ struct Plan {
     measured: Duration,
     codec: CodecKind,
     payload: usize,
+    /// New calls start in one `Client::batch` per wake-up of the driver.
+    batch: bool,
 }
 
 /// What one run measured.
@@ -143,6 +150,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             other => return Err(format!("unknown codec `{other}`\n\n{USAGE}").into()),
         },
         payload: flags.get("payload", 0usize)?,
+        batch: !flags.has("no-batch"),
     };
     let (loops, inline) = (flags.get("loops", 0usize)?, flags.has("inline"));
     let server = build_server(loops, inline, None)?;
@@ -296,7 +304,10 @@ fn run_netrpc(
     }
     let clients = Arc::new(clients);
     let next = AtomicU64::new(0);
-    let inflight = plan.inflight;
+    let pace = Pace {
+        inflight: plan.inflight,
+        batch: plan.batch,
+    };
     let payload = plan.payload;
     run_drivers(plan, move |record_from, end, progress| {
         let index = next.fetch_add(1, Ordering::SeqCst) as usize;
@@ -313,14 +324,23 @@ fn run_netrpc(
                 "Arith.Multiply",
                 &Args { a: 7, b: 8 },
                 &expected,
-                inflight,
+                pace,
                 &window,
             )
         } else {
             let bytes = vec![0xa5u8; payload];
-            drive_calls(client, "Bench.Echo", &bytes, &bytes, inflight, &window)
+            drive_calls(client, "Bench.Echo", &bytes, &bytes, pace, &window)
         }
     })
+}
+
+/// How a driver keeps its calls going.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    /// Calls outstanding; 1 = blocking calls back to back.
+    inflight: usize,
+    /// Start the calls of each wake-up together, in one `Client::batch`.
+    batch: bool,
 }
 
 /// The time window of a run, shared by its drivers.
@@ -365,13 +385,14 @@ fn error_kind(err: &RpcError) -> String {
         .to_owned()
 }
 
-/// One connection's driver: blocking calls back to back, or `inflight` `go_with` calls.
+/// One connection's driver: blocking calls back to back, or `pace.inflight` `go_with` calls,
+/// replacing all that completed by one wake-up at once.
 fn drive_calls<A, R>(
     client: &Client,
     method: &str,
     args: &A,
     expected: &R,
-    inflight: usize,
+    pace: Pace,
     window: &Window<'_>,
 ) -> Report
 where
@@ -379,7 +400,7 @@ where
     R: DeserializeOwned + PartialEq + Send + 'static,
 {
     let mut report = Report::default();
-    if inflight == 1 {
+    if pace.inflight == 1 {
         while Instant::now() < window.end {
             let started = Instant::now();
             let result = client.call::<A, R>(method, args);
@@ -388,10 +409,18 @@ where
         return report;
     }
     let (done, completions) = done_channel::<R>();
-    let mut started_at: HashMap<u64, Instant> = HashMap::with_capacity(inflight);
-    for _ in 0..inflight {
-        started_at.insert(client.go_with(method, args, &done), Instant::now());
-    }
+    let mut started_at: HashMap<u64, Instant> = HashMap::with_capacity(pace.inflight);
+    let start_calls = |count: usize, started_at: &mut HashMap<u64, Instant>| {
+        let batch = pace.batch.then(|| client.batch());
+        for _ in 0..count {
+            let seq = match &batch {
+                Some(batch) => batch.go_with(method, args, &done),
+                None => client.go_with(method, args, &done),
+            };
+            started_at.insert(seq, Instant::now());
+        }
+    };
+    start_calls(pace.inflight, &mut started_at);
     // Every call has the client's deadline, so a completion always comes; the extra margin
     // only guards against a bug in the framework hanging the tool.
     let stall_limit = client.config().call_timeout + Duration::from_secs(5);
@@ -403,12 +432,17 @@ where
                 .or_default() += started_at.len() as u64;
             break;
         };
-        let started = started_at
-            .remove(&completion.seq)
-            .unwrap_or_else(Instant::now);
-        window.complete(&mut report, started, completion.result, expected);
+        // This completion and every other one already here are replaced together.
+        let mut completed = 0;
+        for completion in std::iter::once(completion).chain(completions.try_iter()) {
+            let started = started_at
+                .remove(&completion.seq)
+                .unwrap_or_else(Instant::now);
+            window.complete(&mut report, started, completion.result, expected);
+            completed += 1;
+        }
         if Instant::now() < window.end {
-            started_at.insert(client.go_with(method, args, &done), Instant::now());
+            start_calls(completed, &mut started_at);
         }
     }
     report

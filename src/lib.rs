@@ -66,7 +66,7 @@ pub use rpc_transport::tls;
 
 pub use rpc_codec::{Codec, CodecError, CodecKind};
 pub use rpc_core::{
-    done_channel, service, Call, Client, ClientBuilder, Completion, DoneSender, ErrorBody,
+    done_channel, service, Batch, Call, Client, ClientBuilder, Completion, DoneSender, ErrorBody,
     ErrorCode, RpcError, Server, ServerBuilder, ServerHandle, Service, ServiceError,
 };
 #[cfg(feature = "json")]

@@ -148,7 +148,7 @@ impl Client {
             method,
             args,
             timeout,
-            Waiter::Caller,
+            CallKind::Blocking,
             Box::new(move |result| {
                 let _ = done_tx.send(result);
             }),
@@ -176,6 +176,32 @@ impl Client {
         A: Serialize + ?Sized,
         R: DeserializeOwned + Send + 'static,
     {
+        self.start_go(method, args, timeout, CallKind::Go)
+    }
+
+    /// Starts a call whose [`Completion`] is sent to `done`, shared with other calls
+    /// (Go: `Client.Go` with a caller-supplied `done` channel). Returns the call's sequence
+    /// id, which the completion carries.
+    pub fn go_with<A, R>(&self, method: &str, args: &A, done: &DoneSender<R>) -> u64
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned + Send + 'static,
+    {
+        self.start_go_with(method, args, done, CallKind::Go)
+    }
+
+    /// [`Client::go_timeout`] for a call of `kind`.
+    pub(crate) fn start_go<A, R>(
+        &self,
+        method: &str,
+        args: &A,
+        timeout: Duration,
+        kind: CallKind,
+    ) -> Call<R>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned + Send + 'static,
+    {
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         let codec = self.inner.config.codec;
         let name = method.to_owned();
@@ -183,7 +209,7 @@ impl Client {
             method,
             args,
             timeout,
-            Waiter::Loop,
+            kind,
             Box::new(move |result| {
                 // Room for exactly this one result: the send cannot block or fail for lack of room.
                 let _ = done_tx.send(result.and_then(|frame| decode_reply(codec, &name, frame)));
@@ -192,10 +218,14 @@ impl Client {
         Call::new(seq, timeout, done_rx)
     }
 
-    /// Starts a call whose [`Completion`] is sent to `done`, shared with other calls
-    /// (Go: `Client.Go` with a caller-supplied `done` channel). Returns the call's sequence
-    /// id, which the completion carries.
-    pub fn go_with<A, R>(&self, method: &str, args: &A, done: &DoneSender<R>) -> u64
+    /// [`Client::go_with`] for a call of `kind`.
+    pub(crate) fn start_go_with<A, R>(
+        &self,
+        method: &str,
+        args: &A,
+        done: &DoneSender<R>,
+        kind: CallKind,
+    ) -> u64
     where
         A: Serialize + ?Sized,
         R: DeserializeOwned + Send + 'static,
@@ -217,10 +247,16 @@ impl Client {
             method,
             args,
             self.inner.config.call_timeout,
-            Waiter::Loop,
+            kind,
             complete,
         );
         seq
+    }
+
+    /// Writes the frames of calls started in a [`crate::Batch`], now, from this thread. A
+    /// failed write closes the connection, which fails those calls.
+    pub(crate) fn flush_batch(&self) {
+        let _ = self.inner.conn.flush();
     }
 
     /// Closes the connection (Go: `Client.Close`). Pending calls fail with
@@ -282,11 +318,11 @@ impl Client {
         method: &str,
         args: &A,
         timeout: Duration,
-        waiter: Waiter,
+        kind: CallKind,
         complete: Completer,
     ) -> u64 {
         let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
-        self.send_call(seq, method, args, timeout, waiter, complete);
+        self.send_call(seq, method, args, timeout, kind, complete);
         seq
     }
 
@@ -298,7 +334,7 @@ impl Client {
         method: &str,
         args: &A,
         timeout: Duration,
-        waiter: Waiter,
+        kind: CallKind,
         complete: Completer,
     ) {
         let (metadata, complete) = match self.run_middleware(method, complete) {
@@ -312,7 +348,8 @@ impl Client {
         if self.inner.conn.queued_len() >= self.inner.config.max_unsent_bytes {
             return complete(Err(RpcError::Throttled));
         }
-        let deadline = (waiter == Waiter::Loop).then(|| deadline_after(Instant::now(), timeout));
+        let deadline =
+            (kind != CallKind::Blocking).then(|| deadline_after(Instant::now(), timeout));
         let others_in_flight = {
             let mut pending = lock(&self.inner.pending);
             if let Err((err, complete)) = pending.insert(seq, timeout, deadline, complete) {
@@ -330,11 +367,10 @@ impl Client {
         // count as lone: a thread that re-issues calls as their replies arrive finds none in
         // flight each time, and writing its first one alone splits every batch in two
         // (docs/BENCHMARKS.md, "Four connections, 16 in flight each").
-        let lone = waiter == Waiter::Caller && !others_in_flight;
-        let sent = if lone {
-            self.inner.conn.send(&frame)
-        } else {
-            self.inner.conn.send_batched(&frame)
+        let sent = match kind {
+            CallKind::Blocking if !others_in_flight => self.inner.conn.send(&frame),
+            CallKind::Blocking | CallKind::Go => self.inner.conn.send_batched(&frame),
+            CallKind::InBatch => self.inner.conn.send_corked(&frame),
         };
         if let Err(err) = sent {
             // If the connection's close already failed the call, it has been completed.
@@ -490,13 +526,18 @@ fn decode_reply<R: DeserializeOwned>(
     }
 }
 
-/// Who waits for a call's outcome, which decides who times the call out.
+/// How a call was started, which decides who times it out and who writes its frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Waiter {
-    /// A blocking call: its thread waits with its own deadline; the loop keeps no timer.
-    Caller,
-    /// A `go` call: the event loop keeps its deadline and completes it on timeout.
-    Loop,
+pub(crate) enum CallKind {
+    /// A blocking call: its thread waits with its own deadline (the loop keeps no timer), and
+    /// writes the frame itself when no other call is in flight.
+    Blocking,
+    /// A `go` call: the event loop keeps its deadline and writes its frame at the end of its
+    /// turn, with every other frame queued by then.
+    Go,
+    /// A `go` call in a [`crate::Batch`]: as `Go`, but the frame waits for the batch's
+    /// flush, which writes the whole batch from the caller's thread.
+    InBatch,
 }
 
 /// How long a blocking call that lost the race to its reply waits for that reply's completer.

@@ -12,6 +12,7 @@
 //!   reply frame   ◄─────────────────────────────────── reply frame
 //! ```
 
+mod batch;
 pub mod call;
 mod catch_panic;
 mod client;
@@ -37,6 +38,7 @@ pub mod service;
 pub mod sim;
 mod stats;
 
+pub use batch::{Batch, BATCH_WRITE_BYTES};
 pub use call::{done_channel, Call, Completion, DoneSender};
 pub use client::Client;
 pub use client_builder::{

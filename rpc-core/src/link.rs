@@ -38,6 +38,23 @@ impl Link {
         }
     }
 
+    /// Queues one encoded frame until the next [`Link::flush`] (the simulation has no
+    /// queue: the same as [`Link::send`]).
+    pub(crate) fn send_corked(&self, bytes: &[u8]) -> Result<(), TransportError> {
+        match self {
+            Link::Socket(conn) => conn.send_corked(bytes),
+            Link::Sim(end) => end.send(bytes),
+        }
+    }
+
+    /// Writes what [`Link::send_corked`] queued, now, from the calling thread.
+    pub(crate) fn flush(&self) -> Result<(), TransportError> {
+        match self {
+            Link::Socket(conn) => conn.flush(),
+            Link::Sim(_) => Ok(()),
+        }
+    }
+
     /// Sends a frame without a body (a ping or a cancel).
     pub(crate) fn send_frame(&self, frame: &Frame) -> Result<(), TransportError> {
         match self {

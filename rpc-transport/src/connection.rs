@@ -7,6 +7,10 @@
 //! writability; it finishes the job when the peer has read enough. The loop thread itself only
 //! ever holds the queue's lock for a copy, never across a blocking call.
 //!
+//! Three ways to send, by who writes: `send` (this thread, now), `send_batched` (the loop, at
+//! the end of its turn, with everything else queued by then) and `send_corked` (whoever
+//! flushes next: the sender's own `flush` once its burst is queued).
+//!
 //! With TLS ([`crate::tls`]), `send` encrypts under the session's lock straight into the queue,
 //! so the queue holds records in the order rustls numbered them, and the loop passes what it
 //! reads through the session before the frame decoder. Without TLS that costs one `None` check.
@@ -163,7 +167,51 @@ impl Connection {
         if !self.enqueue(bytes, Enqueue::WriteNow)? {
             return Ok(()); // whoever is writing will take these bytes too
         }
-        match self.flush() {
+        self.write_as_sender()
+    }
+
+    /// Queues `bytes` without writing them and without asking the loop to: they leave with
+    /// the next [`Connection::flush`], [`Connection::send`] or loop flush, together with
+    /// everything queued by then (the idea of Linux's `TCP_CORK`).
+    ///
+    /// For a thread that sends a burst of frames and then waits: it corks each one and
+    /// flushes once, so the burst costs one system call and no wake-up of the loop. The
+    /// caller must flush: corked bytes that nothing flushes stay queued.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::Closed`] if the connection is closed or closing.
+    pub fn send_corked(&self, bytes: &[u8]) -> Result<(), TransportError> {
+        self.enqueue(bytes, Enqueue::Corked)?;
+        Ok(())
+    }
+
+    /// Writes what is queued (by [`Connection::send_corked`], say) now, from this thread,
+    /// unless another writer is at it, which then writes these bytes too. Never blocks on the
+    /// socket: what it does not take is left to the event loop, as with
+    /// [`Connection::send`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Connection::send`].
+    pub fn flush(&self) -> Result<(), TransportError> {
+        {
+            let mut out = self.lock_out();
+            if out.closed {
+                return Err(TransportError::Closed);
+            }
+            if out.buf.is_empty() || out.flushing || out.loop_flushes {
+                return Ok(());
+            }
+            out.flushing = true;
+        }
+        self.write_as_sender()
+    }
+
+    /// Writes the queue from a sending thread (which has set `flushing`), and leaves to the
+    /// loop what the socket did not take.
+    fn write_as_sender(&self) -> Result<(), TransportError> {
+        match self.write_queue() {
             Ok(FlushOutcome::Done) => Ok(()),
             Ok(FlushOutcome::Blocked) => {
                 self.post(ConnCommand::WantWrite);
@@ -396,7 +444,7 @@ impl Connection {
             }
             out.flushing = true;
         }
-        self.flush()
+        self.write_queue()
     }
 
     /// Loop side: writes what [`Connection::send_batched`] queued, unless another writer
@@ -413,7 +461,7 @@ impl Connection {
             }
             out.flushing = true;
         }
-        self.flush()
+        self.write_queue()
     }
 
     /// Loop side: the socket became writable while the loop owns flushing.
@@ -425,12 +473,12 @@ impl Connection {
             }
             out.flushing = true;
         }
-        self.flush()
+        self.write_queue()
     }
 
     /// Writes queued bytes until the queue is empty or the socket is full. The caller has set
     /// `flushing`; this clears it before returning.
-    fn flush(&self) -> io::Result<FlushOutcome> {
+    fn write_queue(&self) -> io::Result<FlushOutcome> {
         let mut batch = std::mem::take(&mut self.lock_out().buf);
         loop {
             let written = match write_until_blocked(&self.shared.stream, &batch) {
@@ -466,7 +514,8 @@ impl Connection {
     }
 
     /// Appends `bytes` to the queue (encrypted, with TLS); true if the caller must now write
-    /// (`WriteNow`: it became the flusher) or ask the loop to (`Batched`).
+    /// (`WriteNow`: it became the flusher) or ask the loop to (`Batched`); never for
+    /// `Corked`.
     fn enqueue(&self, bytes: &[u8], how: Enqueue) -> Result<bool, TransportError> {
         let mut session = self.shared.tls.as_deref().map(TlsLayer::lock);
         let mut out = self.lock_out();
@@ -484,6 +533,7 @@ impl Connection {
             Enqueue::WriteNow => out.flushing = true,
             Enqueue::Batched if out.flush_requested => return Ok(false),
             Enqueue::Batched => out.flush_requested = true,
+            Enqueue::Corked => return Ok(false),
         }
         Ok(true)
     }
@@ -513,11 +563,13 @@ impl Connection {
     }
 }
 
-/// Who writes bytes just queued: the sender at once, or the loop at the end of its turn.
+/// Who writes bytes just queued: the sender at once, the loop at the end of its turn, or
+/// whoever flushes next.
 #[derive(Debug, Clone, Copy)]
 enum Enqueue {
     WriteNow,
     Batched,
+    Corked,
 }
 
 /// Writes as much of `bytes` as the socket takes without blocking; returns how much it took.

@@ -23,6 +23,9 @@ enum Sending {
     Direct,
     /// `Connection::send_batched`: queued for the loop to write at the end of its turn.
     Batched,
+    /// `Connection::send_corked`, then `Connection::flush`: queued, then written by this
+    /// thread or whoever is writing already.
+    Corked,
 }
 
 impl Sending {
@@ -31,10 +34,14 @@ impl Sending {
             Sending::Direct => {
                 let _ = conn.send_frame(frame);
             }
-            Sending::Batched => {
+            Sending::Batched | Sending::Corked => {
                 let mut bytes = BytesMut::new();
                 frame.encode(&mut bytes, conn.limits()).unwrap();
-                let _ = conn.send_batched(&bytes);
+                if matches!(self, Sending::Batched) {
+                    let _ = conn.send_batched(&bytes);
+                } else if conn.send_corked(&bytes).is_ok() {
+                    let _ = conn.flush();
+                }
             }
         }
     }
@@ -178,7 +185,7 @@ fn a_large_frame_arriving_in_small_pieces_comes_back_whole() {
 
 #[test]
 fn writes_that_fill_the_socket_are_finished_by_the_loop() {
-    for sending in [Sending::Direct, Sending::Batched] {
+    for sending in [Sending::Direct, Sending::Batched, Sending::Corked] {
         let server = start_echo_with(0, sending);
         let mut stream = TcpStream::connect(server.addr).unwrap();
         let sent = frames(200, 64 * 1024); // 12.8 MiB each way: far beyond the socket buffers
@@ -193,7 +200,7 @@ fn writes_that_fill_the_socket_are_finished_by_the_loop() {
 
 #[test]
 fn many_threads_sending_on_one_connection_never_interleave_frames() {
-    for sending in [Sending::Direct, Sending::Batched] {
+    for sending in [Sending::Direct, Sending::Batched, Sending::Corked] {
         assert_threads_never_interleave(sending);
     }
 }

@@ -1,6 +1,6 @@
 //! The event loop's commands and timers over real sockets: adoptions that time out, handles
-//! that outlive their connection, handlers that pause after every frame, and deadlines so far
-//! off that `Instant + Duration` would overflow.
+//! that outlive their connection, handlers that pause after every frame, corked frames that
+//! wait for a flush, and deadlines so far off that `Instant + Duration` would overflow.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -334,4 +334,60 @@ fn a_timer_in_the_far_future_leaves_the_loop_serving() {
     assert_echoes(&mut peer, 1);
     let (_other, mut other_peer) = harness.adopt_echo(FrameLimits::default());
     assert_echoes(&mut other_peer, 2);
+}
+
+#[test]
+fn corked_frames_wait_for_a_flush_then_leave_together_in_order() {
+    let harness = Harness::new("corked");
+    let (conn, mut peer) = harness.adopt_echo(FrameLimits::default());
+    let frames: Vec<Frame> = (1..=100)
+        .map(|seq| Frame::request(seq, "Echo.Echo", 1, &b"corked"[..]))
+        .collect();
+    let mut total = 0;
+    for frame in &frames {
+        let bytes = encode(frame);
+        total += bytes.len();
+        conn.send_corked(&bytes).unwrap();
+    }
+
+    // Nobody was asked to write: the loop runs its turns (an adoption is a full turn) and
+    // the peer still sees nothing.
+    harness.sync();
+    assert_eq!(conn.queued_len(), total);
+    peer.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let early = peer.read(&mut [0u8; 64]);
+    assert!(
+        matches!(&early, Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
+        "corked bytes were written before the flush: {early:?}"
+    );
+
+    conn.flush().unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut decoder = FrameDecoder::new(FrameLimits::default());
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while got.len() < frames.len() {
+        let n = peer
+            .read(&mut buf)
+            .expect("the flushed frames arrive within 10 s");
+        assert!(n > 0, "closed after {} frames", got.len());
+        decoder.handle_bytes(&buf[..n]);
+        while let Some(frame) = decoder.poll_frame().unwrap() {
+            got.push(frame);
+        }
+    }
+    assert_eq!(got, frames);
+    assert_eq!(conn.queued_len(), 0);
+
+    conn.close();
+    assert!(matches!(
+        conn.send_corked(&encode(&frames[0])),
+        Err(rpc_transport::TransportError::Closed)
+    ));
+    assert!(matches!(
+        conn.flush(),
+        Err(rpc_transport::TransportError::Closed)
+    ));
 }
