@@ -3,8 +3,11 @@
 //!
 //! - `call_sequential/{raw_tcp,netrpc/postcard,netrpc/json,netrpc_inline/postcard}`: one
 //!   blocking round trip of `Arith.Multiply` (raw: 16 bytes out, 8 back) per iteration.
-//! - `call_pipelined/{raw_tcp,netrpc,netrpc_inline}/{conns}x{in_flight}`: 4,096 calls per
-//!   connection with that many in flight (`go_with`), raw pipelining with grouped writes.
+//! - `call_pipelined/{raw_tcp,netrpc,netrpc_inline,netrpc_inline_batch}/{conns}x{in_flight}`:
+//!   4,096 calls per connection with that many in flight, raw pipelining with grouped writes.
+//!   `netrpc` and `netrpc_inline` start each new call on its own (`go_with`) as one completes;
+//!   `netrpc_inline_batch` takes every completion that has arrived and starts as many calls in
+//!   one `Client::batch`, as the raw client writes as many requests as replies arrived.
 //!
 //! Everything runs on 127.0.0.1 in this process. `cargo bench --bench call -- --quick` is a
 //! fast smoke run; `cargo run --release --example loadgen` gives latency percentiles.
@@ -73,21 +76,33 @@ fn sequential(c: &mut Criterion) {
     group.finish();
 }
 
-/// Completes `total` calls on `client` with `inflight` outstanding.
-fn netrpc_exchange(client: &Client, total: usize, inflight: usize) {
+/// Completes `total` calls on `client` with `inflight` outstanding; with `batch`, the calls
+/// started on each wake-up go out in one `Client::batch`.
+fn netrpc_exchange(client: &Client, total: usize, inflight: usize, batch: bool) {
     let (done, completions) = done_channel::<i64>();
     let mut sent = 0;
-    while sent < inflight.min(total) {
-        client.go_with("Arith.Multiply", &ARGS, &done);
-        sent += 1;
-    }
-    for _ in 0..total {
-        let completion = completions.recv().unwrap();
-        assert_eq!(completion.result.unwrap(), 56);
-        if sent < total {
-            client.go_with("Arith.Multiply", &ARGS, &done);
-            sent += 1;
+    let start = |count: usize, sent: &mut usize| {
+        let count = count.min(total - *sent);
+        let batch = batch.then(|| client.batch());
+        for _ in 0..count {
+            match &batch {
+                Some(batch) => batch.go_with("Arith.Multiply", &ARGS, &done),
+                None => client.go_with("Arith.Multiply", &ARGS, &done),
+            };
         }
+        *sent += count;
+    };
+    start(inflight, &mut sent);
+    let mut received = 0;
+    while received < total {
+        let first = completions.recv().unwrap();
+        let mut completed = 0;
+        for completion in std::iter::once(first).chain(completions.try_iter()) {
+            assert_eq!(completion.result.unwrap(), 56);
+            completed += 1;
+        }
+        received += completed;
+        start(completed, &mut sent);
     }
 }
 
@@ -117,7 +132,11 @@ fn pipelined(c: &mut Criterion) {
                 })
             });
 
-            for (name, running) in [("netrpc", &pool), ("netrpc_inline", &inline)] {
+            for (name, running, batch) in [
+                ("netrpc", &pool, false),
+                ("netrpc_inline", &inline, false),
+                ("netrpc_inline_batch", &inline, true),
+            ] {
                 let clients: Vec<Client> = (0..conns)
                     .map(|_| dial(running, CodecKind::Postcard))
                     .collect();
@@ -126,7 +145,7 @@ fn pipelined(c: &mut Criterion) {
                         thread::scope(|scope| {
                             for client in &clients {
                                 scope.spawn(move || {
-                                    netrpc_exchange(client, CALLS_PER_CONN, inflight)
+                                    netrpc_exchange(client, CALLS_PER_CONN, inflight, batch)
                                 });
                             }
                         })
