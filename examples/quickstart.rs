@@ -5,8 +5,9 @@
 //!
 //! Run: `cargo run --example quickstart`
 //!
-//! Prints the server's address, a blocking call's reply, a `go` call's reply, the method's own
-//! error for a division by zero, and the same call made untyped.
+//! Prints the server's address, a blocking call's reply, a `go` call's reply, three `go` calls
+//! sent in one batch, the method's own error for a division by zero, and the same call made
+//! untyped.
 
 #[path = "support/arith.rs"]
 mod arith;
@@ -35,6 +36,22 @@ fn main() -> Result<(), Box<dyn Error>> {
     println!("go    Arith.Sum started as call #{}", pending.seq());
     let sum = pending.wait()?;
     println!("go    Arith.Sum({}, {}) = {sum}", args.a, args.b);
+
+    // A batch: go calls queued together and written in one system call when it is dropped.
+    let products: Vec<_> = {
+        let batch = arith.client().batch();
+        (1..=3)
+            .map(|b| {
+                (
+                    b,
+                    batch.go::<_, i64>(ArithClient::MULTIPLY, &Args { a: 7, b }),
+                )
+            })
+            .collect()
+    };
+    for (b, call) in products {
+        println!("batch Arith.Multiply(7, {b}) = {}", call.wait()?);
+    }
 
     // A method's own error travels back as a string (Go: ServerError).
     match arith.divide(&Args { a: 1, b: 0 }) {
