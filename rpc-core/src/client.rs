@@ -11,9 +11,11 @@
 //!  ◄─────────────── complete ──────── (decode, for `go`)
 //! ```
 //!
-//! A lone call's frame is written by its calling thread; calls made while others are in
-//! flight are batched and written by the event loop at the end of its turn (and the loop
-//! finishes any write the socket refused). Replies are matched by sequence id, so many threads
+//! A lone blocking call's frame is written by its calling thread; `go` calls, and blocking
+//! calls made while others are in flight, are batched and written by the event loop at the
+//! end of its turn (and the loop finishes any write the socket refused). Calls started in a
+//! [`crate::Batch`] (`batch.rs`) wait for the batch, which writes them from the caller's
+//! thread. Replies are matched by sequence id, so many threads
 //! share one connection and replies may arrive in any order. Settings and dialing live in
 //! `client_builder.rs`.
 
