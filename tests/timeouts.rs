@@ -60,6 +60,40 @@ fn a_go_call_times_out_at_its_deadline() {
 }
 
 #[test]
+fn go_calls_with_mixed_deadlines_each_time_out_at_their_own() {
+    // The loop keeps one timer per connection, at the earliest deadline; a call with a
+    // shorter timeout than those before it must move it, and the later ones must still fire.
+    let server = TestServer::start();
+    let client = server.client();
+    let started = Instant::now();
+    let long = client.go_timeout::<_, u64>("Probe.Block", &1u64, Duration::from_millis(600));
+    let short = client.go_timeout::<_, u64>("Probe.Block", &2u64, Duration::from_millis(100));
+    let short_result = short
+        .done()
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the short deadline completes its call");
+    assert!(
+        matches!(short_result, Err(RpcError::Timeout { .. })),
+        "{short_result:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "the short call waited for the long one's deadline: {:?}",
+        started.elapsed()
+    );
+    let long_result = long
+        .done()
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the long deadline completes its call");
+    assert!(
+        matches!(long_result, Err(RpcError::Timeout { .. })),
+        "{long_result:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(600));
+    server.release(2);
+}
+
+#[test]
 fn sixty_four_concurrent_callers_of_a_100ms_handler_finish_together() {
     let server = TestServer::start();
     let probe = ProbeClient::new(server.client());
