@@ -106,13 +106,23 @@ fn reliable_network_answers_every_arith_call_and_counts_them() {
     assert_eq!(arith.sum_go(&Args { a: 2, b: 3 }).wait().unwrap(), 5);
     let err = arith.divide(&Args { a: 1, b: 0 }).unwrap_err();
     assert!(err.is_method_error(), "{err:?}");
+    // A batch has nothing to cork on a simulated end: each call is sent as it starts.
+    let batched: Vec<_> = {
+        let batch = arith.client().batch();
+        (0..3i64)
+            .map(|i| batch.go::<_, i64>(ArithClient::SUM, &Args { a: i, b: 1 }))
+            .collect()
+    };
+    for (i, call) in (0i64..).zip(batched) {
+        assert_eq!(call.wait().unwrap(), i + 1);
+    }
 
-    assert_eq!(net.rpc_count("arith"), 12);
+    assert_eq!(net.rpc_count("arith"), 15);
     let stats = net.stats();
-    assert_eq!(stats.requests_sent, 12);
-    assert_eq!(stats.replies_delivered, 12);
+    assert_eq!(stats.requests_sent, 15);
+    assert_eq!(stats.replies_delivered, 15);
     assert_eq!(stats.requests_dropped + stats.replies_dropped, 0);
-    assert!(net.total_bytes() > 12 * 28, "at least a header per message");
+    assert!(net.total_bytes() > 15 * 28, "at least a header per message");
     let untyped: Result<i64, _> = arith.client().call("Arith.Nope", &Args { a: 1, b: 1 });
     assert!(matches!(untyped, Err(RpcError::UnknownMethod { .. })));
 }

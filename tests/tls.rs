@@ -117,16 +117,23 @@ fn calls_of_every_shape_work_over_tls() {
     for i in 0..100i64 {
         client.go_with("Arith.Multiply", &Args { a: i, b: 3 }, &done);
     }
-    let mut products: Vec<i64> = (0..100)
+    {
+        // Corked frames are encrypted as they are queued, and written with the batch.
+        let batch = client.batch();
+        for i in 100..200i64 {
+            batch.go_with("Arith.Multiply", &Args { a: i, b: 3 }, &done);
+        }
+    }
+    let mut products: Vec<i64> = (0..200)
         .map(|_| {
             let completion = completions
                 .recv_timeout(Duration::from_secs(10))
-                .expect("each of 100 go calls completes within 10 s");
+                .expect("each of 200 go calls completes within 10 s");
             completion.result.unwrap()
         })
         .collect();
     products.sort_unstable();
-    assert_eq!(products, (0..100).map(|i| i * 3).collect::<Vec<_>>());
+    assert_eq!(products, (0..200).map(|i| i * 3).collect::<Vec<_>>());
 
     drop((arith, client));
     assert_eq!(server.server.stats().tls_errors, 0);
