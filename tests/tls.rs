@@ -18,6 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use certs::{Authority, Identity};
+use netrpc::cluster::{Distributor, Multicast};
 use netrpc::tls::rustls::{self, AlertDescription, CertificateError};
 use netrpc::tls::{self, ClientTls};
 use netrpc::transport::{FrameLimits, TransportError};
@@ -479,4 +480,47 @@ fn read_until_closed(raw: &mut TcpStream) -> Vec<u8> {
             Err(err) => panic!("the server did not close the connection within 5 s: {err}"),
         }
     }
+}
+
+#[test]
+fn multicast_and_distributor_dial_over_mutual_tls_with_a_client_template() {
+    let pki = Pki::new();
+    let servers = [
+        pki.serve(true, Server::builder()),
+        pki.serve(true, Server::builder()),
+    ];
+    let hosts: Vec<String> = servers.iter().map(|s| s.addr().to_string()).collect();
+    let template = || bounded_builder().tls(pki.client_tls(&pki.ca, Some(&pki.client)));
+
+    let group = Multicast::new(hosts.clone()).client(template());
+    for answer in group.call::<_, i64>("Arith.Sum", &Args { a: 40, b: 2 }) {
+        assert_eq!(
+            answer.outcome.ack(),
+            Some(&42),
+            "{}: {:?}",
+            answer.host,
+            answer.outcome
+        );
+    }
+
+    let tasks: Vec<Args> = (0..20).map(|a| Args { a, b: 3 }).collect();
+    let run = Distributor::new(hosts)
+        .client(template())
+        .run::<_, i64>("Arith.Multiply", &tasks);
+    assert!(run.dead_workers.is_empty(), "{:?}", run.dead_workers);
+    for (a, task) in (0i64..).zip(&run.results) {
+        assert_eq!(task.result.as_ref().ok(), Some(&(a * 3)), "{task:?}");
+    }
+    for server in &servers {
+        assert_eq!(server.server.stats().tls_errors, 0);
+    }
+
+    // Without the template, the group dials plaintext, which a TLS server refuses.
+    let plain = Multicast::new([servers[0].addr().to_string()]);
+    let answers = plain.call::<_, i64>("Arith.Sum", &Args { a: 1, b: 1 });
+    assert!(
+        answers[0].outcome.error().is_some(),
+        "{:?}",
+        answers[0].outcome
+    );
 }

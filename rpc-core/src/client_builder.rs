@@ -136,9 +136,10 @@ impl ClientBuilder {
         self
     }
 
-    /// The connect timeout set so far (for dialers in other files, such as HTTP CONNECT).
-    pub(crate) fn connect_timeout_setting(&self) -> Duration {
-        self.config.connect_timeout
+    /// The settings so far (for dialers in other files, such as HTTP CONNECT and the
+    /// cluster patterns, that read a timeout before dialing).
+    pub(crate) fn settings(&self) -> &ClientConfig {
+        &self.config
     }
 
     /// Connects to `addr` (Go: `rpc.Dial`), trying each address it resolves to.

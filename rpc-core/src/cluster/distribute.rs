@@ -37,20 +37,16 @@ use serde::Serialize;
 
 use crate::call::{done_channel, Completion, DoneSender};
 use crate::client::Client;
-use crate::client_builder::{
-    DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_PENDING_CALLS,
-};
+use crate::client_builder::ClientBuilder;
 use crate::error::RpcError;
 
 /// Distributes tasks over a fixed set of workers, round robin, with failover.
 #[derive(Debug, Clone)]
 pub struct Distributor {
     workers: Vec<String>,
-    codec: CodecKind,
-    call_timeout: Duration,
-    connect_timeout: Duration,
+    /// What every worker's client is dialed with.
+    client: ClientBuilder,
     max_in_flight_per_worker: usize,
-    max_pending_calls: usize,
 }
 
 /// Default cap on tasks in flight on one worker.
@@ -136,11 +132,8 @@ impl Distributor {
     {
         Distributor {
             workers: workers.into_iter().map(Into::into).collect(),
-            codec: CodecKind::Postcard,
-            call_timeout: DEFAULT_CALL_TIMEOUT,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            client: ClientBuilder::default(),
             max_in_flight_per_worker: DEFAULT_MAX_IN_FLIGHT_PER_WORKER,
-            max_pending_calls: DEFAULT_MAX_PENDING_CALLS,
         }
     }
 
@@ -157,25 +150,33 @@ impl Distributor {
     /// [`DEFAULT_MAX_PENDING_CALLS`]; see [`crate::ClientConfig::max_pending_calls`]). A
     /// worker's window never exceeds it.
     pub fn max_pending_calls(mut self, count: usize) -> Self {
-        self.max_pending_calls = count.max(1);
+        self.client = self.client.max_pending_calls(count);
         self
     }
 
     /// Sets the codec.
     pub fn codec(mut self, codec: CodecKind) -> Self {
-        self.codec = codec;
+        self.client = self.client.codec(codec);
         self
     }
 
     /// Sets the deadline of each task's call; a worker that misses it is treated as failed.
     pub fn call_timeout(mut self, timeout: Duration) -> Self {
-        self.call_timeout = timeout;
+        self.client = self.client.call_timeout(timeout);
         self
     }
 
     /// Sets how long dialing a worker may take.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.client = self.client.connect_timeout(timeout);
+        self
+    }
+
+    /// Dials every worker with `client`: TLS, middleware, limits, codec, timeouts, anything a
+    /// [`ClientBuilder`] sets. Replaces the settings of the four setters above, which apply
+    /// to it in turn when called after this.
+    pub fn client(mut self, client: ClientBuilder) -> Self {
+        self.client = client;
         self
     }
 
@@ -245,7 +246,7 @@ impl Distributor {
                     worker.throttled(now);
                     sending.attempts[task] -= 1;
                     let since = *first_throttled[task].get_or_insert(now);
-                    if now.duration_since(since) < self.call_timeout {
+                    if now.duration_since(since) < self.client.settings().call_timeout {
                         sending.waiting.push_front(task);
                     } else {
                         results[task] = Some(TaskResult {
@@ -297,12 +298,7 @@ impl Distributor {
     }
 
     fn dial<R>(&self, addr: &str) -> Result<Worker<R>, RpcError> {
-        let client = Client::builder()
-            .codec(self.codec)
-            .connect_timeout(self.connect_timeout)
-            .call_timeout(self.call_timeout)
-            .max_pending_calls(self.max_pending_calls)
-            .dial(addr)?;
+        let client = self.client.clone().dial(addr)?;
         let (done, completions) = done_channel();
         // More calls than the client may have pending would be refused `Throttled` unsent.
         let max_window = self

@@ -31,6 +31,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::client::Client;
+use crate::client_builder::ClientBuilder;
 use crate::error::RpcError;
 
 /// Default overall deadline of a multicast: 5 seconds.
@@ -54,7 +55,8 @@ pub struct Multicast {
     hosts: Vec<String>,
     deadline: Duration,
     fail_limit: Option<usize>,
-    codec: CodecKind,
+    /// What every host's client is dialed with (its connect timeout is cut to the deadline).
+    client: ClientBuilder,
     /// Connections kept between multicasts, by host; threads add the ones they dial.
     clients: Arc<Mutex<HashMap<String, Client>>>,
 }
@@ -114,7 +116,7 @@ impl Multicast {
             hosts: hosts.into_iter().map(Into::into).collect(),
             deadline: DEFAULT_MULTICAST_DEADLINE,
             fail_limit: None,
-            codec: CodecKind::Postcard,
+            client: ClientBuilder::default(),
             clients: Arc::default(),
         }
     }
@@ -136,7 +138,15 @@ impl Multicast {
 
     /// Sets the codec of the connections this group dials.
     pub fn codec(mut self, codec: CodecKind) -> Self {
-        self.codec = codec;
+        self.client = self.client.codec(codec);
+        self
+    }
+
+    /// Dials every host with `client`: TLS, middleware, limits, codec, anything a
+    /// [`ClientBuilder`] sets. Each dial and call still ends by the multicast's deadline,
+    /// whichever of the two timeouts is shorter.
+    pub fn client(mut self, client: ClientBuilder) -> Self {
+        self.client = client;
         self
     }
 
@@ -214,7 +224,7 @@ impl Multicast {
         HostCall {
             host: host.to_owned(),
             clients: Arc::clone(&self.clients),
-            codec: self.codec,
+            client: self.client.clone(),
             deadline,
             method: method.to_owned(),
         }
@@ -227,7 +237,7 @@ impl fmt::Debug for Multicast {
             .field("hosts", &self.hosts)
             .field("deadline", &self.deadline)
             .field("fail_limit", &self.fail_limit)
-            .field("codec", &self.codec)
+            .field("client", &self.client)
             .finish_non_exhaustive()
     }
 }
@@ -326,7 +336,7 @@ impl<R> fmt::Debug for AckStream<R> {
 struct HostCall {
     host: String,
     clients: Arc<Mutex<HashMap<String, Client>>>,
-    codec: CodecKind,
+    client: ClientBuilder,
     deadline: Instant,
     method: String,
 }
@@ -349,9 +359,13 @@ impl HostCall {
                 return Ok(client.clone());
             }
         }
-        let client = Client::builder()
-            .codec(self.codec)
-            .connect_timeout(self.remaining()?)
+        let connect = self
+            .remaining()?
+            .min(self.client.settings().connect_timeout);
+        let client = self
+            .client
+            .clone()
+            .connect_timeout(connect)
             .dial(self.host.as_str())?;
         lock(&self.clients).insert(self.host.clone(), client.clone());
         Ok(client)

@@ -67,7 +67,7 @@ impl ClientBuilder {
                 detail,
             )));
         }
-        let deadline = deadline_after(Instant::now(), self.connect_timeout_setting());
+        let deadline = deadline_after(Instant::now(), self.settings().connect_timeout);
         let mut last_error = None;
         for candidate in addr.to_socket_addrs().map_err(unreachable)? {
             let remaining = time_left(deadline).map_err(unreachable)?;
