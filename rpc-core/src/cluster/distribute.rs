@@ -147,7 +147,7 @@ impl Distributor {
     }
 
     /// Sets the cap on pending calls of the client dialed to each worker (default
-    /// [`DEFAULT_MAX_PENDING_CALLS`]; see [`crate::ClientConfig::max_pending_calls`]). A
+    /// [`crate::DEFAULT_MAX_PENDING_CALLS`]; see [`crate::ClientConfig::max_pending_calls`]). A
     /// worker's window never exceeds it.
     pub fn max_pending_calls(mut self, count: usize) -> Self {
         self.client = self.client.max_pending_calls(count);
