@@ -1,4 +1,5 @@
-//! Blocking calls: many threads on one client, many clients, several services, both codecs.
+//! Blocking calls: many threads on one client (reading replies themselves, beside `go` calls),
+//! many clients, several services, both codecs.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -60,6 +61,53 @@ fn eight_threads_sharing_one_client_each_get_their_own_replies() {
         thread.join().expect("caller thread finished");
     }
     assert_eq!(arith.client().pending_calls(), 0);
+}
+
+#[test]
+fn blocking_callers_reading_replies_themselves_complete_go_calls_too_and_lose_none() {
+    // A blocking caller reads the connection itself while nobody else does, and hands the
+    // reading back to the loop after: every reply it reads, its own or a `go` call's, must
+    // reach its call, and readiness arriving during a hand-over must not be lost (a lost one
+    // would leave a call waiting for its 5 s deadline).
+    let server = TestServer::start();
+    let client = Client::builder()
+        .call_timeout(Duration::from_secs(5))
+        .dial(server.addr())
+        .unwrap();
+    let started = std::time::Instant::now();
+    let threads: Vec<_> = (0..6i64)
+        .map(|t| {
+            let client = client.clone();
+            thread::spawn(move || {
+                let (done, completions) = netrpc::done_channel::<i64>();
+                for i in 0..500i64 {
+                    let a = t * 1_000_000 + i;
+                    if t % 2 == 0 {
+                        client.go_with("Arith.Multiply", &Args { a, b: 5 }, &done);
+                    }
+                    let product: i64 = client.call("Arith.Multiply", &Args { a, b: 3 }).unwrap();
+                    assert_eq!(product, a * 3, "thread {t} call {i}");
+                }
+                let go_calls = if t % 2 == 0 { 500 } else { 0 };
+                let mut sum = 0;
+                for _ in 0..go_calls {
+                    let completion = completions.recv_timeout(Duration::from_secs(10)).unwrap();
+                    sum += completion.result.unwrap();
+                }
+                let want: i64 = (0..go_calls).map(|i| (t * 1_000_000 + i) * 5).sum();
+                assert_eq!(sum, want, "thread {t}: every go call completed once");
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("caller thread finished");
+    }
+    assert_eq!(client.pending_calls(), 0);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a call waited for its deadline: {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]

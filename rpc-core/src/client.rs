@@ -29,14 +29,14 @@ use bytes::{Bytes, BytesMut};
 use crossbeam_channel::Receiver;
 use rpc_codec::{Codec, CodecError, CodecKind};
 use rpc_transport::clock::deadline_after;
-use rpc_transport::{Frame, FrameBuilder, FrameHead, FrameKind};
+use rpc_transport::{Frame, FrameBuilder, FrameHead, FrameKind, ReadHere};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::call::{Call, Completion, DoneSender};
 use crate::catch_panic::catch_panic;
 use crate::client_builder::{ClientBuilder, ClientConfig};
-use crate::client_conn::lock;
+use crate::client_conn::{handle_reply_frame, lock};
 use crate::error::RpcError;
 use crate::link::Link;
 use crate::middleware::{run_after_call, run_before_call, CallRecord};
@@ -155,7 +155,7 @@ impl Client {
                 let _ = done_tx.send(result);
             }),
         );
-        let Some(outcome) = await_outcome(&self.inner.pending, seq, &done_rx, timeout) else {
+        let Some(outcome) = self.await_outcome(seq, &done_rx, timeout) else {
             self.send_cancel(seq);
             return Err(RpcError::Timeout { after: timeout });
         };
@@ -475,17 +475,60 @@ impl Drop for ClientInner {
     }
 }
 
-/// Waits until `timeout` for the outcome of the blocking call `seq`. `None`: the deadline
-/// passed with the call still pending, and it is now taken out of the table (the caller tells
-/// the server). A reply that wins the race against the deadline is never lost: its completer
-/// was taken from the table and is sending it right now, so this waits for it.
-fn await_outcome(
+impl Client {
+    /// Waits until `timeout` for the outcome of the blocking call `seq`, reading the reply
+    /// on this thread when nobody else is reading the connection (no hand-off from the
+    /// loop: the latency of a blocking socket read), otherwise from the loop through `done`.
+    /// `None` as [`finish_waiting`].
+    fn await_outcome(
+        &self,
+        seq: u64,
+        done: &Receiver<Result<Frame, RpcError>>,
+        timeout: Duration,
+    ) -> Option<Result<Frame, RpcError>> {
+        let deadline = deadline_after(Instant::now(), timeout);
+        let pending = &*self.inner.pending;
+        let conn = &self.inner.conn;
+        let arrived = || !done.is_empty();
+        loop {
+            if let Ok(outcome) = done.try_recv() {
+                return Some(outcome);
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            let read = conn.read_here(deadline, &arrived, &mut |frame| {
+                if let Some(answer) = handle_reply_frame(pending, frame) {
+                    let _ = conn.send_frame(&answer);
+                }
+            });
+            if read == ReadHere::Elsewhere {
+                break;
+            }
+        }
+        finish_waiting(
+            pending,
+            seq,
+            done,
+            deadline.saturating_duration_since(Instant::now()),
+            timeout,
+        )
+    }
+}
+
+/// Waits up to `remaining` for the outcome of the blocking call `seq`, which has a deadline
+/// of `timeout`. `None`: the deadline passed with the call still pending, and it is now taken
+/// out of the table (the caller tells the server). A reply that wins the race against the
+/// deadline is never lost: its completer was taken from the table and is sending it right
+/// now, so this waits for it.
+fn finish_waiting(
     pending: &Mutex<PendingCalls>,
     seq: u64,
     done: &Receiver<Result<Frame, RpcError>>,
+    remaining: Duration,
     timeout: Duration,
 ) -> Option<Result<Frame, RpcError>> {
-    if let Ok(outcome) = done.recv_timeout(timeout) {
+    if let Ok(outcome) = done.recv_timeout(remaining) {
         return Some(outcome);
     }
     if lock(pending).remove(seq).is_some() {
@@ -573,7 +616,13 @@ mod tests {
             std::thread::sleep(Duration::from_millis(100));
             complete(Ok(Frame::new(FrameKind::Response, 1)));
         });
-        let outcome = await_outcome(&pending, 1, &done_rx, Duration::from_millis(10));
+        let outcome = finish_waiting(
+            &pending,
+            1,
+            &done_rx,
+            Duration::from_millis(10),
+            Duration::from_millis(10),
+        );
         completing.join().unwrap();
         let frame = outcome
             .expect("not abandoned")
@@ -584,7 +633,14 @@ mod tests {
     #[test]
     fn a_call_still_pending_at_its_deadline_is_taken_out_of_the_table() {
         let (pending, done_rx) = one_pending_call();
-        assert!(await_outcome(&pending, 1, &done_rx, Duration::from_millis(10)).is_none());
+        assert!(finish_waiting(
+            &pending,
+            1,
+            &done_rx,
+            Duration::from_millis(10),
+            Duration::from_millis(10)
+        )
+        .is_none());
         assert_eq!(lock(&pending).len(), 0);
     }
 

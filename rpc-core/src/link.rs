@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use rpc_transport::{Connection, Frame, TransportError};
+use rpc_transport::{Connection, Frame, ReadHere, TransportError};
 
 use crate::sim::SimLink;
 
@@ -52,6 +52,21 @@ impl Link {
         match self {
             Link::Socket(conn) => conn.flush(),
             Link::Sim(_) => Ok(()),
+        }
+    }
+
+    /// Reads the connection on this thread until a frame arrives, `deadline` passes or
+    /// `stop` says so (see [`Connection::read_here`]); a simulated end is always read
+    /// elsewhere.
+    pub(crate) fn read_here(
+        &self,
+        deadline: Instant,
+        stop: &dyn Fn() -> bool,
+        on_frame: &mut dyn FnMut(Frame),
+    ) -> ReadHere {
+        match self {
+            Link::Socket(conn) => conn.read_here(deadline, stop, on_frame),
+            Link::Sim(_) => ReadHere::Elsewhere,
         }
     }
 

@@ -1,7 +1,9 @@
 //! The event loop: one thread, one `mio::Poll`, many connections, never blocking.
 //!
-//! The loop owns every socket's read side, its frame decoder and its [`FrameHandler`]. Other
-//! threads reach it through a [`LoopHandle`] (`loop_handle.rs`): a command channel plus a
+//! The loop owns every socket's read side and its [`FrameHandler`]; the frame decoder lives
+//! in the connection, since a caller waiting for a reply may take a turn at reading the
+//! socket itself (`read_turn.rs`), and the loop then keeps off it. Other threads reach the
+//! loop through a [`LoopHandle`] (`loop_handle.rs`): a command channel plus a
 //! `mio::Waker`. Each turn
 //! of the loop waits for readiness (or the next timer), then:
 //!
@@ -40,6 +42,7 @@ use crate::error::TransportError;
 use crate::handler::{CloseReason, EofAction, FrameHandler};
 use crate::limits::FrameLimits;
 use crate::loop_handle::{Acceptor, Command, ConnCommand, ConnKey, LoopHandle, MakeHandler};
+use crate::read_turn::HandedBack;
 
 /// Starts an event loop on a new thread named `name`.
 ///
@@ -110,8 +113,9 @@ struct EventLoop {
 }
 
 struct Slot {
+    /// The connection; its decoder lives in it too (`read_turn.rs`), since a waiting caller
+    /// may read the socket in the loop's stead.
     conn: Connection,
-    decoder: FrameDecoder,
     handler: Box<dyn FrameHandler>,
     write_interest: bool,
     /// Why the connection is closing, once known, for when the close completes.
@@ -243,8 +247,25 @@ impl EventLoop {
     }
 
     /// Reads a ready (or resumed) connection until `WouldBlock`, handing whole frames to its
-    /// handler, and acts on how the reading ended.
+    /// handler, and acts on how the reading ended. Skipped while a caller reads the
+    /// connection itself (`read_turn.rs`): it reads again before it gives the turn back.
     fn read_ready(&mut self, index: usize) {
+        let Some(conn) = self
+            .slots
+            .get(index)
+            .and_then(Option::as_ref)
+            .map(|s| s.conn.clone())
+        else {
+            return; // spurious or stale event
+        };
+        if conn.read_side().begin_loop() {
+            self.read_in_turn(index);
+            conn.read_side().end_loop();
+        }
+    }
+
+    /// [`EventLoop::read_ready`] with the read turn taken.
+    fn read_in_turn(&mut self, index: usize) {
         // One pass per round of reading. A pause that follows progress (a frame delivered or
         // bytes read) asks the handler again at once: its reason may already be gone, and a
         // `resume_reading` sent meanwhile may have found the connection not yet paused. A
@@ -264,9 +285,16 @@ impl EventLoop {
             let mut frame_done = false;
             let mut bytes_read = false;
             let mut tls_records = false;
+            let mut inbox = conn.read_side().inbox();
             let outcome = loop {
+                // What a caller reading this connection left for the loop goes first.
+                match inbox.handed_back.take() {
+                    Some(HandedBack::FrameError(err)) => break ReadOutcome::FrameError(err),
+                    Some(HandedBack::Failed(err)) => break ReadOutcome::Failed(err),
+                    Some(HandedBack::Eof) | None => {}
+                }
                 // Frames left in the decoder by an earlier pause go first.
-                match deliver_frames(slot) {
+                match deliver_frames(&mut slot.handler, &conn, &mut inbox.decoder) {
                     Ok(Delivered::All(count)) => frame_done |= count > 0,
                     Ok(Delivered::Paused(count)) => {
                         frame_done |= count > 0;
@@ -278,7 +306,7 @@ impl EventLoop {
                     Ok(0) => break ReadOutcome::Eof,
                     Ok(n) => {
                         bytes_read = true;
-                        match conn.handle_read(&self.scratch[..n], &mut slot.decoder) {
+                        match conn.handle_read(&self.scratch[..n], &mut inbox.decoder) {
                             Ok(queued) => tls_records |= queued,
                             Err(err) => break ReadOutcome::TlsFailed(err),
                         }
@@ -290,6 +318,7 @@ impl EventLoop {
                     Err(err) => break ReadOutcome::Failed(err.into()),
                 }
             };
+            drop(inbox);
             let restart_clock = frame_done || slot.frame_started.is_none();
             if tls_records {
                 // Handshake messages or an alert: nobody else may write them.
@@ -311,7 +340,7 @@ impl EventLoop {
                     let reason = CloseReason::Error(TransportError::TlsHandshakeClosed);
                     self.close_slot(index, reason);
                 }
-                ReadOutcome::Eof => match slot.decoder.handle_eof() {
+                ReadOutcome::Eof => match conn.read_side().inbox().decoder.handle_eof() {
                     Err(err) => self.close_slot(index, CloseReason::Error(err)),
                     Ok(()) => {
                         if slot.handler.handle_eof(&slot.conn) == EofAction::Close {
@@ -364,13 +393,13 @@ impl EventLoop {
         let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
             return;
         };
-        if !slot.decoder.is_mid_frame() {
+        if !slot.conn.read_side().inbox().decoder.is_mid_frame() {
             slot.frame_started = None;
             return;
         }
         let now = Instant::now();
         slot.frame_started = Some(now);
-        if let Some(timeout) = slot.decoder.limits().frame_timeout {
+        if let Some(timeout) = slot.conn.limits().frame_timeout {
             // `deadline_after`: a timeout of `Duration::MAX` ("no limit") must not overflow.
             let at = deadline_after(now, timeout);
             let key = slot.conn.key();
@@ -491,6 +520,7 @@ impl EventLoop {
             ConnCommand::Flush => self.flush_requested(index),
             ConnCommand::Close => self.close_slot_with_pending_reason(index),
             ConnCommand::ResumeReading => self.resume_reading(index),
+            ConnCommand::ReadAgain => self.read_ready(index),
             ConnCommand::Timer(at) => self.timers.push(Reverse((at, key, LoopTimer::Handler))),
         }
     }
@@ -523,7 +553,6 @@ impl EventLoop {
         let handler = make_handler(&conn);
         let slot = Slot {
             conn: conn.clone(),
-            decoder: FrameDecoder::new(limits),
             handler,
             write_interest: false,
             close_reason: None,
@@ -549,7 +578,7 @@ impl EventLoop {
         let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
             return;
         };
-        if let Some(timeout) = slot.decoder.limits().frame_timeout {
+        if let Some(timeout) = slot.conn.limits().frame_timeout {
             let at = deadline_after(Instant::now(), timeout);
             let key = slot.conn.key();
             self.timers
@@ -598,7 +627,7 @@ impl EventLoop {
                     }
                 }
                 LoopTimer::FrameDeadline => {
-                    let timeout = slot.decoder.limits().frame_timeout;
+                    let timeout = slot.conn.limits().frame_timeout;
                     let expired = matches!(
                         (slot.frame_started, timeout),
                         (Some(started), Some(timeout)) if deadline_after(started, timeout) <= now
@@ -622,10 +651,9 @@ impl EventLoop {
                 }
                 LoopTimer::CloseGrace => self.close_slot_with_pending_reason(index),
                 LoopTimer::HandshakeDeadline => {
-                    if let (true, Some(after)) = (
-                        slot.conn.is_handshaking(),
-                        slot.decoder.limits().frame_timeout,
-                    ) {
+                    if let (true, Some(after)) =
+                        (slot.conn.is_handshaking(), slot.conn.limits().frame_timeout)
+                    {
                         let reason = TransportError::TlsHandshakeTimeout { after };
                         self.close_slot(index, CloseReason::Error(reason));
                     }
@@ -704,17 +732,21 @@ enum Delivered {
 /// Hands the whole frames buffered in the decoder to the handler, asking before each one
 /// whether it wants reading paused: one read can hold hundreds of small requests, and each
 /// may add a reply to the connection's queue.
-fn deliver_frames(slot: &mut Slot) -> Result<Delivered, TransportError> {
+fn deliver_frames(
+    handler: &mut Box<dyn FrameHandler>,
+    conn: &Connection,
+    decoder: &mut FrameDecoder,
+) -> Result<Delivered, TransportError> {
     let mut delivered = 0;
     loop {
-        if slot.handler.pause_reading(&slot.conn) {
-            slot.conn.set_read_paused(true);
+        if handler.pause_reading(conn) {
+            conn.set_read_paused(true);
             return Ok(Delivered::Paused(delivered));
         }
-        let Some(frame) = slot.decoder.poll_frame()? else {
+        let Some(frame) = decoder.poll_frame()? else {
             return Ok(Delivered::All(delivered));
         };
-        slot.handler.handle_frame(&slot.conn, frame);
+        handler.handle_frame(conn, frame);
         delivered += 1;
     }
 }

@@ -53,6 +53,7 @@ pub mod header;
 pub mod limits;
 pub mod loop_handle;
 pub mod metadata;
+mod read_turn;
 pub mod tls;
 
 pub use connection::Connection;
@@ -68,3 +69,4 @@ pub use limits::{
 };
 pub use loop_handle::{Acceptor, LoopHandle, MakeHandler};
 pub use metadata::{Metadata, MetadataBuilder, MetadataError, MetadataIter};
+pub use read_turn::ReadHere;

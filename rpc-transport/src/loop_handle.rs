@@ -256,6 +256,8 @@ pub(crate) enum ConnCommand {
     Close,
     /// Read the connection again if its handler had paused it.
     ResumeReading,
+    /// Read the connection now: a caller that read it handed something back.
+    ReadAgain,
     /// Call the handler's `handle_timer` at this moment.
     Timer(Instant),
 }

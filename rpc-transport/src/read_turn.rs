@@ -1,0 +1,400 @@
+//! `ReadSide`: a connection's frame decoder, and whose turn it is to read the socket.
+//!
+//! The event loop reads every connection. A thread that waits for a reply on a client
+//! connection may take a turn and read the reply itself ([`crate::Connection::read_here`]):
+//! its reply then reaches it with no wake-up of the loop and no hand-off between threads,
+//! the way a blocking socket read does. Whoever has the turn owns the decoder; the other
+//! keeps off the socket.
+//!
+//! ```text
+//!   FREE ──loop takes──► LOOP ──loop done──► FREE
+//!   FREE ──caller takes─► CALLER ──caller done──► FREE
+//! ```
+//!
+//! Readiness the loop sees during a caller's turn is not lost: the loop marks it `missed`,
+//! and a caller ending its turn with `missed` set reads again (or, if the loop has taken the
+//! turn meanwhile, leaves the reading to it). What a caller cannot act on itself (end of
+//! stream, a socket error, bytes that break the frame format, half a frame whose timeout the
+//! loop must watch) it hands back for the loop, which then reads once more.
+
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+
+use crate::decoder::FrameDecoder;
+use crate::error::TransportError;
+use crate::frame::Frame;
+use crate::limits::FrameLimits;
+
+/// What [`crate::Connection::read_here`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadHere {
+    /// This many frames arrived and were handed over (at least one).
+    Frames(usize),
+    /// Nothing arrived before the deadline, or `stop` said to stop waiting.
+    Nothing,
+    /// The loop or another caller is reading the connection now, or it cannot be read from
+    /// here (a TLS connection, no poller to be had): wait for what the loop delivers.
+    Elsewhere,
+}
+
+/// A connection's decoder and read turn, shared by the loop and waiting callers.
+#[derive(Debug)]
+pub(crate) struct ReadSide {
+    turn: AtomicU8,
+    /// The loop saw readiness while a caller had the turn.
+    missed: AtomicBool,
+    inbox: Mutex<Inbox>,
+    /// A caller's own poller on this socket, made on the first caller turn; `None` if it
+    /// could not be made (out of file descriptors), and callers then leave reading to the
+    /// loop.
+    caller_poll: OnceLock<Option<Mutex<CallerPoll>>>,
+}
+
+/// The decoder, and what a caller left for the loop.
+#[derive(Debug)]
+pub(crate) struct Inbox {
+    pub(crate) decoder: FrameDecoder,
+    /// How a caller's turn ended that only the loop can act on.
+    pub(crate) handed_back: Option<HandedBack>,
+}
+
+/// What a caller met and left for the loop.
+#[derive(Debug)]
+pub(crate) enum HandedBack {
+    /// The peer's bytes broke the frame format; the decoder is failed.
+    FrameError(TransportError),
+    /// The socket failed.
+    Failed(TransportError),
+    /// The peer closed its side; the loop's next read sees it again.
+    Eof,
+}
+
+#[derive(Debug)]
+struct CallerPoll {
+    poll: Poll,
+    events: Events,
+}
+
+/// Whose turn it is.
+const FREE: u8 = 0;
+const LOOP: u8 = 1;
+const CALLER: u8 = 2;
+
+/// The longest a caller sleeps in one wait before looking at its `stop` condition again: a
+/// guard, since every way its wait can end (a reply, a close) also wakes its poller.
+const CALLER_WAIT_SLICE: Duration = Duration::from_millis(100);
+
+/// Bytes a caller reads per system call.
+const CALLER_READ_CHUNK: usize = 16 * 1024;
+
+impl ReadSide {
+    pub(crate) fn new(limits: FrameLimits) -> ReadSide {
+        ReadSide {
+            turn: AtomicU8::new(FREE),
+            missed: AtomicBool::new(false),
+            inbox: Mutex::new(Inbox {
+                decoder: FrameDecoder::new(limits),
+                handed_back: None,
+            }),
+            caller_poll: OnceLock::new(),
+        }
+    }
+
+    /// The decoder and hand-backs. Only the holder of the turn reads or feeds the decoder;
+    /// others may look (the loop's frame clock asks whether a frame is half read).
+    pub(crate) fn inbox(&self) -> MutexGuard<'_, Inbox> {
+        // Every update is one call into the decoder or one assignment: a panic elsewhere
+        // leaves nothing half done.
+        self.inbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Loop side: takes the turn; false if a caller has it (the caller then reads again
+    /// before it gives the turn back, so this readiness is not lost).
+    pub(crate) fn begin_loop(&self) -> bool {
+        loop {
+            if self
+                .turn
+                .compare_exchange(FREE, LOOP, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                return true;
+            }
+            self.missed.store(true, Ordering::SeqCst);
+            // The caller may have given the turn back before it could see `missed`.
+            if self.turn.load(Ordering::SeqCst) == CALLER {
+                return false;
+            }
+        }
+    }
+
+    /// Loop side: gives the turn back.
+    pub(crate) fn end_loop(&self) {
+        self.turn.store(FREE, Ordering::SeqCst);
+    }
+
+    /// Caller side: takes the turn if nobody has it.
+    fn begin_caller(&self) -> bool {
+        self.turn
+            .compare_exchange(FREE, CALLER, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
+    /// Caller side: reads `stream` on this thread until at least one frame has gone to
+    /// `on_frame`, `deadline` passes, or `stop` returns true. Returns what happened, and
+    /// whether the loop must read the connection now (something was handed back to it).
+    pub(crate) fn read_here(
+        &self,
+        stream: &TcpStream,
+        deadline: Instant,
+        stop: &dyn Fn() -> bool,
+        on_frame: &mut dyn FnMut(Frame),
+    ) -> (ReadHere, bool) {
+        let Some(poller) = self.caller_poll.get_or_init(|| new_poller(stream)) else {
+            return (ReadHere::Elsewhere, false);
+        };
+        if !self.begin_caller() {
+            return (ReadHere::Elsewhere, false);
+        }
+        if self.inbox().handed_back.is_some() {
+            // The loop has yet to act on what an earlier turn left it: it reads next.
+            let _ = self.end_caller(stream, on_frame, &mut 0);
+            return (ReadHere::Elsewhere, true);
+        }
+        let mut poller = poller.lock().unwrap_or_else(|p| p.into_inner());
+        let mut delivered = 0;
+        let mut hand_back = false;
+        loop {
+            match self.drain(stream, on_frame) {
+                Drain::Frames(count) => delivered += count,
+                Drain::HandBack(count) => {
+                    delivered += count;
+                    hand_back = true;
+                    break;
+                }
+            }
+            if delivered > 0 || stop() {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let wait = deadline.duration_since(now).min(CALLER_WAIT_SLICE);
+            let CallerPoll { poll, events } = &mut *poller;
+            match poll.poll(events, Some(wait)) {
+                Ok(()) => {}
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    hand_back = true;
+                    break;
+                }
+            }
+        }
+        drop(poller);
+        let hand_back = self.end_caller(stream, on_frame, &mut delivered) || hand_back;
+        let outcome = match (delivered, hand_back) {
+            // The loop finishes the connection's story (an error, its end): wait for it.
+            (_, true) => ReadHere::Elsewhere,
+            (0, false) => ReadHere::Nothing,
+            (count, false) => ReadHere::Frames(count),
+        };
+        // Half a frame left in the decoder needs the loop's frame timeout.
+        (outcome, hand_back || self.inbox().decoder.is_mid_frame())
+    }
+
+    /// Gives the caller's turn back; if the loop saw readiness meanwhile, takes the turn once
+    /// more and reads what came, so that nothing waits unread. True if something was handed
+    /// back for the loop.
+    fn end_caller(
+        &self,
+        stream: &TcpStream,
+        on_frame: &mut dyn FnMut(Frame),
+        delivered: &mut usize,
+    ) -> bool {
+        loop {
+            self.turn.store(FREE, Ordering::SeqCst);
+            if !self.missed.swap(false, Ordering::SeqCst) {
+                return false;
+            }
+            if !self.begin_caller() {
+                return false; // the loop took the turn: it reads what came
+            }
+            match self.drain(stream, on_frame) {
+                Drain::Frames(count) => *delivered += count,
+                Drain::HandBack(count) => {
+                    *delivered += count;
+                    self.turn.store(FREE, Ordering::SeqCst);
+                    return true;
+                }
+            }
+        }
+    }
+
+    /// Reads until the socket has nothing more, handing every whole frame to `on_frame`.
+    fn drain(&self, mut stream: &TcpStream, on_frame: &mut dyn FnMut(Frame)) -> Drain {
+        let mut chunk = [0u8; CALLER_READ_CHUNK];
+        let mut inbox = self.inbox();
+        if inbox.handed_back.is_some() {
+            return Drain::HandBack(0); // not read past what the loop has yet to see
+        }
+        let mut delivered = 0;
+        loop {
+            loop {
+                match inbox.decoder.poll_frame() {
+                    Ok(Some(frame)) => {
+                        on_frame(frame);
+                        delivered += 1;
+                    }
+                    Ok(None) => break,
+                    Err(err) => {
+                        inbox.handed_back = Some(HandedBack::FrameError(err));
+                        return Drain::HandBack(delivered);
+                    }
+                }
+            }
+            match stream.read(&mut chunk) {
+                // End of stream: the loop reads it again and closes as it always does.
+                Ok(0) => {
+                    inbox.handed_back = Some(HandedBack::Eof);
+                    return Drain::HandBack(delivered);
+                }
+                Ok(n) => inbox.decoder.handle_bytes(&chunk[..n]),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    return Drain::Frames(delivered)
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => {
+                    inbox.handed_back = Some(HandedBack::Failed(err.into()));
+                    return Drain::HandBack(delivered);
+                }
+            }
+        }
+    }
+}
+
+/// How a caller's read ended.
+enum Drain {
+    /// The socket has nothing more for now; this many frames were handed over.
+    Frames(usize),
+    /// The loop must take over (end of stream, an error), after this many frames.
+    HandBack(usize),
+}
+
+/// A poller of its own for a caller waiting on `stream`: a second epoll on the same socket,
+/// edge-triggered like the loop's. `None` if the system refuses one.
+fn new_poller(stream: &TcpStream) -> Option<Mutex<CallerPoll>> {
+    let poll = Poll::new().ok()?;
+    let fd = stream.as_raw_fd();
+    poll.registry()
+        .register(&mut SourceFd(&fd), Token(0), Interest::READABLE)
+        .ok()?;
+    Some(Mutex::new(CallerPoll {
+        poll,
+        events: Events::with_capacity(4),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+    use std::io::Write;
+    use std::net::TcpListener;
+
+    use bytes::BytesMut;
+
+    use super::*;
+
+    /// A non-blocking socket for the side under test, and its blocking peer.
+    fn pair() -> (TcpStream, std::net::TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ours = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (peer, _) = listener.accept().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        (TcpStream::from_std(ours), peer)
+    }
+
+    fn frame_bytes(seq: u64) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        Frame::request(seq, "Echo.Echo", 1, &b"hi"[..])
+            .encode(&mut out, &FrameLimits::default())
+            .unwrap();
+        out.to_vec()
+    }
+
+    #[test]
+    fn the_loop_keeps_off_while_a_caller_has_the_turn_and_gets_it_after() {
+        let side = ReadSide::new(FrameLimits::default());
+        assert!(side.begin_caller());
+        assert!(!side.begin_loop(), "the loop read during a caller's turn");
+        assert!(!side.begin_caller(), "two callers had the turn at once");
+        side.turn.store(FREE, Ordering::SeqCst);
+        assert!(side.begin_loop());
+        assert!(!side.begin_caller(), "a caller read during the loop's turn");
+        side.end_loop();
+        assert!(side.begin_caller());
+    }
+
+    #[test]
+    fn a_frame_arriving_while_the_loop_is_kept_off_is_read_before_the_turn_is_given_back() {
+        let (ours, mut peer) = pair();
+        let side = ReadSide::new(FrameLimits::default());
+        assert!(side.begin_caller());
+        // The caller has read everything so far; now readiness comes, and the loop, kept
+        // off, only marks it.
+        peer.write_all(&frame_bytes(7)).unwrap();
+        thread_wait_readable(&ours);
+        assert!(!side.begin_loop());
+
+        let mut got = Vec::new();
+        let mut delivered = 0;
+        let handed_back = side.end_caller(&ours, &mut |frame| got.push(frame.seq), &mut delivered);
+        assert!(!handed_back);
+        assert_eq!(got, vec![7], "the caller read what the loop was kept from");
+        assert_eq!(delivered, 1);
+        assert!(side.begin_loop(), "the turn was given back");
+    }
+
+    #[test]
+    fn end_of_stream_met_by_a_caller_is_handed_back_and_callers_keep_off_until_the_loop_acts() {
+        let (ours, peer) = pair();
+        let side = ReadSide::new(FrameLimits::default());
+        drop(peer);
+        thread_wait_readable(&ours);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (outcome, loop_must_read) =
+            side.read_here(&ours, deadline, &|| false, &mut |_| panic!("no frame"));
+        assert_eq!(outcome, ReadHere::Elsewhere);
+        assert!(loop_must_read);
+        assert!(matches!(side.inbox().handed_back, Some(HandedBack::Eof)));
+        let (again, _) = side.read_here(&ours, deadline, &|| false, &mut |_| panic!("no frame"));
+        assert_eq!(
+            again,
+            ReadHere::Elsewhere,
+            "a caller read past the hand-back"
+        );
+    }
+
+    /// Returns once `stream` has bytes (or end of stream) to read, within 5 s.
+    fn thread_wait_readable(stream: &TcpStream) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut probe = [0u8; 1];
+        while Instant::now() < deadline {
+            match stream.peek(&mut probe) {
+                Ok(_) => return,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(err) => panic!("{err}"),
+            }
+        }
+        panic!("nothing to read within 5 s");
+    }
+}
