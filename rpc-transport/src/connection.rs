@@ -268,10 +268,12 @@ impl Connection {
         if self.is_tls() || self.lock_out().closed {
             return ReadHere::Elsewhere;
         }
+        let unwinding = LoopReadsOnUnwind(self);
         let (outcome, loop_must_read) =
             self.shared
                 .read
                 .read_here(&self.shared.stream, deadline, stop, on_frame);
+        std::mem::forget(unwinding);
         if loop_must_read {
             self.post(ConnCommand::ReadAgain);
         }
@@ -623,6 +625,18 @@ fn write_until_blocked(mut stream: &TcpStream, bytes: &[u8]) -> io::Result<usize
         }
     }
     Ok(written)
+}
+
+/// Armed while a caller reads its connection: if the caller's `on_frame` unwinds, frees the
+/// read turn and has the loop read the connection, so that it is never left unread. Disarmed
+/// with `mem::forget` on a normal return.
+struct LoopReadsOnUnwind<'a>(&'a Connection);
+
+impl Drop for LoopReadsOnUnwind<'_> {
+    fn drop(&mut self) {
+        self.0.shared.read.give_back_after_unwind();
+        self.0.post(ConnCommand::ReadAgain);
+    }
 }
 
 #[cfg(test)]

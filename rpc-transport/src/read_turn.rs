@@ -139,6 +139,12 @@ impl ReadSide {
         self.turn.store(FREE, Ordering::SeqCst);
     }
 
+    /// Caller side: frees the turn after `on_frame` unwound out of a caller's read, whatever
+    /// state it was left in; the loop must then read the connection again.
+    pub(crate) fn give_back_after_unwind(&self) {
+        self.turn.store(FREE, Ordering::SeqCst);
+    }
+
     /// Caller side: takes the turn if nobody has it.
     fn begin_caller(&self) -> bool {
         self.turn

@@ -1,6 +1,7 @@
 //! The event loop's commands and timers over real sockets: adoptions that time out, handles
 //! that outlive their connection, handlers that pause after every frame, corked frames that
-//! wait for a flush, and deadlines so far off that `Instant + Duration` would overflow.
+//! wait for a flush, deadlines so far off that `Instant + Duration` would overflow, and a caller that
+//! unwinds while it holds the read turn.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -164,9 +165,9 @@ fn adopt_many(
     (peers, owned, timed_out)
 }
 
-#[test]
-fn an_adoption_that_times_out_leaves_no_connection_behind() {
-    let harness = Harness::new("adopt-timeout");
+/// Holds the loop thread in a `Stall` handler; returns once it is held, with the sender that
+/// releases it and the stalling connection's peer (kept open while the test runs).
+fn stall_the_loop(harness: &Harness) -> (Sender<()>, TcpStream) {
     let (ours, mut stalling_peer) = harness.pair();
     let (entered_tx, entered) = crossbeam_channel::bounded(1);
     let (release, release_rx) = crossbeam_channel::bounded(1);
@@ -186,6 +187,13 @@ fn an_adoption_that_times_out_leaves_no_connection_behind() {
     entered
         .recv_timeout(Duration::from_secs(5))
         .expect("the loop thread stalls in the handler within 5 s");
+    (release, stalling_peer)
+}
+
+#[test]
+fn an_adoption_that_times_out_leaves_no_connection_behind() {
+    let harness = Harness::new("adopt-timeout");
+    let (release, _stalling_peer) = stall_the_loop(&harness);
 
     // The loop is stuck: every adoption times out, and is left queued behind the stall.
     let (mut peers, _, timed_out) = adopt_many(&harness, 20, Duration::from_millis(1));
@@ -390,4 +398,30 @@ fn corked_frames_wait_for_a_flush_then_leave_together_in_order() {
         conn.flush(),
         Err(rpc_transport::TransportError::Closed)
     ));
+}
+
+#[test]
+fn a_caller_whose_frame_callback_panics_leaves_the_connection_to_the_loop() {
+    let harness = Harness::new("caller-panics");
+    let (conn, mut peer) = harness.adopt_echo(FrameLimits::default());
+    let first = Frame::request(1, "Echo.Echo", 1, &b"first"[..]);
+    let second = Frame::request(2, "Echo.Echo", 1, &b"second"[..]);
+    let mut both = encode(&first);
+    both.extend(encode(&second));
+    // The loop is held elsewhere, so the caller is the one to read both frames; its callback
+    // unwinds on the first, with the second still in the decoder.
+    let (release, _stalling_peer) = stall_the_loop(&harness);
+    peer.write_all(&both).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        conn.read_here(deadline, &|| false, &mut |_| {
+            panic!("the caller's callback fails")
+        })
+    }));
+    assert!(unwound.is_err(), "the callback ran and unwound");
+    release.send(()).unwrap();
+
+    // The loop reads again: it delivers the frame left behind, then serves new ones.
+    assert_eq!(read_frame(&mut peer), second);
+    assert_echoes(&mut peer, 3);
 }
