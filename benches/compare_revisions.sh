@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Compares two revisions of netrpc on every loadgen shape, side by side, each run beside its
+# own raw TCP baseline: the numbers in docs/BENCHMARKS.md ("All shapes beside raw TCP") come
+# from this script.
+#
+#   benches/compare_revisions.sh BASE [ROUNDS] [SECONDS]
+#
+# BASE is any git revision ("before"); "after" is the working tree. loadgen is built in release
+# for both (BASE in a temporary git worktree with its own target directory), then each shape runs
+# ROUNDS times (default 3), before and after interleaved so that drift in the machine hits both
+# alike. Prints one line per run: revision, shape, dispatch, driver, ratio to raw, netrpc
+# calls/s, p50 and p99. Run it on a quiet machine; it takes about
+# 10 shapes x 2 revisions x ROUNDS x (SECONDS + 0.5) x 2 (raw and netrpc).
+set -euo pipefail
+
+base=${1:?usage: benches/compare_revisions.sh BASE [ROUNDS] [SECONDS]}
+rounds=${2:-3}
+seconds=${3:-2}
+
+root=$(git rev-parse --show-toplevel)
+work=$(mktemp -d)
+trap 'git -C "$root" worktree remove --force "$work/base" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+
+git -C "$root" worktree add --detach "$work/base" "$base" >/dev/null
+(cd "$work/base" && CARGO_TARGET_DIR="$work/target-base" cargo build -q --release --example loadgen)
+(cd "$root" && cargo build -q --release --example loadgen)
+cp "$work/target-base/release/examples/loadgen" "$work/loadgen-before"
+cp "$root/target/release/examples/loadgen" "$work/loadgen-after"
+
+# Each shape: loadgen flags, then a label. `--no-batch` exists only after the batch commit;
+# a "before" binary without it is skipped for that shape.
+shapes=(
+    "--conns 1 --inflight 1|1x1 pool"
+    "--conns 1 --inflight 1 --inline|1x1 inline"
+    "--conns 1 --inflight 64|1x64 pool batch"
+    "--conns 1 --inflight 64 --no-batch|1x64 pool one-by-one"
+    "--conns 1 --inflight 64 --inline|1x64 inline batch"
+    "--conns 1 --inflight 64 --inline --no-batch|1x64 inline one-by-one"
+    "--conns 4 --inflight 16|4x16 pool batch"
+    "--conns 4 --inflight 16 --no-batch|4x16 pool one-by-one"
+    "--conns 4 --inflight 16 --inline|4x16 inline batch"
+    "--conns 4 --inflight 16 --inline --no-batch|4x16 inline one-by-one"
+)
+
+# Prints "ratio calls/s p50 p99" from one loadgen run's output.
+summarize() {
+    awk '
+        /^netrpc/ { calls = $2; p50 = $5 $6; p99 = $11 $12 }
+        /^ratio/  { ratio = $2 }
+        END       { printf "%s %s %s %s\n", ratio, calls, p50, p99 }'
+}
+
+printf '%-7s %-26s %6s %12s %9s %9s\n' revision shape ratio calls/s p50 p99
+for shape in "${shapes[@]}"; do
+    flags=${shape%%|*}
+    label=${shape#*|}
+    for round in $(seq "$rounds"); do
+        for side in before after; do
+            binary="$work/loadgen-$side"
+            # shellcheck disable=SC2086 # the flags are meant to split into words
+            if ! output=$("$binary" --inproc $flags --seconds "$seconds" --warmup 0.5 --baseline 2>&1); then
+                printf '%-7s %-26s %s\n' "$side" "$label" "(not supported by this revision)"
+                continue
+            fi
+            read -r ratio calls p50 p99 <<<"$(summarize <<<"$output")"
+            printf '%-7s %-26s %6s %12s %9s %9s\n' "$side" "$label" "$ratio" "$calls" "$p50" "$p99"
+        done
+    done
+done
