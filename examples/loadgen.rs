@@ -11,7 +11,10 @@
 //! back to back; with more, it keeps that many `go_with` calls outstanding. Each time it wakes
 //! it takes every completion that has arrived and starts as many new calls in one
 //! `Client::batch`, written together, just as the raw client writes as many requests as
-//! replies just arrived; `--no-batch` starts each new call on its own instead. The raw
+//! replies just arrived; `--no-batch` starts each new call on its own instead. It waits with
+//! `Client::recv_completion`, which reads the replies on the driver's own thread while
+//! nobody else reads the connection; `--loop-reads` waits on the channel alone, leaving
+//! every reply to the client's event loop. The raw
 //! baseline (`--baseline`) uses the same connections and in-flight count over plain sockets
 //! (`support/raw_tcp.rs`). Calls completing during the
 //! warm-up are not counted. All traffic stays on 127.0.0.1 unless `--addr` says otherwise.
@@ -67,6 +70,8 @@ usage: cargo run --release --example loadgen -- [--addr HOST:PORT | --inproc] [o
   --raw-unbatched    in the baseline, one write per message instead of grouped writes
   --no-batch         start each new call on its own (`go_with`) as its predecessor completes,
                      instead of one `Client::batch` per wake-up for all that completed
+  --loop-reads       wait on the completion channel alone (the client's event loop reads
+                     every reply) instead of `Client::recv_completion` (the driver reads)
   --loops N          event-loop threads of the in-process server (default: its own default)
   --inline           serve Arith and Bench inline, on the event loop (Server::register_inline)
   --tls              then run the same load over TLS (in-process only: a second server with a
@@ -109,6 +114,8 @@ struct Plan {
     payload: usize,
     /// New calls start in one `Client::batch` per wake-up of the driver.
     batch: bool,
+    /// The driver reads replies itself (`Client::recv_completion`) when it can.
+    read_here: bool,
 }
 
 /// What one run measured.
@@ -151,6 +158,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         },
         payload: flags.get("payload", 0usize)?,
         batch: !flags.has("no-batch"),
+        read_here: !flags.has("loop-reads"),
     };
     let (loops, inline) = (flags.get("loops", 0usize)?, flags.has("inline"));
     let server = build_server(loops, inline, None)?;
@@ -307,6 +315,7 @@ fn run_netrpc(
     let pace = Pace {
         inflight: plan.inflight,
         batch: plan.batch,
+        read_here: plan.read_here,
     };
     let payload = plan.payload;
     run_drivers(plan, move |record_from, end, progress| {
@@ -341,6 +350,8 @@ struct Pace {
     inflight: usize,
     /// Start the calls of each wake-up together, in one `Client::batch`.
     batch: bool,
+    /// Wait with `Client::recv_completion` rather than on the channel alone.
+    read_here: bool,
 }
 
 /// The time window of a run, shared by its drivers.
@@ -425,7 +436,12 @@ where
     // only guards against a bug in the framework hanging the tool.
     let stall_limit = client.config().call_timeout + Duration::from_secs(5);
     while !started_at.is_empty() {
-        let Ok(completion) = completions.recv_timeout(stall_limit) else {
+        let next = if pace.read_here {
+            client.recv_completion(&completions, stall_limit)
+        } else {
+            completions.recv_timeout(stall_limit)
+        };
+        let Ok(completion) = next else {
             *report
                 .errors
                 .entry("stalled (no completion)".into())

@@ -6,16 +6,17 @@
 //! Run: `cargo run --example quickstart`
 //!
 //! Prints the server's address, a blocking call's reply, a `go` call's reply, three `go` calls
-//! sent in one batch, the method's own error for a division by zero, and the same call made
-//! untyped.
+//! sent in one batch, three calls gathered on one channel, the method's own error for a
+//! division by zero, and the same call made untyped.
 
 #[path = "support/arith.rs"]
 mod arith;
 
 use std::error::Error;
+use std::time::Duration;
 
 use arith::{Args, ArithClient, ArithServer, Calculator};
-use netrpc::{Client, Server};
+use netrpc::{done_channel, Client, Server};
 
 fn main() -> Result<(), Box<dyn Error>> {
     // Server: register the service under its own name, "Arith", and listen on a free port.
@@ -51,6 +52,22 @@ fn main() -> Result<(), Box<dyn Error>> {
     };
     for (b, call) in products {
         println!("batch Arith.Multiply(7, {b}) = {}", call.wait()?);
+    }
+
+    // Many calls, one channel for their completions (Go: one `done` channel for many Go
+    // calls). recv_completion reads the replies on this thread while it waits.
+    let (done, completions) = done_channel::<i64>();
+    for b in 4..=6 {
+        let seq = arith
+            .client()
+            .go_with(ArithClient::MULTIPLY, &Args { a: 7, b }, &done);
+        println!("go_with call {seq}: Arith.Multiply(7, {b}) started");
+    }
+    for _ in 4..=6 {
+        let completion = arith
+            .client()
+            .recv_completion(&completions, Duration::from_secs(5))?;
+        println!("go_with call {} = {}", completion.seq, completion.result?);
     }
 
     // A method's own error travels back as a string (Go: ServerError).
