@@ -11,6 +11,7 @@
 # alike. Prints one line per run: revision, shape, dispatch, driver, ratio to raw, netrpc
 # calls/s, p50 and p99. Run it on a quiet machine; it takes about
 # 10 shapes x 2 revisions x ROUNDS x (SECONDS + 0.5) x 2 (raw and netrpc).
+# ONLY=REGEX runs only the shapes whose label matches (say ONLY='4x16 inline').
 set -euo pipefail
 
 base=${1:?usage: benches/compare_revisions.sh BASE [ROUNDS] [SECONDS]}
@@ -54,6 +55,7 @@ printf '%-7s %-26s %6s %12s %9s %9s\n' revision shape ratio calls/s p50 p99
 for shape in "${shapes[@]}"; do
     flags=${shape%%|*}
     label=${shape#*|}
+    [[ $label =~ ${ONLY:-.} ]] || continue
     for round in $(seq "$rounds"); do
         for side in before after; do
             binary="$work/loadgen-$side"
