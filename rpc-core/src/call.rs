@@ -4,11 +4,17 @@
 //! and [`DoneSender`] (for gathering many calls on one channel) can only be made unbounded.
 //! So the event loop's send never blocks and never fails for want of room, unlike Go's
 //! `Call.done`, which drops a reply when the caller's channel is full.
+//!
+//! [`Call::wait`] does more than receive: through `ReplyReader` it reads the client's
+//! connection on the waiting thread while nobody else does, so a reply reaches its caller
+//! without a hand-off from the client's event loop.
 
 use std::fmt;
-use std::time::Duration;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use rpc_transport::clock::deadline_after;
 
 use crate::error::RpcError;
 
@@ -22,11 +28,33 @@ pub struct Call<R> {
     seq: u64,
     timeout: Duration,
     done: Receiver<Result<R, RpcError>>,
+    /// The client's connection, for [`Call::wait`] to read its reply itself; weak, so that
+    /// a `Call` never keeps a dropped client's connection open.
+    reader: Option<Weak<dyn ReplyReader>>,
+}
+
+/// Reads a client's replies on the thread that waits for one (the client's connection).
+pub(crate) trait ReplyReader: Send + Sync {
+    /// Reads replies on this thread, completing each call they answer, while nobody else
+    /// reads the connection: until `arrived` returns true, `limit` passes, or the earliest
+    /// deadline of the client's pending calls comes (the loop delivers their timeouts).
+    fn read_replies(&self, limit: Instant, arrived: &dyn Fn() -> bool);
 }
 
 impl<R> Call<R> {
     pub(crate) fn new(seq: u64, timeout: Duration, done: Receiver<Result<R, RpcError>>) -> Self {
-        Call { seq, timeout, done }
+        Call {
+            seq,
+            timeout,
+            done,
+            reader: None,
+        }
+    }
+
+    /// Lets [`Call::wait`] read the reply from `reader` on the waiting thread.
+    pub(crate) fn read_by(mut self, reader: Weak<dyn ReplyReader>) -> Self {
+        self.reader = Some(reader);
+        self
     }
 
     /// The call's sequence id on its connection.
@@ -39,17 +67,24 @@ impl<R> Call<R> {
         &self.done
     }
 
-    /// Blocks until the result arrives.
+    /// Blocks until the result arrives. While nobody else is reading the client's
+    /// connection, this thread reads the replies itself, as a blocking call does (see
+    /// [`crate::Client::recv_completion`]); otherwise the client's event loop delivers.
     ///
     /// # Errors
     ///
     /// The call's error. The client's event loop fails the call at its deadline; should
     /// that loop be gone, this still returns [`RpcError::Timeout`] shortly after the deadline.
     pub fn wait(self) -> Result<R, RpcError> {
-        match self
-            .done
-            .recv_timeout(self.timeout.saturating_add(WAIT_GRACE))
-        {
+        let limit = deadline_after(Instant::now(), self.timeout.saturating_add(WAIT_GRACE));
+        if let Some(reader) = self.reader.as_ref().and_then(Weak::upgrade) {
+            // Once this wait holds the client's last handle, the client was dropped: stop
+            // reading, so that dropping `reader` closes the connection as that drop would
+            // have, and the call fails with `Shutdown`.
+            let dropped = || Arc::strong_count(&reader) == 1;
+            reader.read_replies(limit, &|| !self.done.is_empty() || dropped());
+        }
+        match self.done.recv_deadline(limit) {
             Ok(result) => result,
             Err(RecvTimeoutError::Timeout) => Err(RpcError::Timeout {
                 after: self.timeout,

@@ -22,7 +22,7 @@
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -33,7 +33,7 @@ use rpc_transport::{Frame, FrameBuilder, FrameHead, FrameKind, ReadHere};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::call::{Call, Completion, DoneSender};
+use crate::call::{Call, Completion, DoneSender, ReplyReader};
 use crate::catch_panic::catch_panic;
 use crate::client_builder::{ClientBuilder, ClientConfig};
 use crate::client_conn::{handle_reply_frame, lock};
@@ -217,9 +217,8 @@ impl Client {
         timeout: Duration,
     ) -> Result<Completion<R>, RecvTimeoutError> {
         let deadline = deadline_after(Instant::now(), timeout);
-        let first_call_deadline = lock(&self.inner.pending).next_deadline();
-        let read_until = first_call_deadline.map_or(deadline, |at| at.min(deadline));
-        self.read_replies_until(read_until, &|| !completions.is_empty());
+        self.inner
+            .read_replies(deadline, &|| !completions.is_empty());
         completions.recv_deadline(deadline)
     }
 
@@ -248,7 +247,8 @@ impl Client {
                 let _ = done_tx.send(result.and_then(|frame| decode_reply(codec, &name, frame)));
             }),
         );
-        Call::new(seq, timeout, done_rx)
+        let reader: Weak<ClientInner> = Arc::downgrade(&self.inner);
+        Call::new(seq, timeout, done_rx).read_by(reader)
     }
 
     /// [`Client::go_with`] for a call of `kind`.
@@ -500,6 +500,37 @@ impl fmt::Debug for Client {
     }
 }
 
+impl ClientInner {
+    /// Reads replies on this thread, completing each call they answer, until `arrived`
+    /// returns true or `deadline` passes; returns at once when the loop or another caller is
+    /// reading the connection (what arrives then comes through the loop).
+    fn read_replies_until(&self, deadline: Instant, arrived: &dyn Fn() -> bool) {
+        let pending = &*self.pending;
+        let conn = &self.conn;
+        while !arrived() && Instant::now() < deadline {
+            let read = conn.read_here(deadline, arrived, &mut |frame| {
+                if let Some(answer) = handle_reply_frame(pending, frame) {
+                    let _ = conn.send_frame(&answer);
+                }
+            });
+            if read == ReadHere::Elsewhere {
+                return;
+            }
+        }
+    }
+}
+
+impl ReplyReader for ClientInner {
+    fn read_replies(&self, limit: Instant, arrived: &dyn Fn() -> bool) {
+        // A `go` call's timeout is the loop's to deliver: stop reading when the first is due.
+        let first_call_deadline = lock(&self.pending).next_deadline();
+        self.read_replies_until(
+            first_call_deadline.map_or(limit, |at| at.min(limit)),
+            arrived,
+        );
+    }
+}
+
 impl Drop for ClientInner {
     fn drop(&mut self) {
         self.conn.close();
@@ -518,7 +549,8 @@ impl Client {
         timeout: Duration,
     ) -> Option<Result<Frame, RpcError>> {
         let deadline = deadline_after(Instant::now(), timeout);
-        self.read_replies_until(deadline, &|| !done.is_empty());
+        self.inner
+            .read_replies_until(deadline, &|| !done.is_empty());
         finish_waiting(
             &self.inner.pending,
             seq,
@@ -526,24 +558,6 @@ impl Client {
             deadline.saturating_duration_since(Instant::now()),
             timeout,
         )
-    }
-
-    /// Reads replies on this thread, completing each call they answer, until `arrived`
-    /// returns true or `deadline` passes; returns at once when the loop or another caller is
-    /// reading the connection (what arrives then comes through the loop).
-    fn read_replies_until(&self, deadline: Instant, arrived: &dyn Fn() -> bool) {
-        let pending = &*self.inner.pending;
-        let conn = &self.inner.conn;
-        while !arrived() && Instant::now() < deadline {
-            let read = conn.read_here(deadline, arrived, &mut |frame| {
-                if let Some(answer) = handle_reply_frame(pending, frame) {
-                    let _ = conn.send_frame(&answer);
-                }
-            });
-            if read == ReadHere::Elsewhere {
-                return;
-            }
-        }
     }
 }
 

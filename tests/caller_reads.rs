@@ -1,5 +1,6 @@
-//! `Client::recv_completion`: a thread waiting for `go_with` completions reads the replies
-//! itself, and every way a call can end still reaches it.
+//! A thread waiting for `go` calls reads their replies itself (`Client::recv_completion` for
+//! `go_with` completions, `Call::wait` for a `Call`), and every way a call can end still
+//! reaches it.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -48,6 +49,44 @@ fn the_waiting_thread_reads_and_decodes_its_reply_itself() {
         reply.thread,
         thread::current().id(),
         "the reply was decoded by the waiting thread, not handed over by the client's loop"
+    );
+}
+
+#[test]
+fn call_wait_reads_and_decodes_its_reply_on_the_waiting_thread() {
+    let server = TestServer::start();
+    let client = server.client();
+    let call = client.go::<_, DecodedOn>("Probe.Sleep", &200u64);
+    let reply = call.wait().unwrap();
+    assert_eq!(reply.ms, 200);
+    assert_eq!(reply.thread, thread::current().id());
+}
+
+#[test]
+fn call_wait_gets_the_timeout_of_a_call_whose_deadline_passes_while_it_reads() {
+    let server = TestServer::start();
+    let client = server.client();
+    let call = client.go_timeout::<_, u64>("Probe.Sleep", &3_000u64, Duration::from_millis(200));
+    let started = Instant::now();
+    assert!(matches!(call.wait(), Err(RpcError::Timeout { .. })));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the timeout came from the call's deadline, not from the reply"
+    );
+}
+
+#[test]
+fn dropping_the_client_fails_a_call_another_thread_waits_on_with_shutdown() {
+    let server = TestServer::start();
+    let client = server.client();
+    let call = client.go::<_, u64>("Probe.Sleep", &3_000u64);
+    let waiter = thread::spawn(move || call.wait());
+    thread::sleep(Duration::from_millis(100));
+    drop(client);
+    let outcome = waiter.join().unwrap();
+    assert!(
+        matches!(outcome, Err(RpcError::Shutdown)),
+        "a waiting thread must not keep a dropped client's connection open: got {outcome:?}"
     );
 }
 
