@@ -197,8 +197,9 @@ impl Client {
     ///
     /// Unlike a plain `recv` on the channel, it reads the replies on this thread while
     /// nobody else is reading the connection, as a blocking [`Client::call`] does: no wake-up
-    /// of the client's event loop and no hand-off from it, which at many calls in flight
-    /// roughly doubles calls/s (`docs/BENCHMARKS.md`). Every reply it reads completes its own
+    /// of the client's event loop and no hand-off from it: at 4 connections x 16 calls in
+    /// flight, half the p99 latency, and with pool dispatch a third to a half more calls/s
+    /// (`docs/BENCHMARKS.md`). Every reply it reads completes its own
     /// call, whoever waits for it. It stops reading at the earliest deadline among the
     /// client's pending calls and leaves that call's timeout to the event loop.
     ///
