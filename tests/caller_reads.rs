@@ -238,6 +238,32 @@ fn a_peer_that_hangs_up_fails_the_calls_the_thread_waits_for() {
 }
 
 #[test]
+fn closing_the_client_on_another_thread_fails_the_calls_a_reading_thread_waits_for() {
+    let server = TestServer::start();
+    let client = server.client();
+    let (done, completions) = done_channel::<u64>();
+    for _ in 0..3 {
+        client.go_with("Probe.Sleep", &3_000u64, &done);
+    }
+    thread::scope(|scope| {
+        scope.spawn(|| {
+            thread::sleep(Duration::from_millis(50));
+            client.close();
+        });
+        for _ in 0..3 {
+            let completion = client
+                .recv_completion(&completions, Duration::from_secs(30))
+                .unwrap();
+            assert!(
+                matches!(completion.result, Err(RpcError::Shutdown)),
+                "got {:?}",
+                completion.result
+            );
+        }
+    });
+}
+
+#[test]
 fn with_nothing_pending_it_times_out() {
     let server = TestServer::start();
     let client = server.client();
