@@ -300,6 +300,58 @@ fn a_server_answering_garbage_fails_call_and_go_with_protocol() {
 }
 
 #[test]
+fn a_server_that_stalls_mid_reply_fails_the_reading_caller_at_the_frame_timeout() {
+    // The waiting caller reads the socket itself; half a frame is the loop's to time out.
+    for waiter in ["plain recv", "blocking call", "recv_completion"] {
+        let addr = evil_server(|peer| {
+            let requests = peer.read_frames(1);
+            let mut reply = request(requests[0].seq, "", &7i64);
+            reply.kind = FrameKind::Response;
+            reply.name = bytes::Bytes::new();
+            let mut bytes = bytes::BytesMut::new();
+            reply.encode(&mut bytes, &FrameLimits::default()).unwrap();
+            peer.send_raw(&bytes[..HEADER_LEN - 4]);
+            thread::sleep(Duration::from_secs(3));
+        });
+        let client = Client::builder()
+            .limits(FrameLimits {
+                frame_timeout: Some(Duration::from_millis(200)),
+                ..FrameLimits::default()
+            })
+            .call_timeout(Duration::from_secs(20))
+            .dial(addr)
+            .unwrap();
+        let started = Instant::now();
+        let result = if waiter == "blocking call" {
+            client.call::<_, i64>("Arith.Multiply", &Args { a: 1, b: 7 })
+        } else if waiter == "plain recv" {
+            let (done, completions) = done_channel::<i64>();
+            client.go_with("Arith.Multiply", &Args { a: 1, b: 7 }, &done);
+            completions
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap()
+                .result
+        } else {
+            let (done, completions) = done_channel::<i64>();
+            client.go_with("Arith.Multiply", &Args { a: 1, b: 7 }, &done);
+            client
+                .recv_completion(&completions, Duration::from_secs(30))
+                .unwrap()
+                .result
+        };
+        let err = result.unwrap_err();
+        assert!(
+            matches!(err, RpcError::ConnectionLost { .. }),
+            "{waiter}: {err:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{waiter}: failed by the frame timeout, not the call's 20 s deadline"
+        );
+    }
+}
+
+#[test]
 fn reordered_duplicated_and_unknown_replies_complete_each_call_once() {
     let addr = evil_server(|peer| {
         let requests = peer.read_frames(3);

@@ -254,7 +254,8 @@ impl Connection {
     /// before each wait; say, "my reply arrived some other way").
     ///
     /// The event loop keeps off the socket meanwhile and takes it back after; it also takes
-    /// over anything this side cannot act on (end of stream, an error, bad bytes). Returns
+    /// over anything this side cannot act on (end of stream, an error, bad bytes, and half a
+    /// frame, whose timeout only the loop keeps). Returns
     /// [`ReadHere::Elsewhere`] at once when the loop or another caller is reading now, on a
     /// TLS connection, or if no poller could be made: wait for what the loop delivers then.
     /// The first call makes a poller of the connection's own (one file descriptor, kept

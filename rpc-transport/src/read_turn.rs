@@ -14,8 +14,14 @@
 //! Readiness the loop sees during a caller's turn is not lost: the loop marks it `missed`,
 //! and a caller ending its turn with `missed` set reads again (or, if the loop has taken the
 //! turn meanwhile, leaves the reading to it). What a caller cannot act on itself (end of
-//! stream, a socket error, bytes that break the frame format, half a frame whose timeout the
-//! loop must watch) it hands back for the loop, which then reads once more.
+//! stream, a socket error, bytes that break the frame format) it hands back for the loop,
+//! which then reads once more.
+//!
+//! Half frames are always the loop's, because only the loop keeps the frame timeout: a caller
+//! whose read ends inside a frame gives the turn back at once, and a caller never starts a
+//! turn while the decoder holds part of a frame. So a peer that stalls mid-reply meets the
+//! frame timeout, not the caller's whole deadline, and the loop's clock is never left running
+//! for a frame a caller finished.
 
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
@@ -168,9 +174,10 @@ impl ReadSide {
         if !self.begin_caller() {
             return (ReadHere::Elsewhere, false);
         }
-        if self.inbox().handed_back.is_some() {
-            // The loop has yet to act on what an earlier turn left it: it reads next.
-            let _ = self.end_caller(stream, on_frame, &mut 0);
+        if self.left_to_loop() {
+            // The loop has yet to act on what an earlier turn left it, or holds half a frame
+            // whose clock it keeps: it reads next, and so sees any readiness missed meanwhile.
+            self.turn.store(FREE, Ordering::SeqCst);
             return (ReadHere::Elsewhere, true);
         }
         let mut poller = poller.lock().unwrap_or_else(|p| p.into_inner());
@@ -184,6 +191,10 @@ impl ReadSide {
                     hand_back = true;
                     break;
                 }
+            }
+            if self.inbox().decoder.is_mid_frame() {
+                hand_back = true; // half a frame: the loop's, with its frame timeout
+                break;
             }
             if delivered > 0 || stop() {
                 break;
@@ -206,18 +217,25 @@ impl ReadSide {
         drop(poller);
         let hand_back = self.end_caller(stream, on_frame, &mut delivered) || hand_back;
         let outcome = match (delivered, hand_back) {
-            // The loop finishes the connection's story (an error, its end): wait for it.
+            // The loop finishes the connection's story (an error, its end, half a frame):
+            // wait for it.
             (_, true) => ReadHere::Elsewhere,
             (0, false) => ReadHere::Nothing,
             (count, false) => ReadHere::Frames(count),
         };
-        // Half a frame left in the decoder needs the loop's frame timeout.
-        (outcome, hand_back || self.inbox().decoder.is_mid_frame())
+        (outcome, hand_back)
+    }
+
+    /// Whether the loop must read before any caller: it has a hand-back to act on, or the
+    /// decoder holds part of a frame.
+    fn left_to_loop(&self) -> bool {
+        let inbox = self.inbox();
+        inbox.handed_back.is_some() || inbox.decoder.is_mid_frame()
     }
 
     /// Gives the caller's turn back; if the loop saw readiness meanwhile, takes the turn once
     /// more and reads what came, so that nothing waits unread. True if something was handed
-    /// back for the loop.
+    /// back for the loop (a read that ended inside a frame included).
     fn end_caller(
         &self,
         stream: &TcpStream,
@@ -232,13 +250,19 @@ impl ReadSide {
             if !self.begin_caller() {
                 return false; // the loop took the turn: it reads what came
             }
-            match self.drain(stream, on_frame) {
-                Drain::Frames(count) => *delivered += count,
+            let hand_back = match self.drain(stream, on_frame) {
+                Drain::Frames(count) => {
+                    *delivered += count;
+                    self.inbox().decoder.is_mid_frame()
+                }
                 Drain::HandBack(count) => {
                     *delivered += count;
-                    self.turn.store(FREE, Ordering::SeqCst);
-                    return true;
+                    true
                 }
+            };
+            if hand_back {
+                self.turn.store(FREE, Ordering::SeqCst);
+                return true;
             }
         }
     }
@@ -386,6 +410,32 @@ mod tests {
             ReadHere::Elsewhere,
             "a caller read past the hand-back"
         );
+    }
+
+    #[test]
+    fn half_a_frame_goes_to_the_loop_and_no_caller_finishes_it() {
+        let (ours, mut peer) = pair();
+        let side = ReadSide::new(FrameLimits::default());
+        let bytes = frame_bytes(3);
+        peer.write_all(&bytes[..10]).unwrap();
+        thread_wait_readable(&ours);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (outcome, loop_must_read) = side.read_here(&ours, deadline, &|| false, &mut |_| {
+            panic!("no whole frame")
+        });
+        assert_eq!(
+            (outcome, loop_must_read),
+            (ReadHere::Elsewhere, true),
+            "a read ending inside a frame hands it to the loop at once, with its frame timeout"
+        );
+
+        peer.write_all(&bytes[10..]).unwrap();
+        thread_wait_readable(&ours);
+        let (again, _) = side.read_here(&ours, deadline, &|| false, &mut |_| {
+            panic!("a caller finished a frame whose clock the loop keeps")
+        });
+        assert_eq!(again, ReadHere::Elsewhere);
+        assert!(side.begin_loop(), "the turn is free for the loop");
     }
 
     /// Returns once `stream` has bytes (or end of stream) to read, within 5 s.
