@@ -9,7 +9,8 @@
 # for both (BASE in a temporary git worktree with its own target directory), then each shape runs
 # ROUNDS times (default 3), before and after interleaved so that drift in the machine hits both
 # alike. Prints one line per run: revision, shape, dispatch, driver, ratio to raw, netrpc
-# calls/s, p50 and p99. Run it on a quiet machine; it takes about
+# calls/s, p50, p99, and CPU time per call as a multiple of raw TCP's ("-" from a loadgen that
+# does not report CPU). Run it on a quiet machine; it takes about
 # 10 shapes x 2 revisions x ROUNDS x (SECONDS + 0.5) x 2 (raw and netrpc).
 # ONLY=REGEX runs only the shapes whose label matches (say ONLY='4x16 inline').
 set -euo pipefail
@@ -43,15 +44,23 @@ shapes=(
     "--conns 4 --inflight 16 --inline --no-batch|4x16 inline one-by-one"
 )
 
-# Prints "ratio calls/s p50 p99" from one loadgen run's output.
+# Prints "ratio calls/s p50 p99 cpu" from one loadgen run's output.
 summarize() {
     awk '
+        BEGIN     { cpu = "-" }
         /^netrpc/ { calls = $2; p50 = $5 $6; p99 = $11 $12 }
-        /^ratio/  { ratio = $2 }
-        END       { printf "%s %s %s %s\n", ratio, calls, p50, p99 }'
+        /^ratio/  {
+            ratio = $2
+            if (index($0, "CPU per call")) {
+                cpu = $0
+                sub(/.*CPU per call /, "", cpu)
+                sub(/ raw.*/, "", cpu)
+            }
+        }
+        END       { printf "%s %s %s %s %s\n", ratio, calls, p50, p99, cpu }'
 }
 
-printf '%-7s %-26s %6s %12s %9s %9s\n' revision shape ratio calls/s p50 p99
+printf '%-7s %-26s %6s %12s %9s %9s %8s\n' revision shape ratio calls/s p50 p99 cpu/raw
 for shape in "${shapes[@]}"; do
     flags=${shape%%|*}
     label=${shape#*|}
@@ -64,8 +73,9 @@ for shape in "${shapes[@]}"; do
                 printf '%-7s %-26s %s\n' "$side" "$label" "(not supported by this revision)"
                 continue
             fi
-            read -r ratio calls p50 p99 <<<"$(summarize <<<"$output")"
-            printf '%-7s %-26s %6s %12s %9s %9s\n' "$side" "$label" "$ratio" "$calls" "$p50" "$p99"
+            read -r ratio calls p50 p99 cpu <<<"$(summarize <<<"$output")"
+            printf '%-7s %-26s %6s %12s %9s %9s %8s\n' \
+                "$side" "$label" "$ratio" "$calls" "$p50" "$p99" "$cpu"
         done
     done
 done

@@ -19,6 +19,11 @@
 //! (`support/raw_tcp.rs`). Calls completing during the
 //! warm-up are not counted. All traffic stays on 127.0.0.1 unless `--addr` says otherwise.
 //!
+//! Beside calls/s and latency it reports the CPU time per call of the whole process over the
+//! measured window (`support/cpu_time.rs`, from `/proc/self/stat`): with the server in the
+//! same process, what a call costs on both sides, a figure that does not depend on how
+//! long threads wait to be woken, as calls/s on a virtual machine does.
+//!
 //! With `--tls`, the same load then runs again against a second in-process server that speaks
 //! TLS (a throwaway certificate made at start with rcgen, `support/certs.rs`), and the ratio of
 //! TLS to plaintext is printed.
@@ -29,6 +34,8 @@ mod args;
 mod arith;
 #[path = "support/certs.rs"]
 mod certs;
+#[path = "support/cpu_time.rs"]
+mod cpu_time;
 #[path = "support/raw_tcp.rs"]
 mod raw_tcp;
 
@@ -79,7 +86,8 @@ usage: cargo run --release --example loadgen -- [--addr HOST:PORT | --inproc] [o
   --help             print this help
 
 Prints a progress line each second (to stderr), then for each run: calls/s, latency p50, p90,
-p99, p999 and max, and errors by kind.";
+p99, p999 and max, the process's CPU time per call over the measured window (Linux; server,
+client and tool together when in-process), and errors by kind.";
 
 service! {
     /// A service for payload benchmarks.
@@ -123,6 +131,9 @@ struct Plan {
 struct Report {
     calls: u64,
     elapsed: Duration,
+    /// CPU time of the whole process over the measured window (server, client and tool
+    /// alike when the server runs in-process), if the system says.
+    cpu: Option<Duration>,
     latency: Histogram,
     errors: BTreeMap<String, u64>,
 }
@@ -130,6 +141,12 @@ struct Report {
 impl Report {
     fn per_second(&self) -> f64 {
         self.calls as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// CPU microseconds per call over the measured window.
+    fn cpu_micros_per_call(&self) -> Option<f64> {
+        let cpu = self.cpu?;
+        (self.calls > 0).then(|| cpu.as_secs_f64() * 1e6 / self.calls as f64)
     }
 
     fn merge(&mut self, other: Report) {
@@ -216,10 +233,16 @@ fn main() -> Result<(), Box<dyn Error>> {
     print_report("netrpc", &report);
     if let Some(raw) = baseline {
         println!(
-            "ratio      {:.2} of raw calls/s; p50 {:.2}x, p99 {:.2}x raw's",
+            "ratio      {:.2} of raw calls/s; p50 {:.2}x, p99 {:.2}x raw's{}",
             report.per_second() / raw.per_second().max(1e-9),
             ratio(report.latency.quantile(0.5), raw.latency.quantile(0.5)),
             ratio(report.latency.quantile(0.99), raw.latency.quantile(0.99)),
+            match (report.cpu_micros_per_call(), raw.cpu_micros_per_call()) {
+                (Some(ours), Some(raws)) if raws > 0.0 => {
+                    format!("; CPU per call {:.2}x raw's", ours / raws)
+                }
+                _ => String::new(),
+            },
         );
     }
     if with_tls {
@@ -484,6 +507,7 @@ where
             .map(|_| scope.spawn(|| driver(record_from, end, &progress)))
             .collect();
         scope.spawn(|| print_progress(&progress, &finished, started));
+        let cpu = scope.spawn(|| cpu_over(record_from, end));
         for handle in drivers {
             match handle.join() {
                 Ok(report) => total.merge(report),
@@ -491,8 +515,17 @@ where
             }
         }
         finished.store(true, Ordering::SeqCst);
+        total.cpu = cpu.join().ok().flatten();
     });
     Ok(total)
+}
+
+/// The process's CPU time between `from` and `to` (sleeping until each), if the system says.
+fn cpu_over(from: Instant, to: Instant) -> Option<Duration> {
+    thread::sleep(from.saturating_duration_since(Instant::now()));
+    let start = cpu_time::process_cpu_time()?;
+    thread::sleep(to.saturating_duration_since(Instant::now()));
+    Some(cpu_time::process_cpu_time()?.saturating_sub(start))
 }
 
 /// Prints the completions per second over the last second, once a second, until `finished`,
@@ -523,8 +556,12 @@ fn print_progress(progress: &AtomicU64, finished: &AtomicBool, started: Instant)
 
 fn print_report(label: &str, report: &Report) {
     let q = |quantile| Micros(report.latency.quantile(quantile));
+    let cpu = report
+        .cpu_micros_per_call()
+        .map(|micros| format!(", CPU {micros:.2} µs/call"))
+        .unwrap_or_default();
     println!(
-        "{label:<10} {:>12} calls/s   p50 {}  p90 {}  p99 {}  p999 {}  max {}   ({} calls)",
+        "{label:<10} {:>12} calls/s   p50 {}  p90 {}  p99 {}  p999 {}  max {}   ({} calls{cpu})",
         Thousands(report.per_second() as u64),
         q(0.5),
         q(0.9),
