@@ -197,11 +197,11 @@ impl Client {
     ///
     /// Unlike a plain `recv` on the channel, it reads the replies on this thread while
     /// nobody else is reading the connection, as a blocking [`Client::call`] does: no wake-up
-    /// of the client's event loop and no hand-off from it: at 4 connections x 16 calls in
-    /// flight, half the p99 latency, and with pool dispatch a third to a half more calls/s
-    /// (`docs/BENCHMARKS.md`). Every reply it reads completes its own
-    /// call, whoever waits for it. It stops reading at the earliest deadline among the
-    /// client's pending calls and leaves that call's timeout to the event loop.
+    /// of the client's event loop and no hand-off from it. At 4 connections x 16 calls in
+    /// flight that halves the p99 latency, and with pool dispatch gives a third to a half more
+    /// calls/s (`docs/BENCHMARKS.md`). Every reply it reads completes its own call, whoever
+    /// waits for it. It stops reading at the earliest deadline among the client's pending
+    /// calls and leaves that call's timeout to the event loop.
     ///
     /// A completion that comes from elsewhere while it reads (a call of another client
     /// sharing the channel, a [`Client::cancel`] on another thread) is seen within 100 ms,
@@ -212,6 +212,24 @@ impl Client {
     ///
     /// [`RecvTimeoutError::Timeout`] when nothing arrived in time;
     /// [`RecvTimeoutError::Disconnected`] if every sender of the channel is gone.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use rpc_core::{done_channel, Client};
+    ///
+    /// let client = Client::dial("127.0.0.1:1234")?;
+    /// let (done, completions) = done_channel::<i64>();
+    /// for b in 1..=16i64 {
+    ///     client.go_with("Arith.Multiply", &(7i64, b), &done);
+    /// }
+    /// for _ in 0..16 {
+    ///     let completion = client.recv_completion(&completions, Duration::from_secs(5))?;
+    ///     println!("call {}: {:?}", completion.seq, completion.result);
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn recv_completion<R>(
         &self,
         completions: &Receiver<Completion<R>>,
