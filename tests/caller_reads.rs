@@ -12,8 +12,8 @@ use std::net::TcpListener;
 use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::RecvTimeoutError;
-use netrpc::{done_channel, Client, RpcError};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use netrpc::{done_channel, Client, Completion, RpcError};
 use serde::{Deserialize, Deserializer};
 use util::{Args, TestServer};
 
@@ -30,6 +30,21 @@ impl<'de> Deserialize<'de> for DecodedOn {
             ms: u64::deserialize(deserializer)?,
             thread: thread::current().id(),
         })
+    }
+}
+
+/// Waits (reading) for the next completion on `completions`, which must be a failure: returns
+/// its seq and error.
+fn next_failure<R: std::fmt::Debug>(
+    client: &Client,
+    completions: &Receiver<Completion<R>>,
+) -> (u64, RpcError) {
+    let completion = client
+        .recv_completion(completions, Duration::from_secs(30))
+        .expect("a completion within 30 s, no hang");
+    match completion.result {
+        Err(err) => (completion.seq, err),
+        Ok(value) => panic!("call {} succeeded with {value:?}", completion.seq),
     }
 }
 
@@ -167,15 +182,9 @@ fn a_call_whose_deadline_passes_while_the_thread_reads_completes_with_timeout() 
     let (done, completions) = done_channel::<u64>();
     let seq = client.go_with("Probe.Sleep", &3_000u64, &done);
     let started = Instant::now();
-    let completion = client
-        .recv_completion(&completions, Duration::from_secs(30))
-        .unwrap();
-    assert_eq!(completion.seq, seq);
-    assert!(
-        matches!(completion.result, Err(RpcError::Timeout { .. })),
-        "got {:?}",
-        completion.result
-    );
+    let (failed, err) = next_failure(&client, &completions);
+    assert_eq!(failed, seq);
+    assert!(matches!(err, RpcError::Timeout { .. }), "{err:?}");
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "the timeout came from the call's deadline, not from the reply"
@@ -193,15 +202,9 @@ fn a_cancel_from_another_thread_reaches_the_reading_thread() {
             thread::sleep(Duration::from_millis(50));
             assert!(client.cancel(seq));
         });
-        let completion = client
-            .recv_completion(&completions, Duration::from_secs(30))
-            .unwrap();
-        assert_eq!(completion.seq, seq);
-        assert!(
-            matches!(completion.result, Err(RpcError::Cancelled)),
-            "got {:?}",
-            completion.result
-        );
+        let (failed, err) = next_failure(&client, &completions);
+        assert_eq!(failed, seq);
+        assert!(matches!(err, RpcError::Cancelled), "{err:?}");
     });
 }
 
@@ -221,16 +224,10 @@ fn a_peer_that_hangs_up_fails_the_calls_the_thread_waits_for() {
         client.go_with("Arith.Multiply", &Args { a: i, b: 1 }, &done);
     }
     for _ in 0..4 {
-        let completion = client
-            .recv_completion(&completions, Duration::from_secs(10))
-            .expect("each call fails within 10 s, none hangs");
+        let (_, err) = next_failure(&client, &completions);
         assert!(
-            matches!(
-                completion.result,
-                Err(RpcError::ConnectionLost { .. } | RpcError::Shutdown)
-            ),
-            "got {:?}",
-            completion.result
+            matches!(err, RpcError::ConnectionLost { .. } | RpcError::Shutdown),
+            "{err:?}"
         );
     }
     peer.join().unwrap();
@@ -251,14 +248,8 @@ fn closing_the_client_on_another_thread_fails_the_calls_a_reading_thread_waits_f
             client.close();
         });
         for _ in 0..3 {
-            let completion = client
-                .recv_completion(&completions, Duration::from_secs(30))
-                .unwrap();
-            assert!(
-                matches!(completion.result, Err(RpcError::Shutdown)),
-                "got {:?}",
-                completion.result
-            );
+            let (_, err) = next_failure(&client, &completions);
+            assert!(matches!(err, RpcError::Shutdown), "{err:?}");
         }
     });
 }
