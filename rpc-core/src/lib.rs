@@ -31,6 +31,7 @@ pub mod middleware;
 mod open_files;
 mod pending;
 mod pool;
+mod reply_cork;
 mod server;
 mod server_config;
 mod server_conn;

@@ -79,6 +79,12 @@ impl WorkerPool {
         self.shared.max_running.load(Ordering::SeqCst)
     }
 
+    /// True if the pool has as many threads as it may: a job queued now may wait for a
+    /// running one to end.
+    pub(crate) fn is_at_thread_cap(&self) -> bool {
+        self.shared.threads.load(Ordering::SeqCst) >= self.shared.max_threads
+    }
+
     /// Threads alive now.
     pub(crate) fn threads(&self) -> usize {
         self.shared.threads.load(Ordering::SeqCst)

@@ -2,7 +2,10 @@
 //! inline), and their results into reply frames.
 //!
 //! Runs on the event loop, so nothing here blocks: the lookup of the method is a map access,
-//! and a pooled handler runs on a pool thread, which writes its reply straight to the socket.
+//! and a pooled handler runs on a pool thread, which writes its reply straight to the socket,
+//! or corks it while more of the connection's calls wait for a worker: the worker that takes
+//! the last of them writes them all before it runs its own, so a burst of pipelined calls
+//! costs a few writes, not one per reply, and no reply waits for a handler to run.
 //! A request with sequence id 0, which the protocol keeps for messages about the connection,
 //! gets a `Protocol` error under seq 0 and the connection closes. Before any other request is
 //! dispatched it must pass, in order: a sequence id not already in flight
@@ -34,6 +37,7 @@ use rpc_transport::{
 use crate::catch_panic::catch_panic;
 use crate::error_body::{error_frame, ErrorCode};
 use crate::middleware::{run_server_chain, CallContext};
+use crate::reply_cork::{ReplyCork, ReplySend};
 use crate::server::{ConnectionSlot, ServerShared};
 use crate::service::{Dispatch, DispatchError, MethodCounters, MethodHandler};
 use crate::stats::StatsCounters;
@@ -67,6 +71,8 @@ pub(crate) struct ConnCalls {
     /// The largest reply sent on this connection so far: what each call in flight may yet
     /// add to the queue, for backpressure.
     largest_reply: AtomicUsize,
+    /// When the workers' replies are corked and when written.
+    reply_cork: ReplyCork,
 }
 
 impl ServerConn {
@@ -186,16 +192,12 @@ impl ServerConn {
                 let (reply, failure) = call.run(&handler, codec, &request);
                 call.finish(request.seq, &reply, failure, Sending::Batched);
             }
-            Dispatch::Pool => self.server.pool.execute(Box::new(move || {
-                let (reply, failure) = match call.expired(&request) {
-                    Some(reason) => {
-                        let code = ErrorCode::DeadlineExceeded;
-                        (encode_error(request.seq, code, reason), Some(code))
-                    }
-                    None => call.run(&handler, codec, &request),
-                };
-                call.finish(request.seq, &reply, failure, Sending::Now);
-            })),
+            Dispatch::Pool => {
+                self.calls.reply_cork.call_queued();
+                self.server.pool.execute(Box::new(move || {
+                    call.run_on_worker(&handler, codec, &request)
+                }));
+            }
         }
     }
 
@@ -282,8 +284,9 @@ impl ConnCalls {
 /// How a reply is written.
 #[derive(Clone, Copy)]
 enum Sending {
-    /// By this thread, now (a pool worker).
-    Now,
+    /// By this pool worker, now or with the replies of the connection's next calls
+    /// ([`InFlight::send_from_worker`]).
+    FromWorker,
     /// With the other replies of this loop turn (an inline handler, on the loop).
     Batched,
 }
@@ -299,6 +302,24 @@ struct InFlight {
 }
 
 impl InFlight {
+    /// A worker's whole share of a pooled call: writes the replies corked behind this call if
+    /// it was the connection's last waiting for a worker, then runs the call (unless it
+    /// expired while it waited) and sends its reply.
+    fn run_on_worker(self, handler: &MethodHandler, codec: CodecKind, request: &Frame) {
+        if self.calls.reply_cork.call_taken() {
+            // A failed flush means the connection is closing; the reply's send will say so.
+            let _ = self.conn.flush();
+        }
+        let (reply, failure) = match self.expired(request) {
+            Some(reason) => {
+                let code = ErrorCode::DeadlineExceeded;
+                (encode_error(request.seq, code, reason), Some(code))
+            }
+            None => self.run(handler, codec, request),
+        };
+        self.finish(request.seq, &reply, failure, Sending::FromWorker);
+    }
+
     /// Why the call should not run any more, if so: its caller cancelled it, or its deadline
     /// (relative to when the request was read) has passed.
     fn expired(&self, request: &Frame) -> Option<&'static str> {
@@ -333,6 +354,21 @@ impl InFlight {
         )
     }
 
+    /// Sends a worker's reply now, or corks it for a later write ([`ReplyCork`]).
+    fn send_from_worker(&self, reply: &[u8]) -> Result<(), TransportError> {
+        let cork = &self.calls.reply_cork;
+        match cork.sending(self.server.pool.is_at_thread_cap()) {
+            ReplySend::Now => self.conn.send(reply),
+            ReplySend::Cork => {
+                self.conn.send_corked(reply)?;
+                if cork.corked() {
+                    self.conn.flush()?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Sends the reply and takes the call out of flight.
     fn finish(self, seq: u64, reply: &[u8], failure: Option<ErrorCode>, sending: Sending) {
         let stats = &self.server.stats;
@@ -341,7 +377,7 @@ impl InFlight {
         }
         self.counters.count(failure.is_some());
         let sent = match sending {
-            Sending::Now => self.conn.send(reply),
+            Sending::FromWorker => self.send_from_worker(reply),
             Sending::Batched => self.conn.send_batched(reply),
         };
         // A failed send means the peer is gone and the loop is closing the connection.

@@ -1,0 +1,138 @@
+//! Replies written by pool workers: a worker corks its reply while more calls of its
+//! connection wait for a worker, and the worker that takes the last of them writes them all.
+//! Whatever the workers do, every reply leaves, and none waits for another call's handler.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod util;
+
+use std::collections::HashMap;
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+use netrpc::{done_channel, Client, Completion, Server};
+use util::{Args, ProbeClient, TestServer};
+
+/// Long enough for any reply on loopback; far shorter than a blocked call's 10 s.
+const PROMPTLY: Duration = Duration::from_secs(3);
+
+#[test]
+fn with_the_pool_full_a_finished_reply_does_not_wait_for_blocked_workers() {
+    // Two workers: one blocks on the first call, the other runs the quick second call and
+    // then takes the third, which blocks too, while the fourth waits for a worker. A reply
+    // corked behind that fourth call would wait until a blocked call is released.
+    let server = TestServer::start_with(Server::builder().max_workers(2).build());
+    let client = server.client();
+    let (done, completions) = done_channel::<u64>();
+    let batch = client.batch();
+    batch.go_with(ProbeClient::BLOCK, &1u64, &done);
+    let quick = batch.go_with(ProbeClient::SLEEP, &0u64, &done);
+    batch.go_with(ProbeClient::BLOCK, &2u64, &done);
+    batch.go_with(ProbeClient::SLEEP, &0u64, &done);
+    batch.send();
+
+    let first = completions.recv_timeout(PROMPTLY).expect("the quick reply");
+    assert_eq!(first.seq, quick, "the quick call answers first");
+    assert_eq!(first.result.unwrap(), 0);
+    assert!(
+        completions
+            .recv_timeout(Duration::from_millis(200))
+            .is_err(),
+        "everything else waits for a worker or a release"
+    );
+
+    // The first release frees a worker for the fourth call; the second, the third call.
+    server.release(1);
+    let mut released: Vec<u64> = (0..2).map(|_| next_ok(&completions)).collect();
+    released.sort_unstable();
+    assert_eq!(released, [0, 1], "the first blocked call and the fourth");
+    server.release(1);
+    assert_eq!(next_ok(&completions), 2);
+    assert_eq!(server.server.stats().in_flight_calls, 0);
+}
+
+#[test]
+fn replies_queued_before_a_blocking_call_leave_while_it_blocks() {
+    // Thirty quick calls and one that blocks, sent in one write: the worker that takes the
+    // blocking call writes whatever was corked before it runs it.
+    let server = TestServer::start();
+    let client = server.client();
+    let (done, completions) = done_channel::<u64>();
+    let batch = client.batch();
+    for i in 0..31u64 {
+        if i == 15 {
+            batch.go_with(ProbeClient::BLOCK, &i, &done);
+        } else {
+            batch.go_with(ProbeClient::SLEEP, &0u64, &done);
+        }
+    }
+    batch.send();
+
+    for _ in 0..30 {
+        let completion = completions.recv_timeout(PROMPTLY).expect("a quick reply");
+        assert_eq!(completion.result.unwrap(), 0);
+    }
+    server.release(1);
+    let blocked = completions
+        .recv_timeout(PROMPTLY)
+        .expect("the released call");
+    assert_eq!(blocked.result.unwrap(), 15);
+}
+
+#[test]
+fn every_reply_arrives_when_many_connections_pipeline_through_the_pool() {
+    // Four connections with 64 calls in flight each keep calls waiting in the pool's queue,
+    // so workers cork replies and flush each other's. A reply left corked would fail its
+    // call with a timeout.
+    let server = TestServer::start();
+    let drivers: Vec<_> = (0..4i64)
+        .map(|conn| {
+            let client = Client::builder()
+                .call_timeout(Duration::from_secs(20))
+                .dial(server.addr())
+                .unwrap();
+            thread::spawn(move || pipeline(&client, conn, 1_500, 64))
+        })
+        .collect();
+    for driver in drivers {
+        driver.join().unwrap();
+    }
+    assert_eq!(server.server.stats().in_flight_calls, 0);
+}
+
+/// The next completion's value, which must come promptly and be a success.
+fn next_ok(completions: &Receiver<Completion<u64>>) -> u64 {
+    let completion = completions.recv_timeout(PROMPTLY).expect("a reply");
+    completion.result.unwrap()
+}
+
+/// Runs `total` calls with `in_flight` outstanding at once, each checked against its own
+/// arguments.
+fn pipeline(client: &Client, conn: i64, total: i64, in_flight: i64) {
+    let (done, completions) = done_channel::<i64>();
+    let mut expected = HashMap::new();
+    for i in 0..total {
+        if i >= in_flight {
+            check_next(client, &completions, &mut expected);
+        }
+        let seq = client.go_with("Arith.Multiply", &Args { a: i, b: conn }, &done);
+        expected.insert(seq, i * conn);
+    }
+    while !expected.is_empty() {
+        check_next(client, &completions, &mut expected);
+    }
+}
+
+/// Takes the next completion and checks it is one of `expected`, with its product.
+fn check_next(
+    client: &Client,
+    completions: &Receiver<Completion<i64>>,
+    expected: &mut HashMap<u64, i64>,
+) {
+    let completion = client
+        .recv_completion(completions, Duration::from_secs(20))
+        .expect("every call completes");
+    let want = expected.remove(&completion.seq).expect("a call of ours");
+    assert_eq!(completion.result.unwrap(), want);
+}
