@@ -22,7 +22,9 @@
 //! Beside calls/s and latency it reports the CPU time per call of the whole process over the
 //! measured window (`support/cpu_time.rs`, from `/proc/self/stat`): with the server in the
 //! same process, what a call costs on both sides, a figure that does not depend on how
-//! long threads wait to be woken, as calls/s on a virtual machine does.
+//! long threads wait to be woken, as calls/s on a virtual machine does. With the server in
+//! the same process it also prints how many worker threads the server's pool holds at the end
+//! and the most handlers that ran at once.
 //!
 //! With `--tls`, the same load then runs again against a second in-process server that speaks
 //! TLS (a throwaway certificate made at start with rcgen, `support/certs.rs`), and the ratio of
@@ -231,6 +233,13 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     let report = run_netrpc(&plan, target, None)?;
     print_report("netrpc", &report);
+    if flags.get_str("addr").is_none() {
+        println!(
+            "server     {} worker threads alive at the end; at most {} handlers ran at once",
+            server.worker_threads(),
+            server.stats().max_running_handlers,
+        );
+    }
     if let Some(raw) = baseline {
         println!(
             "ratio      {:.2} of raw calls/s; p50 {:.2}x, p99 {:.2}x raw's{}",

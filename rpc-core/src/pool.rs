@@ -1,13 +1,20 @@
 //! The worker pool: elastic threads that run handlers off the event loop.
 //!
 //! A handler may block (the tutorials' methods sleep), so handlers never run on an event loop.
-//! The pool starts a thread whenever work waits and no thread is idle, up to `max_threads`;
-//! a thread idle for `keep_alive` exits. So 64 concurrent calls of a 100 ms method take about
-//! 100 ms, as with Go's goroutine per request, and an idle server holds few threads.
+//! The pool starts a thread whenever work waits and no thread is idle, up to as many threads
+//! as the machine has cores (`eager_threads`). Past that, a monitor thread (Go's `sysmon`)
+//! looks at the queue every [`MONITOR_TICK`]: if jobs queued a whole tick ago are still
+//! waiting, the threads are blocked, and it starts as many more as there are (one at least,
+//! no more than the jobs waiting that long), so the count doubles each tick, up to
+//! `max_threads`. So 64 concurrent calls of a 100 ms method still take about 100 ms (a few
+//! ticks more), as with Go's goroutine per request, while 64 calls in flight of a quick
+//! method keep a few threads busy instead of starting 64 that compete for the cores. A
+//! thread idle for `keep_alive` exits, and the monitor after [`MONITOR_QUIET_TICKS`] ticks
+//! with nothing queued: an idle server holds few threads.
 //!
 //! Beyond `max_threads`, jobs wait in the queue (in arrival order) until a thread is free.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -37,12 +44,24 @@ struct PoolShared {
     running: AtomicUsize,
     /// The most jobs that ever ran at once.
     max_running: AtomicUsize,
+    /// Jobs ever queued, and ever taken by a thread: how the monitor tells that jobs wait.
+    enqueued: AtomicU64,
+    taken: AtomicU64,
+    /// True while a monitor thread runs.
+    monitor_running: AtomicBool,
+    /// Threads started at once when work waits and none is idle; past them, the monitor
+    /// starts more.
+    eager_threads: usize,
     max_threads: usize,
     keep_alive: Duration,
 }
 
 impl WorkerPool {
+    /// A pool of at most `max_threads` threads, of which as many as the machine has cores
+    /// start at once when needed; a thread idle for `keep_alive` exits.
     pub(crate) fn new(max_threads: usize, keep_alive: Duration) -> Self {
+        let cores = thread::available_parallelism().map_or(1, |cores| cores.get());
+        let max_threads = max_threads.max(1);
         let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded();
         WorkerPool {
             jobs: jobs_tx,
@@ -53,19 +72,33 @@ impl WorkerPool {
                 queued: AtomicUsize::new(0),
                 running: AtomicUsize::new(0),
                 max_running: AtomicUsize::new(0),
-                max_threads: max_threads.max(1),
+                enqueued: AtomicU64::new(0),
+                taken: AtomicU64::new(0),
+                monitor_running: AtomicBool::new(false),
+                eager_threads: cores.min(max_threads),
+                max_threads,
                 keep_alive,
             }),
         }
     }
 
-    /// Queues `job`, starting a thread if every thread is busy and the cap allows.
+    /// Queues `job`, starting a thread if every thread is busy and fewer than
+    /// `eager_threads` run, or else making sure the monitor watches the queue.
     pub(crate) fn execute(&self, job: Job) {
-        let queued = self.shared.queued.fetch_add(1, Ordering::SeqCst) + 1;
+        let shared = &self.shared;
+        shared.enqueued.fetch_add(1, Ordering::SeqCst);
+        let queued = shared.queued.fetch_add(1, Ordering::SeqCst) + 1;
         // The pool owns a receiver too, so the channel cannot be disconnected.
         let _ = self.jobs.send(job);
-        if queued > self.shared.idle.load(Ordering::SeqCst) {
-            self.try_spawn();
+        if queued <= shared.idle.load(Ordering::SeqCst) {
+            return;
+        }
+        if shared.threads.load(Ordering::SeqCst) < shared.eager_threads {
+            try_spawn(shared);
+        } else if !shared.monitor_running.load(Ordering::SeqCst)
+            && !shared.monitor_running.swap(true, Ordering::SeqCst)
+        {
+            start_monitor(shared);
         }
     }
 
@@ -89,32 +122,85 @@ impl WorkerPool {
     pub(crate) fn threads(&self) -> usize {
         self.shared.threads.load(Ordering::SeqCst)
     }
+}
 
-    fn try_spawn(&self) {
-        let shared = &self.shared;
-        let mut threads = shared.threads.load(Ordering::SeqCst);
-        loop {
-            if threads >= shared.max_threads {
-                return; // at the cap: the job waits for a free thread
-            }
-            match shared.threads.compare_exchange(
-                threads,
-                threads + 1,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            ) {
-                Ok(_) => break,
-                Err(actual) => threads = actual,
+/// Starts a worker unless the pool is at its cap; false if it started none.
+fn try_spawn(shared: &Arc<PoolShared>) -> bool {
+    let mut threads = shared.threads.load(Ordering::SeqCst);
+    loop {
+        if threads >= shared.max_threads {
+            return false; // at the cap: the job waits for a free thread
+        }
+        match shared.threads.compare_exchange(
+            threads,
+            threads + 1,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        ) {
+            Ok(_) => break,
+            Err(actual) => threads = actual,
+        }
+    }
+    let worker_shared = Arc::clone(shared);
+    let spawned = thread::Builder::new()
+        .name("netrpc-worker".to_owned())
+        .spawn(move || worker_loop(&worker_shared));
+    if spawned.is_err() {
+        // Out of threads: the job stays queued for an existing worker.
+        shared.threads.fetch_sub(1, Ordering::SeqCst);
+        return false;
+    }
+    true
+}
+
+/// Starts the monitor thread (the caller has set `monitor_running`).
+fn start_monitor(shared: &Arc<PoolShared>) {
+    let monitor_shared = Arc::clone(shared);
+    let spawned = thread::Builder::new()
+        .name("netrpc-pool-monitor".to_owned())
+        .spawn(move || monitor_loop(&monitor_shared));
+    if spawned.is_err() {
+        // Out of threads: the next job that finds every thread busy tries again.
+        shared.monitor_running.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Every tick: if jobs queued a tick ago still wait, starts more threads (as many as run,
+/// at least one, at most one per such job). Exits after `MONITOR_QUIET_TICKS` ticks with no
+/// job waiting.
+fn monitor_loop(shared: &Arc<PoolShared>) {
+    let mut enqueued_a_tick_ago = shared.enqueued.load(Ordering::SeqCst);
+    let mut quiet_ticks = 0;
+    loop {
+        thread::sleep(MONITOR_TICK);
+        let taken = shared.taken.load(Ordering::SeqCst);
+        let enqueued = shared.enqueued.load(Ordering::SeqCst);
+        if taken < enqueued_a_tick_ago {
+            let waited_a_tick = usize::try_from(enqueued_a_tick_ago - taken).unwrap_or(usize::MAX);
+            let more = waited_a_tick.min(shared.threads.load(Ordering::SeqCst).max(1));
+            for _ in 0..more {
+                if !try_spawn(shared) {
+                    break;
+                }
             }
         }
-        let worker_shared = Arc::clone(shared);
-        let spawned = thread::Builder::new()
-            .name("netrpc-worker".to_owned())
-            .spawn(move || worker_loop(&worker_shared));
-        if spawned.is_err() {
-            // Out of threads: the job stays queued for an existing worker.
-            shared.threads.fetch_sub(1, Ordering::SeqCst);
+        enqueued_a_tick_ago = enqueued;
+        if taken < enqueued {
+            quiet_ticks = 0;
+            continue;
         }
+        quiet_ticks += 1;
+        if quiet_ticks < MONITOR_QUIET_TICKS {
+            continue;
+        }
+        shared.monitor_running.store(false, Ordering::SeqCst);
+        // A job queued before that store found the monitor running and started none: stay
+        // for it, unless a new monitor already did.
+        let waiting = shared.taken.load(Ordering::SeqCst) < shared.enqueued.load(Ordering::SeqCst);
+        if !waiting || shared.monitor_running.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        quiet_ticks = 0;
     }
 }
 
@@ -125,6 +211,7 @@ fn worker_loop(shared: &PoolShared) {
         shared.idle.fetch_sub(1, Ordering::SeqCst);
         match job {
             Ok(job) => {
+                shared.taken.fetch_add(1, Ordering::SeqCst);
                 shared.queued.fetch_sub(1, Ordering::SeqCst);
                 let running = shared.running.fetch_add(1, Ordering::SeqCst) + 1;
                 shared.max_running.fetch_max(running, Ordering::SeqCst);
@@ -149,6 +236,12 @@ fn worker_loop(shared: &PoolShared) {
     }
 }
 
+/// How often the monitor looks for jobs that wait.
+const MONITOR_TICK: Duration = Duration::from_millis(1);
+
+/// Ticks with no job waiting before the monitor exits.
+const MONITOR_QUIET_TICKS: u32 = 100;
+
 struct RunningGuard<'a>(&'a AtomicUsize);
 
 impl Drop for RunningGuard<'_> {
@@ -160,6 +253,7 @@ impl Drop for RunningGuard<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Barrier;
     use std::time::Instant;
 
     #[test]
@@ -206,6 +300,51 @@ mod tests {
         seen.sort_unstable();
         assert_eq!(seen, (0..10).collect::<Vec<_>>());
         assert!(pool.threads() <= 2);
+    }
+
+    #[test]
+    fn jobs_that_wait_for_each_other_get_threads_beyond_the_cores() {
+        // Sixteen jobs that can only finish together: the first `eager_threads` block, and
+        // only the monitor can start the rest.
+        let pool = WorkerPool::new(64, Duration::from_secs(1));
+        let barrier = Arc::new(Barrier::new(16));
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        for _ in 0..16 {
+            let (barrier, done_tx) = (Arc::clone(&barrier), done_tx.clone());
+            pool.execute(Box::new(move || {
+                barrier.wait();
+                done_tx.send(()).unwrap();
+            }));
+        }
+        for _ in 0..16 {
+            done_rx
+                .recv_timeout(Duration::from_secs(5))
+                .expect("every job got a thread");
+        }
+        assert!(pool.threads() >= 16);
+        assert!(pool.threads() <= 32, "at most doubled: {}", pool.threads());
+    }
+
+    #[test]
+    fn the_monitor_exits_once_nothing_waits() {
+        let pool = WorkerPool::new(8, Duration::from_secs(1));
+        let barrier = Arc::new(Barrier::new(8));
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        for _ in 0..8 {
+            let (barrier, done_tx) = (Arc::clone(&barrier), done_tx.clone());
+            pool.execute(Box::new(move || {
+                barrier.wait();
+                done_tx.send(()).unwrap();
+            }));
+        }
+        for _ in 0..8 {
+            done_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pool.shared.monitor_running.load(Ordering::SeqCst) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!pool.shared.monitor_running.load(Ordering::SeqCst));
     }
 
     #[test]

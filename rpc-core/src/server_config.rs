@@ -98,7 +98,9 @@ impl ServerBuilder {
     }
 
     /// Cap on handler threads (default [`DEFAULT_MAX_WORKERS`]). Calls beyond it wait in a
-    /// queue, in arrival order, until a thread is free.
+    /// queue, in arrival order, until a thread is free. Below the cap, threads past the
+    /// machine's cores start only once calls have waited a whole monitor tick (1 ms) for one,
+    /// so quick handlers keep a few threads busy and blocked ones still get more.
     pub fn max_workers(mut self, count: usize) -> Self {
         self.config.max_workers = count.max(1);
         self
