@@ -38,13 +38,12 @@ struct PoolShared {
     threads: AtomicUsize,
     /// Threads waiting for a job.
     idle: AtomicUsize,
-    /// Jobs queued and not yet taken by a thread.
-    queued: AtomicUsize,
     /// Jobs running now.
     running: AtomicUsize,
     /// The most jobs that ever ran at once.
     max_running: AtomicUsize,
-    /// Jobs ever queued, and ever taken by a thread: how the monitor tells that jobs wait.
+    /// Jobs ever queued, and ever taken by a thread: their difference is the jobs waiting,
+    /// and the monitor compares them across ticks to tell how long jobs wait.
     enqueued: AtomicU64,
     taken: AtomicU64,
     /// True while a monitor thread runs.
@@ -69,7 +68,6 @@ impl WorkerPool {
                 jobs: jobs_rx,
                 threads: AtomicUsize::new(0),
                 idle: AtomicUsize::new(0),
-                queued: AtomicUsize::new(0),
                 running: AtomicUsize::new(0),
                 max_running: AtomicUsize::new(0),
                 enqueued: AtomicU64::new(0),
@@ -87,10 +85,9 @@ impl WorkerPool {
     pub(crate) fn execute(&self, job: Job) {
         let shared = &self.shared;
         shared.enqueued.fetch_add(1, Ordering::SeqCst);
-        let queued = shared.queued.fetch_add(1, Ordering::SeqCst) + 1;
         // The pool owns a receiver too, so the channel cannot be disconnected.
         let _ = self.jobs.send(job);
-        if queued <= shared.idle.load(Ordering::SeqCst) {
+        if shared.jobs_waiting() <= shared.idle.load(Ordering::SeqCst) {
             return;
         }
         if shared.threads.load(Ordering::SeqCst) < shared.eager_threads {
@@ -121,6 +118,17 @@ impl WorkerPool {
     /// Threads alive now.
     pub(crate) fn threads(&self) -> usize {
         self.shared.threads.load(Ordering::SeqCst)
+    }
+}
+
+impl PoolShared {
+    /// Jobs queued and not yet taken by a thread.
+    fn jobs_waiting(&self) -> usize {
+        // `taken` first: every job it counts was enqueued before, so `enqueued`, read after,
+        // is never smaller (the saturation only guards that reasoning).
+        let taken = self.taken.load(Ordering::SeqCst);
+        let enqueued = self.enqueued.load(Ordering::SeqCst);
+        usize::try_from(enqueued.saturating_sub(taken)).unwrap_or(usize::MAX)
     }
 }
 
@@ -196,8 +204,7 @@ fn monitor_loop(shared: &Arc<PoolShared>) {
         shared.monitor_running.store(false, Ordering::SeqCst);
         // A job queued before that store found the monitor running and started none: stay
         // for it, unless a new monitor already did.
-        let waiting = shared.taken.load(Ordering::SeqCst) < shared.enqueued.load(Ordering::SeqCst);
-        if !waiting || shared.monitor_running.swap(true, Ordering::SeqCst) {
+        if shared.jobs_waiting() == 0 || shared.monitor_running.swap(true, Ordering::SeqCst) {
             return;
         }
         quiet_ticks = 0;
@@ -212,7 +219,6 @@ fn worker_loop(shared: &PoolShared) {
         match job {
             Ok(job) => {
                 shared.taken.fetch_add(1, Ordering::SeqCst);
-                shared.queued.fetch_sub(1, Ordering::SeqCst);
                 let running = shared.running.fetch_add(1, Ordering::SeqCst) + 1;
                 shared.max_running.fetch_max(running, Ordering::SeqCst);
                 // Jobs catch their own panics (see the server's dispatch); this guard only
@@ -224,9 +230,7 @@ fn worker_loop(shared: &PoolShared) {
                 shared.threads.fetch_sub(1, Ordering::SeqCst);
                 // A job may have been queued between the timeout and the decrement above;
                 // if no thread is idle to take it, stay.
-                if shared.queued.load(Ordering::SeqCst) > 0
-                    && shared.idle.load(Ordering::SeqCst) == 0
-                {
+                if shared.jobs_waiting() > 0 && shared.idle.load(Ordering::SeqCst) == 0 {
                     shared.threads.fetch_add(1, Ordering::SeqCst);
                     continue;
                 }
@@ -307,20 +311,7 @@ mod tests {
         // Sixteen jobs that can only finish together: the first `eager_threads` block, and
         // only the monitor can start the rest.
         let pool = WorkerPool::new(64, Duration::from_secs(1));
-        let barrier = Arc::new(Barrier::new(16));
-        let (done_tx, done_rx) = crossbeam_channel::unbounded();
-        for _ in 0..16 {
-            let (barrier, done_tx) = (Arc::clone(&barrier), done_tx.clone());
-            pool.execute(Box::new(move || {
-                barrier.wait();
-                done_tx.send(()).unwrap();
-            }));
-        }
-        for _ in 0..16 {
-            done_rx
-                .recv_timeout(Duration::from_secs(5))
-                .expect("every job got a thread");
-        }
+        run_jobs_that_wait_for_each_other(&pool, 16);
         assert!(pool.threads() >= 16);
         assert!(pool.threads() <= 32, "at most doubled: {}", pool.threads());
     }
@@ -328,23 +319,30 @@ mod tests {
     #[test]
     fn the_monitor_exits_once_nothing_waits() {
         let pool = WorkerPool::new(8, Duration::from_secs(1));
-        let barrier = Arc::new(Barrier::new(8));
+        run_jobs_that_wait_for_each_other(&pool, 8);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pool.shared.monitor_running.load(Ordering::SeqCst) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!pool.shared.monitor_running.load(Ordering::SeqCst));
+    }
+
+    /// Runs `count` jobs that can only finish together (a barrier) and waits for them all.
+    fn run_jobs_that_wait_for_each_other(pool: &WorkerPool, count: usize) {
+        let barrier = Arc::new(Barrier::new(count));
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
-        for _ in 0..8 {
+        for _ in 0..count {
             let (barrier, done_tx) = (Arc::clone(&barrier), done_tx.clone());
             pool.execute(Box::new(move || {
                 barrier.wait();
                 done_tx.send(()).unwrap();
             }));
         }
-        for _ in 0..8 {
-            done_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        for _ in 0..count {
+            done_rx
+                .recv_timeout(Duration::from_secs(5))
+                .expect("every job got a thread");
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while pool.shared.monitor_running.load(Ordering::SeqCst) && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(10));
-        }
-        assert!(!pool.shared.monitor_running.load(Ordering::SeqCst));
     }
 
     #[test]
