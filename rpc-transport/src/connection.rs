@@ -255,9 +255,10 @@ impl Connection {
     ///
     /// The event loop keeps off the socket meanwhile and takes it back after; it also takes
     /// over anything this side cannot act on (end of stream, an error, bad bytes, and half a
-    /// frame, whose timeout only the loop keeps). Returns
-    /// [`ReadHere::Elsewhere`] at once when the loop or another caller is reading now, on a
-    /// TLS connection, or if no poller could be made: wait for what the loop delivers then.
+    /// frame, whose timeout only the loop keeps). A turn the loop is taking now is waited
+    /// out (it never blocks; a bound of 2 ms covers a loop thread kept off its CPU). Returns
+    /// [`ReadHere::Elsewhere`] at once when another caller is reading now, on a TLS
+    /// connection, or if no poller could be made: wait for what the loop delivers then.
     /// The first call makes a poller of the connection's own (one file descriptor, kept
     /// until the connection is dropped).
     pub fn read_here(

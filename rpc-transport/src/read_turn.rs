@@ -11,6 +11,10 @@
 //!   FREE ──caller takes─► CALLER ──caller done──► FREE
 //! ```
 //!
+//! A caller that finds the loop reading waits for that turn to end (loop turns never block)
+//! and then takes its own; one that finds another caller reading leaves its replies to come
+//! through the loop.
+//!
 //! Readiness the loop sees during a caller's turn is not lost: the loop marks it `missed`,
 //! and a caller ending its turn with `missed` set reads again (or, if the loop has taken the
 //! turn meanwhile, leaves the reading to it). What a caller cannot act on itself (end of
@@ -97,6 +101,10 @@ const CALLER: u8 = 2;
 /// guard, since every way its wait can end (a reply, a close) also wakes its poller.
 const CALLER_WAIT_SLICE: Duration = Duration::from_millis(100);
 
+/// The longest a caller starting its wait waits for the loop to end a turn: loop turns read
+/// only until the socket has nothing more, so this bounds a loop thread kept off its CPU.
+const LOOP_TURN_WAIT: Duration = Duration::from_millis(2);
+
 /// Bytes a caller reads per system call.
 const CALLER_READ_CHUNK: usize = 16 * 1024;
 
@@ -158,6 +166,32 @@ impl ReadSide {
             .is_ok()
     }
 
+    /// Caller side, starting a wait: takes the turn, first waiting out a turn the loop holds
+    /// (at most `bound`, [`LOOP_TURN_WAIT`] outside tests, and only while `stop` says the wait
+    /// is still needed).
+    /// A loop turn never blocks, so it ends soon; without this wait a caller that met one
+    /// (the loop reading the pong to the client's hello, say) would leave every reply of its
+    /// wait to the loop. False if another caller has the turn (its turn may last its whole
+    /// wait), or the loop's turn outlasted the bound.
+    fn begin_caller_after_loop(&self, stop: &dyn Fn() -> bool, bound: Duration) -> bool {
+        let mut gave_up_at = None;
+        loop {
+            match self
+                .turn
+                .compare_exchange(FREE, CALLER, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return true,
+                Err(LOOP) => {}
+                Err(_) => return false,
+            }
+            let now = Instant::now();
+            if stop() || now >= *gave_up_at.get_or_insert(now + bound) {
+                return false;
+            }
+            std::thread::yield_now();
+        }
+    }
+
     /// Caller side: reads `stream` on this thread until at least one frame has gone to
     /// `on_frame`, `deadline` passes, or `stop` returns true. Returns what happened, and
     /// whether the loop must read the connection now (something was handed back to it).
@@ -171,7 +205,7 @@ impl ReadSide {
         let Some(poller) = self.caller_poll.get_or_init(|| new_poller(stream)) else {
             return (ReadHere::Elsewhere, false);
         };
-        if !self.begin_caller() {
+        if !self.begin_caller_after_loop(stop, LOOP_TURN_WAIT) {
             return (ReadHere::Elsewhere, false);
         }
         if self.left_to_loop() {
@@ -370,6 +404,33 @@ mod tests {
         assert!(!side.begin_caller(), "a caller read during the loop's turn");
         side.end_loop();
         assert!(side.begin_caller());
+    }
+
+    #[test]
+    fn a_caller_starting_its_wait_waits_out_a_loop_turn_but_not_another_callers() {
+        let side = ReadSide::new(FrameLimits::default());
+        let never = || false;
+        assert!(side.begin_loop());
+        std::thread::scope(|scope| {
+            let caller =
+                scope.spawn(|| side.begin_caller_after_loop(&never, Duration::from_secs(60)));
+            std::thread::sleep(Duration::from_millis(50));
+            side.end_loop();
+            assert!(
+                caller.join().unwrap(),
+                "the caller took the turn the loop ended"
+            );
+        });
+        assert!(
+            !side.begin_caller_after_loop(&never, Duration::from_secs(60)),
+            "a second caller waited for the first, whose turn may last its whole wait"
+        );
+        side.turn.store(LOOP, Ordering::SeqCst);
+        assert!(
+            !side.begin_caller_after_loop(&|| true, Duration::from_secs(60)),
+            "a caller whose reply has come went on waiting for the loop"
+        );
+        assert!(!side.begin_caller_after_loop(&never, Duration::from_millis(5)));
     }
 
     #[test]
