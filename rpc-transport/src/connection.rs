@@ -17,14 +17,12 @@
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use mio::net::TcpStream;
-use mio::{Registry, Token};
 
 use crate::decoder::FrameDecoder;
 use crate::error::TransportError;
@@ -33,7 +31,6 @@ use crate::handler::CloseReason;
 use crate::limits::FrameLimits;
 use crate::loop_handle::{Command, ConnCommand, ConnKey, LoopHandle};
 use crate::read_turn::{ReadHere, ReadSide};
-use crate::registration::{Change, Registration};
 use crate::tls::session::TlsLayer;
 
 /// A cheap, cloneable handle to one connection owned by an event loop.
@@ -63,8 +60,6 @@ struct Shared {
     read_paused: AtomicBool,
     /// The frame decoder, and whether the loop or a waiting caller reads the socket now.
     read: ReadSide,
-    /// The socket's entry in the loop's poller, which a reading caller mutes.
-    registration: Registration,
     /// The TLS session, on a TLS connection. Its lock is taken before `out`'s.
     /// Boxed: a TLS session is over a kilobyte, and a plaintext connection (most of them)
     /// should not carry its size.
@@ -104,12 +99,10 @@ impl Connection {
         stream: TcpStream,
         limits: FrameLimits,
         loop_handle: LoopHandle,
-        registry: Arc<Registry>,
         tls: Option<rustls::Connection>,
     ) -> io::Result<Connection> {
         let peer_addr = stream.peer_addr()?;
         let local_addr = stream.local_addr()?;
-        let registration = Registration::new(registry, stream.as_raw_fd(), Token(key.index));
         Ok(Connection {
             shared: Arc::new(Shared {
                 key,
@@ -122,7 +115,6 @@ impl Connection {
                 timer: Mutex::new(None),
                 read_paused: AtomicBool::new(false),
                 read: ReadSide::new(limits),
-                registration,
                 tls: tls.map(|conn| Box::new(TlsLayer::new(conn))),
             }),
         })
@@ -279,13 +271,10 @@ impl Connection {
             return ReadHere::Elsewhere;
         }
         let unwinding = LoopReadsOnUnwind(self);
-        let (outcome, loop_must_read) = self.shared.read.read_here(
-            &self.shared.stream,
-            &self.shared.registration,
-            deadline,
-            stop,
-            on_frame,
-        );
+        let (outcome, loop_must_read) =
+            self.shared
+                .read
+                .read_here(&self.shared.stream, deadline, stop, on_frame);
         std::mem::forget(unwinding);
         if loop_must_read {
             self.post(ConnCommand::ReadAgain);
@@ -296,12 +285,6 @@ impl Connection {
     /// The decoder and read turn, for the loop.
     pub(crate) fn read_side(&self) -> &ReadSide {
         &self.shared.read
-    }
-
-    /// Changes what the socket's entry in the loop's poller asks for (the loop's write
-    /// interest). An error is the poller's.
-    pub(crate) fn change_registration(&self, change: Change) -> io::Result<()> {
-        self.shared.registration.set(change)
     }
 
     /// True if this connection runs TLS ([`crate::LoopHandle::adopt_tls`]).
@@ -653,7 +636,6 @@ struct LoopReadsOnUnwind<'a>(&'a Connection);
 
 impl Drop for LoopReadsOnUnwind<'_> {
     fn drop(&mut self) {
-        let _ = self.0.shared.registration.set(Change::ReadMuted(false));
         self.0.shared.read.give_back_after_unwind();
         self.0.post(ConnCommand::ReadAgain);
     }

@@ -43,7 +43,6 @@ use crate::handler::{CloseReason, EofAction, FrameHandler};
 use crate::limits::FrameLimits;
 use crate::loop_handle::{Acceptor, Command, ConnCommand, ConnKey, LoopHandle, MakeHandler};
 use crate::read_turn::HandedBack;
-use crate::registration::Change;
 
 /// Starts an event loop on a new thread named `name`.
 ///
@@ -73,10 +72,8 @@ pub fn spawn_loop(
         }
         None => None,
     };
-    let registry = Arc::new(poll.registry().try_clone()?);
     let mut event_loop = EventLoop {
         poll,
-        registry,
         handle: handle.clone(),
         commands: commands_rx,
         slots: Vec::new(),
@@ -98,9 +95,6 @@ pub fn spawn_loop(
 
 struct EventLoop {
     poll: Poll,
-    /// A clone of `poll`'s registry for the connections, which change their own entries
-    /// (`registration.rs`).
-    registry: Arc<Registry>,
     handle: LoopHandle,
     commands: Receiver<Command>,
     slots: Vec<Option<Slot>>,
@@ -123,6 +117,7 @@ struct Slot {
     /// may read the socket in the loop's stead.
     conn: Connection,
     handler: Box<dyn FrameHandler>,
+    write_interest: bool,
     /// Why the connection is closing, once known, for when the close completes.
     close_reason: Option<CloseReason>,
     /// A `ResumeReading` timer is pending for this paused connection.
@@ -432,7 +427,11 @@ impl EventLoop {
         match slot.conn.flush_from_loop() {
             Ok(FlushOutcome::Blocked) => {}
             Ok(FlushOutcome::Done) => {
-                let _ = slot.conn.change_registration(Change::Write(false));
+                if slot.write_interest {
+                    slot.write_interest = false;
+                    let fd = slot.conn.stream().as_raw_fd();
+                    let _ = reregister(self.poll.registry(), fd, index, Interest::READABLE);
+                }
                 if slot.conn.is_read_paused() {
                     self.read_ready(index);
                 }
@@ -543,14 +542,7 @@ impl EventLoop {
         };
         self.next_generation += 1;
         let tls = tls.map(|session| *session);
-        let conn = match Connection::new(
-            key,
-            stream,
-            limits,
-            self.handle.clone(),
-            Arc::clone(&self.registry),
-            tls,
-        ) {
+        let conn = match Connection::new(key, stream, limits, self.handle.clone(), tls) {
             Ok(conn) => conn,
             Err(err) => {
                 // peer_addr fails if the peer already reset the connection.
@@ -562,6 +554,7 @@ impl EventLoop {
         let slot = Slot {
             conn: conn.clone(),
             handler,
+            write_interest: false,
             close_reason: None,
             recheck_armed: false,
             frame_started: None,
@@ -600,8 +593,13 @@ impl EventLoop {
         let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
             return;
         };
-        if let Err(err) = slot.conn.change_registration(Change::Write(true)) {
-            self.close_slot(index, CloseReason::Error(err.into()));
+        if !slot.write_interest {
+            slot.write_interest = true;
+            let fd = slot.conn.stream().as_raw_fd();
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            if let Err(err) = reregister(self.poll.registry(), fd, index, interest) {
+                self.close_slot(index, CloseReason::Error(err.into()));
+            }
         }
     }
 
@@ -751,6 +749,12 @@ fn deliver_frames(
         handler.handle_frame(conn, frame);
         delivered += 1;
     }
+}
+
+fn reregister(registry: &Registry, fd: i32, index: usize, interest: Interest) -> io::Result<()> {
+    // The stream lives in the shared Connection, so the loop has no `&mut TcpStream` to give
+    // mio; its file descriptor identifies the same registration.
+    registry.reregister(&mut SourceFd(&fd), Token(index), interest)
 }
 
 /// Errors from `accept` that concern one half-open connection, not the listener.

@@ -54,7 +54,6 @@ pub mod limits;
 pub mod loop_handle;
 pub mod metadata;
 mod read_turn;
-mod registration;
 pub mod tls;
 
 pub use connection::Connection;

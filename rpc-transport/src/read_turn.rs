@@ -11,9 +11,6 @@
 //!   FREE ──caller takes─► CALLER ──caller done──► FREE
 //! ```
 //!
-//! While a caller sleeps in its own poller it mutes the loop's read readiness
-//! (`registration.rs`), so a reply wakes the caller alone, not the loop thread as well.
-//!
 //! A caller that finds the loop reading waits for that turn to end (loop turns never block)
 //! and then takes its own; one that finds another caller reading leaves its replies to come
 //! through the loop.
@@ -44,7 +41,6 @@ use crate::decoder::FrameDecoder;
 use crate::error::TransportError;
 use crate::frame::Frame;
 use crate::limits::FrameLimits;
-use crate::registration::{Change, Registration};
 
 /// What [`crate::Connection::read_here`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,7 +198,6 @@ impl ReadSide {
     pub(crate) fn read_here(
         &self,
         stream: &TcpStream,
-        registration: &Registration,
         deadline: Instant,
         stop: &dyn Fn() -> bool,
         on_frame: &mut dyn FnMut(Frame),
@@ -222,7 +217,6 @@ impl ReadSide {
         let mut poller = poller.lock().unwrap_or_else(|p| p.into_inner());
         let mut delivered = 0;
         let mut hand_back = false;
-        let mut loop_muted = false;
         loop {
             match self.drain(stream, on_frame) {
                 Drain::Frames(count) => delivered += count,
@@ -243,11 +237,6 @@ impl ReadSide {
             if now >= deadline {
                 break;
             }
-            if !loop_muted {
-                // From here this thread sleeps until bytes come: they wake it alone. Bytes
-                // that came since the drain are in this poller's report already.
-                loop_muted = registration.set(Change::ReadMuted(true)).is_ok();
-            }
             let wait = deadline.duration_since(now).min(CALLER_WAIT_SLICE);
             let CallerPoll { poll, events } = &mut *poller;
             match poll.poll(events, Some(wait)) {
@@ -260,11 +249,6 @@ impl ReadSide {
             }
         }
         drop(poller);
-        if loop_muted {
-            // Before the turn is given back: what is readable now wakes the loop, which then
-            // finds the turn taken and leaves it marked `missed` for `end_caller`.
-            let _ = registration.set(Change::ReadMuted(false));
-        }
         let hand_back = self.end_caller(stream, on_frame, &mut delivered) || hand_back;
         let outcome = match (delivered, hand_back) {
             // The loop finishes the connection's story (an error, its end, half a frame):
@@ -391,7 +375,6 @@ mod tests {
     use bytes::BytesMut;
 
     use super::*;
-    use crate::registration::register_for_test;
 
     /// A non-blocking socket for the side under test, and its blocking peer.
     fn pair() -> (TcpStream, std::net::TcpStream) {
@@ -472,22 +455,17 @@ mod tests {
 
     #[test]
     fn end_of_stream_met_by_a_caller_is_handed_back_and_callers_keep_off_until_the_loop_acts() {
-        let (mut ours, peer) = pair();
-        let (_loop_poll, entry) = register_for_test(&mut ours);
+        let (ours, peer) = pair();
         let side = ReadSide::new(FrameLimits::default());
         drop(peer);
         thread_wait_readable(&ours);
         let deadline = Instant::now() + Duration::from_secs(5);
         let (outcome, loop_must_read) =
-            side.read_here(&ours, &entry, deadline, &|| false, &mut |_| {
-                panic!("no frame")
-            });
+            side.read_here(&ours, deadline, &|| false, &mut |_| panic!("no frame"));
         assert_eq!(outcome, ReadHere::Elsewhere);
         assert!(loop_must_read);
         assert!(matches!(side.inbox().handed_back, Some(HandedBack::Eof)));
-        let (again, _) = side.read_here(&ours, &entry, deadline, &|| false, &mut |_| {
-            panic!("no frame")
-        });
+        let (again, _) = side.read_here(&ours, deadline, &|| false, &mut |_| panic!("no frame"));
         assert_eq!(
             again,
             ReadHere::Elsewhere,
@@ -497,17 +475,15 @@ mod tests {
 
     #[test]
     fn half_a_frame_goes_to_the_loop_and_no_caller_finishes_it() {
-        let (mut ours, mut peer) = pair();
-        let (_loop_poll, entry) = register_for_test(&mut ours);
+        let (ours, mut peer) = pair();
         let side = ReadSide::new(FrameLimits::default());
         let bytes = frame_bytes(3);
         peer.write_all(&bytes[..10]).unwrap();
         thread_wait_readable(&ours);
         let deadline = Instant::now() + Duration::from_secs(5);
-        let (outcome, loop_must_read) =
-            side.read_here(&ours, &entry, deadline, &|| false, &mut |_| {
-                panic!("no whole frame")
-            });
+        let (outcome, loop_must_read) = side.read_here(&ours, deadline, &|| false, &mut |_| {
+            panic!("no whole frame")
+        });
         assert_eq!(
             (outcome, loop_must_read),
             (ReadHere::Elsewhere, true),
@@ -516,55 +492,11 @@ mod tests {
 
         peer.write_all(&bytes[10..]).unwrap();
         thread_wait_readable(&ours);
-        let (again, _) = side.read_here(&ours, &entry, deadline, &|| false, &mut |_| {
+        let (again, _) = side.read_here(&ours, deadline, &|| false, &mut |_| {
             panic!("a caller finished a frame whose clock the loop keeps")
         });
         assert_eq!(again, ReadHere::Elsewhere);
         assert!(side.begin_loop(), "the turn is free for the loop");
-    }
-
-    #[test]
-    fn a_reply_read_by_a_waiting_caller_does_not_wake_the_loop() {
-        let (mut ours, mut peer) = pair();
-        let (mut loop_poll, entry) = register_for_test(&mut ours);
-        let side = ReadSide::new(FrameLimits::default());
-        let mut got = Vec::new();
-        std::thread::scope(|scope| {
-            let caller = scope.spawn(|| {
-                let deadline = Instant::now() + Duration::from_secs(10);
-                side.read_here(&ours, &entry, deadline, &|| false, &mut |frame| {
-                    got.push(frame.seq)
-                })
-            });
-            let waiting_since = Instant::now();
-            while !entry.is_read_muted() {
-                assert!(waiting_since.elapsed() < Duration::from_secs(10));
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            peer.write_all(&frame_bytes(9)).unwrap();
-            let (outcome, _) = caller.join().unwrap();
-            assert_eq!(outcome, ReadHere::Frames(1));
-        });
-        assert_eq!(got, vec![9]);
-        assert!(
-            !entry.is_read_muted(),
-            "the loop was left muted after the turn"
-        );
-        let mut events = Events::with_capacity(4);
-        loop_poll
-            .poll(&mut events, Some(Duration::from_millis(100)))
-            .unwrap();
-        assert!(
-            events.iter().next().is_none(),
-            "the loop's poller was woken by a reply the caller read"
-        );
-
-        // Unmuted, the loop hears the next bytes again.
-        peer.write_all(&frame_bytes(10)).unwrap();
-        loop_poll
-            .poll(&mut events, Some(Duration::from_secs(5)))
-            .unwrap();
-        assert!(events.iter().any(|event| event.is_readable()));
     }
 
     /// Returns once `stream` has bytes (or end of stream) to read, within 5 s.
