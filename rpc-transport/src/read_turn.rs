@@ -168,11 +168,10 @@ impl ReadSide {
 
     /// Caller side, starting a wait: takes the turn, first waiting out a turn the loop holds
     /// (at most `bound`, [`LOOP_TURN_WAIT`] outside tests, and only while `stop` says the wait
-    /// is still needed).
-    /// A loop turn never blocks, so it ends soon; without this wait a caller that met one
-    /// (the loop reading the pong to the client's hello, say) would leave every reply of its
-    /// wait to the loop. False if another caller has the turn (its turn may last its whole
-    /// wait), or the loop's turn outlasted the bound.
+    /// is still needed). A loop turn never blocks, so it ends soon; without this wait a
+    /// caller that met one (the loop reading the pong to the client's hello, say) would leave
+    /// every reply of its wait to the loop. False if another caller has the turn (its turn
+    /// may last its whole wait), or the loop's turn outlasted the bound.
     fn begin_caller_after_loop(&self, stop: &dyn Fn() -> bool, bound: Duration) -> bool {
         let mut gave_up_at = None;
         loop {
