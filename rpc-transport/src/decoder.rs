@@ -5,7 +5,7 @@
 //! Its buffer grows only with bytes that actually arrived, never with a declared length, and
 //! is released whenever it empties, so an idle connection holds no buffer at all.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use crate::error::TransportError;
 use crate::frame::Frame;
@@ -99,9 +99,9 @@ impl FrameDecoder {
             codec: header.codec,
             seq: header.seq,
             deadline_ms: header.deadline_ms,
-            name: self.buf.split_to(usize::from(header.name_len)).freeze(),
-            metadata: self.buf.split_to(header.metadata_len as usize).freeze(),
-            body: self.buf.split_to(header.body_len as usize).freeze(),
+            name: take_section(&mut self.buf, usize::from(header.name_len)),
+            metadata: take_section(&mut self.buf, header.metadata_len as usize),
+            body: take_section(&mut self.buf, header.body_len as usize),
         };
         if self.buf.is_empty() {
             // Give the allocation back (the frame may still share it): idle connections should
@@ -139,6 +139,17 @@ impl FrameDecoder {
         self.buf.advance(HEADER_LEN);
         self.header = Some(header);
         Ok(Some(header))
+    }
+}
+
+/// The next `len` bytes of `buf` as a frame section, sharing `buf`'s allocation; an empty
+/// section (a reply's name, metadata nobody sent) shares nothing, so it costs no reference
+/// count to take and to drop.
+fn take_section(buf: &mut BytesMut, len: usize) -> Bytes {
+    if len == 0 {
+        Bytes::new()
+    } else {
+        buf.split_to(len).freeze()
     }
 }
 
