@@ -244,7 +244,9 @@ impl FrameBuilder {
             metadata_len: head.metadata.len() as u32,
             body_len: 0, // patched by `finish`
         };
-        out.reserve(HEADER_LEN + head.name.len() + head.metadata.len());
+        // Room for a small body too, so that encoding one (most calls' arguments and
+        // replies) does not grow the buffer a second time.
+        out.reserve(HEADER_LEN + head.name.len() + head.metadata.len() + SMALL_BODY_ROOM);
         header.write_to(out);
         out.put_slice(head.name);
         out.put_slice(head.metadata);
@@ -280,6 +282,10 @@ impl FrameBuilder {
         out.truncate(self.start);
     }
 }
+
+/// Body bytes [`FrameBuilder::start`] makes room for beyond the head: most arguments and
+/// replies are smaller.
+const SMALL_BODY_ROOM: usize = 64;
 
 #[cfg(test)]
 mod tests {
