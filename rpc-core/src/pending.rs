@@ -5,6 +5,7 @@
 //! whichever removes it from the table first. The table knows no sockets.
 
 use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
 use rpc_transport::Frame;
@@ -37,7 +38,7 @@ pub(crate) enum Ended {
 
 /// Calls in flight on one connection, and whether the connection still takes new ones.
 pub(crate) struct PendingCalls {
-    calls: HashMap<u64, PendingCall>,
+    calls: HashMap<u64, PendingCall, BuildHasherDefault<SeqHasher>>,
     /// Most calls pending at once; beyond it a new call is refused `Throttled`.
     max_calls: usize,
     /// (deadline, seq) of the calls the event loop must time out.
@@ -57,7 +58,7 @@ impl PendingCalls {
     /// An empty table that holds at most `max_calls` calls.
     pub(crate) fn with_limit(max_calls: usize) -> Self {
         PendingCalls {
-            calls: HashMap::new(),
+            calls: HashMap::default(),
             max_calls,
             deadlines: BTreeSet::new(),
             ended: None,
@@ -221,6 +222,34 @@ impl Ended {
     }
 }
 
+/// Hashes the table's keys: sequence ids this client chose itself, consecutive integers,
+/// never a peer's choice. One multiplication by an odd constant (Fibonacci hashing) instead
+/// of SipHash, whose only advantage, resisting keys an attacker picks, has nothing to resist
+/// here. Consecutive ids differ in their low bits, which the multiplication keeps distinct
+/// (it is a bijection on them), and its high bits are well mixed.
+#[derive(Default)]
+pub(crate) struct SeqHasher(u64);
+
+impl Hasher for SeqHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not reached for `u64` keys (`write_u64`); correct for any other all the same.
+        for &byte in bytes {
+            self.write_u64(self.0.rotate_left(8) ^ u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(FIBONACCI_MULTIPLIER);
+    }
+}
+
+/// 2^64 divided by the golden ratio, rounded to odd.
+const FIBONACCI_MULTIPLIER: u64 = 0x9E37_79B9_7F4A_7C15;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,6 +260,21 @@ mod tests {
         Box::new(move |result| {
             let _ = tx.send(result.map(|frame| frame.seq).map_err(|e| e.to_string()));
         })
+    }
+
+    #[test]
+    fn consecutive_seqs_land_in_distinct_buckets_of_a_table_of_their_size() {
+        use std::collections::HashSet;
+        use std::hash::BuildHasher;
+        let build = BuildHasherDefault::<SeqHasher>::default();
+        // 1,024 consecutive ids from anywhere: the low 10 bits of their hashes (a table of
+        // 1,024 buckets) are all different.
+        for first in [0u64, 1, 1 << 32, u64::MAX - 2_000] {
+            let buckets: HashSet<u64> = (first..first + 1_024)
+                .map(|seq| build.hash_one(seq) & 1_023)
+                .collect();
+            assert_eq!(buckets.len(), 1_024, "collisions from {first}");
+        }
     }
 
     #[test]
