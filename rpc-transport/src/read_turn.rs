@@ -174,14 +174,10 @@ impl ReadSide {
     /// may last its whole wait), or the loop's turn outlasted the bound.
     fn begin_caller_after_loop(&self, stop: &dyn Fn() -> bool, bound: Duration) -> bool {
         let mut gave_up_at = None;
-        loop {
-            match self
-                .turn
-                .compare_exchange(FREE, CALLER, Ordering::SeqCst, Ordering::SeqCst)
-            {
-                Ok(_) => return true,
-                Err(LOOP) => {}
-                Err(_) => return false,
+        while !self.begin_caller() {
+            // Read again after the failed take: a turn the loop has just ended is tried anew.
+            if self.turn.load(Ordering::SeqCst) == CALLER {
+                return false;
             }
             let now = Instant::now();
             if stop() || now >= *gave_up_at.get_or_insert(now + bound) {
@@ -189,6 +185,7 @@ impl ReadSide {
             }
             std::thread::yield_now();
         }
+        true
     }
 
     /// Caller side: reads `stream` on this thread until at least one frame has gone to
