@@ -228,7 +228,7 @@ impl Ended {
 /// here. Consecutive ids differ in their low bits, which the multiplication keeps distinct
 /// (it is a bijection on them), and its high bits are well mixed.
 #[derive(Default)]
-pub(crate) struct SeqHasher(u64);
+struct SeqHasher(u64);
 
 impl Hasher for SeqHasher {
     fn finish(&self) -> u64 {

@@ -186,8 +186,8 @@ fn serve_on_own_thread() -> SocketAddr {
 async fn drive(client: ArithClient, phase: Arc<AtomicU8>) -> Vec<u64> {
     let mut latencies = Vec::new();
     loop {
-        let now = phase.load(Ordering::Relaxed);
-        if now == DONE {
+        let phase_at_start = phase.load(Ordering::Relaxed);
+        if phase_at_start == DONE {
             return latencies;
         }
         let started = Instant::now();
@@ -196,7 +196,8 @@ async fn drive(client: ArithClient, phase: Arc<AtomicU8>) -> Vec<u64> {
             .await
             .expect("a reply");
         assert_eq!(product, 56);
-        if now == MEASURING && phase.load(Ordering::Relaxed) == MEASURING {
+        // Only calls wholly inside the measured window count.
+        if phase_at_start == MEASURING && phase.load(Ordering::Relaxed) == MEASURING {
             latencies.push(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
         }
     }
