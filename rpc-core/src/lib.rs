@@ -38,6 +38,7 @@ mod server_conn;
 pub mod service;
 pub mod sim;
 mod stats;
+mod thread_state;
 
 pub use batch::{Batch, BATCH_WRITE_BYTES};
 pub use call::{done_channel, Call, Completion, DoneSender};

@@ -4,22 +4,27 @@
 //! The pool starts a thread whenever work waits and no thread is idle, up to as many threads
 //! as the machine has cores (`eager_threads`). Past that, a monitor thread (Go's `sysmon`)
 //! looks at the queue every [`MONITOR_TICK`]: if jobs queued a whole tick ago are still
-//! waiting, the threads are blocked, and it starts as many more as there are (one at least,
-//! no more than the jobs waiting that long), so the count doubles each tick, up to
-//! `max_threads`. So 64 concurrent calls of a 100 ms method still take about 100 ms (a few
-//! ticks more), as with Go's goroutine per request, while 64 calls in flight of a quick
-//! method keep a few threads busy instead of starting 64 that compete for the cores. A
-//! thread idle for `keep_alive` exits, and the monitor after [`MONITOR_QUIET_TICKS`] ticks
-//! with nothing queued: an idle server holds few threads.
+//! waiting, it asks the kernel which busy workers are blocked (`thread_state.rs`; blocked in
+//! the same job a tick before too, so a moment's wait for a lock does not count) and starts
+//! one thread for each (no more than the jobs waiting that long), so while handlers sleep the
+//! count about doubles each tick, a tick behind, up to `max_threads`. So 64 concurrent calls of a 100 ms method
+//! still take about 100 ms (a few ticks more), as with Go's goroutine per request, while a
+//! queue behind workers that all compute (64 calls in flight of a quick method, or of a slow
+//! one that never sleeps) gets no threads beyond the cores, which would only compete for
+//! them. Where a thread's state cannot be read (not Linux), every busy worker counts as
+//! blocked. A thread idle for `keep_alive` exits, and the monitor after
+//! [`MONITOR_QUIET_TICKS`] ticks with nothing queued: an idle server holds few threads.
 //!
 //! Beyond `max_threads`, jobs wait in the queue (in arrival order) until a thread is free.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
+
+use crate::thread_state::ThreadProbe;
 
 /// A unit of work for the pool.
 pub(crate) type Job = Box<dyn FnOnce() + Send>;
@@ -48,6 +53,8 @@ struct PoolShared {
     taken: AtomicU64,
     /// True while a monitor thread runs.
     monitor_running: AtomicBool,
+    /// Every worker alive, for the monitor to ask which busy ones are blocked.
+    workers: Mutex<Vec<Arc<WorkerState>>>,
     /// Threads started at once when work waits and none is idle; past them, the monitor
     /// starts more.
     eager_threads: usize,
@@ -73,6 +80,7 @@ impl WorkerPool {
                 enqueued: AtomicU64::new(0),
                 taken: AtomicU64::new(0),
                 monitor_running: AtomicBool::new(false),
+                workers: Mutex::new(Vec::new()),
                 eager_threads: cores.min(max_threads),
                 max_threads,
                 keep_alive,
@@ -130,7 +138,46 @@ impl PoolShared {
         let enqueued = self.enqueued.load(Ordering::SeqCst);
         usize::try_from(enqueued.saturating_sub(taken)).unwrap_or(usize::MAX)
     }
+
+    fn workers(&self) -> std::sync::MutexGuard<'_, Vec<Arc<WorkerState>>> {
+        // Each update is one push or one removal: a panic cannot leave it half done.
+        self.workers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Busy workers that are neither running nor waiting for a core (asleep in their
+    /// handler) now and were so in the same job when last asked, counted up to `limit`.
+    /// Busy workers whose state cannot be told count as blocked. Only the monitor asks.
+    fn blocked_workers(&self, limit: usize) -> usize {
+        let workers = self.workers().clone();
+        let mut blocked = 0;
+        for worker in &workers {
+            if blocked == limit {
+                break;
+            }
+            let job = worker.job.load(Ordering::SeqCst);
+            if job == NO_JOB || worker.probe.is_runnable() == Some(true) {
+                continue;
+            }
+            if worker.seen_blocked_in.swap(job, Ordering::SeqCst) == job {
+                blocked += 1;
+            }
+        }
+        blocked
+    }
 }
+
+/// What the monitor knows of one worker thread.
+#[derive(Debug)]
+struct WorkerState {
+    probe: ThreadProbe,
+    /// The job the worker runs now (its number in `taken` order), or [`NO_JOB`].
+    job: AtomicU64,
+    /// The job in which the monitor last found the worker blocked.
+    seen_blocked_in: AtomicU64,
+}
+
+/// `WorkerState::job` of an idle worker (jobs are numbered from 1).
+const NO_JOB: u64 = 0;
 
 /// Starts a worker unless the pool is at its cap; false if it started none.
 fn try_spawn(shared: &Arc<PoolShared>) -> bool {
@@ -173,26 +220,43 @@ fn start_monitor(shared: &Arc<PoolShared>) {
     }
 }
 
-/// Every tick: if jobs queued a tick ago still wait, starts more threads (as many as run,
-/// at least one, at most one per such job). Exits after `MONITOR_QUIET_TICKS` ticks with no
-/// job waiting.
+/// Every tick: if jobs queued a tick ago still wait, starts a thread for each busy worker
+/// that is blocked (at most one per such job), or one if no job at all was taken for
+/// [`STALLED_TICKS`]. Exits after `MONITOR_QUIET_TICKS` ticks with no job waiting.
 fn monitor_loop(shared: &Arc<PoolShared>) {
     let mut enqueued_a_tick_ago = shared.enqueued.load(Ordering::SeqCst);
+    let mut taken_a_tick_ago = shared.taken.load(Ordering::SeqCst);
+    let mut stalled_ticks = 0;
     let mut quiet_ticks = 0;
     loop {
         thread::sleep(MONITOR_TICK);
         let taken = shared.taken.load(Ordering::SeqCst);
         let enqueued = shared.enqueued.load(Ordering::SeqCst);
-        if taken < enqueued_a_tick_ago {
+        if taken < enqueued_a_tick_ago && shared.threads.load(Ordering::SeqCst) < shared.max_threads
+        {
             let waited_a_tick = usize::try_from(enqueued_a_tick_ago - taken).unwrap_or(usize::MAX);
-            let more = waited_a_tick.min(shared.threads.load(Ordering::SeqCst).max(1));
+            stalled_ticks = if taken == taken_a_tick_ago {
+                stalled_ticks + 1
+            } else {
+                0
+            };
+            let mut more = shared.blocked_workers(waited_a_tick);
+            if stalled_ticks >= STALLED_TICKS {
+                // Workers that look busy yet take no job may be spinning until a queued job
+                // runs (a handler polling a flag another call sets): a thread for that job.
+                more = more.max(1);
+                stalled_ticks = 0;
+            }
             for _ in 0..more {
                 if !try_spawn(shared) {
                     break;
                 }
             }
+        } else {
+            stalled_ticks = 0;
         }
         enqueued_a_tick_ago = enqueued;
+        taken_a_tick_ago = taken;
         if taken < enqueued {
             quiet_ticks = 0;
             continue;
@@ -211,19 +275,33 @@ fn monitor_loop(shared: &Arc<PoolShared>) {
     }
 }
 
+/// A worker's life: registered for the monitor, then jobs until it idles out.
 fn worker_loop(shared: &PoolShared) {
+    let me = Arc::new(WorkerState {
+        probe: ThreadProbe::current(),
+        job: AtomicU64::new(NO_JOB),
+        seen_blocked_in: AtomicU64::new(NO_JOB),
+    });
+    shared.workers().push(Arc::clone(&me));
+    run_jobs(shared, &me);
+    shared.workers().retain(|worker| !Arc::ptr_eq(worker, &me));
+}
+
+/// Takes and runs jobs until none comes for `keep_alive` (and none waits).
+fn run_jobs(shared: &PoolShared, me: &WorkerState) {
     loop {
         shared.idle.fetch_add(1, Ordering::SeqCst);
         let job = shared.jobs.recv_timeout(shared.keep_alive);
         shared.idle.fetch_sub(1, Ordering::SeqCst);
         match job {
             Ok(job) => {
-                shared.taken.fetch_add(1, Ordering::SeqCst);
+                let number = shared.taken.fetch_add(1, Ordering::SeqCst) + 1;
                 let running = shared.running.fetch_add(1, Ordering::SeqCst) + 1;
                 shared.max_running.fetch_max(running, Ordering::SeqCst);
                 // Jobs catch their own panics (see the server's dispatch); this guard only
                 // keeps the counters right if one ever escapes.
-                let _guard = RunningGuard(&shared.running);
+                let _guard = RunningGuard(&shared.running, &me.job);
+                me.job.store(number, Ordering::SeqCst);
                 job();
             }
             Err(_) => {
@@ -243,13 +321,21 @@ fn worker_loop(shared: &PoolShared) {
 /// How often the monitor looks for jobs that wait.
 const MONITOR_TICK: Duration = Duration::from_millis(1);
 
+/// Ticks in a row in which jobs waited and none was taken before the monitor starts a thread
+/// even if no busy worker is blocked: long enough that a queue behind compute-bound handlers
+/// (each taking a job every few milliseconds) gets no threads, short enough that handlers
+/// spinning until a queued job runs wait a fraction of a second.
+const STALLED_TICKS: u32 = 50;
+
 /// Ticks with no job waiting before the monitor exits.
 const MONITOR_QUIET_TICKS: u32 = 100;
 
-struct RunningGuard<'a>(&'a AtomicUsize);
+/// Counts a job out of `running` and marks its worker idle, however the job ends.
+struct RunningGuard<'a>(&'a AtomicUsize, &'a AtomicU64);
 
 impl Drop for RunningGuard<'_> {
     fn drop(&mut self) {
+        self.1.store(NO_JOB, Ordering::SeqCst);
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
@@ -314,6 +400,56 @@ mod tests {
         run_jobs_that_wait_for_each_other(&pool, 16);
         assert!(pool.threads() >= 16);
         assert!(pool.threads() <= 32, "at most doubled: {}", pool.threads());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn jobs_that_only_compute_get_no_threads_beyond_the_cores() {
+        // Each job keeps its worker on a core (or waiting for one) for 10 ms: jobs wait many
+        // ticks, but more threads would only share the same cores.
+        let pool = WorkerPool::new(64, Duration::from_secs(1));
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let jobs = 4 * pool.shared.eager_threads + 4;
+        for _ in 0..jobs {
+            let done_tx = done_tx.clone();
+            pool.execute(Box::new(move || {
+                let until = Instant::now() + Duration::from_millis(10);
+                while Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+                done_tx.send(()).unwrap();
+            }));
+        }
+        for _ in 0..jobs {
+            done_rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("job finished");
+        }
+        assert_eq!(pool.threads(), pool.shared.eager_threads);
+    }
+
+    #[test]
+    fn jobs_spinning_until_a_queued_job_runs_get_it_a_thread_once_the_queue_stalls() {
+        // Every eager thread spins (never sleeping) until the job queued last has run.
+        let pool = WorkerPool::new(64, Duration::from_secs(1));
+        let flag = Arc::new(AtomicBool::new(false));
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        for _ in 0..pool.shared.eager_threads {
+            let (flag, done_tx) = (Arc::clone(&flag), done_tx.clone());
+            pool.execute(Box::new(move || {
+                while !flag.load(Ordering::SeqCst) {
+                    std::hint::spin_loop();
+                }
+                done_tx.send(()).unwrap();
+            }));
+        }
+        let setter = Arc::clone(&flag);
+        pool.execute(Box::new(move || setter.store(true, Ordering::SeqCst)));
+        for _ in 0..pool.shared.eager_threads {
+            done_rx
+                .recv_timeout(Duration::from_secs(5))
+                .expect("the queued job got a thread");
+        }
     }
 
     #[test]
