@@ -270,12 +270,16 @@ impl Connection {
         if self.is_tls() || self.lock_out().closed {
             return ReadHere::Elsewhere;
         }
+        let had_poller = self.shared.read.has_caller_poller();
         let unwinding = LoopReadsOnUnwind(self);
         let (outcome, loop_must_read) =
             self.shared
                 .read
                 .read_here(&self.shared.stream, deadline, stop, on_frame);
         std::mem::forget(unwinding);
+        if !had_poller && self.shared.read.has_caller_poller() {
+            self.post(ConnCommand::WatchBehindCaller);
+        }
         if loop_must_read {
             self.post(ConnCommand::ReadAgain);
         }

@@ -33,12 +33,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::clock::deadline_after;
 use crate::connection::{Connection, FlushOutcome};
 use crate::decoder::FrameDecoder;
 use crate::error::TransportError;
+use crate::exclusive_wake;
 use crate::handler::{CloseReason, EofAction, FrameHandler};
 use crate::limits::FrameLimits;
 use crate::loop_handle::{Acceptor, Command, ConnCommand, ConnKey, LoopHandle, MakeHandler};
@@ -118,6 +119,8 @@ struct Slot {
     conn: Connection,
     handler: Box<dyn FrameHandler>,
     write_interest: bool,
+    /// The socket is registered behind a caller's poller (`exclusive_wake.rs`).
+    behind_caller: bool,
     /// Why the connection is closing, once known, for when the close completes.
     close_reason: Option<CloseReason>,
     /// A `ResumeReading` timer is pending for this paused connection.
@@ -427,12 +430,12 @@ impl EventLoop {
         match slot.conn.flush_from_loop() {
             Ok(FlushOutcome::Blocked) => {}
             Ok(FlushOutcome::Done) => {
+                let read_paused = slot.conn.is_read_paused();
                 if slot.write_interest {
                     slot.write_interest = false;
-                    let fd = slot.conn.stream().as_raw_fd();
-                    let _ = reregister(self.poll.registry(), fd, index, Interest::READABLE);
+                    let _ = self.set_interest(index);
                 }
-                if slot.conn.is_read_paused() {
+                if read_paused {
                     self.read_ready(index);
                 }
             }
@@ -521,6 +524,7 @@ impl EventLoop {
             ConnCommand::Close => self.close_slot_with_pending_reason(index),
             ConnCommand::ResumeReading => self.resume_reading(index),
             ConnCommand::ReadAgain => self.read_ready(index),
+            ConnCommand::WatchBehindCaller => self.watch_behind_caller(index),
             ConnCommand::Timer(at) => self.timers.push(Reverse((at, key, LoopTimer::Handler))),
         }
     }
@@ -555,6 +559,7 @@ impl EventLoop {
             conn: conn.clone(),
             handler,
             write_interest: false,
+            behind_caller: false,
             close_reason: None,
             recheck_armed: false,
             frame_started: None,
@@ -595,11 +600,56 @@ impl EventLoop {
         };
         if !slot.write_interest {
             slot.write_interest = true;
-            let fd = slot.conn.stream().as_raw_fd();
-            let interest = Interest::READABLE | Interest::WRITABLE;
-            if let Err(err) = reregister(self.poll.registry(), fd, index, interest) {
+            if let Err(err) = self.set_interest(index) {
                 self.close_slot(index, CloseReason::Error(err.into()));
             }
+        }
+    }
+
+    /// A caller's poller watches the connection now: the loop's registration moves behind it
+    /// (`exclusive_wake.rs`) and stays there.
+    fn watch_behind_caller(&mut self, index: usize) {
+        let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
+            return;
+        };
+        if !slot.behind_caller {
+            slot.behind_caller = true;
+            if let Err(err) = self.set_interest(index) {
+                self.close_slot(index, CloseReason::Error(err.into()));
+            }
+        }
+    }
+
+    /// Registers the slot's socket for reading, and for writing while `write_interest`:
+    /// behind a caller's poller if `behind_caller` (falling back to an ordinary registration
+    /// where that cannot be had), else with mio as usual.
+    fn set_interest(&self, index: usize) -> io::Result<()> {
+        let Some(slot) = self.slots.get(index).and_then(Option::as_ref) else {
+            return Ok(());
+        };
+        let stream = slot.conn.stream();
+        // The stream lives in the shared Connection, so the loop has no `&mut TcpStream` to
+        // give mio; its file descriptor identifies the same registration.
+        let fd = stream.as_raw_fd();
+        let interest = if slot.write_interest {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        let registry = self.poll.registry();
+        if !slot.behind_caller {
+            return registry.reregister(&mut SourceFd(&fd), Token(index), interest);
+        }
+        if exclusive_wake::reregister_behind(registry, stream, index, interest).is_ok() {
+            return Ok(());
+        }
+        // Not supported here, or the removal worked and the new registration did not:
+        // register as usual (a registration still in place is modified instead).
+        match registry.register(&mut SourceFd(&fd), Token(index), interest) {
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+                registry.reregister(&mut SourceFd(&fd), Token(index), interest)
+            }
+            other => other,
         }
     }
 
@@ -749,12 +799,6 @@ fn deliver_frames(
         handler.handle_frame(conn, frame);
         delivered += 1;
     }
-}
-
-fn reregister(registry: &Registry, fd: i32, index: usize, interest: Interest) -> io::Result<()> {
-    // The stream lives in the shared Connection, so the loop has no `&mut TcpStream` to give
-    // mio; its file descriptor identifies the same registration.
-    registry.reregister(&mut SourceFd(&fd), Token(index), interest)
 }
 
 /// Errors from `accept` that concern one half-open connection, not the listener.

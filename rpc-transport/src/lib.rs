@@ -47,6 +47,7 @@ pub mod connection;
 pub mod decoder;
 pub mod error;
 pub mod event_loop;
+mod exclusive_wake;
 pub mod frame;
 pub mod handler;
 pub mod header;

@@ -258,6 +258,9 @@ pub(crate) enum ConnCommand {
     ResumeReading,
     /// Read the connection now: a caller that read it handed something back.
     ReadAgain,
+    /// A caller's poller now watches the socket: register the loop's interest again, behind
+    /// it, so that a reply wakes a sleeping caller alone (`exclusive_wake.rs`).
+    WatchBehindCaller,
     /// Call the handler's `handle_timer` at this moment.
     Timer(Instant),
 }

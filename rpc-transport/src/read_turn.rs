@@ -39,6 +39,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::decoder::FrameDecoder;
 use crate::error::TransportError;
+use crate::exclusive_wake;
 use crate::frame::Frame;
 use crate::limits::FrameLimits;
 
@@ -119,6 +120,11 @@ impl ReadSide {
             }),
             caller_poll: OnceLock::new(),
         }
+    }
+
+    /// Whether a caller's poller watches the socket (made on the first caller turn).
+    pub(crate) fn has_caller_poller(&self) -> bool {
+        matches!(self.caller_poll.get(), Some(Some(_)))
     }
 
     /// The decoder and hand-backs. Only the holder of the turn reads or feeds the decoder;
@@ -348,13 +354,18 @@ enum Drain {
 }
 
 /// A poller of its own for a caller waiting on `stream`: a second epoll on the same socket,
-/// edge-triggered like the loop's. `None` if the system refuses one.
+/// edge-triggered like the loop's, and exclusive where the system allows, so that the loop,
+/// once it registers behind it, is not woken for what a sleeping caller reads
+/// (`exclusive_wake.rs`). `None` if the system refuses one.
 fn new_poller(stream: &TcpStream) -> Option<Mutex<CallerPoll>> {
     let poll = Poll::new().ok()?;
     let fd = stream.as_raw_fd();
-    poll.registry()
-        .register(&mut SourceFd(&fd), Token(0), Interest::READABLE)
-        .ok()?;
+    let exclusive = exclusive_wake::register(poll.registry(), stream, 0, Interest::READABLE);
+    if exclusive.is_err() {
+        poll.registry()
+            .register(&mut SourceFd(&fd), Token(0), Interest::READABLE)
+            .ok()?;
+    }
     Some(Mutex::new(CallerPoll {
         poll,
         events: Events::with_capacity(4),
