@@ -17,7 +17,8 @@
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -54,6 +55,9 @@ struct Shared {
     loop_handle: LoopHandle,
     /// Guards the outbound queue and the flags that say who is writing it.
     out: Mutex<OutQueue>,
+    /// The queue's length as its lock was last released ([`OutGuard`]): `queued_len`, asked
+    /// once per call by a client and once per frame by a server, reads it without the lock.
+    out_len: AtomicUsize,
     /// Guards the earliest timer this connection has asked the loop for.
     timer: Mutex<Option<Instant>>,
     /// The loop stopped reading this connection because its handler asked (backpressure).
@@ -80,6 +84,34 @@ struct OutQueue {
     closed: bool,
     /// Close the connection as soon as the queue is empty.
     close_when_flushed: bool,
+}
+
+/// The outbound queue's lock, held: on release it records the queue's length in `len`, so
+/// that every change to the queue, wherever made, shows in [`Connection::queued_len`].
+struct OutGuard<'a> {
+    queue: MutexGuard<'a, OutQueue>,
+    len: &'a AtomicUsize,
+}
+
+impl Deref for OutGuard<'_> {
+    type Target = OutQueue;
+
+    fn deref(&self) -> &OutQueue {
+        &self.queue
+    }
+}
+
+impl DerefMut for OutGuard<'_> {
+    fn deref_mut(&mut self) -> &mut OutQueue {
+        &mut self.queue
+    }
+}
+
+impl Drop for OutGuard<'_> {
+    fn drop(&mut self) {
+        // Still under the lock (the field drops after this), so stores follow lock order.
+        self.len.store(self.queue.buf.len(), Ordering::Relaxed);
+    }
 }
 
 /// What a flush left behind.
@@ -112,6 +144,7 @@ impl Connection {
                 limits,
                 loop_handle,
                 out: Mutex::new(OutQueue::default()),
+                out_len: AtomicUsize::new(0),
                 timer: Mutex::new(None),
                 read_paused: AtomicBool::new(false),
                 read: ReadSide::new(limits),
@@ -343,7 +376,7 @@ impl Connection {
     /// Bytes accepted by `send` but not yet written to the socket (with TLS: record bytes,
     /// plus plaintext held until the handshake finishes).
     pub fn queued_len(&self) -> usize {
-        let queued = self.lock_out().buf.len();
+        let queued = self.shared.out_len.load(Ordering::Relaxed);
         let early = self
             .shared
             .tls
@@ -592,13 +625,18 @@ impl Connection {
             .command(Command::Conn(self.key(), command));
     }
 
-    fn lock_out(&self) -> MutexGuard<'_, OutQueue> {
+    fn lock_out(&self) -> OutGuard<'_> {
         // A panic while holding this lock leaves the queue consistent (every update is a
         // single assignment), so a poisoned lock is safe to keep using.
-        self.shared
+        let queue = self
+            .shared
             .out
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        OutGuard {
+            queue,
+            len: &self.shared.out_len,
+        }
     }
 
     fn lock_timer(&self) -> MutexGuard<'_, Option<Instant>> {
