@@ -341,3 +341,41 @@ fn ping_is_answered_with_pong() {
     assert_eq!(replies[0].kind, FrameKind::Pong);
     assert_eq!(replies[0].seq, 77);
 }
+
+#[test]
+fn each_request_runs_the_method_and_codec_it_names_when_a_connection_switches_between_them() {
+    // The server remembers the method a connection resolved last; switching methods,
+    // services and codecs on one connection must never answer with the previous one.
+    let server = TestServer::start();
+    let encode = |codec: CodecKind, value: &dyn Fn(&mut BytesMut, CodecKind)| {
+        let mut out = BytesMut::new();
+        value(&mut out, codec);
+        out.freeze()
+    };
+    let args =
+        |out: &mut BytesMut, codec: CodecKind| codec.encode(&Args { a: 2, b: 3 }, out).unwrap();
+    let ms = |out: &mut BytesMut, codec: CodecKind| codec.encode(&7u64, out).unwrap();
+    let (postcard, json) = (CodecKind::Postcard, CodecKind::Json);
+    let frames = [
+        Frame::request(1, "Arith.Multiply", postcard.id(), encode(postcard, &args)),
+        Frame::request(2, "Arith.Multiply", 9, encode(postcard, &args)),
+        Frame::request(3, "Probe.Sleep", postcard.id(), encode(postcard, &ms)),
+        Frame::request(4, "Arith.Nope", postcard.id(), encode(postcard, &args)),
+        Frame::request(5, "Arith.Multiply", json.id(), encode(json, &args)),
+        Frame::request(6, "Arith.Multiply", postcard.id(), encode(postcard, &args)),
+    ];
+    let replies = raw_exchange(server.addr(), &frames, frames.len());
+    let reply = |seq: u64| replies.iter().find(|f| f.seq == seq).unwrap();
+    let error_code = |seq: u64| ErrorBody::decode(&reply(seq).body).unwrap().code;
+    let value = |seq: u64, codec: CodecKind| -> i64 {
+        assert_eq!(reply(seq).kind, FrameKind::Response, "call {seq}");
+        codec.decode(&reply(seq).body).unwrap()
+    };
+    assert_eq!(value(1, postcard), 6);
+    assert_eq!(error_code(2), ErrorCode::UnsupportedCodec);
+    let slept: u64 = postcard.decode(&reply(3).body).unwrap();
+    assert_eq!(slept, 7, "Probe.Sleep answered as Arith.Multiply");
+    assert_eq!(error_code(4), ErrorCode::UnknownMethod);
+    assert_eq!(value(5, json), 6);
+    assert_eq!(value(6, postcard), 6);
+}

@@ -55,6 +55,17 @@ pub(crate) struct ServerConn {
     first_frame_deadline: Option<Instant>,
     /// Told when the connection closes (`Server::serve_conn` waits on it).
     closed: Option<Sender<()>>,
+    /// The method this connection resolved last ([`ServerConn::lookup_cached`]).
+    last_lookup: Option<LastLookup>,
+}
+
+/// A method name (and codec id) a connection resolved, with what it resolved to. Most
+/// connections call one or a few methods over and over, and the answer never goes stale:
+/// services are only ever added, never removed or replaced.
+struct LastLookup {
+    name: Vec<u8>,
+    codec: u8,
+    found: Found,
 }
 
 /// The calls of one connection, shared by its loop, its workers and graceful shutdown.
@@ -97,6 +108,7 @@ impl ServerConn {
             last_active: now,
             first_frame_deadline,
             closed: None,
+            last_lookup: None,
         }
     }
 
@@ -133,6 +145,23 @@ impl ServerConn {
         StatsCounters::bump(counter);
     }
 
+    /// [`lookup`], answered without the services' lock and hash lookups when the request
+    /// names the same method (in the same codec) as the one before it.
+    fn lookup_cached(&mut self, request: &Frame) -> Result<Found, DispatchError> {
+        if let Some(last) = &self.last_lookup {
+            if last.codec == request.codec && last.name == request.name {
+                return Ok(last.found.clone());
+            }
+        }
+        let found = lookup(&self.server, request)?;
+        self.last_lookup = Some(LastLookup {
+            name: request.name.to_vec(),
+            codec: request.codec,
+            found: found.clone(),
+        });
+        Ok(found)
+    }
+
     fn dispatch(&mut self, conn: &Connection, request: Frame) {
         if request.seq == 0 {
             // Seq 0 speaks of the connection (refusals, go-away with nothing accepted): an
@@ -159,7 +188,7 @@ impl ServerConn {
             handler,
             dispatch,
             counters,
-        } = match lookup(&self.server, &request) {
+        } = match self.lookup_cached(&request) {
             Ok(found) => found,
             Err(err) => return self.refuse(conn, request.seq, err.code, &err.message),
         };
@@ -535,6 +564,7 @@ pub(crate) fn lookup(server: &ServerShared, request: &Frame) -> Result<Found, Di
 }
 
 /// What [`lookup`] finds for a request.
+#[derive(Clone)]
 pub(crate) struct Found {
     /// The codec the request's body is in.
     pub(crate) codec: CodecKind,
