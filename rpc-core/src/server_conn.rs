@@ -208,20 +208,29 @@ impl ServerConn {
                 "too many calls in flight",
             );
         }
-        let call = InFlight {
-            server: Arc::clone(&self.server),
-            calls: Arc::clone(&self.calls),
-            conn: conn.clone(),
-            received: Instant::now(),
-            counters,
-        };
+        let received = Instant::now();
         match dispatch {
             Dispatch::Inline => {
                 // On the loop thread: the reply joins the others of this read in one write.
+                // Everything the call needs is borrowed from this connection.
+                let call = CallSite {
+                    server: &self.server,
+                    calls: &self.calls,
+                    conn,
+                    received,
+                    counters: &counters,
+                };
                 let (reply, failure) = call.run(&handler, codec, &request);
                 call.finish(request.seq, &reply, failure, Sending::Batched);
             }
             Dispatch::Pool => {
+                let call = InFlight {
+                    server: Arc::clone(&self.server),
+                    calls: Arc::clone(&self.calls),
+                    conn: conn.clone(),
+                    received,
+                    counters,
+                };
                 self.calls.reply_cork.call_queued();
                 self.server.pool.execute(Box::new(move || {
                     call.run_on_worker(&handler, codec, &request)
@@ -320,7 +329,7 @@ enum Sending {
     Batched,
 }
 
-/// A dispatched call, carried to wherever it runs.
+/// A call dispatched to the pool, carried to its worker: owns what a [`CallSite`] borrows.
 struct InFlight {
     server: Arc<ServerShared>,
     calls: Arc<ConnCalls>,
@@ -335,20 +344,40 @@ impl InFlight {
     /// it was the connection's last waiting for a worker, then runs the call (unless it
     /// expired while it waited) and sends its reply.
     fn run_on_worker(self, handler: &MethodHandler, codec: CodecKind, request: &Frame) {
-        if self.calls.reply_cork.call_taken() {
+        let call = CallSite {
+            server: &self.server,
+            calls: &self.calls,
+            conn: &self.conn,
+            received: self.received,
+            counters: &self.counters,
+        };
+        if call.calls.reply_cork.call_taken() {
             // A failed flush means the connection is closing; the reply's send will say so.
-            let _ = self.conn.flush();
+            let _ = call.conn.flush();
         }
-        let (reply, failure) = match self.expired(request) {
+        let (reply, failure) = match call.expired(request) {
             Some(reason) => {
                 let code = ErrorCode::DeadlineExceeded;
                 (encode_error(request.seq, code, reason), Some(code))
             }
-            None => self.run(handler, codec, request),
+            None => call.run(handler, codec, request),
         };
-        self.finish(request.seq, &reply, failure, Sending::FromWorker);
+        call.finish(request.seq, &reply, failure, Sending::FromWorker);
     }
+}
 
+/// What running a call and sending its reply take: borrowed from the connection for an
+/// inline call (no reference counts touched), from its [`InFlight`] on a worker.
+struct CallSite<'a> {
+    server: &'a ServerShared,
+    calls: &'a ConnCalls,
+    conn: &'a Connection,
+    /// When the request was read: its deadline counts from here.
+    received: Instant,
+    counters: &'a MethodCounters,
+}
+
+impl CallSite<'_> {
     /// Why the call should not run any more, if so: its caller cancelled it, or its deadline
     /// (relative to when the request was read) has passed.
     fn expired(&self, request: &Frame) -> Option<&'static str> {
@@ -374,7 +403,7 @@ impl InFlight {
             self.received,
         );
         run_call(
-            &self.server,
+            self.server,
             handler,
             codec,
             request,
@@ -399,7 +428,7 @@ impl InFlight {
     }
 
     /// Sends the reply and takes the call out of flight.
-    fn finish(self, seq: u64, reply: &[u8], failure: Option<ErrorCode>, sending: Sending) {
+    fn finish(&self, seq: u64, reply: &[u8], failure: Option<ErrorCode>, sending: Sending) {
         let stats = &self.server.stats;
         if let Some(code) = failure {
             stats.count_call_error(code);
