@@ -51,10 +51,6 @@ fn state_of(stat: &str) -> Option<char> {
 mod tests {
     #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
-    use std::sync::mpsc;
-    use std::thread;
-    use std::time::{Duration, Instant};
-
     use super::*;
 
     #[test]
@@ -67,6 +63,10 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn a_thread_asking_about_itself_runs_and_one_waiting_on_a_channel_is_blocked() {
+        use std::sync::mpsc;
+        use std::thread;
+        use std::time::{Duration, Instant};
+
         assert_eq!(ThreadProbe::current().is_runnable(), Some(true));
 
         let (probe_tx, probe_rx) = mpsc::channel();
