@@ -376,7 +376,7 @@ impl Connection {
     /// Bytes accepted by `send` but not yet written to the socket (with TLS: record bytes,
     /// plus plaintext held until the handshake finishes), as of the last change to the
     /// queue; a writer's batch taken out of the queue for its system call is not counted.
-    /// Lock-free: read once per call, it must cost no more than a load.
+    /// Without TLS it takes no lock (it is read once per call).
     pub fn queued_len(&self) -> usize {
         let queued = self.shared.out_len.load(Ordering::Relaxed);
         let early = self
