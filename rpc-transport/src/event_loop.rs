@@ -144,6 +144,18 @@ enum LoopTimer {
     CloseGrace,
 }
 
+impl Slot {
+    /// Readiness the loop watches the socket for: reading always, writing while a write is
+    /// unfinished.
+    fn interest(&self) -> Interest {
+        if self.write_interest {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        }
+    }
+}
+
 struct ListenerState {
     listener: TcpListener,
     acceptor: Acceptor,
@@ -607,50 +619,51 @@ impl EventLoop {
     }
 
     /// A caller's poller watches the connection now: the loop's registration moves behind it
-    /// (`exclusive_wake.rs`) and stays there.
+    /// (`exclusive_wake.rs`) and stays there. Where that cannot be had (not Linux), the
+    /// ordinary registration stays and `behind_caller` stays false.
     fn watch_behind_caller(&mut self, index: usize) {
-        let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
+        let Some(slot) = self.slots.get(index).and_then(Option::as_ref) else {
             return;
         };
-        if !slot.behind_caller {
-            slot.behind_caller = true;
-            if let Err(err) = self.set_interest(index) {
+        if slot.behind_caller {
+            return;
+        }
+        let stream = slot.conn.stream();
+        let registry = self.poll.registry();
+        let moved =
+            exclusive_wake::reregister_behind(registry, stream, index, slot.interest()).is_ok();
+        if moved {
+            if let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) {
+                slot.behind_caller = true;
+            }
+            return;
+        }
+        // The removal may have worked and the new registration not: register as usual (a
+        // registration still in place is left as it is).
+        let fd = stream.as_raw_fd();
+        match registry.register(&mut SourceFd(&fd), Token(index), slot.interest()) {
+            Err(err) if err.kind() != io::ErrorKind::AlreadyExists => {
                 self.close_slot(index, CloseReason::Error(err.into()));
             }
+            _ => {}
         }
     }
 
-    /// Registers the slot's socket for reading, and for writing while `write_interest`:
-    /// behind a caller's poller if `behind_caller` (falling back to an ordinary registration
-    /// where that cannot be had), else with mio as usual.
+    /// Registers the slot's socket again with its interest ([`Slot::interest`]): behind a
+    /// caller's poller if `behind_caller`, else with mio as usual.
     fn set_interest(&self, index: usize) -> io::Result<()> {
         let Some(slot) = self.slots.get(index).and_then(Option::as_ref) else {
             return Ok(());
         };
         let stream = slot.conn.stream();
+        let registry = self.poll.registry();
+        if slot.behind_caller {
+            return exclusive_wake::reregister_behind(registry, stream, index, slot.interest());
+        }
         // The stream lives in the shared Connection, so the loop has no `&mut TcpStream` to
         // give mio; its file descriptor identifies the same registration.
         let fd = stream.as_raw_fd();
-        let interest = if slot.write_interest {
-            Interest::READABLE | Interest::WRITABLE
-        } else {
-            Interest::READABLE
-        };
-        let registry = self.poll.registry();
-        if !slot.behind_caller {
-            return registry.reregister(&mut SourceFd(&fd), Token(index), interest);
-        }
-        if exclusive_wake::reregister_behind(registry, stream, index, interest).is_ok() {
-            return Ok(());
-        }
-        // Not supported here, or the removal worked and the new registration did not:
-        // register as usual (a registration still in place is modified instead).
-        match registry.register(&mut SourceFd(&fd), Token(index), interest) {
-            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
-                registry.reregister(&mut SourceFd(&fd), Token(index), interest)
-            }
-            other => other,
-        }
+        registry.reregister(&mut SourceFd(&fd), Token(index), slot.interest())
     }
 
     fn fire_timers(&mut self) {
