@@ -7,8 +7,9 @@
 //! waiting, it asks the kernel which busy workers are blocked (`thread_state.rs`; blocked in
 //! the same job a tick before too, so a moment's wait for a lock does not count) and starts
 //! one thread for each (no more than the jobs waiting that long), so while handlers sleep the
-//! count about doubles each tick, a tick behind, up to `max_threads`. So 64 concurrent calls of a 100 ms method
-//! still take about 100 ms (a few ticks more), as with Go's goroutine per request, while a
+//! count about doubles each tick, a tick behind, up to `max_threads`. So 64 concurrent calls
+//! of a 100 ms method still take about 100 ms (a few ticks more), as with Go's goroutine per
+//! request, while a
 //! queue behind workers that all compute (64 calls in flight of a quick method, or of a slow
 //! one that never sleeps) gets no threads beyond the cores, which would only compete for
 //! them. Where a thread's state cannot be read (not Linux), every busy worker counts as
@@ -300,7 +301,10 @@ fn run_jobs(shared: &PoolShared, me: &WorkerState) {
                 shared.max_running.fetch_max(running, Ordering::SeqCst);
                 // Jobs catch their own panics (see the server's dispatch); this guard only
                 // keeps the counters right if one ever escapes.
-                let _guard = RunningGuard(&shared.running, &me.job);
+                let _guard = RunningGuard {
+                    running: &shared.running,
+                    job: &me.job,
+                };
                 me.job.store(number, Ordering::SeqCst);
                 job();
             }
@@ -330,13 +334,16 @@ const STALLED_TICKS: u32 = 50;
 /// Ticks with no job waiting before the monitor exits.
 const MONITOR_QUIET_TICKS: u32 = 100;
 
-/// Counts a job out of `running` and marks its worker idle, however the job ends.
-struct RunningGuard<'a>(&'a AtomicUsize, &'a AtomicU64);
+/// Counts a job out of `running` and marks its worker idle (`job`), however the job ends.
+struct RunningGuard<'a> {
+    running: &'a AtomicUsize,
+    job: &'a AtomicU64,
+}
 
 impl Drop for RunningGuard<'_> {
     fn drop(&mut self) {
-        self.1.store(NO_JOB, Ordering::SeqCst);
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.job.store(NO_JOB, Ordering::SeqCst);
+        self.running.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -408,23 +415,15 @@ mod tests {
         // Each job keeps its worker on a core (or waiting for one) for 10 ms: jobs wait many
         // ticks, but more threads would only share the same cores.
         let pool = WorkerPool::new(64, Duration::from_secs(1));
-        let (done_tx, done_rx) = crossbeam_channel::unbounded();
-        let jobs = 4 * pool.shared.eager_threads + 4;
-        for _ in 0..jobs {
-            let done_tx = done_tx.clone();
-            pool.execute(Box::new(move || {
+        let jobs = (0..4 * pool.shared.eager_threads + 4).map(|_| {
+            || {
                 let until = Instant::now() + Duration::from_millis(10);
                 while Instant::now() < until {
                     std::hint::spin_loop();
                 }
-                done_tx.send(()).unwrap();
-            }));
-        }
-        for _ in 0..jobs {
-            done_rx
-                .recv_timeout(Duration::from_secs(10))
-                .expect("job finished");
-        }
+            }
+        });
+        run_and_wait(&pool, jobs, Duration::from_secs(10));
         assert_eq!(pool.threads(), pool.shared.eager_threads);
     }
 
@@ -433,23 +432,17 @@ mod tests {
         // Every eager thread spins (never sleeping) until the job queued last has run.
         let pool = WorkerPool::new(64, Duration::from_secs(1));
         let flag = Arc::new(AtomicBool::new(false));
-        let (done_tx, done_rx) = crossbeam_channel::unbounded();
-        for _ in 0..pool.shared.eager_threads {
-            let (flag, done_tx) = (Arc::clone(&flag), done_tx.clone());
-            pool.execute(Box::new(move || {
+        let spinners = (0..pool.shared.eager_threads).map(|_| {
+            let flag = Arc::clone(&flag);
+            Box::new(move || {
                 while !flag.load(Ordering::SeqCst) {
                     std::hint::spin_loop();
                 }
-                done_tx.send(()).unwrap();
-            }));
-        }
+            }) as Box<dyn FnOnce() + Send>
+        });
         let setter = Arc::clone(&flag);
-        pool.execute(Box::new(move || setter.store(true, Ordering::SeqCst)));
-        for _ in 0..pool.shared.eager_threads {
-            done_rx
-                .recv_timeout(Duration::from_secs(5))
-                .expect("the queued job got a thread");
-        }
+        let last: Box<dyn FnOnce() + Send> = Box::new(move || setter.store(true, Ordering::SeqCst));
+        run_and_wait(&pool, spinners.chain([last]), Duration::from_secs(5));
     }
 
     #[test]
@@ -466,18 +459,36 @@ mod tests {
     /// Runs `count` jobs that can only finish together (a barrier) and waits for them all.
     fn run_jobs_that_wait_for_each_other(pool: &WorkerPool, count: usize) {
         let barrier = Arc::new(Barrier::new(count));
-        let (done_tx, done_rx) = crossbeam_channel::unbounded();
-        for _ in 0..count {
-            let (barrier, done_tx) = (Arc::clone(&barrier), done_tx.clone());
-            pool.execute(Box::new(move || {
+        let jobs = (0..count).map(|_| {
+            let barrier = Arc::clone(&barrier);
+            move || {
                 barrier.wait();
+            }
+        });
+        run_and_wait(pool, jobs, Duration::from_secs(5));
+    }
+
+    /// Queues every job of `jobs`, in order, and waits until all have finished, each within
+    /// `patience` of the one before.
+    fn run_and_wait<J: FnOnce() + Send + 'static>(
+        pool: &WorkerPool,
+        jobs: impl IntoIterator<Item = J>,
+        patience: Duration,
+    ) {
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let mut count = 0;
+        for job in jobs {
+            let done_tx = done_tx.clone();
+            pool.execute(Box::new(move || {
+                job();
                 done_tx.send(()).unwrap();
             }));
+            count += 1;
         }
         for _ in 0..count {
             done_rx
-                .recv_timeout(Duration::from_secs(5))
-                .expect("every job got a thread");
+                .recv_timeout(patience)
+                .expect("every job got a thread and finished");
         }
     }
 
