@@ -735,9 +735,16 @@ impl EventLoop {
         self.close_slot(index, reason);
     }
 
+    /// Closes the connection at `index` and tells its handler why. A failure found earlier,
+    /// whose close was waiting for its alert or error frame to be written, is the reason
+    /// given: what the peer did after it (closing too, say) is only its consequence.
     fn close_slot(&mut self, index: usize, reason: CloseReason) {
         let Some(mut slot) = self.slots.get_mut(index).and_then(Option::take) else {
             return;
+        };
+        let reason = match slot.close_reason.take() {
+            Some(first @ CloseReason::Error(_)) => first,
+            _ => reason,
         };
         slot.conn.mark_closed(&reason);
         let stream = slot.conn.stream();

@@ -1,7 +1,8 @@
 //! The event loop's commands and timers over real sockets: adoptions that time out, handles
 //! that outlive their connection, handlers that pause after every frame, corked frames that
-//! wait for a flush, deadlines so far off that `Instant + Duration` would overflow, and a caller that
-//! unwinds while it holds the read turn.
+//! wait for a flush, deadlines so far off that `Instant + Duration` would overflow, a caller that
+//! unwinds while it holds the read turn, and a peer that closes while a frame error's close
+//! waits for its flush.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -16,7 +17,7 @@ use crossbeam_channel::{Receiver, Sender};
 use rpc_transport::clock::deadline_after;
 use rpc_transport::{
     spawn_loop, CloseReason, Connection, Frame, FrameDecoder, FrameHandler, FrameLimits,
-    LoopHandle, MakeHandler,
+    LoopHandle, MakeHandler, TransportError,
 };
 
 /// Echoes every frame back; reports each close with the connection's address.
@@ -424,4 +425,57 @@ fn a_caller_whose_frame_callback_panics_leaves_the_connection_to_the_loop() {
     // The loop reads again: it delivers the frame left behind, then serves new ones.
     assert_eq!(read_frame(&mut peer), second);
     assert_echoes(&mut peer, 3);
+}
+
+/// Answers a frame error with more than the sockets between it and a peer that never reads
+/// can hold, so the close waits for a flush that cannot finish; reports the error and the close.
+struct FloodOnError {
+    errors: Sender<()>,
+    closed: Sender<CloseReason>,
+}
+
+impl FrameHandler for FloodOnError {
+    fn handle_frame(&mut self, _conn: &Connection, _frame: Frame) {}
+
+    fn handle_frame_error(&mut self, conn: &Connection, _error: &TransportError) {
+        let body = vec![0u8; 1024 * 1024];
+        for seq in 0..64 {
+            let _ = conn.send_frame(&Frame::request(seq, "Flood.Flood", 1, body.clone()));
+        }
+        let _ = self.errors.send(());
+    }
+
+    fn handle_close(&mut self, _conn: &Connection, reason: CloseReason) {
+        let _ = self.closed.send(reason);
+    }
+}
+
+#[test]
+fn a_peer_closing_after_a_frame_error_leaves_the_error_as_the_reason() {
+    let harness = Harness::new("first-error-wins");
+    let (ours, mut peer) = harness.pair();
+    let (errors_tx, errors) = crossbeam_channel::unbounded();
+    let (closed_tx, closed) = crossbeam_channel::unbounded();
+    let make_handler: MakeHandler = Box::new(move |_| {
+        Box::new(FloodOnError {
+            errors: errors_tx,
+            closed: closed_tx,
+        })
+    });
+    let timeout = Duration::from_secs(5);
+    let _conn = harness
+        .handle
+        .adopt_and_wait(ours, FrameLimits::default(), make_handler, timeout)
+        .unwrap();
+    peer.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    errors
+        .recv_timeout(timeout)
+        .expect("the loop finds the bad magic");
+    // The error's close waits for 64 MiB this peer never reads; its end of file comes first.
+    peer.shutdown(std::net::Shutdown::Write).unwrap();
+    let reason = closed.recv_timeout(timeout).expect("the loop closes");
+    assert!(
+        matches!(reason, CloseReason::Error(TransportError::BadMagic { .. })),
+        "the frame error, not the peer's close that followed it: {reason:?}"
+    );
 }
