@@ -27,19 +27,38 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::thread_state::ThreadProbe;
 
-/// A unit of work for the pool.
-pub(crate) type Job = Box<dyn FnOnce() + Send>;
+/// A unit of work for the pool, moved to a worker whole: the server's calls travel by value
+/// (`server_conn.rs`), with no allocation of their own, and any closure is one too.
+pub(crate) trait PoolJob: Send + 'static {
+    /// Runs the job on a worker thread.
+    fn run(self);
+}
 
-/// Elastic thread pool; cheap to clone (clones share the threads).
-#[derive(Debug, Clone)]
-pub(crate) struct WorkerPool {
-    jobs: Sender<Job>,
-    shared: Arc<PoolShared>,
+impl<F: FnOnce() + Send + 'static> PoolJob for F {
+    fn run(self) {
+        self();
+    }
+}
+
+/// Elastic thread pool running jobs of type `J`; cheap to clone (clones share the threads).
+#[derive(Debug)]
+pub(crate) struct WorkerPool<J> {
+    jobs: Sender<J>,
+    shared: Arc<PoolShared<J>>,
+}
+
+impl<J> Clone for WorkerPool<J> {
+    fn clone(&self) -> Self {
+        WorkerPool {
+            jobs: self.jobs.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
 }
 
 #[derive(Debug)]
-struct PoolShared {
-    jobs: Receiver<Job>,
+struct PoolShared<J> {
+    jobs: Receiver<J>,
     /// Threads alive.
     threads: AtomicUsize,
     /// Threads waiting for a job.
@@ -63,7 +82,7 @@ struct PoolShared {
     keep_alive: Duration,
 }
 
-impl WorkerPool {
+impl<J: PoolJob> WorkerPool<J> {
     /// A pool of at most `max_threads` threads, of which as many as the machine has cores
     /// start at once when needed; a thread idle for `keep_alive` exits.
     pub(crate) fn new(max_threads: usize, keep_alive: Duration) -> Self {
@@ -91,7 +110,7 @@ impl WorkerPool {
 
     /// Queues `job`, starting a thread if every thread is busy and fewer than
     /// `eager_threads` run, or else making sure the monitor watches the queue.
-    pub(crate) fn execute(&self, job: Job) {
+    pub(crate) fn execute(&self, job: J) {
         let shared = &self.shared;
         shared.enqueued.fetch_add(1, Ordering::SeqCst);
         // The pool owns a receiver too, so the channel cannot be disconnected.
@@ -130,7 +149,7 @@ impl WorkerPool {
     }
 }
 
-impl PoolShared {
+impl<J> PoolShared<J> {
     /// Jobs queued and not yet taken by a thread.
     fn jobs_waiting(&self) -> usize {
         // `taken` first: every job it counts was enqueued before, so `enqueued`, read after,
@@ -181,7 +200,7 @@ struct WorkerState {
 const NO_JOB: u64 = 0;
 
 /// Starts a worker unless the pool is at its cap; false if it started none.
-fn try_spawn(shared: &Arc<PoolShared>) -> bool {
+fn try_spawn<J: PoolJob>(shared: &Arc<PoolShared<J>>) -> bool {
     let mut threads = shared.threads.load(Ordering::SeqCst);
     loop {
         if threads >= shared.max_threads {
@@ -210,7 +229,7 @@ fn try_spawn(shared: &Arc<PoolShared>) -> bool {
 }
 
 /// Starts the monitor thread (the caller has set `monitor_running`).
-fn start_monitor(shared: &Arc<PoolShared>) {
+fn start_monitor<J: PoolJob>(shared: &Arc<PoolShared<J>>) {
     let monitor_shared = Arc::clone(shared);
     let spawned = thread::Builder::new()
         .name("netrpc-pool-monitor".to_owned())
@@ -224,7 +243,7 @@ fn start_monitor(shared: &Arc<PoolShared>) {
 /// Every tick: if jobs queued a tick ago still wait, starts a thread for each busy worker
 /// that is blocked (at most one per such job), or one if no job at all was taken for
 /// [`STALLED_TICKS`]. Exits after `MONITOR_QUIET_TICKS` ticks with no job waiting.
-fn monitor_loop(shared: &Arc<PoolShared>) {
+fn monitor_loop<J: PoolJob>(shared: &Arc<PoolShared<J>>) {
     let mut enqueued_a_tick_ago = shared.enqueued.load(Ordering::SeqCst);
     let mut taken_a_tick_ago = shared.taken.load(Ordering::SeqCst);
     let mut stalled_ticks = 0;
@@ -277,7 +296,7 @@ fn monitor_loop(shared: &Arc<PoolShared>) {
 }
 
 /// A worker's life: registered for the monitor, then jobs until it idles out.
-fn worker_loop(shared: &PoolShared) {
+fn worker_loop<J: PoolJob>(shared: &PoolShared<J>) {
     let me = Arc::new(WorkerState {
         probe: ThreadProbe::current(),
         job: AtomicU64::new(NO_JOB),
@@ -289,7 +308,7 @@ fn worker_loop(shared: &PoolShared) {
 }
 
 /// Takes and runs jobs until none comes for `keep_alive` (and none waits).
-fn run_jobs(shared: &PoolShared, me: &WorkerState) {
+fn run_jobs<J: PoolJob>(shared: &PoolShared<J>, me: &WorkerState) {
     loop {
         shared.idle.fetch_add(1, Ordering::SeqCst);
         let job = shared.jobs.recv_timeout(shared.keep_alive);
@@ -306,7 +325,7 @@ fn run_jobs(shared: &PoolShared, me: &WorkerState) {
                     job: &me.job,
                 };
                 me.job.store(number, Ordering::SeqCst);
-                job();
+                job.run();
             }
             Err(_) => {
                 shared.threads.fetch_sub(1, Ordering::SeqCst);
@@ -353,9 +372,12 @@ mod tests {
     use std::sync::Barrier;
     use std::time::Instant;
 
+    /// A pool of closures, the simplest job there is.
+    type TestPool = WorkerPool<Box<dyn FnOnce() + Send>>;
+
     #[test]
     fn blocking_jobs_run_concurrently_up_to_the_cap() {
-        let pool = WorkerPool::new(64, Duration::from_secs(1));
+        let pool = TestPool::new(64, Duration::from_secs(1));
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
         let start = Instant::now();
         for _ in 0..32 {
@@ -381,7 +403,7 @@ mod tests {
 
     #[test]
     fn jobs_beyond_the_cap_wait_and_still_run() {
-        let pool = WorkerPool::new(2, Duration::from_millis(50));
+        let pool = TestPool::new(2, Duration::from_millis(50));
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
         for i in 0..10 {
             let done_tx = done_tx.clone();
@@ -403,7 +425,7 @@ mod tests {
     fn jobs_that_wait_for_each_other_get_threads_beyond_the_cores() {
         // Sixteen jobs that can only finish together: the first `eager_threads` block, and
         // only the monitor can start the rest.
-        let pool = WorkerPool::new(64, Duration::from_secs(1));
+        let pool = TestPool::new(64, Duration::from_secs(1));
         run_jobs_that_wait_for_each_other(&pool, 16);
         assert!(pool.threads() >= 16);
         assert!(pool.threads() <= 32, "at most doubled: {}", pool.threads());
@@ -414,7 +436,7 @@ mod tests {
     fn jobs_that_only_compute_get_no_threads_beyond_the_cores() {
         // Each job keeps its worker on a core (or waiting for one) for 10 ms: jobs wait many
         // ticks, but more threads would only share the same cores.
-        let pool = WorkerPool::new(64, Duration::from_secs(1));
+        let pool = TestPool::new(64, Duration::from_secs(1));
         let jobs = (0..4 * pool.shared.eager_threads + 4).map(|_| {
             || {
                 let until = Instant::now() + Duration::from_millis(10);
@@ -430,7 +452,7 @@ mod tests {
     #[test]
     fn jobs_spinning_until_a_queued_job_runs_get_it_a_thread_once_the_queue_stalls() {
         // Every eager thread spins (never sleeping) until the job queued last has run.
-        let pool = WorkerPool::new(64, Duration::from_secs(1));
+        let pool = TestPool::new(64, Duration::from_secs(1));
         let flag = Arc::new(AtomicBool::new(false));
         let spinners = (0..pool.shared.eager_threads).map(|_| {
             let flag = Arc::clone(&flag);
@@ -447,7 +469,7 @@ mod tests {
 
     #[test]
     fn the_monitor_exits_once_nothing_waits() {
-        let pool = WorkerPool::new(8, Duration::from_secs(1));
+        let pool = TestPool::new(8, Duration::from_secs(1));
         run_jobs_that_wait_for_each_other(&pool, 8);
         let deadline = Instant::now() + Duration::from_secs(5);
         while pool.shared.monitor_running.load(Ordering::SeqCst) && Instant::now() < deadline {
@@ -457,7 +479,7 @@ mod tests {
     }
 
     /// Runs `count` jobs that can only finish together (a barrier) and waits for them all.
-    fn run_jobs_that_wait_for_each_other(pool: &WorkerPool, count: usize) {
+    fn run_jobs_that_wait_for_each_other(pool: &TestPool, count: usize) {
         let barrier = Arc::new(Barrier::new(count));
         let jobs = (0..count).map(|_| {
             let barrier = Arc::clone(&barrier);
@@ -471,7 +493,7 @@ mod tests {
     /// Queues every job of `jobs`, in order, and waits until all have finished, each within
     /// `patience` of the one before.
     fn run_and_wait<J: FnOnce() + Send + 'static>(
-        pool: &WorkerPool,
+        pool: &TestPool,
         jobs: impl IntoIterator<Item = J>,
         patience: Duration,
     ) {
@@ -480,7 +502,7 @@ mod tests {
         for job in jobs {
             let done_tx = done_tx.clone();
             pool.execute(Box::new(move || {
-                job();
+                job.run();
                 done_tx.send(()).unwrap();
             }));
             count += 1;
@@ -494,7 +516,7 @@ mod tests {
 
     #[test]
     fn idle_threads_exit_after_keep_alive() {
-        let pool = WorkerPool::new(8, Duration::from_millis(20));
+        let pool = TestPool::new(8, Duration::from_millis(20));
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
         pool.execute(Box::new(move || done_tx.send(()).unwrap()));
         done_rx.recv_timeout(Duration::from_secs(5)).unwrap();

@@ -26,7 +26,7 @@ use crate::error::RpcError;
 use crate::error_body::ErrorCode;
 use crate::pool::WorkerPool;
 use crate::server_config::{ServerBuilder, ServerConfig};
-use crate::server_conn::{encode_error, ConnCalls, ServerConn};
+use crate::server_conn::{encode_error, ConnCalls, ServerConn, ServerJob};
 use crate::service::{Dispatch, MethodTable, Service};
 use crate::stats::{MethodStats, ServerStats, StatsCounters};
 
@@ -44,7 +44,7 @@ pub struct Server {
 pub(crate) struct ServerShared {
     /// Guards the registered services: written by `register`, read per request.
     services: RwLock<HashMap<String, Arc<MethodTable>>>,
-    pub(crate) pool: WorkerPool,
+    pub(crate) pool: WorkerPool<ServerJob>,
     pub(crate) config: ServerConfig,
     /// Loops started by `serve_conn` for connections the caller accepted itself.
     conn_loops: Mutex<Option<LoopGroup>>,

@@ -37,6 +37,7 @@ use rpc_transport::{
 use crate::catch_panic::catch_panic;
 use crate::error_body::{error_frame, ErrorCode};
 use crate::middleware::{run_server_chain, CallContext};
+use crate::pool::PoolJob;
 use crate::reply_cork::{ReplyCork, ReplySend};
 use crate::server::{ConnectionSlot, ServerShared};
 use crate::service::{Dispatch, DispatchError, MethodCounters, MethodHandler};
@@ -232,8 +233,11 @@ impl ServerConn {
                     counters,
                 };
                 self.calls.reply_cork.call_queued();
-                self.server.pool.execute(Box::new(move || {
-                    call.run_on_worker(&handler, codec, &request)
+                self.server.pool.execute(ServerJob::Call(PooledCall {
+                    call,
+                    handler,
+                    codec,
+                    request,
                 }));
             }
         }
@@ -327,6 +331,36 @@ enum Sending {
     FromWorker,
     /// With the other replies of this loop turn (an inline handler, on the loop).
     Batched,
+}
+
+/// What a server's pool runs: a call of this connection's protocol, moved into the pool's
+/// queue whole (no allocation per call), or other work boxed (a JSON-RPC call, a call of the
+/// simulated network).
+pub(crate) enum ServerJob {
+    Call(PooledCall),
+    Boxed(Box<dyn FnOnce() + Send>),
+}
+
+impl PoolJob for ServerJob {
+    fn run(self) {
+        match self {
+            ServerJob::Call(PooledCall {
+                call,
+                handler,
+                codec,
+                request,
+            }) => call.run_on_worker(&handler, codec, &request),
+            ServerJob::Boxed(job) => job(),
+        }
+    }
+}
+
+/// A call on its way to a pool worker, with everything it needs.
+pub(crate) struct PooledCall {
+    call: InFlight,
+    handler: MethodHandler,
+    codec: CodecKind,
+    request: Frame,
 }
 
 /// A call dispatched to the pool, carried to its worker: owns what a [`CallSite`] borrows.

@@ -31,6 +31,7 @@ use rpc_codec::CodecKind;
 use crate::catch_panic::catch_panic;
 use crate::error_body::ErrorCode;
 use crate::server::ServerShared;
+use crate::server_conn::ServerJob;
 use crate::service::{Dispatch, MethodHandler};
 use crate::stats::StatsCounters;
 
@@ -180,7 +181,10 @@ impl JsonConn {
         };
         match dispatch {
             Dispatch::Inline => call.run(),
-            Dispatch::Pool => self.server.pool.execute(Box::new(move || call.run())),
+            Dispatch::Pool => self
+                .server
+                .pool
+                .execute(ServerJob::Boxed(Box::new(move || call.run()))),
         }
         Ok(())
     }

@@ -15,7 +15,9 @@ use rpc_transport::Frame;
 
 use crate::error_body::ErrorCode;
 use crate::middleware::CallContext;
-use crate::server_conn::{deadline_passed, encode_error, lookup, run_call, Found, DEADLINE_PASSED};
+use crate::server_conn::{
+    deadline_passed, encode_error, lookup, run_call, Found, ServerJob, DEADLINE_PASSED,
+};
 use crate::sim::end::SimEnd;
 use crate::sim::fate::Fate;
 use crate::sim::router::{NetShared, ServerEntry};
@@ -49,7 +51,7 @@ pub(crate) fn deliver_request(
     let received = Instant::now();
     shared.stats.in_flight_calls.fetch_add(1, Ordering::SeqCst);
     let pool = shared.pool.clone();
-    pool.execute(Box::new(move || {
+    pool.execute(ServerJob::Boxed(Box::new(move || {
         let (reply, failure) = if deadline_passed(&request, received) {
             let code = ErrorCode::DeadlineExceeded;
             (encode_error(seq, code, DEADLINE_PASSED), Some(code))
@@ -70,5 +72,5 @@ pub(crate) fn deliver_request(
         counters.count(failure.is_some());
         shared.stats.in_flight_calls.fetch_sub(1, Ordering::SeqCst);
         net.send_reply(end, server_id, &reply, fate, seq);
-    }));
+    })));
 }
