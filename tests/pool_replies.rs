@@ -55,7 +55,7 @@ fn with_the_pool_full_a_finished_reply_does_not_wait_for_blocked_workers() {
         3 - first_released,
         "the other blocked call"
     );
-    assert_eq!(server.server.stats().in_flight_calls, 0);
+    assert_all_counted_out(&server);
 }
 
 #[test]
@@ -104,8 +104,12 @@ fn every_reply_arrives_when_many_connections_pipeline_through_the_pool() {
     for driver in drivers {
         driver.join().unwrap();
     }
-    // A worker sends its reply before it counts its call out of flight, so the last reply
-    // may arrive a moment before the count reaches 0.
+    assert_all_counted_out(&server);
+}
+
+/// Waits until no call is counted in flight. A worker sends its reply before it counts its
+/// call out, so the last reply may arrive a moment before the count reaches 0.
+fn assert_all_counted_out(server: &TestServer) {
     wait_until("no call left in flight", Duration::from_secs(5), || {
         server.server.stats().in_flight_calls == 0
     });
