@@ -77,6 +77,8 @@ usage: cargo run --release --example loadgen -- [--addr HOST:PORT | --inproc] [o
   --payload BYTES    0 = Arith.Multiply (default); N = Bench.Echo with N bytes each way
   --baseline         first run raw TCP ping-pong of the same shape and print the ratio
   --raw-unbatched    in the baseline, one write per message instead of grouped writes
+  --raw-work-ns N    in the baseline, each side spins N ns after each read before it
+                     writes (default 0): how much raw TCP's figures owe to its turnaround
   --no-batch         start each new call on its own (`go_with`) as its predecessor completes,
                      instead of one `Client::batch` per wake-up for all that completed
   --loop-reads       wait on the completion channel alone (the client's event loop reads
@@ -224,7 +226,8 @@ fn main() -> Result<(), Box<dyn Error>> {
         } else {
             Writes::Grouped
         };
-        let report = run_raw(&plan, writes)?;
+        let work = Duration::from_nanos(flags.get("raw-work-ns", 0u64)?);
+        let report = run_raw(&plan, writes, work)?;
         print_report("raw tcp", &report);
         Some(report)
     } else {
@@ -301,18 +304,19 @@ fn ratio(a: Duration, b: Duration) -> f64 {
 }
 
 /// Runs the raw-TCP baseline of the plan's shape against an in-process raw server.
-fn run_raw(plan: &Plan, writes: Writes) -> Result<Report, Box<dyn Error>> {
+fn run_raw(plan: &Plan, writes: Writes, work: Duration) -> Result<Report, Box<dyn Error>> {
     let shape = if plan.payload == 0 {
         Shape::ARITH
     } else {
         Shape::echo(plan.payload)
     };
-    let server = RawServer::start(shape)?;
+    let server = RawServer::start_with_work(shape, work)?;
     let addr = server.addr();
     let load = RawLoad {
         shape,
         inflight: plan.inflight,
         writes,
+        work,
     };
     run_drivers(plan, move |record_from, end, progress| {
         let mut report = Report::default();

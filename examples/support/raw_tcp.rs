@@ -8,6 +8,10 @@
 //! The pipelined client keeps `inflight` requests outstanding and, like any sensible pipelined
 //! sender, groups its writes: after each read it sends as many new requests as replies it got,
 //! in one `write`. [`Unbatched`] sends one `write` per message instead.
+//!
+//! Optionally each side busies itself for a fixed time after each read, before it writes
+//! ([`RawServer::start_with_work`], [`RawLoad::work`]): a stand-in for the work an RPC stack
+//! does per message, to see how much the baseline itself depends on each side's turnaround.
 
 #![allow(dead_code, unreachable_pub)] // included by path; each user needs part of it
 
@@ -17,7 +21,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[path = "histogram.rs"]
 mod histogram;
@@ -78,6 +82,12 @@ pub struct RawServer {
 impl RawServer {
     /// Starts a server answering messages of `shape`.
     pub fn start(shape: Shape) -> io::Result<RawServer> {
+        RawServer::start_with_work(shape, Duration::ZERO)
+    }
+
+    /// Starts a server answering messages of `shape` that busies itself for `work` after
+    /// each read, before it writes the replies.
+    pub fn start_with_work(shape: Shape, work: Duration) -> io::Result<RawServer> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -92,7 +102,7 @@ impl RawServer {
                     if let Ok(stream) = stream {
                         let _ = thread::Builder::new()
                             .name("raw-conn".into())
-                            .spawn(move || serve_conn(stream, shape));
+                            .spawn(move || serve_conn(stream, shape, work));
                     }
                 }
             })?;
@@ -121,7 +131,7 @@ impl Drop for RawServer {
 }
 
 /// Answers every whole request in each read with one write, until the client closes.
-fn serve_conn(mut stream: TcpStream, shape: Shape) {
+fn serve_conn(mut stream: TcpStream, shape: Shape, work: Duration) {
     let _ = stream.set_nodelay(true);
     let mut input = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
@@ -138,6 +148,7 @@ fn serve_conn(mut stream: TcpStream, shape: Shape) {
             shape.reply_to(request, &mut output);
         }
         input.drain(..whole);
+        busy_for(work);
         if !output.is_empty() && stream.write_all(&output).is_err() {
             return;
         }
@@ -163,6 +174,20 @@ pub struct RawLoad {
     pub inflight: usize,
     /// How requests are written.
     pub writes: Writes,
+    /// Busy time after each read that brought replies, before the next requests are written.
+    pub work: Duration,
+}
+
+/// Spins for `work` (returns at once for zero): the CPU stays busy, as it would doing real
+/// work, rather than sleeping.
+fn busy_for(work: Duration) {
+    if work.is_zero() {
+        return;
+    }
+    let started = Instant::now();
+    while started.elapsed() < work {
+        std::hint::spin_loop();
+    }
 }
 
 /// Keeps `load.inflight` requests outstanding on one connection to `addr` until `end`.
@@ -181,6 +206,7 @@ pub fn drive(
         shape,
         inflight,
         writes,
+        work,
     } = load;
     let mut stream = TcpStream::connect(addr)?;
     stream.set_nodelay(true)?;
@@ -219,6 +245,7 @@ pub fn drive(
         }
         progress.fetch_add(replies as u64, Ordering::Relaxed);
         if now < end && replies > 0 {
+            busy_for(work);
             send_requests(
                 &mut stream,
                 &request,
