@@ -85,6 +85,9 @@ usage: cargo run --release --example loadgen -- [--addr HOST:PORT | --inproc] [o
                      every reply) instead of `Client::recv_completion` (the driver reads)
   --loops N          event-loop threads of the in-process server (default: its own default)
   --inline           serve Arith and Bench inline, on the event loop (Server::register_inline)
+  --busy-poll-us N   the in-process server's loops and the clients' waiting callers poll
+                     N µs without blocking before they sleep (ServerBuilder::busy_poll,
+                     ClientBuilder::busy_poll; default 0)
   --tls              then run the same load over TLS (in-process only: a second server with a
                      throwaway certificate) and print the ratio TLS / plaintext
   --help             print this help
@@ -128,6 +131,8 @@ struct Plan {
     batch: bool,
     /// The driver reads replies itself (`Client::recv_completion`) when it can.
     read_here: bool,
+    /// Busy-poll budget of the in-process server's loops and of the clients' callers.
+    busy_poll: Duration,
 }
 
 /// What one run measured.
@@ -180,9 +185,10 @@ fn main() -> Result<(), Box<dyn Error>> {
         payload: flags.get("payload", 0usize)?,
         batch: !flags.has("no-batch"),
         read_here: !flags.has("loop-reads"),
+        busy_poll: Duration::from_micros(flags.get("busy-poll-us", 0u64)?),
     };
     let (loops, inline) = (flags.get("loops", 0usize)?, flags.has("inline"));
-    let server = build_server(loops, inline, None)?;
+    let server = build_server(loops, inline, plan.busy_poll, None)?;
     let with_tls = flags.has("tls");
     if with_tls && (flags.get_str("addr").is_some() || flags.get_str("serve").is_some()) {
         return Err(format!("--tls runs in-process only\n\n{USAGE}").into());
@@ -260,7 +266,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     if with_tls {
         let ca = certs::Authority::new("loadgen ca")?;
         let (chain, key) = ca.server()?.pair();
-        let tls_server = build_server(loops, inline, Some(tls::server_config(chain, key, None)?))?;
+        let tls_config = tls::server_config(chain, key, None)?;
+        let tls_server = build_server(loops, inline, plan.busy_poll, Some(tls_config))?;
         let running = tls_server.serve("127.0.0.1:0")?;
         let client_tls = ClientTls::new(tls::client_config(ca.roots()?, None)?, "localhost")?;
         let secure = run_netrpc(&plan, running.local_addr(), Some(client_tls))?;
@@ -279,9 +286,10 @@ fn main() -> Result<(), Box<dyn Error>> {
 fn build_server(
     loops: usize,
     inline: bool,
+    busy_poll: Duration,
     tls: Option<Arc<tls::ServerConfig>>,
 ) -> Result<Server, RpcError> {
-    let mut builder = Server::builder();
+    let mut builder = Server::builder().busy_poll(busy_poll);
     if loops > 0 {
         builder = builder.event_loops(loops);
     }
@@ -340,7 +348,8 @@ fn run_netrpc(
     for _ in 0..plan.conns {
         let mut builder = Client::builder()
             .codec(plan.codec)
-            .max_pending_calls(plan.inflight);
+            .max_pending_calls(plan.inflight)
+            .busy_poll(plan.busy_poll);
         if let Some(tls) = &tls {
             builder = builder.tls(tls.clone());
         }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rpc_codec::CodecKind;
 use rpc_transport::tls::ClientTls;
-use rpc_transport::{Frame, FrameKind, FrameLimits};
+use rpc_transport::{BusyPoll, Frame, FrameKind, FrameLimits};
 
 use crate::client::Client;
 use crate::client_conn::ClientConn;
@@ -49,6 +49,11 @@ pub struct ClientConfig {
     /// returns, and fails with [`RpcError::Tls`] if the server's certificate is refused.
     /// Default `None`: plaintext.
     pub tls: Option<ClientTls>,
+    /// How long a caller waiting for its reply polls the socket without blocking before it
+    /// sleeps ([`rpc_transport::busy_poll`]): CPU time spent to skip the wake-up a sleeping
+    /// caller needs. No more than half the cores spin at once, process-wide. Default zero:
+    /// callers sleep at once.
+    pub busy_poll: Duration,
 }
 
 impl Default for ClientConfig {
@@ -62,6 +67,7 @@ impl Default for ClientConfig {
             max_unsent_bytes: DEFAULT_MAX_UNSENT_BYTES,
             middleware: Vec::new(),
             tls: None,
+            busy_poll: Duration::ZERO,
         }
     }
 }
@@ -105,6 +111,14 @@ impl ClientBuilder {
     /// Frame size limits.
     pub fn limits(mut self, limits: FrameLimits) -> Self {
         self.config.limits = limits;
+        self
+    }
+
+    /// How long a caller waiting for its reply polls without blocking before it sleeps
+    /// (default zero; see [`ClientConfig::busy_poll`]). Worth it where waking a sleeping
+    /// thread is slow (virtual machines whose idle vCPUs halt) and a core can be spared.
+    pub fn busy_poll(mut self, budget: Duration) -> Self {
+        self.config.busy_poll = budget;
         self
     }
 
@@ -204,6 +218,7 @@ impl ClientBuilder {
                 }
             })
             .map_err(unreachable)?;
+        conn.set_busy_poll(BusyPoll::new(self.config.busy_poll));
         // The first frame says hello: a server closes connections that send no whole frame
         // within its first-frame timeout, and this one may not call for a while. With TLS it
         // goes once the handshake is done, and the server's pong settles the handshake.

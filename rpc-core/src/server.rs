@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use rpc_transport::clock::deadline_after;
 use rpc_transport::tls;
-use rpc_transport::{spawn_loop, Connection, FrameHandler, LoopHandle, MakeHandler};
+use rpc_transport::{spawn_loop_with, BusyPoll, Connection, FrameHandler, LoopHandle, MakeHandler};
 
 use crate::error::RpcError;
 use crate::error_body::ErrorCode;
@@ -299,16 +299,18 @@ impl Server {
 
     fn start_loops(&self, listener: Option<TcpListener>, group: u64) -> io::Result<LoopGroup> {
         let count = self.shared.config.event_loops;
+        let busy_poll = BusyPoll::new(self.shared.config.busy_poll);
         let mut handles = Vec::with_capacity(count);
         let mut threads = Vec::with_capacity(count);
         // Loops 1.. have no listener; loop 0 accepts and spreads connections over all of them.
         for index in 1..count {
-            let (handle, thread) = spawn_loop(&format!("netrpc-server-loop-{index}"), None)?;
+            let name = format!("netrpc-server-loop-{index}");
+            let (handle, thread) = spawn_loop_with(&name, None, busy_poll)?;
             handles.push(handle);
             threads.push(thread);
         }
         let listener = listener.map(|listener| (listener, self.acceptor(handles.clone(), group)));
-        let (handle, thread) = spawn_loop("netrpc-server-loop-0", listener)?;
+        let (handle, thread) = spawn_loop_with("netrpc-server-loop-0", listener, busy_poll)?;
         handles.insert(0, handle);
         threads.insert(0, thread);
         Ok(LoopGroup {

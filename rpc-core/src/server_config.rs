@@ -61,6 +61,11 @@ pub struct ServerConfig {
     /// not complete the handshake within the frame timeout, or is refused by it, is closed
     /// and counted in [`crate::ServerStats::tls_errors`]. Default `None`: plaintext.
     pub tls: Option<Arc<TlsServerConfig>>,
+    /// How long an event loop polls its sockets without blocking before it sleeps
+    /// ([`rpc_transport::busy_poll`]): CPU time spent so that a request arriving soon after
+    /// the last finds the loop awake. No more than half the cores spin at once,
+    /// process-wide. Default zero: loops sleep at once.
+    pub busy_poll: Duration,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +85,7 @@ impl Default for ServerConfig {
             idle_timeout: None,
             middleware: Vec::new(),
             tls: None,
+            busy_poll: Duration::ZERO,
         }
     }
 }
@@ -94,6 +100,14 @@ impl ServerBuilder {
     /// Event-loop threads (default: half the cores, 1 to 4).
     pub fn event_loops(mut self, count: usize) -> Self {
         self.config.event_loops = count.max(1);
+        self
+    }
+
+    /// How long an event loop polls without blocking before it sleeps (default zero; see
+    /// [`ServerConfig::busy_poll`]). Worth it where waking a sleeping thread is slow (virtual
+    /// machines whose idle vCPUs halt) and a core can be spared.
+    pub fn busy_poll(mut self, budget: Duration) -> Self {
+        self.config.busy_poll = budget;
         self
     }
 

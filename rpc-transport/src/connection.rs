@@ -282,6 +282,12 @@ impl Connection {
         Ok(())
     }
 
+    /// Sets how long a caller in [`Connection::read_here`] polls the socket without blocking
+    /// before it sleeps (see [`crate::busy_poll`]); zero, the default, sleeps at once.
+    pub fn set_busy_poll(&self, busy_poll: crate::BusyPoll) {
+        self.read_side().set_busy_poll(busy_poll);
+    }
+
     /// Reads the socket on this thread, for a caller waiting for a reply: until at least one
     /// frame has gone to `on_frame`, `deadline` passes, or `stop` returns true (checked
     /// before each wait; say, "my reply arrived some other way").

@@ -35,6 +35,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use crate::busy_poll::BusyPoll;
 use crate::clock::deadline_after;
 use crate::connection::{Connection, FlushOutcome};
 use crate::decoder::FrameDecoder;
@@ -55,6 +56,20 @@ use crate::read_turn::HandedBack;
 pub fn spawn_loop(
     name: &str,
     listener: Option<(std::net::TcpListener, Acceptor)>,
+) -> io::Result<(LoopHandle, JoinHandle<()>)> {
+    spawn_loop_with(name, listener, BusyPoll::default())
+}
+
+/// [`spawn_loop`] for a loop that polls without blocking for up to `busy_poll`'s budget
+/// before each sleep (see [`crate::busy_poll`]).
+///
+/// # Errors
+///
+/// As [`spawn_loop`].
+pub fn spawn_loop_with(
+    name: &str,
+    listener: Option<(std::net::TcpListener, Acceptor)>,
+    busy_poll: BusyPoll,
 ) -> io::Result<(LoopHandle, JoinHandle<()>)> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -84,6 +99,7 @@ pub fn spawn_loop(
         listener,
         timers: BinaryHeap::new(),
         scratch: vec![0; READ_CHUNK],
+        busy_poll,
     };
     let thread = thread::Builder::new()
         .name(name.to_owned())
@@ -111,6 +127,8 @@ struct EventLoop {
     timers: BinaryHeap<Reverse<(Instant, ConnKey, LoopTimer)>>,
     /// One read buffer for every connection: an idle connection holds no buffer of its own.
     scratch: Vec<u8>,
+    /// How long the loop polls without blocking before it sleeps.
+    busy_poll: BusyPoll,
 }
 
 struct Slot {
@@ -175,7 +193,8 @@ impl EventLoop {
             } else {
                 Some(Duration::ZERO)
             };
-            if let Err(err) = self.poll.poll(&mut events, timeout) {
+            let busy_poll = self.busy_poll;
+            if let Err(err) = busy_poll.poll(&mut self.poll, &mut events, timeout) {
                 if err.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }

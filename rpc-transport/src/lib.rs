@@ -42,6 +42,7 @@
 //! # Ok::<(), rpc_transport::TransportError>(())
 //! ```
 
+pub mod busy_poll;
 pub mod clock;
 pub mod connection;
 pub mod decoder;
@@ -57,10 +58,11 @@ pub mod metadata;
 mod read_turn;
 pub mod tls;
 
+pub use busy_poll::BusyPoll;
 pub use connection::Connection;
 pub use decoder::FrameDecoder;
 pub use error::TransportError;
-pub use event_loop::{spawn_loop, READ_PAUSE_RECHECK};
+pub use event_loop::{spawn_loop, spawn_loop_with, READ_PAUSE_RECHECK};
 pub use frame::{Frame, FrameBuilder, FrameHead};
 pub use handler::{CloseReason, EofAction, FrameHandler};
 pub use header::{FrameHeader, FrameKind, HEADER_LEN, MAGIC, VERSION};

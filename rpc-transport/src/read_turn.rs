@@ -29,7 +29,7 @@
 
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,7 @@ use mio::net::TcpStream;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
+use crate::busy_poll::BusyPoll;
 use crate::decoder::FrameDecoder;
 use crate::error::TransportError;
 use crate::exclusive_wake;
@@ -66,6 +67,8 @@ pub(crate) struct ReadSide {
     /// could not be made (out of file descriptors), and callers then leave reading to the
     /// loop.
     caller_poll: OnceLock<Option<Mutex<CallerPoll>>>,
+    /// A waiting caller's busy-poll budget, in nanoseconds ([`crate::busy_poll`]).
+    busy_poll_nanos: AtomicU64,
 }
 
 /// The decoder, and what a caller left for the loop.
@@ -119,7 +122,20 @@ impl ReadSide {
                 handed_back: None,
             }),
             caller_poll: OnceLock::new(),
+            busy_poll_nanos: AtomicU64::new(0),
         }
+    }
+
+    /// Sets how long a waiting caller polls without blocking before it sleeps.
+    pub(crate) fn set_busy_poll(&self, busy_poll: BusyPoll) {
+        let nanos = u64::try_from(busy_poll.budget().as_nanos()).unwrap_or(u64::MAX);
+        self.busy_poll_nanos.store(nanos, Ordering::Relaxed);
+    }
+
+    fn busy_poll(&self) -> BusyPoll {
+        BusyPoll::new(Duration::from_nanos(
+            self.busy_poll_nanos.load(Ordering::Relaxed),
+        ))
     }
 
     /// Whether a caller's poller watches the socket (made on the first caller turn).
@@ -241,7 +257,7 @@ impl ReadSide {
             }
             let wait = deadline.duration_since(now).min(CALLER_WAIT_SLICE);
             let CallerPoll { poll, events } = &mut *poller;
-            match poll.poll(events, Some(wait)) {
+            match self.busy_poll().poll(poll, events, Some(wait)) {
                 Ok(()) => {}
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {

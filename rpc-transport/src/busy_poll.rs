@@ -1,0 +1,216 @@
+//! Busy polling: a thread about to sleep on its poller first asks it again and again, for a
+//! short while, whether something is ready.
+//!
+//! Waking a thread that sleeps costs the waker a system call and the sleeper a trip through
+//! the scheduler; where the sleeper's CPU has gone idle, it costs more, and on a virtual
+//! machine whose idle vCPUs halt it can cost tens of microseconds, several times the work of
+//! a whole call. A thread that expects an answer within microseconds (a caller waiting for
+//! its reply, a server loop waiting for the next request of a busy client) can keep its CPU
+//! awake instead: a [`BusyPoll`] wait polls without blocking until an event comes or the
+//! budget is spent, yielding its CPU between tries to any other thread that wants it, and
+//! only then sleeps for the rest of the wait. Off by default (a budget of zero): it trades
+//! CPU time for latency, which is the embedder's choice (`ServerBuilder::busy_poll`,
+//! `ClientBuilder::busy_poll` in `rpc-core`).
+//!
+//! Spinning threads compete with working ones for the cores, so no more than half the cores
+//! (at least one thread) spin at once, process-wide (`SpinGate`); a thread that finds them
+//! all taken sleeps at once, as it would without busy polling.
+
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Poll};
+
+/// How long a thread polls without blocking before it sleeps; zero (the default) never does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BusyPoll {
+    budget: Duration,
+}
+
+impl BusyPoll {
+    /// Polls without blocking for up to `budget` before each sleep.
+    pub fn new(budget: Duration) -> BusyPoll {
+        BusyPoll { budget }
+    }
+
+    /// The budget per wait.
+    pub fn budget(&self) -> Duration {
+        self.budget
+    }
+
+    /// Waits on `poll` for events, at most `timeout` (`None`: no limit), as `Poll::poll`
+    /// does, after polling without blocking for up to the budget (no longer than `timeout`)
+    /// if a spinning turn is free.
+    pub(crate) fn poll(
+        &self,
+        poll: &mut Poll,
+        events: &mut Events,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
+        self.poll_with_gate(poll, events, timeout, spin_gate())
+    }
+
+    fn poll_with_gate(
+        &self,
+        poll: &mut Poll,
+        events: &mut Events,
+        timeout: Option<Duration>,
+        gate: &SpinGate,
+    ) -> io::Result<()> {
+        let spin = timeout.map_or(self.budget, |timeout| timeout.min(self.budget));
+        if spin.is_zero() {
+            return poll.poll(events, timeout);
+        }
+        let Some(turn) = gate.try_enter() else {
+            return poll.poll(events, timeout);
+        };
+        let started = Instant::now();
+        loop {
+            poll.poll(events, Some(Duration::ZERO))?;
+            if !events.is_empty() {
+                return Ok(());
+            }
+            let spun = started.elapsed();
+            if spun >= spin {
+                drop(turn);
+                return poll.poll(events, timeout.map(|timeout| timeout.saturating_sub(spun)));
+            }
+            thread::yield_now();
+        }
+    }
+}
+
+/// Caps how many threads spin at once.
+#[derive(Debug)]
+pub(crate) struct SpinGate {
+    max: usize,
+    spinning: AtomicUsize,
+}
+
+/// The process's gate: half the cores, at least one.
+fn spin_gate() -> &'static SpinGate {
+    static GATE: OnceLock<SpinGate> = OnceLock::new();
+    GATE.get_or_init(|| {
+        let cores = thread::available_parallelism().map_or(1, |cores| cores.get());
+        SpinGate::new((cores / 2).max(1))
+    })
+}
+
+impl SpinGate {
+    pub(crate) fn new(max: usize) -> SpinGate {
+        SpinGate {
+            max,
+            spinning: AtomicUsize::new(0),
+        }
+    }
+
+    /// A turn to spin, given back when dropped; `None` if `max` threads spin already.
+    pub(crate) fn try_enter(&self) -> Option<SpinTurn<'_>> {
+        self.spinning
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |spinning| {
+                (spinning < self.max).then_some(spinning + 1)
+            })
+            .ok()
+            .map(|_| SpinTurn { gate: self })
+    }
+}
+
+/// One thread's turn to spin.
+#[derive(Debug)]
+pub(crate) struct SpinTurn<'a> {
+    gate: &'a SpinGate,
+}
+
+impl Drop for SpinTurn<'_> {
+    fn drop(&mut self) {
+        self.gate.spinning.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+    use super::*;
+    use mio::{Token, Waker};
+    use std::sync::Arc;
+
+    fn poller() -> (Poll, Events, Arc<Waker>) {
+        let poll = Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), Token(7)).unwrap());
+        (poll, Events::with_capacity(8), waker)
+    }
+
+    #[test]
+    fn the_gate_lets_no_more_than_its_maximum_spin_at_once() {
+        let gate = SpinGate::new(2);
+        let first = gate.try_enter().unwrap();
+        let second = gate.try_enter().unwrap();
+        assert!(gate.try_enter().is_none(), "a third would spin");
+        drop(first);
+        let third = gate.try_enter().expect("a turn given back is free again");
+        drop((second, third));
+        assert_eq!(gate.spinning.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn an_event_that_comes_while_spinning_is_returned() {
+        let (mut poll, mut events, waker) = poller();
+        let gate = SpinGate::new(1);
+        let kept = Arc::clone(&waker); // a dropped waker leaves the poller with its event
+        let waking = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(5));
+            waker.wake().unwrap();
+        });
+        let busy = BusyPoll::new(Duration::from_secs(10));
+        busy.poll_with_gate(&mut poll, &mut events, Some(Duration::from_secs(10)), &gate)
+            .unwrap();
+        assert_eq!(
+            events.iter().map(|event| event.token()).collect::<Vec<_>>(),
+            [Token(7)]
+        );
+        assert_eq!(
+            gate.spinning.load(Ordering::SeqCst),
+            0,
+            "the turn is given back"
+        );
+        waking.join().unwrap();
+        drop(kept);
+    }
+
+    #[test]
+    fn with_nothing_ready_the_wait_ends_at_its_timeout_after_the_spin() {
+        let (mut poll, mut events, _waker) = poller();
+        let gate = SpinGate::new(1);
+        let busy = BusyPoll::new(Duration::from_millis(5));
+        let started = Instant::now();
+        busy.poll_with_gate(
+            &mut poll,
+            &mut events,
+            Some(Duration::from_millis(30)),
+            &gate,
+        )
+        .unwrap();
+        assert!(events.is_empty());
+        assert!(
+            started.elapsed() >= Duration::from_millis(30),
+            "the whole timeout is waited"
+        );
+        assert_eq!(gate.spinning.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_thread_that_finds_the_gate_full_sleeps_at_once_and_still_gets_its_event() {
+        let (mut poll, mut events, waker) = poller();
+        let gate = SpinGate::new(1);
+        let _taken = gate.try_enter().unwrap();
+        waker.wake().unwrap();
+        let busy = BusyPoll::new(Duration::from_secs(10));
+        busy.poll_with_gate(&mut poll, &mut events, None, &gate)
+            .unwrap();
+        assert_eq!(events.iter().count(), 1);
+    }
+}

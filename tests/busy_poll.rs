@@ -1,0 +1,82 @@
+//! Busy polling (`ServerBuilder::busy_poll`, `ClientBuilder::busy_poll`): with it on at both
+//! ends, calls of every shape and dispatch complete as without it, and once the calls stop
+//! the server's loops and the waiting callers go to sleep: an idle process spends next to no
+//! CPU time.
+//!
+//! One test in this file, so that the process's CPU time is this test's alone.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod util;
+
+use std::thread;
+use std::time::Duration;
+
+use netrpc::{done_channel, Client, Server};
+use util::{Args, ArithClient, ArithServer, Calculator, TestServer};
+
+/// Long enough to be worth it on a machine whose idle CPUs wake slowly; the test only needs
+/// it to be far shorter than the idle window below.
+const BUDGET: Duration = Duration::from_micros(200);
+
+#[test]
+fn busy_polling_serves_every_shape_then_sleeps_when_idle() {
+    let pooled = TestServer::start_with(Server::builder().busy_poll(BUDGET).build());
+    let inline = Server::builder().busy_poll(BUDGET).build();
+    inline
+        .register_inline(ArithServer::new(Calculator))
+        .unwrap();
+    let inline_handle = inline.serve("127.0.0.1:0").unwrap();
+
+    for addr in [pooled.addr(), inline_handle.local_addr()] {
+        let client = Client::builder().busy_poll(BUDGET).dial(addr).unwrap();
+        let arith = ArithClient::new(client.clone());
+        // Sequential blocking calls: the caller reads each reply itself, busy polling first.
+        for a in 0..200 {
+            assert_eq!(arith.multiply(&Args { a, b: 3 }).unwrap(), a * 3);
+        }
+        // 64 in flight, started in one batch, read by the waiting thread.
+        let (done, completions) = done_channel::<i64>();
+        let batch = client.batch();
+        for a in 0..64i64 {
+            batch.go_with("Arith.Multiply", &Args { a, b: 5 }, &done);
+        }
+        batch.send();
+        let mut products: Vec<i64> = (0..64)
+            .map(|_| {
+                let completion = client
+                    .recv_completion(&completions, Duration::from_secs(10))
+                    .expect("every pipelined call completes");
+                completion.result.unwrap()
+            })
+            .collect();
+        products.sort_unstable();
+        assert_eq!(products, (0..64).map(|a| a * 5).collect::<Vec<_>>());
+    }
+
+    // Idle: nothing is sent for half a second. A loop or caller that kept spinning would
+    // spend about that much CPU time; sleeping ones spend almost none.
+    thread::sleep(Duration::from_millis(100));
+    let Some(before) = process_cpu_ticks() else {
+        eprintln!("no /proc/self/stat here: the idle check is skipped");
+        return;
+    };
+    thread::sleep(Duration::from_millis(500));
+    let spent = process_cpu_ticks().unwrap() - before;
+    assert!(
+        spent < 20,
+        "an idle process spent {spent} clock ticks of CPU in 500 ms: something keeps spinning"
+    );
+}
+
+/// User and system CPU time of this process, in clock ticks (`/proc/self/stat`, Linux).
+fn process_cpu_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces: the
+    // state is field 3, utime field 14 and stime field 15.
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
