@@ -13,7 +13,7 @@ use std::thread;
 use std::time::Duration;
 
 use netrpc::{done_channel, Client, Server};
-use util::{Args, ArithClient, ArithServer, Calculator, TestServer};
+use util::{sorted_results, Args, ArithClient, ArithServer, Calculator, TestServer};
 
 /// Long enough to be worth it on a machine whose idle CPUs wake slowly; the test only needs
 /// it to be far shorter than the idle window below.
@@ -42,15 +42,7 @@ fn busy_polling_serves_every_shape_then_sleeps_when_idle() {
             batch.go_with("Arith.Multiply", &Args { a, b: 5 }, &done);
         }
         batch.send();
-        let mut products: Vec<i64> = (0..64)
-            .map(|_| {
-                let completion = client
-                    .recv_completion(&completions, Duration::from_secs(10))
-                    .expect("every pipelined call completes");
-                completion.result.unwrap()
-            })
-            .collect();
-        products.sort_unstable();
+        let products = sorted_results(&client, &completions, 64);
         assert_eq!(products, (0..64).map(|a| a * 5).collect::<Vec<_>>());
     }
 

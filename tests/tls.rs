@@ -23,7 +23,9 @@ use netrpc::tls::rustls::{self, AlertDescription, CertificateError};
 use netrpc::tls::{self, ClientTls};
 use netrpc::transport::{FrameLimits, TransportError};
 use netrpc::{done_channel, Client, ClientBuilder, RpcError, Server, ServerBuilder};
-use util::{assert_back_to_idle, wait_until, Args, ArithClient, ProbeClient, TestServer};
+use util::{
+    assert_back_to_idle, sorted_results, wait_until, Args, ArithClient, ProbeClient, TestServer,
+};
 
 /// Everything a test needs: a CA, a server and a client certificate signed by it, and a
 /// second CA that signed nothing the server knows.
@@ -125,16 +127,8 @@ fn calls_of_every_shape_work_over_tls() {
             batch.go_with("Arith.Multiply", &Args { a: i, b: 3 }, &done);
         }
     }
-    let mut products: Vec<i64> = (0..200)
-        .map(|_| {
-            // A TLS connection is read by the loop alone: this waits on the channel.
-            let completion = client
-                .recv_completion(&completions, Duration::from_secs(10))
-                .expect("each of 200 go calls completes within 10 s");
-            completion.result.unwrap()
-        })
-        .collect();
-    products.sort_unstable();
+    // A TLS connection is read by the loop alone: this waits on the channel.
+    let products = sorted_results(&client, &completions, 200);
     assert_eq!(products, (0..200).map(|i| i * 3).collect::<Vec<_>>());
 
     drop((arith, client));

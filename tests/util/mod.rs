@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use netrpc::{service, Client, Server, ServerHandle, ServiceError};
+use netrpc::{service, Client, Completion, Server, ServerHandle, ServiceError};
 
 pub use arith::{Args, ArithClient, ArithServer, Calculator, Quotient};
 
@@ -178,6 +178,25 @@ pub fn assert_healthy(addr: std::net::SocketAddr) {
             .expect("health probe call"),
         42
     );
+}
+
+/// The results of the next `count` completions (each within 10 s, read with
+/// `Client::recv_completion`), sorted: for calls whose replies may come in any order.
+pub fn sorted_results(
+    client: &Client,
+    completions: &Receiver<Completion<i64>>,
+    count: usize,
+) -> Vec<i64> {
+    let mut results: Vec<i64> = (0..count)
+        .map(|_| {
+            let completion = client
+                .recv_completion(completions, Duration::from_secs(10))
+                .expect("every call completes within 10 s");
+            completion.result.expect("the call succeeds")
+        })
+        .collect();
+    results.sort_unstable();
+    results
 }
 
 /// Polls `condition` every 5 ms until it holds, failing with `what` after `timeout`.
