@@ -337,7 +337,9 @@ enum Sending {
 /// queue whole (no allocation per call), or other work boxed (a JSON-RPC call, a call of the
 /// simulated network).
 pub(crate) enum ServerJob {
+    /// A netrpc call, carried by value.
     Call(PooledCall),
+    /// Any other work.
     Boxed(Box<dyn FnOnce() + Send>),
 }
 

@@ -100,6 +100,7 @@ fn spin_gate() -> &'static SpinGate {
 }
 
 impl SpinGate {
+    /// A gate that lets at most `max` threads spin at once.
     pub(crate) fn new(max: usize) -> SpinGate {
         SpinGate {
             max,
