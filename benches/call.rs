@@ -8,6 +8,10 @@
 //!   `netrpc` and `netrpc_inline` start each new call on its own (`go_with`) as one completes;
 //!   `netrpc_inline_batch` takes every completion that has arrived and starts as many calls in
 //!   one `Client::batch`, as the raw client writes as many requests as replies arrived.
+//! - `call_sequential/netrpc_inline_busy_poll/postcard` and
+//!   `call_pipelined/netrpc_inline_batch_busy_poll/*`: the same as their inline counterparts,
+//!   with busy polling on at both ends ([`BUSY_POLL`]; `ServerBuilder::busy_poll`,
+//!   `ClientBuilder::busy_poll`).
 //!
 //! Everything runs on 127.0.0.1 in this process. `cargo bench --bench call -- --quick` is a
 //! fast smoke run; `cargo run --release --example loadgen` gives latency percentiles.
@@ -30,8 +34,11 @@ use raw_tcp::{RawClient, RawServer, Shape};
 const ARGS: Args = Args { a: 7, b: 8 };
 const CALLS_PER_CONN: usize = 4_096;
 
-fn start_server(inline: bool) -> ServerHandle {
-    let server = Server::new();
+/// The busy-poll budget of the `*_busy_poll` benches, at both ends.
+const BUSY_POLL: Duration = Duration::from_micros(50);
+
+fn start_server(inline: bool, busy_poll: Duration) -> ServerHandle {
+    let server = Server::builder().busy_poll(busy_poll).build();
     if inline {
         server
             .register_inline(ArithServer::new(Calculator))
@@ -42,9 +49,10 @@ fn start_server(inline: bool) -> ServerHandle {
     server.serve("127.0.0.1:0").unwrap()
 }
 
-fn dial(running: &ServerHandle, codec: CodecKind) -> Client {
+fn dial(running: &ServerHandle, codec: CodecKind, busy_poll: Duration) -> Client {
     Client::builder()
         .codec(codec)
+        .busy_poll(busy_poll)
         .dial(running.local_addr())
         .unwrap()
 }
@@ -59,13 +67,29 @@ fn sequential(c: &mut Criterion) {
         b.iter(|| raw_client.exchange(1, 1).unwrap())
     });
 
-    for (name, codec, inline) in [
-        ("netrpc/postcard", CodecKind::Postcard, false),
-        ("netrpc/json", CodecKind::Json, false),
-        ("netrpc_inline/postcard", CodecKind::Postcard, true),
+    for (name, codec, inline, busy_poll) in [
+        (
+            "netrpc/postcard",
+            CodecKind::Postcard,
+            false,
+            Duration::ZERO,
+        ),
+        ("netrpc/json", CodecKind::Json, false, Duration::ZERO),
+        (
+            "netrpc_inline/postcard",
+            CodecKind::Postcard,
+            true,
+            Duration::ZERO,
+        ),
+        (
+            "netrpc_inline_busy_poll/postcard",
+            CodecKind::Postcard,
+            true,
+            BUSY_POLL,
+        ),
     ] {
-        let running = start_server(inline);
-        let client = dial(&running, codec);
+        let running = start_server(inline, busy_poll);
+        let client = dial(&running, codec, busy_poll);
         group.bench_function(name, |b| {
             b.iter(|| {
                 let product: i64 = client.call("Arith.Multiply", &ARGS).unwrap();
@@ -114,8 +138,9 @@ fn pipelined(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(3));
     group.sample_size(20);
     let raw = RawServer::start(Shape::ARITH).unwrap();
-    let pool = start_server(false);
-    let inline = start_server(true);
+    let pool = start_server(false, Duration::ZERO);
+    let inline = start_server(true, Duration::ZERO);
+    let inline_busy = start_server(true, BUSY_POLL);
 
     for conns in [1usize, 4] {
         for inflight in [1usize, 16, 64] {
@@ -135,13 +160,19 @@ fn pipelined(c: &mut Criterion) {
                 })
             });
 
-            for (name, running, batch) in [
-                ("netrpc", &pool, false),
-                ("netrpc_inline", &inline, false),
-                ("netrpc_inline_batch", &inline, true),
+            for (name, running, batch, busy_poll) in [
+                ("netrpc", &pool, false, Duration::ZERO),
+                ("netrpc_inline", &inline, false, Duration::ZERO),
+                ("netrpc_inline_batch", &inline, true, Duration::ZERO),
+                (
+                    "netrpc_inline_batch_busy_poll",
+                    &inline_busy,
+                    true,
+                    BUSY_POLL,
+                ),
             ] {
                 let clients: Vec<Client> = (0..conns)
-                    .map(|_| dial(running, CodecKind::Postcard))
+                    .map(|_| dial(running, CodecKind::Postcard, busy_poll))
                     .collect();
                 group.bench_function(BenchmarkId::new(name, &shape), |b| {
                     b.iter(|| {
