@@ -225,6 +225,12 @@ fn main() -> Result<(), Box<dyn Error>> {
         plan.measured.as_secs_f64(),
         plan.warmup.as_secs_f64(),
     );
+    if !plan.busy_poll.is_zero() {
+        println!(
+            "busy poll  {} µs before each wait, in the server's loops and the clients' callers",
+            plan.busy_poll.as_micros()
+        );
+    }
 
     let baseline = if flags.has("baseline") {
         let writes = if flags.has("raw-unbatched") {
@@ -233,6 +239,12 @@ fn main() -> Result<(), Box<dyn Error>> {
             Writes::Grouped
         };
         let work = Duration::from_nanos(flags.get("raw-work-ns", 0u64)?);
+        if !work.is_zero() {
+            println!(
+                "raw work   {} ns of spinning after each read, on each side of the baseline",
+                work.as_nanos()
+            );
+        }
         let report = run_raw(&plan, writes, work)?;
         print_report("raw tcp", &report);
         Some(report)
