@@ -30,10 +30,17 @@ pub struct BusyPoll {
     budget: Duration,
 }
 
+/// The longest budget a [`BusyPoll`] keeps: spinning longer than this could only save a
+/// wake-up, which costs far less, so a larger budget is cut to it.
+pub const MAX_BUSY_POLL: Duration = Duration::from_millis(1);
+
 impl BusyPoll {
-    /// Polls without blocking for up to `budget` before each sleep.
+    /// Polls without blocking for up to `budget` (at most [`MAX_BUSY_POLL`]) before each
+    /// sleep.
     pub fn new(budget: Duration) -> BusyPoll {
-        BusyPoll { budget }
+        BusyPoll {
+            budget: budget.min(MAX_BUSY_POLL),
+        }
     }
 
     /// The budget per wait.
@@ -143,6 +150,13 @@ mod tests {
         let poll = Poll::new().unwrap();
         let waker = Arc::new(Waker::new(poll.registry(), Token(7)).unwrap());
         (poll, Events::with_capacity(8), waker)
+    }
+
+    #[test]
+    fn a_budget_past_the_maximum_is_cut_to_it() {
+        assert_eq!(BusyPoll::new(Duration::MAX).budget(), MAX_BUSY_POLL);
+        let small = Duration::from_micros(50);
+        assert_eq!(BusyPoll::new(small).budget(), small);
     }
 
     #[test]

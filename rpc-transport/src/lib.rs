@@ -58,7 +58,7 @@ pub mod metadata;
 mod read_turn;
 pub mod tls;
 
-pub use busy_poll::BusyPoll;
+pub use busy_poll::{BusyPoll, MAX_BUSY_POLL};
 pub use connection::Connection;
 pub use decoder::FrameDecoder;
 pub use error::TransportError;
