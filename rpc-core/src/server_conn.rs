@@ -225,16 +225,13 @@ impl ServerConn {
                 call.finish(request.seq, &reply, failure, Sending::Batched);
             }
             Dispatch::Pool => {
-                let call = InFlight {
+                self.calls.reply_cork.call_queued();
+                self.server.pool.execute(ServerJob::Call(InFlight {
                     server: Arc::clone(&self.server),
                     calls: Arc::clone(&self.calls),
                     conn: conn.clone(),
                     received,
                     counters,
-                };
-                self.calls.reply_cork.call_queued();
-                self.server.pool.execute(ServerJob::Call(PooledCall {
-                    call,
                     handler,
                     codec,
                     request,
@@ -338,7 +335,7 @@ enum Sending {
 /// simulated network).
 pub(crate) enum ServerJob {
     /// A netrpc call, carried by value.
-    Call(PooledCall),
+    Call(InFlight),
     /// Any other work.
     Boxed(Box<dyn FnOnce() + Send>),
 }
@@ -346,40 +343,32 @@ pub(crate) enum ServerJob {
 impl PoolJob for ServerJob {
     fn run(self) {
         match self {
-            ServerJob::Call(PooledCall {
-                call,
-                handler,
-                codec,
-                request,
-            }) => call.run_on_worker(&handler, codec, &request),
+            ServerJob::Call(call) => call.run_on_worker(),
             ServerJob::Boxed(job) => job(),
         }
     }
 }
 
-/// A call on its way to a pool worker, with everything it needs.
-pub(crate) struct PooledCall {
-    call: InFlight,
-    handler: MethodHandler,
-    codec: CodecKind,
-    request: Frame,
-}
-
-/// A call dispatched to the pool, carried to its worker: owns what a [`CallSite`] borrows.
-struct InFlight {
+/// A call dispatched to the pool, carried to its worker with everything it needs: owns what
+/// a [`CallSite`] borrows, and the handler and request it runs.
+pub(crate) struct InFlight {
     server: Arc<ServerShared>,
     calls: Arc<ConnCalls>,
     conn: Connection,
     received: Instant,
     /// The method's call and error counters (`Server::method_stats`).
     counters: Arc<MethodCounters>,
+    handler: MethodHandler,
+    codec: CodecKind,
+    request: Frame,
 }
 
 impl InFlight {
     /// A worker's whole share of a pooled call: writes the replies corked behind this call if
     /// it was the connection's last waiting for a worker, then runs the call (unless it
     /// expired while it waited) and sends its reply.
-    fn run_on_worker(self, handler: &MethodHandler, codec: CodecKind, request: &Frame) {
+    fn run_on_worker(self) {
+        let (handler, codec, request) = (&self.handler, self.codec, &self.request);
         let call = CallSite {
             server: &self.server,
             calls: &self.calls,
