@@ -168,9 +168,11 @@ impl<J> PoolShared<J> {
     /// handler) now and were so in the same job when last asked, counted up to `limit`.
     /// Busy workers whose state cannot be told count as blocked. Only the monitor asks.
     fn blocked_workers(&self, limit: usize) -> usize {
-        let workers = self.workers().clone();
+        // Workers take this lock only as they start and exit, so holding it for the probes
+        // (a /proc read each) costs them no more than a brief wait.
+        let workers = self.workers();
         let mut blocked = 0;
-        for worker in &workers {
+        for worker in workers.iter() {
             if blocked == limit {
                 break;
             }
