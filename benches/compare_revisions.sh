@@ -13,6 +13,7 @@
 # does not report CPU). Run it on a quiet machine; it takes about
 # 10 shapes x 2 revisions x ROUNDS x (SECONDS + 0.5) x 2 (raw and netrpc).
 # ONLY=REGEX runs only the shapes whose label matches (say ONLY='4x16 inline').
+# EXTRA='FLAGS' adds loadgen flags to every run of both revisions (say EXTRA='--busy-poll-us 50').
 set -euo pipefail
 
 base=${1:?usage: benches/compare_revisions.sh BASE [ROUNDS] [SECONDS]}
@@ -69,7 +70,7 @@ for shape in "${shapes[@]}"; do
         for side in before after; do
             binary="$work/loadgen-$side"
             # shellcheck disable=SC2086 # the flags are meant to split into words
-            if ! output=$("$binary" --inproc $flags --seconds "$seconds" --warmup 0.5 --baseline 2>&1); then
+            if ! output=$("$binary" --inproc $flags ${EXTRA:-} --seconds "$seconds" --warmup 0.5 --baseline 2>&1); then
                 printf '%-7s %-26s %s\n' "$side" "$label" "(not supported by this revision)"
                 continue
             fi

@@ -88,6 +88,7 @@ usage: cargo run --release --example loadgen -- [--addr HOST:PORT | --inproc] [o
   --busy-poll-us N   the in-process server's loops and the clients' waiting callers poll
                      N µs without blocking before they sleep (ServerBuilder::busy_poll,
                      ClientBuilder::busy_poll; default 0)
+  --busy-poll-at SIDE  where --busy-poll-us applies: both (default), server or client
   --tls              then run the same load over TLS (in-process only: a second server with a
                      throwaway certificate) and print the ratio TLS / plaintext
   --help             print this help
@@ -131,8 +132,49 @@ struct Plan {
     batch: bool,
     /// The driver reads replies itself (`Client::recv_completion`) when it can.
     read_here: bool,
-    /// Busy-poll budget of the in-process server's loops and of the clients' callers.
-    busy_poll: Duration,
+    /// Busy-poll budget of the clients' waiting callers.
+    client_busy_poll: Duration,
+}
+
+/// Busy-poll budgets (`--busy-poll-us`, `--busy-poll-at`): the in-process server's loops and
+/// the clients' waiting callers can be set apart, since what each side's spinning buys and
+/// costs differs by shape (docs/BENCHMARKS.md, change 13).
+#[derive(Debug, Clone, Copy)]
+struct BusyPollPlan {
+    server: Duration,
+    client: Duration,
+}
+
+impl BusyPollPlan {
+    fn parse(flags: &args::Flags) -> Result<BusyPollPlan, Box<dyn Error>> {
+        let budget = Duration::from_micros(flags.get("busy-poll-us", 0u64)?);
+        let (server, client) = match flags.get_str("busy-poll-at").unwrap_or("both") {
+            "both" => (true, true),
+            "server" => (true, false),
+            "client" => (false, true),
+            other => return Err(format!("unknown --busy-poll-at `{other}`\n\n{USAGE}").into()),
+        };
+        let on = |side: bool| if side { budget } else { Duration::ZERO };
+        Ok(BusyPollPlan {
+            server: on(server),
+            client: on(client),
+        })
+    }
+
+    /// What is set, for the report; `None` when neither side busy polls.
+    fn describe(&self) -> Option<String> {
+        let where_ = match (self.server.is_zero(), self.client.is_zero()) {
+            (true, true) => return None,
+            (false, false) => "in the server's loops and the clients' callers",
+            (false, true) => "in the server's loops only",
+            (true, false) => "in the clients' callers only",
+        };
+        let budget = self.server.max(self.client);
+        Some(format!(
+            "{} µs before each wait, {where_}",
+            budget.as_micros()
+        ))
+    }
 }
 
 /// What one run measured.
@@ -169,6 +211,7 @@ impl Report {
 
 fn main() -> Result<(), Box<dyn Error>> {
     let flags = args::Flags::parse(USAGE)?;
+    let busy_poll = BusyPollPlan::parse(&flags)?;
     let plan = Plan {
         conns: flags.get("conns", 1usize)?.max(1),
         // A default server answers calls beyond its per-connection cap `Throttled`.
@@ -185,10 +228,10 @@ fn main() -> Result<(), Box<dyn Error>> {
         payload: flags.get("payload", 0usize)?,
         batch: !flags.has("no-batch"),
         read_here: !flags.has("loop-reads"),
-        busy_poll: Duration::from_micros(flags.get("busy-poll-us", 0u64)?),
+        client_busy_poll: busy_poll.client,
     };
     let (loops, inline) = (flags.get("loops", 0usize)?, flags.has("inline"));
-    let server = build_server(loops, inline, plan.busy_poll, None)?;
+    let server = build_server(loops, inline, busy_poll.server, None)?;
     let with_tls = flags.has("tls");
     if with_tls && (flags.get_str("addr").is_some() || flags.get_str("serve").is_some()) {
         return Err(format!("--tls runs in-process only\n\n{USAGE}").into());
@@ -225,11 +268,8 @@ fn main() -> Result<(), Box<dyn Error>> {
         plan.measured.as_secs_f64(),
         plan.warmup.as_secs_f64(),
     );
-    if !plan.busy_poll.is_zero() {
-        println!(
-            "busy poll  {} µs before each wait, in the server's loops and the clients' callers",
-            plan.busy_poll.as_micros()
-        );
+    if let Some(line) = busy_poll.describe() {
+        println!("busy poll  {line}");
     }
 
     let baseline = if flags.has("baseline") {
@@ -279,7 +319,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         let ca = certs::Authority::new("loadgen ca")?;
         let (chain, key) = ca.server()?.pair();
         let tls_config = tls::server_config(chain, key, None)?;
-        let tls_server = build_server(loops, inline, plan.busy_poll, Some(tls_config))?;
+        let tls_server = build_server(loops, inline, busy_poll.server, Some(tls_config))?;
         let running = tls_server.serve("127.0.0.1:0")?;
         let client_tls = ClientTls::new(tls::client_config(ca.roots()?, None)?, "localhost")?;
         let secure = run_netrpc(&plan, running.local_addr(), Some(client_tls))?;
@@ -361,7 +401,7 @@ fn run_netrpc(
         let mut builder = Client::builder()
             .codec(plan.codec)
             .max_pending_calls(plan.inflight)
-            .busy_poll(plan.busy_poll);
+            .busy_poll(plan.client_busy_poll);
         if let Some(tls) = &tls {
             builder = builder.tls(tls.clone());
         }
