@@ -15,6 +15,13 @@
 //! Spinning threads compete with working ones for the cores, so no more than half the cores
 //! (at least one thread) spin at once, process-wide (`SpinGate`); a thread that finds them
 //! all taken sleeps at once, as it would without busy polling.
+//!
+//! A caller waiting for its reply ([`BusyPoll::poll_as_caller`]) spins only while no other
+//! caller of the process waits: with several waiting, replies keep coming for one or
+//! another, the cores seldom go idle, and a spinning caller only takes a core from threads
+//! with work (a reply that comes while its caller spins also wakes the client's event loop,
+//! `exclusive_wake.rs`). Four connections with sixteen calls in flight each lost 10-13% of
+//! their calls/s to spinning callers; with the rule, nothing (docs/BENCHMARKS.md, change 14).
 
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -60,6 +67,36 @@ impl BusyPoll {
         self.poll_with_gate(poll, events, timeout, spin_gate())
     }
 
+    /// [`BusyPoll::poll`] for a caller waiting for its reply: it spins only while no other
+    /// caller of the process is waiting in this function, and counts as waiting until it
+    /// returns.
+    pub(crate) fn poll_as_caller(
+        &self,
+        poll: &mut Poll,
+        events: &mut Events,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
+        self.poll_as_caller_with(poll, events, timeout, waiting_callers(), spin_gate())
+    }
+
+    fn poll_as_caller_with(
+        &self,
+        poll: &mut Poll,
+        events: &mut Events,
+        timeout: Option<Duration>,
+        callers: &WaitingCallers,
+        gate: &SpinGate,
+    ) -> io::Result<()> {
+        if self.budget.is_zero() {
+            return poll.poll(events, timeout);
+        }
+        let waiting = callers.enter();
+        if waiting.others > 0 {
+            return poll.poll(events, timeout);
+        }
+        self.poll_with_gate(poll, events, timeout, gate)
+    }
+
     fn poll_with_gate(
         &self,
         poll: &mut Poll,
@@ -87,6 +124,45 @@ impl BusyPoll {
             }
             thread::yield_now();
         }
+    }
+}
+
+/// Counts the callers waiting in [`BusyPoll::poll_as_caller`], process-wide.
+#[derive(Debug, Default)]
+pub(crate) struct WaitingCallers {
+    waiting: AtomicUsize,
+}
+
+/// The process's count of waiting callers.
+fn waiting_callers() -> &'static WaitingCallers {
+    static CALLERS: WaitingCallers = WaitingCallers {
+        waiting: AtomicUsize::new(0),
+    };
+    &CALLERS
+}
+
+impl WaitingCallers {
+    /// Counts one more caller waiting until the returned guard is dropped.
+    fn enter(&self) -> CallerWaiting<'_> {
+        let others = self.waiting.fetch_add(1, Ordering::AcqRel);
+        CallerWaiting {
+            callers: self,
+            others,
+        }
+    }
+}
+
+/// One caller's wait, counted while it lasts.
+#[derive(Debug)]
+struct CallerWaiting<'a> {
+    callers: &'a WaitingCallers,
+    /// Callers that were waiting already when this one began.
+    others: usize,
+}
+
+impl Drop for CallerWaiting<'_> {
+    fn drop(&mut self) {
+        self.callers.waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -215,6 +291,47 @@ mod tests {
             "the whole timeout is waited"
         );
         assert_eq!(gate.spinning.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_caller_knows_how_many_others_were_waiting_and_is_counted_until_its_wait_ends() {
+        let callers = WaitingCallers::default();
+        let first = callers.enter();
+        let second = callers.enter();
+        assert_eq!((first.others, second.others), (0, 1));
+        drop(first);
+        drop(second);
+        assert_eq!(
+            callers.enter().others,
+            0,
+            "ended waits are no longer counted"
+        );
+    }
+
+    #[test]
+    fn a_caller_that_finds_another_waiting_sleeps_and_still_gets_its_event() {
+        let (mut poll, mut events, waker) = poller();
+        let callers = WaitingCallers::default();
+        let gate = SpinGate::new(1);
+        let _other = callers.enter();
+        let kept = Arc::clone(&waker);
+        let waking = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(5));
+            waker.wake().unwrap();
+        });
+        let busy = BusyPoll::new(MAX_BUSY_POLL);
+        busy.poll_as_caller_with(
+            &mut poll,
+            &mut events,
+            Some(Duration::from_secs(10)),
+            &callers,
+            &gate,
+        )
+        .unwrap();
+        assert_eq!(events.iter().count(), 1);
+        assert_eq!(callers.waiting.load(Ordering::SeqCst), 1, "only the other");
+        waking.join().unwrap();
+        drop(kept);
     }
 
     #[test]

@@ -257,7 +257,7 @@ impl ReadSide {
             }
             let wait = deadline.duration_since(now).min(CALLER_WAIT_SLICE);
             let CallerPoll { poll, events } = &mut *poller;
-            match self.busy_poll().poll(poll, events, Some(wait)) {
+            match self.busy_poll().poll_as_caller(poll, events, Some(wait)) {
                 Ok(()) => {}
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
