@@ -16,7 +16,7 @@
 //! (at least one thread) spin at once, process-wide (`SpinGate`); a thread that finds them
 //! all taken sleeps at once, as it would without busy polling.
 //!
-//! A caller waiting for its reply ([`BusyPoll::poll_as_caller`]) spins only while no other
+//! A caller waiting for its reply (`BusyPoll::poll_as_caller`) spins only while no other
 //! caller of the process waits: with several waiting, replies keep coming for one or
 //! another, the cores seldom go idle, and a spinning caller only takes a core from threads
 //! with work (a reply that comes while its caller spins also wakes the client's event loop,
