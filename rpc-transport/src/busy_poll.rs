@@ -17,7 +17,7 @@
 //! all taken sleeps at once, as it would without busy polling.
 //!
 //! A caller waiting for its reply (`BusyPoll::poll_as_caller`) spins only while no other
-//! caller of the process waits: with several waiting, replies keep coming for one or
+//! busy-polling caller of the process waits: with several waiting, replies keep coming for one or
 //! another, the cores seldom go idle, and a spinning caller only takes a core from threads
 //! with work (a reply that comes while its caller spins also wakes the client's event loop,
 //! `exclusive_wake.rs`). Four connections with sixteen calls in flight each lost 10-13% of
@@ -67,9 +67,9 @@ impl BusyPoll {
         self.poll_with_gate(poll, events, timeout, spin_gate())
     }
 
-    /// [`BusyPoll::poll`] for a caller waiting for its reply: it spins only while no other
-    /// caller of the process is waiting in this function, and counts as waiting until it
-    /// returns.
+    /// [`BusyPoll::poll`] for a caller waiting for its reply: it spins only if no other caller
+    /// with a budget was waiting here as it began, and with a budget it counts as waiting
+    /// until it returns (callers without one are not counted).
     pub(crate) fn poll_as_caller(
         &self,
         poll: &mut Poll,
