@@ -76,11 +76,13 @@ impl ReplyCork {
     }
 }
 
-/// Most replies a connection's workers cork before one of them writes: a write of eight small
-/// replies already spreads its system call over them, while holding more back makes the
-/// client's pipeline coarser (with no cap, one connection with 64 calls in flight lost 10-30%
-/// of its calls/s on the 2-core benchmark machine; docs/BENCHMARKS.md).
-pub(crate) const MAX_CORKED_REPLIES: usize = 8;
+/// Most replies a connection's workers cork before one of them writes: sixteen, the window
+/// of a client that keeps as many calls in flight. Eight left four connections with sixteen
+/// calls in flight each writing about six replies per system call, each waking the reader:
+/// sixteen gave that shape 16-22% more calls/s, and one connection with 64 in flight no less.
+/// More holds back too much: at 64, that one connection lost 20-30% against sixteen (its client's pipeline
+/// gets coarse; docs/BENCHMARKS.md, change 15).
+pub(crate) const MAX_CORKED_REPLIES: usize = 16;
 
 #[cfg(test)]
 mod tests {
