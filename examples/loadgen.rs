@@ -138,7 +138,7 @@ struct Plan {
 
 /// Busy-poll budgets (`--busy-poll-us`, `--busy-poll-at`): the in-process server's loops and
 /// the clients' waiting callers can be set apart, since what each side's spinning buys and
-/// costs differs by shape (docs/BENCHMARKS.md, change 13).
+/// costs differs by shape (docs/BENCHMARKS.md, changes 13 and 14).
 #[derive(Debug, Clone, Copy)]
 struct BusyPollPlan {
     server: Duration,

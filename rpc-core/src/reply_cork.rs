@@ -80,8 +80,8 @@ impl ReplyCork {
 /// of a client that keeps as many calls in flight. Eight left four connections with sixteen
 /// calls in flight each writing about six replies per system call, each waking the reader:
 /// sixteen gave that shape 16-22% more calls/s, and one connection with 64 in flight no less.
-/// More holds back too much: at 64, that one connection lost 20-30% against sixteen (its client's pipeline
-/// gets coarse; docs/BENCHMARKS.md, change 15).
+/// More holds back too much: at 64, that one connection lost 20-30% against sixteen (its
+/// client's pipeline gets coarse; docs/BENCHMARKS.md, change 15).
 pub(crate) const MAX_CORKED_REPLIES: usize = 16;
 
 #[cfg(test)]

@@ -17,9 +17,9 @@
 //! all taken sleeps at once, as it would without busy polling.
 //!
 //! A caller waiting for its reply (`BusyPoll::poll_as_caller`) spins only while no other
-//! busy-polling caller of the process waits: with several waiting, replies keep coming for one or
-//! another, the cores seldom go idle, and a spinning caller only takes a core from threads
-//! with work (a reply that comes while its caller spins also wakes the client's event loop,
+//! busy-polling caller of the process waits: with several waiting, replies keep coming for
+//! one or another, the cores seldom go idle, and a spinning caller only takes a core from
+//! threads with work (a reply that comes while its caller spins also wakes the client's event loop,
 //! `exclusive_wake.rs`). Four connections with sixteen calls in flight each lost 10-13% of
 //! their calls/s to spinning callers; with the rule, nothing (docs/BENCHMARKS.md, change 14).
 
@@ -314,24 +314,31 @@ mod tests {
         let callers = WaitingCallers::default();
         let gate = SpinGate::new(1);
         let _other = callers.enter();
-        let kept = Arc::clone(&waker);
-        let waking = thread::spawn(move || {
-            thread::sleep(Duration::from_millis(5));
-            waker.wake().unwrap();
-        });
         let busy = BusyPoll::new(MAX_BUSY_POLL);
-        busy.poll_as_caller_with(
-            &mut poll,
-            &mut events,
-            Some(Duration::from_secs(10)),
-            &callers,
-            &gate,
-        )
-        .unwrap();
+        let saw_a_spin = thread::scope(|scope| {
+            // Watches the gate for longer than a spin would last, then wakes the caller.
+            let watching = scope.spawn(|| {
+                let until = Instant::now() + 3 * MAX_BUSY_POLL;
+                let mut saw_a_spin = false;
+                while Instant::now() < until {
+                    saw_a_spin |= gate.spinning.load(Ordering::SeqCst) > 0;
+                }
+                waker.wake().unwrap();
+                saw_a_spin
+            });
+            busy.poll_as_caller_with(
+                &mut poll,
+                &mut events,
+                Some(Duration::from_secs(10)),
+                &callers,
+                &gate,
+            )
+            .unwrap();
+            watching.join().unwrap()
+        });
+        assert!(!saw_a_spin, "the caller took a spinning turn");
         assert_eq!(events.iter().count(), 1);
         assert_eq!(callers.waiting.load(Ordering::SeqCst), 1, "only the other");
-        waking.join().unwrap();
-        drop(kept);
     }
 
     #[test]
