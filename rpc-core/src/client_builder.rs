@@ -51,10 +51,10 @@ pub struct ClientConfig {
     pub tls: Option<ClientTls>,
     /// How long a caller waiting for its reply polls the socket without blocking before it
     /// sleeps ([`rpc_transport::busy_poll`]): CPU time spent to skip the wake-up a sleeping
-    /// caller needs; at most [`rpc_transport::MAX_BUSY_POLL`] (1 ms). No more than half the
-    /// cores spin at once, process-wide, and a caller spins only when no other busy-polling
-    /// caller of the process is waiting (with several waiting, the cores are busy anyway).
-    /// Default zero: callers sleep at once.
+    /// caller needs; at most [`rpc_transport::MAX_BUSY_POLL`] (1 ms). No more threads spin
+    /// at once than there are cores, process-wide, and a caller spins only when no other
+    /// busy-polling caller of the process is waiting (with several waiting, the cores are busy
+    /// anyway). Default zero: callers sleep at once.
     pub busy_poll: Duration,
 }
 

@@ -12,9 +12,11 @@
 //! CPU time for latency, which is the embedder's choice (`ServerBuilder::busy_poll`,
 //! `ClientBuilder::busy_poll` in `rpc-core`).
 //!
-//! Spinning threads compete with working ones for the cores, so no more than half the cores
-//! (at least one thread) spin at once, process-wide (`SpinGate`); a thread that finds them
-//! all taken sleeps at once, as it would without busy polling.
+//! Spinning threads compete with working ones for the cores, so no more threads spin at once
+//! than there are cores, process-wide (`SpinGate`); a thread that finds every turn taken
+//! sleeps at once, as it would without busy polling. (Half the cores, the cap before change
+//! 14's rule for callers, left sequential calls with one side sleeping: 27-30k pool calls/s
+//! against 44-54k with every core; docs/BENCHMARKS.md, change 16.)
 //!
 //! A caller waiting for its reply (`BusyPoll::poll_as_caller`) spins only while no other
 //! busy-polling caller of the process waits: with several waiting, replies keep coming for
@@ -173,12 +175,12 @@ pub(crate) struct SpinGate {
     spinning: AtomicUsize,
 }
 
-/// The process's gate: half the cores, at least one.
+/// The process's gate: one turn per core.
 fn spin_gate() -> &'static SpinGate {
     static GATE: OnceLock<SpinGate> = OnceLock::new();
     GATE.get_or_init(|| {
         let cores = thread::available_parallelism().map_or(1, |cores| cores.get());
-        SpinGate::new((cores / 2).max(1))
+        SpinGate::new(cores)
     })
 }
 
