@@ -24,6 +24,8 @@
 //! threads with work (a reply that comes while its caller spins also wakes the client's event loop,
 //! `exclusive_wake.rs`). Four connections with sixteen calls in flight each lost 10-13% of
 //! their calls/s to spinning callers; with the rule, nothing (docs/BENCHMARKS.md, change 14).
+//! A caller counts as waiting for its whole wait, so one that waits on a slow call (a long
+//! poll) keeps the process's other callers from spinning meanwhile.
 
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
