@@ -24,11 +24,12 @@
 //! threads with work (a reply that comes while its caller spins also wakes the client's event loop,
 //! `exclusive_wake.rs`). Four connections with sixteen calls in flight each lost 10-13% of
 //! their calls/s to spinning callers; with the rule, nothing (docs/BENCHMARKS.md, change 14).
-//! A caller counts as waiting for its whole wait, so one that waits on a slow call (a long
-//! poll) keeps the process's other callers from spinning meanwhile.
+//! Only waits that began within the last millisecond count (`WaitingCallers` keeps each
+//! wait's start in a slot): a caller waiting on a slow call (a long poll) does not keep the
+//! others from spinning.
 
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -94,8 +95,8 @@ impl BusyPoll {
         if self.budget.is_zero() {
             return poll.poll(events, timeout);
         }
-        let waiting = callers.enter();
-        if waiting.others > 0 {
+        let waiting = callers.enter(Instant::now());
+        if waiting.others_waiting {
             return poll.poll(events, timeout);
         }
         self.poll_with_gate(poll, events, timeout, gate)
@@ -131,42 +132,88 @@ impl BusyPoll {
     }
 }
 
-/// Counts the callers waiting in [`BusyPoll::poll_as_caller`], process-wide.
-#[derive(Debug, Default)]
+/// How long a wait keeps other callers from spinning. A caller still waiting after this waits
+/// on a slow call (a long poll, a slow handler), which says nothing of how busy the cores
+/// are. (A wait is not cut short to stop counting: a 1 ms `epoll_wait` timeout cost four
+/// connections with sixteen calls in flight a fifth of their calls/s on a VM.)
+const COUNTED_WAIT: Duration = MAX_BUSY_POLL;
+
+/// Callers that can wait at once with their start told apart; more count as busy.
+const WAIT_SLOTS: usize = 16;
+
+/// The callers waiting in [`BusyPoll::poll_as_caller`], process-wide: each holds a slot with
+/// the time its wait began, so that a wait older than [`COUNTED_WAIT`] can be left out.
+#[derive(Debug)]
 pub(crate) struct WaitingCallers {
-    waiting: AtomicUsize,
+    epoch: Instant,
+    /// Zero when free, else when the wait began: nanoseconds since `epoch`, plus one.
+    slots: [AtomicU64; WAIT_SLOTS],
 }
 
-/// The process's count of waiting callers.
+/// The process's waiting callers.
 fn waiting_callers() -> &'static WaitingCallers {
-    static CALLERS: WaitingCallers = WaitingCallers {
-        waiting: AtomicUsize::new(0),
-    };
-    &CALLERS
+    static CALLERS: OnceLock<WaitingCallers> = OnceLock::new();
+    CALLERS.get_or_init(WaitingCallers::new)
 }
 
 impl WaitingCallers {
-    /// Counts one more caller waiting until the returned guard is dropped.
-    fn enter(&self) -> CallerWaiting<'_> {
-        let others = self.waiting.fetch_add(1, Ordering::AcqRel);
+    fn new() -> WaitingCallers {
+        WaitingCallers {
+            epoch: Instant::now(),
+            slots: [const { AtomicU64::new(0) }; WAIT_SLOTS],
+        }
+    }
+
+    /// Takes a slot for a wait beginning `now`, given back when the returned guard is
+    /// dropped, and tells whether another caller began waiting within [`COUNTED_WAIT`] before
+    /// and still waits. With every slot taken, it holds none and says so.
+    fn enter(&self, now: Instant) -> CallerWaiting<'_> {
+        let stamp = self.stamp(now);
+        let recent_since = self.stamp(now.checked_sub(COUNTED_WAIT).unwrap_or(self.epoch));
+        let mut slot = None;
+        let mut others_waiting = false;
+        for (index, held) in self.slots.iter().enumerate() {
+            let mut began = held.load(Ordering::Acquire);
+            if began == 0 && slot.is_none() {
+                match held.compare_exchange(0, stamp, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => {
+                        slot = Some(index);
+                        continue;
+                    }
+                    Err(taken) => began = taken,
+                }
+            }
+            others_waiting |= began != 0 && began >= recent_since;
+        }
         CallerWaiting {
             callers: self,
-            others,
+            others_waiting: others_waiting || slot.is_none(),
+            slot,
         }
+    }
+
+    /// `at` as a slot value: nanoseconds since `epoch`, plus one (never zero).
+    fn stamp(&self, at: Instant) -> u64 {
+        let nanos = at.saturating_duration_since(self.epoch).as_nanos();
+        u64::try_from(nanos).unwrap_or(u64::MAX - 1) + 1
     }
 }
 
-/// One caller's wait, counted while it lasts.
+/// One caller's wait, holding its slot while it lasts.
 #[derive(Debug)]
 struct CallerWaiting<'a> {
     callers: &'a WaitingCallers,
-    /// Callers that were waiting already when this one began.
-    others: usize,
+    slot: Option<usize>,
+    /// Another caller began waiting within [`COUNTED_WAIT`] before this one and still waits,
+    /// or every slot was taken.
+    others_waiting: bool,
 }
 
 impl Drop for CallerWaiting<'_> {
     fn drop(&mut self) {
-        self.callers.waiting.fetch_sub(1, Ordering::AcqRel);
+        if let Some(slot) = self.slot.and_then(|index| self.callers.slots.get(index)) {
+            slot.store(0, Ordering::Release);
+        }
     }
 }
 
@@ -298,26 +345,53 @@ mod tests {
     }
 
     #[test]
-    fn a_caller_knows_how_many_others_were_waiting_and_is_counted_until_its_wait_ends() {
-        let callers = WaitingCallers::default();
-        let first = callers.enter();
-        let second = callers.enter();
-        assert_eq!((first.others, second.others), (0, 1));
+    fn a_caller_sees_others_waiting_until_their_waits_end() {
+        let callers = WaitingCallers::new();
+        let now = Instant::now();
+        let first = callers.enter(now);
+        let second = callers.enter(now);
+        assert_eq!((first.others_waiting, second.others_waiting), (false, true));
         drop(first);
         drop(second);
-        assert_eq!(
-            callers.enter().others,
-            0,
-            "ended waits are no longer counted"
+        assert!(
+            !callers.enter(now).others_waiting,
+            "ended waits no longer count"
         );
+    }
+
+    #[test]
+    fn a_wait_older_than_the_counted_wait_no_longer_keeps_others_from_spinning() {
+        let callers = WaitingCallers::new();
+        let began = Instant::now();
+        let _long_poll = callers.enter(began);
+        assert!(callers.enter(began + COUNTED_WAIT / 2).others_waiting);
+        assert!(!callers.enter(began + 2 * COUNTED_WAIT).others_waiting);
+    }
+
+    #[test]
+    fn with_every_slot_taken_a_caller_does_not_count_itself_alone() {
+        let callers = WaitingCallers::new();
+        let long_ago = Instant::now();
+        let held: Vec<_> = (0..WAIT_SLOTS).map(|_| callers.enter(long_ago)).collect();
+        let extra = callers.enter(long_ago + 10 * COUNTED_WAIT);
+        assert_eq!(extra.slot, None);
+        assert!(extra.others_waiting);
+        drop(extra);
+        drop(held);
+        assert!(callers
+            .slots
+            .iter()
+            .all(|slot| slot.load(Ordering::SeqCst) == 0));
     }
 
     #[test]
     fn a_caller_that_finds_another_waiting_sleeps_and_still_gets_its_event() {
         let (mut poll, mut events, waker) = poller();
-        let callers = WaitingCallers::default();
+        let callers = WaitingCallers::new();
         let gate = SpinGate::new(1);
-        let _other = callers.enter();
+        // Another caller's wait, stamped ahead so that it stays recent however slow this
+        // test thread is.
+        let _other = callers.enter(Instant::now() + Duration::from_secs(3600));
         let busy = BusyPoll::new(MAX_BUSY_POLL);
         let saw_a_spin = thread::scope(|scope| {
             // Watches the gate for longer than a spin would last, then wakes the caller.
@@ -342,7 +416,9 @@ mod tests {
         });
         assert!(!saw_a_spin, "the caller took a spinning turn");
         assert_eq!(events.iter().count(), 1);
-        assert_eq!(callers.waiting.load(Ordering::SeqCst), 1, "only the other");
+        let held = callers.slots.iter();
+        let held = held.filter(|slot| slot.load(Ordering::SeqCst) != 0).count();
+        assert_eq!(held, 1, "only the other's slot is still held");
     }
 
     #[test]
