@@ -53,8 +53,9 @@ pub struct ClientConfig {
     /// sleeps ([`rpc_transport::busy_poll`]): CPU time spent to skip the wake-up a sleeping
     /// caller needs; at most [`rpc_transport::MAX_BUSY_POLL`] (1 ms). No more threads spin
     /// at once than there are cores, process-wide, and a caller spins only when no other
-    /// busy-polling caller of the process is waiting (with several waiting, the cores are busy
-    /// anyway). Default zero: callers sleep at once.
+    /// busy-polling caller of the process began waiting within the last millisecond and still
+    /// waits (with several waiting, the cores are busy anyway). Default zero: callers sleep at
+    /// once.
     pub busy_poll: Duration,
 }
 
