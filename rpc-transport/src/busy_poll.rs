@@ -21,12 +21,12 @@
 //! A caller waiting for its reply (`BusyPoll::poll_as_caller`) spins only while no other
 //! busy-polling caller of the process waits: with several waiting, replies keep coming for
 //! one or another, the cores seldom go idle, and a spinning caller only takes a core from
-//! threads with work (a reply that comes while its caller spins also wakes the client's event loop,
-//! `exclusive_wake.rs`). Four connections with sixteen calls in flight each lost 10-13% of
-//! their calls/s to spinning callers; with the rule, nothing (docs/BENCHMARKS.md, change 14).
-//! Only waits that began within the last millisecond count (`WaitingCallers` keeps each
-//! wait's start in a slot): a caller waiting on a slow call (a long poll) does not keep the
-//! others from spinning.
+//! threads with work (a reply that comes while its caller spins also wakes the client's
+//! event loop, `exclusive_wake.rs`). Four connections with sixteen calls in flight each lost
+//! 10-13% of their calls/s to spinning callers; with the rule, nothing (docs/BENCHMARKS.md,
+//! change 14). Only waits that began within the last millisecond count (`WaitingCallers`
+//! keeps each wait's start in a slot): a caller waiting on a slow call (a long poll) does not
+//! keep the others from spinning (change 17).
 
 use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
