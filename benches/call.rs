@@ -8,10 +8,10 @@
 //!   `netrpc` and `netrpc_inline` start each new call on its own (`go_with`) as one completes;
 //!   `netrpc_inline_batch` takes every completion that has arrived and starts as many calls in
 //!   one `Client::batch`, as the raw client writes as many requests as replies arrived.
-//! - `call_sequential/netrpc_inline_busy_poll/postcard` and
-//!   `call_pipelined/netrpc_inline_batch_busy_poll/*`: the same as their inline counterparts,
-//!   with busy polling on at both ends ([`BUSY_POLL`]; `ServerBuilder::busy_poll`,
-//!   `ClientBuilder::busy_poll`).
+//! - `call_sequential/{netrpc_busy_poll,netrpc_inline_busy_poll}/postcard` and
+//!   `call_pipelined/netrpc_inline_batch_busy_poll/*`: the same as their counterparts
+//!   without the suffix, with busy polling on at both ends ([`BUSY_POLL`];
+//!   `ServerBuilder::busy_poll`, `ClientBuilder::busy_poll`).
 //!
 //! Everything runs on 127.0.0.1 in this process. `cargo bench --bench call -- --quick` is a
 //! fast smoke run; `cargo run --release --example loadgen` gives latency percentiles.
@@ -75,6 +75,12 @@ fn sequential(c: &mut Criterion) {
             Duration::ZERO,
         ),
         ("netrpc/json", CodecKind::Json, false, Duration::ZERO),
+        (
+            "netrpc_busy_poll/postcard",
+            CodecKind::Postcard,
+            false,
+            BUSY_POLL,
+        ),
         (
             "netrpc_inline/postcard",
             CodecKind::Postcard,
