@@ -72,9 +72,10 @@ impl BusyPoll {
         self.poll_with_gate(poll, events, timeout, spin_gate())
     }
 
-    /// [`BusyPoll::poll`] for a caller waiting for its reply: it spins only if no other caller
-    /// with a budget was waiting here as it began, and with a budget it counts as waiting
-    /// until it returns (callers without one are not counted).
+    /// [`BusyPoll::poll`] for a caller waiting for its reply: with a budget, its wait holds a
+    /// slot in [`WaitingCallers`] until it returns, and it spins only if no other caller's
+    /// wait there began within [`COUNTED_WAIT`] before it (callers without a budget take no
+    /// slot).
     pub(crate) fn poll_as_caller(
         &self,
         poll: &mut Poll,
