@@ -8,8 +8,9 @@
 //! ever holds the queue's lock for a copy, never across a blocking call.
 //!
 //! Three ways to send, by who writes: `send` (this thread, now), `send_batched` (the loop, at
-//! the end of its turn, with everything else queued by then) and `send_corked` (whoever
-//! flushes next: the sender's own `flush` once its burst is queued).
+//! the end of its turn, with everything else queued by then; or, with a limit set by
+//! `set_batched_write_at`, the sender that reaches it) and `send_corked` (whoever flushes
+//! next: the sender's own `flush` once its burst is queued).
 //!
 //! With TLS ([`crate::tls`]), `send` encrypts under the session's lock straight into the queue,
 //! so the queue holds records in the order rustls numbered them, and the loop passes what it
@@ -80,6 +81,10 @@ struct OutQueue {
     loop_flushes: bool,
     /// `send_batched` asked the loop to flush at the end of its turn; not yet done.
     flush_requested: bool,
+    /// `send_batched` calls since a write last took the queue.
+    batched_sends: usize,
+    /// The `send_batched` call that writes at once (`Connection::set_batched_write_at`).
+    batched_write_at: usize,
     /// No more sends are accepted.
     closed: bool,
     /// Close the connection as soon as the queue is empty.
@@ -104,6 +109,14 @@ impl Deref for OutGuard<'_> {
 impl DerefMut for OutGuard<'_> {
     fn deref_mut(&mut self) -> &mut OutQueue {
         &mut self.queue
+    }
+}
+
+impl OutQueue {
+    /// Takes the queued bytes for a writer, which starts the count of batched sends anew.
+    fn take_for_write(&mut self) -> BytesMut {
+        self.batched_sends = 0;
+        std::mem::take(&mut self.buf)
     }
 }
 
@@ -143,7 +156,10 @@ impl Connection {
                 local_addr,
                 limits,
                 loop_handle,
-                out: Mutex::new(OutQueue::default()),
+                out: Mutex::new(OutQueue {
+                    batched_write_at: usize::MAX,
+                    ..OutQueue::default()
+                }),
                 out_len: AtomicUsize::new(0),
                 timer: Mutex::new(None),
                 read_paused: AtomicBool::new(false),
@@ -201,10 +217,11 @@ impl Connection {
     /// [`TransportError::Closed`] if the connection is closed or closing; an I/O error if the
     /// socket failed (the connection is then closed).
     pub fn send(&self, bytes: &[u8]) -> Result<(), TransportError> {
-        if !self.enqueue(bytes, Enqueue::WriteNow)? {
-            return Ok(()); // whoever is writing will take these bytes too
+        match self.enqueue(bytes, Enqueue::WriteNow)? {
+            Queued::Write => self.write_as_sender(),
+            // Whoever is writing will take these bytes too.
+            Queued::Left | Queued::AskLoop => Ok(()),
         }
-        self.write_as_sender()
     }
 
     /// Queues `bytes` without writing them and without asking the loop to: they leave with
@@ -266,7 +283,9 @@ impl Connection {
     }
 
     /// Queues `bytes` for the event loop to write at the end of its current turn, together
-    /// with everything else queued by then: many frames, one system call.
+    /// with everything else queued by then: many frames, one system call. With a limit set
+    /// ([`Connection::set_batched_write_at`]), the send that reaches it writes at once
+    /// instead, from this thread.
     ///
     /// Use it where frames come in bursts (replies to a batch of pipelined requests, calls
     /// issued while others are in flight); [`Connection::send`] writes at once and suits a
@@ -276,10 +295,22 @@ impl Connection {
     ///
     /// [`TransportError::Closed`] if the connection is closed or closing.
     pub fn send_batched(&self, bytes: &[u8]) -> Result<(), TransportError> {
-        if self.enqueue(bytes, Enqueue::Batched)? {
-            self.post(ConnCommand::Flush);
+        match self.enqueue(bytes, Enqueue::Batched)? {
+            Queued::Write => self.write_as_sender(),
+            Queued::AskLoop => {
+                self.post(ConnCommand::Flush);
+                Ok(())
+            }
+            Queued::Left => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Makes the `sends`th [`Connection::send_batched`] call since the last write write the
+    /// queue at once, from its own thread, instead of leaving it for the end of the loop's
+    /// turn: a long burst then reaches the peer in pieces, and the peer works on the first
+    /// while the rest is made. The default, `usize::MAX`, sets no limit; zero counts as one.
+    pub fn set_batched_write_at(&self, sends: usize) {
+        self.lock_out().batched_write_at = sends;
     }
 
     /// Sets how long a caller in [`Connection::read_here`] polls the socket without blocking
@@ -566,7 +597,7 @@ impl Connection {
     /// Writes queued bytes until the queue is empty or the socket is full. The caller has set
     /// `flushing`; this clears it before returning.
     fn write_queue(&self) -> io::Result<FlushOutcome> {
-        let mut batch = std::mem::take(&mut self.lock_out().buf);
+        let mut batch = self.lock_out().take_for_write();
         loop {
             let written = match write_until_blocked(&self.shared.stream, &batch) {
                 Ok(written) => written,
@@ -596,14 +627,13 @@ impl Connection {
                     FlushOutcome::Done
                 });
             }
-            batch = std::mem::take(&mut out.buf);
+            batch = out.take_for_write();
         }
     }
 
-    /// Appends `bytes` to the queue (encrypted, with TLS); true if the caller must now write
-    /// (`WriteNow`: it became the flusher) or ask the loop to (`Batched`); never for
-    /// `Corked`.
-    fn enqueue(&self, bytes: &[u8], how: Enqueue) -> Result<bool, TransportError> {
+    /// Appends `bytes` to the queue (encrypted, with TLS), and says what the sender must do
+    /// next.
+    fn enqueue(&self, bytes: &[u8], how: Enqueue) -> Result<Queued, TransportError> {
         let mut session = self.shared.tls.as_deref().map(TlsLayer::lock);
         let mut out = self.lock_out();
         if out.closed || out.close_when_flushed {
@@ -614,15 +644,27 @@ impl Connection {
             Some(session) => session.handle_plaintext(bytes, &mut out.buf)?,
         }
         if out.flushing || out.loop_flushes {
-            return Ok(false);
+            return Ok(Queued::Left);
         }
         match how {
-            Enqueue::WriteNow => out.flushing = true,
-            Enqueue::Batched if out.flush_requested => return Ok(false),
-            Enqueue::Batched => out.flush_requested = true,
-            Enqueue::Corked => return Ok(false),
+            Enqueue::WriteNow => {
+                out.flushing = true;
+                Ok(Queued::Write)
+            }
+            Enqueue::Batched => {
+                out.batched_sends += 1;
+                if out.batched_sends >= out.batched_write_at {
+                    out.flushing = true;
+                    Ok(Queued::Write)
+                } else if out.flush_requested {
+                    Ok(Queued::Left)
+                } else {
+                    out.flush_requested = true;
+                    Ok(Queued::AskLoop)
+                }
+            }
+            Enqueue::Corked => Ok(Queued::Left),
         }
-        Ok(true)
     }
 
     /// Sends the loop a command about this connection; the loop ignores it once this
@@ -662,6 +704,17 @@ enum Enqueue {
     WriteNow,
     Batched,
     Corked,
+}
+
+/// What a sender does once its bytes are queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Queued {
+    /// Write the queue: this sender became the writer.
+    Write,
+    /// Ask the loop to write at the end of its turn.
+    AskLoop,
+    /// Nothing: a writer at work, a flush already asked for, or corked bytes take them.
+    Left,
 }
 
 /// Writes as much of `bytes` as the socket takes without blocking; returns how much it took.

@@ -1,6 +1,7 @@
 //! The event loop's commands and timers over real sockets: adoptions that time out, handles
 //! that outlive their connection, handlers that pause after every frame, corked frames that
-//! wait for a flush, deadlines so far off that `Instant + Duration` would overflow, a caller that
+//! wait for a flush, batched frames that leave before the loop's turn ends once enough wait,
+//! deadlines so far off that `Instant + Duration` would overflow, a caller that
 //! unwinds while it holds the read turn, and a peer that closes while a frame error's close
 //! waits for its flush.
 
@@ -363,31 +364,10 @@ fn corked_frames_wait_for_a_flush_then_leave_together_in_order() {
     // the peer still sees nothing.
     harness.sync();
     assert_eq!(conn.queued_len(), total);
-    peer.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let early = peer.read(&mut [0u8; 64]);
-    assert!(
-        matches!(&early, Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
-        "corked bytes were written before the flush: {early:?}"
-    );
+    assert_nothing_arrives(&mut peer, "corked bytes were written before the flush");
 
     conn.flush().unwrap();
-    peer.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut decoder = FrameDecoder::new(FrameLimits::default());
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    while got.len() < frames.len() {
-        let n = peer
-            .read(&mut buf)
-            .expect("the flushed frames arrive within 10 s");
-        assert!(n > 0, "closed after {} frames", got.len());
-        decoder.handle_bytes(&buf[..n]);
-        while let Some(frame) = decoder.poll_frame().unwrap() {
-            got.push(frame);
-        }
-    }
-    assert_eq!(got, frames);
+    assert_eq!(read_frames(&mut peer, frames.len()), frames);
     assert_eq!(conn.queued_len(), 0);
 
     conn.close();
@@ -399,6 +379,73 @@ fn corked_frames_wait_for_a_flush_then_leave_together_in_order() {
         conn.flush(),
         Err(rpc_transport::TransportError::Closed)
     ));
+}
+
+/// Reads exactly `count` frames from `peer` (10 s at most).
+fn read_frames(peer: &mut TcpStream, count: usize) -> Vec<Frame> {
+    peer.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut decoder = FrameDecoder::new(FrameLimits::default());
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while got.len() < count {
+        let n = peer.read(&mut buf).expect("the frames arrive within 10 s");
+        assert!(n > 0, "closed after {} frames", got.len());
+        decoder.handle_bytes(&buf[..n]);
+        while let Some(frame) = decoder.poll_frame().unwrap() {
+            got.push(frame);
+        }
+    }
+    got
+}
+
+/// Fails if `peer` can read anything within 200 ms.
+fn assert_nothing_arrives(peer: &mut TcpStream, what: &str) {
+    peer.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let early = peer.read(&mut [0u8; 64]);
+    assert!(
+        matches!(&early, Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
+        "{what}: {early:?}"
+    );
+}
+
+#[test]
+fn batched_frames_leave_at_once_when_enough_wait_for_a_busy_loop() {
+    const WRITE_AT: usize = 8;
+    let harness = Harness::new("batched");
+    let (conn, mut peer) = harness.adopt_echo(FrameLimits::default());
+    conn.set_batched_write_at(WRITE_AT);
+    let (release, _stalling_peer) = stall_the_loop(&harness);
+    let frames: Vec<Frame> = (1..=WRITE_AT as u64 * 2 - 1)
+        .map(|seq| Frame::request(seq, "Echo.Echo", 1, &b"batched"[..]))
+        .collect();
+    let (first, rest) = frames.split_at(WRITE_AT);
+    let (last, before_last) = first.split_last().unwrap();
+
+    // The loop cannot end its turn: batched frames wait for it, up to the limit.
+    for frame in before_last {
+        conn.send_batched(&encode(frame)).unwrap();
+    }
+    assert_nothing_arrives(&mut peer, "batched bytes were written before the limit");
+    conn.send_batched(&encode(last)).unwrap();
+    assert_eq!(
+        read_frames(&mut peer, first.len()),
+        first,
+        "the send that reached the limit wrote every waiting frame, in order"
+    );
+    assert_eq!(conn.queued_len(), 0);
+
+    // The count starts again after that write: fewer than the limit wait for the loop.
+    for frame in rest {
+        conn.send_batched(&encode(frame)).unwrap();
+    }
+    assert_nothing_arrives(
+        &mut peer,
+        "a second burst below the limit left before the loop",
+    );
+    release.send(()).unwrap();
+    assert_eq!(read_frames(&mut peer, rest.len()), rest);
 }
 
 #[test]
