@@ -1,9 +1,9 @@
 //! The event loop's commands and timers over real sockets: adoptions that time out, handles
 //! that outlive their connection, handlers that pause after every frame, corked frames that
 //! wait for a flush, batched frames that leave before the loop's turn ends once enough wait,
-//! deadlines so far off that `Instant + Duration` would overflow, a caller that
-//! unwinds while it holds the read turn, and a peer that closes while a frame error's close
-//! waits for its flush.
+//! deadlines so far off that `Instant + Duration` would overflow, a caller that unwinds while
+//! it holds the read turn, and a peer that closes while a frame error's close waits for its
+//! flush.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
