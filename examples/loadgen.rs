@@ -132,8 +132,8 @@ struct Plan {
     batch: bool,
     /// The driver reads replies itself (`Client::recv_completion`) when it can.
     read_here: bool,
-    /// Busy-poll budget of the clients' waiting callers.
-    client_busy_poll: Duration,
+    /// Busy-poll budgets of the in-process server's loops and of the clients' callers.
+    busy_poll: BusyPollPlan,
 }
 
 /// Busy-poll budgets (`--busy-poll-us`, `--busy-poll-at`): the in-process server's loops and
@@ -211,7 +211,6 @@ impl Report {
 
 fn main() -> Result<(), Box<dyn Error>> {
     let flags = args::Flags::parse(USAGE)?;
-    let busy_poll = BusyPollPlan::parse(&flags)?;
     let plan = Plan {
         conns: flags.get("conns", 1usize)?.max(1),
         // A default server answers calls beyond its per-connection cap `Throttled`.
@@ -228,10 +227,10 @@ fn main() -> Result<(), Box<dyn Error>> {
         payload: flags.get("payload", 0usize)?,
         batch: !flags.has("no-batch"),
         read_here: !flags.has("loop-reads"),
-        client_busy_poll: busy_poll.client,
+        busy_poll: BusyPollPlan::parse(&flags)?,
     };
     let (loops, inline) = (flags.get("loops", 0usize)?, flags.has("inline"));
-    let server = build_server(loops, inline, busy_poll.server, None)?;
+    let server = build_server(loops, inline, plan.busy_poll.server, None)?;
     let with_tls = flags.has("tls");
     if with_tls && (flags.get_str("addr").is_some() || flags.get_str("serve").is_some()) {
         return Err(format!("--tls runs in-process only\n\n{USAGE}").into());
@@ -268,7 +267,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         plan.measured.as_secs_f64(),
         plan.warmup.as_secs_f64(),
     );
-    if let Some(line) = busy_poll.describe() {
+    if let Some(line) = plan.busy_poll.describe() {
         println!("busy poll  {line}");
     }
 
@@ -319,7 +318,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         let ca = certs::Authority::new("loadgen ca")?;
         let (chain, key) = ca.server()?.pair();
         let tls_config = tls::server_config(chain, key, None)?;
-        let tls_server = build_server(loops, inline, busy_poll.server, Some(tls_config))?;
+        let tls_server = build_server(loops, inline, plan.busy_poll.server, Some(tls_config))?;
         let running = tls_server.serve("127.0.0.1:0")?;
         let client_tls = ClientTls::new(tls::client_config(ca.roots()?, None)?, "localhost")?;
         let secure = run_netrpc(&plan, running.local_addr(), Some(client_tls))?;
@@ -401,7 +400,7 @@ fn run_netrpc(
         let mut builder = Client::builder()
             .codec(plan.codec)
             .max_pending_calls(plan.inflight)
-            .busy_poll(plan.client_busy_poll);
+            .busy_poll(plan.busy_poll.client);
         if let Some(tls) = &tls {
             builder = builder.tls(tls.clone());
         }
