@@ -2,8 +2,8 @@
 //! that outlive their connection, handlers that pause after every frame, corked frames that
 //! wait for a flush, batched frames that leave before the loop's turn ends once enough wait,
 //! deadlines so far off that `Instant + Duration` would overflow, a caller that unwinds while
-//! it holds the read turn, and a peer that closes while a frame error's close waits for its
-//! flush.
+//! it holds the read turn, a peer that closes while a frame error's close waits for its
+//! flush, and a peer whose last frame and end arrive together while the loop is busy.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -446,6 +446,30 @@ fn batched_frames_leave_at_once_when_enough_wait_for_a_busy_loop() {
     );
     release.send(()).unwrap();
     assert_eq!(read_frames(&mut peer, rest.len()), rest);
+}
+
+/// The peer's last frame and its end arrive while the loop is held, so one readiness event
+/// reports both: the loop must act on the end too, since no later event reports it again. A
+/// loop that stopped reading at a short read (one `recvfrom` fewer per readiness;
+/// docs/BENCHMARKS.md, "What was tried and not kept") would miss it unless it read on
+/// whenever the event says the peer closed.
+#[test]
+fn an_end_arriving_with_the_last_frame_while_the_loop_is_busy_closes_the_connection() {
+    let harness = Harness::new("end-with-frame");
+    let (conn, mut peer) = harness.adopt_echo(FrameLimits::default());
+    let (release, _stalling_peer) = stall_the_loop(&harness);
+    let last = Frame::request(7, "Echo.Echo", 1, &b"last"[..]);
+    peer.write_all(&encode(&last)).unwrap();
+    peer.shutdown(std::net::Shutdown::Write).unwrap();
+    release.send(()).unwrap();
+
+    assert_eq!(read_frame(&mut peer), last, "the last frame was handled");
+    let (addr, reason) = harness.closed.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        (addr, reason),
+        (conn.local_addr(), CloseReason::PeerClosed),
+        "the end that came with the last frame closed the connection"
+    );
 }
 
 #[test]
