@@ -74,7 +74,7 @@ pub(crate) struct ServerConn {
 /// 1 x 64 inline 18-20% (each write of replies that finds the caller spinning, not asleep in
 /// its poller, also wakes the client's loop). With the server alone spinning they would have
 /// paid (+37%), but the server cannot tell whether its clients spin, and without the limit
-/// no setup does worse than before it.
+/// no setup does worse than before it. `tests/inline.rs` checks both behaviours.
 const INLINE_REPLIES_PER_WRITE: usize = 32;
 
 /// A method name (and codec id) a connection resolved, with what it resolved to. Most

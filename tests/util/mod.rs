@@ -76,6 +76,16 @@ impl Prober {
             labels_run: Arc::default(),
         }
     }
+
+    /// A prober and the sender whose every message lets one blocked `Block` call return.
+    pub fn releasable() -> (Prober, Sender<()>) {
+        let (release_tx, release) = crossbeam_channel::unbounded();
+        let prober = Prober {
+            release,
+            labels_run: Arc::default(),
+        };
+        (prober, release_tx)
+    }
 }
 
 impl Probe for Prober {
@@ -129,16 +139,13 @@ impl TestServer {
 
     /// Registers `Arith` and `Probe` on `server` and serves on 127.0.0.1:0.
     pub fn start_with(server: Server) -> TestServer {
-        let (release_tx, release_rx) = crossbeam_channel::unbounded();
-        let labels_run = Arc::new(AtomicUsize::new(0));
+        let (prober, release_tx) = Prober::releasable();
+        let labels_run = Arc::clone(&prober.labels_run);
         server
             .register(ArithServer::new(Calculator))
             .expect("register Arith");
         server
-            .register(ProbeServer::new(Prober {
-                release: release_rx,
-                labels_run: Arc::clone(&labels_run),
-            }))
+            .register(ProbeServer::new(prober))
             .expect("register Probe");
         let handle = server.serve("127.0.0.1:0").expect("serve on loopback");
         TestServer {
