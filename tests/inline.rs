@@ -1,5 +1,5 @@
 //! Inline dispatch (`Server::register_inline`): handlers run on the event loop, replies to a
-//! burst leave together (every 32nd written at once, unless the server busy polls), and a
+//! burst leave together (every 32nd written at once, unless both ends busy poll), and a
 //! panic is still an error for its caller only.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
@@ -8,7 +8,7 @@ mod util;
 
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 use netrpc::{done_channel, Client, Completion, RpcError, Server, ServerHandle};
 use util::{Args, ArithClient, ArithServer, Calculator, ProbeClient, ProbeServer, Prober};
 
@@ -62,24 +62,36 @@ fn an_inline_panic_is_an_error_for_its_caller_and_the_loop_keeps_serving() {
 /// `rpc-core/src/server_conn.rs`).
 const REPLIES_PER_WRITE: usize = 32;
 
-/// Serves `Probe` inline on `server`; the sender releases its blocked `Block` calls.
-fn start_inline_probe(server: Server) -> (ServerHandle, Sender<()>) {
+/// Quick calls in each burst: eight more than one write takes.
+const QUICK_CALLS: usize = REPLIES_PER_WRITE + 8;
+
+/// The busy-poll budget of the tests that spin.
+const BUSY_POLL: Duration = Duration::from_micros(50);
+
+/// Serves `Probe` inline on a server that busy polls for `busy_poll`; the sender releases its
+/// blocked `Block` calls.
+fn start_inline_probe(busy_poll: Duration) -> (ServerHandle, Sender<()>) {
+    let server = Server::builder().busy_poll(busy_poll).build();
     let (prober, release) = Prober::releasable();
     server.register_inline(ProbeServer::new(prober)).unwrap();
     (server.serve("127.0.0.1:0").unwrap(), release)
 }
 
-/// Sends `quick` calls of `Probe.Sleep(0)` and then one `Probe.Block` in one write, so that
-/// the server's loop reads them in one turn and is held by the last; returns the client and
-/// the channel their completions arrive on.
+/// From a client that busy polls for `busy_poll`, sends [`QUICK_CALLS`] calls of
+/// `Probe.Sleep(0)` and then one `Probe.Block` in one write, so that the server's loop reads
+/// them in one turn and is held by the last; returns the client and the channel their
+/// completions arrive on.
 fn burst_ending_in_a_block(
     running: &ServerHandle,
-    quick: usize,
-) -> (Client, crossbeam_channel::Receiver<Completion<u64>>) {
-    let client = Client::dial(running.local_addr()).unwrap();
+    busy_poll: Duration,
+) -> (Client, Receiver<Completion<u64>>) {
+    let client = Client::builder()
+        .busy_poll(busy_poll)
+        .dial(running.local_addr())
+        .unwrap();
     let (done, completions) = done_channel::<u64>();
     let batch = client.batch();
-    for _ in 0..quick {
+    for _ in 0..QUICK_CALLS {
         batch.go_with("Probe.Sleep", &0u64, &done);
     }
     batch.go_with("Probe.Block", &7u64, &done);
@@ -87,13 +99,12 @@ fn burst_ending_in_a_block(
     (client, completions)
 }
 
-#[test]
-fn the_first_replies_of_a_long_inline_burst_arrive_while_the_loop_still_runs_it() {
-    let (running, release) = start_inline_probe(Server::new());
-    let quick = REPLIES_PER_WRITE + 8;
-    let (_client, completions) = burst_ending_in_a_block(&running, quick);
-    // The loop is held in `Block` (up to 10 s) with eight quick replies queued behind the
-    // first 32: those 32 must already be on their way.
+/// The first [`REPLIES_PER_WRITE`] replies arrive while the loop is held in `Block` (up to
+/// 10 s), with the other eight queued behind them; the rest arrive once it is released.
+fn assert_first_replies_arrive_while_held(
+    completions: &Receiver<Completion<u64>>,
+    release: &Sender<()>,
+) {
     for _ in 0..REPLIES_PER_WRITE {
         let completion = completions
             .recv_timeout(Duration::from_secs(5))
@@ -101,7 +112,7 @@ fn the_first_replies_of_a_long_inline_burst_arrive_while_the_loop_still_runs_it(
         assert_eq!(completion.result.unwrap(), 0);
     }
     release.send(()).unwrap();
-    let mut rest: Vec<u64> = (0..quick - REPLIES_PER_WRITE + 1)
+    let mut rest: Vec<u64> = (0..QUICK_CALLS - REPLIES_PER_WRITE + 1)
         .map(|_| {
             let completion = completions.recv_timeout(Duration::from_secs(5)).unwrap();
             completion.result.unwrap()
@@ -116,15 +127,25 @@ fn the_first_replies_of_a_long_inline_burst_arrive_while_the_loop_still_runs_it(
 }
 
 #[test]
-fn a_busy_polling_inline_server_writes_a_turns_replies_together_at_its_end() {
-    let server = Server::builder()
-        .busy_poll(Duration::from_micros(50))
-        .build();
-    let (running, release) = start_inline_probe(server);
-    let quick = REPLIES_PER_WRITE + 8;
-    let (_client, completions) = burst_ending_in_a_block(&running, quick);
-    // No limit on a busy-polling server (its clients may spin, and a write mid-turn would
-    // wake their loops too): nothing leaves while the loop is held.
+fn the_first_replies_of_a_long_inline_burst_arrive_while_the_loop_still_runs_it() {
+    let (running, release) = start_inline_probe(Duration::ZERO);
+    let (_client, completions) = burst_ending_in_a_block(&running, Duration::ZERO);
+    assert_first_replies_arrive_while_held(&completions, &release);
+}
+
+#[test]
+fn a_busy_polling_server_splits_a_long_burst_for_a_client_that_sleeps() {
+    let (running, release) = start_inline_probe(BUSY_POLL);
+    let (_client, completions) = burst_ending_in_a_block(&running, Duration::ZERO);
+    assert_first_replies_arrive_while_held(&completions, &release);
+}
+
+#[test]
+fn where_both_ends_busy_poll_a_turns_replies_leave_together_at_its_end() {
+    let (running, release) = start_inline_probe(BUSY_POLL);
+    let (_client, completions) = burst_ending_in_a_block(&running, BUSY_POLL);
+    // The client's hello said its callers spin: a write mid-turn would wake its loop too, so
+    // nothing leaves while the loop is held.
     assert!(
         completions
             .recv_timeout(Duration::from_millis(300))
@@ -132,7 +153,7 @@ fn a_busy_polling_inline_server_writes_a_turns_replies_together_at_its_end() {
         "a reply left before the turn ended"
     );
     release.send(()).unwrap();
-    for _ in 0..=quick {
+    for _ in 0..=QUICK_CALLS {
         completions.recv_timeout(Duration::from_secs(5)).unwrap();
     }
 }

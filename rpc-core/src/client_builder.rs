@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 
 use rpc_codec::CodecKind;
 use rpc_transport::tls::ClientTls;
-use rpc_transport::{BusyPoll, Frame, FrameKind, FrameLimits};
+use rpc_transport::{BusyPoll, FrameLimits};
 
 use crate::client::Client;
 use crate::client_conn::ClientConn;
 use crate::client_loop::shared_client_loop;
 use crate::error::RpcError;
+use crate::hello;
 use crate::link::Link;
 use crate::middleware::ClientMiddleware;
 use crate::pending::PendingCalls;
@@ -54,8 +55,8 @@ pub struct ClientConfig {
     /// caller needs; at most [`rpc_transport::MAX_BUSY_POLL`] (1 ms). No more threads spin
     /// at once than there are cores, process-wide, and a caller spins only when no other
     /// busy-polling caller of the process began waiting within the last millisecond and still
-    /// waits (with several waiting, the cores are busy anyway). Default zero: callers sleep at
-    /// once.
+    /// waits (with several waiting, the cores are busy anyway). The client's hello tells the
+    /// server so (docs/PROTOCOL.md, "Ping and Pong"). Default zero: callers sleep at once.
     pub busy_poll: Duration,
 }
 
@@ -224,8 +225,9 @@ impl ClientBuilder {
         conn.set_busy_poll(BusyPoll::new(self.config.busy_poll));
         // The first frame says hello: a server closes connections that send no whole frame
         // within its first-frame timeout, and this one may not call for a while. With TLS it
-        // goes once the handshake is done, and the server's pong settles the handshake.
-        let _ = conn.send_frame(&Frame::new(FrameKind::Ping, 0));
+        // goes once the handshake is done, and the server's pong settles the handshake. It
+        // also tells the server whether this client's callers busy poll (`hello.rs`).
+        let _ = conn.send_frame(&hello::hello(self.config.busy_poll));
         // A refused certificate, either side's, is reported here, not by the first call.
         let remaining = self
             .config

@@ -22,6 +22,7 @@ mod client_loop;
 pub mod cluster;
 pub mod error;
 pub mod error_body;
+mod hello;
 pub mod http;
 #[cfg(feature = "json")]
 pub mod jsonrpc;

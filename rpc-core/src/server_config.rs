@@ -64,8 +64,9 @@ pub struct ServerConfig {
     /// How long an event loop polls its sockets without blocking before it sleeps
     /// ([`rpc_transport::busy_poll`]): CPU time spent so that a request arriving soon after
     /// the last finds the loop awake; at most [`rpc_transport::MAX_BUSY_POLL`] (1 ms). No
-    /// more threads spin at once than there are cores, process-wide. Default zero: loops
-    /// sleep at once.
+    /// more threads spin at once than there are cores, process-wide. On a connection whose
+    /// client busy polls too (its hello says so), an inline turn's replies are written once,
+    /// at the turn's end, instead of every 32nd at once. Default zero: loops sleep at once.
     pub busy_poll: Duration,
 }
 

@@ -36,6 +36,7 @@ use rpc_transport::{
 
 use crate::catch_panic::catch_panic;
 use crate::error_body::{error_frame, ErrorCode};
+use crate::hello;
 use crate::middleware::{run_server_chain, CallContext};
 use crate::pool::PoolJob;
 use crate::reply_cork::{ReplyCork, ReplySend};
@@ -70,11 +71,11 @@ pub(crate) struct ServerConn {
 /// connections to serve; client connections keep no limit (their `go` calls written by the
 /// calling thread each 32 cost pooled calls at 1 x 64 a fifth).
 ///
-/// Not on a server that busy polls: with its clients busy polling too, the halves cost
-/// 1 x 64 inline 18-20% (each write of replies that finds the caller spinning, not asleep in
-/// its poller, also wakes the client's loop). With the server alone spinning they would have
-/// paid (+37%), but the server cannot tell whether its clients spin, and without the limit
-/// no setup does worse than before it. `tests/inline.rs` checks both behaviours.
+/// Not where both ends busy poll (the server, and a client whose hello says its callers do,
+/// `hello.rs`): there the halves cost 1 x 64 inline 10-30% (each write of replies that finds
+/// the caller spinning, not asleep in its poller, also wakes the client's loop). With the
+/// server alone spinning they pay most: 28-67% more calls/s (change 19). `tests/inline.rs`
+/// checks all three setups.
 const INLINE_REPLIES_PER_WRITE: usize = 32;
 
 /// A method name (and codec id) a connection resolved, with what it resolved to. Most
@@ -119,9 +120,7 @@ impl ServerConn {
         if let Some(at) = earliest(first_frame_deadline, idle_deadline) {
             conn.schedule_timer(at);
         }
-        if server.config.busy_poll.is_zero() {
-            conn.set_batched_write_at(INLINE_REPLIES_PER_WRITE);
-        }
+        conn.set_batched_write_at(INLINE_REPLIES_PER_WRITE);
         ServerConn {
             server,
             calls,
@@ -508,6 +507,11 @@ impl FrameHandler for ServerConn {
         match frame.kind {
             FrameKind::Request => self.dispatch(conn, frame),
             FrameKind::Ping => {
+                if !self.server.config.busy_poll.is_zero() && hello::says_callers_busy_poll(&frame)
+                {
+                    // Both ends spin: a turn's replies leave together (see the constant).
+                    conn.set_batched_write_at(usize::MAX);
+                }
                 let _ = conn.send_frame(&Frame::new(FrameKind::Pong, frame.seq));
             }
             // Advisory: a call not yet started is skipped; a running one finishes and its
