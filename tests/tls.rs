@@ -21,7 +21,7 @@ use certs::{Authority, Identity};
 use netrpc::cluster::{Distributor, Multicast};
 use netrpc::tls::rustls::{self, AlertDescription, CertificateError};
 use netrpc::tls::{self, ClientTls};
-use netrpc::transport::{FrameLimits, TransportError};
+use netrpc::transport::{Frame, FrameDecoder, FrameKind, FrameLimits, TransportError};
 use netrpc::{done_channel, Client, ClientBuilder, RpcError, Server, ServerBuilder};
 use util::{
     assert_back_to_idle, sorted_results, wait_until, Args, ArithClient, ProbeClient, TestServer,
@@ -387,6 +387,116 @@ fn garbage_bytes_close_the_connection_and_count_a_tls_error() {
         .unwrap();
     assert_closed_by_peer(&mut raw);
     assert_counted_then_recovered(&pki, &server, 1, "the server counts the tls error");
+}
+
+/// A `Probe.Sleep` reply that remembers the thread it was decoded on.
+#[derive(Debug)]
+struct DecodedOn {
+    ms: u64,
+    thread: thread::ThreadId,
+}
+
+impl<'de> serde::Deserialize<'de> for DecodedOn {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(DecodedOn {
+            ms: <u64 as serde::Deserialize>::deserialize(deserializer)?,
+            thread: thread::current().id(),
+        })
+    }
+}
+
+#[test]
+fn a_lone_caller_decrypts_and_decodes_its_tls_reply_itself() {
+    let pki = Pki::new();
+    let server = pki.serve(false, Server::builder());
+    let client = pki.dial(&server, None).unwrap();
+    // Blocking calls and `Call::wait` read on the waiting thread, as over plaintext: no
+    // hand-off through the client's event loop.
+    let reply: DecodedOn = client.call("Probe.Sleep", &20u64).unwrap();
+    assert_eq!((reply.ms, reply.thread), (20, thread::current().id()));
+    let call = client.go::<_, DecodedOn>("Probe.Sleep", &50u64);
+    let reply = call.wait().unwrap();
+    assert_eq!((reply.ms, reply.thread), (50, thread::current().id()));
+}
+
+#[test]
+fn with_other_calls_in_flight_the_loop_decrypts_tls_replies() {
+    let pki = Pki::new();
+    let server = pki.serve(false, Server::builder());
+    let client = pki.dial(&server, None).unwrap();
+    // The loop's decrypting then runs beside the callers' own work.
+    let slow = client.go::<_, DecodedOn>("Probe.Sleep", &300u64);
+    let quick = client.go::<_, DecodedOn>("Probe.Sleep", &20u64);
+    let reply = quick.wait().unwrap();
+    assert_eq!(reply.ms, 20);
+    assert_ne!(
+        reply.thread,
+        thread::current().id(),
+        "read by the waiting caller"
+    );
+    assert_eq!(slow.wait().unwrap().ms, 300);
+}
+
+/// A TLS server by hand (rustls over a blocking socket): it completes the handshake, answers
+/// the client's hello with a Pong, waits for the first request, and then writes bytes that
+/// are not TLS onto the socket beneath.
+fn serve_tls_then_garbage(pki: &Pki) -> (std::net::SocketAddr, thread::JoinHandle<()>) {
+    let (chain, key) = pki.server.pair();
+    let config = tls::server_config(chain, key, None).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serving = thread::spawn(move || {
+        let (socket, _) = listener.accept().unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let session = rustls::ServerConnection::new(config).unwrap();
+        let mut stream = rustls::StreamOwned::new(session, socket);
+        let mut decoder = FrameDecoder::new(FrameLimits::default());
+        let mut next_frame = |stream: &mut rustls::StreamOwned<_, TcpStream>| loop {
+            if let Some(frame) = decoder.poll_frame().unwrap() {
+                return frame;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).unwrap();
+            assert!(n > 0, "the client closed early");
+            decoder.handle_bytes(&chunk[..n]);
+        };
+        let hello = next_frame(&mut stream);
+        assert_eq!(hello.kind, FrameKind::Ping);
+        let mut pong = bytes::BytesMut::new();
+        Frame::new(FrameKind::Pong, hello.seq)
+            .encode(&mut pong, &FrameLimits::default())
+            .unwrap();
+        stream.write_all(&pong).unwrap();
+        assert_eq!(next_frame(&mut stream).kind, FrameKind::Request);
+        stream.sock.write_all(&[0x42; 64]).unwrap();
+        // Hold the socket open until the client hangs up (after TLS's alert), at most 5 s.
+        let _ = stream.sock.read(&mut [0u8; 256]);
+    });
+    (addr, serving)
+}
+
+#[test]
+fn bytes_that_are_not_tls_met_by_a_reading_caller_fail_its_call_with_the_tls_error() {
+    let pki = Pki::new();
+    let (addr, serving) = serve_tls_then_garbage(&pki);
+    let client = bounded_builder()
+        .tls(pki.client_tls(&pki.ca, None))
+        .dial(addr)
+        .unwrap();
+    let started = Instant::now();
+    let err = client.call::<_, u64>("Probe.Sleep", &1u64).unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "failed only after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(&err, RpcError::ConnectionLost { cause: Some(cause) } if cause.is_tls()),
+        "{err:?}"
+    );
+    serving.join().unwrap();
 }
 
 #[test]

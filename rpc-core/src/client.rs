@@ -523,9 +523,17 @@ impl ClientInner {
     /// Reads replies on this thread, completing each call they answer, until `arrived`
     /// returns true or `deadline` passes; returns at once when the loop or another caller is
     /// reading the connection (what arrives then comes through the loop).
+    ///
+    /// Over TLS only a lone call reads here: it saves the loop's wake-up on each round trip,
+    /// while with other calls in flight the loop's decrypting runs beside the callers' own
+    /// work (encrypting the next requests), which a caller reading here would serialise:
+    /// eight 64 KiB echoes in flight lost 15-25% of their calls/s that way.
     fn read_replies_until(&self, deadline: Instant, arrived: &dyn Fn() -> bool) {
         let pending = &*self.pending;
         let conn = &self.conn;
+        if conn.is_tls() && lock(pending).len() > 1 {
+            return;
+        }
         while !arrived() && Instant::now() < deadline {
             let read = conn.read_here(deadline, arrived, &mut |frame| {
                 if let Some(answer) = handle_reply_frame(pending, frame) {

@@ -70,6 +70,14 @@ impl Link {
         }
     }
 
+    /// True if the link runs TLS (never a simulated end).
+    pub(crate) fn is_tls(&self) -> bool {
+        match self {
+            Link::Socket(conn) => conn.is_tls(),
+            Link::Sim(_) => false,
+        }
+    }
+
     /// Sends a frame without a body (a ping or a cancel).
     pub(crate) fn send_frame(&self, frame: &Frame) -> Result<(), TransportError> {
         match self {

@@ -326,9 +326,12 @@ impl Connection {
     /// The event loop keeps off the socket meanwhile and takes it back after; it also takes
     /// over anything this side cannot act on (end of stream, an error, bad bytes, and half a
     /// frame, whose timeout only the loop keeps). A turn the loop is taking now is waited
-    /// out (it never blocks; a bound of 2 ms covers a loop thread kept off its CPU). Returns
-    /// [`ReadHere::Elsewhere`] at once when another caller is reading now, on a TLS
-    /// connection, or if no poller could be made: wait for what the loop delivers then.
+    /// out (it never blocks; a bound of 2 ms covers a loop thread kept off its CPU). On a
+    /// TLS connection the caller decrypts what it reads, under the session's lock as the loop
+    /// does, and writes what TLS answers with; bytes TLS refuses go to the loop, which
+    /// writes the alert and closes. Returns [`ReadHere::Elsewhere`] at once when another
+    /// caller is reading now, while a TLS handshake runs (the loop's to finish), or if no
+    /// poller could be made: wait for what the loop delivers then.
     /// The first call makes a poller of the connection's own (one file descriptor, kept
     /// until the connection is dropped).
     pub fn read_here(
@@ -337,16 +340,26 @@ impl Connection {
         stop: &dyn Fn() -> bool,
         on_frame: &mut dyn FnMut(Frame),
     ) -> ReadHere {
-        if self.is_tls() || self.lock_out().closed {
+        if self.lock_out().closed || self.is_handshaking() {
             return ReadHere::Elsewhere;
         }
         let had_poller = self.shared.read.has_caller_poller();
         let unwinding = LoopReadsOnUnwind(self);
+        let mut tls_records = false;
+        let mut feed = |bytes: &[u8], decoder: &mut FrameDecoder| {
+            tls_records |= self.handle_read(bytes, decoder)?;
+            Ok(())
+        };
         let (outcome, loop_must_read) =
             self.shared
                 .read
-                .read_here(&self.shared.stream, deadline, stop, on_frame);
+                .read_here(&self.shared.stream, deadline, stop, on_frame, &mut feed);
         std::mem::forget(unwinding);
+        if tls_records {
+            // TLS answered what it read (a key update, say): nobody else may write that. A
+            // failed write closes the connection, which the caller then learns of.
+            let _ = self.flush();
+        }
         if !had_poller && self.shared.read.has_caller_poller() {
             self.post(ConnCommand::WatchBehindCaller);
         }

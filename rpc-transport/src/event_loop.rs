@@ -324,6 +324,7 @@ impl EventLoop {
                 // What a caller reading this connection left for the loop goes first.
                 match inbox.handed_back.take() {
                     Some(HandedBack::FrameError(err)) => break ReadOutcome::FrameError(err),
+                    Some(HandedBack::TlsFailed(err)) => break ReadOutcome::TlsFailed(err),
                     Some(HandedBack::Failed(err)) => break ReadOutcome::Failed(err),
                     Some(HandedBack::Eof) | None => {}
                 }

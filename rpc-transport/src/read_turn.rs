@@ -52,7 +52,8 @@ pub enum ReadHere {
     /// Nothing arrived before the deadline, or `stop` said to stop waiting.
     Nothing,
     /// The loop or another caller is reading the connection now, or it cannot be read from
-    /// here (a TLS connection, no poller to be had): wait for what the loop delivers.
+    /// here (a TLS handshake still running, no poller to be had): wait for what the loop
+    /// delivers.
     Elsewhere,
 }
 
@@ -84,11 +85,18 @@ pub(crate) struct Inbox {
 pub(crate) enum HandedBack {
     /// The peer's bytes broke the frame format; the decoder is failed.
     FrameError(TransportError),
+    /// TLS refused the peer's bytes; an alert saying why is queued for the loop to write.
+    TlsFailed(TransportError),
     /// The socket failed.
     Failed(TransportError),
     /// The peer closed its side; the loop's next read sees it again.
     Eof,
 }
+
+/// Turns bytes read from the socket into decoder input: plaintext goes straight in, TLS
+/// records are decrypted first (`Connection::handle_read`). An error is TLS refusing the
+/// bytes: the connection must close.
+pub(crate) type Feed<'a> = dyn FnMut(&[u8], &mut FrameDecoder) -> Result<(), TransportError> + 'a;
 
 #[derive(Debug)]
 struct CallerPoll {
@@ -210,15 +218,17 @@ impl ReadSide {
         true
     }
 
-    /// Caller side: reads `stream` on this thread until at least one frame has gone to
-    /// `on_frame`, `deadline` passes, or `stop` returns true. Returns what happened, and
-    /// whether the loop must read the connection now (something was handed back to it).
+    /// Caller side: reads `stream` on this thread, passing what it reads through `feed`, until
+    /// at least one frame has gone to `on_frame`, `deadline` passes, or `stop` returns true.
+    /// Returns what happened, and whether the loop must read the connection now (something
+    /// was handed back to it).
     pub(crate) fn read_here(
         &self,
         stream: &TcpStream,
         deadline: Instant,
         stop: &dyn Fn() -> bool,
         on_frame: &mut dyn FnMut(Frame),
+        feed: &mut Feed<'_>,
     ) -> (ReadHere, bool) {
         let Some(poller) = self.caller_poll.get_or_init(|| new_poller(stream)) else {
             return (ReadHere::Elsewhere, false);
@@ -236,7 +246,7 @@ impl ReadSide {
         let mut delivered = 0;
         let mut hand_back = false;
         loop {
-            match self.drain(stream, on_frame) {
+            match self.drain(stream, on_frame, feed) {
                 Drain::Frames(count) => delivered += count,
                 Drain::HandBack(count) => {
                     delivered += count;
@@ -267,7 +277,7 @@ impl ReadSide {
             }
         }
         drop(poller);
-        let hand_back = self.end_caller(stream, on_frame, &mut delivered) || hand_back;
+        let hand_back = self.end_caller(stream, on_frame, feed, &mut delivered) || hand_back;
         let outcome = match (delivered, hand_back) {
             // The loop finishes the connection's story (an error, its end, half a frame):
             // wait for it.
@@ -292,6 +302,7 @@ impl ReadSide {
         &self,
         stream: &TcpStream,
         on_frame: &mut dyn FnMut(Frame),
+        feed: &mut Feed<'_>,
         delivered: &mut usize,
     ) -> bool {
         loop {
@@ -302,7 +313,7 @@ impl ReadSide {
             if !self.begin_caller() {
                 return false; // the loop took the turn: it reads what came
             }
-            let hand_back = match self.drain(stream, on_frame) {
+            let hand_back = match self.drain(stream, on_frame, feed) {
                 Drain::Frames(count) => {
                     *delivered += count;
                     self.inbox().decoder.is_mid_frame()
@@ -319,8 +330,14 @@ impl ReadSide {
         }
     }
 
-    /// Reads until the socket has nothing more, handing every whole frame to `on_frame`.
-    fn drain(&self, mut stream: &TcpStream, on_frame: &mut dyn FnMut(Frame)) -> Drain {
+    /// Reads until the socket has nothing more, through `feed`, handing every whole frame to
+    /// `on_frame`.
+    fn drain(
+        &self,
+        mut stream: &TcpStream,
+        on_frame: &mut dyn FnMut(Frame),
+        feed: &mut Feed<'_>,
+    ) -> Drain {
         let mut chunk = [0u8; CALLER_READ_CHUNK];
         let mut inbox = self.inbox();
         if inbox.handed_back.is_some() {
@@ -347,7 +364,12 @@ impl ReadSide {
                     inbox.handed_back = Some(HandedBack::Eof);
                     return Drain::HandBack(delivered);
                 }
-                Ok(n) => inbox.decoder.handle_bytes(&chunk[..n]),
+                Ok(n) => {
+                    if let Err(err) = feed(&chunk[..n], &mut inbox.decoder) {
+                        inbox.handed_back = Some(HandedBack::TlsFailed(err));
+                        return Drain::HandBack(delivered);
+                    }
+                }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                     return Drain::Frames(delivered)
                 }
@@ -469,7 +491,12 @@ mod tests {
 
         let mut got = Vec::new();
         let mut delivered = 0;
-        let handed_back = side.end_caller(&ours, &mut |frame| got.push(frame.seq), &mut delivered);
+        let handed_back = side.end_caller(
+            &ours,
+            &mut |frame| got.push(frame.seq),
+            &mut plain,
+            &mut delivered,
+        );
         assert!(!handed_back);
         assert_eq!(got, vec![7], "the caller read what the loop was kept from");
         assert_eq!(delivered, 1);
@@ -483,12 +510,23 @@ mod tests {
         drop(peer);
         thread_wait_readable(&ours);
         let deadline = Instant::now() + Duration::from_secs(5);
-        let (outcome, loop_must_read) =
-            side.read_here(&ours, deadline, &|| false, &mut |_| panic!("no frame"));
+        let (outcome, loop_must_read) = side.read_here(
+            &ours,
+            deadline,
+            &|| false,
+            &mut |_| panic!("no frame"),
+            &mut plain,
+        );
         assert_eq!(outcome, ReadHere::Elsewhere);
         assert!(loop_must_read);
         assert!(matches!(side.inbox().handed_back, Some(HandedBack::Eof)));
-        let (again, _) = side.read_here(&ours, deadline, &|| false, &mut |_| panic!("no frame"));
+        let (again, _) = side.read_here(
+            &ours,
+            deadline,
+            &|| false,
+            &mut |_| panic!("no frame"),
+            &mut plain,
+        );
         assert_eq!(
             again,
             ReadHere::Elsewhere,
@@ -504,9 +542,13 @@ mod tests {
         peer.write_all(&bytes[..10]).unwrap();
         thread_wait_readable(&ours);
         let deadline = Instant::now() + Duration::from_secs(5);
-        let (outcome, loop_must_read) = side.read_here(&ours, deadline, &|| false, &mut |_| {
-            panic!("no whole frame")
-        });
+        let (outcome, loop_must_read) = side.read_here(
+            &ours,
+            deadline,
+            &|| false,
+            &mut |_| panic!("no whole frame"),
+            &mut plain,
+        );
         assert_eq!(
             (outcome, loop_must_read),
             (ReadHere::Elsewhere, true),
@@ -515,11 +557,21 @@ mod tests {
 
         peer.write_all(&bytes[10..]).unwrap();
         thread_wait_readable(&ours);
-        let (again, _) = side.read_here(&ours, deadline, &|| false, &mut |_| {
-            panic!("a caller finished a frame whose clock the loop keeps")
-        });
+        let (again, _) = side.read_here(
+            &ours,
+            deadline,
+            &|| false,
+            &mut |_| panic!("a caller finished a frame whose clock the loop keeps"),
+            &mut plain,
+        );
         assert_eq!(again, ReadHere::Elsewhere);
         assert!(side.begin_loop(), "the turn is free for the loop");
+    }
+
+    /// A plaintext connection's feed: bytes go straight to the decoder.
+    fn plain(bytes: &[u8], decoder: &mut FrameDecoder) -> Result<(), TransportError> {
+        decoder.handle_bytes(bytes);
+        Ok(())
     }
 
     /// Returns once `stream` has bytes (or end of stream) to read, within 5 s.
