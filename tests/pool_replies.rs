@@ -1,5 +1,6 @@
 //! Replies written by pool workers: a worker corks its reply while more calls of its
-//! connection wait for a worker, and the worker that takes the last of them writes them all.
+//! connection wait for a worker, and the worker that takes the last of them has them written
+//! (by a flush queued on the pool, or with its own reply).
 //! Whatever the workers do, every reply leaves, and none waits for another call's handler.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
@@ -60,8 +61,8 @@ fn with_the_pool_full_a_finished_reply_does_not_wait_for_blocked_workers() {
 
 #[test]
 fn replies_queued_before_a_blocking_call_leave_while_it_blocks() {
-    // Thirty quick calls and one that blocks, sent in one write: the worker that takes the
-    // blocking call writes whatever was corked before it runs it.
+    // Thirty quick calls and one that blocks, sent in one write: whatever was corked when a
+    // worker takes the blocking call still leaves while it blocks.
     let server = TestServer::start();
     let client = server.client();
     let (done, completions) = done_channel::<u64>();
@@ -84,6 +85,33 @@ fn replies_queued_before_a_blocking_call_leave_while_it_blocks() {
         .recv_timeout(PROMPTLY)
         .expect("the released call");
     assert_eq!(blocked.result.unwrap(), 15);
+}
+
+#[test]
+fn replies_corked_behind_a_burst_that_ends_in_a_blocking_call_leave_while_it_blocks() {
+    // The blocking call is the last of the burst, so its worker is the one that sees to the
+    // corked replies: it must not hold them while its handler blocks.
+    let server = TestServer::start();
+    let client = server.client();
+    for round in 0..3u64 {
+        let (done, completions) = done_channel::<u64>();
+        let batch = client.batch();
+        for _ in 0..30 {
+            batch.go_with(ProbeClient::SLEEP, &0u64, &done);
+        }
+        batch.go_with(ProbeClient::BLOCK, &round, &done);
+        batch.send();
+        for _ in 0..30 {
+            let completion = completions.recv_timeout(PROMPTLY).expect("a quick reply");
+            assert_eq!(completion.result.unwrap(), 0);
+        }
+        server.release(1);
+        let blocked = completions
+            .recv_timeout(PROMPTLY)
+            .expect("the released call");
+        assert_eq!(blocked.result.unwrap(), round);
+    }
+    assert_all_counted_out(&server);
 }
 
 #[test]

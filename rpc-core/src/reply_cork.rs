@@ -2,12 +2,14 @@
 //! as counters in and decisions out. It owns no socket; `server_conn` acts on its answers.
 //!
 //! A worker corks its reply (queues it unwritten) while more calls of its connection wait in
-//! the pool's queue, and the worker that takes the last of them writes everything corked
-//! before it runs that call. So a burst of calls costs a few writes instead of one per
-//! reply, and no reply waits for another call's handler to run: only for the queue to move.
-//! Two limits keep that promise: nothing is corked while the pool has all its threads (a
-//! waiting call may then wait for a slow handler to end), and the worker that corks the
-//! [`MAX_CORKED_REPLIES`]th reply writes at once.
+//! the pool's queue, and the worker that takes the last of them queues a write of everything
+//! corked on the pool before it runs that call (`server_conn.rs`, `release_corked`): an idle
+//! worker makes it at once, or, if that call's handler is quick, its reply leaves with the
+//! corked ones first. So a burst of calls costs a few writes instead of one per reply, and no
+//! reply waits for another call's handler to run: only for the queue to move. Two limits
+//! keep that promise: nothing is corked while the pool has all its threads (a waiting call
+//! may then wait for a slow handler to end; the last taker then writes what is corked
+//! itself), and the worker that corks the [`MAX_CORKED_REPLIES`]th reply writes at once.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -36,8 +38,9 @@ impl ReplyCork {
         self.waiting_for_worker.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// A worker took one of the connection's calls off the queue; true if it must write what
-    /// is corked before running it, because no other call is left waiting to do so.
+    /// A worker took one of the connection's calls off the queue; true if it must see that
+    /// what is corked gets written before running it, because no other call is left waiting
+    /// to do so.
     pub(crate) fn call_taken(&self) -> bool {
         let last = self.waiting_for_worker.fetch_sub(1, Ordering::SeqCst) == 1;
         if last {
