@@ -466,7 +466,7 @@ impl CallSite<'_> {
     /// behind it must not wait for its handler. A flush queued on the pool writes them, taken
     /// at once by any idle worker; if this call's handler is quick, its reply is written
     /// with them first and the flush finds nothing left (one write where there were two: 4 x
-    /// 16 pooled calls 9-20% more calls/s, docs/BENCHMARKS.md, change 20). At the pool's
+    /// 16 pooled calls 6-21% more calls/s, docs/BENCHMARKS.md, change 20). At the pool's
     /// thread cap a queued job may wait for a handler, so this worker writes them now.
     fn release_corked(&self) {
         if self.conn.queued_len() == 0 {
