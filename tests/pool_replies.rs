@@ -65,26 +65,8 @@ fn replies_queued_before_a_blocking_call_leave_while_it_blocks() {
     // worker takes the blocking call still leaves while it blocks.
     let server = TestServer::start();
     let client = server.client();
-    let (done, completions) = done_channel::<u64>();
-    let batch = client.batch();
-    for i in 0..31u64 {
-        if i == 15 {
-            batch.go_with(ProbeClient::BLOCK, &i, &done);
-        } else {
-            batch.go_with(ProbeClient::SLEEP, &0u64, &done);
-        }
-    }
-    batch.send();
-
-    for _ in 0..30 {
-        let completion = completions.recv_timeout(PROMPTLY).expect("a quick reply");
-        assert_eq!(completion.result.unwrap(), 0);
-    }
-    server.release(1);
-    let blocked = completions
-        .recv_timeout(PROMPTLY)
-        .expect("the released call");
-    assert_eq!(blocked.result.unwrap(), 15);
+    let completions = send_burst_with_a_block(&client, 30, 15);
+    assert_quick_replies_leave_while_blocked(&server, &completions, 30, 15);
 }
 
 #[test]
@@ -93,25 +75,46 @@ fn replies_corked_behind_a_burst_that_ends_in_a_blocking_call_leave_while_it_blo
     // corked replies: it must not hold them while its handler blocks.
     let server = TestServer::start();
     let client = server.client();
-    for round in 0..3u64 {
-        let (done, completions) = done_channel::<u64>();
-        let batch = client.batch();
-        for _ in 0..30 {
-            batch.go_with(ProbeClient::SLEEP, &0u64, &done);
-        }
-        batch.go_with(ProbeClient::BLOCK, &round, &done);
-        batch.send();
-        for _ in 0..30 {
-            let completion = completions.recv_timeout(PROMPTLY).expect("a quick reply");
-            assert_eq!(completion.result.unwrap(), 0);
-        }
-        server.release(1);
-        let blocked = completions
-            .recv_timeout(PROMPTLY)
-            .expect("the released call");
-        assert_eq!(blocked.result.unwrap(), round);
+    for _ in 0..3 {
+        let completions = send_burst_with_a_block(&client, 30, 30);
+        assert_quick_replies_leave_while_blocked(&server, &completions, 30, 30);
     }
     assert_all_counted_out(&server);
+}
+
+/// Sends `quick` calls of `Probe.Sleep(0)` and one `Probe.Block(at)` placed at index `at`,
+/// all in one write; returns the channel their completions arrive on.
+fn send_burst_with_a_block(client: &Client, quick: usize, at: usize) -> Receiver<Completion<u64>> {
+    let (done, completions) = done_channel::<u64>();
+    let batch = client.batch();
+    for index in 0..=quick {
+        if index == at {
+            batch.go_with(ProbeClient::BLOCK, &(at as u64), &done);
+        } else {
+            batch.go_with(ProbeClient::SLEEP, &0u64, &done);
+        }
+    }
+    batch.send();
+    completions
+}
+
+/// The `quick` replies arrive while the burst's blocking call blocks; released, it answers
+/// `at`.
+fn assert_quick_replies_leave_while_blocked(
+    server: &TestServer,
+    completions: &Receiver<Completion<u64>>,
+    quick: usize,
+    at: usize,
+) {
+    for _ in 0..quick {
+        let completion = completions.recv_timeout(PROMPTLY).expect("a quick reply");
+        assert_eq!(completion.result.unwrap(), 0);
+    }
+    server.release(1);
+    let blocked = completions
+        .recv_timeout(PROMPTLY)
+        .expect("the released call");
+    assert_eq!(blocked.result.unwrap(), at as u64);
 }
 
 #[test]

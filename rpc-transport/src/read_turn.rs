@@ -510,23 +510,11 @@ mod tests {
         drop(peer);
         thread_wait_readable(&ours);
         let deadline = Instant::now() + Duration::from_secs(5);
-        let (outcome, loop_must_read) = side.read_here(
-            &ours,
-            deadline,
-            &|| false,
-            &mut |_| panic!("no frame"),
-            &mut plain,
-        );
+        let (outcome, loop_must_read) = read_no_frame(&side, &ours, deadline);
         assert_eq!(outcome, ReadHere::Elsewhere);
         assert!(loop_must_read);
         assert!(matches!(side.inbox().handed_back, Some(HandedBack::Eof)));
-        let (again, _) = side.read_here(
-            &ours,
-            deadline,
-            &|| false,
-            &mut |_| panic!("no frame"),
-            &mut plain,
-        );
+        let (again, _) = read_no_frame(&side, &ours, deadline);
         assert_eq!(
             again,
             ReadHere::Elsewhere,
@@ -542,13 +530,7 @@ mod tests {
         peer.write_all(&bytes[..10]).unwrap();
         thread_wait_readable(&ours);
         let deadline = Instant::now() + Duration::from_secs(5);
-        let (outcome, loop_must_read) = side.read_here(
-            &ours,
-            deadline,
-            &|| false,
-            &mut |_| panic!("no whole frame"),
-            &mut plain,
-        );
+        let (outcome, loop_must_read) = read_no_frame(&side, &ours, deadline);
         assert_eq!(
             (outcome, loop_must_read),
             (ReadHere::Elsewhere, true),
@@ -557,15 +539,21 @@ mod tests {
 
         peer.write_all(&bytes[10..]).unwrap();
         thread_wait_readable(&ours);
-        let (again, _) = side.read_here(
-            &ours,
-            deadline,
-            &|| false,
-            &mut |_| panic!("a caller finished a frame whose clock the loop keeps"),
-            &mut plain,
-        );
+        // No caller finishes a frame whose clock the loop keeps.
+        let (again, _) = read_no_frame(&side, &ours, deadline);
         assert_eq!(again, ReadHere::Elsewhere);
         assert!(side.begin_loop(), "the turn is free for the loop");
+    }
+
+    /// A caller's read of plaintext `ours` that must deliver no frame.
+    fn read_no_frame(side: &ReadSide, ours: &TcpStream, deadline: Instant) -> (ReadHere, bool) {
+        side.read_here(
+            ours,
+            deadline,
+            &|| false,
+            &mut |_| panic!("no frame"),
+            &mut plain,
+        )
     }
 
     /// A plaintext connection's feed: bytes go straight to the decoder.
