@@ -15,9 +15,10 @@ pub struct ServerStats {
     pub open_connections: usize,
     /// Requests accepted for dispatch and not yet answered.
     pub in_flight_calls: usize,
-    /// Handlers running now on the worker pool.
+    /// Handlers running now on the worker pool (a write of a connection's corked replies,
+    /// which the pool also runs, counts as one while it lasts).
     pub running_handlers: usize,
-    /// The most handlers that ever ran at once.
+    /// The most handlers that ever ran at once (counted as `running_handlers` is).
     pub max_running_handlers: usize,
     /// Reply bytes queued on open connections and not yet written.
     pub queued_outbound_bytes: usize,
