@@ -9,29 +9,12 @@ mod util;
 use std::collections::HashMap;
 use std::io::Read;
 use std::net::TcpListener;
-use std::thread::{self, ThreadId};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use netrpc::{done_channel, Client, Completion, RpcError};
-use serde::{Deserialize, Deserializer};
-use util::{Args, TestServer};
-
-/// A `Probe.Sleep` reply that remembers the thread it was decoded on.
-#[derive(Debug)]
-struct DecodedOn {
-    ms: u64,
-    thread: ThreadId,
-}
-
-impl<'de> Deserialize<'de> for DecodedOn {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Ok(DecodedOn {
-            ms: u64::deserialize(deserializer)?,
-            thread: thread::current().id(),
-        })
-    }
-}
+use util::{Args, DecodedOn, TestServer};
 
 /// Waits (reading) for the next completion on `completions`, which must be a failure: returns
 /// its seq and error.

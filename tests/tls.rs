@@ -24,7 +24,8 @@ use netrpc::tls::{self, ClientTls};
 use netrpc::transport::{Frame, FrameDecoder, FrameKind, FrameLimits, TransportError};
 use netrpc::{done_channel, Client, ClientBuilder, RpcError, Server, ServerBuilder};
 use util::{
-    assert_back_to_idle, sorted_results, wait_until, Args, ArithClient, ProbeClient, TestServer,
+    assert_back_to_idle, sorted_results, wait_until, Args, ArithClient, DecodedOn, ProbeClient,
+    TestServer,
 };
 
 /// Everything a test needs: a CA, a server and a client certificate signed by it, and a
@@ -387,22 +388,6 @@ fn garbage_bytes_close_the_connection_and_count_a_tls_error() {
         .unwrap();
     assert_closed_by_peer(&mut raw);
     assert_counted_then_recovered(&pki, &server, 1, "the server counts the tls error");
-}
-
-/// A `Probe.Sleep` reply that remembers the thread it was decoded on.
-#[derive(Debug)]
-struct DecodedOn {
-    ms: u64,
-    thread: thread::ThreadId,
-}
-
-impl<'de> serde::Deserialize<'de> for DecodedOn {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Ok(DecodedOn {
-            ms: <u64 as serde::Deserialize>::deserialize(deserializer)?,
-            thread: thread::current().id(),
-        })
-    }
 }
 
 #[test]

@@ -45,6 +45,23 @@ service! {
     }
 }
 
+/// A `Probe.Sleep` reply that remembers the thread it was decoded on: tells whether a caller
+/// read its reply itself or the client's loop did.
+#[derive(Debug)]
+pub struct DecodedOn {
+    pub ms: u64,
+    pub thread: std::thread::ThreadId,
+}
+
+impl<'de> serde::Deserialize<'de> for DecodedOn {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(DecodedOn {
+            ms: <u64 as serde::Deserialize>::deserialize(deserializer)?,
+            thread: std::thread::current().id(),
+        })
+    }
+}
+
 /// An argument with a string, an enum and a number: every way a body can fail to decode.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Label {
