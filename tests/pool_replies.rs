@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 use netrpc::{done_channel, Client, Completion, Server};
-use util::{wait_until, Args, ProbeClient, TestServer};
+use util::{send_burst_with_a_block, wait_until, Args, ProbeClient, TestServer};
 
 /// Long enough for any reply on loopback; far shorter than a blocked call's 10 s.
 const PROMPTLY: Duration = Duration::from_secs(3);
@@ -80,22 +80,6 @@ fn replies_corked_behind_a_burst_that_ends_in_a_blocking_call_leave_while_it_blo
         assert_quick_replies_leave_while_blocked(&server, &completions, 30, 30);
     }
     assert_all_counted_out(&server);
-}
-
-/// Sends `quick` calls of `Probe.Sleep(0)` and one `Probe.Block(at)` placed at index `at`,
-/// all in one write; returns the channel their completions arrive on.
-fn send_burst_with_a_block(client: &Client, quick: usize, at: usize) -> Receiver<Completion<u64>> {
-    let (done, completions) = done_channel::<u64>();
-    let batch = client.batch();
-    for index in 0..=quick {
-        if index == at {
-            batch.go_with(ProbeClient::BLOCK, &(at as u64), &done);
-        } else {
-            batch.go_with(ProbeClient::SLEEP, &0u64, &done);
-        }
-    }
-    batch.send();
-    completions
 }
 
 /// The `quick` replies arrive while the burst's blocking call blocks; released, it answers

@@ -193,6 +193,26 @@ impl TestServer {
     }
 }
 
+/// Sends `quick` calls of `Probe.Sleep(0)` and one `Probe.Block(at)` placed at index `at`,
+/// all in one write (one `Client::batch`); returns the channel their completions arrive on.
+pub fn send_burst_with_a_block(
+    client: &Client,
+    quick: usize,
+    at: usize,
+) -> Receiver<Completion<u64>> {
+    let (done, completions) = netrpc::done_channel::<u64>();
+    let batch = client.batch();
+    for index in 0..=quick {
+        if index == at {
+            batch.go_with(ProbeClient::BLOCK, &(at as u64), &done);
+        } else {
+            batch.go_with(ProbeClient::SLEEP, &0u64, &done);
+        }
+    }
+    batch.send();
+    completions
+}
+
 /// A fresh client's call must succeed: the server goes on serving everyone else.
 pub fn assert_healthy(addr: std::net::SocketAddr) {
     let arith = ArithClient::new(Client::dial(addr).expect("dial for health probe"));
