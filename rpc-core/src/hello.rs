@@ -13,7 +13,7 @@ use std::time::Duration;
 use rpc_transport::{Frame, FrameKind, Metadata, MetadataBuilder};
 
 /// Metadata key of the hello's hint that the client's callers busy poll.
-pub(crate) const BUSY_POLL_KEY: &str = "busy-poll-us";
+const BUSY_POLL_KEY: &str = "busy-poll-us";
 
 /// The hello of a client whose waiting callers busy poll for `busy_poll` (zero: they sleep
 /// at once, and the hello carries no hint).
