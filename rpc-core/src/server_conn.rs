@@ -47,8 +47,7 @@ use crate::stats::StatsCounters;
 
 /// The [`FrameHandler`] of one accepted connection.
 pub(crate) struct ServerConn {
-    server: Arc<ServerShared>,
-    calls: Arc<ConnCalls>,
+    site: Arc<ConnSite>,
     /// Keeps the connection counted as open until the handler is dropped.
     slot: ConnectionSlot,
     /// When a frame last arrived or a call was last seen in flight, for the idle timeout.
@@ -85,7 +84,19 @@ const INLINE_REPLIES_PER_WRITE: usize = 32;
 struct LastLookup {
     name: Vec<u8>,
     codec: u8,
-    found: Found,
+    found: Arc<Found>,
+}
+
+/// What every call of one connection needs from it, whichever thread runs the call. A pooled
+/// call carries one reference to it and one to its method's [`Found`] (both counted per
+/// connection), where it carried one each to the server, the connection and its calls, and to
+/// the method's handler and counters (those three shared by every connection): five counts
+/// raised by the loop and lowered by a worker on another core with every call, about 5% of
+/// 4 x 16 pooled calls/s (docs/BENCHMARKS.md, change 21).
+struct ConnSite {
+    server: Arc<ServerShared>,
+    calls: Arc<ConnCalls>,
+    conn: Connection,
 }
 
 /// The calls of one connection, shared by its loop, its workers and graceful shutdown.
@@ -93,6 +104,12 @@ struct LastLookup {
 pub(crate) struct ConnCalls {
     /// Sequence ids in flight, each with whether its caller cancelled it.
     in_flight: Mutex<HashMap<u64, bool>>,
+    /// The table's length as its lock was last released: read before every frame (for
+    /// backpressure) without taking the lock the workers take to finish their calls.
+    in_flight_len: AtomicUsize,
+    /// True once the peer has cancelled a call: until then a worker need not look its call
+    /// up to know it was not cancelled.
+    cancel_seen: AtomicBool,
     /// The peer half-closed: close once nothing is in flight.
     peer_done: AtomicBool,
     /// The server is shutting down gracefully: refuse new requests.
@@ -123,8 +140,11 @@ impl ServerConn {
         }
         conn.set_batched_write_at(INLINE_REPLIES_PER_WRITE);
         ServerConn {
-            server,
-            calls,
+            site: Arc::new(ConnSite {
+                server,
+                calls,
+                conn: conn.clone(),
+            }),
             slot,
             last_active: now,
             first_frame_deadline,
@@ -147,43 +167,43 @@ impl ServerConn {
         now: Instant,
         idle_timeout: Duration,
     ) -> Option<Instant> {
-        if self.calls.in_flight() > 0 {
+        if self.site.calls.in_flight() > 0 {
             self.last_active = now;
         }
         let idle_from = deadline_after(self.last_active, idle_timeout);
         if now < idle_from {
             return Some(idle_from);
         }
-        self.go_away_and_close(conn, &self.server.stats.idle_closes);
+        self.go_away_and_close(conn, &self.site.server.stats.idle_closes);
         None
     }
 
     /// Tells the client with a go-away frame (its later calls get the retryable
     /// `ShuttingDown`), closes the connection once that is written, and counts it in `counter`.
     fn go_away_and_close(&self, conn: &Connection, counter: &AtomicU64) {
-        self.calls.go_away(conn);
+        self.site.calls.go_away(conn);
         conn.close_when_flushed();
         StatsCounters::bump(counter);
     }
 
     /// [`lookup`], answered without the services' lock and hash lookups when the request
     /// names the same method (in the same codec) as the one before it.
-    fn lookup_cached(&mut self, request: &Frame) -> Result<Found, DispatchError> {
+    fn lookup_cached(&mut self, request: &Frame) -> Result<Arc<Found>, DispatchError> {
         if let Some(last) = &self.last_lookup {
             if last.codec == request.codec && last.name == request.name {
-                return Ok(last.found.clone());
+                return Ok(Arc::clone(&last.found));
             }
         }
-        let found = lookup(&self.server, request)?;
+        let found = Arc::new(lookup(&self.site.server, request)?);
         self.last_lookup = Some(LastLookup {
             name: request.name.to_vec(),
             codec: request.codec,
-            found: found.clone(),
+            found: Arc::clone(&found),
         });
         Ok(found)
     }
 
-    fn dispatch(&mut self, conn: &Connection, request: Frame) {
+    fn dispatch(&mut self, conn: &Connection, mut request: Frame) {
         if request.seq == 0 {
             // Seq 0 speaks of the connection (refusals, go-away with nothing accepted): an
             // answer to it would read as a connection error, so the request breaks the
@@ -200,20 +220,15 @@ impl ServerConn {
         // First: any answer to a duplicate would be taken for the original's, so one whose
         // sequence id is in flight is never answered, whatever else is wrong with it. Only
         // this thread adds ids, so the id cannot become in flight before `admit`.
-        if self.calls.is_in_flight(request.seq) {
-            StatsCounters::bump(&self.server.stats.duplicate_requests);
+        if self.site.calls.is_in_flight(request.seq) {
+            StatsCounters::bump(&self.site.server.stats.duplicate_requests);
             return;
         }
-        let Found {
-            codec,
-            handler,
-            dispatch,
-            counters,
-        } = match self.lookup_cached(&request) {
+        let found = match self.lookup_cached(&request) {
             Ok(found) => found,
             Err(err) => return self.refuse(conn, request.seq, err.code, &err.message),
         };
-        if self.calls.draining.load(Ordering::SeqCst) {
+        if self.site.calls.draining.load(Ordering::SeqCst) {
             return self.refuse(
                 conn,
                 request.seq,
@@ -230,30 +245,24 @@ impl ServerConn {
             );
         }
         let received = Instant::now();
-        match dispatch {
+        match found.dispatch {
             Dispatch::Inline => {
                 // On the loop thread: the reply joins the others of this read in one write.
                 // Everything the call needs is borrowed from this connection.
                 let call = CallSite {
-                    server: &self.server,
-                    calls: &self.calls,
-                    conn,
+                    site: &self.site,
                     received,
-                    counters: &counters,
+                    found: &found,
                 };
-                let (reply, failure) = call.run(&handler, codec, &request);
+                let (reply, failure) = call.run(&mut request);
                 call.finish(request.seq, &reply, failure, Sending::Batched);
             }
             Dispatch::Pool => {
-                self.calls.reply_cork.call_queued();
-                self.server.pool.execute(ServerJob::Call(InFlight {
-                    server: Arc::clone(&self.server),
-                    calls: Arc::clone(&self.calls),
-                    conn: conn.clone(),
+                self.site.calls.reply_cork.call_queued();
+                self.site.server.pool.execute(ServerJob::Call(InFlight {
+                    site: Arc::clone(&self.site),
+                    found,
                     received,
-                    counters,
-                    handler,
-                    codec,
                     request,
                 }));
             }
@@ -262,16 +271,16 @@ impl ServerConn {
 
     /// Marks call `seq` cancelled, if it is in flight, and counts it.
     fn cancel(&self, seq: u64) {
-        if self.calls.cancel(seq) {
-            StatsCounters::bump(&self.server.stats.cancels);
+        if self.site.calls.cancel(seq) {
+            StatsCounters::bump(&self.site.server.stats.cancels);
         }
     }
 
     /// Counts the request in; false if a cap on calls in flight is reached.
     fn admit(&self, seq: u64) -> bool {
-        let config = &self.server.config;
-        let stats = &self.server.stats;
-        let mut in_flight = self.calls.lock();
+        let ConnSite { server, calls, .. } = &*self.site;
+        let (config, stats) = (&server.config, &server.stats);
+        let mut in_flight = calls.lock();
         if in_flight.len() >= config.max_in_flight_per_conn {
             return false;
         }
@@ -281,15 +290,16 @@ impl ServerConn {
             return false;
         }
         in_flight.insert(seq, false);
-        self.calls.last_accepted.fetch_max(seq, Ordering::SeqCst);
+        calls.in_flight_len.store(in_flight.len(), Ordering::SeqCst);
+        calls.last_accepted.fetch_max(seq, Ordering::SeqCst);
         true
     }
 
     /// Answers `seq` with an error frame at once, without dispatching it.
     fn refuse(&self, conn: &Connection, seq: u64, code: ErrorCode, message: &str) {
-        self.server.stats.count_call_error(code);
+        self.site.server.stats.count_call_error(code);
         if conn.send_frame(&error_frame(seq, code, message)).is_err() {
-            StatsCounters::bump(&self.server.stats.dropped_replies);
+            StatsCounters::bump(&self.site.server.stats.dropped_replies);
         }
     }
 }
@@ -317,11 +327,14 @@ impl ConnCalls {
     fn cancel(&self, seq: u64) -> bool {
         let mut in_flight = self.lock();
         let found = in_flight.get_mut(&seq).map(|cancelled| *cancelled = true);
+        self.cancel_seen.store(true, Ordering::SeqCst);
         found.is_some()
     }
 
+    /// True if the caller cancelled call `seq` (a cancel that arrives as this is asked may
+    /// not count: cancelling is advisory).
     fn is_cancelled(&self, seq: u64) -> bool {
-        self.lock().get(&seq).copied().unwrap_or(false)
+        self.cancel_seen.load(Ordering::SeqCst) && self.lock().get(&seq).copied().unwrap_or(false)
     }
 
     /// Takes `seq` out of flight; true if the connection should now close (half-closed and
@@ -329,6 +342,7 @@ impl ConnCalls {
     fn finish(&self, seq: u64) -> bool {
         let mut in_flight = self.lock();
         in_flight.remove(&seq);
+        self.in_flight_len.store(in_flight.len(), Ordering::SeqCst);
         in_flight.is_empty() && self.peer_done.load(Ordering::SeqCst)
     }
 
@@ -378,14 +392,10 @@ impl PoolJob for ServerJob {
 /// A call dispatched to the pool, carried to its worker with everything it needs: owns what
 /// a [`CallSite`] borrows, and the handler and request it runs.
 pub(crate) struct InFlight {
-    server: Arc<ServerShared>,
-    calls: Arc<ConnCalls>,
-    conn: Connection,
+    site: Arc<ConnSite>,
+    /// The method called, its codec and its counters.
+    found: Arc<Found>,
     received: Instant,
-    /// The method's call and error counters (`Server::method_stats`).
-    counters: Arc<MethodCounters>,
-    handler: MethodHandler,
-    codec: CodecKind,
     request: Frame,
 }
 
@@ -394,23 +404,26 @@ impl InFlight {
     /// if it was the connection's last waiting for a worker ([`CallSite::release_corked`]),
     /// then runs the call (unless it expired while it waited) and sends its reply.
     fn run_on_worker(self) {
-        let (handler, codec, request) = (&self.handler, self.codec, &self.request);
+        let InFlight {
+            site,
+            found,
+            received,
+            mut request,
+        } = self;
         let call = CallSite {
-            server: &self.server,
-            calls: &self.calls,
-            conn: &self.conn,
-            received: self.received,
-            counters: &self.counters,
+            site: &site,
+            received,
+            found: &found,
         };
-        if call.calls.reply_cork.call_taken() {
+        if site.calls.reply_cork.call_taken() {
             call.release_corked();
         }
-        let (reply, failure) = match call.expired(request) {
+        let (reply, failure) = match call.expired(&request) {
             Some(reason) => {
                 let code = ErrorCode::DeadlineExceeded;
                 (encode_error(request.seq, code, reason), Some(code))
             }
-            None => call.run(handler, codec, request),
+            None => call.run(&mut request),
         };
         call.finish(request.seq, &reply, failure, Sending::FromWorker);
     }
@@ -419,19 +432,18 @@ impl InFlight {
 /// What running a call and sending its reply take: borrowed from the connection for an
 /// inline call (no reference counts touched), from its [`InFlight`] on a worker.
 struct CallSite<'a> {
-    server: &'a ServerShared,
-    calls: &'a ConnCalls,
-    conn: &'a Connection,
+    site: &'a ConnSite,
     /// When the request was read: its deadline counts from here.
     received: Instant,
-    counters: &'a MethodCounters,
+    /// The method called, its codec and its counters.
+    found: &'a Found,
 }
 
 impl CallSite<'_> {
     /// Why the call should not run any more, if so: its caller cancelled it, or its deadline
     /// (relative to when the request was read) has passed.
     fn expired(&self, request: &Frame) -> Option<&'static str> {
-        if self.calls.is_cancelled(request.seq) {
+        if self.site.calls.is_cancelled(request.seq) {
             return Some("the caller cancelled the call before it ran");
         }
         deadline_passed(request, self.received).then_some(DEADLINE_PASSED)
@@ -439,26 +451,21 @@ impl CallSite<'_> {
 
     /// Runs the call's handler inside the server's middleware, with the call's context
     /// current; returns the reply frame and the error code if it failed.
-    fn run(
-        &self,
-        handler: &MethodHandler,
-        codec: CodecKind,
-        request: &Frame,
-    ) -> (BytesMut, Option<ErrorCode>) {
+    fn run(&self, request: &mut Frame) -> (BytesMut, Option<ErrorCode>) {
         let context = CallContext::new(
-            request.name.clone(),
-            request.metadata.clone(),
-            self.conn.peer_addr(),
+            std::mem::take(&mut request.name),
+            std::mem::take(&mut request.metadata),
+            self.site.conn.peer_addr(),
             request.seq,
             self.received,
         );
         run_call(
-            self.server,
-            handler,
-            codec,
+            &self.site.server,
+            &self.found.handler,
+            self.found.codec,
             request,
             context,
-            self.conn.limits(),
+            self.site.conn.limits(),
         )
     }
 
@@ -469,28 +476,29 @@ impl CallSite<'_> {
     /// 16 pooled calls 6-21% more calls/s, docs/BENCHMARKS.md, change 20). At the pool's
     /// thread cap a queued job may wait for a handler, so this worker writes them now.
     fn release_corked(&self) {
-        if self.conn.queued_len() == 0 {
+        if self.site.conn.queued_len() == 0 {
             return; // nothing corked, or another worker wrote it already
         }
-        if self.server.pool.is_at_thread_cap() {
+        if self.site.server.pool.is_at_thread_cap() {
             // A failed flush means the connection is closing; the reply's send will say so.
-            let _ = self.conn.flush();
+            let _ = self.site.conn.flush();
         } else {
-            self.server
+            self.site
+                .server
                 .pool
-                .execute(ServerJob::Flush(self.conn.clone()));
+                .execute(ServerJob::Flush(self.site.conn.clone()));
         }
     }
 
     /// Sends a worker's reply now, or corks it for a later write ([`ReplyCork`]).
     fn send_from_worker(&self, reply: &[u8]) -> Result<(), TransportError> {
-        let cork = &self.calls.reply_cork;
-        match cork.sending(self.server.pool.is_at_thread_cap()) {
-            ReplySend::Now => self.conn.send(reply),
+        let cork = &self.site.calls.reply_cork;
+        match cork.sending(self.site.server.pool.is_at_thread_cap()) {
+            ReplySend::Now => self.site.conn.send(reply),
             ReplySend::Cork => {
-                self.conn.send_corked(reply)?;
+                self.site.conn.send_corked(reply)?;
                 if cork.corked() {
-                    self.conn.flush()?;
+                    self.site.conn.flush()?;
                 }
                 Ok(())
             }
@@ -499,41 +507,45 @@ impl CallSite<'_> {
 
     /// Sends the reply and takes the call out of flight.
     fn finish(&self, seq: u64, reply: &[u8], failure: Option<ErrorCode>, sending: Sending) {
-        let stats = &self.server.stats;
+        let stats = &self.site.server.stats;
         if let Some(code) = failure {
             stats.count_call_error(code);
         }
-        self.counters.count(failure.is_some());
+        self.found.counters.count(failure.is_some());
         let sent = match sending {
             Sending::FromWorker => self.send_from_worker(reply),
-            Sending::Batched => self.conn.send_batched(reply),
+            Sending::Batched => self.site.conn.send_batched(reply),
         };
         // A failed send means the peer is gone and the loop is closing the connection.
         if sent.is_err() {
             StatsCounters::bump(&stats.dropped_replies);
         }
         stats.in_flight_calls.fetch_sub(1, Ordering::SeqCst);
-        self.calls
-            .largest_reply
-            .fetch_max(reply.len(), Ordering::Relaxed);
-        if self.calls.finish(seq) {
-            self.conn.close_when_flushed();
+        let largest_reply = &self.site.calls.largest_reply;
+        // Read first: the loop reads it before every frame, and a write would take the line
+        // from it even when the reply is no larger.
+        if reply.len() > largest_reply.load(Ordering::Relaxed) {
+            largest_reply.fetch_max(reply.len(), Ordering::Relaxed);
+        }
+        if self.site.calls.finish(seq) {
+            self.site.conn.close_when_flushed();
         }
         // One call fewer in flight may be what the connection's reading waits for.
-        self.conn.resume_reading();
+        self.site.conn.resume_reading();
     }
 }
 
 impl FrameHandler for ServerConn {
     fn handle_frame(&mut self, conn: &Connection, frame: Frame) {
         self.first_frame_deadline = None;
-        if self.server.config.idle_timeout.is_some() {
+        if self.site.server.config.idle_timeout.is_some() {
             self.last_active = Instant::now();
         }
         match frame.kind {
             FrameKind::Request => self.dispatch(conn, frame),
             FrameKind::Ping => {
-                if !self.server.config.busy_poll.is_zero() && hello::says_callers_busy_poll(&frame)
+                if !self.site.server.config.busy_poll.is_zero()
+                    && hello::says_callers_busy_poll(&frame)
                 {
                     // Both ends spin: a turn's replies leave together (see the constant).
                     conn.set_batched_write_at(usize::MAX);
@@ -572,8 +584,8 @@ impl FrameHandler for ServerConn {
 
     fn handle_eof(&mut self, conn: &Connection) -> EofAction {
         // Half-close: the peer sent its last request. Answer what is in flight, then close.
-        self.calls.peer_done.store(true, Ordering::SeqCst);
-        if self.calls.in_flight() == 0 {
+        self.site.calls.peer_done.store(true, Ordering::SeqCst);
+        if self.site.calls.in_flight() == 0 {
             conn.close_when_flushed();
         }
         EofAction::KeepWriting
@@ -583,12 +595,12 @@ impl FrameHandler for ServerConn {
         if let Some(deadline) = self.first_frame_deadline {
             if now >= deadline {
                 // Not one whole frame since accept: an idle socket holding a connection slot.
-                let counter = &self.server.stats.first_frame_timeouts;
+                let counter = &self.site.server.stats.first_frame_timeouts;
                 self.go_away_and_close(conn, counter);
                 return None;
             }
         }
-        let idle_check = match self.server.config.idle_timeout {
+        let idle_check = match self.site.server.config.idle_timeout {
             Some(idle_timeout) => Some(self.check_idle(conn, now, idle_timeout)?),
             None => None,
         };
@@ -600,20 +612,21 @@ impl FrameHandler for ServerConn {
         // reckoned as large as the largest reply so far): one read can hold hundreds of
         // small requests for large replies. Asked before every frame, so the in-flight
         // table's lock is taken only once a reply has been sent.
-        let coming = match self.calls.largest_reply.load(Ordering::Relaxed) {
+        let calls = &self.site.calls;
+        let coming = match calls.largest_reply.load(Ordering::Relaxed) {
             0 => 0,
-            largest => self.calls.in_flight() * largest,
+            largest => calls.in_flight_len.load(Ordering::SeqCst) * largest,
         };
-        let paused = conn.queued_len() + coming > self.server.config.max_queued_bytes;
+        let paused = conn.queued_len() + coming > self.site.server.config.max_queued_bytes;
         // The loop asks again on every resume attempt: count only the start of a pause.
         if paused && !conn.is_read_paused() {
-            StatsCounters::bump(&self.server.stats.read_pauses);
+            StatsCounters::bump(&self.site.server.stats.read_pauses);
         }
         paused
     }
 
     fn handle_close(&mut self, _conn: &Connection, reason: CloseReason) {
-        let stats = &self.server.stats;
+        let stats = &self.site.server.stats;
         match reason {
             CloseReason::Error(TransportError::FrameTimeout) => {
                 StatsCounters::bump(&stats.frame_timeouts);
@@ -625,7 +638,7 @@ impl FrameHandler for ServerConn {
             }
             _ => {}
         }
-        self.server.deregister_connection(self.slot.id());
+        self.site.server.deregister_connection(self.slot.id());
         if let Some(closed) = &self.closed {
             let _ = closed.send(());
         }
@@ -693,6 +706,9 @@ pub(crate) fn run_call(
     let chain = &server.config.middleware;
     run_handler(request, limits, |out| {
         let mut method = || handler(codec, &request.body, out);
+        if chain.is_empty() {
+            return context.enter(method);
+        }
         context
             .clone()
             .enter(|| run_server_chain(chain, &context, &mut method))
