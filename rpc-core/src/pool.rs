@@ -69,7 +69,9 @@ struct PoolShared<J> {
     max_running: AtomicUsize,
     /// Jobs ever queued, and ever taken by a thread: their difference is the jobs waiting,
     /// and the monitor compares them across ticks to tell how long jobs wait.
-    enqueued: AtomicU64,
+    /// (`enqueued` on a cache line of its own: the loop adds to it with each call, the
+    /// workers change the counters around it with each job they take.)
+    enqueued: CacheLine<AtomicU64>,
     taken: AtomicU64,
     /// True while a monitor thread runs.
     monitor_running: AtomicBool,
@@ -97,7 +99,7 @@ impl<J: PoolJob> WorkerPool<J> {
                 idle: AtomicUsize::new(0),
                 running: AtomicUsize::new(0),
                 max_running: AtomicUsize::new(0),
-                enqueued: AtomicU64::new(0),
+                enqueued: CacheLine(AtomicU64::new(0)),
                 taken: AtomicU64::new(0),
                 monitor_running: AtomicBool::new(false),
                 workers: Mutex::new(Vec::new()),
@@ -112,13 +114,19 @@ impl<J: PoolJob> WorkerPool<J> {
     /// `eager_threads` run, or else making sure the monitor watches the queue.
     pub(crate) fn execute(&self, job: J) {
         let shared = &self.shared;
-        shared.enqueued.fetch_add(1, Ordering::SeqCst);
+        shared.enqueued.0.fetch_add(1, Ordering::SeqCst);
         // The pool owns a receiver too, so the channel cannot be disconnected.
         let _ = self.jobs.send(job);
+        let threads = shared.threads.load(Ordering::SeqCst);
+        if threads >= shared.eager_threads && shared.monitor_running.load(Ordering::SeqCst) {
+            // Nothing below could act; asked first because the counters read below change
+            // with every job a worker takes (a load would fetch their line back each call).
+            return;
+        }
         if shared.jobs_waiting() <= shared.idle.load(Ordering::SeqCst) {
             return;
         }
-        if shared.threads.load(Ordering::SeqCst) < shared.eager_threads {
+        if threads < shared.eager_threads {
             try_spawn(shared);
         } else if !shared.monitor_running.load(Ordering::SeqCst)
             && !shared.monitor_running.swap(true, Ordering::SeqCst)
@@ -155,7 +163,7 @@ impl<J> PoolShared<J> {
         // `taken` first: every job it counts was enqueued before, so `enqueued`, read after,
         // is never smaller (the saturation only guards that reasoning).
         let taken = self.taken.load(Ordering::SeqCst);
-        let enqueued = self.enqueued.load(Ordering::SeqCst);
+        let enqueued = self.enqueued.0.load(Ordering::SeqCst);
         usize::try_from(enqueued.saturating_sub(taken)).unwrap_or(usize::MAX)
     }
 
@@ -197,6 +205,12 @@ struct WorkerState {
     /// The job in which the monitor last found the worker blocked.
     seen_blocked_in: AtomicU64,
 }
+
+/// A value alone on its cache line (128 bytes: x86 fetches lines in pairs), so that writes
+/// to its neighbours do not take it from the thread that updates it.
+#[derive(Debug)]
+#[repr(align(128))]
+struct CacheLine<T>(T);
 
 /// `WorkerState::job` of an idle worker (jobs are numbered from 1).
 const NO_JOB: u64 = 0;
@@ -246,14 +260,14 @@ fn start_monitor<J: PoolJob>(shared: &Arc<PoolShared<J>>) {
 /// that is blocked (at most one per such job), or one if no job at all was taken for
 /// [`STALLED_TICKS`]. Exits after `MONITOR_QUIET_TICKS` ticks with no job waiting.
 fn monitor_loop<J: PoolJob>(shared: &Arc<PoolShared<J>>) {
-    let mut enqueued_a_tick_ago = shared.enqueued.load(Ordering::SeqCst);
+    let mut enqueued_a_tick_ago = shared.enqueued.0.load(Ordering::SeqCst);
     let mut taken_a_tick_ago = shared.taken.load(Ordering::SeqCst);
     let mut stalled_ticks = 0;
     let mut quiet_ticks = 0;
     loop {
         thread::sleep(MONITOR_TICK);
         let taken = shared.taken.load(Ordering::SeqCst);
-        let enqueued = shared.enqueued.load(Ordering::SeqCst);
+        let enqueued = shared.enqueued.0.load(Ordering::SeqCst);
         if taken < enqueued_a_tick_ago && shared.threads.load(Ordering::SeqCst) < shared.max_threads
         {
             let waited_a_tick = usize::try_from(enqueued_a_tick_ago - taken).unwrap_or(usize::MAX);
@@ -319,7 +333,9 @@ fn run_jobs<J: PoolJob>(shared: &PoolShared<J>, me: &WorkerState) {
             Ok(job) => {
                 let number = shared.taken.fetch_add(1, Ordering::SeqCst) + 1;
                 let running = shared.running.fetch_add(1, Ordering::SeqCst) + 1;
-                shared.max_running.fetch_max(running, Ordering::SeqCst);
+                if running > shared.max_running.load(Ordering::SeqCst) {
+                    shared.max_running.fetch_max(running, Ordering::SeqCst);
+                }
                 // Jobs catch their own panics (see the server's dispatch); this guard only
                 // keeps the counters right if one ever escapes.
                 let _guard = RunningGuard {
