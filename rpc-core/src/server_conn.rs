@@ -278,21 +278,17 @@ impl ServerConn {
 
     /// Counts the request in; false if a cap on calls in flight is reached.
     fn admit(&self, seq: u64) -> bool {
-        let ConnSite { server, calls, .. } = &*self.site;
-        let (config, stats) = (&server.config, &server.stats);
-        let mut in_flight = calls.lock();
-        if in_flight.len() >= config.max_in_flight_per_conn {
-            return false;
-        }
-        let total = stats.in_flight_calls.fetch_add(1, Ordering::SeqCst);
-        if total >= config.max_calls {
-            stats.in_flight_calls.fetch_sub(1, Ordering::SeqCst);
-            return false;
-        }
-        in_flight.insert(seq, false);
-        calls.in_flight_len.store(in_flight.len(), Ordering::SeqCst);
-        calls.last_accepted.fetch_max(seq, Ordering::SeqCst);
-        true
+        let (config, stats) = (&self.site.server.config, &self.site.server.stats);
+        self.site
+            .calls
+            .start(seq, config.max_in_flight_per_conn, || {
+                let total = stats.in_flight_calls.fetch_add(1, Ordering::SeqCst);
+                if total >= config.max_calls {
+                    stats.in_flight_calls.fetch_sub(1, Ordering::SeqCst);
+                    return false;
+                }
+                true
+            })
     }
 
     /// Answers `seq` with an error frame at once, without dispatching it.
@@ -316,6 +312,19 @@ impl ConnCalls {
         self.draining.store(true, Ordering::SeqCst);
         let last = self.last_accepted.load(Ordering::SeqCst);
         let _ = conn.send_frame(&Frame::new(FrameKind::GoAway, last));
+    }
+
+    /// Puts call `seq` in flight, unless `max` calls already are or `reserve` (which counts
+    /// it against the server-wide cap) refuses; true if it did.
+    fn start(&self, seq: u64, max: usize, reserve: impl FnOnce() -> bool) -> bool {
+        let mut in_flight = self.lock();
+        if in_flight.len() >= max || !reserve() {
+            return false;
+        }
+        in_flight.insert(seq, false);
+        self.in_flight_len.store(in_flight.len(), Ordering::SeqCst);
+        self.last_accepted.fetch_max(seq, Ordering::SeqCst);
+        true
     }
 
     /// True if call `seq` is in flight.
@@ -784,4 +793,36 @@ pub(crate) fn encode_error(seq: u64, code: ErrorCode, message: &str) -> BytesMut
     // Error frames have no name or metadata and a short body, so no limit can refuse them.
     let _ = error_frame(seq, code, message).encode(&mut out, &Default::default());
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_in_flight_count_read_without_the_lock_follows_the_table() {
+        let calls = ConnCalls::default();
+        assert!(calls.start(1, 2, || true));
+        assert!(calls.start(2, 2, || true));
+        assert_eq!(calls.in_flight_len.load(Ordering::SeqCst), 2);
+        assert!(!calls.start(3, 2, || true), "at the per-connection cap");
+        assert!(!calls.finish(1));
+        assert_eq!(calls.in_flight_len.load(Ordering::SeqCst), 1);
+        assert!(!calls.start(3, 2, || false), "the server-wide cap refused");
+        assert_eq!(calls.in_flight(), 1);
+        assert_eq!(calls.in_flight_len.load(Ordering::SeqCst), 1);
+        assert_eq!(calls.last_accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_cancel_is_seen_only_by_its_own_call() {
+        let calls = ConnCalls::default();
+        assert!(calls.start(1, 8, || true));
+        assert!(calls.start(2, 8, || true));
+        assert!(!calls.is_cancelled(1));
+        assert!(calls.cancel(2));
+        assert!(calls.is_cancelled(2));
+        assert!(!calls.is_cancelled(1));
+        assert!(!calls.cancel(3), "not in flight");
+    }
 }
