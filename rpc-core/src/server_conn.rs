@@ -619,8 +619,8 @@ impl FrameHandler for ServerConn {
     fn pause_reading(&self, conn: &Connection) -> bool {
         // Unread replies, plus what the calls in flight may add once they finish (each
         // reckoned as large as the largest reply so far): one read can hold hundreds of
-        // small requests for large replies. Asked before every frame, so the in-flight
-        // table's lock is taken only once a reply has been sent.
+        // small requests for large replies. Asked before every frame, so it reads the
+        // count kept beside the in-flight table, not the table under its lock.
         let calls = &self.site.calls;
         let coming = match calls.largest_reply.load(Ordering::Relaxed) {
             0 => 0,
