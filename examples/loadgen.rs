@@ -24,7 +24,9 @@
 //! same process, what a call costs on both sides, a figure that does not depend on how
 //! long threads wait to be woken, as calls/s on a virtual machine does. With the server in
 //! the same process it also prints how many worker threads the server's pool holds at the end
-//! and the most handlers that ran at once.
+//! and the most handlers that ran at once. `--thread-cpu` splits the CPU figure by thread
+//! name (`support/cpu_time.rs`, from `/proc/self/task`): the server's loop, its workers, the
+//! client's loop and the driver threads (named `loadgen-driver`), user and system time apart.
 //!
 //! With `--tls`, the same load then runs again against a second in-process server that speaks
 //! TLS (a throwaway certificate made at start with rcgen, `support/certs.rs`), and the ratio of
@@ -44,10 +46,10 @@ mod raw_tcp;
 use std::collections::{BTreeMap, HashMap};
 use std::error::Error;
 use std::fmt;
-use std::io::IsTerminal;
+use std::io::{self, IsTerminal};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -91,6 +93,8 @@ usage: cargo run --release --example loadgen -- [--addr HOST:PORT | --inproc] [o
   --busy-poll-at SIDE  where --busy-poll-us applies: both (default), server or client
   --tls              then run the same load over TLS (in-process only: a second server with a
                      throwaway certificate) and print the ratio TLS / plaintext
+  --thread-cpu       also print the CPU time per call of each group of like-named threads
+                     (server loop, workers, client loop, drivers; Linux), user + system
   --help             print this help
 
 Prints a progress line each second (to stderr), then for each run: calls/s, latency p50, p90,
@@ -134,6 +138,8 @@ struct Plan {
     read_here: bool,
     /// Busy-poll budgets of the in-process server's loops and of the clients' callers.
     busy_poll: BusyPollPlan,
+    /// Measure and print CPU time per call by thread name too (`--thread-cpu`).
+    thread_cpu: bool,
 }
 
 /// Busy-poll budgets (`--busy-poll-us`, `--busy-poll-at`): the in-process server's loops and
@@ -185,6 +191,8 @@ struct Report {
     /// CPU time of the whole process over the measured window (server, client and tool
     /// alike when the server runs in-process), if the system says.
     cpu: Option<Duration>,
+    /// The same by thread name, busiest first, with `--thread-cpu` (empty otherwise).
+    threads: Vec<cpu_time::NamedCpu>,
     latency: Histogram,
     errors: BTreeMap<String, u64>,
 }
@@ -228,6 +236,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         batch: !flags.has("no-batch"),
         read_here: !flags.has("loop-reads"),
         busy_poll: BusyPollPlan::parse(&flags)?,
+        thread_cpu: flags.has("thread-cpu"),
     };
     let (loops, inline) = (flags.get("loops", 0usize)?, flags.has("inline"));
     let server = build_server(loops, inline, plan.busy_poll.server, None)?;
@@ -568,6 +577,7 @@ where
 {
     let progress = AtomicU64::new(0);
     let finished = AtomicBool::new(false);
+    let cpu_taken = Gate::default();
     let started = Instant::now();
     let record_from = started + plan.warmup;
     let end = record_from + plan.measured;
@@ -575,12 +585,26 @@ where
         elapsed: plan.measured,
         ..Report::default()
     };
-    thread::scope(|scope| {
-        let drivers: Vec<_> = (0..plan.conns)
-            .map(|_| scope.spawn(|| driver(record_from, end, &progress)))
-            .collect();
+    thread::scope(|scope| -> io::Result<()> {
+        // Named, so that `--thread-cpu` tells them from the rest; each stays until the CPU
+        // figures are taken, so that its time is not lost with it.
+        let drivers = (0..plan.conns)
+            .map(|_| {
+                thread::Builder::new()
+                    .name("loadgen-driver".to_owned())
+                    .spawn_scoped(scope, || {
+                        let report = driver(record_from, end, &progress);
+                        cpu_taken.wait(CPU_FIGURES_WAIT);
+                        report
+                    })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
         scope.spawn(|| print_progress(&progress, &finished, started));
-        let cpu = scope.spawn(|| cpu_over(record_from, end));
+        let cpu = scope.spawn(|| {
+            let figures = cpu_over(record_from, end, plan.thread_cpu);
+            cpu_taken.open();
+            figures
+        });
         for handle in drivers {
             match handle.join() {
                 Ok(report) => total.merge(report),
@@ -588,17 +612,55 @@ where
             }
         }
         finished.store(true, Ordering::SeqCst);
-        total.cpu = cpu.join().ok().flatten();
-    });
+        if let Ok((cpu, threads)) = cpu.join() {
+            (total.cpu, total.threads) = (cpu, threads);
+        }
+        Ok(())
+    })?;
     Ok(total)
 }
 
-/// The process's CPU time between `from` and `to` (sleeping until each), if the system says.
-fn cpu_over(from: Instant, to: Instant) -> Option<Duration> {
+/// The longest a driver that has finished waits for the CPU figures to be taken (they are
+/// taken as the measured window ends, when the drivers end too).
+const CPU_FIGURES_WAIT: Duration = Duration::from_secs(2);
+
+/// A gate threads wait at, for a bounded time, until it opens.
+#[derive(Default)]
+struct Gate {
+    open: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl Gate {
+    fn open(&self) {
+        *self.open.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.opened.notify_all();
+    }
+
+    /// Waits until the gate opens or `bound` passes.
+    fn wait(&self, bound: Duration) {
+        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = self.opened.wait_timeout_while(open, bound, |open| !*open);
+    }
+}
+
+/// The process's CPU time between `from` and `to` (sleeping until each), if the system says,
+/// and with `by_thread` the same by thread name.
+fn cpu_over(
+    from: Instant,
+    to: Instant,
+    by_thread: bool,
+) -> (Option<Duration>, Vec<cpu_time::NamedCpu>) {
     thread::sleep(from.saturating_duration_since(Instant::now()));
-    let start = cpu_time::process_cpu_time()?;
+    let start = cpu_time::process_cpu_time();
+    let threads_at_start = by_thread.then(cpu_time::thread_cpu_times).flatten();
     thread::sleep(to.saturating_duration_since(Instant::now()));
-    Some(cpu_time::process_cpu_time()?.saturating_sub(start))
+    let threads = match (threads_at_start, by_thread.then(cpu_time::thread_cpu_times)) {
+        (Some(before), Some(Some(after))) => cpu_time::cpu_by_thread_name(&before, &after),
+        _ => Vec::new(),
+    };
+    let spent = start.zip(cpu_time::process_cpu_time());
+    (spent.map(|(start, end)| end.saturating_sub(start)), threads)
 }
 
 /// Prints the completions per second over the last second, once a second, until `finished`,
@@ -643,6 +705,7 @@ fn print_report(label: &str, report: &Report) {
         Micros(report.latency.max()),
         Thousands(report.calls),
     );
+    print_thread_cpu(report);
     if report.errors.is_empty() {
         println!("{:<10} errors: none", "");
     } else {
@@ -652,6 +715,38 @@ fn print_report(label: &str, report: &Report) {
             .map(|(kind, count)| format!("{kind}: {count}"))
             .collect();
         println!("{:<10} errors: {}", "", errors.join(", "));
+    }
+}
+
+/// With `--thread-cpu`: per group of like-named threads, CPU µs per call, user + system.
+fn print_thread_cpu(report: &Report) {
+    if report.threads.is_empty() || report.calls == 0 {
+        return;
+    }
+    let per_call = |time: Duration| time.as_secs_f64() * 1e6 / report.calls as f64;
+    println!("{:<10} CPU µs per call by thread, user + system:", "");
+    for group in &report.threads {
+        println!(
+            "{:<10}   {:<16} {:>6.2} + {:>5.2}   ({} thread{})",
+            "",
+            group.name,
+            per_call(group.user),
+            per_call(group.system),
+            group.threads,
+            if group.threads == 1 { "" } else { "s" },
+        );
+    }
+    // The process's figure keeps the time of threads that have ended; theirs is gone.
+    let named: Duration = report.threads.iter().map(|g| g.user + g.system).sum();
+    if let Some(ended) = report.cpu.and_then(|cpu| cpu.checked_sub(named)) {
+        if !ended.is_zero() {
+            println!(
+                "{:<10}   {:<16} {:>14.2}   (threads that ended before the figures were taken)",
+                "",
+                "other",
+                per_call(ended)
+            );
+        }
     }
 }
 
