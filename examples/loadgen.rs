@@ -632,6 +632,7 @@ struct Gate {
 }
 
 impl Gate {
+    /// Opens the gate: every thread waiting at it goes on, and later ones do not wait.
     fn open(&self) {
         *self.open.lock().unwrap_or_else(PoisonError::into_inner) = true;
         self.opened.notify_all();
