@@ -15,11 +15,6 @@
 //!    meant for a connection that has since closed (see `ConnKey`);
 //! 5. fires due timers.
 //!
-//! Before it sleeps after a turn that handed over several frames (calls pipelined on some
-//! connection), the loop yields its core once and polls again without blocking: the pool
-//! workers or clients it yields to often send the next frames meanwhile, read then without a
-//! wake-up (`looks_again_before_sleeping`).
-//!
 //! On a TLS connection the bytes read pass through its TLS session (`tls/session.rs`) on
 //! their way to the decoder, and the loop writes at once what the session wants to send
 //! (handshake messages, alerts): no application write may come to carry them.
@@ -104,7 +99,6 @@ pub fn spawn_loop_with(
         listener,
         timers: BinaryHeap::new(),
         scratch: vec![0; READ_CHUNK],
-        frames_this_turn: 0,
         busy_poll,
     };
     let thread = thread::Builder::new()
@@ -133,9 +127,6 @@ struct EventLoop {
     timers: BinaryHeap<Reverse<(Instant, ConnKey, LoopTimer)>>,
     /// One read buffer for every connection: an idle connection holds no buffer of its own.
     scratch: Vec<u8>,
-    /// Frames handed to handlers since the loop last polled
-    /// ([`looks_again_before_sleeping`]).
-    frames_this_turn: usize,
     /// How long the loop polls without blocking before it sleeps.
     busy_poll: BusyPoll,
 }
@@ -202,17 +193,6 @@ impl EventLoop {
             } else {
                 Some(Duration::ZERO)
             };
-            let timeout = if looks_again_before_sleeping(
-                self.frames_this_turn,
-                self.busy_poll.budget(),
-                timeout,
-            ) {
-                thread::yield_now();
-                Some(Duration::ZERO)
-            } else {
-                timeout
-            };
-            self.frames_this_turn = 0;
             let busy_poll = self.busy_poll;
             if let Err(err) = busy_poll.poll(&mut self.poll, &mut events, timeout) {
                 if err.kind() == io::ErrorKind::Interrupted {
@@ -350,13 +330,9 @@ impl EventLoop {
                 }
                 // Frames left in the decoder by an earlier pause go first.
                 match deliver_frames(&mut slot.handler, &conn, &mut inbox.decoder) {
-                    Ok(Delivered::All(count)) => {
-                        frame_done |= count > 0;
-                        self.frames_this_turn += count;
-                    }
+                    Ok(Delivered::All(count)) => frame_done |= count > 0,
                     Ok(Delivered::Paused(count)) => {
                         frame_done |= count > 0;
-                        self.frames_this_turn += count;
                         break ReadOutcome::Paused;
                     }
                     Err(err) => break ReadOutcome::FrameError(err),
@@ -865,25 +841,6 @@ fn deliver_frames(
     }
 }
 
-/// Frames a turn must hand over for the loop to look again before it sleeps.
-const LOOK_AGAIN_AFTER_FRAMES: usize = 2;
-
-/// True if the loop, about to block in its poll for up to `timeout`, should first yield its
-/// core once and poll without blocking: after a turn that handed over `frames` of at least
-/// [`LOOK_AGAIN_AFTER_FRAMES`] (pipelined calls, whose next frames the threads it yields to
-/// are about to cause), unless it busy polls (`busy_poll` non-zero: it looks again anyway)
-/// or was not going to block. Waking a sleeping loop costs the thread whose bytes wake it a
-/// wake-up of another core; a look after a yield costs two system calls when nothing came.
-/// 1 x 64 pooled calls 13% more calls/s, 4 x 16 pooled 0-10%, inline shapes and sequential
-/// calls unchanged (docs/BENCHMARKS.md, change 22).
-fn looks_again_before_sleeping(
-    frames: usize,
-    busy_poll: Duration,
-    timeout: Option<Duration>,
-) -> bool {
-    frames >= LOOK_AGAIN_AFTER_FRAMES && busy_poll.is_zero() && timeout != Some(Duration::ZERO)
-}
-
 /// Errors from `accept` that concern one half-open connection, not the listener.
 fn is_transient_accept_error(err: &io::Error) -> bool {
     matches!(
@@ -921,27 +878,6 @@ mod tests {
 
     use super::*;
     use crate::frame::Frame;
-
-    #[test]
-    fn the_loop_looks_again_before_sleeping_only_after_several_frames() {
-        let (none, budget) = (Duration::ZERO, Duration::from_micros(50));
-        let sleep = Some(Duration::from_millis(10));
-        assert!(looks_again_before_sleeping(2, none, sleep));
-        assert!(
-            looks_again_before_sleeping(64, none, None),
-            "no timer: would sleep"
-        );
-        assert!(!looks_again_before_sleeping(1, none, sleep), "a lone call");
-        assert!(!looks_again_before_sleeping(0, none, None), "an idle turn");
-        assert!(
-            !looks_again_before_sleeping(64, budget, sleep),
-            "busy polling"
-        );
-        assert!(
-            !looks_again_before_sleeping(64, none, Some(Duration::ZERO)),
-            "not going to sleep"
-        );
-    }
 
     struct Quiet;
 
