@@ -18,7 +18,7 @@
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::ops::{Deref, DerefMut};
+use std::ops::{ControlFlow, Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -32,7 +32,7 @@ use crate::frame::Frame;
 use crate::handler::CloseReason;
 use crate::limits::FrameLimits;
 use crate::loop_handle::{Command, ConnCommand, ConnKey, LoopHandle};
-use crate::read_turn::{ReadHere, ReadSide};
+use crate::read_turn::{OnFrame, ReadHere, ReadSide, LOOP_TURN_WAIT};
 use crate::tls::session::TlsLayer;
 
 /// A cheap, cloneable handle to one connection owned by an event loop.
@@ -340,6 +340,37 @@ impl Connection {
         stop: &dyn Fn() -> bool,
         on_frame: &mut dyn FnMut(Frame),
     ) -> ReadHere {
+        let mut take_all = |frame| {
+            on_frame(frame);
+            ControlFlow::Continue(())
+        };
+        self.take_read_turn(deadline, stop, LOOP_TURN_WAIT, &mut take_all)
+    }
+
+    /// Reads the socket on this thread if nobody else is reading it, for a server's pool
+    /// worker that has just answered a call and waits a moment for the connection's next
+    /// requests: until at least one frame has gone to `on_frame`, `deadline` passes, or
+    /// `on_frame` breaks off (it returns [`ControlFlow::Break`]: the loop reads the rest).
+    ///
+    /// As [`Connection::read_here`] in all else, but it never waits out a turn the loop
+    /// holds: the loop is reading then, and delivers what it reads as usual.
+    pub fn read_next_here(
+        &self,
+        deadline: Instant,
+        on_frame: &mut dyn FnMut(Frame) -> ControlFlow<()>,
+    ) -> ReadHere {
+        self.take_read_turn(deadline, &|| false, Duration::ZERO, on_frame)
+    }
+
+    /// A read turn on this thread: what [`Connection::read_here`] and
+    /// [`Connection::read_next_here`] share.
+    fn take_read_turn(
+        &self,
+        deadline: Instant,
+        stop: &dyn Fn() -> bool,
+        loop_turn_wait: Duration,
+        on_frame: &mut OnFrame<'_>,
+    ) -> ReadHere {
         if self.lock_out().closed || self.is_handshaking() {
             return ReadHere::Elsewhere;
         }
@@ -350,10 +381,14 @@ impl Connection {
             tls_records |= self.handle_read(bytes, decoder)?;
             Ok(())
         };
-        let (outcome, loop_must_read) =
-            self.shared
-                .read
-                .read_here(&self.shared.stream, deadline, stop, on_frame, &mut feed);
+        let (outcome, loop_must_read) = self.shared.read.read_here(
+            &self.shared.stream,
+            deadline,
+            stop,
+            loop_turn_wait,
+            on_frame,
+            &mut feed,
+        );
         std::mem::forget(unwinding);
         if tls_records {
             // TLS answered what it read (a key update, say): nobody else may write that. A

@@ -28,6 +28,7 @@
 //! for a frame a caller finished.
 
 use std::io::{self, Read};
+use std::ops::ControlFlow;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -98,6 +99,10 @@ pub(crate) enum HandedBack {
 /// bytes: the connection must close.
 pub(crate) type Feed<'a> = dyn FnMut(&[u8], &mut FrameDecoder) -> Result<(), TransportError> + 'a;
 
+/// Takes each whole frame a turn reads; `Break` ends the turn early, leaving the rest (in the
+/// decoder and the socket) for the loop.
+pub(crate) type OnFrame<'a> = dyn FnMut(Frame) -> ControlFlow<()> + 'a;
+
 #[derive(Debug)]
 struct CallerPoll {
     poll: Poll,
@@ -115,7 +120,7 @@ const CALLER_WAIT_SLICE: Duration = Duration::from_millis(100);
 
 /// The longest a caller starting its wait waits for the loop to end a turn: loop turns read
 /// only until the socket has nothing more, so this bounds a loop thread kept off its CPU.
-const LOOP_TURN_WAIT: Duration = Duration::from_millis(2);
+pub(crate) const LOOP_TURN_WAIT: Duration = Duration::from_millis(2);
 
 /// Bytes a caller reads per system call.
 const CALLER_READ_CHUNK: usize = 16 * 1024;
@@ -219,21 +224,23 @@ impl ReadSide {
     }
 
     /// Caller side: reads `stream` on this thread, passing what it reads through `feed`, until
-    /// at least one frame has gone to `on_frame`, `deadline` passes, or `stop` returns true.
+    /// at least one frame has gone to `on_frame`, `deadline` passes, `stop` returns true, or
+    /// `on_frame` breaks. A turn the loop holds is waited out for at most `loop_turn_wait`.
     /// Returns what happened, and whether the loop must read the connection now (something
-    /// was handed back to it).
+    /// was handed back to it, or `on_frame` broke off before the socket was drained).
     pub(crate) fn read_here(
         &self,
         stream: &TcpStream,
         deadline: Instant,
         stop: &dyn Fn() -> bool,
-        on_frame: &mut dyn FnMut(Frame),
+        loop_turn_wait: Duration,
+        on_frame: &mut OnFrame<'_>,
         feed: &mut Feed<'_>,
     ) -> (ReadHere, bool) {
         let Some(poller) = self.caller_poll.get_or_init(|| new_poller(stream)) else {
             return (ReadHere::Elsewhere, false);
         };
-        if !self.begin_caller_after_loop(stop, LOOP_TURN_WAIT) {
+        if !self.begin_caller_after_loop(stop, loop_turn_wait) {
             return (ReadHere::Elsewhere, false);
         }
         if self.left_to_loop() {
@@ -252,6 +259,13 @@ impl ReadSide {
                     delivered += count;
                     hand_back = true;
                     break;
+                }
+                Drain::Stopped(count) => {
+                    // The rest is the loop's to read; it reads next, so nothing missed
+                    // meanwhile waits.
+                    drop(poller);
+                    self.turn.store(FREE, Ordering::SeqCst);
+                    return (ReadHere::Frames(delivered + count), true);
                 }
             }
             if self.inbox().decoder.is_mid_frame() {
@@ -301,7 +315,7 @@ impl ReadSide {
     fn end_caller(
         &self,
         stream: &TcpStream,
-        on_frame: &mut dyn FnMut(Frame),
+        on_frame: &mut OnFrame<'_>,
         feed: &mut Feed<'_>,
         delivered: &mut usize,
     ) -> bool {
@@ -318,7 +332,7 @@ impl ReadSide {
                     *delivered += count;
                     self.inbox().decoder.is_mid_frame()
                 }
-                Drain::HandBack(count) => {
+                Drain::HandBack(count) | Drain::Stopped(count) => {
                     *delivered += count;
                     true
                 }
@@ -331,11 +345,11 @@ impl ReadSide {
     }
 
     /// Reads until the socket has nothing more, through `feed`, handing every whole frame to
-    /// `on_frame`.
+    /// `on_frame` (until it breaks).
     fn drain(
         &self,
         mut stream: &TcpStream,
-        on_frame: &mut dyn FnMut(Frame),
+        on_frame: &mut OnFrame<'_>,
         feed: &mut Feed<'_>,
     ) -> Drain {
         let mut chunk = [0u8; CALLER_READ_CHUNK];
@@ -348,8 +362,10 @@ impl ReadSide {
             loop {
                 match inbox.decoder.poll_frame() {
                     Ok(Some(frame)) => {
-                        on_frame(frame);
                         delivered += 1;
+                        if on_frame(frame).is_break() {
+                            return Drain::Stopped(delivered);
+                        }
                     }
                     Ok(None) => break,
                     Err(err) => {
@@ -389,6 +405,8 @@ enum Drain {
     Frames(usize),
     /// The loop must take over (end of stream, an error), after this many frames.
     HandBack(usize),
+    /// The reader broke off after this many frames; the loop reads the rest.
+    Stopped(usize),
 }
 
 /// A poller of its own for a caller waiting on `stream`: a second epoll on the same socket,
@@ -493,7 +511,10 @@ mod tests {
         let mut delivered = 0;
         let handed_back = side.end_caller(
             &ours,
-            &mut |frame| got.push(frame.seq),
+            &mut |frame| {
+                got.push(frame.seq);
+                ControlFlow::Continue(())
+            },
             &mut plain,
             &mut delivered,
         );
@@ -545,12 +566,66 @@ mod tests {
         assert!(side.begin_loop(), "the turn is free for the loop");
     }
 
+    #[test]
+    fn a_reader_that_breaks_off_leaves_the_rest_to_the_loop() {
+        let (ours, mut peer) = pair();
+        let side = ReadSide::new(FrameLimits::default());
+        let mut bytes = Vec::new();
+        for seq in 1..=3 {
+            bytes.extend_from_slice(&frame_bytes(seq));
+        }
+        peer.write_all(&bytes).unwrap();
+        thread_wait_readable(&ours);
+        let mut got = Vec::new();
+        let (outcome, loop_must_read) = side.read_here(
+            &ours,
+            Instant::now() + Duration::from_secs(5),
+            &|| false,
+            Duration::ZERO,
+            &mut |frame| {
+                got.push(frame.seq);
+                ControlFlow::Break(())
+            },
+            &mut plain,
+        );
+        assert_eq!((outcome, loop_must_read), (ReadHere::Frames(1), true));
+        assert_eq!(got, vec![1], "nothing is handed over past the break");
+        assert!(side.begin_loop(), "the turn is the loop's again");
+        let mut inbox = side.inbox();
+        let rest: Vec<u64> = std::iter::from_fn(|| inbox.decoder.poll_frame().unwrap())
+            .map(|frame| frame.seq)
+            .collect();
+        assert_eq!(rest, vec![2, 3], "the loop finds the rest in order");
+    }
+
+    #[test]
+    fn a_reader_that_will_not_wait_leaves_a_loop_turn_alone() {
+        let (ours, _peer) = pair();
+        let side = ReadSide::new(FrameLimits::default());
+        assert!(side.begin_loop());
+        let started = Instant::now();
+        let (outcome, loop_must_read) = side.read_here(
+            &ours,
+            started + Duration::from_secs(5),
+            &|| false,
+            Duration::ZERO,
+            &mut |_| panic!("no frame"),
+            &mut plain,
+        );
+        assert_eq!((outcome, loop_must_read), (ReadHere::Elsewhere, false));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "it returned without waiting for the loop's turn or the deadline"
+        );
+    }
+
     /// A caller's read of plaintext `ours` that must deliver no frame.
     fn read_no_frame(side: &ReadSide, ours: &TcpStream, deadline: Instant) -> (ReadHere, bool) {
         side.read_here(
             ours,
             deadline,
             &|| false,
+            LOOP_TURN_WAIT,
             &mut |_| panic!("no frame"),
             &mut plain,
         )
