@@ -87,6 +87,8 @@ usage: cargo run --release --example loadgen -- [--addr HOST:PORT | --inproc] [o
                      every reply) instead of `Client::recv_completion` (the driver reads)
   --loops N          event-loop threads of the in-process server (default: its own default)
   --inline           serve Arith and Bench inline, on the event loop (Server::register_inline)
+  --no-worker-reads  pool workers leave reading to the event loop, which hands each request
+                     to a worker (ServerBuilder::worker_reads(false); default: workers read)
   --busy-poll-us N   the in-process server's loops and the clients' waiting callers poll
                      N µs without blocking before they sleep (ServerBuilder::busy_poll,
                      ClientBuilder::busy_poll; default 0)
@@ -238,8 +240,13 @@ fn main() -> Result<(), Box<dyn Error>> {
         busy_poll: BusyPollPlan::parse(&flags)?,
         thread_cpu: flags.has("thread-cpu"),
     };
-    let (loops, inline) = (flags.get("loops", 0usize)?, flags.has("inline"));
-    let server = build_server(loops, inline, plan.busy_poll.server, None)?;
+    let shape = ServerShape {
+        loops: flags.get("loops", 0usize)?,
+        inline: flags.has("inline"),
+        worker_reads: !flags.has("no-worker-reads"),
+        busy_poll: plan.busy_poll.server,
+    };
+    let server = build_server(&shape, None)?;
     let with_tls = flags.has("tls");
     if with_tls && (flags.get_str("addr").is_some() || flags.get_str("serve").is_some()) {
         return Err(format!("--tls runs in-process only\n\n{USAGE}").into());
@@ -327,7 +334,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         let ca = certs::Authority::new("loadgen ca")?;
         let (chain, key) = ca.server()?.pair();
         let tls_config = tls::server_config(chain, key, None)?;
-        let tls_server = build_server(loops, inline, plan.busy_poll.server, Some(tls_config))?;
+        let tls_server = build_server(&shape, Some(tls_config))?;
         let running = tls_server.serve("127.0.0.1:0")?;
         let client_tls = ClientTls::new(tls::client_config(ca.roots()?, None)?, "localhost")?;
         let secure = run_netrpc(&plan, running.local_addr(), Some(client_tls))?;
@@ -343,21 +350,33 @@ fn main() -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-fn build_server(
+/// How the in-process server is set up.
+struct ServerShape {
+    /// Event loops; 0 for the server's default.
     loops: usize,
+    /// Serve on the event loop instead of the pool.
     inline: bool,
+    /// Pool workers read their connections' next requests.
+    worker_reads: bool,
+    /// The loops' busy-poll budget.
     busy_poll: Duration,
+}
+
+fn build_server(
+    shape: &ServerShape,
     tls: Option<Arc<tls::ServerConfig>>,
 ) -> Result<Server, RpcError> {
-    let mut builder = Server::builder().busy_poll(busy_poll);
-    if loops > 0 {
-        builder = builder.event_loops(loops);
+    let mut builder = Server::builder()
+        .busy_poll(shape.busy_poll)
+        .worker_reads(shape.worker_reads);
+    if shape.loops > 0 {
+        builder = builder.event_loops(shape.loops);
     }
     if let Some(config) = tls {
         builder = builder.tls(config);
     }
     let server = builder.build();
-    if inline {
+    if shape.inline {
         server.register_inline(ArithServer::new(Calculator))?;
         server.register_inline(BenchServer::new(Echoer))?;
     } else {

@@ -7,13 +7,12 @@
 
 mod util;
 
-use std::collections::HashMap;
 use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 use netrpc::{done_channel, Client, Completion, Server};
-use util::{send_burst_with_a_block, wait_until, Args, ProbeClient, TestServer};
+use util::{pipeline, send_burst_with_a_block, wait_until, ProbeClient, TestServer};
 
 /// Long enough for any reply on loopback; far shorter than a blocked call's 10 s.
 const PROMPTLY: Duration = Duration::from_secs(3);
@@ -134,34 +133,4 @@ fn assert_all_counted_out(server: &TestServer) {
 fn next_ok(completions: &Receiver<Completion<u64>>) -> u64 {
     let completion = completions.recv_timeout(PROMPTLY).expect("a reply");
     completion.result.unwrap()
-}
-
-/// Runs `total` calls with `in_flight` outstanding at once, each checked against its own
-/// arguments.
-fn pipeline(client: &Client, conn: i64, total: i64, in_flight: i64) {
-    let (done, completions) = done_channel::<i64>();
-    let mut expected = HashMap::new();
-    for i in 0..total {
-        if i >= in_flight {
-            check_next(client, &completions, &mut expected);
-        }
-        let seq = client.go_with("Arith.Multiply", &Args { a: i, b: conn }, &done);
-        expected.insert(seq, i * conn);
-    }
-    while !expected.is_empty() {
-        check_next(client, &completions, &mut expected);
-    }
-}
-
-/// Takes the next completion and checks it is one of `expected`, with its product.
-fn check_next(
-    client: &Client,
-    completions: &Receiver<Completion<i64>>,
-    expected: &mut HashMap<u64, i64>,
-) {
-    let completion = client
-        .recv_completion(completions, Duration::from_secs(20))
-        .expect("every call completes");
-    let want = expected.remove(&completion.seq).expect("a call of ours");
-    assert_eq!(completion.result.unwrap(), want);
 }

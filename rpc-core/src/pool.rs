@@ -151,6 +151,11 @@ impl<J: PoolJob> WorkerPool<J> {
         self.shared.threads.load(Ordering::SeqCst) >= self.shared.max_threads
     }
 
+    /// True if jobs wait in the queue for a thread.
+    pub(crate) fn has_waiting_jobs(&self) -> bool {
+        self.shared.jobs_waiting() > 0
+    }
+
     /// Threads alive now.
     pub(crate) fn threads(&self) -> usize {
         self.shared.threads.load(Ordering::SeqCst)

@@ -45,6 +45,10 @@ use crate::server::{ConnectionSlot, ServerShared};
 use crate::service::{Dispatch, DispatchError, MethodCounters, MethodHandler};
 use crate::stats::StatsCounters;
 
+mod worker_read;
+
+use worker_read::BatchCheck;
+
 /// The [`FrameHandler`] of one accepted connection.
 pub(crate) struct ServerConn {
     site: Arc<ConnSite>,
@@ -57,8 +61,8 @@ pub(crate) struct ServerConn {
     first_frame_deadline: Option<Instant>,
     /// Told when the connection closes (`Server::serve_conn` waits on it).
     closed: Option<Sender<()>>,
-    /// The method this connection resolved last ([`ServerConn::lookup_cached`]).
-    last_lookup: Option<LastLookup>,
+    /// The method this connection's loop resolved last.
+    lookups: LookupCache,
 }
 
 /// The most inline replies of one connection that wait for the end of the loop's turn: the
@@ -85,6 +89,33 @@ struct LastLookup {
     name: Vec<u8>,
     codec: u8,
     found: Arc<Found>,
+}
+
+/// The method a reader of one connection (its loop, or a worker reading it) resolved last.
+#[derive(Default)]
+struct LookupCache(Option<LastLookup>);
+
+impl LookupCache {
+    /// [`lookup`], answered without the services' lock and hash lookups when the request
+    /// names the same method (in the same codec) as the one before it.
+    fn find(
+        &mut self,
+        server: &ServerShared,
+        request: &Frame,
+    ) -> Result<Arc<Found>, DispatchError> {
+        if let Some(last) = &self.0 {
+            if last.codec == request.codec && last.name == request.name {
+                return Ok(Arc::clone(&last.found));
+            }
+        }
+        let found = Arc::new(lookup(server, request)?);
+        self.0 = Some(LastLookup {
+            name: request.name.to_vec(),
+            codec: request.codec,
+            found: Arc::clone(&found),
+        });
+        Ok(found)
+    }
 }
 
 /// What every call of one connection needs from it, whichever thread runs the call. A pooled
@@ -119,6 +150,13 @@ pub(crate) struct ConnCalls {
     /// The largest reply sent on this connection so far: what each call in flight may yet
     /// add to the queue, for backpressure.
     largest_reply: AtomicUsize,
+    /// A worker read a frame of this connection since the idle check last looked
+    /// ([`ServerConfig::worker_reads`]): the loop, which did not see it, counts it as activity.
+    ///
+    /// [`ServerConfig::worker_reads`]: crate::ServerConfig::worker_reads
+    read_by_worker: AtomicBool,
+    /// The requests a worker read and runs in turn, watched by the loop.
+    worker_batch: worker_read::WorkerBatch,
     /// When the workers' replies are corked and when written.
     reply_cork: ReplyCork,
 }
@@ -149,7 +187,7 @@ impl ServerConn {
             last_active: now,
             first_frame_deadline,
             closed: None,
-            last_lookup: None,
+            lookups: LookupCache::default(),
         }
     }
 
@@ -167,7 +205,8 @@ impl ServerConn {
         now: Instant,
         idle_timeout: Duration,
     ) -> Option<Instant> {
-        if self.site.calls.in_flight() > 0 {
+        let read_by_worker = self.site.calls.read_by_worker.swap(false, Ordering::SeqCst);
+        if read_by_worker || self.site.calls.in_flight() > 0 {
             self.last_active = now;
         }
         let idle_from = deadline_after(self.last_active, idle_timeout);
@@ -178,6 +217,24 @@ impl ServerConn {
         None
     }
 
+    /// The loop's look at the requests a worker read ([`worker_read`]): if the call the
+    /// worker runs has held it too long, writes the replies corked behind it and dispatches
+    /// the requests waiting behind it as this loop's own. Returns when to look again.
+    fn check_worker_batch(&mut self, conn: &Connection, now: Instant) -> Option<Instant> {
+        match self.site.calls.worker_batch.check(now) {
+            BatchCheck::Idle => None,
+            BatchCheck::Running(again) => Some(again),
+            BatchCheck::Stalled { waiting, received } => {
+                // A failed write means the connection is closing; this loop is at it.
+                let _ = conn.flush();
+                for request in waiting {
+                    self.dispatch(request, received);
+                }
+                None
+            }
+        }
+    }
+
     /// Tells the client with a go-away frame (its later calls get the retryable
     /// `ShuttingDown`), closes the connection once that is written, and counts it in `counter`.
     fn go_away_and_close(&self, conn: &Connection, counter: &AtomicU64) {
@@ -186,65 +243,11 @@ impl ServerConn {
         StatsCounters::bump(counter);
     }
 
-    /// [`lookup`], answered without the services' lock and hash lookups when the request
-    /// names the same method (in the same codec) as the one before it.
-    fn lookup_cached(&mut self, request: &Frame) -> Result<Arc<Found>, DispatchError> {
-        if let Some(last) = &self.last_lookup {
-            if last.codec == request.codec && last.name == request.name {
-                return Ok(Arc::clone(&last.found));
-            }
-        }
-        let found = Arc::new(lookup(&self.site.server, request)?);
-        self.last_lookup = Some(LastLookup {
-            name: request.name.to_vec(),
-            codec: request.codec,
-            found: Arc::clone(&found),
-        });
-        Ok(found)
-    }
-
-    fn dispatch(&mut self, conn: &Connection, mut request: Frame) {
-        if request.seq == 0 {
-            // Seq 0 speaks of the connection (refusals, go-away with nothing accepted): an
-            // answer to it would read as a connection error, so the request breaks the
-            // protocol. Said once, under seq 0, then the connection closes.
-            self.refuse(
-                conn,
-                0,
-                ErrorCode::Protocol,
-                "sequence id 0 is reserved for the connection",
-            );
-            conn.close_when_flushed();
+    /// Runs or queues a request read at `received`.
+    fn dispatch(&mut self, mut request: Frame, received: Instant) {
+        let Some(found) = self.site.admit_request(&request, &mut self.lookups) else {
             return;
-        }
-        // First: any answer to a duplicate would be taken for the original's, so one whose
-        // sequence id is in flight is never answered, whatever else is wrong with it. Only
-        // this thread adds ids, so the id cannot become in flight before `admit`.
-        if self.site.calls.is_in_flight(request.seq) {
-            StatsCounters::bump(&self.site.server.stats.duplicate_requests);
-            return;
-        }
-        let found = match self.lookup_cached(&request) {
-            Ok(found) => found,
-            Err(err) => return self.refuse(conn, request.seq, err.code, &err.message),
         };
-        if self.site.calls.draining.load(Ordering::SeqCst) {
-            return self.refuse(
-                conn,
-                request.seq,
-                ErrorCode::ShuttingDown,
-                "server is shutting down",
-            );
-        }
-        if !self.admit(request.seq) {
-            return self.refuse(
-                conn,
-                request.seq,
-                ErrorCode::Throttled,
-                "too many calls in flight",
-            );
-        }
-        let received = Instant::now();
         match found.dispatch {
             Dispatch::Inline => {
                 // On the loop thread: the reply joins the others of this read in one write.
@@ -268,35 +271,111 @@ impl ServerConn {
             }
         }
     }
+}
 
-    /// Marks call `seq` cancelled, if it is in flight, and counts it.
-    fn cancel(&self, seq: u64) {
-        if self.site.calls.cancel(seq) {
-            StatsCounters::bump(&self.site.server.stats.cancels);
+impl ConnSite {
+    /// Checks a request before it runs: returns the method it calls if it may run now,
+    /// counted in flight; otherwise answers it with the reason (or drops it, a duplicate)
+    /// and returns `None`. `lookups` is the caller's cache of the method last resolved.
+    fn admit_request(&self, request: &Frame, lookups: &mut LookupCache) -> Option<Arc<Found>> {
+        if request.seq == 0 {
+            // Seq 0 speaks of the connection (refusals, go-away with nothing accepted): an
+            // answer to it would read as a connection error, so the request breaks the
+            // protocol. Said once, under seq 0, then the connection closes.
+            self.refuse(
+                0,
+                ErrorCode::Protocol,
+                "sequence id 0 is reserved for the connection",
+            );
+            self.conn.close_when_flushed();
+            return None;
         }
+        // First: any answer to a duplicate would be taken for the original's, so one whose
+        // sequence id is in flight is never answered, whatever else is wrong with it. (With
+        // a worker reading too, the loop and the worker may each have read a copy: `admit`
+        // looks again as it puts the call in flight.)
+        if self.calls.is_in_flight(request.seq) {
+            StatsCounters::bump(&self.server.stats.duplicate_requests);
+            return None;
+        }
+        let refusal = match lookups.find(&self.server, request) {
+            Err(err) => (err.code, err.message),
+            Ok(_) if self.calls.draining.load(Ordering::SeqCst) => {
+                (ErrorCode::ShuttingDown, "server is shutting down".into())
+            }
+            Ok(found) => match self.admit(request.seq) {
+                Start::Started => return Some(found),
+                Start::Duplicate => {
+                    StatsCounters::bump(&self.server.stats.duplicate_requests);
+                    return None;
+                }
+                Start::Full => (ErrorCode::Throttled, "too many calls in flight".into()),
+            },
+        };
+        self.refuse(request.seq, refusal.0, &refusal.1);
+        None
     }
 
-    /// Counts the request in; false if a cap on calls in flight is reached.
-    fn admit(&self, seq: u64) -> bool {
-        let (config, stats) = (&self.site.server.config, &self.site.server.stats);
-        self.site
-            .calls
-            .start(seq, config.max_in_flight_per_conn, || {
-                let total = stats.in_flight_calls.fetch_add(1, Ordering::SeqCst);
-                if total >= config.max_calls {
-                    stats.in_flight_calls.fetch_sub(1, Ordering::SeqCst);
-                    return false;
-                }
-                true
-            })
+    /// Counts the request in, unless a cap on calls in flight is reached or its sequence id
+    /// is in flight already.
+    fn admit(&self, seq: u64) -> Start {
+        let (config, stats) = (&self.server.config, &self.server.stats);
+        self.calls.start(seq, config.max_in_flight_per_conn, || {
+            let total = stats.in_flight_calls.fetch_add(1, Ordering::SeqCst);
+            if total >= config.max_calls {
+                stats.in_flight_calls.fetch_sub(1, Ordering::SeqCst);
+                return false;
+            }
+            true
+        })
     }
 
     /// Answers `seq` with an error frame at once, without dispatching it.
-    fn refuse(&self, conn: &Connection, seq: u64, code: ErrorCode, message: &str) {
-        self.site.server.stats.count_call_error(code);
-        if conn.send_frame(&error_frame(seq, code, message)).is_err() {
-            StatsCounters::bump(&self.site.server.stats.dropped_replies);
+    fn refuse(&self, seq: u64, code: ErrorCode, message: &str) {
+        self.server.stats.count_call_error(code);
+        if self
+            .conn
+            .send_frame(&error_frame(seq, code, message))
+            .is_err()
+        {
+            StatsCounters::bump(&self.server.stats.dropped_replies);
         }
+    }
+
+    /// Acts on a frame that is not a request: answers a ping, marks a cancelled call.
+    fn handle_other_frame(&self, frame: &Frame) {
+        match frame.kind {
+            FrameKind::Ping => {
+                if !self.server.config.busy_poll.is_zero() && hello::says_callers_busy_poll(frame) {
+                    // Both ends spin: a turn's replies leave together (see the constant).
+                    self.conn.set_batched_write_at(usize::MAX);
+                }
+                let _ = self
+                    .conn
+                    .send_frame(&Frame::new(FrameKind::Pong, frame.seq));
+            }
+            // Advisory: a call not yet started is skipped; a running one finishes and its
+            // reply is discarded by the client.
+            FrameKind::Cancel if self.calls.cancel(frame.seq) => {
+                StatsCounters::bump(&self.server.stats.cancels);
+            }
+            // A cancel for no call in flight needs nothing; other kinds have no meaning
+            // client-to-server.
+            _ => {}
+        }
+    }
+
+    /// Whether the connection's unread replies, with what its calls in flight may still add
+    /// (each reckoned as large as the largest reply so far), pass the server's cap: reading
+    /// its requests must then wait. One read can hold hundreds of small requests for large
+    /// replies, so this is asked before every frame: it reads the count kept beside the
+    /// in-flight table, not the table under its lock.
+    fn replies_over_budget(&self) -> bool {
+        let coming = match self.calls.largest_reply.load(Ordering::Relaxed) {
+            0 => 0,
+            largest => self.calls.in_flight_len.load(Ordering::SeqCst) * largest,
+        };
+        self.conn.queued_len() + coming > self.server.config.max_queued_bytes
     }
 }
 
@@ -314,17 +393,20 @@ impl ConnCalls {
         let _ = conn.send_frame(&Frame::new(FrameKind::GoAway, last));
     }
 
-    /// Puts call `seq` in flight, unless `max` calls already are or `reserve` (which counts
-    /// it against the server-wide cap) refuses; true if it did.
-    fn start(&self, seq: u64, max: usize, reserve: impl FnOnce() -> bool) -> bool {
+    /// Puts call `seq` in flight, unless it is already, `max` calls already are, or
+    /// `reserve` (which counts it against the server-wide cap) refuses.
+    fn start(&self, seq: u64, max: usize, reserve: impl FnOnce() -> bool) -> Start {
         let mut in_flight = self.lock();
+        if in_flight.contains_key(&seq) {
+            return Start::Duplicate;
+        }
         if in_flight.len() >= max || !reserve() {
-            return false;
+            return Start::Full;
         }
         in_flight.insert(seq, false);
         self.in_flight_len.store(in_flight.len(), Ordering::SeqCst);
         self.last_accepted.fetch_max(seq, Ordering::SeqCst);
-        true
+        Start::Started
     }
 
     /// True if call `seq` is in flight.
@@ -363,6 +445,17 @@ impl ConnCalls {
     }
 }
 
+/// What [`ConnCalls::start`] did with a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// It is in flight now.
+    Started,
+    /// A call with its sequence id already is: a duplicate, never answered.
+    Duplicate,
+    /// A cap on calls in flight refused it.
+    Full,
+}
+
 /// How a reply is written.
 #[derive(Clone, Copy)]
 enum Sending {
@@ -371,6 +464,9 @@ enum Sending {
     FromWorker,
     /// With the other replies of this loop turn (an inline handler, on the loop).
     Batched,
+    /// Queued unwritten, for the worker that read the request to write with the others of
+    /// its read ([`worker_read`]).
+    Corked,
 }
 
 /// What a server's pool runs: a call of this connection's protocol, moved into the pool's
@@ -435,6 +531,9 @@ impl InFlight {
             None => call.run(&mut request),
         };
         call.finish(request.seq, &reply, failure, Sending::FromWorker);
+        if site.server.config.worker_reads {
+            worker_read::read_next(&site);
+        }
     }
 }
 
@@ -524,6 +623,7 @@ impl CallSite<'_> {
         let sent = match sending {
             Sending::FromWorker => self.send_from_worker(reply),
             Sending::Batched => self.site.conn.send_batched(reply),
+            Sending::Corked => self.site.conn.send_corked(reply),
         };
         // A failed send means the peer is gone and the loop is closing the connection.
         if sent.is_err() {
@@ -545,27 +645,14 @@ impl CallSite<'_> {
 }
 
 impl FrameHandler for ServerConn {
-    fn handle_frame(&mut self, conn: &Connection, frame: Frame) {
+    fn handle_frame(&mut self, _conn: &Connection, frame: Frame) {
         self.first_frame_deadline = None;
         if self.site.server.config.idle_timeout.is_some() {
             self.last_active = Instant::now();
         }
         match frame.kind {
-            FrameKind::Request => self.dispatch(conn, frame),
-            FrameKind::Ping => {
-                if !self.site.server.config.busy_poll.is_zero()
-                    && hello::says_callers_busy_poll(&frame)
-                {
-                    // Both ends spin: a turn's replies leave together (see the constant).
-                    conn.set_batched_write_at(usize::MAX);
-                }
-                let _ = conn.send_frame(&Frame::new(FrameKind::Pong, frame.seq));
-            }
-            // Advisory: a call not yet started is skipped; a running one finishes and its
-            // reply is discarded by the client.
-            FrameKind::Cancel => self.cancel(frame.seq),
-            // Other kinds have no meaning client-to-server.
-            _ => {}
+            FrameKind::Request => self.dispatch(frame, Instant::now()),
+            _ => self.site.handle_other_frame(&frame),
         }
     }
 
@@ -613,20 +700,12 @@ impl FrameHandler for ServerConn {
             Some(idle_timeout) => Some(self.check_idle(conn, now, idle_timeout)?),
             None => None,
         };
-        earliest(self.first_frame_deadline, idle_check)
+        let batch_check = self.check_worker_batch(conn, now);
+        earliest(earliest(self.first_frame_deadline, idle_check), batch_check)
     }
 
     fn pause_reading(&self, conn: &Connection) -> bool {
-        // Unread replies, plus what the calls in flight may add once they finish (each
-        // reckoned as large as the largest reply so far): one read can hold hundreds of
-        // small requests for large replies. Asked before every frame, so it reads the
-        // count kept beside the in-flight table, not the table under its lock.
-        let calls = &self.site.calls;
-        let coming = match calls.largest_reply.load(Ordering::Relaxed) {
-            0 => 0,
-            largest => calls.in_flight_len.load(Ordering::SeqCst) * largest,
-        };
-        let paused = conn.queued_len() + coming > self.site.server.config.max_queued_bytes;
+        let paused = self.site.replies_over_budget();
         // The loop asks again on every resume attempt: count only the start of a pause.
         if paused && !conn.is_read_paused() {
             StatsCounters::bump(&self.site.server.stats.read_pauses);
@@ -802,13 +881,22 @@ mod tests {
     #[test]
     fn the_in_flight_count_read_without_the_lock_follows_the_table() {
         let calls = ConnCalls::default();
-        assert!(calls.start(1, 2, || true));
-        assert!(calls.start(2, 2, || true));
+        assert_eq!(calls.start(1, 2, || true), Start::Started);
+        assert_eq!(calls.start(2, 2, || true), Start::Started);
         assert_eq!(calls.in_flight_len.load(Ordering::SeqCst), 2);
-        assert!(!calls.start(3, 2, || true), "at the per-connection cap");
+        assert_eq!(
+            calls.start(3, 2, || true),
+            Start::Full,
+            "the per-connection cap"
+        );
         assert!(!calls.finish(1));
         assert_eq!(calls.in_flight_len.load(Ordering::SeqCst), 1);
-        assert!(!calls.start(3, 2, || false), "the server-wide cap refused");
+        assert_eq!(calls.start(2, 8, || true), Start::Duplicate);
+        assert_eq!(
+            calls.start(3, 2, || false),
+            Start::Full,
+            "the server-wide cap refused"
+        );
         assert_eq!(calls.in_flight(), 1);
         assert_eq!(calls.in_flight_len.load(Ordering::SeqCst), 1);
         assert_eq!(calls.last_accepted.load(Ordering::SeqCst), 2);
@@ -817,8 +905,8 @@ mod tests {
     #[test]
     fn a_cancel_is_seen_only_by_its_own_call() {
         let calls = ConnCalls::default();
-        assert!(calls.start(1, 8, || true));
-        assert!(calls.start(2, 8, || true));
+        assert_eq!(calls.start(1, 8, || true), Start::Started);
+        assert_eq!(calls.start(2, 8, || true), Start::Started);
         assert!(!calls.is_cancelled(1));
         assert!(calls.cancel(2));
         assert!(calls.is_cancelled(2));

@@ -52,6 +52,10 @@ pub struct ServerStats {
     /// timeout, or a record that did not decrypt. A peer that closes during the handshake
     /// is not counted.
     pub tls_errors: u64,
+    /// Frames (requests, mostly) read by a pool worker after it answered a call, instead of
+    /// by the event loop
+    /// ([`crate::ServerConfig::worker_reads`]).
+    pub frames_read_by_workers: u64,
 }
 
 impl ServerStats {
@@ -101,6 +105,7 @@ pub(crate) struct StatsCounters {
     pub(crate) first_frame_timeouts: AtomicU64,
     pub(crate) cancels: AtomicU64,
     pub(crate) tls_errors: AtomicU64,
+    pub(crate) frames_read_by_workers: AtomicU64,
 }
 
 impl StatsCounters {
@@ -134,6 +139,7 @@ impl StatsCounters {
             first_frame_timeouts: load(&self.first_frame_timeouts),
             cancels: load(&self.cancels),
             tls_errors: load(&self.tls_errors),
+            frames_read_by_workers: load(&self.frames_read_by_workers),
             ..ServerStats::default()
         }
     }

@@ -8,6 +8,7 @@ pub mod arith;
 pub mod child;
 pub mod evil;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -211,6 +212,36 @@ pub fn send_burst_with_a_block(
     }
     batch.send();
     completions
+}
+
+/// Runs `total` calls with `in_flight` outstanding at once, each checked against its own
+/// arguments.
+pub fn pipeline(client: &Client, conn: i64, total: i64, in_flight: i64) {
+    let (done, completions) = netrpc::done_channel::<i64>();
+    let mut expected = HashMap::new();
+    for i in 0..total {
+        if i >= in_flight {
+            check_next(client, &completions, &mut expected);
+        }
+        let seq = client.go_with("Arith.Multiply", &Args { a: i, b: conn }, &done);
+        expected.insert(seq, i * conn);
+    }
+    while !expected.is_empty() {
+        check_next(client, &completions, &mut expected);
+    }
+}
+
+/// Takes the next completion and checks it is one of `expected`, with its product.
+fn check_next(
+    client: &Client,
+    completions: &Receiver<Completion<i64>>,
+    expected: &mut HashMap<u64, i64>,
+) {
+    let completion = client
+        .recv_completion(completions, Duration::from_secs(20))
+        .expect("every call completes");
+    let want = expected.remove(&completion.seq).expect("a call of ours");
+    assert_eq!(completion.result.expect("the call succeeds"), want);
 }
 
 /// A fresh client's call must succeed: the server goes on serving everyone else.

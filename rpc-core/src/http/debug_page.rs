@@ -118,6 +118,8 @@ fn server_figures(stats: &ServerStats) -> Vec<(String, u64)> {
         ("idle_closes", stats.idle_closes),
         ("first_frame_timeouts", stats.first_frame_timeouts),
         ("cancels", stats.cancels),
+        ("tls_errors", stats.tls_errors),
+        ("frames_read_by_workers", stats.frames_read_by_workers),
     ]
     .into_iter()
     .map(|(name, value)| (name.to_owned(), value))

@@ -1,0 +1,314 @@
+//! Worker reads: a pool worker that has answered a call reads its connection's next requests
+//! and runs them itself ([`crate::ServerConfig::worker_reads`], on by default).
+//!
+//! Without it every pooled call crosses two threads: the event loop reads the request and
+//! queues it, a worker runs it. On a busy connection that is a wake-up of the loop, a hand-off
+//! and often a wake-up of a worker per call. With it, the worker that has just written a
+//! reply takes the connection's read turn (`rpc_transport`'s `read_turn.rs`, the one a
+//! waiting client caller takes) and sleeps a moment in the connection's own poller, behind
+//! which the loop's registration moves: the next requests then wake this worker alone, which
+//! reads them and runs them in order, with their replies written together. The loop still
+//! reads whenever the worker is not waiting (and takes anything a worker cannot act on: end
+//! of stream, bad bytes, half a frame), so nothing depends on a worker being there.
+//!
+//! The requests of one read (at most [`READ_BATCH`]) run one after another, their replies
+//! corked and written together once the last has run. A handler that blocks would hold up
+//! the others, and the replies corked before it, so the worker keeps them in the
+//! connection's [`WorkerBatch`], and while it runs a call with anything behind it, the loop
+//! looks in every [`STALL`] (its connection timer): a call running that long gets its corked
+//! replies written, and the requests waiting behind it handed to the pool, each to its own
+//! worker, as if the loop had read them. So a call waits at most about [`STALL`] longer for
+//! a blocking neighbour than without worker reads; other connections, and this one's later
+//! requests (read by the loop while this worker is busy), are not held at all.
+
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
+use std::sync::atomic::Ordering;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rpc_transport::{Frame, FrameKind, ReadHere};
+
+use super::{CallSite, ConnSite, LookupCache, Sending};
+
+/// How long a worker waits for the connection's next requests before it goes back to the
+/// pool. About what a client with calls in flight takes to answer a burst of replies with
+/// new requests on this machine, so that busy connections keep their worker (20 µs to 1 ms
+/// all gave four connections with sixteen calls in flight about the same); a connection
+/// that goes quiet costs its worker this much once.
+const LINGER: Duration = Duration::from_micros(50);
+
+/// Most reads one worker makes in a row before it goes back to the pool. A busy connection
+/// keeps its worker for a while (8 reads gave 4 x 16 pooled calls 610k calls/s, 64 reads
+/// 940k-975k, 256 about 990k with half the p99 of 64: docs/BENCHMARKS.md, change 23); the
+/// bound, and going back at once when calls wait for a thread the pool may not add, keep a
+/// worker from serving one connection for ever while others wait.
+const MAX_READS: usize = 256;
+
+/// Most requests one read hands the worker; the loop reads the rest. Bounds what one handler
+/// that blocks can hold up, and what a worker holds in memory. Sixteen broke off most reads
+/// of a client with sixteen calls in flight (and each break asks the loop to read on: 4 x 16
+/// pooled calls went from 610k to 490k calls/s).
+const READ_BATCH: usize = 64;
+
+/// Replies a worker running a read's requests writes at once, without waiting for the rest:
+/// the client starts on them while the worker runs the others. With one write per read, one
+/// connection with 64 calls in flight made 340k-350k calls/s; with every 32nd, 380k-450k
+/// (every 16th about as much, every 8th less, and at four connections with sixteen in flight
+/// every 8th halved the rate).
+const REPLIES_PER_WRITE: usize = 32;
+
+/// How long a call a worker read may run, with replies corked or requests waiting behind
+/// it, before the loop writes those replies and hands those requests to the pool: the pool
+/// monitor's tick, the time a queued call waits before the pool adds a thread for it.
+pub(super) const STALL: Duration = Duration::from_millis(1);
+
+/// The requests a worker read and runs in turn, shared with the connection's loop, which
+/// takes them over if the call running holds the worker longer than [`STALL`].
+#[derive(Debug, Default)]
+pub(super) struct WorkerBatch {
+    inner: Mutex<BatchState>,
+}
+
+#[derive(Debug, Default)]
+struct BatchState {
+    /// Requests read and not yet started, in the order they came.
+    waiting: VecDeque<Frame>,
+    /// When they were read: their deadlines count from here.
+    received: Option<Instant>,
+    /// When the call running now started, while it has anything behind it (corked replies
+    /// or requests waiting).
+    guarded_since: Option<Instant>,
+}
+
+/// What the loop found in a connection's [`WorkerBatch`] at its check.
+pub(super) enum BatchCheck {
+    /// No call with anything behind it runs: nothing to check until a worker asks again.
+    Idle,
+    /// A guarded call runs, not yet for [`STALL`]: look again at this moment.
+    Running(Instant),
+    /// A guarded call has run for [`STALL`]: the requests that waited behind it (to be
+    /// dispatched as the loop's own, read at `received`); its corked replies must be written.
+    Stalled {
+        waiting: Vec<Frame>,
+        received: Instant,
+    },
+}
+
+impl WorkerBatch {
+    fn lock(&self) -> MutexGuard<'_, BatchState> {
+        // Every update is a push, a pop or an assignment: a poisoned lock holds sound state.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The worker's read, to run in turn.
+    fn load(&self, frames: &mut Vec<Frame>, received: Instant) {
+        let mut state = self.lock();
+        state.waiting.extend(frames.drain(..));
+        state.received = Some(received);
+    }
+
+    /// The worker takes the next request and when it was read; `guarded` says whether
+    /// anything will be behind it while it runs (replies corked), besides requests waiting:
+    /// the loop then watches it. `None` once the batch is done (or taken over by the loop).
+    fn next(&self, corked: bool, now: Instant) -> Option<(Frame, Instant, bool)> {
+        let mut state = self.lock();
+        let Some(frame) = state.waiting.pop_front() else {
+            state.guarded_since = None;
+            return None;
+        };
+        let guarded = corked || !state.waiting.is_empty();
+        state.guarded_since = guarded.then_some(now);
+        Some((frame, state.received.unwrap_or(now), guarded))
+    }
+
+    /// The loop's check, at `now`.
+    pub(super) fn check(&self, now: Instant) -> BatchCheck {
+        let mut state = self.lock();
+        let Some(since) = state.guarded_since else {
+            return BatchCheck::Idle;
+        };
+        let stalled_at = since + STALL;
+        if now < stalled_at {
+            return BatchCheck::Running(stalled_at);
+        }
+        // Once: the call itself stays with its worker, and nothing is behind it any more.
+        state.guarded_since = None;
+        BatchCheck::Stalled {
+            waiting: state.waiting.drain(..).collect(),
+            received: state.received.unwrap_or(now),
+        }
+    }
+}
+
+/// Reads the connection on this worker, and runs what arrives, until it is quiet for
+/// [`LINGER`], [`MAX_READS`] reads are done, or reading is better left to the loop.
+pub(super) fn read_next(site: &ConnSite) {
+    if site.calls.in_flight_len.load(Ordering::SeqCst) == 0 {
+        // Nothing else in flight: a client that waits for each reply, whose next request
+        // comes later than a worker could wait (sequential calls lost 10-20% waiting).
+        return;
+    }
+    let mut lookups = LookupCache::default();
+    let mut frames = Vec::with_capacity(READ_BATCH);
+    for _ in 0..MAX_READS {
+        if site.calls.draining.load(Ordering::SeqCst) || site.replies_over_budget() {
+            return; // the loop refuses, or holds back reading until the peer reads
+        }
+        let pool = &site.server.pool;
+        if pool.is_at_thread_cap() && pool.has_waiting_jobs() {
+            return; // calls wait for a thread and none can be added: serve them
+        }
+        let outcome = site
+            .conn
+            .read_next_here(Instant::now() + LINGER, &mut |frame| {
+                frames.push(frame);
+                if frames.len() < READ_BATCH {
+                    ControlFlow::Continue(())
+                } else {
+                    ControlFlow::Break(())
+                }
+            });
+        if frames.is_empty() {
+            return;
+        }
+        let stats = &site.server.stats;
+        let count = u64::try_from(frames.len()).unwrap_or(u64::MAX);
+        stats
+            .frames_read_by_workers
+            .fetch_add(count, Ordering::Relaxed);
+        if site.server.config.idle_timeout.is_some() {
+            site.calls.read_by_worker.store(true, Ordering::SeqCst);
+        }
+        frames.retain(|frame| {
+            if frame.kind == FrameKind::Request {
+                return true;
+            }
+            site.handle_other_frame(frame);
+            false
+        });
+        run_batch(site, &mut lookups, &mut frames);
+        if !matches!(outcome, ReadHere::Frames(_)) {
+            return; // the loop has something to act on, or another reader has the turn
+        }
+    }
+}
+
+/// Runs the requests of one read in turn, under the loop's watch ([`WorkerBatch`]), then
+/// writes their replies.
+fn run_batch(site: &ConnSite, lookups: &mut LookupCache, requests: &mut Vec<Frame>) {
+    let batch = &site.calls.worker_batch;
+    batch.load(requests, Instant::now());
+    let mut watched = false;
+    let mut corked_replies = 0;
+    loop {
+        let now = Instant::now();
+        let corked = site.conn.queued_len() > 0;
+        let Some((request, received, guarded)) = batch.next(corked, now) else {
+            break;
+        };
+        if guarded && !watched {
+            // The loop looks in by then (once per batch; a timer already set sooner stays).
+            site.conn.schedule_timer(now + STALL);
+            watched = true;
+        }
+        run_here(site, lookups, request, received);
+        corked_replies += 1;
+        if corked_replies == REPLIES_PER_WRITE {
+            // A failed write means the connection is closing; the loop is already at it.
+            let _ = site.conn.flush();
+            corked_replies = 0;
+        }
+    }
+    // A failed write means the connection is closing; the loop is already at it.
+    let _ = site.conn.flush();
+}
+
+/// Runs one request this worker read, its reply corked until the read's requests are done.
+fn run_here(site: &ConnSite, lookups: &mut LookupCache, mut request: Frame, received: Instant) {
+    let Some(found) = site.admit_request(&request, lookups) else {
+        return;
+    };
+    let call = CallSite {
+        site,
+        received,
+        found: &found,
+    };
+    let (reply, failure) = call.run(&mut request);
+    call.finish(request.seq, &reply, failure, Sending::Corked);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn requests(seqs: std::ops::RangeInclusive<u64>) -> Vec<Frame> {
+        seqs.map(|seq| Frame::new(FrameKind::Request, seq))
+            .collect()
+    }
+
+    fn stalled_seqs(check: BatchCheck) -> Vec<u64> {
+        match check {
+            BatchCheck::Stalled { waiting, .. } => waiting.iter().map(|frame| frame.seq).collect(),
+            BatchCheck::Idle => panic!("idle, not stalled"),
+            BatchCheck::Running(_) => panic!("running, not stalled"),
+        }
+    }
+
+    #[test]
+    fn requests_behind_a_call_that_runs_too_long_go_to_the_loop_once() {
+        let batch = WorkerBatch::default();
+        let read_at = Instant::now();
+        batch.load(&mut requests(1..=3), read_at);
+        let started = read_at + Duration::from_micros(10);
+        let (first, received, guarded) = batch.next(false, started).unwrap();
+        assert_eq!((first.seq, received, guarded), (1, read_at, true));
+        assert!(matches!(
+            batch.check(started + STALL / 2),
+            BatchCheck::Running(at) if at == started + STALL
+        ));
+        assert_eq!(stalled_seqs(batch.check(started + STALL)), vec![2, 3]);
+        assert!(
+            matches!(batch.check(started + STALL * 2), BatchCheck::Idle),
+            "taken over once"
+        );
+        assert!(
+            batch.next(false, started + STALL).is_none(),
+            "nothing left to run"
+        );
+    }
+
+    #[test]
+    fn a_call_with_nothing_behind_it_is_not_watched() {
+        let batch = WorkerBatch::default();
+        let now = Instant::now();
+        batch.load(&mut requests(1..=1), now);
+        let (_, _, guarded) = batch.next(false, now).unwrap();
+        assert!(!guarded);
+        assert!(matches!(batch.check(now + STALL * 2), BatchCheck::Idle));
+    }
+
+    #[test]
+    fn a_call_with_replies_corked_behind_it_has_them_written_when_it_stalls() {
+        let batch = WorkerBatch::default();
+        let now = Instant::now();
+        batch.load(&mut requests(1..=1), now);
+        let (_, _, guarded) = batch.next(true, now).unwrap();
+        assert!(guarded, "its corked replies must not wait for it");
+        assert_eq!(stalled_seqs(batch.check(now + STALL)), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn a_finished_batch_leaves_nothing_to_watch() {
+        let batch = WorkerBatch::default();
+        let now = Instant::now();
+        batch.load(&mut requests(1..=2), now);
+        assert!(batch.next(false, now).unwrap().2);
+        assert!(
+            batch.next(true, now).unwrap().2,
+            "the last, with replies corked"
+        );
+        assert!(batch.next(false, now).is_none());
+        assert!(matches!(batch.check(now + STALL * 2), BatchCheck::Idle));
+    }
+}

@@ -1,0 +1,166 @@
+//! Worker reads (`ServerBuilder::worker_reads`, on by default): a pool worker that answered
+//! a call reads its connection's next requests and runs them in turn. Every call is still
+//! answered; a call read with one that blocks still gets its reply while that one blocks
+//! (the loop takes over after about a millisecond); the idle timeout still sees the
+//! requests a worker read; and with the setting off, the loop reads everything.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod util;
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use netrpc::{done_channel, Client, Server};
+use util::{pipeline, wait_until, Args, ProbeClient, TestServer};
+
+/// Long enough for any reply on loopback; far shorter than a blocked call's 10 s.
+const PROMPTLY: Duration = Duration::from_secs(3);
+
+/// Four connections with sixteen calls in flight each, every result checked.
+fn pipeline_on_four_connections(server: &TestServer, calls: i64) {
+    let drivers: Vec<_> = (1..=4i64)
+        .map(|conn| {
+            let client = Client::dial(server.addr()).unwrap();
+            thread::spawn(move || pipeline(&client, conn, calls, 16))
+        })
+        .collect();
+    for driver in drivers {
+        driver.join().unwrap();
+    }
+}
+
+/// No call error of any kind was counted.
+fn assert_no_call_errors(server: &Server) {
+    let stats = server.stats();
+    assert_eq!(stats.call_errors.iter().sum::<u64>(), 0, "{stats:?}");
+}
+
+#[test]
+fn pipelining_connections_are_read_by_their_workers_and_every_call_is_answered() {
+    let server = TestServer::start();
+    pipeline_on_four_connections(&server, 2_000);
+    let stats = server.server.stats();
+    assert!(
+        stats.frames_read_by_workers > 0,
+        "workers read some requests themselves: {stats:?}"
+    );
+    assert_no_call_errors(&server.server);
+    wait_until("no call left in flight", PROMPTLY, || {
+        server.server.stats().in_flight_calls == 0
+    });
+}
+
+#[test]
+fn with_worker_reads_off_the_loop_reads_every_request() {
+    let server = TestServer::start_with(Server::builder().worker_reads(false).build());
+    pipeline_on_four_connections(&server, 500);
+    assert_eq!(server.server.stats().frames_read_by_workers, 0);
+    assert_no_call_errors(&server.server);
+}
+
+#[test]
+fn calls_read_with_a_blocked_one_are_answered_while_it_blocks() {
+    // A burst sent while the connection's worker waits for more: the worker reads it whole
+    // and runs it in turn, so the calls behind the blocking one (and the replies of those
+    // before it) are the loop's to rescue. Rounds repeat until a worker has read such a
+    // burst; every round, worker-read or not, must answer the quick calls promptly.
+    let server = TestServer::start();
+    let client = server.client();
+    let mut read_by_a_worker = 0;
+    for round in 0..40u64 {
+        // Keep the connection busy so that a worker is reading it when the burst comes.
+        let (warm, warmed) = done_channel::<u64>();
+        let batch = client.batch();
+        for _ in 0..16 {
+            batch.go_with(ProbeClient::SLEEP, &0u64, &warm);
+        }
+        batch.send();
+        warmed.recv_timeout(PROMPTLY).expect("a warm-up reply");
+
+        let before = server.server.stats().frames_read_by_workers;
+        let (done, completions) = done_channel::<u64>();
+        let burst = client.batch();
+        for index in 0..12u64 {
+            let (method, arg) = if index == 4 {
+                (ProbeClient::BLOCK, 1_000 + round)
+            } else {
+                (ProbeClient::SLEEP, 0)
+            };
+            burst.go_with(method, &arg, &done);
+        }
+        burst.send();
+        for _ in 0..11 {
+            let completion = completions.recv_timeout(PROMPTLY).expect("a quick reply");
+            assert_eq!(completion.result.unwrap(), 0, "round {round}");
+        }
+        if server.server.stats().frames_read_by_workers >= before + 12 {
+            read_by_a_worker += 1;
+        }
+        server.release(1);
+        let blocked = completions
+            .recv_timeout(PROMPTLY)
+            .expect("the released call");
+        assert_eq!(blocked.result.unwrap(), 1_000 + round);
+        for _ in 1..16 {
+            warmed
+                .recv_timeout(PROMPTLY)
+                .expect("the other warm-up replies");
+        }
+        if read_by_a_worker >= 3 {
+            break;
+        }
+    }
+    assert!(
+        read_by_a_worker >= 1,
+        "no burst was read by a worker in 40 rounds"
+    );
+    assert_no_call_errors(&server.server);
+}
+
+#[test]
+fn the_idle_timeout_counts_requests_a_worker_read_as_activity() {
+    // Requests a worker read never pass the loop, which keeps the idle clock: it must still
+    // see them, or a connection kept busy through its worker is closed as idle. The timeout
+    // is short, so a round in which the client itself stalled half as long (a loaded
+    // machine) proves nothing and is run again.
+    let idle_timeout = Duration::from_millis(20);
+    for _ in 0..5 {
+        let server = TestServer::start_with(Server::builder().idle_timeout(idle_timeout).build());
+        let (failed, longest_pause) = keep_four_in_flight(&server, Duration::from_millis(800));
+        let stats = server.server.stats();
+        assert!(stats.frames_read_by_workers > 0, "{stats:?}");
+        if stats.idle_closes == 0 && failed == 0 {
+            return;
+        }
+        assert!(
+            longest_pause >= idle_timeout / 2,
+            "closed as idle though no reply was more than {longest_pause:?} after the last"
+        );
+    }
+    panic!("every round stalled: the test could not tell");
+}
+
+/// Keeps four `Arith.Multiply` calls in flight on one connection for `run`; returns how many
+/// failed and the longest wait between two completions.
+fn keep_four_in_flight(server: &TestServer, run: Duration) -> (usize, Duration) {
+    let client = server.client();
+    let (done, completions) = done_channel::<i64>();
+    let go = || client.go_with("Arith.Multiply", &Args { a: 6, b: 7 }, &done);
+    for _ in 0..4 {
+        go();
+    }
+    let started = Instant::now();
+    let (mut last, mut longest, mut failed) = (started, Duration::ZERO, 0);
+    while started.elapsed() < run {
+        let completion = client.recv_completion(&completions, PROMPTLY).unwrap();
+        longest = longest.max(last.elapsed());
+        last = Instant::now();
+        match completion.result {
+            Ok(product) => assert_eq!(product, 42),
+            Err(_) => failed += 1,
+        }
+        go();
+    }
+    (failed, longest)
+}
