@@ -87,8 +87,8 @@ usage: cargo run --release --example loadgen -- [--addr HOST:PORT | --inproc] [o
                      every reply) instead of `Client::recv_completion` (the driver reads)
   --loops N          event-loop threads of the in-process server (default: its own default)
   --inline           serve Arith and Bench inline, on the event loop (Server::register_inline)
-  --no-worker-reads  pool workers leave reading to the event loop, which hands each request
-                     to a worker (ServerBuilder::worker_reads(false); default: workers read)
+  --worker-reads     a pool worker that answered a call reads and runs its connection's next
+                     requests itself (ServerBuilder::worker_reads)
   --busy-poll-us N   the in-process server's loops and the clients' waiting callers poll
                      N µs without blocking before they sleep (ServerBuilder::busy_poll,
                      ClientBuilder::busy_poll; default 0)
@@ -243,7 +243,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let shape = ServerShape {
         loops: flags.get("loops", 0usize)?,
         inline: flags.has("inline"),
-        worker_reads: !flags.has("no-worker-reads"),
+        worker_reads: flags.has("worker-reads"),
         busy_poll: plan.busy_poll.server,
     };
     let server = build_server(&shape, None)?;

@@ -1,8 +1,9 @@
-//! Worker reads (`ServerBuilder::worker_reads`, on by default): a pool worker that answered
-//! a call reads its connection's next requests and runs them in turn. Every call is still
+//! Worker reads (`ServerBuilder::worker_reads`, opt-in): a pool worker that answered a call
+//! reads its connection's next requests and runs them in turn. Every call is still
 //! answered; a call read with one that blocks still gets its reply while that one blocks
 //! (the loop takes over after about a millisecond); the idle timeout still sees the
-//! requests a worker read; and with the setting off, the loop reads everything.
+//! requests a worker read; and with the setting off (the default), the loop reads
+//! everything.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -11,7 +12,7 @@ mod util;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use netrpc::{done_channel, Client, Server};
+use netrpc::{done_channel, Client, Server, ServerBuilder};
 use util::{pipeline, wait_until, Args, ProbeClient, TestServer};
 
 /// Long enough for any reply on loopback; far shorter than a blocked call's 10 s.
@@ -36,9 +37,14 @@ fn assert_no_call_errors(server: &Server) {
     assert_eq!(stats.call_errors.iter().sum::<u64>(), 0, "{stats:?}");
 }
 
+/// A test server whose workers read their connections.
+fn start_with_worker_reads(builder: ServerBuilder) -> TestServer {
+    TestServer::start_with(builder.worker_reads(true).build())
+}
+
 #[test]
 fn pipelining_connections_are_read_by_their_workers_and_every_call_is_answered() {
-    let server = TestServer::start();
+    let server = start_with_worker_reads(Server::builder());
     pipeline_on_four_connections(&server, 2_000);
     let stats = server.server.stats();
     assert!(
@@ -52,8 +58,8 @@ fn pipelining_connections_are_read_by_their_workers_and_every_call_is_answered()
 }
 
 #[test]
-fn with_worker_reads_off_the_loop_reads_every_request() {
-    let server = TestServer::start_with(Server::builder().worker_reads(false).build());
+fn by_default_the_loop_reads_every_request() {
+    let server = TestServer::start();
     pipeline_on_four_connections(&server, 500);
     assert_eq!(server.server.stats().frames_read_by_workers, 0);
     assert_no_call_errors(&server.server);
@@ -65,7 +71,7 @@ fn calls_read_with_a_blocked_one_are_answered_while_it_blocks() {
     // and runs it in turn, so the calls behind the blocking one (and the replies of those
     // before it) are the loop's to rescue. Rounds repeat until a worker has read such a
     // burst; every round, worker-read or not, must answer the quick calls promptly.
-    let server = TestServer::start();
+    let server = start_with_worker_reads(Server::builder());
     let client = server.client();
     let mut read_by_a_worker = 0;
     for round in 0..40u64 {
@@ -126,7 +132,7 @@ fn the_idle_timeout_counts_requests_a_worker_read_as_activity() {
     // machine) proves nothing and is run again.
     let idle_timeout = Duration::from_millis(20);
     for _ in 0..5 {
-        let server = TestServer::start_with(Server::builder().idle_timeout(idle_timeout).build());
+        let server = start_with_worker_reads(Server::builder().idle_timeout(idle_timeout));
         let (failed, longest_pause) = keep_four_in_flight(&server, Duration::from_millis(800));
         let stats = server.server.stats();
         assert!(stats.frames_read_by_workers > 0, "{stats:?}");

@@ -71,15 +71,18 @@ pub struct ServerConfig {
     /// Whether a pool worker that has answered a call, while its connection has more calls
     /// in flight, waits a moment for the connection's next requests and runs them itself
     /// (`server_conn/worker_read.rs`), instead of leaving them to the event loop, which
-    /// hands each to a worker. On a busy connection that saves a thread hop and a wake-up or
-    /// two per call (four connections with sixteen calls in flight each: about 1.8 times the
-    /// calls/s, docs/BENCHMARKS.md, change 23). What changes: the requests one read brings
-    /// (at most 64) run one after another on that worker, their replies written together,
-    /// so a call read with one whose handler blocks waits for it, and its reply with it, up
-    /// to about a millisecond, after which the loop writes the replies and hands the
-    /// waiting requests to other workers; each connection read this way gets a poller of its
-    /// own (one more file descriptor); and the pool may keep a few more threads. Services
-    /// dispatched inline are unaffected. Default true.
+    /// hands each to a worker. On a few busy connections that saves a thread hop and a
+    /// wake-up or two per call (four connections with sixteen calls in flight each: about
+    /// 1.8 times the calls/s, docs/BENCHMARKS.md, change 23). What changes: the requests one
+    /// read brings (at most 64) run one after another on that worker, their replies written
+    /// together, so a call read with one whose handler blocks waits for it, and its reply
+    /// with it, up to about a millisecond, after which the loop writes the replies and hands
+    /// the waiting requests to other workers; each connection read this way gets a poller of
+    /// its own (one more file descriptor); and a worker waiting on a connection counts as
+    /// busy, so the pool starts more threads: with many connections each keeping only a few
+    /// calls in flight, threads multiply and the tail grows (64 connections x 2: 190-280
+    /// threads and p99 3-7 ms, against 2 threads and 1.2 ms). Services dispatched inline are
+    /// unaffected. Default false.
     pub worker_reads: bool,
 }
 
@@ -101,7 +104,7 @@ impl Default for ServerConfig {
             middleware: Vec::new(),
             tls: None,
             busy_poll: Duration::ZERO,
-            worker_reads: true,
+            worker_reads: false,
         }
     }
 }
@@ -128,8 +131,9 @@ impl ServerBuilder {
     }
 
     /// Whether a pool worker that answered a call reads and runs its connection's next
-    /// requests itself (default true; see [`ServerConfig::worker_reads`]). Turn it off to
-    /// have every pooled call start on a worker of its own the moment the loop reads it.
+    /// requests itself (default false; see [`ServerConfig::worker_reads`]). For a few
+    /// connections that each keep many calls in flight to quick pooled handlers; not for
+    /// many connections with a few calls each, where it multiplies threads.
     pub fn worker_reads(mut self, enabled: bool) -> Self {
         self.config.worker_reads = enabled;
         self

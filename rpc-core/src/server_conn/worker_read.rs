@@ -1,5 +1,5 @@
 //! Worker reads: a pool worker that has answered a call reads its connection's next requests
-//! and runs them itself ([`crate::ServerConfig::worker_reads`], on by default).
+//! and runs them itself ([`crate::ServerConfig::worker_reads`], opt-in).
 //!
 //! Without it every pooled call crosses two threads: the event loop reads the request and
 //! queues it, a worker runs it. On a busy connection that is a wake-up of the loop, a hand-off
