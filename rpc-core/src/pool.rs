@@ -17,6 +17,11 @@
 //! [`MONITOR_QUIET_TICKS`] ticks with nothing queued: an idle server holds few threads.
 //!
 //! Beyond `max_threads`, jobs wait in the queue (in arrival order) until a thread is free.
+//!
+//! A worker may also spend a job reading a connection (the server's worker reads,
+//! `server_conn/worker_read.rs`): it marks itself with [`WorkerPool::begin_reading`], and the
+//! pool then counts it neither idle nor busy, so that a reader asleep on its connection
+//! neither keeps queued jobs from a thread nor makes the monitor start threads for it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -65,6 +70,9 @@ struct PoolShared<J> {
     idle: AtomicUsize,
     /// Jobs running now.
     running: AtomicUsize,
+    /// Workers that read a connection now ([`WorkerPool::begin_reading`]): neither idle nor
+    /// counted as busy.
+    reading: AtomicUsize,
     /// The most jobs that ever ran at once.
     max_running: AtomicUsize,
     /// Jobs ever queued, and ever taken by a thread: their difference is the jobs waiting,
@@ -98,6 +106,7 @@ impl<J: PoolJob> WorkerPool<J> {
                 threads: AtomicUsize::new(0),
                 idle: AtomicUsize::new(0),
                 running: AtomicUsize::new(0),
+                reading: AtomicUsize::new(0),
                 max_running: AtomicUsize::new(0),
                 enqueued: CacheLine(AtomicU64::new(0)),
                 taken: AtomicU64::new(0),
@@ -117,7 +126,7 @@ impl<J: PoolJob> WorkerPool<J> {
         shared.enqueued.0.fetch_add(1, Ordering::SeqCst);
         // The pool owns a receiver too, so the channel cannot be disconnected.
         let _ = self.jobs.send(job);
-        let threads = shared.threads.load(Ordering::SeqCst);
+        let threads = shared.working_threads();
         if threads >= shared.eager_threads && shared.monitor_running.load(Ordering::SeqCst) {
             // Nothing below could act; asked first because the counters read below change
             // with every job a worker takes (a load would fetch their line back each call).
@@ -151,6 +160,33 @@ impl<J: PoolJob> WorkerPool<J> {
         self.shared.threads.load(Ordering::SeqCst) >= self.shared.max_threads
     }
 
+    /// Marks this worker thread (running a job of this pool) as reading a connection, unless
+    /// `per_core` workers per core already are, or this is no worker: while the guard lives,
+    /// the pool counts it neither idle nor busy, so a job queued meanwhile may start a thread
+    /// of its own as if this one did not exist (up to the eager threads; `execute`), and the
+    /// monitor never counts it blocked. Threads are then bounded by the eager ones, the
+    /// readers, and those the monitor starts for handlers that block.
+    pub(crate) fn begin_reading(&self, per_core: usize) -> Option<ReadingGuard<'_>> {
+        let max = self.shared.eager_threads * per_core;
+        let me = WORKER.with(|worker| worker.borrow().clone())?;
+        let reading = &self.shared.reading;
+        let mut now = reading.load(Ordering::SeqCst);
+        loop {
+            if now >= max {
+                return None;
+            }
+            match reading.compare_exchange(now, now + 1, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => break,
+                Err(actual) => now = actual,
+            }
+        }
+        me.reading.store(true, Ordering::SeqCst);
+        Some(ReadingGuard {
+            reading,
+            worker: me,
+        })
+    }
+
     /// True if jobs wait in the queue for a thread.
     pub(crate) fn has_waiting_jobs(&self) -> bool {
         self.shared.jobs_waiting() > 0
@@ -163,6 +199,12 @@ impl<J: PoolJob> WorkerPool<J> {
 }
 
 impl<J> PoolShared<J> {
+    /// Threads alive and not reading a connection.
+    fn working_threads(&self) -> usize {
+        let threads = self.threads.load(Ordering::SeqCst);
+        threads.saturating_sub(self.reading.load(Ordering::SeqCst))
+    }
+
     /// Jobs queued and not yet taken by a thread.
     fn jobs_waiting(&self) -> usize {
         // `taken` first: every job it counts was enqueued before, so `enqueued`, read after,
@@ -190,7 +232,10 @@ impl<J> PoolShared<J> {
                 break;
             }
             let job = worker.job.load(Ordering::SeqCst);
-            if job == NO_JOB || worker.probe.is_runnable() == Some(true) {
+            if job == NO_JOB
+                || worker.reading.load(Ordering::SeqCst)
+                || worker.probe.is_runnable() == Some(true)
+            {
                 continue;
             }
             if worker.seen_blocked_in.swap(job, Ordering::SeqCst) == job {
@@ -209,6 +254,26 @@ struct WorkerState {
     job: AtomicU64,
     /// The job in which the monitor last found the worker blocked.
     seen_blocked_in: AtomicU64,
+    /// The worker reads a connection now ([`WorkerPool::begin_reading`]).
+    reading: AtomicBool,
+}
+
+thread_local! {
+    /// This thread's state, if it is a pool worker.
+    static WORKER: std::cell::RefCell<Option<Arc<WorkerState>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A worker marked as reading a connection; unmarks it when dropped.
+pub(crate) struct ReadingGuard<'a> {
+    reading: &'a AtomicUsize,
+    worker: Arc<WorkerState>,
+}
+
+impl Drop for ReadingGuard<'_> {
+    fn drop(&mut self) {
+        self.worker.reading.store(false, Ordering::SeqCst);
+        self.reading.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A value alone on its cache line (128 bytes: x86 fetches lines in pairs), so that writes
@@ -322,7 +387,9 @@ fn worker_loop<J: PoolJob>(shared: &PoolShared<J>) {
         probe: ThreadProbe::current(),
         job: AtomicU64::new(NO_JOB),
         seen_blocked_in: AtomicU64::new(NO_JOB),
+        reading: AtomicBool::new(false),
     });
+    WORKER.with(|worker| *worker.borrow_mut() = Some(Arc::clone(&me)));
     shared.workers().push(Arc::clone(&me));
     run_jobs(shared, &me);
     shared.workers().retain(|worker| !Arc::ptr_eq(worker, &me));
@@ -397,6 +464,54 @@ mod tests {
 
     /// A pool of closures, the simplest job there is.
     type TestPool = WorkerPool<Box<dyn FnOnce() + Send>>;
+
+    #[test]
+    fn workers_reading_are_capped_per_core_and_free_their_place_when_done() {
+        let pool = TestPool::new(64, Duration::from_secs(1));
+        assert!(pool.begin_reading(1).is_none(), "only a worker reads");
+        let eager = pool.shared.eager_threads;
+        let (granted_tx, granted_rx) = crossbeam_channel::unbounded();
+        let (release_tx, release_rx) = crossbeam_channel::unbounded::<()>();
+        for _ in 0..=eager {
+            let (pool, granted_tx, release_rx) =
+                (pool.clone(), granted_tx.clone(), release_rx.clone());
+            pool.clone().execute(Box::new(move || {
+                let reading = pool.begin_reading(1);
+                granted_tx.send(reading.is_some()).unwrap();
+                if reading.is_some() {
+                    release_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+                }
+            }));
+        }
+        let mut granted: Vec<bool> = (0..=eager)
+            .map(|_| granted_rx.recv_timeout(Duration::from_secs(5)).unwrap())
+            .collect();
+        granted.sort_unstable();
+        assert_eq!(granted.iter().filter(|g| **g).count(), eager, "{granted:?}");
+        assert_eq!(
+            pool.shared.working_threads(),
+            pool.threads() - eager,
+            "readers are not counted as working"
+        );
+        for _ in 0..eager {
+            release_tx.send(()).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pool.shared.reading.load(Ordering::SeqCst) > 0 {
+            assert!(Instant::now() < deadline, "readers never finished");
+            thread::sleep(Duration::from_millis(1));
+        }
+        let pool_again = pool.clone();
+        pool.execute(Box::new(move || {
+            granted_tx
+                .send(pool_again.begin_reading(1).is_some())
+                .unwrap();
+        }));
+        assert!(
+            granted_rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+            "places free again once the readers are done"
+        );
+    }
 
     #[test]
     fn blocking_jobs_run_concurrently_up_to_the_cap() {

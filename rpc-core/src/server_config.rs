@@ -68,21 +68,20 @@ pub struct ServerConfig {
     /// client busy polls too (its hello says so), an inline turn's replies are written once,
     /// at the turn's end, instead of every 32nd at once. Default zero: loops sleep at once.
     pub busy_poll: Duration,
-    /// Whether a pool worker that has answered a call, while its connection has more calls
-    /// in flight, waits a moment for the connection's next requests and runs them itself
-    /// (`server_conn/worker_read.rs`), instead of leaving them to the event loop, which
-    /// hands each to a worker. On a few busy connections that saves a thread hop and a
-    /// wake-up or two per call (four connections with sixteen calls in flight each: about
-    /// 1.8 times the calls/s, docs/BENCHMARKS.md, change 23). What changes: the requests one
+    /// Whether a pool worker that has answered a call, while at least eight more calls of
+    /// its connection are in flight, waits a moment for the connection's next requests and
+    /// runs them itself (`server_conn/worker_read.rs`), instead of leaving them to the event
+    /// loop, which hands each to a worker. On a few busy connections that saves a thread hop
+    /// and a wake-up or two per call (4 connections x 16 in flight: 1.8 times the calls/s;
+    /// 2 x 32: 2.4 times; docs/BENCHMARKS.md, change 23). What changes: the requests one
     /// read brings (at most 64) run one after another on that worker, their replies written
     /// together, so a call read with one whose handler blocks waits for it, and its reply
     /// with it, up to about a millisecond, after which the loop writes the replies and hands
-    /// the waiting requests to other workers; each connection read this way gets a poller of
-    /// its own (one more file descriptor); and a worker waiting on a connection counts as
-    /// busy, so the pool starts more threads: with many connections each keeping only a few
-    /// calls in flight, threads multiply and the tail grows (64 connections x 2: 190-280
-    /// threads and p99 3-7 ms, against 2 threads and 1.2 ms). Services dispatched inline are
-    /// unaffected. Default false.
+    /// the waiting requests to other workers; up to four workers per core read at once, and
+    /// the pool counts them neither idle nor busy, so it keeps that many threads more; each
+    /// connection read this way holds one more file descriptor (its poller); and the tail
+    /// grows where some busy connections are read by workers and others by the loop (8 x 8:
+    /// p99 about 1 ms against 0.3). Services dispatched inline are unaffected. Default false.
     pub worker_reads: bool,
 }
 
@@ -132,8 +131,7 @@ impl ServerBuilder {
 
     /// Whether a pool worker that answered a call reads and runs its connection's next
     /// requests itself (default false; see [`ServerConfig::worker_reads`]). For a few
-    /// connections that each keep many calls in flight to quick pooled handlers; not for
-    /// many connections with a few calls each, where it multiplies threads.
+    /// connections that each keep many calls in flight to quick pooled handlers.
     pub fn worker_reads(mut self, enabled: bool) -> Self {
         self.config.worker_reads = enabled;
         self

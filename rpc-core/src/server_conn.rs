@@ -205,8 +205,7 @@ impl ServerConn {
         now: Instant,
         idle_timeout: Duration,
     ) -> Option<Instant> {
-        let read_by_worker = self.site.calls.read_by_worker.swap(false, Ordering::SeqCst);
-        if read_by_worker || self.site.calls.in_flight() > 0 {
+        if self.site.calls.was_active() {
             self.last_active = now;
         }
         let idle_from = deadline_after(self.last_active, idle_timeout);
@@ -407,6 +406,13 @@ impl ConnCalls {
         self.in_flight_len.store(in_flight.len(), Ordering::SeqCst);
         self.last_accepted.fetch_max(seq, Ordering::SeqCst);
         Start::Started
+    }
+
+    /// For the idle check: true if a call is in flight now, or a worker read a frame since
+    /// the last time this was asked (frames the loop reads it sees itself).
+    fn was_active(&self) -> bool {
+        let read_by_worker = self.read_by_worker.swap(false, Ordering::SeqCst);
+        read_by_worker || self.in_flight() > 0
     }
 
     /// True if call `seq` is in flight.
@@ -900,6 +906,20 @@ mod tests {
         assert_eq!(calls.in_flight(), 1);
         assert_eq!(calls.in_flight_len.load(Ordering::SeqCst), 1);
         assert_eq!(calls.last_accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn the_idle_check_sees_frames_a_worker_read_once() {
+        let calls = ConnCalls::default();
+        assert!(!calls.was_active());
+        calls.read_by_worker.store(true, Ordering::SeqCst);
+        assert!(
+            calls.was_active(),
+            "a worker read a frame the loop never saw"
+        );
+        assert!(!calls.was_active(), "and only since the last look");
+        assert_eq!(calls.start(1, 8, || true), Start::Started);
+        assert!(calls.was_active(), "a call in flight");
     }
 
     #[test]

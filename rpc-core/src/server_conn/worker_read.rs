@@ -38,6 +38,24 @@ use super::{CallSite, ConnSite, LookupCache, Sending};
 /// that goes quiet costs its worker this much once.
 const LINGER: Duration = Duration::from_micros(50);
 
+/// Other calls of its connection that must be in flight when a worker answers a call for it
+/// to read the connection. A client that waits for each reply sends its next request later
+/// than a worker could wait (sequential calls lost 10-20% waiting, with any call in flight
+/// enough); one with a few calls in flight, the same: with 16 connections x 4 in flight a
+/// threshold of 4 doubled p99 (430 -> 890 µs), 8 left it and 64 x 2 as they were, while
+/// 2 x 32 went from 533k to 1,256k calls/s and 4 x 16 from 579k to 969k.
+const MIN_IN_FLIGHT: usize = 8;
+
+/// Workers that may read connections at once, per core ([`WorkerPool::begin_reading`]): a
+/// worker waiting on a connection is not counted busy, so the pool starts threads for the
+/// calls queued meanwhile as if it did not exist. 4 x 16 wants one per connection (two per
+/// core gave 902-960k calls/s and a p99 of 540-570 µs, four 1,055k and 365 µs); more than
+/// the connections that qualify changes nothing. Without a cap, many connections each made
+/// a thread (64 x 2: 190-280 threads, p99 3.8-7.3 ms).
+///
+/// [`WorkerPool::begin_reading`]: crate::pool::WorkerPool::begin_reading
+const READERS_PER_CORE: usize = 4;
+
 /// Most reads one worker makes in a row before it goes back to the pool. A busy connection
 /// keeps its worker for a while (8 reads gave 4 x 16 pooled calls 610k calls/s, 64 reads
 /// 940k-975k, 256 about 990k with half the p99 of 64: docs/BENCHMARKS.md, change 23); the
@@ -144,11 +162,12 @@ impl WorkerBatch {
 /// Reads the connection on this worker, and runs what arrives, until it is quiet for
 /// [`LINGER`], [`MAX_READS`] reads are done, or reading is better left to the loop.
 pub(super) fn read_next(site: &ConnSite) {
-    if site.calls.in_flight_len.load(Ordering::SeqCst) == 0 {
-        // Nothing else in flight: a client that waits for each reply, whose next request
-        // comes later than a worker could wait (sequential calls lost 10-20% waiting).
-        return;
+    if site.calls.in_flight_len.load(Ordering::SeqCst) < MIN_IN_FLIGHT {
+        return; // a shallow pipeline: its next requests come too late to wait for
     }
+    let Some(_reading) = site.server.pool.begin_reading(READERS_PER_CORE) else {
+        return; // enough workers read connections already
+    };
     let mut lookups = LookupCache::default();
     let mut frames = Vec::with_capacity(READ_BATCH);
     for _ in 0..MAX_READS {
