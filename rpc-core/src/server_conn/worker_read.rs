@@ -42,9 +42,12 @@ const LINGER: Duration = Duration::from_micros(50);
 /// to read the connection. A client that waits for each reply sends its next request later
 /// than a worker could wait (sequential calls lost 10-20% waiting, with any call in flight
 /// enough); one with a few calls in flight, the same: with 16 connections x 4 in flight a
-/// threshold of 4 doubled p99 (430 -> 890 µs), 8 left it and 64 x 2 as they were, while
-/// 2 x 32 went from 533k to 1,256k calls/s and 4 x 16 from 579k to 969k.
-const MIN_IN_FLIGHT: usize = 8;
+/// threshold of 4 doubled p99 (430 -> 890 µs). Eight sat on a common window: 8 x 8 met it
+/// only at times, and the connections read by workers starved those read by the loop (p99
+/// about 1 ms against 0.3). Twelve leaves 8 x 8, 16 x 8, 16 x 4 and 64 x 2 as they were
+/// without worker reads, while 4 x 16 goes from 567k to 1,030k calls/s and 2 x 32 from 550k
+/// to 1,300k.
+const MIN_IN_FLIGHT: usize = 12;
 
 /// Workers that may read connections at once, per core ([`WorkerPool::begin_reading`]): a
 /// worker waiting on a connection is not counted busy, so the pool starts threads for the
