@@ -466,7 +466,7 @@ enum Start {
 #[derive(Clone, Copy)]
 enum Sending {
     /// By this pool worker, now or with the replies of the connection's next calls
-    /// ([`InFlight::send_from_worker`]).
+    /// ([`CallSite::send_from_worker`]).
     FromWorker,
     /// With the other replies of this loop turn (an inline handler, on the loop).
     Batched,

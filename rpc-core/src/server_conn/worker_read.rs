@@ -11,6 +11,13 @@
 //! reads whenever the worker is not waiting (and takes anything a worker cannot act on: end
 //! of stream, bad bytes, half a frame), so nothing depends on a worker being there.
 //!
+//! A worker reads only while [`MIN_IN_FLIGHT`] more calls of its connection are in flight
+//! (a shallow pipeline's next requests come too late to wait for), and no more than
+//! [`READERS_PER_CORE`] per core read at once. A reading worker tells the pool so
+//! (`WorkerPool::begin_reading`), which then counts it neither idle nor busy: calls queued
+//! meanwhile get threads as if it did not exist, and the monitor never takes its waits for a
+//! blocked handler.
+//!
 //! The requests of one read (at most [`READ_BATCH`]) run one after another, their replies
 //! corked and written together once the last has run. A handler that blocks would hold up
 //! the others, and the replies corked before it, so the worker keeps them in the
