@@ -53,8 +53,7 @@ pub struct ServerStats {
     /// is not counted.
     pub tls_errors: u64,
     /// Frames (requests, mostly) read by a pool worker after it answered a call, instead of
-    /// by the event loop
-    /// ([`crate::ServerConfig::worker_reads`]).
+    /// by the event loop ([`crate::ServerConfig::worker_reads`]).
     pub frames_read_by_workers: u64,
 }
 
