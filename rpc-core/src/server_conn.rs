@@ -289,29 +289,30 @@ impl ConnSite {
             self.conn.close_when_flushed();
             return None;
         }
-        // First: any answer to a duplicate would be taken for the original's, so one whose
-        // sequence id is in flight is never answered, whatever else is wrong with it. (With
-        // a worker reading too, the loop and the worker may each have read a copy: `admit`
-        // looks again as it puts the call in flight.)
-        if self.calls.is_in_flight(request.seq) {
-            StatsCounters::bump(&self.server.stats.duplicate_requests);
-            return None;
-        }
+        let draining = self.calls.draining.load(Ordering::SeqCst);
         let refusal = match lookups.find(&self.server, request) {
-            Err(err) => (err.code, err.message),
-            Ok(_) if self.calls.draining.load(Ordering::SeqCst) => {
-                (ErrorCode::ShuttingDown, "server is shutting down".into())
-            }
-            Ok(found) => match self.admit(request.seq) {
+            // `start` looks for a duplicate under the lock it takes anyway: one lock per
+            // request on the way in, whoever reads it (the loop, or a worker reading too).
+            Ok(found) if !draining => match self.admit(request.seq) {
                 Start::Started => return Some(found),
-                Start::Duplicate => {
-                    StatsCounters::bump(&self.server.stats.duplicate_requests);
-                    return None;
-                }
+                Start::Duplicate => return self.drop_duplicate(),
                 Start::Full => (ErrorCode::Throttled, "too many calls in flight".into()),
             },
+            Ok(_) => (ErrorCode::ShuttingDown, "server is shutting down".into()),
+            Err(err) => (err.code, err.message),
         };
+        // Any answer to a duplicate would be taken for the original's, so one whose sequence
+        // id is in flight is never answered, whatever else is wrong with it.
+        if self.calls.is_in_flight(request.seq) {
+            return self.drop_duplicate();
+        }
         self.refuse(request.seq, refusal.0, &refusal.1);
+        None
+    }
+
+    /// Leaves a request whose sequence id is in flight unanswered, and counts it.
+    fn drop_duplicate(&self) -> Option<Arc<Found>> {
+        StatsCounters::bump(&self.server.stats.duplicate_requests);
         None
     }
 

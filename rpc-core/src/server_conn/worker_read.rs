@@ -232,8 +232,7 @@ fn run_batch(site: &ConnSite, lookups: &mut LookupCache, requests: &mut Vec<Fram
     let mut corked_replies = 0;
     loop {
         let now = Instant::now();
-        let corked = site.conn.queued_len() > 0;
-        let Some((request, received, guarded)) = batch.next(corked, now) else {
+        let Some((request, received, guarded)) = batch.next(corked_replies > 0, now) else {
             break;
         };
         if guarded && !watched {
