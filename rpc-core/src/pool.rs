@@ -584,7 +584,13 @@ mod tests {
             }
         });
         run_and_wait(&pool, jobs, Duration::from_secs(10));
-        assert_eq!(pool.threads(), pool.shared.eager_threads);
+        // One more is allowed: on a machine loaded by other tests both workers may go
+        // `STALLED_TICKS` without taking a job, and the monitor then starts one by design
+        // (seen once in a parallel run of the whole suite). Counting computing workers as
+        // blocked would start one per waiting job instead.
+        let threads = pool.threads();
+        let eager = pool.shared.eager_threads;
+        assert!(threads <= eager + 1, "{threads} threads for {eager} cores");
     }
 
     #[test]
