@@ -161,14 +161,16 @@ impl<J: PoolJob> WorkerPool<J> {
     }
 
     /// Marks this worker thread (running a job of this pool) as reading a connection, unless
-    /// `per_core` workers per core already are, or this is no worker: while the guard lives,
-    /// the pool counts it neither idle nor busy, so a job queued meanwhile may start a thread
-    /// of its own as if this one did not exist (up to the eager threads; `execute`), and the
-    /// monitor never counts it blocked. Threads are then bounded by the eager ones, the
-    /// readers, and those the monitor starts for handlers that block.
+    /// `per_core` workers per core already are, or this thread is no worker of this pool:
+    /// while the guard lives, the pool counts it neither idle nor busy, so a job queued
+    /// meanwhile may start a thread of its own as if this one did not exist (up to the eager
+    /// threads; `execute`), and the monitor never counts it blocked. Threads are then bounded
+    /// by the eager ones, the readers, and those the monitor starts for handlers that block.
     pub(crate) fn begin_reading(&self, per_core: usize) -> Option<ReadingGuard<'_>> {
         let max = self.shared.eager_threads * per_core;
-        let me = WORKER.with(|worker| worker.borrow().clone())?;
+        let me = WORKER
+            .with(|worker| worker.borrow().clone())
+            .filter(|me| me.pool == pool_address(&self.shared))?;
         let reading = &self.shared.reading;
         let mut now = reading.load(Ordering::SeqCst);
         loop {
@@ -249,6 +251,8 @@ impl<J> PoolShared<J> {
 /// What the monitor knows of one worker thread.
 #[derive(Debug)]
 struct WorkerState {
+    /// The address of the pool's shared state: which pool this thread works for.
+    pool: usize,
     probe: ThreadProbe,
     /// The job the worker runs now (its number in `taken` order), or [`NO_JOB`].
     job: AtomicU64,
@@ -381,9 +385,15 @@ fn monitor_loop<J: PoolJob>(shared: &Arc<PoolShared<J>>) {
     }
 }
 
+/// Tells one pool from another, for a worker thread to know whose it is.
+fn pool_address<J>(shared: &PoolShared<J>) -> usize {
+    std::ptr::from_ref(shared).addr()
+}
+
 /// A worker's life: registered for the monitor, then jobs until it idles out.
 fn worker_loop<J: PoolJob>(shared: &PoolShared<J>) {
     let me = Arc::new(WorkerState {
+        pool: pool_address(shared),
         probe: ThreadProbe::current(),
         job: AtomicU64::new(NO_JOB),
         seen_blocked_in: AtomicU64::new(NO_JOB),
@@ -469,6 +479,18 @@ mod tests {
     fn workers_reading_are_capped_per_core_and_free_their_place_when_done() {
         let pool = TestPool::new(64, Duration::from_secs(1));
         assert!(pool.begin_reading(1).is_none(), "only a worker reads");
+        let other = TestPool::new(64, Duration::from_secs(1));
+        let (other_tx, other_rx) = crossbeam_channel::unbounded();
+        let pool_to_ask = pool.clone();
+        other.execute(Box::new(move || {
+            other_tx
+                .send(pool_to_ask.begin_reading(1).is_some())
+                .unwrap();
+        }));
+        assert!(
+            !other_rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+            "a worker of another pool was let read for this one"
+        );
         let eager = pool.shared.eager_threads;
         let (granted_tx, granted_rx) = crossbeam_channel::unbounded();
         let (release_tx, release_rx) = crossbeam_channel::unbounded::<()>();
