@@ -1,8 +1,8 @@
 //! TLS and mutual TLS end to end (SEEDS §7 "Security"): calls of every shape over TLS, client
 //! certificates required and refused, untrusted servers, plaintext and TLS peers mixed up, a
-//! handshake that stalls and bytes that are not TLS. Certificates are made in the test with
-//! rcgen; every wait is bounded, and after each fault the server serves others and returns to
-//! idle.
+//! handshake that stalls, bytes that are not TLS, and pool workers reading TLS connections.
+//! Certificates are made in the test with rcgen; every wait is bounded, and after each fault
+//! the server serves others and returns to idle.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -134,6 +134,31 @@ fn calls_of_every_shape_work_over_tls() {
 
     drop((arith, client));
     assert_eq!(server.server.stats().tls_errors, 0);
+    assert_back_to_idle(&server.server);
+}
+
+#[test]
+fn workers_reading_their_connections_decrypt_and_answer_every_tls_call() {
+    // With worker reads a pool worker takes the connection's read turn and decrypts the
+    // records itself, as a waiting client caller does.
+    let pki = Pki::new();
+    let server = pki.serve(false, Server::builder().worker_reads(true));
+    let drivers: Vec<_> = (1..=2i64)
+        .map(|conn| {
+            let client = pki.dial(&server, None).unwrap();
+            thread::spawn(move || util::pipeline(&client, conn, 2_000, 16))
+        })
+        .collect();
+    for driver in drivers {
+        driver.join().unwrap();
+    }
+    let stats = server.server.stats();
+    assert!(
+        stats.frames_read_by_workers > 0,
+        "no worker read a TLS connection: {stats:?}"
+    );
+    assert_eq!(stats.tls_errors, 0);
+    assert_eq!(stats.call_errors.iter().sum::<u64>(), 0, "{stats:?}");
     assert_back_to_idle(&server.server);
 }
 
