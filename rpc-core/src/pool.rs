@@ -480,15 +480,8 @@ mod tests {
         let pool = TestPool::new(64, Duration::from_secs(1));
         assert!(pool.begin_reading(1).is_none(), "only a worker reads");
         let other = TestPool::new(64, Duration::from_secs(1));
-        let (other_tx, other_rx) = crossbeam_channel::unbounded();
-        let pool_to_ask = pool.clone();
-        other.execute(Box::new(move || {
-            other_tx
-                .send(pool_to_ask.begin_reading(1).is_some())
-                .unwrap();
-        }));
         assert!(
-            !other_rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+            !may_read_from_a_job_of(&other, &pool),
             "a worker of another pool was let read for this one"
         );
         let eager = pool.shared.eager_threads;
@@ -523,16 +516,20 @@ mod tests {
             assert!(Instant::now() < deadline, "readers never finished");
             thread::sleep(Duration::from_millis(1));
         }
-        let pool_again = pool.clone();
-        pool.execute(Box::new(move || {
-            granted_tx
-                .send(pool_again.begin_reading(1).is_some())
-                .unwrap();
-        }));
         assert!(
-            granted_rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+            may_read_from_a_job_of(&pool, &pool),
             "places free again once the readers are done"
         );
+    }
+
+    /// Whether a job of `runner` is let read for `asked` (`begin_reading`, one per core).
+    fn may_read_from_a_job_of(runner: &TestPool, asked: &TestPool) -> bool {
+        let (answer_tx, answer_rx) = crossbeam_channel::unbounded();
+        let asked = asked.clone();
+        runner.execute(Box::new(move || {
+            answer_tx.send(asked.begin_reading(1).is_some()).unwrap();
+        }));
+        answer_rx.recv_timeout(Duration::from_secs(5)).unwrap()
     }
 
     #[test]
