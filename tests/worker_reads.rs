@@ -1,10 +1,11 @@
 //! Worker reads (`ServerBuilder::worker_reads`, opt-in): a pool worker that answered a call
 //! reads its connection's next requests and runs them in turn. Every call is still
 //! answered; a call read with one that blocks still gets its reply while that one blocks
-//! (the loop takes over after about a millisecond); and with the setting off (the default),
-//! the loop reads everything. (That the idle timeout sees the requests a worker read is a
-//! unit test of `ConnCalls::was_active`: a connection busy through its worker for longer
-//! than the timeout is too rare to catch here.)
+//! (the loop takes over after about a millisecond); threads stay bounded with many
+//! connections; a graceful shutdown while workers read ends every call promptly; and with
+//! the setting off (the default), the loop reads everything. (That the idle timeout sees the
+//! requests a worker read is a unit test of `ConnCalls::was_active`: a connection busy
+//! through its worker for longer than the timeout is too rare to catch here.)
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -13,8 +14,8 @@ mod util;
 use std::thread;
 use std::time::Duration;
 
-use netrpc::{done_channel, Client, Server, ServerBuilder};
-use util::{pipeline, wait_until, ProbeClient, TestServer};
+use netrpc::{done_channel, Client, RpcError, Server, ServerBuilder};
+use util::{pipeline, wait_until, Args, ProbeClient, TestServer};
 
 /// Long enough for any reply on loopback; far shorter than a blocked call's 10 s.
 const PROMPTLY: Duration = Duration::from_secs(3);
@@ -147,4 +148,59 @@ fn many_pipelining_connections_do_not_each_get_a_thread() {
     );
     assert!(server.server.stats().frames_read_by_workers > 0);
     assert_no_call_errors(&server.server);
+}
+
+#[test]
+fn a_graceful_shutdown_while_workers_read_lets_every_call_end_promptly() {
+    // Workers are reading two busy connections when the server goes away: the calls in
+    // flight finish, later ones are refused (or find the connection closed), no caller waits
+    // past its deadline, and the drain completes within the grace.
+    let server = start_with_worker_reads(Server::builder());
+    let drivers: Vec<_> = (0..2)
+        .map(|_| {
+            let client = server.client();
+            thread::spawn(move || pipeline_until_refused(&client))
+        })
+        .collect();
+    wait_until("workers read the busy connections", PROMPTLY, || {
+        server.server.stats().frames_read_by_workers > 1_000
+    });
+    assert!(
+        server.handle.shutdown_gracefully(Duration::from_secs(5)),
+        "the calls in flight finished within the grace"
+    );
+    for driver in drivers {
+        let (answered, refused) = driver.join().unwrap();
+        assert!(
+            answered > 0 && refused > 0,
+            "{answered} answered, {refused} refused"
+        );
+    }
+    assert_eq!(server.server.stats().in_flight_calls, 0);
+}
+
+/// Keeps sixteen calls in flight until the server refuses them; returns the calls answered
+/// and those refused (`ShuttingDown`, or `ConnectionLost` once the server has closed).
+fn pipeline_until_refused(client: &Client) -> (u64, u64) {
+    let (done, completions) = done_channel::<i64>();
+    for i in 0..16i64 {
+        client.go_with("Arith.Multiply", &Args { a: i, b: 1 }, &done);
+    }
+    let (mut in_flight, mut answered, mut refused) = (16, 0, 0);
+    while in_flight > 0 {
+        let completion = client
+            .recv_completion(&completions, PROMPTLY)
+            .expect("every call ends promptly");
+        in_flight -= 1;
+        match completion.result {
+            Ok(_) => answered += 1,
+            Err(RpcError::ShuttingDown | RpcError::ConnectionLost { .. }) => refused += 1,
+            Err(other) => panic!("a call failed otherwise: {other:?}"),
+        }
+        if refused == 0 {
+            client.go_with("Arith.Multiply", &Args { a: 1, b: 1 }, &done);
+            in_flight += 1;
+        }
+    }
+    (answered, refused)
 }
