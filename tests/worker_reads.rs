@@ -2,10 +2,11 @@
 //! reads its connection's next requests and runs them in turn. Every call is still
 //! answered; a call read with one that blocks still gets its reply while that one blocks
 //! (the loop takes over after about a millisecond); threads stay bounded with many
-//! connections; a graceful shutdown while workers read ends every call promptly; and with
-//! the setting off (the default), the loop reads everything. (That the idle timeout sees the
-//! requests a worker read is a unit test of `ConnCalls::was_active`: a connection busy
-//! through its worker for longer than the timeout is too rare to catch here.)
+//! connections; a handler that panics fails its own call alone; a graceful shutdown while
+//! workers read ends every call promptly; and with the setting off (the default), the loop
+//! reads everything. (That the idle timeout sees the requests a worker read is a unit test
+//! of `ConnCalls::was_active`: a connection busy through its worker for longer than the
+//! timeout is too rare to catch here.)
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -15,7 +16,7 @@ use std::thread;
 use std::time::Duration;
 
 use netrpc::{done_channel, Client, RpcError, Server, ServerBuilder};
-use util::{pipeline, wait_until, Args, ProbeClient, TestServer};
+use util::{pipeline, wait_until, Args, ArithClient, ProbeClient, TestServer};
 
 /// Long enough for any reply on loopback; far shorter than a blocked call's 10 s.
 const PROMPTLY: Duration = Duration::from_secs(3);
@@ -203,4 +204,60 @@ fn pipeline_until_refused(client: &Client) -> (u64, u64) {
         }
     }
     (answered, refused)
+}
+
+#[test]
+fn a_handler_that_panics_in_a_workers_read_fails_its_call_alone() {
+    // Every seventh call of a busy connection panics while a worker runs that connection's
+    // reads in turn: each gets `HandlerPanicked`, every other call its product, and the
+    // worker goes on with the rest of its read.
+    let server = start_with_worker_reads(Server::builder());
+    let client = server.client();
+    let (done, completions) = done_channel::<i64>();
+    let mut expected = std::collections::HashMap::new();
+    for i in 0..2_000i64 {
+        if i >= 16 {
+            check_panic_or_product(&client, &completions, &mut expected);
+        }
+        let seq = if i % 7 == 0 {
+            client.go_with(ProbeClient::PANIC, &format!("boom {i}"), &done)
+        } else {
+            client.go_with("Arith.Multiply", &Args { a: i, b: 3 }, &done)
+        };
+        expected.insert(seq, i);
+    }
+    while !expected.is_empty() {
+        check_panic_or_product(&client, &completions, &mut expected);
+    }
+    let stats = server.server.stats();
+    assert!(stats.frames_read_by_workers > 0, "{stats:?}");
+    assert_eq!(
+        ArithClient::new(server.client())
+            .multiply(&Args { a: 6, b: 7 })
+            .unwrap(),
+        42
+    );
+    wait_until("no call left in flight", PROMPTLY, || {
+        server.server.stats().in_flight_calls == 0
+    });
+}
+
+/// Takes the next completion: a call numbered by a multiple of seven panicked with its
+/// number, any other returned its number times three.
+fn check_panic_or_product(
+    client: &Client,
+    completions: &crossbeam_channel::Receiver<netrpc::Completion<i64>>,
+    expected: &mut std::collections::HashMap<u64, i64>,
+) {
+    let completion = client
+        .recv_completion(completions, PROMPTLY)
+        .expect("every call ends promptly");
+    let i = expected.remove(&completion.seq).expect("a call of ours");
+    match completion.result {
+        Err(RpcError::HandlerPanicked { message }) if i % 7 == 0 => {
+            assert!(message.contains(&format!("boom {i}")), "{message}");
+        }
+        Ok(product) if i % 7 != 0 => assert_eq!(product, i * 3),
+        other => panic!("call {i}: {other:?}"),
+    }
 }
