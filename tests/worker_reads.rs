@@ -1,12 +1,12 @@
 //! Worker reads (`ServerBuilder::worker_reads`, opt-in): a pool worker that answered a call
-//! reads its connection's next requests and runs them in turn. Every call is still
-//! answered; a call read with one that blocks still gets its reply while that one blocks
-//! (the loop takes over after about a millisecond); threads stay bounded with many
-//! connections; a handler that panics fails its own call alone; a graceful shutdown while
-//! workers read ends every call promptly; and with the setting off (the default), the loop
-//! reads everything. (That the idle timeout sees the requests a worker read is a unit test
-//! of `ConnCalls::was_active`: a connection busy through its worker for longer than the
-//! timeout is too rare to catch here.)
+//! reads its connection's next requests and runs them in turn. Every call is still answered; a
+//! call read with one that blocks still gets its reply while that one blocks (the loop takes
+//! over after about a millisecond); threads stay bounded with many connections; a handler that
+//! panics fails its own call alone; bytes that break the framing close their connection alone;
+//! a graceful shutdown while workers read ends every call promptly; and with the setting off
+//! (the default), the loop reads everything. (That the idle timeout sees the requests a worker
+//! read is a unit test of `ConnCalls::was_active`: a connection busy through its worker for
+//! longer than the timeout is too rare to catch here.)
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -16,7 +16,11 @@ use std::thread;
 use std::time::Duration;
 
 use netrpc::{done_channel, Client, RpcError, Server, ServerBuilder};
-use util::{pipeline, wait_until, Args, ArithClient, ProbeClient, TestServer};
+use util::evil::{request, EvilClient};
+use util::{
+    assert_back_to_idle, assert_healthy, pipeline, wait_until, Args, ArithClient, ProbeClient,
+    TestServer,
+};
 
 /// Long enough for any reply on loopback; far shorter than a blocked call's 10 s.
 const PROMPTLY: Duration = Duration::from_secs(3);
@@ -260,4 +264,35 @@ fn check_panic_or_product(
         Ok(product) if i % 7 != 0 => assert_eq!(product, i * 3),
         other => panic!("call {i}: {other:?}"),
     }
+}
+
+#[test]
+fn bytes_that_break_the_framing_on_a_connection_workers_read_close_it_alone() {
+    // A raw client keeps sixteen requests in flight until workers read its connection, then
+    // sends bytes that are no frame: whoever reads them (a worker, most likely) hands them
+    // to the loop, which closes the connection and counts a frame error; nothing else is
+    // disturbed.
+    let server = start_with_worker_reads(Server::builder());
+    let mut evil = EvilClient::connect(server.addr());
+    let multiply = |seq: u64| request(seq, "Arith.Multiply", &Args { a: 2, b: 3 });
+    evil.send_frames(&(1..=16).map(multiply).collect::<Vec<_>>());
+    let mut next_seq = 17;
+    while server.server.stats().frames_read_by_workers < 500 {
+        assert!(next_seq < 100_000, "no worker read the connection");
+        evil.read_frames(1);
+        evil.send_frames(&[multiply(next_seq)]);
+        next_seq += 1;
+    }
+    evil.send_raw(&[0xFF; 64]);
+    let replies = evil.read_until_closed();
+    assert!(
+        replies.len() <= 16,
+        "{} replies after the bad bytes",
+        replies.len()
+    );
+    wait_until("the frame error counted", PROMPTLY, || {
+        server.server.stats().frame_errors == 1
+    });
+    assert_healthy(server.addr());
+    assert_back_to_idle(&server.server);
 }
