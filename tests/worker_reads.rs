@@ -12,10 +12,12 @@
 
 mod util;
 
+use std::collections::HashMap;
 use std::thread;
 use std::time::Duration;
 
-use netrpc::{done_channel, Client, RpcError, Server, ServerBuilder};
+use crossbeam_channel::Receiver;
+use netrpc::{done_channel, Client, Completion, RpcError, Server, ServerBuilder};
 use util::evil::{request, EvilClient};
 use util::{
     assert_back_to_idle, assert_healthy, pipeline, wait_until, Args, ArithClient, ProbeClient,
@@ -218,7 +220,7 @@ fn a_handler_that_panics_in_a_workers_read_fails_its_call_alone() {
     let server = start_with_worker_reads(Server::builder());
     let client = server.client();
     let (done, completions) = done_channel::<i64>();
-    let mut expected = std::collections::HashMap::new();
+    let mut expected = HashMap::new();
     for i in 0..2_000i64 {
         if i >= 16 {
             check_panic_or_product(&client, &completions, &mut expected);
@@ -250,8 +252,8 @@ fn a_handler_that_panics_in_a_workers_read_fails_its_call_alone() {
 /// number, any other returned its number times three.
 fn check_panic_or_product(
     client: &Client,
-    completions: &crossbeam_channel::Receiver<netrpc::Completion<i64>>,
-    expected: &mut std::collections::HashMap<u64, i64>,
+    completions: &Receiver<Completion<i64>>,
+    expected: &mut HashMap<u64, i64>,
 ) {
     let completion = client
         .recv_completion(completions, PROMPTLY)
