@@ -275,6 +275,14 @@ mod tests {
             .collect()
     }
 
+    /// A batch holding requests `seqs`, read now; and that moment.
+    fn loaded(seqs: std::ops::RangeInclusive<u64>) -> (WorkerBatch, Instant) {
+        let batch = WorkerBatch::default();
+        let now = Instant::now();
+        batch.load(&mut requests(seqs), now);
+        (batch, now)
+    }
+
     fn stalled_seqs(check: BatchCheck) -> Vec<u64> {
         match check {
             BatchCheck::Stalled { waiting, .. } => waiting.iter().map(|frame| frame.seq).collect(),
@@ -285,9 +293,7 @@ mod tests {
 
     #[test]
     fn requests_behind_a_call_that_runs_too_long_go_to_the_loop_once() {
-        let batch = WorkerBatch::default();
-        let read_at = Instant::now();
-        batch.load(&mut requests(1..=3), read_at);
+        let (batch, read_at) = loaded(1..=3);
         let started = read_at + Duration::from_micros(10);
         let (first, received, guarded) = batch.next(false, started).unwrap();
         assert_eq!((first.seq, received, guarded), (1, read_at, true));
@@ -308,9 +314,7 @@ mod tests {
 
     #[test]
     fn a_call_with_nothing_behind_it_is_not_watched() {
-        let batch = WorkerBatch::default();
-        let now = Instant::now();
-        batch.load(&mut requests(1..=1), now);
+        let (batch, now) = loaded(1..=1);
         let (_, _, guarded) = batch.next(false, now).unwrap();
         assert!(!guarded);
         assert!(matches!(batch.check(now + STALL * 2), BatchCheck::Idle));
@@ -318,9 +322,7 @@ mod tests {
 
     #[test]
     fn a_call_with_replies_corked_behind_it_has_them_written_when_it_stalls() {
-        let batch = WorkerBatch::default();
-        let now = Instant::now();
-        batch.load(&mut requests(1..=1), now);
+        let (batch, now) = loaded(1..=1);
         let (_, _, guarded) = batch.next(true, now).unwrap();
         assert!(guarded, "its corked replies must not wait for it");
         assert_eq!(stalled_seqs(batch.check(now + STALL)), Vec::<u64>::new());
@@ -328,9 +330,7 @@ mod tests {
 
     #[test]
     fn a_finished_batch_leaves_nothing_to_watch() {
-        let batch = WorkerBatch::default();
-        let now = Instant::now();
-        batch.load(&mut requests(1..=2), now);
+        let (batch, now) = loaded(1..=2);
         assert!(batch.next(false, now).unwrap().2);
         assert!(
             batch.next(true, now).unwrap().2,
