@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use mio::net::TcpStream;
 
+use crate::clock::deadline_after;
 use crate::decoder::FrameDecoder;
 use crate::error::TransportError;
 use crate::frame::Frame;
@@ -89,6 +90,16 @@ struct OutQueue {
     closed: bool,
     /// Close the connection as soon as the queue is empty.
     close_when_flushed: bool,
+    /// When the loop is set to look at held bytes ([`Connection::send_corked_for`]); `None`
+    /// while no such look is set.
+    held_flush_at: Option<Instant>,
+    /// When the oldest held bytes still queued must be written: set by the first held bytes
+    /// after a write took the queue, cleared by the next.
+    held_until: Option<Instant>,
+    /// The hold of the last held bytes, and whether any came since the loop last looked:
+    /// while they keep coming the loop keeps looking, so they need not ask it to.
+    hold: Duration,
+    held_since_look: bool,
 }
 
 /// The outbound queue's lock, held: on release it records the queue's length in `len`, so
@@ -116,6 +127,7 @@ impl OutQueue {
     /// Takes the queued bytes for a writer, which starts the count of batched sends anew.
     fn take_for_write(&mut self) -> BytesMut {
         self.batched_sends = 0;
+        self.held_until = None;
         std::mem::take(&mut self.buf)
     }
 }
@@ -219,8 +231,9 @@ impl Connection {
     pub fn send(&self, bytes: &[u8]) -> Result<(), TransportError> {
         match self.enqueue(bytes, Enqueue::WriteNow)? {
             Queued::Write => self.write_as_sender(),
-            // Whoever is writing will take these bytes too.
-            Queued::Left | Queued::AskLoop => Ok(()),
+            // Whoever is writing will take these bytes too (only held corked bytes set a
+            // loop write).
+            Queued::Left | Queued::AskLoop | Queued::FlushAt(_) => Ok(()),
         }
     }
 
@@ -238,6 +251,40 @@ impl Connection {
     pub fn send_corked(&self, bytes: &[u8]) -> Result<(), TransportError> {
         self.enqueue(bytes, Enqueue::Corked)?;
         Ok(())
+    }
+
+    /// Queues `bytes` corked, as [`Connection::send_corked`], but for about `hold` at most:
+    /// whatever no flush or send has written by then, the event loop writes. For a sender
+    /// that expects others to flush soon and must not strand its bytes if they do not.
+    ///
+    /// Costs the loop one look per `hold` at most while held bytes keep coming, and a write
+    /// only when some have waited out their hold. The loop's clock counts whole
+    /// milliseconds, so a hold under one is a millisecond.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::Closed`] if the connection is closed or closing.
+    pub fn send_corked_for(&self, bytes: &[u8], hold: Duration) -> Result<(), TransportError> {
+        if let Queued::FlushAt(at) = self.enqueue(bytes, Enqueue::Held(hold))? {
+            self.post(ConnCommand::FlushAt(at));
+        }
+        Ok(())
+    }
+
+    /// Loop side, at a look set by [`Connection::send_corked_for`]: whether held bytes have
+    /// waited out their hold (the loop must write them), and when to look next, if at all.
+    /// The loop keeps looking while held bytes keep coming, so that they do not each ask it.
+    pub(crate) fn look_at_held(&self, now: Instant) -> (bool, Option<Instant>) {
+        let mut out = self.lock_out();
+        let due = out.held_until.is_some_and(|until| until <= now);
+        let next = match out.held_until {
+            Some(until) if !due => Some(until),
+            _ if out.held_since_look => Some(deadline_after(now, out.hold)),
+            _ => None,
+        };
+        out.held_since_look = false;
+        out.held_flush_at = next;
+        (due, next)
     }
 
     /// Writes what is queued (by [`Connection::send_corked`], say) now, from this thread,
@@ -301,7 +348,7 @@ impl Connection {
                 self.post(ConnCommand::Flush);
                 Ok(())
             }
-            Queued::Left => Ok(()),
+            Queued::Left | Queued::FlushAt(_) => Ok(()),
         }
     }
 
@@ -712,6 +759,20 @@ impl Connection {
                 }
             }
             Enqueue::Corked => Ok(Queued::Left),
+            Enqueue::Held(hold) => {
+                out.hold = hold;
+                out.held_since_look = true;
+                if out.held_until.is_some() {
+                    return Ok(Queued::Left); // older held bytes set the moment
+                }
+                let at = deadline_after(Instant::now(), hold);
+                out.held_until = Some(at);
+                if out.held_flush_at.is_some() {
+                    return Ok(Queued::Left); // the loop looks by then, and sets its next look
+                }
+                out.held_flush_at = Some(at);
+                Ok(Queued::FlushAt(at))
+            }
         }
     }
 
@@ -752,6 +813,8 @@ enum Enqueue {
     WriteNow,
     Batched,
     Corked,
+    /// Corked, written by the loop after this long if nobody has by then.
+    Held(Duration),
 }
 
 /// What a sender does once its bytes are queued.
@@ -763,6 +826,8 @@ enum Queued {
     AskLoop,
     /// Nothing: a writer at work, a flush already asked for, or corked bytes take them.
     Left,
+    /// Ask the loop to write the queue at this moment (held corked bytes).
+    FlushAt(Instant),
 }
 
 /// Writes as much of `bytes` as the socket takes without blocking; returns how much it took.

@@ -160,6 +160,8 @@ enum LoopTimer {
     HandshakeDeadline,
     /// A connection closing after a TLS failure closes now, alert written or not.
     CloseGrace,
+    /// Write what is queued: bytes corked with a hold have waited long enough.
+    HeldFlush,
 }
 
 impl Slot {
@@ -558,6 +560,9 @@ impl EventLoop {
             ConnCommand::ReadAgain => self.read_ready(index),
             ConnCommand::WatchBehindCaller => self.watch_behind_caller(index),
             ConnCommand::Timer(at) => self.timers.push(Reverse((at, key, LoopTimer::Handler))),
+            ConnCommand::FlushAt(at) => {
+                self.timers.push(Reverse((at, key, LoopTimer::HeldFlush)));
+            }
         }
     }
 
@@ -733,6 +738,15 @@ impl EventLoop {
                     self.resume_reading(index);
                 }
                 LoopTimer::CloseGrace => self.close_slot_with_pending_reason(index),
+                LoopTimer::HeldFlush => {
+                    let (due, next) = slot.conn.look_at_held(now);
+                    if let Some(next) = next {
+                        self.timers.push(Reverse((next, key, LoopTimer::HeldFlush)));
+                    }
+                    if due {
+                        self.flush_now(index);
+                    }
+                }
                 LoopTimer::HandshakeDeadline => {
                     if let (true, Some(after)) =
                         (slot.conn.is_handshaking(), slot.conn.limits().frame_timeout)
@@ -929,6 +943,7 @@ mod tests {
             ConnCommand::Flush,
             ConnCommand::ResumeReading,
             ConnCommand::Timer(Instant::now()),
+            ConnCommand::FlushAt(Instant::now()),
             ConnCommand::Close,
         ] {
             handle.command(Command::Conn(key, command));

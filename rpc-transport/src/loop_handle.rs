@@ -263,6 +263,8 @@ pub(crate) enum ConnCommand {
     WatchBehindCaller,
     /// Call the handler's `handle_timer` at this moment.
     Timer(Instant),
+    /// Write the queue at this moment: bytes corked with a hold (`send_corked_for`).
+    FlushAt(Instant),
 }
 
 /// The loop's side of an `adopt_and_wait`: settles, once, whether the loop adopts the socket

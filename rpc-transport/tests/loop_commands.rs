@@ -1,6 +1,6 @@
 //! The event loop's commands and timers over real sockets: adoptions that time out, handles
 //! that outlive their connection, handlers that pause after every frame, corked frames that
-//! wait for a flush, batched frames that leave before the loop's turn ends once enough wait,
+//! wait for a flush (or, corked with a hold, for the loop's write), batched frames that leave before the loop's turn ends once enough wait,
 //! deadlines so far off that `Instant + Duration` would overflow, a caller that unwinds while
 //! it holds the read turn, a peer that closes while a frame error's close waits for its
 //! flush, and a peer whose last frame and end arrive together while the loop is busy.
@@ -377,6 +377,35 @@ fn corked_frames_wait_for_a_flush_then_leave_together_in_order() {
     ));
     assert!(matches!(
         conn.flush(),
+        Err(rpc_transport::TransportError::Closed)
+    ));
+}
+
+#[test]
+fn frames_corked_with_a_hold_leave_when_nobody_flushes_them() {
+    let harness = Harness::new("held");
+    let (conn, mut peer) = harness.adopt_echo(FrameLimits::default());
+    let frames: Vec<Frame> = (1..=3)
+        .map(|seq| Frame::request(seq, "Echo.Echo", 1, &b"held"[..]))
+        .collect();
+    let hold = Duration::from_millis(20);
+    for frame in &frames[..2] {
+        conn.send_corked_for(&encode(frame), hold).unwrap();
+    }
+    harness.sync();
+    assert!(conn.queued_len() > 0, "written before the hold ran out");
+
+    // No flush: the loop writes them once the hold has passed, in order.
+    assert_eq!(read_frames(&mut peer, 2), frames[..2]);
+    assert_eq!(conn.queued_len(), 0);
+
+    // The next held frame sets a write of its own.
+    conn.send_corked_for(&encode(&frames[2]), hold).unwrap();
+    assert_eq!(read_frames(&mut peer, 1), frames[2..]);
+
+    conn.close();
+    assert!(matches!(
+        conn.send_corked_for(&encode(&frames[0]), hold),
         Err(rpc_transport::TransportError::Closed)
     ));
 }
