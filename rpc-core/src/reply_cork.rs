@@ -6,12 +6,16 @@
 //! corked on the pool before it runs that call (`server_conn.rs`, `release_corked`): an idle
 //! worker makes it at once, or, if that call's handler is quick, its reply leaves with the
 //! corked ones first. So a burst of calls costs a few writes instead of one per reply, and no
-//! reply waits for another call's handler to run: only for the queue to move. Two limits
+//! reply waits for another call's handler to run: only for the queue to move. Three limits
 //! keep that promise: nothing is corked while the pool has all its threads (a waiting call
 //! may then wait for a slow handler to end; the last taker then writes what is corked
-//! itself), and the worker that corks the [`MAX_CORKED_REPLIES`]th reply writes at once.
+//! itself), the worker that corks the [`MAX_CORKED_REPLIES`]th reply writes at once, and
+//! the event loop writes whatever has stayed corked for [`MAX_CORK_HOLD`]: the queue moves
+//! only as fast as the workers end their calls, and when every worker computes in a long
+//! handler, nothing else would write a reply that finished before them.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 /// The corking state of one connection, shared by its event loop and the pool's workers.
 #[derive(Debug, Default)]
@@ -86,6 +90,14 @@ impl ReplyCork {
 /// More holds back too much: at 64, that one connection lost 20-30% against sixteen (its
 /// client's pipeline gets coarse; docs/BENCHMARKS.md, change 15).
 pub(crate) const MAX_CORKED_REPLIES: usize = 16;
+
+/// Longest a reply stays corked before the event loop writes it
+/// (`Connection::send_corked_for`): long enough that a burst of quick calls never meets it
+/// (its last taker writes within microseconds), short next to any handler slow enough to
+/// hold the queue. Without it, a quick call's reply corked behind more computing calls than
+/// workers waited for all but one of them to be taken: seconds, since the pool adds a thread
+/// for computing workers only every 50 ms without progress (`tests/pool_replies.rs`).
+pub(crate) const MAX_CORK_HOLD: Duration = Duration::from_millis(1);
 
 #[cfg(test)]
 mod tests {

@@ -5,8 +5,9 @@
 //! and a pooled handler runs on a pool thread, which writes its reply straight to the socket,
 //! or corks it while more of the connection's calls wait for a worker: the worker that takes
 //! the last of them queues a write of them all before it runs its own (any idle worker makes
-//! it, or its own quick reply leaves with them), so a burst of pipelined calls costs a few
-//! writes, not one per reply, and no reply waits for another call's handler to run.
+//! it, or its own quick reply leaves with them; the loop writes any left corked for
+//! `MAX_CORK_HOLD`), so a burst of pipelined calls costs a few writes, not one per reply, and
+//! no reply waits for another call's handler to run.
 //! A request with sequence id 0, which the protocol keeps for messages about the connection,
 //! gets a `Protocol` error under seq 0 and the connection closes. Before any other request is
 //! dispatched it must pass, in order: a sequence id not already in flight
@@ -40,7 +41,7 @@ use crate::error_body::{error_frame, ErrorCode};
 use crate::hello;
 use crate::middleware::{run_server_chain, CallContext};
 use crate::pool::PoolJob;
-use crate::reply_cork::{ReplyCork, ReplySend};
+use crate::reply_cork::{ReplyCork, ReplySend, MAX_CORK_HOLD};
 use crate::server::{ConnectionSlot, ServerShared};
 use crate::service::{Dispatch, DispatchError, MethodCounters, MethodHandler};
 use crate::stats::StatsCounters;
@@ -611,7 +612,7 @@ impl CallSite<'_> {
         match cork.sending(self.site.server.pool.is_at_thread_cap()) {
             ReplySend::Now => self.site.conn.send(reply),
             ReplySend::Cork => {
-                self.site.conn.send_corked(reply)?;
+                self.site.conn.send_corked_for(reply, MAX_CORK_HOLD)?;
                 if cork.corked() {
                     self.site.conn.flush()?;
                 }
