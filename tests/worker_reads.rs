@@ -3,8 +3,9 @@
 //! call read with one that blocks still gets its reply while that one blocks (the loop takes
 //! over after about a millisecond); threads stay bounded with many connections; a handler that
 //! panics fails its own call alone; bytes that break the framing close their connection alone;
-//! a graceful shutdown while workers read ends every call promptly; and with the setting off
-//! (the default), the loop reads everything. (That the idle timeout sees the requests a worker
+//! a graceful shutdown while workers read ends every call promptly; a client that half-closes
+//! after a burst a worker read still gets every reply; a cancel read with its call keeps the
+//! call from running; and with the setting off (the default), the loop reads everything. (That the idle timeout sees the requests a worker
 //! read is a unit test of `ConnCalls::was_active`: a connection busy through its worker for
 //! longer than the timeout is too rare to catch here.)
 
@@ -13,15 +14,19 @@
 mod util;
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
-use netrpc::{done_channel, Client, Completion, RpcError, Server, ServerBuilder};
+use netrpc::transport::{Frame, FrameKind};
+use netrpc::{
+    done_channel, Client, Completion, ErrorBody, ErrorCode, RpcError, Server, ServerBuilder,
+};
 use util::evil::{request, EvilClient};
 use util::{
-    assert_back_to_idle, assert_healthy, pipeline, wait_until, Args, ArithClient, ProbeClient,
-    TestServer,
+    assert_back_to_idle, assert_healthy, pipeline, wait_until, Args, ArithClient, Colour, Label,
+    ProbeClient, TestServer,
 };
 
 /// Long enough for any reply on loopback; far shorter than a blocked call's 10 s.
@@ -297,4 +302,96 @@ fn bytes_that_break_the_framing_on_a_connection_workers_read_close_it_alone() {
     });
     assert_healthy(server.addr());
     assert_back_to_idle(&server.server);
+}
+
+/// A raw client keeping sixteen quick calls in flight until workers have read at least
+/// `frames` more of its requests; returns it, its next sequence id and the replies it read.
+fn pipeline_until_workers_read(server: &TestServer, frames: u64) -> (EvilClient, u64, usize) {
+    let target = server.server.stats().frames_read_by_workers + frames;
+    let mut evil = EvilClient::connect(server.addr());
+    let quick = |seq: u64| request(seq, "Probe.Spin", &0u64);
+    evil.send_frames(&(1..=16).map(quick).collect::<Vec<_>>());
+    let mut next_seq = 17;
+    let mut replies = 0;
+    while server.server.stats().frames_read_by_workers < target {
+        assert!(next_seq < 100_000, "no worker read the connection");
+        replies += evil.read_frames(1).len();
+        evil.send_frames(&[quick(next_seq)]);
+        next_seq += 1;
+    }
+    (evil, next_seq, replies)
+}
+
+#[test]
+fn requests_sent_before_a_half_close_are_all_answered_while_workers_read() {
+    // Workers read the connection; the client sends a last burst of calls that compute for
+    // 300 µs each and shuts its writing side. A worker that reads the burst runs it in turn
+    // for about 6 ms, long after the connection's other calls ended: the requests it read
+    // and has not run yet are in flight all the same, and the connection closes only once
+    // every one is answered.
+    let server = start_with_worker_reads(Server::builder());
+    let mut bursts_read_by_workers = 0;
+    for _ in 0..20 {
+        let (mut evil, next_seq, replies) = pipeline_until_workers_read(&server, 40);
+        let read_before = server.server.stats().frames_read_by_workers;
+        let burst: Vec<_> = (next_seq..next_seq + 20)
+            .map(|seq| request(seq, "Probe.Spin", &300u64))
+            .collect();
+        evil.send_frames(&burst);
+        evil.stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let rest = evil.read_until_closed();
+        assert_eq!(
+            replies + rest.len(),
+            next_seq as usize - 1 + 20,
+            "every request answered"
+        );
+        if server.server.stats().frames_read_by_workers >= read_before + 20 {
+            bursts_read_by_workers += 1;
+            if bursts_read_by_workers == 3 {
+                break;
+            }
+        }
+    }
+    assert!(bursts_read_by_workers > 0, "no worker read a last burst");
+    assert_eq!(server.server.stats().dropped_replies, 0);
+    assert_no_call_errors(&server.server);
+}
+
+#[test]
+fn a_cancel_read_with_its_request_by_a_worker_keeps_the_call_from_running() {
+    // A worker reads a call that computes for 300 µs, a `Probe.Label` call and a cancel of
+    // that call, together. The cancel finds the call in flight, so when the worker comes to
+    // it, it answers `DeadlineExceeded` without running it, as a pooled call would be.
+    let server = start_with_worker_reads(Server::builder());
+    let label = Label {
+        name: "cancelled".into(),
+        colour: Colour::Red,
+        weight: 1,
+    };
+    let mut checked = 0;
+    for _ in 0..20 {
+        let (mut evil, seq, replies) = pipeline_until_workers_read(&server, 40);
+        let read_before = server.server.stats().frames_read_by_workers;
+        let labels_before = server.labels_run.load(Ordering::SeqCst);
+        evil.send_frames(&[
+            request(seq, "Probe.Spin", &300u64),
+            request(seq + 1, "Probe.Label", &label),
+            Frame::new(FrameKind::Cancel, seq + 1),
+        ]);
+        let in_flight = seq as usize - 1 - replies;
+        let frames = evil.read_frames(in_flight + 2);
+        if server.server.stats().frames_read_by_workers < read_before + 3 {
+            continue; // the loop read them: whether the call ran is a race there
+        }
+        let cancelled = frames.iter().find(|frame| frame.seq == seq + 1).unwrap();
+        assert_eq!(cancelled.kind, FrameKind::Error);
+        let body = ErrorBody::decode(&cancelled.body).unwrap();
+        assert_eq!(body.code, ErrorCode::DeadlineExceeded, "{}", body.message);
+        assert_eq!(server.labels_run.load(Ordering::SeqCst), labels_before);
+        checked += 1;
+        if checked == 3 {
+            break;
+        }
+    }
+    assert!(checked > 0, "no worker read a cancel with its call");
 }

@@ -227,8 +227,8 @@ impl ServerConn {
             BatchCheck::Stalled { waiting, received } => {
                 // A failed write means the connection is closing; this loop is at it.
                 let _ = conn.flush();
-                for request in waiting {
-                    self.dispatch(request, received);
+                for call in waiting {
+                    self.run_admitted(call.request, call.found, received);
                 }
                 None
             }
@@ -244,10 +244,14 @@ impl ServerConn {
     }
 
     /// Runs or queues a request read at `received`.
-    fn dispatch(&mut self, mut request: Frame, received: Instant) {
-        let Some(found) = self.site.admit_request(&request, &mut self.lookups) else {
-            return;
-        };
+    fn dispatch(&mut self, request: Frame, received: Instant) {
+        if let Some(found) = self.site.admit_request(&request, &mut self.lookups) {
+            self.run_admitted(request, found, received);
+        }
+    }
+
+    /// Runs (inline) or queues (on the pool) a request already admitted, calling `found`.
+    fn run_admitted(&mut self, mut request: Frame, found: Arc<Found>, received: Instant) {
         match found.dispatch {
             Dispatch::Inline => {
                 // On the loop thread: the reply joins the others of this read in one write.
@@ -531,13 +535,7 @@ impl InFlight {
         if site.calls.reply_cork.call_taken() {
             call.release_corked();
         }
-        let (reply, failure) = match call.expired(&request) {
-            Some(reason) => {
-                let code = ErrorCode::DeadlineExceeded;
-                (encode_error(request.seq, code, reason), Some(code))
-            }
-            None => call.run(&mut request),
-        };
+        let (reply, failure) = call.run_unless_expired(&mut request);
         call.finish(request.seq, &reply, failure, Sending::FromWorker);
         if site.server.config.worker_reads {
             worker_read::read_next(&site);
@@ -563,6 +561,18 @@ impl CallSite<'_> {
             return Some("the caller cancelled the call before it ran");
         }
         deadline_passed(request, self.received).then_some(DEADLINE_PASSED)
+    }
+
+    /// Runs a call that waited (for a worker, or behind others a worker read): a
+    /// `DeadlineExceeded` error instead if it expired meanwhile ([`CallSite::expired`]).
+    fn run_unless_expired(&self, request: &mut Frame) -> (BytesMut, Option<ErrorCode>) {
+        match self.expired(request) {
+            Some(reason) => {
+                let code = ErrorCode::DeadlineExceeded;
+                (encode_error(request.seq, code, reason), Some(code))
+            }
+            None => self.run(request),
+        }
     }
 
     /// Runs the call's handler inside the server's middleware, with the call's context

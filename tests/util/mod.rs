@@ -43,6 +43,9 @@ service! {
         /// Describes a label; counts its runs, so a test can tell a body was never decoded.
         #[rpc(name = "Label", go = label_go, const = LABEL)]
         fn label(label: Label) -> String;
+        /// Computes (holds its core, never sleeps) for `us` microseconds, then returns `us`.
+        #[rpc(name = "Spin", go = spin_go, const = SPIN)]
+        fn spin(us: u64) -> u64;
     }
 }
 
@@ -129,6 +132,14 @@ impl Probe for Prober {
 
     fn fill(&self, len: u32) -> Result<Vec<u8>, ServiceError> {
         Ok(vec![0x5a; len as usize])
+    }
+
+    fn spin(&self, us: u64) -> Result<u64, ServiceError> {
+        let until = Instant::now() + Duration::from_micros(us);
+        while Instant::now() < until {
+            std::hint::spin_loop();
+        }
+        Ok(us)
     }
 
     fn label(&self, label: Label) -> Result<String, ServiceError> {

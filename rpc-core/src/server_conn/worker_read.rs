@@ -18,32 +18,41 @@
 //! meanwhile get threads as if it did not exist, and the monitor never takes its waits for a
 //! blocked handler.
 //!
+//! Each request is admitted (checked and counted in flight, `ConnSite::admit_request`) as
+//! the worker decodes it, as the loop does what it reads: a cancel read after it finds it,
+//! and the end of stream, which only the loop acts on, never finds a connection with
+//! nothing left to answer while the worker still holds requests it read.
+//!
 //! The requests of one read (at most [`READ_BATCH`]) run one after another, their replies
 //! corked and written together once the last has run. A handler that blocks would hold up
 //! the others, and the replies corked before it, so the worker keeps them in the
-//! connection's [`WorkerBatch`], and while it runs a call with anything behind it, the loop
-//! looks in every [`STALL`] (its connection timer): a call running that long gets its corked
-//! replies written, and the requests waiting behind it handed to the pool, each to its own
-//! worker, as if the loop had read them. So a call waits at most about [`STALL`] longer for
-//! a blocking neighbour than without worker reads; other connections, and this one's later
-//! requests (read by the loop while this worker is busy), are not held at all.
+//! connection's [`WorkerBatch`], and while it runs calls with anything behind them, the
+//! loop looks in every [`STALL`] (its connection timer): once the read's calls have run
+//! that long, the corked replies are written and the requests waiting handed to the pool,
+//! each to its own worker, as if the loop had read them (a call that waited past its
+//! deadline, or was cancelled, is answered `DeadlineExceeded` without running, wherever it
+//! runs). So a call waits at most about [`STALL`] longer for its neighbours than without
+//! worker reads; other connections, and this one's later requests (read by the loop while
+//! this worker is busy), are not held at all.
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rpc_transport::{Frame, FrameKind, ReadHere};
 
-use super::{CallSite, ConnSite, LookupCache, Sending};
+use super::{CallSite, ConnSite, Found, LookupCache, Sending};
 
 /// How long a worker waits for the connection's next requests before it goes back to the
-/// pool. About what a client with calls in flight takes to answer a burst of replies with
-/// new requests on this machine, so that busy connections keep their worker (20 µs to 1 ms
-/// all gave four connections with sixteen calls in flight about the same); a connection
-/// that goes quiet costs its worker this much once.
-const LINGER: Duration = Duration::from_micros(50);
+/// pool: a millisecond, the shortest wait the connection's poller can make (mio counts an
+/// `epoll_wait` timeout in whole milliseconds, rounding up; the 50 µs this once asked for
+/// were a millisecond too, which is why 20 µs to 1 ms all measured alike at four
+/// connections with sixteen calls in flight). Busy connections answer a burst of replies
+/// with new requests well within it, so they keep their worker; a connection that goes
+/// quiet costs its worker this much once.
+const LINGER: Duration = Duration::from_millis(1);
 
 /// Other calls of its connection that must be in flight when a worker answers a call for it
 /// to read the connection. A client that waits for each reply sends its next request later
@@ -91,8 +100,27 @@ const REPLIES_PER_WRITE: usize = 32;
 /// monitor's tick, the time a queued call waits before the pool adds a thread for it.
 pub(super) const STALL: Duration = Duration::from_millis(1);
 
+/// A request a worker read, admitted (in flight, counted against the caps) as the loop
+/// admits what it reads: a cancel or a duplicate that comes after it finds it in flight, a
+/// graceful shutdown's go-away counts it, and the connection stays open for its reply after
+/// the peer's end of stream.
+pub(super) struct ReadCall {
+    pub(super) request: Frame,
+    /// The method it calls.
+    pub(super) found: Arc<Found>,
+}
+
+impl std::fmt::Debug for ReadCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The method's handler is a closure: the request says which call this is.
+        f.debug_struct("ReadCall")
+            .field("request", &self.request)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The requests a worker read and runs in turn, shared with the connection's loop, which
-/// takes them over if the call running holds the worker longer than [`STALL`].
+/// takes them over once the read's calls have held the worker longer than [`STALL`].
 #[derive(Debug, Default)]
 pub(super) struct WorkerBatch {
     inner: Mutex<BatchState>,
@@ -101,11 +129,13 @@ pub(super) struct WorkerBatch {
 #[derive(Debug, Default)]
 struct BatchState {
     /// Requests read and not yet started, in the order they came.
-    waiting: VecDeque<Frame>,
+    waiting: VecDeque<ReadCall>,
     /// When they were read: their deadlines count from here.
     received: Option<Instant>,
-    /// When the call running now started, while it has anything behind it (corked replies
-    /// or requests waiting).
+    /// When the first call of the read that had anything behind it (corked replies or
+    /// requests waiting) started, while something still is: the whole read's calls, not
+    /// each one, get [`STALL`] before the loop takes the rest (a chain of calls each just
+    /// under it would otherwise hold the last request for the sum of them).
     guarded_since: Option<Instant>,
 }
 
@@ -118,7 +148,7 @@ pub(super) enum BatchCheck {
     /// A guarded call has run for [`STALL`]: the requests that waited behind it (to be
     /// dispatched as the loop's own, read at `received`); its corked replies must be written.
     Stalled {
-        waiting: Vec<Frame>,
+        waiting: Vec<ReadCall>,
         received: Instant,
     },
 }
@@ -130,24 +160,29 @@ impl WorkerBatch {
     }
 
     /// The worker's read, to run in turn.
-    fn load(&self, frames: &mut Vec<Frame>, received: Instant) {
+    fn load(&self, calls: &mut Vec<ReadCall>, received: Instant) {
         let mut state = self.lock();
-        state.waiting.extend(frames.drain(..));
+        state.waiting.extend(calls.drain(..));
         state.received = Some(received);
     }
 
     /// The worker takes the next request and when it was read; `guarded` says whether
     /// anything will be behind it while it runs (replies corked), besides requests waiting:
-    /// the loop then watches it. `None` once the batch is done (or taken over by the loop).
-    fn next(&self, corked: bool, now: Instant) -> Option<(Frame, Instant, bool)> {
+    /// the loop then watches the read. `None` once the batch is done (or taken over by the
+    /// loop).
+    fn next(&self, corked: bool, now: Instant) -> Option<(ReadCall, Instant, bool)> {
         let mut state = self.lock();
-        let Some(frame) = state.waiting.pop_front() else {
+        let Some(call) = state.waiting.pop_front() else {
             state.guarded_since = None;
             return None;
         };
         let guarded = corked || !state.waiting.is_empty();
-        state.guarded_since = guarded.then_some(now);
-        Some((frame, state.received.unwrap_or(now), guarded))
+        state.guarded_since = if guarded {
+            Some(state.guarded_since.unwrap_or(now))
+        } else {
+            None
+        };
+        Some((call, state.received.unwrap_or(now), guarded))
     }
 
     /// The loop's check, at `now`.
@@ -179,7 +214,7 @@ pub(super) fn read_next(site: &ConnSite) {
         return; // enough workers read connections already
     };
     let mut lookups = LookupCache::default();
-    let mut frames = Vec::with_capacity(READ_BATCH);
+    let mut calls = Vec::with_capacity(READ_BATCH);
     for _ in 0..MAX_READS {
         if site.calls.draining.load(Ordering::SeqCst) || site.replies_over_budget() {
             return; // the loop refuses, or holds back reading until the peer reads
@@ -188,51 +223,65 @@ pub(super) fn read_next(site: &ConnSite) {
         if pool.is_at_thread_cap() && pool.has_waiting_jobs() {
             return; // calls wait for a thread and none can be added: serve them
         }
+        let mut read = 0;
         let outcome = site
             .conn
             .read_next_here(Instant::now() + LINGER, &mut |frame| {
-                frames.push(frame);
-                if frames.len() < READ_BATCH {
+                read += 1;
+                take_frame(site, frame, &mut lookups, &mut calls);
+                if read < READ_BATCH {
                     ControlFlow::Continue(())
                 } else {
                     ControlFlow::Break(())
                 }
             });
-        if frames.is_empty() {
+        if read == 0 {
             return;
         }
         let stats = &site.server.stats;
-        let count = u64::try_from(frames.len()).unwrap_or(u64::MAX);
+        let count = u64::try_from(read).unwrap_or(u64::MAX);
         stats
             .frames_read_by_workers
             .fetch_add(count, Ordering::Relaxed);
         if site.server.config.idle_timeout.is_some() {
             site.calls.read_by_worker.store(true, Ordering::SeqCst);
         }
-        frames.retain(|frame| {
-            if frame.kind == FrameKind::Request {
-                return true;
-            }
-            site.handle_other_frame(frame);
-            false
-        });
-        run_batch(site, &mut lookups, &mut frames);
+        run_batch(site, &mut calls);
         if !matches!(outcome, ReadHere::Frames(_)) {
             return; // the loop has something to act on, or another reader has the turn
         }
     }
 }
 
+/// Acts on a frame as the reading worker decodes it, as the loop does on the frames it
+/// reads: a request is admitted (or refused) at once, so that what comes after it in the
+/// stream finds it in flight (a cancel; the end of stream, which the loop acts on while
+/// this worker still runs the read's calls and must not take for a connection with
+/// nothing left to answer); other frames are answered or acted on.
+fn take_frame(site: &ConnSite, frame: Frame, lookups: &mut LookupCache, calls: &mut Vec<ReadCall>) {
+    if frame.kind != FrameKind::Request {
+        site.handle_other_frame(&frame);
+    } else if let Some(found) = site.admit_request(&frame, lookups) {
+        calls.push(ReadCall {
+            request: frame,
+            found,
+        });
+    }
+}
+
 /// Runs the requests of one read in turn, under the loop's watch ([`WorkerBatch`]), then
 /// writes their replies.
-fn run_batch(site: &ConnSite, lookups: &mut LookupCache, requests: &mut Vec<Frame>) {
+fn run_batch(site: &ConnSite, calls: &mut Vec<ReadCall>) {
+    if calls.is_empty() {
+        return;
+    }
     let batch = &site.calls.worker_batch;
-    batch.load(requests, Instant::now());
+    batch.load(calls, Instant::now());
     let mut watched = false;
     let mut corked_replies = 0;
     loop {
         let now = Instant::now();
-        let Some((request, received, guarded)) = batch.next(corked_replies > 0, now) else {
+        let Some((call, received, guarded)) = batch.next(corked_replies > 0, now) else {
             break;
         };
         if guarded && !watched {
@@ -240,7 +289,7 @@ fn run_batch(site: &ConnSite, lookups: &mut LookupCache, requests: &mut Vec<Fram
             site.conn.schedule_timer(now + STALL);
             watched = true;
         }
-        run_here(site, lookups, request, received);
+        run_here(site, call, received);
         corked_replies += 1;
         if corked_replies == REPLIES_PER_WRITE {
             // A failed write means the connection is closing; the loop is already at it.
@@ -252,27 +301,39 @@ fn run_batch(site: &ConnSite, lookups: &mut LookupCache, requests: &mut Vec<Fram
     let _ = site.conn.flush();
 }
 
-/// Runs one request this worker read, its reply corked until the read's requests are done.
-fn run_here(site: &ConnSite, lookups: &mut LookupCache, mut request: Frame, received: Instant) {
-    let Some(found) = site.admit_request(&request, lookups) else {
-        return;
-    };
+/// Runs one request this worker read (unless its deadline passed or its caller cancelled
+/// it while it waited, as a pooled call), its reply corked until the read's requests are
+/// done.
+fn run_here(site: &ConnSite, read: ReadCall, received: Instant) {
+    let ReadCall { mut request, found } = read;
     let call = CallSite {
         site,
         received,
         found: &found,
     };
-    let (reply, failure) = call.run(&mut request);
+    let (reply, failure) = call.run_unless_expired(&mut request);
     call.finish(request.seq, &reply, failure, Sending::Corked);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::service::Dispatch;
+    use rpc_codec::CodecKind;
 
-    fn requests(seqs: std::ops::RangeInclusive<u64>) -> Vec<Frame> {
-        seqs.map(|seq| Frame::new(FrameKind::Request, seq))
-            .collect()
+    /// Admitted requests `seqs`, of a method that does nothing.
+    fn requests(seqs: std::ops::RangeInclusive<u64>) -> Vec<ReadCall> {
+        let found = Arc::new(Found {
+            codec: CodecKind::Postcard,
+            handler: Arc::new(|_, _, _| Ok(())),
+            dispatch: Dispatch::Pool,
+            counters: Arc::default(),
+        });
+        seqs.map(|seq| ReadCall {
+            request: Frame::new(FrameKind::Request, seq),
+            found: Arc::clone(&found),
+        })
+        .collect()
     }
 
     /// A batch holding requests `seqs`, read now; and that moment.
@@ -285,7 +346,9 @@ mod tests {
 
     fn stalled_seqs(check: BatchCheck) -> Vec<u64> {
         match check {
-            BatchCheck::Stalled { waiting, .. } => waiting.iter().map(|frame| frame.seq).collect(),
+            BatchCheck::Stalled { waiting, .. } => {
+                waiting.iter().map(|call| call.request.seq).collect()
+            }
             BatchCheck::Idle => panic!("idle, not stalled"),
             BatchCheck::Running(_) => panic!("running, not stalled"),
         }
@@ -296,7 +359,7 @@ mod tests {
         let (batch, read_at) = loaded(1..=3);
         let started = read_at + Duration::from_micros(10);
         let (first, received, guarded) = batch.next(false, started).unwrap();
-        assert_eq!((first.seq, received, guarded), (1, read_at, true));
+        assert_eq!((first.request.seq, received, guarded), (1, read_at, true));
         assert!(matches!(
             batch.check(started + STALL / 2),
             BatchCheck::Running(at) if at == started + STALL
@@ -310,6 +373,21 @@ mod tests {
             batch.next(false, started + STALL).is_none(),
             "nothing left to run"
         );
+    }
+
+    #[test]
+    fn a_read_whose_calls_together_run_too_long_goes_to_the_loop() {
+        // Each call runs just under the limit; the read's calls together pass it, and the
+        // requests still waiting go to the loop then, not after the sum of their neighbours.
+        let (batch, read_at) = loaded(1..=4);
+        let almost = STALL * 9 / 10;
+        assert!(batch.next(false, read_at).unwrap().2);
+        assert!(batch.next(true, read_at + almost).unwrap().2);
+        assert!(matches!(
+            batch.check(read_at + almost),
+            BatchCheck::Running(at) if at == read_at + STALL
+        ));
+        assert_eq!(stalled_seqs(batch.check(read_at + STALL)), vec![3, 4]);
     }
 
     #[test]
