@@ -355,6 +355,48 @@ fn graceful_shutdown_lets_calls_in_flight_finish_and_refuses_later_ones() {
 }
 
 #[test]
+fn graceful_shutdown_writes_finished_replies_a_slow_reader_has_not_taken_yet() {
+    // Four 4 MB replies to a client that reads only after the shutdown began: the calls end
+    // at once, but most of their bytes still wait in the server's queue (the socket holds a
+    // few megabytes). Those replies are finished work: the shutdown waits, within its grace,
+    // for the client to take them, and only then closes.
+    const REPLY: u32 = 4_000_000;
+    let server = TestServer::start();
+    let mut evil = EvilClient::connect(server.addr());
+    let frames: Vec<_> = (1..=4u64)
+        .map(|seq| request(seq, "Probe.Fill", &REPLY))
+        .collect();
+    evil.send_frames(&frames);
+    wait_until(
+        "every call answered, replies queued",
+        Duration::from_secs(5),
+        || {
+            let stats = server.server.stats();
+            stats.in_flight_calls == 0 && stats.queued_outbound_bytes > 0
+        },
+    );
+    let shutdown = thread::scope(|scope| {
+        let shutting = scope.spawn(|| server.handle.shutdown_gracefully(Duration::from_secs(10)));
+        thread::sleep(Duration::from_millis(200)); // a slow reader
+        let replies = evil.read_frames(4);
+        let mut seqs: Vec<u64> = replies.iter().map(|reply| reply.seq).collect();
+        seqs.sort_unstable(); // the pool runs the calls side by side
+        assert_eq!(seqs, [1, 2, 3, 4]);
+        for reply in &replies {
+            assert_eq!(reply.kind, FrameKind::Response);
+            assert!(reply.body.len() > REPLY as usize, "{}", reply.body.len());
+        }
+        shutting.join().unwrap()
+    });
+    assert!(shutdown, "every reply written within the grace");
+    let after = evil.read_until_closed();
+    assert!(
+        after.iter().all(|frame| frame.kind == FrameKind::GoAway),
+        "then only the go-away, and the close: {after:?}"
+    );
+}
+
+#[test]
 fn graceful_shutdown_gives_up_after_the_grace() {
     let server = TestServer::start();
     let client = server.client();

@@ -406,12 +406,13 @@ impl ServerShared {
     }
 
     /// Calls in flight on the connections of loop group `group`.
-    fn in_flight_in_group(&self, group: u64) -> usize {
+    /// True while a call of `group`'s connections runs, or a reply (or any frame) waits in a
+    /// connection's queue for its peer to read.
+    fn is_busy(&self, group: u64) -> bool {
         self.registry()
             .values()
             .filter(|registered| registered.group == group)
-            .map(|registered| registered.calls.in_flight())
-            .sum()
+            .any(|registered| registered.calls.in_flight() > 0 || registered.conn.queued_len() > 0)
     }
 
     /// Tells every connection of `group` that the server is going away: new requests are
@@ -496,12 +497,14 @@ impl ServerHandle {
 
     /// Shuts down gracefully (Go's gRPC: `GracefulStop`): stops accepting, sends each
     /// connection a go-away frame carrying the last request it accepted, refuses later
-    /// requests with the retryable `ShuttingDown`, lets the calls in flight finish for up to
-    /// `grace`, then closes everything as [`ServerHandle::shutdown`] does (calls still running
-    /// then fail for their callers with a connection error).
+    /// requests with the retryable `ShuttingDown`, lets the calls in flight finish and their
+    /// replies be written (a client slow to read is waited for) for up to `grace`, then closes
+    /// everything as [`ServerHandle::shutdown`] does (calls still running, and replies not
+    /// yet written, then fail for their callers with a connection error).
     ///
-    /// Returns true if every call in flight finished within `grace`. Returns at once when
-    /// nothing is in flight, and when the server is already shut down (idempotent).
+    /// Returns true if every call in flight finished, and every reply left, within `grace`.
+    /// Returns once that is so (at once when nothing is in flight), and at once when the
+    /// server is already shut down (idempotent).
     pub fn shutdown_gracefully(&self, grace: Duration) -> bool {
         let group = self.group.lock().unwrap_or_else(|p| p.into_inner()).take();
         let Some(group) = group else {
@@ -511,7 +514,7 @@ impl ServerHandle {
         self.server.go_away(group.id);
         let deadline = deadline_after(Instant::now(), grace);
         let drained = loop {
-            if self.server.in_flight_in_group(group.id) == 0 {
+            if !self.server.is_busy(group.id) {
                 break true;
             }
             if Instant::now() >= deadline {

@@ -76,6 +76,9 @@ struct Shared {
 struct OutQueue {
     /// Bytes accepted by `send` and not yet written to the socket.
     buf: BytesMut,
+    /// Bytes a writer took from `buf` and is writing now, outside the lock: still counted
+    /// queued ([`Connection::queued_len`]) until the socket has taken them.
+    writing: usize,
     /// A thread (or the loop) is writing outside the lock; others just append.
     flushing: bool,
     /// The socket was full: the loop watches for writability and will flush.
@@ -128,6 +131,7 @@ impl OutQueue {
     fn take_for_write(&mut self) -> BytesMut {
         self.batched_sends = 0;
         self.held_until = None;
+        self.writing = self.buf.len();
         std::mem::take(&mut self.buf)
     }
 }
@@ -135,7 +139,8 @@ impl OutQueue {
 impl Drop for OutGuard<'_> {
     fn drop(&mut self) {
         // Still under the lock (the field drops after this), so stores follow lock order.
-        self.len.store(self.queue.buf.len(), Ordering::Relaxed);
+        let queued = self.queue.buf.len() + self.queue.writing;
+        self.len.store(queued, Ordering::Relaxed);
     }
 }
 
@@ -507,8 +512,9 @@ impl Connection {
 
     /// Bytes accepted by `send` but not yet written to the socket (with TLS: record bytes,
     /// plus plaintext held until the handshake finishes), as of the last change to the
-    /// queue; a writer's batch taken out of the queue for its system call is not counted.
-    /// Without TLS it takes no lock (it is read once per call).
+    /// queue, counting a writer's batch while its system call runs: zero means the socket
+    /// has taken everything (a graceful shutdown waits for that). Without TLS it takes no
+    /// lock (it is read once per call).
     pub fn queued_len(&self) -> usize {
         let queued = self.shared.out_len.load(Ordering::Relaxed);
         let early = self
@@ -697,11 +703,14 @@ impl Connection {
             let written = match write_until_blocked(&self.shared.stream, &batch) {
                 Ok(written) => written,
                 Err(err) => {
-                    self.lock_out().flushing = false;
+                    let mut out = self.lock_out();
+                    out.flushing = false;
+                    out.writing = 0;
                     return Err(err);
                 }
             };
             let mut out = self.lock_out();
+            out.writing = 0;
             if written < batch.len() {
                 // Socket full: put the rest back in front of whatever arrived meanwhile.
                 let mut rest = batch.split_off(written);
