@@ -302,8 +302,9 @@ impl ConnSite {
                 Start::Started => return Some(found),
                 Start::Duplicate => return self.drop_duplicate(),
                 Start::Full => (ErrorCode::Throttled, "too many calls in flight".into()),
+                Start::Draining => (ErrorCode::ShuttingDown, SHUTTING_DOWN.into()),
             },
-            Ok(_) => (ErrorCode::ShuttingDown, "server is shutting down".into()),
+            Ok(_) => (ErrorCode::ShuttingDown, SHUTTING_DOWN.into()),
             Err(err) => (err.code, err.message),
         };
         // Any answer to a duplicate would be taken for the original's, so one whose sequence
@@ -393,17 +394,29 @@ impl ConnCalls {
     /// Refuses new requests from now on, and tells the peer with a go-away frame carrying
     /// the last sequence id accepted (calls up to it will still be answered).
     pub(crate) fn go_away(&self, conn: &Connection) {
-        self.draining.store(true, Ordering::SeqCst);
-        let last = self.last_accepted.load(Ordering::SeqCst);
+        let last = self.stop_accepting();
         let _ = conn.send_frame(&Frame::new(FrameKind::GoAway, last));
     }
 
-    /// Puts call `seq` in flight, unless it is already, `max` calls already are, or
-    /// `reserve` (which counts it against the server-wide cap) refuses.
+    /// Refuses new requests from now on; returns the last sequence id accepted. Under the
+    /// in-flight table's lock, which [`ConnCalls::start`] holds as it admits, so no request
+    /// is admitted after the id returned: a go-away may be sent from any thread (a graceful
+    /// shutdown's) while the loop, or a worker reading, admits requests.
+    fn stop_accepting(&self) -> u64 {
+        let _in_flight = self.lock();
+        self.draining.store(true, Ordering::SeqCst);
+        self.last_accepted.load(Ordering::SeqCst)
+    }
+
+    /// Puts call `seq` in flight, unless it is already, the connection is draining, `max`
+    /// calls already are, or `reserve` (which counts it against the server-wide cap) refuses.
     fn start(&self, seq: u64, max: usize, reserve: impl FnOnce() -> bool) -> Start {
         let mut in_flight = self.lock();
         if in_flight.contains_key(&seq) {
             return Start::Duplicate;
+        }
+        if self.draining.load(Ordering::SeqCst) {
+            return Start::Draining;
         }
         if in_flight.len() >= max || !reserve() {
             return Start::Full;
@@ -466,6 +479,8 @@ enum Start {
     Duplicate,
     /// A cap on calls in flight refused it.
     Full,
+    /// The connection stopped accepting requests (a go-away was sent).
+    Draining,
 }
 
 /// How a reply is written.
@@ -876,6 +891,9 @@ pub(crate) fn deadline_passed(request: &Frame, received: Instant) -> bool {
 /// The error message of a call skipped because its deadline passed before it ran.
 pub(crate) const DEADLINE_PASSED: &str = "the deadline passed before the call ran";
 
+/// The message of a request refused because the connection is draining.
+const SHUTTING_DOWN: &str = "server is shutting down";
+
 /// The earlier of two optional moments.
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
@@ -918,6 +936,37 @@ mod tests {
         assert_eq!(calls.in_flight(), 1);
         assert_eq!(calls.in_flight_len.load(Ordering::SeqCst), 1);
         assert_eq!(calls.last_accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn no_call_is_admitted_past_the_id_a_go_away_names() {
+        // The loop (or a worker reading) admits calls while a graceful shutdown's thread
+        // stops the connection accepting: every call admitted is one the go-away counts.
+        let calls = ConnCalls::default();
+        let (last, admitted) = std::thread::scope(|scope| {
+            let admitting = scope.spawn(|| {
+                (1..=200_000u64)
+                    .filter(|&seq| {
+                        let started = calls.start(seq, usize::MAX, || true) == Start::Started;
+                        if started {
+                            calls.finish(seq); // keeps the table small
+                        }
+                        started
+                    })
+                    .max()
+                    .unwrap_or(0)
+            });
+            while calls.last_accepted.load(Ordering::SeqCst) < 1_000 {
+                std::hint::spin_loop();
+            }
+            let last = calls.stop_accepting();
+            (last, admitting.join().unwrap())
+        });
+        assert!(
+            admitted <= last,
+            "call {admitted} admitted after go-away({last})"
+        );
+        assert_eq!(calls.start(200_001, 8, || true), Start::Draining);
     }
 
     #[test]
