@@ -405,7 +405,6 @@ impl ServerShared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Calls in flight on the connections of loop group `group`.
     /// True while a call of `group`'s connections runs, or a reply (or any frame) waits in a
     /// connection's queue for its peer to read.
     fn is_busy(&self, group: u64) -> bool {

@@ -145,8 +145,9 @@ pub(super) enum BatchCheck {
     Idle,
     /// A guarded call runs, not yet for [`STALL`]: look again at this moment.
     Running(Instant),
-    /// A guarded call has run for [`STALL`]: the requests that waited behind it (to be
-    /// dispatched as the loop's own, read at `received`); its corked replies must be written.
+    /// The read's guarded calls have run for [`STALL`]: the requests still waiting (already
+    /// admitted, to be run or queued as the loop's own, read at `received`); the corked
+    /// replies must be written.
     Stalled {
         waiting: Vec<ReadCall>,
         received: Instant,
