@@ -7,40 +7,12 @@
 
 mod util;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use netrpc::{done_channel, service, Client, Completion, Server, ServiceError};
+use netrpc::{done_channel, Client, Completion, Server};
 use util::{pipeline, send_burst_with_a_block, wait_until, ProbeClient, TestServer};
-
-service! {
-    /// A method that computes (holds its core, never sleeps) until the test lets it end.
-    pub trait Spin {
-        const NAME = "Spin";
-        type Server = SpinServer;
-        type Client = SpinClient;
-        /// Spins until released, then returns `id`.
-        #[rpc(name = "Until", go = until_go, const = UNTIL)]
-        fn until(id: u64) -> u64;
-    }
-}
-
-/// The `Spin` implementation: its calls spin until `released`.
-struct Spinner {
-    released: Arc<AtomicBool>,
-}
-
-impl Spin for Spinner {
-    fn until(&self, id: u64) -> Result<u64, ServiceError> {
-        while !self.released.load(Ordering::SeqCst) {
-            std::hint::spin_loop();
-        }
-        Ok(id)
-    }
-}
 
 /// Long enough for any reply on loopback; far shorter than a blocked call's 10 s.
 const PROMPTLY: Duration = Duration::from_secs(3);
@@ -135,14 +107,7 @@ fn a_finished_reply_leaves_while_every_worker_computes_and_calls_wait() {
     // every worker computes: none is blocked, so the pool adds a thread only every 50 ms
     // without progress, and the last waiting call is taken seconds later. The reply must
     // not wait for that: the loop writes corked replies after about a millisecond.
-    let released = Arc::new(AtomicBool::new(false));
-    let server = Server::new();
-    server
-        .register(SpinServer::new(Spinner {
-            released: Arc::clone(&released),
-        }))
-        .unwrap();
-    let server = TestServer::start_with(server);
+    let server = TestServer::start();
     let client = server.client();
     let cores = thread::available_parallelism().map_or(1, |cores| cores.get());
     let spinning = cores as u64 + 40;
@@ -150,14 +115,14 @@ fn a_finished_reply_leaves_while_every_worker_computes_and_calls_wait() {
     let batch = client.batch();
     let quick = batch.go_with(ProbeClient::SLEEP, &0u64, &done);
     for id in 1..=spinning {
-        batch.go_with(SpinClient::UNTIL, &id, &done);
+        batch.go_with(ProbeClient::BUSY_BLOCK, &id, &done);
     }
     let sent = Instant::now();
     batch.send();
 
     let first = completions.recv_timeout(Duration::from_secs(1));
     let waited = sent.elapsed();
-    released.store(true, Ordering::SeqCst); // whatever happened, let the spinning calls end
+    server.release(spinning as usize); // whatever happened, let the computing calls end
     let first = first.expect("the quick reply while the others compute");
     assert_eq!(first.seq, quick, "after {waited:?}");
     assert_eq!(first.result.unwrap(), 0);

@@ -46,6 +46,10 @@ service! {
         /// Computes (holds its core, never sleeps) for `us` microseconds, then returns `us`.
         #[rpc(name = "Spin", go = spin_go, const = SPIN)]
         fn spin(us: u64) -> u64;
+        /// As `Block`, but computing while it waits (polls for its release, never sleeps):
+        /// to the pool it looks busy, not blocked.
+        #[rpc(name = "BusyBlock", go = busy_block_go, const = BUSY_BLOCK)]
+        fn busy_block(id: u64) -> u64;
     }
 }
 
@@ -140,6 +144,17 @@ impl Probe for Prober {
             std::hint::spin_loop();
         }
         Ok(us)
+    }
+
+    fn busy_block(&self, id: u64) -> Result<u64, ServiceError> {
+        let until = Instant::now() + Duration::from_secs(10);
+        while self.release.try_recv().is_err() {
+            if Instant::now() > until {
+                return Err(ServiceError::new("never released"));
+            }
+            std::hint::spin_loop();
+        }
+        Ok(id)
     }
 
     fn label(&self, label: Label) -> Result<String, ServiceError> {
