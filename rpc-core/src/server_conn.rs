@@ -617,8 +617,8 @@ impl CallSite<'_> {
     /// 16 pooled calls 6-21% more calls/s, docs/BENCHMARKS.md, change 20). At the pool's
     /// thread cap a queued job may wait for a handler, so this worker writes them now.
     fn release_corked(&self) {
-        if self.site.conn.queued_len() == 0 {
-            return; // nothing corked, or another worker wrote it already
+        if !self.site.conn.has_unflushed() {
+            return; // nothing corked, or another worker writes it, or already wrote it
         }
         if self.site.server.pool.is_at_thread_cap() {
             // A failed flush means the connection is closing; the reply's send will say so.

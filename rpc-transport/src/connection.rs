@@ -292,6 +292,14 @@ impl Connection {
         (due, next)
     }
 
+    /// True if bytes wait in the queue and nobody is writing them: what a
+    /// [`Connection::flush`] now would write. (A write in progress takes whatever is queued
+    /// behind it too; [`Connection::queued_len`] counts its bytes, this does not.)
+    pub fn has_unflushed(&self) -> bool {
+        let out = self.lock_out();
+        !out.buf.is_empty() && !out.flushing && !out.loop_flushes && !out.closed
+    }
+
     /// Writes what is queued (by [`Connection::send_corked`], say) now, from this thread,
     /// unless another writer is at it, which then writes these bytes too. Never blocks on the
     /// socket: what it does not take is left to the event loop, as with
