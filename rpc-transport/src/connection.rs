@@ -336,8 +336,9 @@ impl Connection {
                 Ok(())
             }
             Err(err) => {
-                self.close();
-                Err(err.into())
+                let err = TransportError::from(err);
+                self.fail(err.clone());
+                Err(err)
             }
         }
     }
@@ -535,16 +536,26 @@ impl Connection {
 
     /// Closes the connection now; queued bytes are dropped. Idempotent.
     pub fn close(&self) {
-        let first = {
-            let mut out = self.lock_out();
-            let first = !out.closed;
-            out.closed = true;
-            out.buf = BytesMut::new();
-            first
-        };
-        if first {
+        if self.mark_closing() {
             self.post(ConnCommand::Close);
         }
+    }
+
+    /// Closes the connection now because a write from this thread failed: the loop closes it
+    /// with `err` as the reason (the peer is gone), not as a close this side asked for.
+    fn fail(&self, err: TransportError) {
+        if self.mark_closing() {
+            self.post(ConnCommand::Fail(err));
+        }
+    }
+
+    /// Refuses further sends and drops queued bytes; true the first time.
+    fn mark_closing(&self) -> bool {
+        let mut out = self.lock_out();
+        let first = !out.closed;
+        out.closed = true;
+        out.buf = BytesMut::new();
+        first
     }
 
     /// Refuses further sends and closes the connection once queued bytes are written.

@@ -556,6 +556,7 @@ impl EventLoop {
             ConnCommand::WantWrite => self.want_write(index),
             ConnCommand::Flush => self.flush_requested(index),
             ConnCommand::Close => self.close_slot_with_pending_reason(index),
+            ConnCommand::Fail(err) => self.close_slot(index, CloseReason::Error(err)),
             ConnCommand::ResumeReading => self.resume_reading(index),
             ConnCommand::ReadAgain => self.read_ready(index),
             ConnCommand::WatchBehindCaller => self.watch_behind_caller(index),

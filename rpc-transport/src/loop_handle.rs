@@ -15,6 +15,7 @@ use mio::net::TcpStream;
 use mio::Waker;
 
 use crate::connection::Connection;
+use crate::error::TransportError;
 use crate::handler::FrameHandler;
 use crate::limits::FrameLimits;
 
@@ -247,7 +248,7 @@ pub(crate) enum Command {
 }
 
 /// What a [`Connection`] asks of the loop about itself.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) enum ConnCommand {
     /// Watch the socket for writability: the loop finishes a blocked write.
     WantWrite,
@@ -265,6 +266,8 @@ pub(crate) enum ConnCommand {
     Timer(Instant),
     /// Write the queue at this moment: bytes corked with a hold (`send_corked_for`).
     FlushAt(Instant),
+    /// A sender's write failed with this error: close with it as the reason.
+    Fail(TransportError),
 }
 
 /// The loop's side of an `adopt_and_wait`: settles, once, whether the loop adopts the socket

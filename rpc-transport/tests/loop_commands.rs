@@ -3,7 +3,8 @@
 //! wait for a flush (or, corked with a hold, for the loop's write), batched frames that leave before the loop's turn ends once enough wait,
 //! deadlines so far off that `Instant + Duration` would overflow, a caller that unwinds while
 //! it holds the read turn, a peer that closes while a frame error's close waits for its
-//! flush, and a peer whose last frame and end arrive together while the loop is busy.
+//! flush, a peer whose last frame and end arrive together while the loop is busy, and a
+//! sender whose write meets the peer's reset before the loop does.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -577,5 +578,32 @@ fn a_peer_closing_after_a_frame_error_leaves_the_error_as_the_reason() {
     assert!(
         matches!(reason, CloseReason::Error(TransportError::BadMagic { .. })),
         "the frame error, not the peer's close that followed it: {reason:?}"
+    );
+}
+
+#[test]
+fn a_write_that_fails_on_a_senders_thread_closes_the_connection_with_that_error() {
+    // The peer resets the connection (it closes with our bytes unread) while the loop is
+    // busy elsewhere, so a sender's write meets the reset before the loop does. The handler
+    // must hear of the failure, not of a close this side asked for: a client tells its
+    // callers `ConnectionLost` (retryable) for the one and `Shutdown` for the other.
+    let harness = Harness::new("sender-write-fails");
+    let (conn, peer) = harness.adopt_echo(FrameLimits::default());
+    let (release, _stalling_peer) = stall_the_loop(&harness);
+    let frame = encode(&Frame::request(1, "Echo.Echo", 1, &b"unread"[..]));
+    conn.send(&frame).unwrap();
+    drop(peer); // unread bytes: the peer's kernel answers with a reset
+    let failed = (0..100).find_map(|_| {
+        thread::sleep(Duration::from_millis(10));
+        conn.send(&frame).err()
+    });
+    assert!(failed.is_some(), "no write failed after the reset");
+    release.send(()).unwrap();
+
+    let (addr, reason) = harness.closed.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(addr, conn.local_addr());
+    assert!(
+        matches!(reason, CloseReason::Error(TransportError::Io(_))),
+        "{reason:?}"
     );
 }
