@@ -1,10 +1,11 @@
 //! The event loop's commands and timers over real sockets: adoptions that time out, handles
 //! that outlive their connection, handlers that pause after every frame, corked frames that
-//! wait for a flush (or, corked with a hold, for the loop's write), batched frames that leave before the loop's turn ends once enough wait,
-//! deadlines so far off that `Instant + Duration` would overflow, a caller that unwinds while
-//! it holds the read turn, a peer that closes while a frame error's close waits for its
-//! flush, a peer whose last frame and end arrive together while the loop is busy, and a
-//! sender whose write meets the peer's reset before the loop does.
+//! wait for a flush (or, corked with a hold, for the loop's write), batched frames that
+//! leave before the loop's turn ends once enough wait, deadlines so far off that
+//! `Instant + Duration` would overflow, a caller that unwinds while it holds the read turn,
+//! a peer that closes while a frame error's close waits for its flush, a peer whose last
+//! frame and end arrive together while the loop is busy, and a sender whose write meets the
+//! peer's reset before the loop does.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
