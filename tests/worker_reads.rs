@@ -5,9 +5,10 @@
 //! panics fails its own call alone; bytes that break the framing close their connection alone;
 //! a graceful shutdown while workers read ends every call promptly; a client that half-closes
 //! after a burst a worker read still gets every reply; a cancel read with its call keeps the
-//! call from running; and with the setting off (the default), the loop reads everything. (That the idle timeout sees the requests a worker
-//! read is a unit test of `ConnCalls::was_active`: a connection busy through its worker for
-//! longer than the timeout is too rare to catch here.)
+//! call from running; and with the setting off (the default), the loop reads everything.
+//! (That the idle timeout sees the requests a worker read is a unit test of
+//! `ConnCalls::was_active`: a connection busy through its worker for longer than the timeout
+//! is too rare to catch here.)
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
