@@ -1,8 +1,8 @@
 //! The reliability matrix (shared/RELIABILITY.md), bad-input rows: truncated headers,
 //! pipelined and split frames, bad magic/version/kind, oversized lengths, over-long names,
 //! slowloris, duplicate sequence ids, and an evil server's garbage, reordered, duplicated and
-//! unknown replies. After each fault the server holds nothing and a fresh client's call
-//! succeeds.
+//! unknown replies, and pings it never reads the pongs of. After each fault the server holds
+//! nothing and a fresh client's call succeeds.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -13,7 +13,7 @@ use std::net::TcpListener;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use netrpc::transport::{FrameKind, FrameLimits, HEADER_LEN};
+use netrpc::transport::{Frame, FrameKind, FrameLimits, HEADER_LEN};
 use netrpc::{done_channel, Client, Codec, ErrorBody, ErrorCode, RpcError, Server};
 use util::evil::{header_declaring, request, valid_request_bytes, EvilClient};
 use util::{assert_back_to_idle, assert_healthy, Args, TestServer};
@@ -395,4 +395,33 @@ fn reordered_duplicated_and_unknown_replies_complete_each_call_once() {
         client.discarded_replies() == 2
     });
     assert!(!client.is_closed(), "the connection stays usable");
+}
+
+#[test]
+fn a_server_that_pings_without_reading_cannot_grow_the_clients_queue_of_pongs() {
+    // 40 MB of pings, and none of the pongs read: once the socket is full, every pong would
+    // wait in the client's queue. The client stops answering pings while bytes wait unsent,
+    // so its memory stays bounded.
+    const PINGS: u64 = 40 * 1024 * 1024 / HEADER_LEN as u64;
+    let (flooded_tx, flooded) = crossbeam_channel::bounded(1);
+    let (done_tx, done) = crossbeam_channel::bounded::<()>(1);
+    let addr = evil_server(move |peer| {
+        let mut pings = bytes::BytesMut::new();
+        for seq in 1..=PINGS {
+            Frame::new(FrameKind::Ping, seq)
+                .encode(&mut pings, &FrameLimits::default())
+                .unwrap();
+        }
+        peer.send_raw(&pings); // returns once the client has read them all
+        flooded_tx.send(()).unwrap();
+        let _ = done.recv_timeout(Duration::from_secs(10)); // hold the connection open
+    });
+    let client = Client::dial(addr).unwrap();
+    flooded
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the client reads the pings");
+    thread::sleep(Duration::from_millis(200)); // the last pings still in its loop's hands
+    let unsent = client.unsent_bytes();
+    assert!(unsent <= 1024 * 1024, "{unsent} bytes of pongs queued");
+    drop(done_tx);
 }

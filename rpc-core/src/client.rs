@@ -36,7 +36,7 @@ use serde::Serialize;
 use crate::call::{Call, Completion, DoneSender, ReplyReader};
 use crate::catch_panic::catch_panic;
 use crate::client_builder::{ClientBuilder, ClientConfig};
-use crate::client_conn::{handle_reply_frame, lock};
+use crate::client_conn::{handle_reply_frame, lock, may_answer};
 use crate::error::RpcError;
 use crate::link::Link;
 use crate::middleware::{run_after_call, run_before_call, CallRecord};
@@ -537,7 +537,9 @@ impl ClientInner {
         while !arrived() && Instant::now() < deadline {
             let read = conn.read_here(deadline, arrived, &mut |frame| {
                 if let Some(answer) = handle_reply_frame(pending, frame) {
-                    let _ = conn.send_frame(&answer);
+                    if may_answer(conn.queued_len()) {
+                        let _ = conn.send_frame(&answer);
+                    }
                 }
             });
             if read == ReadHere::Elsewhere {

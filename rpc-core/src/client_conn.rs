@@ -30,7 +30,9 @@ impl ClientConn {
 impl FrameHandler for ClientConn {
     fn handle_frame(&mut self, conn: &Connection, frame: Frame) {
         if let Some(answer) = handle_reply_frame(&self.pending, frame) {
-            let _ = conn.send_frame(&answer);
+            if may_answer(conn.queued_len()) {
+                let _ = conn.send_frame(&answer);
+            }
         }
     }
 
@@ -95,6 +97,20 @@ pub(crate) fn handle_reply_frame(pending: &Mutex<PendingCalls>, frame: Frame) ->
         _ => {}
     }
     None
+}
+
+/// Most bytes that may wait unsent for a pong to be sent: a server that pings without
+/// reading its pongs gets no more of them, so the client's queue cannot grow with its pings
+/// (40 MB of pings left 38 MB of pongs queued before: `tests/bad_input.rs`). Far above what
+/// a server reading its socket ever leaves queued for a pong.
+const MAX_UNSENT_FOR_PONG: usize = 64 * 1024;
+
+/// Whether to send what [`handle_reply_frame`] answered (a pong) on a connection with
+/// `unsent` bytes queued: not while the server leaves more than [`MAX_UNSENT_FOR_PONG`]
+/// unread. (A failed send of the answer means the connection is closing; its loop is at
+/// it.)
+pub(crate) fn may_answer(unsent: usize) -> bool {
+    unsent <= MAX_UNSENT_FOR_PONG
 }
 
 /// Fails call `seq` with `err`, if it is still pending.
