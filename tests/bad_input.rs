@@ -1,8 +1,9 @@
 //! The reliability matrix (shared/RELIABILITY.md), bad-input rows: truncated headers,
 //! pipelined and split frames, bad magic/version/kind, oversized lengths, over-long names,
 //! slowloris, duplicate sequence ids, and an evil server's garbage, reordered, duplicated and
-//! unknown replies, and pings it never reads the pongs of. After each fault the server holds
-//! nothing and a fresh client's call succeeds.
+//! unknown replies, pings it never reads the pongs of, and replies for no call written
+//! faster than the client can handle them. After each fault the server holds nothing and a
+//! fresh client's call succeeds.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -424,4 +425,70 @@ fn a_server_that_pings_without_reading_cannot_grow_the_clients_queue_of_pongs() 
     let unsent = client.unsent_bytes();
     assert!(unsent <= 1024 * 1024, "{unsent} bytes of pongs queued");
     drop(done_tx);
+}
+
+/// An evil server that writes replies for no call (seq 999,999), as fast as it can, for
+/// `seconds` (or until the client goes).
+fn flooding_server(seconds: u64) -> std::net::SocketAddr {
+    evil_server(move |peer| {
+        let mut replies = bytes::BytesMut::new();
+        while replies.len() < 64 * 1024 {
+            let mut reply = Frame::new(FrameKind::Response, 999_999);
+            reply.body = bytes::Bytes::from_static(b"junk");
+            reply.encode(&mut replies, &FrameLimits::default()).unwrap();
+        }
+        let until = Instant::now() + Duration::from_secs(seconds);
+        while Instant::now() < until && peer.stream.write_all(&replies).is_ok() {}
+    })
+}
+
+#[test]
+fn a_server_flooding_one_connection_leaves_the_client_loop_serving_the_others() {
+    // The client loop reads the flooded connection (no caller waits on it); it must still
+    // get round to the timers of the other connections it serves: a call to a server that
+    // never answers times out on time.
+    let flooding = Client::dial(flooding_server(5)).unwrap();
+    let silent = evil_server(|_| thread::sleep(Duration::from_secs(5)));
+    let client = Client::builder()
+        .call_timeout(Duration::from_millis(300))
+        .dial(silent)
+        .unwrap();
+    thread::sleep(Duration::from_millis(200)); // the flood is on
+    let (done, completions) = done_channel::<i64>();
+    let started = Instant::now();
+    client.go_with("Arith.Multiply", &Args { a: 1, b: 2 }, &done);
+    let completion = completions
+        .recv_timeout(Duration::from_secs(3))
+        .expect("the timeout fires while the other connection floods");
+    assert!(
+        matches!(completion.result, Err(RpcError::Timeout { .. })),
+        "{:?}",
+        completion.result
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(flooding);
+}
+
+#[test]
+fn a_server_flooding_a_waiting_callers_connection_cannot_hold_the_call_past_its_deadline() {
+    // A blocking call reads its own connection; the server answers with an endless stream of
+    // replies for no call. The caller must give up at its deadline, not read for ever.
+    let client = Client::builder()
+        .call_timeout(Duration::from_millis(300))
+        .dial(flooding_server(5))
+        .unwrap();
+    let started = Instant::now();
+    let err = client
+        .call::<_, i64>("Arith.Multiply", &Args { a: 1, b: 2 })
+        .unwrap_err();
+    assert!(matches!(err, RpcError::Timeout { .. }), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -96,6 +96,7 @@ pub fn spawn_loop_with(
         next_generation: 0,
         free: Vec::new(),
         closed_this_turn: Vec::new(),
+        read_again: Vec::new(),
         listener,
         timers: BinaryHeap::new(),
         scratch: vec![0; READ_CHUNK],
@@ -122,6 +123,9 @@ struct EventLoop {
     /// Slots closed during this turn: reused only from the next turn, so a stale event for a
     /// closed token can never reach a new connection.
     closed_this_turn: Vec<usize>,
+    /// Connections whose reading stopped at [`MAX_READ_PER_TURN`] with bytes left: read
+    /// again at the end of the turn, after every other connection's events and the timers.
+    read_again: Vec<ConnKey>,
     listener: Option<ListenerState>,
     /// (when, which connection, what) of every timer; stale entries are skipped when they fire.
     timers: BinaryHeap<Reverse<(Instant, ConnKey, LoopTimer)>>,
@@ -189,7 +193,7 @@ impl EventLoop {
         loop {
             // Commands this thread queued for itself (after `run_commands`, say from a timer
             // handler) did not wake the poller: do not sleep on them.
-            let timeout = if self.commands.is_empty() {
+            let timeout = if self.commands.is_empty() && self.read_again.is_empty() {
                 self.next_wakeup()
                     .map(|at| at.saturating_duration_since(Instant::now()))
             } else {
@@ -224,6 +228,11 @@ impl EventLoop {
                 return;
             }
             self.fire_timers();
+            for key in std::mem::take(&mut self.read_again) {
+                if self.is_open(key) {
+                    self.read_ready(key.index);
+                }
+            }
             self.free.append(&mut self.closed_this_turn);
         }
     }
@@ -320,6 +329,7 @@ impl EventLoop {
             let mut stream = conn.stream();
             let mut frame_done = false;
             let mut bytes_read = false;
+            let mut read_this_turn = 0;
             let mut tls_records = false;
             let mut inbox = conn.read_side().inbox();
             let outcome = loop {
@@ -339,10 +349,14 @@ impl EventLoop {
                     }
                     Err(err) => break ReadOutcome::FrameError(err),
                 }
+                if read_this_turn >= MAX_READ_PER_TURN {
+                    break ReadOutcome::Yielded;
+                }
                 match stream.read(&mut self.scratch) {
                     Ok(0) => break ReadOutcome::Eof,
                     Ok(n) => {
                         bytes_read = true;
+                        read_this_turn += n;
                         match conn.handle_read(&self.scratch[..n], &mut inbox.decoder) {
                             Ok(queued) => tls_records |= queued,
                             Err(err) => break ReadOutcome::TlsFailed(err),
@@ -369,6 +383,7 @@ impl EventLoop {
             };
             match outcome {
                 ReadOutcome::Drained => {}
+                ReadOutcome::Yielded => self.read_again.push(slot.conn.key()),
                 // Bytes may remain in the socket: ask again now (see above), or come back
                 // for them once unpaused.
                 ReadOutcome::Paused if frame_done || bytes_read => continue,
@@ -817,6 +832,8 @@ impl EventLoop {
 
 enum ReadOutcome {
     Drained,
+    /// [`MAX_READ_PER_TURN`] bytes were read and more may wait: the rest after the others.
+    Yielded,
     /// The handler asked to stop reading (backpressure).
     Paused,
     Eof,
@@ -871,6 +888,13 @@ const LISTENER: Token = Token(usize::MAX - 1);
 
 /// Bytes read per `read` call into the shared scratch buffer.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// Most bytes the loop reads from one connection before it serves the others and its
+/// timers: a peer that writes faster than its frames are handled (a flood of replies for no
+/// call) would otherwise keep the loop reading it for ever, and every other connection of
+/// the loop, and every deadline, waiting (`tests/bad_input.rs`). A megabyte is sixteen reads,
+/// far more than a turn of ordinary traffic.
+const MAX_READ_PER_TURN: usize = 16 * READ_CHUNK;
 
 /// How often a connection paused by [`FrameHandler::pause_reading`] is asked again.
 pub const READ_PAUSE_RECHECK: Duration = Duration::from_millis(10);

@@ -125,6 +125,13 @@ pub(crate) const LOOP_TURN_WAIT: Duration = Duration::from_millis(2);
 /// Bytes a caller reads per system call.
 const CALLER_READ_CHUNK: usize = 16 * 1024;
 
+/// Most bytes a caller reads in one go before it looks at its deadline again and leaves the
+/// rest to the loop: a peer that writes faster than its frames are handled (a flood of
+/// replies for no call) would otherwise keep the caller reading past its deadline for as
+/// long as the flood lasts (`tests/bad_input.rs`). A reply larger than this is finished by
+/// the loop.
+const CALLER_DRAIN_BUDGET: usize = 64 * CALLER_READ_CHUNK;
+
 impl ReadSide {
     pub(crate) fn new(limits: FrameLimits) -> ReadSide {
         ReadSide {
@@ -265,7 +272,11 @@ impl ReadSide {
                     // meanwhile waits.
                     drop(poller);
                     self.turn.store(FREE, Ordering::SeqCst);
-                    return (ReadHere::Frames(delivered + count), true);
+                    let outcome = match delivered + count {
+                        0 => ReadHere::Elsewhere, // a frame larger than the budget
+                        all => ReadHere::Frames(all),
+                    };
+                    return (outcome, true);
                 }
             }
             if self.inbox().decoder.is_mid_frame() {
@@ -358,6 +369,7 @@ impl ReadSide {
             return Drain::HandBack(0); // not read past what the loop has yet to see
         }
         let mut delivered = 0;
+        let mut read = 0;
         loop {
             loop {
                 match inbox.decoder.poll_frame() {
@@ -374,6 +386,9 @@ impl ReadSide {
                     }
                 }
             }
+            if read >= CALLER_DRAIN_BUDGET {
+                return Drain::Stopped(delivered);
+            }
             match stream.read(&mut chunk) {
                 // End of stream: the loop reads it again and closes as it always does.
                 Ok(0) => {
@@ -381,6 +396,7 @@ impl ReadSide {
                     return Drain::HandBack(delivered);
                 }
                 Ok(n) => {
+                    read += n;
                     if let Err(err) = feed(&chunk[..n], &mut inbox.decoder) {
                         inbox.handed_back = Some(HandedBack::TlsFailed(err));
                         return Drain::HandBack(delivered);
@@ -405,7 +421,8 @@ enum Drain {
     Frames(usize),
     /// The loop must take over (end of stream, an error), after this many frames.
     HandBack(usize),
-    /// The reader broke off after this many frames; the loop reads the rest.
+    /// The reader broke off after this many frames (or read its budget); the loop reads the
+    /// rest.
     Stopped(usize),
 }
 
