@@ -118,8 +118,9 @@ const CALLER: u8 = 2;
 /// guard, since every way its wait can end (a reply, a close) also wakes its poller.
 const CALLER_WAIT_SLICE: Duration = Duration::from_millis(100);
 
-/// The longest a caller starting its wait waits for the loop to end a turn: loop turns read
-/// only until the socket has nothing more, so this bounds a loop thread kept off its CPU.
+/// The longest a caller starting its wait waits for the loop to end a turn: a loop turn reads
+/// until the socket has nothing more, or a megabyte at most, so this bounds a loop thread
+/// kept off its CPU.
 pub(crate) const LOOP_TURN_WAIT: Duration = Duration::from_millis(2);
 
 /// Bytes a caller reads per system call.
