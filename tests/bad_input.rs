@@ -1,8 +1,8 @@
 //! The reliability matrix (shared/RELIABILITY.md), bad-input rows: truncated headers,
 //! pipelined and split frames, bad magic/version/kind, oversized lengths, over-long names,
 //! slowloris, duplicate sequence ids, and an evil server's garbage, reordered, duplicated and
-//! unknown replies, pings it never reads the pongs of, and replies for no call written
-//! faster than the client can handle them. After each fault the server holds nothing and a
+//! unknown replies, pings it never reads the pongs of, replies for no call written faster
+//! than the client can handle them, and garbage from a server that reads nothing. After each fault the server holds nothing and a
 //! fresh client's call succeeds.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
@@ -488,6 +488,52 @@ fn a_server_flooding_a_waiting_callers_connection_cannot_hold_the_call_past_its_
     assert!(matches!(err, RpcError::Timeout { .. }), "{err:?}");
     assert!(
         started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_server_sending_garbage_while_not_reading_still_fails_the_calls_promptly() {
+    // The client has bytes queued that the server never reads, and the server then sends
+    // bytes that are no frame. The client would close the connection once its queue is
+    // written, which never happens: it must close anyway after a short grace, failing its
+    // calls with `Protocol`, not leave them to their deadlines.
+    let (garbage_tx, garbage) = crossbeam_channel::bounded::<()>(1);
+    let addr = evil_server(move |peer| {
+        let _ = garbage.recv_timeout(Duration::from_secs(10));
+        peer.send_raw(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        thread::sleep(Duration::from_secs(10)); // never reads
+    });
+    let client = Client::builder()
+        .call_timeout(Duration::from_secs(30))
+        .dial(addr)
+        .unwrap();
+    let (done, completions) = done_channel::<Vec<u8>>();
+    let mut calls = 0;
+    loop {
+        assert!(calls < 20, "the socket never filled");
+        client.go_with("Probe.Echo", &vec![7u8; 1024 * 1024], &done);
+        calls += 1;
+        thread::sleep(Duration::from_millis(50)); // the loop writes what the socket takes
+        if client.unsent_bytes() > 0 {
+            break; // the socket is full: the rest waits for a reader that never comes
+        }
+    }
+    garbage_tx.send(()).unwrap();
+    let started = Instant::now();
+    for _ in 0..calls {
+        let completion = completions
+            .recv_timeout(Duration::from_secs(10))
+            .expect("every call fails well before its deadline");
+        let result = completion.result;
+        assert!(
+            matches!(result, Err(RpcError::Protocol { .. })),
+            "{result:?}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
         "{:?}",
         started.elapsed()
     );

@@ -162,7 +162,8 @@ enum LoopTimer {
     ResumeReading,
     /// The TLS handshake must have finished by now.
     HandshakeDeadline,
-    /// A connection closing after a TLS failure closes now, alert written or not.
+    /// A connection closing after a TLS failure or a frame error closes now, alert or error
+    /// frame written or not.
     CloseGrace,
     /// Write what is queued: bytes corked with a hold have waited long enough.
     HeldFlush,
@@ -405,23 +406,36 @@ impl EventLoop {
                 ReadOutcome::FrameError(err) => {
                     slot.handler.handle_frame_error(&slot.conn, &err);
                     slot.close_reason = Some(CloseReason::Error(err));
-                    // Let an error frame queued by the handler reach the peer before closing.
+                    // Let an error frame queued by the handler reach the peer before closing,
+                    // or close after a grace period if the peer does not read it (nor what
+                    // was queued before it).
                     slot.conn.close_when_flushed();
+                    self.close_after_grace(index);
                 }
                 ReadOutcome::TlsFailed(err) => {
                     // Close once the alert telling the peer why is written (whoever writes
                     // it), or after a grace period if the peer does not read it.
                     slot.close_reason = Some(CloseReason::Error(err));
                     slot.conn.close_when_flushed();
-                    let at = deadline_after(Instant::now(), ALERT_GRACE);
-                    let key = slot.conn.key();
-                    self.timers.push(Reverse((at, key, LoopTimer::CloseGrace)));
+                    self.close_after_grace(index);
                     self.flush_now(index);
                 }
                 ReadOutcome::Failed(err) => self.close_slot(index, CloseReason::Error(err)),
             }
             return;
         }
+    }
+
+    /// Closes the connection at `index` after [`CLOSE_GRACE`] if it has not closed by then (it
+    /// waits to write what tells the peer why it closes, and a peer that does not read would
+    /// hold it open, and its calls waiting, for ever).
+    fn close_after_grace(&mut self, index: usize) {
+        let Some(slot) = self.slots.get(index).and_then(Option::as_ref) else {
+            return;
+        };
+        let at = deadline_after(Instant::now(), CLOSE_GRACE);
+        let key = slot.conn.key();
+        self.timers.push(Reverse((at, key, LoopTimer::CloseGrace)));
     }
 
     /// Backpressure: leaves the bytes in the socket, so TCP slows the peer down. Writes,
@@ -902,8 +916,10 @@ pub const READ_PAUSE_RECHECK: Duration = Duration::from_millis(10);
 /// Readiness events taken per `poll`.
 const EVENTS_CAPACITY: usize = 1024;
 
-/// How long a connection closing after a TLS failure waits for its alert to be written.
-const ALERT_GRACE: Duration = Duration::from_secs(1);
+/// How long a connection closing after a TLS failure or a frame error waits for its alert
+/// or error frame (and what was queued before it) to be written: a peer that reads nothing
+/// no longer holds it open (`tests/bad_input.rs`).
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// How long accepting pauses after an error such as `EMFILE`.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
