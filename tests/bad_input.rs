@@ -2,8 +2,8 @@
 //! pipelined and split frames, bad magic/version/kind, oversized lengths, over-long names,
 //! slowloris, duplicate sequence ids, and an evil server's garbage, reordered, duplicated and
 //! unknown replies, pings it never reads the pongs of, replies for no call written faster
-//! than the client can handle them, and garbage from a server that reads nothing. After each fault the server holds nothing and a
-//! fresh client's call succeeds.
+//! than the client can handle them, and garbage from a server that reads nothing. After each
+//! fault the server holds nothing and a fresh client's call succeeds.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
