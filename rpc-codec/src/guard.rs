@@ -7,8 +7,11 @@
 //! - entering a sequence, map, enum, `Some` or newtype adds a level; past
 //!   [`MAX_DECODE_DEPTH`] levels the decode fails, long before the stack could overflow
 //!   (postcard has no depth limit of its own);
-//! - each sequence element or map entry takes one unit of a budget of `input length + 4096`,
-//!   so a 4-byte input cannot declare 2^28 zero-sized elements and spin for seconds;
+//! - each element of a sequence whose length the input declares, and each map entry, takes
+//!   one unit of a budget of `input length + 4096`, so a 4-byte input cannot declare 2^28
+//!   zero-sized elements and spin for seconds (the fields of a tuple, an array or a struct,
+//!   whose number the type fixes, take none: postcard decodes those element by element too,
+//!   and a long list of 32-byte hashes, 33 elements in 32 bytes each, was refused);
 //! - the length a sequence or map declares is capped at the remaining budget before a visitor
 //!   sees it, so a lying length never makes `Vec::with_capacity` reserve more than the input
 //!   could fill.
@@ -138,6 +141,9 @@ struct Guarded<'b, D> {
 struct GuardedVisitor<'b, V> {
     inner: V,
     budget: &'b Budget,
+    /// Whether a sequence it visits has a length the input declared (its elements take from
+    /// the budget), not one the type fixes (a tuple, an array, a struct's fields).
+    declared: bool,
 }
 
 /// A seed under the guard: the deserializer it is given is guarded too.
@@ -149,6 +155,8 @@ struct GuardedSeed<'b, S> {
 struct GuardedSeq<'b, A> {
     inner: A,
     budget: &'b Budget,
+    /// Its elements take from the budget (see [`GuardedVisitor`]).
+    declared: bool,
 }
 
 struct GuardedMap<'b, A> {
@@ -168,7 +176,20 @@ struct GuardedVariant<'b, A> {
 
 impl<'b, V> GuardedVisitor<'b, V> {
     fn new(inner: V, budget: &'b Budget) -> Self {
-        GuardedVisitor { inner, budget }
+        GuardedVisitor {
+            inner,
+            budget,
+            declared: true,
+        }
+    }
+
+    /// For a value whose number of elements the type fixes (a tuple, an array, a struct).
+    fn fixed(inner: V, budget: &'b Budget) -> Self {
+        GuardedVisitor {
+            inner,
+            budget,
+            declared: false,
+        }
     }
 }
 
@@ -217,7 +238,7 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Guarded<'_, D> {
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
         self.inner
-            .deserialize_tuple(len, GuardedVisitor::new(visitor, self.budget))
+            .deserialize_tuple(len, GuardedVisitor::fixed(visitor, self.budget))
     }
 
     fn deserialize_tuple_struct<V: Visitor<'de>>(
@@ -227,7 +248,7 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Guarded<'_, D> {
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
         self.inner
-            .deserialize_tuple_struct(name, len, GuardedVisitor::new(visitor, self.budget))
+            .deserialize_tuple_struct(name, len, GuardedVisitor::fixed(visitor, self.budget))
     }
 
     fn deserialize_struct<V: Visitor<'de>>(
@@ -237,7 +258,7 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Guarded<'_, D> {
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
         self.inner
-            .deserialize_struct(name, fields, GuardedVisitor::new(visitor, self.budget))
+            .deserialize_struct(name, fields, GuardedVisitor::fixed(visitor, self.budget))
     }
 
     fn deserialize_enum<V: Visitor<'de>>(
@@ -311,6 +332,7 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for GuardedVisitor<'_, V> {
         self.inner.visit_seq(GuardedSeq {
             inner: seq,
             budget: self.budget,
+            declared: self.declared,
         })
     }
 
@@ -349,7 +371,9 @@ impl<'de, A: SeqAccess<'de>> SeqAccess<'de> for GuardedSeq<'_, A> {
         &mut self,
         seed: T,
     ) -> Result<Option<T::Value>, Self::Error> {
-        self.budget.take_element::<A::Error>()?;
+        if self.declared {
+            self.budget.take_element::<A::Error>()?;
+        }
         self.inner.next_element_seed(GuardedSeed {
             inner: seed,
             budget: self.budget,
@@ -435,7 +459,7 @@ impl<'de, A: VariantAccess<'de>> VariantAccess<'de> for GuardedVariant<'_, A> {
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
         self.inner
-            .tuple_variant(len, GuardedVisitor::new(visitor, self.budget))
+            .tuple_variant(len, GuardedVisitor::fixed(visitor, self.budget))
     }
 
     fn struct_variant<V: Visitor<'de>>(
@@ -444,6 +468,6 @@ impl<'de, A: VariantAccess<'de>> VariantAccess<'de> for GuardedVariant<'_, A> {
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
         self.inner
-            .struct_variant(fields, GuardedVisitor::new(visitor, self.budget))
+            .struct_variant(fields, GuardedVisitor::fixed(visitor, self.budget))
     }
 }

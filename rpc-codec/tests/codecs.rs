@@ -237,3 +237,26 @@ fn values_serde_cannot_represent_fail_to_encode_with_a_typed_error() {
     );
     assert!(Postcard.encode(&map, &mut BytesMut::new()).is_ok());
 }
+
+#[test]
+fn long_lists_of_fixed_size_values_decode_in_every_codec() {
+    // Postcard decodes an array, a tuple and a struct element by element, with no length
+    // on the wire: 5,000 hashes of 32 bytes are 160,000 elements in 160,002 bytes. Only
+    // lengths the input declares count against the guard's element budget.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Point {
+        x: u8,
+        y: u8,
+    }
+    let hashes = vec![[7u8; 32]; 5_000];
+    let pairs: Vec<(u8, u8)> = (0..10_000).map(|i| (i as u8, 1)).collect();
+    let points: Vec<Point> = (0..10_000).map(|i| Point { x: i as u8, y: 2 }).collect();
+    for codec in CodecKind::all() {
+        let decoded: Vec<[u8; 32]> = codec.decode(&encode(*codec, &hashes)).unwrap();
+        assert_eq!(decoded, hashes, "{codec:?}");
+        let decoded: Vec<(u8, u8)> = codec.decode(&encode(*codec, &pairs)).unwrap();
+        assert_eq!(decoded, pairs, "{codec:?}");
+        let decoded: Vec<Point> = codec.decode(&encode(*codec, &points)).unwrap();
+        assert_eq!(decoded, points, "{codec:?}");
+    }
+}
