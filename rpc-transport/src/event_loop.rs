@@ -41,6 +41,7 @@ use crate::connection::{Connection, FlushOutcome};
 use crate::decoder::FrameDecoder;
 use crate::error::TransportError;
 use crate::exclusive_wake;
+use crate::frame_clock::{Fired, FrameClock};
 use crate::handler::{CloseReason, EofAction, FrameHandler};
 use crate::limits::FrameLimits;
 use crate::loop_handle::{Acceptor, Command, ConnCommand, ConnKey, LoopHandle, MakeHandler};
@@ -147,8 +148,8 @@ struct Slot {
     close_reason: Option<CloseReason>,
     /// A `ResumeReading` timer is pending for this paused connection.
     recheck_armed: bool,
-    /// When the frame now arriving started (the read that began it), for the frame timeout.
-    frame_started: Option<Instant>,
+    /// When the frame now arriving started (the read that began it), and its one timer.
+    frame_clock: FrameClock,
 }
 
 /// What a loop timer is for.
@@ -156,7 +157,7 @@ struct Slot {
 enum LoopTimer {
     /// A timer the connection's handler asked for.
     Handler,
-    /// The frame timeout of the frame that started at the slot's `frame_started`.
+    /// The frame timeout of the frame the slot's `frame_clock` times.
     FrameDeadline,
     /// Re-check whether a paused connection may be read again.
     ResumeReading,
@@ -371,7 +372,7 @@ impl EventLoop {
                 }
             };
             drop(inbox);
-            let restart_clock = frame_done || slot.frame_started.is_none();
+            let restart_clock = frame_done || !slot.frame_clock.is_running();
             if tls_records {
                 // Handshake messages or an alert: nobody else may write them.
                 self.flush_now(index);
@@ -460,14 +461,11 @@ impl EventLoop {
             return;
         };
         if !slot.conn.read_side().inbox().decoder.is_mid_frame() {
-            slot.frame_started = None;
+            slot.frame_clock.stop();
             return;
         }
-        let now = Instant::now();
-        slot.frame_started = Some(now);
-        if let Some(timeout) = slot.conn.limits().frame_timeout {
-            // `deadline_after`: a timeout of `Duration::MAX` ("no limit") must not overflow.
-            let at = deadline_after(now, timeout);
+        let timeout = slot.conn.limits().frame_timeout;
+        if let Some(at) = slot.frame_clock.start(Instant::now(), timeout) {
             let key = slot.conn.key();
             self.timers
                 .push(Reverse((at, key, LoopTimer::FrameDeadline)));
@@ -629,7 +627,7 @@ impl EventLoop {
             behind_caller: false,
             close_reason: None,
             recheck_armed: false,
-            frame_started: None,
+            frame_clock: FrameClock::default(),
         };
         if index == self.slots.len() {
             self.slots.push(Some(slot));
@@ -746,21 +744,19 @@ impl EventLoop {
                 }
                 LoopTimer::FrameDeadline => {
                     let timeout = slot.conn.limits().frame_timeout;
-                    let expired = matches!(
-                        (slot.frame_started, timeout),
-                        (Some(started), Some(timeout)) if deadline_after(started, timeout) <= now
-                    );
-                    if expired && slot.conn.is_read_paused() {
-                        // This side holds back reading (backpressure): a frame left half read
-                        // is not the peer's slowness. Its clock starts again.
-                        if let Some(timeout) = timeout {
-                            slot.frame_started = Some(now);
-                            let at = deadline_after(now, timeout);
+                    let held_back = slot.conn.is_read_paused();
+                    match slot.frame_clock.fire(now, timeout, held_back) {
+                        Fired::SetTimer(at) => {
                             self.timers
                                 .push(Reverse((at, key, LoopTimer::FrameDeadline)));
                         }
-                    } else if expired {
-                        self.close_slot(index, CloseReason::Error(TransportError::FrameTimeout));
+                        Fired::Expired => {
+                            self.close_slot(
+                                index,
+                                CloseReason::Error(TransportError::FrameTimeout),
+                            );
+                        }
+                        Fired::Idle => {}
                     }
                 }
                 LoopTimer::ResumeReading => {

@@ -50,6 +50,7 @@ pub mod error;
 pub mod event_loop;
 mod exclusive_wake;
 pub mod frame;
+mod frame_clock;
 pub mod handler;
 pub mod header;
 pub mod limits;
