@@ -425,6 +425,34 @@ fn graceful_shutdown_gives_up_after_the_grace() {
 }
 
 #[test]
+fn an_idle_connection_whose_client_never_reads_is_closed_all_the_same() {
+    // A client asks for megabytes of replies and reads none: its calls end, the server stops
+    // reading it (its replies pass the queue's cap), and the idle timeout then tells it to go
+    // away. The close waits for the queued replies and the go-away to be written, which
+    // never happens: it must come after a short grace all the same, and free the slot.
+    let server = TestServer::start_with(
+        Server::builder()
+            .idle_timeout(Duration::from_millis(200))
+            .build(),
+    );
+    let mut evil = EvilClient::connect(server.addr());
+    let fills: Vec<_> = (1..=100u64)
+        .map(|seq| request(seq, "Probe.Fill", &(64 * 1024u32)))
+        .collect();
+    evil.send_frames(&fills);
+    wait_until(
+        "the idle connection told to go away",
+        Duration::from_secs(5),
+        || server.server.stats().idle_closes == 1,
+    );
+    wait_until("its slot freed", Duration::from_secs(5), || {
+        server.server.stats().open_connections == 0
+    });
+    drop(evil);
+    assert_back_to_idle(&server.server);
+}
+
+#[test]
 fn idle_connections_are_told_to_go_away_then_closed_and_busy_ones_are_kept() {
     let idle_timeout = Duration::from_millis(200);
     let server = TestServer::start_with(Server::builder().idle_timeout(idle_timeout).build());

@@ -236,10 +236,11 @@ impl ServerConn {
     }
 
     /// Tells the client with a go-away frame (its later calls get the retryable
-    /// `ShuttingDown`), closes the connection once that is written, and counts it in `counter`.
+    /// `ShuttingDown`), closes the connection once that is written (or after
+    /// [`CLOSE_GRACE`]), and counts it in `counter`.
     fn go_away_and_close(&self, conn: &Connection, counter: &AtomicU64) {
         self.site.calls.go_away(conn);
-        conn.close_when_flushed();
+        conn.close_when_flushed_within(CLOSE_GRACE);
         StatsCounters::bump(counter);
     }
 
@@ -291,7 +292,7 @@ impl ConnSite {
                 ErrorCode::Protocol,
                 "sequence id 0 is reserved for the connection",
             );
-            self.conn.close_when_flushed();
+            self.conn.close_when_flushed_within(CLOSE_GRACE);
             return None;
         }
         let draining = self.calls.draining.load(Ordering::SeqCst);
@@ -893,6 +894,12 @@ pub(crate) const DEADLINE_PASSED: &str = "the deadline passed before the call ra
 
 /// The message of a request refused because the connection is draining.
 const SHUTTING_DOWN: &str = "server is shutting down";
+
+/// How long a connection the server closes with a word to its client (the idle timeout's or
+/// first-frame timeout's go-away, the protocol error for seq 0) waits for that word, and the
+/// replies queued before it, to be written: a client that reads nothing would otherwise hold
+/// the connection and its slot for ever (`tests/faults.rs`).
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// The earlier of two optional moments.
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {

@@ -573,6 +573,17 @@ impl Connection {
         }
     }
 
+    /// Closes the connection once queued bytes are written, as
+    /// [`Connection::close_when_flushed`], or after `grace` if they are not written by then:
+    /// for a close that tells the peer why (a go-away, an error frame), which a peer that
+    /// reads nothing must not be able to hold off for ever.
+    pub fn close_when_flushed_within(&self, grace: Duration) {
+        self.close_when_flushed();
+        if !self.lock_out().closed {
+            self.post(ConnCommand::CloseBy(deadline_after(Instant::now(), grace)));
+        }
+    }
+
     /// True once [`Connection::close`] or [`Connection::close_when_flushed`] was called, or the
     /// loop closed the connection.
     pub fn is_closed(&self) -> bool {

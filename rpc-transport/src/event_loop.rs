@@ -584,6 +584,7 @@ impl EventLoop {
             ConnCommand::Flush => self.flush_requested(index),
             ConnCommand::Close => self.close_slot_with_pending_reason(index),
             ConnCommand::Fail(err) => self.close_slot(index, CloseReason::Error(err)),
+            ConnCommand::CloseBy(at) => self.timers.push(Reverse((at, key, LoopTimer::CloseGrace))),
             ConnCommand::ResumeReading => self.resume_reading(index),
             ConnCommand::ReadAgain => self.read_ready(index),
             ConnCommand::WatchBehindCaller => self.watch_behind_caller(index),

@@ -268,6 +268,8 @@ pub(crate) enum ConnCommand {
     FlushAt(Instant),
     /// A sender's write failed with this error: close with it as the reason.
     Fail(TransportError),
+    /// Close at this moment if still open (`close_when_flushed_within`).
+    CloseBy(Instant),
 }
 
 /// The loop's side of an `adopt_and_wait`: settles, once, whether the loop adopts the socket
