@@ -639,3 +639,23 @@ fn multicast_and_distributor_dial_over_mutual_tls_with_a_client_template() {
         answers[0].outcome
     );
 }
+
+#[test]
+fn a_graceful_shutdown_does_not_wait_for_a_tls_handshake_that_never_comes() {
+    // A TCP connection to a TLS server that never starts its handshake (a health probe,
+    // say): its go-away waits for the handshake, unwritable, but nothing is in flight on it,
+    // so the graceful shutdown returns at once.
+    let pki = Pki::new();
+    let server = pki.serve(false, Server::builder());
+    let _probe = TcpStream::connect(server.addr()).unwrap();
+    wait_until("the probe counted open", Duration::from_secs(5), || {
+        server.server.stats().open_connections == 1
+    });
+    let started = Instant::now();
+    assert!(server.handle.shutdown_gracefully(Duration::from_secs(3)));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}

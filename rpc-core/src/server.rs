@@ -406,12 +406,18 @@ impl ServerShared {
     }
 
     /// True while a call of `group`'s connections runs, or a reply (or any frame) waits in a
-    /// connection's queue for its peer to read.
+    /// connection's queue for its peer to read. A connection still in its TLS handshake has
+    /// run no call, and what waits for it (a go-away) cannot leave before the handshake does:
+    /// it keeps nobody waiting.
     fn is_busy(&self, group: u64) -> bool {
         self.registry()
             .values()
             .filter(|registered| registered.group == group)
-            .any(|registered| registered.calls.in_flight() > 0 || registered.conn.queued_len() > 0)
+            .any(|registered| {
+                let conn = &registered.conn;
+                registered.calls.in_flight() > 0
+                    || (conn.queued_len() > 0 && !conn.is_handshaking())
+            })
     }
 
     /// Tells every connection of `group` that the server is going away: new requests are

@@ -676,8 +676,9 @@ impl Connection {
         out.buf.len() > before
     }
 
-    /// True while a TLS handshake runs (never on a plaintext connection).
-    pub(crate) fn is_handshaking(&self) -> bool {
+    /// True while a TLS handshake runs (never on a plaintext connection): nothing sent on the
+    /// connection can reach the peer yet, and no frame has come from it.
+    pub fn is_handshaking(&self) -> bool {
         self.shared
             .tls
             .as_ref()
