@@ -317,7 +317,9 @@ impl EventLoop {
         // bytes read) asks the handler again at once: its reason may already be gone, and a
         // `resume_reading` sent meanwhile may have found the connection not yet paused. A
         // pause without progress waits for a resume or the recheck timer instead, so a handler
-        // that keeps changing its mind cannot hold the loop.
+        // that keeps changing its mind cannot hold the loop. The bytes read count across
+        // passes against the turn's budget.
+        let mut read_this_turn = 0;
         loop {
             let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
                 return; // spurious or stale event
@@ -331,7 +333,6 @@ impl EventLoop {
             let mut stream = conn.stream();
             let mut frame_done = false;
             let mut bytes_read = false;
-            let mut read_this_turn = 0;
             let mut tls_records = false;
             let mut inbox = conn.read_side().inbox();
             let outcome = loop {
