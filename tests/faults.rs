@@ -14,7 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use netrpc::transport::FrameKind;
-use netrpc::{done_channel, Client, ErrorCode, RpcError, Server};
+use netrpc::{done_channel, service, Client, ErrorCode, RpcError, Server};
 use util::evil::{request, EvilClient};
 use util::{assert_back_to_idle, assert_healthy, wait_until, Args, Colour, Label, TestServer};
 
@@ -523,4 +523,77 @@ fn a_server_that_stops_reading_cannot_grow_the_clients_unsent_queue_past_its_cap
     );
     assert!(throttled > 0, "the cap was never reached");
     drop(holder.join().unwrap());
+}
+
+service! {
+    /// A pooled method that waits for its release: keeps a graceful shutdown waiting.
+    pub trait Hold {
+        const NAME = "Hold";
+        type Server = HoldServer;
+        type Client = HoldClient;
+        /// Waits until released (10 s at most), then returns `id`.
+        #[rpc(name = "Wait", go = wait_go, const = WAIT)]
+        fn wait(id: u64) -> u64;
+    }
+}
+
+/// The `Hold` implementation: each message on its channel releases one call.
+struct Holder(crossbeam_channel::Receiver<()>);
+
+impl Hold for Holder {
+    fn wait(&self, id: u64) -> Result<u64, netrpc::ServiceError> {
+        let _ = self.0.recv_timeout(Duration::from_secs(10));
+        Ok(id)
+    }
+}
+
+#[test]
+fn a_connection_accepted_as_a_graceful_shutdown_begins_is_told_to_go_away_too() {
+    // One event loop, held by inline calls that block. While it is held by `second`'s call,
+    // the shutdown's go-away pass runs; connection `late`, made while the loop was held by
+    // `first`'s, is accepted or adopted only after that pass. A pooled call keeps the
+    // shutdown waiting, so `late` then lives through the grace: it must be told to go away
+    // like the others, and its requests refused with the retryable `ShuttingDown`.
+    let (prober, release) = util::Prober::releasable();
+    let (hold_release, hold) = crossbeam_channel::unbounded();
+    let server = Server::builder().event_loops(1).build();
+    server
+        .register_inline(util::ProbeServer::new(prober))
+        .unwrap();
+    server.register(HoldServer::new(Holder(hold))).unwrap();
+    let handle = server.serve("127.0.0.1:0").unwrap();
+    let block = |seq: u64| request(seq, "Probe.Block", &seq);
+    let mut keeper = EvilClient::connect(handle.local_addr());
+    keeper.send_frames(&[request(1, "Hold.Wait", &1u64)]);
+    let mut first = EvilClient::connect(handle.local_addr());
+    let mut second = EvilClient::connect(handle.local_addr());
+    wait_until("the pooled call in flight", Duration::from_secs(5), || {
+        server.stats().in_flight_calls == 1
+    });
+    first.send_frames(&[block(1)]);
+    thread::sleep(Duration::from_millis(200)); // the loop blocks in `first`'s call
+    second.send_frames(&[block(2)]);
+    thread::sleep(Duration::from_millis(50));
+    let mut late = EvilClient::connect(handle.local_addr());
+    thread::sleep(Duration::from_millis(50));
+    release.send(()).unwrap(); // the next turn: `second`'s call and `late`'s accept
+    thread::sleep(Duration::from_millis(200)); // the loop blocks in `second`'s call
+    thread::scope(|scope| {
+        let shutting = scope.spawn(|| handle.shutdown_gracefully(Duration::from_secs(5)));
+        thread::sleep(Duration::from_millis(200)); // the go-away pass has run
+        release.send(()).unwrap(); // the loop goes on, and takes `late` in
+        late.send_frames(&[request(1, "Probe.Echo", &vec![1u8])]);
+        let frames = late.read_frames(2);
+        assert_eq!(frames[0].kind, FrameKind::GoAway, "{frames:?}");
+        assert_eq!(
+            (frames[1].kind, frames[1].seq),
+            (FrameKind::Error, 1),
+            "{frames:?}"
+        );
+        let body = netrpc::ErrorBody::decode(&frames[1].body).unwrap();
+        assert_eq!(body.code, ErrorCode::ShuttingDown);
+        hold_release.send(()).unwrap();
+        assert!(shutting.join().unwrap());
+    });
+    drop((keeper, first, second));
 }

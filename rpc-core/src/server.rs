@@ -9,7 +9,7 @@
 //!                               └──────────── socket ◄──── written by the worker
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -51,6 +51,11 @@ pub(crate) struct ServerShared {
     pub(crate) stats: StatsCounters,
     /// Open connections, by id: for go-away on shutdown and for statistics.
     connections: Mutex<HashMap<u64, Registered>>,
+    /// Loop groups shutting down gracefully: a connection of one that registers after the
+    /// go-away pass (accepted as the shutdown began, its adoption still queued) is told to go
+    /// away as it registers. Read and written under the `connections` lock, so that no
+    /// connection falls between the pass and the flag.
+    draining_groups: Mutex<HashSet<u64>>,
     /// Ids for connections and loop groups.
     next_id: AtomicU64,
 }
@@ -74,6 +79,7 @@ impl Server {
                 conn_loops: Mutex::new(None),
                 stats: StatsCounters::default(),
                 connections: Mutex::new(HashMap::new()),
+                draining_groups: Mutex::default(),
                 next_id: AtomicU64::new(1),
             }),
         }
@@ -386,16 +392,35 @@ impl ServerShared {
         calls: Arc<ConnCalls>,
         group: u64,
     ) {
+        let mut registry = self.registry();
+        if self.draining_groups().contains(&group) {
+            calls.go_away(conn);
+        }
         let registered = Registered {
             conn: conn.clone(),
             calls,
             group,
         };
-        self.registry().insert(id, registered);
+        registry.insert(id, registered);
     }
 
     pub(crate) fn deregister_connection(&self, id: u64) {
         self.registry().remove(&id);
+    }
+
+    /// Forgets a group that has shut down (its loops are gone: no connection of it registers
+    /// again), so that the set holds only groups draining now.
+    fn forget_draining(&self, group: u64) {
+        let _registry = self.registry();
+        self.draining_groups().remove(&group);
+    }
+
+    /// Taken only with the registry's lock held (see `draining_groups`).
+    fn draining_groups(&self) -> MutexGuard<'_, HashSet<u64>> {
+        // Single set operations only: a poisoned lock still holds a sound set.
+        self.draining_groups
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn registry(&self) -> MutexGuard<'_, HashMap<u64, Registered>> {
@@ -423,7 +448,9 @@ impl ServerShared {
     /// Tells every connection of `group` that the server is going away: new requests are
     /// refused, and a go-away frame carries the last sequence id accepted.
     fn go_away(&self, group: u64) {
-        for registered in self.registry().values() {
+        let registry = self.registry();
+        self.draining_groups().insert(group);
+        for registered in registry.values() {
             if registered.group == group {
                 registered.calls.go_away(&registered.conn);
             }
@@ -527,7 +554,9 @@ impl ServerHandle {
             }
             thread::sleep(DRAIN_POLL.min(deadline.saturating_duration_since(Instant::now())));
         };
+        let id = group.id;
         group.shutdown();
+        self.server.forget_draining(id);
         drained
     }
 }
