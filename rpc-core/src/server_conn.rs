@@ -33,7 +33,7 @@ use rpc_codec::CodecKind;
 use rpc_transport::clock::deadline_after;
 use rpc_transport::{
     CloseReason, Connection, EofAction, Frame, FrameBuilder, FrameHandler, FrameHead, FrameKind,
-    FrameLimits, TransportError,
+    FrameLimits, TransportError, CLOSE_GRACE,
 };
 
 use crate::catch_panic::catch_panic;
@@ -237,7 +237,8 @@ impl ServerConn {
 
     /// Tells the client with a go-away frame (its later calls get the retryable
     /// `ShuttingDown`), closes the connection once that is written (or after
-    /// [`CLOSE_GRACE`]), and counts it in `counter`.
+    /// [`CLOSE_GRACE`], so that a client that reads nothing cannot keep it), and counts it in
+    /// `counter`.
     fn go_away_and_close(&self, conn: &Connection, counter: &AtomicU64) {
         self.site.calls.go_away(conn);
         conn.close_when_flushed_within(CLOSE_GRACE);
@@ -894,12 +895,6 @@ pub(crate) const DEADLINE_PASSED: &str = "the deadline passed before the call ra
 
 /// The message of a request refused because the connection is draining.
 const SHUTTING_DOWN: &str = "server is shutting down";
-
-/// How long a connection the server closes with a word to its client (the idle timeout's or
-/// first-frame timeout's go-away, the protocol error for seq 0) waits for that word, and the
-/// replies queued before it, to be written: a client that reads nothing would otherwise hold
-/// the connection and its slot for ever (`tests/faults.rs`).
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// The earlier of two optional moments.
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {

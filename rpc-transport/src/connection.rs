@@ -144,6 +144,13 @@ impl Drop for OutGuard<'_> {
     }
 }
 
+/// How long a connection closing once it has told its peer why (an alert after a TLS
+/// failure, an error frame after bad bytes, a server's go-away) waits for that, and what was
+/// queued before it, to be written ([`Connection::close_when_flushed_within`]): a peer that
+/// reads nothing cannot hold the connection, and the calls on it, open for ever
+/// (`tests/bad_input.rs`, `tests/faults.rs`).
+pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// What a flush left behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FlushOutcome {

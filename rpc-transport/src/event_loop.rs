@@ -37,7 +37,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::busy_poll::BusyPoll;
 use crate::clock::deadline_after;
-use crate::connection::{Connection, FlushOutcome};
+use crate::connection::{Connection, FlushOutcome, CLOSE_GRACE};
 use crate::decoder::FrameDecoder;
 use crate::error::TransportError;
 use crate::exclusive_wake;
@@ -163,8 +163,8 @@ enum LoopTimer {
     ResumeReading,
     /// The TLS handshake must have finished by now.
     HandshakeDeadline,
-    /// A connection closing after a TLS failure or a frame error closes now, alert or error
-    /// frame written or not.
+    /// A connection closing once it has told its peer why (`close_when_flushed_within`)
+    /// closes now, told or not.
     CloseGrace,
     /// Write what is queued: bytes corked with a hold have waited long enough.
     HeldFlush,
@@ -411,33 +411,19 @@ impl EventLoop {
                     // Let an error frame queued by the handler reach the peer before closing,
                     // or close after a grace period if the peer does not read it (nor what
                     // was queued before it).
-                    slot.conn.close_when_flushed();
-                    self.close_after_grace(index);
+                    slot.conn.close_when_flushed_within(CLOSE_GRACE);
                 }
                 ReadOutcome::TlsFailed(err) => {
                     // Close once the alert telling the peer why is written (whoever writes
                     // it), or after a grace period if the peer does not read it.
                     slot.close_reason = Some(CloseReason::Error(err));
-                    slot.conn.close_when_flushed();
-                    self.close_after_grace(index);
+                    slot.conn.close_when_flushed_within(CLOSE_GRACE);
                     self.flush_now(index);
                 }
                 ReadOutcome::Failed(err) => self.close_slot(index, CloseReason::Error(err)),
             }
             return;
         }
-    }
-
-    /// Closes the connection at `index` after [`CLOSE_GRACE`] if it has not closed by then (it
-    /// waits to write what tells the peer why it closes, and a peer that does not read would
-    /// hold it open, and its calls waiting, for ever).
-    fn close_after_grace(&mut self, index: usize) {
-        let Some(slot) = self.slots.get(index).and_then(Option::as_ref) else {
-            return;
-        };
-        let at = deadline_after(Instant::now(), CLOSE_GRACE);
-        let key = slot.conn.key();
-        self.timers.push(Reverse((at, key, LoopTimer::CloseGrace)));
     }
 
     /// Backpressure: leaves the bytes in the socket, so TCP slows the peer down. Writes,
@@ -913,11 +899,6 @@ pub const READ_PAUSE_RECHECK: Duration = Duration::from_millis(10);
 
 /// Readiness events taken per `poll`.
 const EVENTS_CAPACITY: usize = 1024;
-
-/// How long a connection closing after a TLS failure or a frame error waits for its alert
-/// or error frame (and what was queued before it) to be written: a peer that reads nothing
-/// no longer holds it open (`tests/bad_input.rs`).
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// How long accepting pauses after an error such as `EMFILE`.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);

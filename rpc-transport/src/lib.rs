@@ -60,7 +60,7 @@ mod read_turn;
 pub mod tls;
 
 pub use busy_poll::{BusyPoll, MAX_BUSY_POLL};
-pub use connection::Connection;
+pub use connection::{Connection, CLOSE_GRACE};
 pub use decoder::FrameDecoder;
 pub use error::TransportError;
 pub use event_loop::{spawn_loop, spawn_loop_with, READ_PAUSE_RECHECK};
