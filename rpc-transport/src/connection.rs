@@ -93,9 +93,8 @@ struct OutQueue {
     closed: bool,
     /// Close the connection as soon as the queue is empty.
     close_when_flushed: bool,
-    /// When the loop is set to look at held bytes ([`Connection::send_corked_for`]); `None`
-    /// while no such look is set.
-    held_flush_at: Option<Instant>,
+    /// The loop is set to look at held bytes ([`Connection::send_corked_for`]).
+    held_look_set: bool,
     /// When the oldest held bytes still queued must be written: set by the first held bytes
     /// after a write took the queue, cleared by the next.
     held_until: Option<Instant>,
@@ -127,6 +126,12 @@ impl DerefMut for OutGuard<'_> {
 }
 
 impl OutQueue {
+    /// Bytes are queued and nobody is writing them (no sender, nor the loop after a full
+    /// socket): a flush now would write them.
+    fn waits_for_a_writer(&self) -> bool {
+        !self.buf.is_empty() && !self.flushing && !self.loop_flushes
+    }
+
     /// Takes the queued bytes for a writer, which starts the count of batched sends anew.
     fn take_for_write(&mut self) -> BytesMut {
         self.batched_sends = 0;
@@ -295,7 +300,7 @@ impl Connection {
             _ => None,
         };
         out.held_since_look = false;
-        out.held_flush_at = next;
+        out.held_look_set = next.is_some();
         (due, next)
     }
 
@@ -304,7 +309,7 @@ impl Connection {
     /// behind it too; [`Connection::queued_len`] counts its bytes, this does not.)
     pub fn has_unflushed(&self) -> bool {
         let out = self.lock_out();
-        !out.buf.is_empty() && !out.flushing && !out.loop_flushes && !out.closed
+        !out.closed && out.waits_for_a_writer()
     }
 
     /// Writes what is queued (by [`Connection::send_corked`], say) now, from this thread,
@@ -321,7 +326,7 @@ impl Connection {
             if out.closed {
                 return Err(TransportError::Closed);
             }
-            if out.buf.is_empty() || out.flushing || out.loop_flushes {
+            if !out.waits_for_a_writer() {
                 return Ok(());
             }
             out.flushing = true;
@@ -814,10 +819,10 @@ impl Connection {
                 }
                 let at = deadline_after(Instant::now(), hold);
                 out.held_until = Some(at);
-                if out.held_flush_at.is_some() {
+                if out.held_look_set {
                     return Ok(Queued::Left); // the loop looks by then, and sets its next look
                 }
-                out.held_flush_at = Some(at);
+                out.held_look_set = true;
                 Ok(Queued::FlushAt(at))
             }
         }
