@@ -296,17 +296,16 @@ impl ConnSite {
             self.conn.close_when_flushed_within(CLOSE_GRACE);
             return None;
         }
-        let draining = self.calls.draining.load(Ordering::SeqCst);
         let refusal = match lookups.find(&self.server, request) {
-            // `start` looks for a duplicate under the lock it takes anyway: one lock per
-            // request on the way in, whoever reads it (the loop, or a worker reading too).
-            Ok(found) if !draining => match self.admit(request.seq) {
+            // `start` looks for a duplicate, and for a go-away already sent, under the lock
+            // it takes anyway: one lock per request on the way in, whoever reads it (the
+            // loop, or a worker reading too).
+            Ok(found) => match self.admit(request.seq) {
                 Start::Started => return Some(found),
                 Start::Duplicate => return self.drop_duplicate(),
                 Start::Full => (ErrorCode::Throttled, "too many calls in flight".into()),
-                Start::Draining => (ErrorCode::ShuttingDown, SHUTTING_DOWN.into()),
+                Start::Draining => (ErrorCode::ShuttingDown, "server is shutting down".into()),
             },
-            Ok(_) => (ErrorCode::ShuttingDown, SHUTTING_DOWN.into()),
             Err(err) => (err.code, err.message),
         };
         // Any answer to a duplicate would be taken for the original's, so one whose sequence
@@ -892,9 +891,6 @@ pub(crate) fn deadline_passed(request: &Frame, received: Instant) -> bool {
 
 /// The error message of a call skipped because its deadline passed before it ran.
 pub(crate) const DEADLINE_PASSED: &str = "the deadline passed before the call ran";
-
-/// The message of a request refused because the connection is draining.
-const SHUTTING_DOWN: &str = "server is shutting down";
 
 /// The earlier of two optional moments.
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
