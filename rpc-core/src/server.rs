@@ -49,15 +49,21 @@ pub(crate) struct ServerShared {
     /// Loops started by `serve_conn` for connections the caller accepted itself.
     conn_loops: Mutex<Option<LoopGroup>>,
     pub(crate) stats: StatsCounters,
-    /// Open connections, by id: for go-away on shutdown and for statistics.
-    connections: Mutex<HashMap<u64, Registered>>,
-    /// Loop groups shutting down gracefully: a connection of one that registers after the
-    /// go-away pass (accepted as the shutdown began, its adoption still queued) is told to go
-    /// away as it registers. Read and written under the `connections` lock, so that no
-    /// connection falls between the pass and the flag.
-    draining_groups: Mutex<HashSet<u64>>,
+    /// Open connections, and the groups draining: for go-away on shutdown and for
+    /// statistics.
+    connections: Mutex<Registry>,
     /// Ids for connections and loop groups.
     next_id: AtomicU64,
+}
+
+/// The server's open connections, by id, and the loop groups shutting down gracefully, under
+/// one lock: a connection that registers after a group's go-away pass (accepted as the
+/// shutdown began, its adoption still queued) finds the group draining and is told to go
+/// away as it registers, so none falls between the pass and the mark.
+#[derive(Default)]
+struct Registry {
+    conns: HashMap<u64, Registered>,
+    draining: HashSet<u64>,
 }
 
 /// An open connection as the server's registry holds it.
@@ -78,8 +84,7 @@ impl Server {
                 config,
                 conn_loops: Mutex::new(None),
                 stats: StatsCounters::default(),
-                connections: Mutex::new(HashMap::new()),
-                draining_groups: Mutex::default(),
+                connections: Mutex::default(),
                 next_id: AtomicU64::new(1),
             }),
         }
@@ -118,6 +123,7 @@ impl Server {
         stats.max_running_handlers = shared.pool.max_running();
         stats.queued_outbound_bytes = shared
             .registry()
+            .conns
             .values()
             .map(|registered| registered.conn.queued_len())
             .sum();
@@ -393,7 +399,7 @@ impl ServerShared {
         group: u64,
     ) {
         let mut registry = self.registry();
-        if self.draining_groups().contains(&group) {
+        if registry.draining.contains(&group) {
             calls.go_away(conn);
         }
         let registered = Registered {
@@ -401,30 +407,21 @@ impl ServerShared {
             calls,
             group,
         };
-        registry.insert(id, registered);
+        registry.conns.insert(id, registered);
     }
 
     pub(crate) fn deregister_connection(&self, id: u64) {
-        self.registry().remove(&id);
+        self.registry().conns.remove(&id);
     }
 
     /// Forgets a group that has shut down (its loops are gone: no connection of it registers
     /// again), so that the set holds only groups draining now.
     fn forget_draining(&self, group: u64) {
-        let _registry = self.registry();
-        self.draining_groups().remove(&group);
+        self.registry().draining.remove(&group);
     }
 
-    /// Taken only with the registry's lock held (see `draining_groups`).
-    fn draining_groups(&self) -> MutexGuard<'_, HashSet<u64>> {
-        // Single set operations only: a poisoned lock still holds a sound set.
-        self.draining_groups
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn registry(&self) -> MutexGuard<'_, HashMap<u64, Registered>> {
-        // Single map operations only: a poisoned lock still holds a sound map.
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        // Single map and set operations only: a poisoned lock still holds a sound registry.
         self.connections
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -436,6 +433,7 @@ impl ServerShared {
     /// it keeps nobody waiting.
     fn is_busy(&self, group: u64) -> bool {
         self.registry()
+            .conns
             .values()
             .filter(|registered| registered.group == group)
             .any(|registered| {
@@ -448,9 +446,9 @@ impl ServerShared {
     /// Tells every connection of `group` that the server is going away: new requests are
     /// refused, and a go-away frame carries the last sequence id accepted.
     fn go_away(&self, group: u64) {
-        let registry = self.registry();
-        self.draining_groups().insert(group);
-        for registered in registry.values() {
+        let mut registry = self.registry();
+        registry.draining.insert(group);
+        for registered in registry.conns.values() {
             if registered.group == group {
                 registered.calls.go_away(&registered.conn);
             }
