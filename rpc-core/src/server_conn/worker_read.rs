@@ -178,11 +178,7 @@ impl WorkerBatch {
             return None;
         };
         let guarded = corked || !state.waiting.is_empty();
-        state.guarded_since = if guarded {
-            Some(state.guarded_since.unwrap_or(now))
-        } else {
-            None
-        };
+        state.guarded_since = guarded.then(|| state.guarded_since.unwrap_or(now));
         Some((call, state.received.unwrap_or(now), guarded))
     }
 
