@@ -281,16 +281,7 @@ fn bytes_that_break_the_framing_on_a_connection_workers_read_close_it_alone() {
     // to the loop, which closes the connection and counts a frame error; nothing else is
     // disturbed.
     let server = start_with_worker_reads(Server::builder());
-    let mut evil = EvilClient::connect(server.addr());
-    let multiply = |seq: u64| request(seq, "Arith.Multiply", &Args { a: 2, b: 3 });
-    evil.send_frames(&(1..=16).map(multiply).collect::<Vec<_>>());
-    let mut next_seq = 17;
-    while server.server.stats().frames_read_by_workers < 500 {
-        assert!(next_seq < 100_000, "no worker read the connection");
-        evil.read_frames(1);
-        evil.send_frames(&[multiply(next_seq)]);
-        next_seq += 1;
-    }
+    let (mut evil, _, _) = pipeline_until_workers_read(&server, 500);
     evil.send_raw(&[0xFF; 64]);
     let replies = evil.read_until_closed();
     assert!(
