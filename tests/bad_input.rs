@@ -156,7 +156,7 @@ fn an_oversized_declared_body_gets_frame_too_large_under_its_seq_then_a_close() 
 }
 
 #[test]
-fn a_name_over_the_cap_is_a_connection_error() {
+fn a_name_over_the_cap_is_answered_then_the_connection_closes() {
     let server = TestServer::start();
     let long = format!("Arith.{}", "x".repeat(300));
     let mut header = request(1, "Arith.Multiply", &Args { a: 1, b: 2 }).header();
@@ -165,7 +165,12 @@ fn a_name_over_the_cap_is_a_connection_error() {
     header.write_to(&mut bytes);
     let mut evil = EvilClient::connect(server.addr());
     evil.send_raw(&bytes);
-    assert!(evil.read_until_closed().is_empty());
+    // The header was intact: the sender is told why under its seq, and nothing more is read.
+    let frames = evil.read_until_closed();
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!((frames[0].kind, frames[0].seq), (FrameKind::Error, 1));
+    let body = ErrorBody::decode(&frames[0].body).unwrap();
+    assert_eq!(body.code, ErrorCode::Protocol, "{}", body.message);
     assert_back_to_idle(&server.server);
     assert_healthy(server.addr());
 }

@@ -379,3 +379,42 @@ fn each_request_runs_the_method_and_codec_it_names_when_a_connection_switches_be
     assert_eq!(value(5, json), 6);
     assert_eq!(value(6, postcard), 6);
 }
+
+#[test]
+fn a_method_name_over_the_servers_limit_is_a_protocol_error_not_a_lost_connection() {
+    // The client's own limit lets the name through; the server's is tighter. The server
+    // tells the caller why before it closes: a lost connection would read as retryable.
+    let limits = FrameLimits {
+        max_name_len: 8,
+        ..FrameLimits::default()
+    };
+    let server = TestServer::start_with(Server::builder().limits(limits).build());
+    let client = server.client();
+    let err = client
+        .call::<_, i64>("Arith.Multiply", &Args { a: 6, b: 7 })
+        .unwrap_err();
+    assert!(
+        matches!(&err, RpcError::Protocol { detail } if detail.contains("8")),
+        "{err:?}"
+    );
+    assert!(!err.is_retryable(), "{err:?}");
+}
+
+#[test]
+fn metadata_over_the_servers_limit_is_a_protocol_error_not_a_lost_connection() {
+    let limits = FrameLimits {
+        max_metadata_len: 16,
+        ..FrameLimits::default()
+    };
+    let server = TestServer::start_with(Server::builder().limits(limits).build());
+    let mut evil = EvilClient::connect(server.addr());
+    let mut frame = util::evil::request(7, "Arith.Multiply", &Args { a: 6, b: 7 });
+    frame.metadata = vec![0u8; 64].into();
+    evil.send_frames(&[frame]);
+    let replies = evil.read_until_closed();
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!((replies[0].kind, replies[0].seq), (FrameKind::Error, 7));
+    let body = ErrorBody::decode(&replies[0].body).unwrap();
+    assert_eq!(body.code, ErrorCode::Protocol, "{body:?}");
+    assert_healthy(server.addr());
+}

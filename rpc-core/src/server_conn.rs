@@ -702,6 +702,16 @@ impl FrameHandler for ServerConn {
                 ErrorCode::FrameTooLarge,
                 &error.to_string(),
             )),
+            TransportError::NameTooLong {
+                seq,
+                kind: FrameKind::Request,
+                ..
+            }
+            | TransportError::MetadataTooLarge {
+                seq,
+                kind: FrameKind::Request,
+                ..
+            } => Some(error_frame(*seq, ErrorCode::Protocol, &error.to_string())),
             TransportError::UnsupportedVersion { .. } => {
                 Some(error_frame(0, ErrorCode::Protocol, &error.to_string()))
             }

@@ -393,6 +393,8 @@ mod tests {
         assert_eq!(
             decoder.poll_frame(),
             Err(TransportError::NameTooLong {
+                seq: 1,
+                kind: FrameKind::Request,
                 len: u16::MAX as usize,
                 limit: limits.max_name_len
             })

@@ -10,8 +10,10 @@ use crate::header::FrameKind;
 /// A failure of the transport layer: a frame that breaks the format or a limit, or socket I/O.
 ///
 /// Format errors are *connection errors*: once a header cannot be trusted, the byte stream cannot
-/// be resynchronised, so the connection must be closed. [`TransportError::FrameTooLarge`] still
-/// carries the frame's `seq`, so a server can tell the sender why before closing.
+/// be resynchronised, so the connection must be closed. The three limit errors
+/// ([`TransportError::NameTooLong`], [`TransportError::MetadataTooLarge`],
+/// [`TransportError::FrameTooLarge`]) come from a header that was otherwise intact: they carry
+/// the frame's `seq` and kind, so a server can tell the sender why before closing.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum TransportError {
@@ -34,6 +36,10 @@ pub enum TransportError {
     },
     /// The method name is longer than the configured limit.
     NameTooLong {
+        /// Sequence id of the refused frame.
+        seq: u64,
+        /// Kind of the refused frame.
+        kind: FrameKind,
         /// Declared length in bytes.
         len: usize,
         /// The limit in bytes.
@@ -41,6 +47,10 @@ pub enum TransportError {
     },
     /// The metadata section is larger than the configured limit.
     MetadataTooLarge {
+        /// Sequence id of the refused frame.
+        seq: u64,
+        /// Kind of the refused frame.
+        kind: FrameKind,
         /// Declared length in bytes.
         len: usize,
         /// The limit in bytes.
@@ -132,13 +142,13 @@ impl fmt::Display for TransportError {
                 )
             }
             TransportError::UnknownKind { got } => write!(f, "unknown frame kind {got}"),
-            TransportError::NameTooLong { len, limit } => {
+            TransportError::NameTooLong { len, limit, .. } => {
                 write!(
                     f,
                     "method name of {len} bytes exceeds the {limit}-byte limit"
                 )
             }
-            TransportError::MetadataTooLarge { len, limit } => {
+            TransportError::MetadataTooLarge { len, limit, .. } => {
                 write!(f, "metadata of {len} bytes exceeds the {limit}-byte limit")
             }
             TransportError::FrameTooLarge {

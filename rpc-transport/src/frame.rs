@@ -147,11 +147,13 @@ impl<'a> FrameHead<'a> {
 
 /// Checks real section lengths (not the saturated header fields) against `limits`.
 fn check_section_lens(frame: &Frame, limits: &FrameLimits) -> Result<(), TransportError> {
-    check_name_and_metadata_lens(&frame.name, &frame.metadata, limits)?;
+    check_name_and_metadata_lens(frame.kind, frame.seq, &frame.name, &frame.metadata, limits)?;
     check_body_len(frame.kind, frame.seq, frame.body.len(), limits)
 }
 
 fn check_name_and_metadata_lens(
+    kind: FrameKind,
+    seq: u64,
     name: &[u8],
     metadata: &[u8],
     limits: &FrameLimits,
@@ -160,6 +162,8 @@ fn check_name_and_metadata_lens(
     let name_limit = limits.max_name_len.min(u16::MAX as usize);
     if name.len() > name_limit {
         return Err(TransportError::NameTooLong {
+            seq,
+            kind,
             len: name.len(),
             limit: name_limit,
         });
@@ -167,6 +171,8 @@ fn check_name_and_metadata_lens(
     let metadata_limit = limits.max_metadata_len.min(u32::MAX as usize);
     if metadata.len() > metadata_limit {
         return Err(TransportError::MetadataTooLarge {
+            seq,
+            kind,
             len: metadata.len(),
             limit: metadata_limit,
         });
@@ -231,7 +237,7 @@ impl FrameBuilder {
         head: &FrameHead<'_>,
         limits: &FrameLimits,
     ) -> Result<FrameBuilder, TransportError> {
-        check_name_and_metadata_lens(head.name, head.metadata, limits)?;
+        check_name_and_metadata_lens(head.kind, head.seq, head.name, head.metadata, limits)?;
         let start = out.len();
         let header = FrameHeader {
             kind: head.kind,

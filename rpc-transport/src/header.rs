@@ -174,17 +174,21 @@ impl FrameHeader {
     /// # Errors
     ///
     /// [`TransportError::NameTooLong`], [`TransportError::MetadataTooLarge`] or
-    /// [`TransportError::FrameTooLarge`] (which carries `seq` and `kind`, so a server can tell
-    /// the sender why its frame was refused).
+    /// [`TransportError::FrameTooLarge`], each carrying `seq` and `kind`, so a server can tell
+    /// the sender why its frame was refused.
     pub fn check(&self, limits: &FrameLimits) -> Result<(), TransportError> {
         if usize::from(self.name_len) > limits.max_name_len {
             return Err(TransportError::NameTooLong {
+                seq: self.seq,
+                kind: self.kind,
                 len: usize::from(self.name_len),
                 limit: limits.max_name_len,
             });
         }
         if self.metadata_len as usize > limits.max_metadata_len {
             return Err(TransportError::MetadataTooLarge {
+                seq: self.seq,
+                kind: self.kind,
                 len: self.metadata_len as usize,
                 limit: limits.max_metadata_len,
             });
@@ -352,6 +356,8 @@ mod tests {
         assert_eq!(
             FrameHeader::parse(&to_array(&header), &limits),
             Err(TransportError::NameTooLong {
+                seq: header.seq,
+                kind: FrameKind::Request,
                 len: limits.max_name_len + 1,
                 limit: limits.max_name_len
             })
