@@ -7,7 +7,8 @@
 //! `mio::Waker`. Each turn
 //! of the loop waits for readiness (or the next timer), then:
 //!
-//! 1. accepts every pending connection, if it has a listener (until `WouldBlock`);
+//! 1. accepts pending connections, if it has a listener (until `WouldBlock`, or
+//!    [`MAX_ACCEPTS_PER_TURN`] of them, the rest at the end of the turn);
 //! 2. reads each readable socket until `WouldBlock`, hands whole frames to its handler;
 //! 3. flushes each writable socket whose queue the loop owns, and drops write interest once
 //!    the queue is empty (interest follows state: writable only while output is queued);
@@ -85,6 +86,7 @@ pub fn spawn_loop_with(
                 listener,
                 acceptor,
                 paused_until: None,
+                more_waiting: false,
             })
         }
         None => None,
@@ -187,6 +189,8 @@ struct ListenerState {
     acceptor: Acceptor,
     /// Accepting is paused until then after an error such as `EMFILE`.
     paused_until: Option<Instant>,
+    /// Accepting stopped at [`MAX_ACCEPTS_PER_TURN`]: accept again at the end of the turn.
+    more_waiting: bool,
 }
 
 impl EventLoop {
@@ -194,12 +198,15 @@ impl EventLoop {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         loop {
             // Commands this thread queued for itself (after `run_commands`, say from a timer
-            // handler) did not wake the poller: do not sleep on them.
-            let timeout = if self.commands.is_empty() && self.read_again.is_empty() {
+            // handler) did not wake the poller, nor will reads and accepts left for later:
+            // do not sleep on them.
+            let work_left =
+                !self.commands.is_empty() || !self.read_again.is_empty() || self.accept_again();
+            let timeout = if work_left {
+                Some(Duration::ZERO)
+            } else {
                 self.next_wakeup()
                     .map(|at| at.saturating_duration_since(Instant::now()))
-            } else {
-                Some(Duration::ZERO)
             };
             let busy_poll = self.busy_poll;
             if let Err(err) = busy_poll.poll(&mut self.poll, &mut events, timeout) {
@@ -235,6 +242,9 @@ impl EventLoop {
                     self.read_ready(key.index);
                 }
             }
+            if self.accept_again() {
+                self.accept_ready();
+            }
             self.free.append(&mut self.closed_this_turn);
         }
     }
@@ -252,10 +262,11 @@ impl EventLoop {
         let Some(state) = self.listener.as_mut() else {
             return;
         };
+        state.more_waiting = false;
         if state.paused_until.is_some() {
             return;
         }
-        loop {
+        for _ in 0..MAX_ACCEPTS_PER_TURN {
             match state.listener.accept() {
                 Ok((stream, _)) => {
                     // Small RPC frames must not wait for Nagle's algorithm.
@@ -273,6 +284,14 @@ impl EventLoop {
                 }
             }
         }
+        // More may wait, and no new readiness event will say so: accept them after the
+        // turn's other work.
+        state.more_waiting = true;
+    }
+
+    /// The last accepting stopped at [`MAX_ACCEPTS_PER_TURN`] with connections maybe waiting.
+    fn accept_again(&self) -> bool {
+        self.listener.as_ref().is_some_and(|l| l.more_waiting)
     }
 
     fn resume_accepting_if_due(&mut self) {
@@ -893,6 +912,12 @@ const READ_CHUNK: usize = 64 * 1024;
 /// the loop, and every deadline, waiting (`tests/bad_input.rs`). A megabyte is sixteen reads,
 /// far more than a turn of ordinary traffic.
 const MAX_READ_PER_TURN: usize = 16 * READ_CHUNK;
+
+/// Most connections the loop accepts in one go before it serves its connections, commands
+/// and timers: a flood of connecting sockets (each refused at once, say, over the server's
+/// connection limit) would otherwise keep the loop accepting for as long as it lasts
+/// (`tests/accept.rs`).
+const MAX_ACCEPTS_PER_TURN: usize = 64;
 
 /// How often a connection paused by [`FrameHandler::pause_reading`] is asked again.
 pub const READ_PAUSE_RECHECK: Duration = Duration::from_millis(10);
