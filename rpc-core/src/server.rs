@@ -344,8 +344,7 @@ impl Server {
             &format!("server at its limit of {max_connections} connections; try again later"),
         );
         Box::new(move |mut stream, own| {
-            let open = shared.stats.open_connections.load(Ordering::SeqCst);
-            if open >= max_connections {
+            let Some(slot) = ConnectionSlot::open_within_limit(&shared, group) else {
                 StatsCounters::bump(&shared.stats.refused_connections);
                 // A new socket's send buffer is empty: this small frame goes out whole, without
                 // blocking (the socket is non-blocking). Dropping the socket then closes it.
@@ -354,10 +353,9 @@ impl Server {
                     let _ = stream.write_all(&refusal);
                 }
                 return;
-            }
+            };
             let target = if next == 0 { own } else { &others[next - 1] };
             next = (next + 1) % (others.len() + 1);
-            let slot = ConnectionSlot::open(&shared, group);
             let server = Arc::clone(&shared);
             let make_handler = Box::new(move |conn: &Connection| {
                 Box::new(ServerConn::new(server, conn, slot)) as Box<dyn FrameHandler>
@@ -465,8 +463,28 @@ pub(crate) struct ConnectionSlot {
 }
 
 impl ConnectionSlot {
+    /// Counts a connection the embedder handed over (`serve_conn`): no limit applies.
     pub(crate) fn open(server: &Arc<ServerShared>, group: u64) -> Self {
         server.stats.open_connections.fetch_add(1, Ordering::SeqCst);
+        ConnectionSlot::counted(server, group)
+    }
+
+    /// Counts an accepted connection if fewer than `max_connections` are open; `None` if the
+    /// server is at its limit. The check and the count are one atomic step, so listeners
+    /// accepting at the same moment cannot pass the limit together.
+    pub(crate) fn open_within_limit(server: &Arc<ServerShared>, group: u64) -> Option<Self> {
+        let max = server.config.max_connections;
+        server
+            .stats
+            .open_connections
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |open| {
+                (open < max).then_some(open + 1)
+            })
+            .ok()?;
+        Some(ConnectionSlot::counted(server, group))
+    }
+
+    fn counted(server: &Arc<ServerShared>, group: u64) -> Self {
         StatsCounters::bump(&server.stats.accepted_connections);
         ConnectionSlot {
             server: Arc::clone(server),
@@ -563,8 +581,9 @@ impl ServerHandle {
     /// Hands `stream` to this handle's event loops, as its acceptor would (spread over the
     /// loops by connection id). The connection counts as open from now on.
     ///
-    /// Fails if the handle is shut down or the socket cannot be made non-blocking; the socket
-    /// is then closed.
+    /// Fails if the handle is shut down, the server is at `max_connections` (a caller that
+    /// checked first can still meet it: another listener may have taken the last slot since)
+    /// or the socket cannot be made non-blocking; the socket is then closed.
     pub(crate) fn adopt(&self, stream: TcpStream) -> io::Result<()> {
         let group = self.group.lock().unwrap_or_else(|p| p.into_inner());
         let Some(group) = group.as_ref() else {
@@ -573,8 +592,10 @@ impl ServerHandle {
                 "server is shut down",
             ));
         };
+        let Some(slot) = ConnectionSlot::open_within_limit(&self.server, group.id) else {
+            return Err(io::Error::other("server at its connection limit"));
+        };
         let _ = stream.set_nodelay(true);
-        let slot = ConnectionSlot::open(&self.server, group.id);
         // `handles` is never empty: `start_loops` starts loop 0 at least.
         let target = &group.handles[(slot.id() % group.handles.len() as u64) as usize];
         let server = Arc::clone(&self.server);
@@ -659,3 +680,34 @@ const DRAIN_POLL: Duration = Duration::from_millis(5);
 
 /// How long `serve_conn` waits for a loop to take the socket.
 const ADOPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listeners_accepting_at_once_never_count_past_the_connection_limit() {
+        let server = Server::builder().max_connections(8).build();
+        let held: Vec<ConnectionSlot> = thread::scope(|scope| {
+            let tries: Vec<_> = (0..4)
+                .map(|group| {
+                    let shared = &server.shared;
+                    scope.spawn(move || {
+                        (0..1000)
+                            .filter_map(|_| ConnectionSlot::open_within_limit(shared, group))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            tries
+                .into_iter()
+                .flat_map(|t| t.join().expect("no panic"))
+                .collect()
+        });
+        assert_eq!(held.len(), 8);
+        assert_eq!(server.stats().open_connections, 8);
+        drop(held);
+        assert_eq!(server.stats().open_connections, 0);
+        assert!(ConnectionSlot::open_within_limit(&server.shared, 0).is_some());
+    }
+}

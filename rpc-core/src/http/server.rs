@@ -320,6 +320,8 @@ fn connect(mut stream: TcpStream, shared: &HttpShared, request: &RequestLine) {
     let _ = stream.set_read_timeout(None);
     let _ = stream.set_write_timeout(None);
     // Bytes the client sent after its head are still in the socket: the loop reads them.
+    // The check above is a fast path; `adopt` counts the connection within the limit
+    // atomically, and closes the socket if another listener took the last slot since.
     if shared.rpc.adopt(stream).is_ok() {
         Counters::bump(&shared.counters.rpc_connections);
     }

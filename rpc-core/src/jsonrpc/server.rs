@@ -198,15 +198,14 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<ServerShared>, listening: &A
             }
             Err(_) => continue,
         };
-        if shared.stats.open_connections.load(Ordering::SeqCst) >= max_connections {
+        let Some(slot) = ConnectionSlot::open_within_limit(shared, JSONRPC_GROUP) else {
             StatsCounters::bump(&shared.stats.refused_connections);
             let text =
                 format!("server at its limit of {max_connections} connections; try again later");
             // Small and the first write on a new socket: fits its send buffer.
             let _ = stream.write_all(&message::error_response(&NULL, &text));
             continue;
-        }
-        let slot = ConnectionSlot::open(shared, JSONRPC_GROUP);
+        };
         let Ok(stream_to_close) = stream.try_clone() else {
             continue;
         };
