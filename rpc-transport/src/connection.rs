@@ -616,6 +616,11 @@ impl Connection {
         self.post(ConnCommand::Timer(at));
     }
 
+    /// Loop side: true if `at` is the handler timer now set (other heap entries are stale).
+    pub(crate) fn timer_is(&self, at: Instant) -> bool {
+        *self.lock_timer() == Some(at)
+    }
+
     /// Loop side: takes the timer if `at` is still the one set (stale heap entries are skipped).
     pub(crate) fn take_timer_if(&self, at: Instant) -> bool {
         let mut timer = self.lock_timer();

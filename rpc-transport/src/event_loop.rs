@@ -8,7 +8,7 @@
 //! of the loop waits for readiness (or the next timer), then:
 //!
 //! 1. accepts pending connections, if it has a listener (until `WouldBlock`, or
-//!    [`MAX_ACCEPTS_PER_TURN`] of them, the rest at the end of the turn);
+//!    `MAX_ACCEPTS_PER_TURN` of them, the rest at the end of the turn);
 //! 2. reads each readable socket until `WouldBlock`, hands whole frames to its handler;
 //! 3. flushes each writable socket whose queue the loop owns, and drops write interest once
 //!    the queue is empty (interest follows state: writable only while output is queued);
@@ -22,8 +22,6 @@
 //!
 //! Spurious events are harmless: every read and write simply stops at `WouldBlock`.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::io::{self, Read};
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
@@ -47,6 +45,7 @@ use crate::handler::{CloseReason, EofAction, FrameHandler};
 use crate::limits::FrameLimits;
 use crate::loop_handle::{Acceptor, Command, ConnCommand, ConnKey, LoopHandle, MakeHandler};
 use crate::read_turn::HandedBack;
+use crate::timer_heap::TimerHeap;
 
 /// Starts an event loop on a new thread named `name`.
 ///
@@ -101,7 +100,7 @@ pub fn spawn_loop_with(
         closed_this_turn: Vec::new(),
         read_again: Vec::new(),
         listener,
-        timers: BinaryHeap::new(),
+        timers: TimerHeap::new(),
         scratch: vec![0; READ_CHUNK],
         busy_poll,
     };
@@ -130,8 +129,9 @@ struct EventLoop {
     /// again at the end of the turn, after every other connection's events and the timers.
     read_again: Vec<ConnKey>,
     listener: Option<ListenerState>,
-    /// (when, which connection, what) of every timer; stale entries are skipped when they fire.
-    timers: BinaryHeap<Reverse<(Instant, ConnKey, LoopTimer)>>,
+    /// (when, which connection, what) of every timer; stale entries are skipped when they
+    /// fire, and dropped before they pile up (`timer_heap.rs`, `drop_stale_timers`).
+    timers: TimerHeap<(ConnKey, LoopTimer)>,
     /// One read buffer for every connection: an idle connection holds no buffer of its own.
     scratch: Vec<u8>,
     /// How long the loop polls without blocking before it sleeps.
@@ -245,12 +245,29 @@ impl EventLoop {
             if self.accept_again() {
                 self.accept_ready();
             }
+            if self.timers.wants_compacting() {
+                self.drop_stale_timers();
+            }
             self.free.append(&mut self.closed_this_turn);
         }
     }
 
+    /// Drops the timers nobody waits for any more: those of connections gone (or going: a
+    /// slot closed this turn is empty already), and a handler's timers other than the one
+    /// its connection has set (`Connection::schedule_timer` posts a new entry for every
+    /// instant it sets, so the one set always has its own).
+    fn drop_stale_timers(&mut self) {
+        let slots = &self.slots;
+        self.timers.compact(|at, (key, timer)| {
+            let slot = slots.get(key.index).and_then(Option::as_ref);
+            slot.is_some_and(|slot| {
+                slot.conn.key() == key && (timer != LoopTimer::Handler || slot.conn.timer_is(at))
+            })
+        });
+    }
+
     fn next_wakeup(&self) -> Option<Instant> {
-        let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
+        let timer = self.timers.peek().map(|(at, _)| at);
         let resume = self.listener.as_ref().and_then(|l| l.paused_until);
         match (timer, resume) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -456,8 +473,7 @@ impl EventLoop {
             slot.recheck_armed = true;
             let at = deadline_after(Instant::now(), READ_PAUSE_RECHECK);
             let key = slot.conn.key();
-            self.timers
-                .push(Reverse((at, key, LoopTimer::ResumeReading)));
+            self.timers.push(at, (key, LoopTimer::ResumeReading));
         }
     }
 
@@ -473,8 +489,7 @@ impl EventLoop {
         let timeout = slot.conn.limits().frame_timeout;
         if let Some(at) = slot.frame_clock.start(Instant::now(), timeout) {
             let key = slot.conn.key();
-            self.timers
-                .push(Reverse((at, key, LoopTimer::FrameDeadline)));
+            self.timers.push(at, (key, LoopTimer::FrameDeadline));
         }
     }
 
@@ -590,13 +605,13 @@ impl EventLoop {
             ConnCommand::Flush => self.flush_requested(index),
             ConnCommand::Close => self.close_slot_with_pending_reason(index),
             ConnCommand::Fail(err) => self.close_slot(index, CloseReason::Error(err)),
-            ConnCommand::CloseBy(at) => self.timers.push(Reverse((at, key, LoopTimer::CloseGrace))),
+            ConnCommand::CloseBy(at) => self.timers.push(at, (key, LoopTimer::CloseGrace)),
             ConnCommand::ResumeReading => self.resume_reading(index),
             ConnCommand::ReadAgain => self.read_ready(index),
             ConnCommand::WatchBehindCaller => self.watch_behind_caller(index),
-            ConnCommand::Timer(at) => self.timers.push(Reverse((at, key, LoopTimer::Handler))),
+            ConnCommand::Timer(at) => self.timers.push(at, (key, LoopTimer::Handler)),
             ConnCommand::FlushAt(at) => {
-                self.timers.push(Reverse((at, key, LoopTimer::HeldFlush)));
+                self.timers.push(at, (key, LoopTimer::HeldFlush));
             }
         }
     }
@@ -658,8 +673,7 @@ impl EventLoop {
         if let Some(timeout) = slot.conn.limits().frame_timeout {
             let at = deadline_after(Instant::now(), timeout);
             let key = slot.conn.key();
-            self.timers
-                .push(Reverse((at, key, LoopTimer::HandshakeDeadline)));
+            self.timers.push(at, (key, LoopTimer::HandshakeDeadline));
         }
         if slot.conn.queue_tls_records() {
             self.flush_now(index);
@@ -729,7 +743,7 @@ impl EventLoop {
     fn fire_timers(&mut self) {
         self.resume_accepting_if_due();
         let now = Instant::now();
-        while let Some(Reverse((at, key, timer))) = self.timers.peek().copied() {
+        while let Some((at, (key, timer))) = self.timers.peek() {
             if at > now {
                 break;
             }
@@ -754,8 +768,7 @@ impl EventLoop {
                     let held_back = slot.conn.is_read_paused();
                     match slot.frame_clock.fire(now, timeout, held_back) {
                         Fired::SetTimer(at) => {
-                            self.timers
-                                .push(Reverse((at, key, LoopTimer::FrameDeadline)));
+                            self.timers.push(at, (key, LoopTimer::FrameDeadline));
                         }
                         Fired::Expired => {
                             self.close_slot(
@@ -774,7 +787,7 @@ impl EventLoop {
                 LoopTimer::HeldFlush => {
                     let (due, next) = slot.conn.look_at_held(now);
                     if let Some(next) = next {
-                        self.timers.push(Reverse((next, key, LoopTimer::HeldFlush)));
+                        self.timers.push(next, (key, LoopTimer::HeldFlush));
                     }
                     if due {
                         self.flush_now(index);

@@ -57,6 +57,7 @@ pub mod limits;
 pub mod loop_handle;
 pub mod metadata;
 mod read_turn;
+mod timer_heap;
 pub mod tls;
 
 pub use busy_poll::{BusyPoll, MAX_BUSY_POLL};
