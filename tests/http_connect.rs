@@ -444,3 +444,68 @@ fn the_http_types_can_be_shared_between_threads() {
     assert_send_sync::<netrpc::core::HttpStats>();
     assert_send_sync::<netrpc::core::MethodStats>();
 }
+
+#[test]
+fn a_refused_connection_that_floods_bytes_does_not_hold_the_accept_thread() {
+    let (_server, http) = start(HttpConfig {
+        max_handshakes: 1,
+        head_timeout: Duration::from_secs(30),
+        ..HttpConfig::default()
+    });
+    let addr = http.local_addr();
+    let hold = TcpStream::connect(addr).expect("connect");
+    wait_until("the held head being read", Duration::from_secs(5), || {
+        http.stats().handshakes_in_progress == 1
+    });
+    // Over `max_handshakes`: answered 503 on the accept thread, which must not stay to read
+    // whatever this peer keeps sending.
+    let mut flood = TcpStream::connect(addr).expect("connect");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooder = {
+        let stop = std::sync::Arc::clone(&stop);
+        thread::spawn(move || {
+            let chunk = vec![0u8; 1 << 20];
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if flood.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    thread::sleep(Duration::from_millis(200));
+    drop(hold);
+    wait_until(
+        "the held head's thread to end",
+        Duration::from_secs(5),
+        || http.stats().handshakes_in_progress == 0,
+    );
+    let page = get(addr, "/debug/rpc");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(page.status.contains("200"), "{}", page.status);
+    flooder.join().expect("the flooder ends");
+}
+
+#[test]
+fn a_connect_arriving_after_shutdown_is_refused_not_told_connected() {
+    let (_server, http) = start(HttpConfig {
+        head_timeout: Duration::from_secs(5),
+        ..HttpConfig::default()
+    });
+    let mut stream = TcpStream::connect(http.local_addr()).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("set a read timeout");
+    wait_until("the head being read", Duration::from_secs(5), || {
+        http.stats().handshakes_in_progress == 1
+    });
+    http.shutdown();
+    stream
+        .write_all(b"CONNECT /_goRPC_ HTTP/1.0\n\n")
+        .expect("send the head");
+    let head = read_until_blank_line(&mut stream);
+    assert!(
+        !head.contains("200"),
+        "told connected to a shut-down server: {head:?}"
+    );
+    assert!(head.contains("503"), "{head:?}");
+}

@@ -578,22 +578,28 @@ impl ServerHandle {
 }
 
 impl ServerHandle {
-    /// Hands `stream` to this handle's event loops, as its acceptor would (spread over the
-    /// loops by connection id). The connection counts as open from now on.
+    /// Counts one more connection for this handle's loops, within `max_connections` (the
+    /// check and the count are one step, as in the acceptor): the slot [`ServerHandle::adopt`]
+    /// then takes. A listener that must answer before it hands a socket over (HTTP
+    /// `CONNECT`) reserves first, so it never says yes to a connection the loops will refuse.
+    pub(crate) fn reserve(&self) -> Result<ConnectionSlot, Refused> {
+        let group = self.group.lock().unwrap_or_else(|p| p.into_inner());
+        let group = group.as_ref().ok_or(Refused::ShutDown)?;
+        ConnectionSlot::open_within_limit(&self.server, group.id).ok_or(Refused::AtLimit)
+    }
+
+    /// Hands `stream`, counted in `slot`, to this handle's event loops, as its acceptor
+    /// would (spread over the loops by connection id).
     ///
-    /// Fails if the handle is shut down, the server is at `max_connections` (a caller that
-    /// checked first can still meet it: another listener may have taken the last slot since)
-    /// or the socket cannot be made non-blocking; the socket is then closed.
-    pub(crate) fn adopt(&self, stream: TcpStream) -> io::Result<()> {
+    /// Fails if the handle was shut down since the slot was reserved, or the socket cannot
+    /// be made non-blocking; the socket is then closed.
+    pub(crate) fn adopt(&self, stream: TcpStream, slot: ConnectionSlot) -> io::Result<()> {
         let group = self.group.lock().unwrap_or_else(|p| p.into_inner());
         let Some(group) = group.as_ref() else {
             return Err(io::Error::new(
                 io::ErrorKind::NotConnected,
                 "server is shut down",
             ));
-        };
-        let Some(slot) = ConnectionSlot::open_within_limit(&self.server, group.id) else {
-            return Err(io::Error::other("server at its connection limit"));
         };
         let _ = stream.set_nodelay(true);
         // `handles` is never empty: `start_loops` starts loop 0 at least.
@@ -604,6 +610,15 @@ impl ServerHandle {
         });
         adopt_conn(target, stream, &self.server.config, make_handler)
     }
+}
+
+/// Why [`ServerHandle::reserve`] refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The handle is shut down: its loops take no connection.
+    ShutDown,
+    /// `max_connections` are open.
+    AtLimit,
 }
 
 impl fmt::Debug for ServerHandle {

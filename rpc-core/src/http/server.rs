@@ -22,7 +22,7 @@ use crate::error::RpcError;
 use crate::http::debug_page::DebugSnapshot;
 use crate::http::head::{parse_request, read_head, HeadError, RequestLine};
 use crate::http::{HttpConfig, HttpStats, CONNECTED_STATUS};
-use crate::server::{Server, ServerHandle};
+use crate::server::{Refused, Server, ServerHandle};
 
 impl Server {
     /// Binds `addr` and serves RPC over HTTP CONNECT on it, plus the debug page, with default
@@ -117,8 +117,9 @@ impl HttpHandle {
 
     /// Stops accepting, closes every RPC connection that came through this listener (their
     /// pending calls fail with a connection error), and waits for the threads to exit, as
-    /// [`ServerHandle::shutdown`] does. Heads still being read are dropped within the head
-    /// timeout. Idempotent.
+    /// [`ServerHandle::shutdown`] does. Heads still being read finish on their own threads
+    /// within the head timeout: a `CONNECT` among them is answered `503`, never told it is
+    /// connected. Idempotent.
     pub fn shutdown(&self) {
         self.stop_accepting();
         self.shared.rpc.shutdown();
@@ -304,13 +305,18 @@ fn connect(mut stream: TcpStream, shared: &HttpShared, request: &RequestLine) {
     if request.method != "CONNECT" {
         return reject(stream, shared, 405, "405 must CONNECT\n");
     }
-    let config = shared.server.config();
-    if shared.server.stats().open_connections >= config.max_connections {
-        Counters::bump(&shared.counters.refused_busy);
-        let max = config.max_connections;
-        let body = format!("server at its limit of {max} connections; try again later\n");
-        return answer(stream, 503, TEXT, &body);
-    }
+    let slot = match shared.rpc.reserve() {
+        Ok(slot) => slot,
+        Err(Refused::AtLimit) => {
+            Counters::bump(&shared.counters.refused_busy);
+            let max = shared.server.config().max_connections;
+            let body = format!("server at its limit of {max} connections; try again later\n");
+            return answer(stream, 503, TEXT, &body);
+        }
+        Err(Refused::ShutDown) => {
+            return reject(stream, shared, 503, "server shutting down\n");
+        }
+    };
     // Written before the loops take the socket, so it precedes every reply frame.
     let accepted = format!("HTTP/1.0 {CONNECTED_STATUS}\n\n");
     if stream.write_all(accepted.as_bytes()).is_err() {
@@ -320,9 +326,7 @@ fn connect(mut stream: TcpStream, shared: &HttpShared, request: &RequestLine) {
     let _ = stream.set_read_timeout(None);
     let _ = stream.set_write_timeout(None);
     // Bytes the client sent after its head are still in the socket: the loop reads them.
-    // The check above is a fast path; `adopt` counts the connection within the limit
-    // atomically, and closes the socket if another listener took the last slot since.
-    if shared.rpc.adopt(stream).is_ok() {
+    if shared.rpc.adopt(stream, slot).is_ok() {
         Counters::bump(&shared.counters.rpc_connections);
     }
 }
@@ -377,9 +381,16 @@ fn refuse_at_accept(mut stream: TcpStream) {
     let _ = stream.set_nonblocking(true);
     let _ = stream.write_all(response.as_bytes());
     let _ = stream.shutdown(Shutdown::Write);
-    // Take what has arrived already, so fewer closes become resets.
+    // Take what has arrived already, so fewer closes become resets; no more than a linger's
+    // worth, or a peer writing faster than this reads would keep the accept thread here.
     let mut sink = [0u8; 4096];
-    while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+    let mut drained = 0;
+    while drained < MAX_LINGER_BYTES {
+        match stream.read(&mut sink) {
+            Ok(n) if n > 0 => drained += n,
+            _ => break,
+        }
+    }
 }
 
 fn reason(status: u16) -> &'static str {
