@@ -526,6 +526,25 @@ fn half_a_value_then_silence_is_closed_after_the_frame_timeout_while_others_are_
 }
 
 #[test]
+fn a_request_arriving_slowly_is_held_to_the_frame_timeout_not_the_idle_timeout() {
+    let server = Server::builder()
+        .idle_timeout(Duration::from_millis(300))
+        .limits(FrameLimits {
+            frame_timeout: Some(Duration::from_secs(5)),
+            ..FrameLimits::default()
+        })
+        .build();
+    let (server, handle) = start_server(server);
+    let mut raw = Raw::connect(&handle);
+    thread::sleep(Duration::from_millis(100));
+    raw.send(r#"{"method":"Arith.Multiply","params":[{"A":7,"#);
+    thread::sleep(Duration::from_millis(450));
+    let reply = raw.call(r#""B":6}],"id":1}"#);
+    assert_eq!(reply, r#"{"id":1,"result":42,"error":null}"#);
+    assert_eq!(server.stats().idle_closes, 0);
+}
+
+#[test]
 fn bad_params_names_and_arguments_are_answered_and_the_connection_keeps_serving() {
     let (server, handle) = start_server(strict_server());
     let mut raw = Raw::connect(&handle);

@@ -54,8 +54,9 @@ impl ValueReader {
         }
     }
 
-    /// The next whole value; `Ok(None)` once `wait` has passed without one (and without a
-    /// partial value running out of time). `wait: None` waits as long as it takes.
+    /// The next whole value; `Ok(None)` once `wait` has passed with no value begun. A value
+    /// begun is waited for until the frame timeout, whatever `wait` says. `wait: None`
+    /// waits as long as it takes.
     ///
     /// # Errors
     ///
@@ -82,16 +83,19 @@ impl ValueReader {
                 .partial_since
                 .zip(self.frame_timeout)
                 .map(|(since, timeout)| deadline_after(since, timeout));
-            if frame_deadline.is_some_and(|deadline| now >= deadline) {
-                return Err(ReadError::FrameTimeout);
-            }
-            if wait_until.is_some_and(|deadline| now >= deadline) {
-                return Ok(None);
-            }
-            let deadline = match (frame_deadline, wait_until) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
+            // A value arriving is held to the frame timeout alone: `wait` is for the start
+            // of one (an idle timeout must not cut off a request that is coming).
+            let deadline = if self.partial_since.is_some() {
+                frame_deadline
+            } else {
+                wait_until
             };
+            if deadline.is_some_and(|deadline| now >= deadline) {
+                return match frame_deadline {
+                    Some(_) => Err(ReadError::FrameTimeout),
+                    None => Ok(None),
+                };
+            }
             self.set_read_timeout(deadline.map(|deadline| deadline - now))?;
             match self.stream.read(&mut chunk) {
                 Ok(0) if self.splitter.has_partial() => return Err(ReadError::Truncated),

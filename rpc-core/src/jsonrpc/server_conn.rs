@@ -13,7 +13,8 @@
 //!   past the codec's limit get one error response with a `null` id (Go closes without one),
 //!   then the connection closes;
 //! - a message still incomplete `limits.frame_timeout` after its first byte closes the
-//!   connection, as does `idle_timeout` with nothing in flight, when set;
+//!   connection, as does `idle_timeout` with nothing in flight and no message arriving,
+//!   when set;
 //! - at `max_in_flight_per_conn` calls in flight the thread stops reading until one finishes
 //!   (TCP then slows the peer down); at the server's `max_calls` a request is refused;
 //! - after the peer's last request (end of stream) the calls in flight are answered, then the
