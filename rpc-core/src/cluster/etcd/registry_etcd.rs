@@ -194,7 +194,7 @@ impl Registry for EtcdRegistry {
     fn register(&self, instance: &Instance, ttl: Duration) -> Result<Lease, RegistryError> {
         instance.validate()?;
         check_ttl(ttl)?;
-        let seconds = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+        let seconds = lease_seconds(ttl);
         let grant = self.call("/v3/lease/grant", &json!({ "TTL": seconds.to_string() }))?;
         let id = int_field(&grant, "ID").ok_or_else(|| malformed("lease grant without an ID"))?;
         let granted = int_field(&grant, "TTL").unwrap_or(seconds);
@@ -318,6 +318,20 @@ fn malformed(detail: &str) -> RegistryError {
     }
 }
 
+/// A lease TTL in etcd's whole seconds: rounded up, and at most the longest lease etcd
+/// grants, so `Duration::MAX` ("for ever", as [`crate::cluster::MemoryRegistry`] takes it)
+/// asks for the longest lease instead of overflowing.
+fn lease_seconds(ttl: Duration) -> u64 {
+    let seconds = ttl
+        .as_secs()
+        .saturating_add(u64::from(ttl.subsec_nanos() > 0));
+    seconds.min(MAX_LEASE_TTL_SECS)
+}
+
+/// The longest lease etcd grants (its `MaxLeaseTTL`, about 285 years); it refuses a longer
+/// TTL with "too large lease TTL".
+const MAX_LEASE_TTL_SECS: u64 = 9_000_000_000;
+
 /// How often a watch thread checks that its watcher still exists, and waits before
 /// reconnecting after the stream broke.
 const WATCH_RETRY: Duration = Duration::from_millis(250);
@@ -327,6 +341,14 @@ const MAX_WATCH_LINE_LEN: usize = 4 * 1024 * 1024;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lease_ttls_round_up_to_whole_seconds_and_stop_at_etcds_longest() {
+        assert_eq!(lease_seconds(Duration::from_secs(3)), 3);
+        assert_eq!(lease_seconds(Duration::from_millis(1500)), 2);
+        assert_eq!(lease_seconds(Duration::from_nanos(1)), 1);
+        assert_eq!(lease_seconds(Duration::MAX), MAX_LEASE_TTL_SECS);
+    }
 
     #[test]
     fn prefix_end_is_the_next_key_after_the_prefix() {
