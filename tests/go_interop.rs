@@ -16,6 +16,8 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use netrpc::core::middleware::{CallContext, Next, ServerMiddleware};
+use netrpc::core::DispatchError;
 use netrpc::core::MethodTable;
 use netrpc::transport::{FrameLimits, TransportError};
 use netrpc::{Call, ErrorCode, JsonRpcClient, JsonRpcHandle, RpcError, Server, Service};
@@ -542,6 +544,73 @@ fn a_request_arriving_slowly_is_held_to_the_frame_timeout_not_the_idle_timeout()
     let reply = raw.call(r#""B":6}],"id":1}"#);
     assert_eq!(reply, r#"{"id":1,"result":42,"error":null}"#);
     assert_eq!(server.stats().idle_closes, 0);
+}
+
+/// Refuses `Arith.Divide` (as an authorisation middleware would) and records the method
+/// and the current call context of everything it lets through.
+#[derive(Debug, Default)]
+struct Gate {
+    seen: std::sync::Mutex<Vec<String>>,
+}
+
+impl ServerMiddleware for Gate {
+    fn handle(&self, call: &CallContext, next: Next<'_>) -> Result<(), DispatchError> {
+        if call.method() == "Arith.Divide" {
+            return Err(DispatchError::new(ErrorCode::Service, "not allowed"));
+        }
+        let current = CallContext::current().map(|c| c.method().to_owned());
+        self.seen
+            .lock()
+            .unwrap()
+            .push(format!("{} {current:?}", call.method()));
+        next.run()
+    }
+}
+
+#[test]
+fn jsonrpc_calls_pass_through_the_servers_middleware_and_are_counted() {
+    let gate = std::sync::Arc::new(Gate::default());
+    let server = Server::builder()
+        .middleware(GateRef(std::sync::Arc::clone(&gate)))
+        .build();
+    let (server, handle) = start_server(server);
+    let client = JsonRpcClient::dial(handle.local_addr()).unwrap();
+    let refused = client
+        .call::<_, Quotient>("Arith.Divide", &Args { a: 7, b: 2 })
+        .unwrap_err();
+    assert!(
+        matches!(&refused, RpcError::Method { message } if message == "not allowed"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        client
+            .call::<_, i64>("Arith.Multiply", &Args { a: 6, b: 7 })
+            .unwrap(),
+        42
+    );
+    assert_eq!(
+        *gate.seen.lock().unwrap(),
+        vec![r#"Arith.Multiply Some("Arith.Multiply")"#.to_owned()]
+    );
+    let stats = server.method_stats();
+    let count = |method: &str| {
+        stats
+            .iter()
+            .find(|m| m.service == "Arith" && m.method == method)
+            .map(|m| (m.calls, m.errors))
+    };
+    assert_eq!(count("Multiply"), Some((1, 0)));
+    assert_eq!(count("Divide"), Some((1, 1)));
+}
+
+/// A shared [`Gate`], so the test can look at it after the server took its middleware.
+#[derive(Debug)]
+struct GateRef(std::sync::Arc<Gate>);
+
+impl ServerMiddleware for GateRef {
+    fn handle(&self, call: &CallContext, next: Next<'_>) -> Result<(), DispatchError> {
+        self.0.handle(call, next)
+    }
 }
 
 #[test]

@@ -57,9 +57,11 @@ pub struct ServerConfig {
     /// Middleware run around every call, the first outermost (see [`crate::middleware`]).
     /// Default: none.
     pub middleware: Vec<Arc<dyn ServerMiddleware>>,
-    /// TLS for every connection, when set (see [`rpc_transport::tls`]): a client that does
-    /// not complete the handshake within the frame timeout, or is refused by it, is closed
-    /// and counted in [`crate::ServerStats::tls_errors`]. Default `None`: plaintext.
+    /// TLS for every netrpc connection (`serve`, `serve_conn`, `serve_http`), when set (see
+    /// [`rpc_transport::tls`]): a client that does not complete the handshake within the
+    /// frame timeout, or is refused by it, is closed and counted in
+    /// [`crate::ServerStats::tls_errors`]. Default `None`: plaintext. The jsonrpc listener
+    /// (`serve_jsonrpc`) stays plaintext whatever this says.
     pub tls: Option<Arc<TlsServerConfig>>,
     /// How long an event loop polls its sockets without blocking before it sleeps
     /// ([`rpc_transport::busy_poll`]): CPU time spent so that a request arriving soon after
@@ -214,9 +216,9 @@ impl ServerBuilder {
         self
     }
 
-    /// Serves every connection over TLS with `config` (see [`rpc_transport::tls`]; build it
-    /// with [`rpc_transport::tls::server_config`], passing client CA roots to require client
-    /// certificates).
+    /// Serves every netrpc connection over TLS with `config` (see [`rpc_transport::tls`];
+    /// build it with [`rpc_transport::tls::server_config`], passing client CA roots to require
+    /// client certificates). Not the jsonrpc listener: see [`ServerConfig::tls`].
     pub fn tls(mut self, config: Arc<TlsServerConfig>) -> Self {
         self.config.tls = Some(config);
         self

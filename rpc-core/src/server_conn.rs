@@ -39,7 +39,7 @@ use rpc_transport::{
 use crate::catch_panic::catch_panic;
 use crate::error_body::{error_frame, ErrorCode};
 use crate::hello;
-use crate::middleware::{run_server_chain, CallContext};
+use crate::middleware::{run_in_middleware, CallContext};
 use crate::pool::PoolJob;
 use crate::reply_cork::{ReplyCork, ReplySend, MAX_CORK_HOLD};
 use crate::server::{ConnectionSlot, ServerShared};
@@ -835,15 +835,9 @@ pub(crate) fn run_call(
     context: CallContext,
     limits: &FrameLimits,
 ) -> (BytesMut, Option<ErrorCode>) {
-    let chain = &server.config.middleware;
     run_handler(request, limits, |out| {
         let mut method = || handler(codec, &request.body, out);
-        if chain.is_empty() {
-            return context.enter(method);
-        }
-        context
-            .clone()
-            .enter(|| run_server_chain(chain, &context, &mut method))
+        run_in_middleware(&server.config.middleware, context, &mut method)
     })
 }
 

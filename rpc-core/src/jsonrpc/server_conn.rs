@@ -1,6 +1,8 @@
 //! One jsonrpc connection on the server (Go: `jsonrpc.ServeConn`): a thread reads requests,
-//! handlers run on the server's worker pool, and each finished call writes its whole
-//! response under the connection's write lock, so responses leave in any order.
+//! handlers run on the server's worker pool inside the server's middleware (as every native
+//! call does, with its `CallContext` current and its method's counters kept), and each
+//! finished call writes its whole response under the connection's write lock, so responses
+//! leave in any order.
 //!
 //! The reading thread blocks on the socket, as Go's goroutine per connection does; the
 //! server's `max_connections` bounds how many there are. What a peer sends is handled as in
@@ -21,19 +23,20 @@
 //!   connection closes.
 
 use std::io::{self, Write};
-use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use rpc_codec::CodecKind;
 
 use crate::catch_panic::catch_panic;
 use crate::error_body::ErrorCode;
+use crate::middleware::{run_in_middleware, CallContext};
 use crate::server::ServerShared;
 use crate::server_conn::ServerJob;
-use crate::service::{Dispatch, MethodHandler};
+use crate::service::{Dispatch, MethodCounters, MethodHandler};
 use crate::stats::StatsCounters;
 
 use super::message::{self, Params, NULL};
@@ -55,12 +58,17 @@ pub(crate) fn serve(
     let limits = server.config.limits;
     // A peer that reads nothing holds a writing worker for at most this long.
     write_half.set_write_timeout(limits.frame_timeout)?;
+    let peer = stream
+        .peer_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let conn = JsonConn {
         server,
         writer: Arc::new(ReplyWriter {
             stream: Mutex::new(write_half),
         }),
         calls: Arc::new(CallsInFlight::default()),
+        peer,
+        requests_read: AtomicU64::new(0),
     };
     let mut reader = ValueReader::new(stream, limits.max_body_len, limits.frame_timeout);
     conn.read_requests(&mut reader, stop);
@@ -73,6 +81,11 @@ struct JsonConn {
     server: Arc<ServerShared>,
     writer: Arc<ReplyWriter>,
     calls: Arc<CallsInFlight>,
+    /// The peer, for each call's [`CallContext`].
+    peer: SocketAddr,
+    /// Requests read so far: a call's `CallContext::seq` is its number on the connection
+    /// (jsonrpc ids are any JSON value, so they cannot serve).
+    requests_read: AtomicU64,
 }
 
 /// The write half of the socket. The lock guards whole responses: one is written at a time.
@@ -92,9 +105,18 @@ struct JsonCall {
     server: Arc<ServerShared>,
     writer: Arc<ReplyWriter>,
     calls: Arc<CallsInFlight>,
-    handler: MethodHandler,
+    found: FoundMethod,
+    /// What middleware and the handler see of the call (`CallContext::current`).
+    context: CallContext,
     id: Vec<u8>,
     argument: Vec<u8>,
+}
+
+/// A method a request names: its handler, where it runs, and its counters.
+struct FoundMethod {
+    handler: MethodHandler,
+    dispatch: Dispatch,
+    counters: Arc<MethodCounters>,
 }
 
 impl JsonConn {
@@ -154,8 +176,10 @@ impl JsonConn {
                 return Err(());
             }
         };
+        let received = Instant::now();
+        let seq = self.requests_read.fetch_add(1, Ordering::Relaxed) + 1;
         let id = request.id;
-        let (handler, dispatch) = match self.lookup(&request.method) {
+        let found = match self.lookup(&request.method) {
             Ok(found) => found,
             Err((code, text)) => return self.refuse(id, code, &text),
         };
@@ -172,11 +196,14 @@ impl JsonConn {
             let text = format!("server at its limit of {limit} calls in flight; try again later");
             return self.refuse(id, ErrorCode::Throttled, &text);
         }
+        let name = Bytes::copy_from_slice(request.method.as_bytes());
+        let dispatch = found.dispatch;
         let call = JsonCall {
             server: Arc::clone(&self.server),
             writer: Arc::clone(&self.writer),
             calls: Arc::clone(&self.calls),
-            handler,
+            found,
+            context: CallContext::new(name, Bytes::new(), self.peer, seq, received),
             id: id.to_vec(),
             argument: argument.to_vec(),
         };
@@ -190,8 +217,8 @@ impl JsonConn {
         Ok(())
     }
 
-    /// The handler of `method`, or the error Go's server gives (same texts).
-    fn lookup(&self, method: &str) -> Result<(MethodHandler, Dispatch), (ErrorCode, String)> {
+    /// What `method` names, or the error Go's server gives (same texts).
+    fn lookup(&self, method: &str) -> Result<FoundMethod, (ErrorCode, String)> {
         let Some((service, name)) = method.rsplit_once('.') else {
             let text = format!("rpc: service/method request ill-formed: {method}");
             return Err((ErrorCode::Protocol, text));
@@ -200,8 +227,12 @@ impl JsonConn {
             let text = format!("rpc: can't find service {method}");
             return Err((ErrorCode::UnknownService, text));
         };
-        match table.get(name) {
-            Some(handler) => Ok((handler.clone(), table.dispatch())),
+        match table.get(name).zip(table.counters(name)) {
+            Some((handler, counters)) => Ok(FoundMethod {
+                handler: handler.clone(),
+                dispatch: table.dispatch(),
+                counters: Arc::clone(counters),
+            }),
             None => Err((
                 ErrorCode::UnknownMethod,
                 format!("rpc: can't find method {method}"),
@@ -274,12 +305,17 @@ impl CallsInFlight {
 }
 
 impl JsonCall {
-    /// Runs the handler, writes the response, and takes the call out of flight.
+    /// Runs the handler inside the server's middleware, writes the response, and takes the
+    /// call out of flight.
     fn run(self) {
         let stats = &self.server.stats;
         let mut out = BytesMut::new();
         message::start_response(&mut out, &self.id);
-        let outcome = catch_panic(|| (self.handler)(CodecKind::Json, &self.argument, &mut out));
+        let handler = &self.found.handler;
+        let outcome = catch_panic(|| {
+            let mut method = || handler(CodecKind::Json, &self.argument, &mut out);
+            run_in_middleware(&self.server.config.middleware, self.context, &mut method)
+        });
         let max_len = self.server.config.limits.max_body_len;
         let (response, failure) = match outcome {
             Ok(Ok(())) => {
@@ -308,6 +344,7 @@ impl JsonCall {
         if let Some(code) = failure {
             stats.count_call_error(code);
         }
+        self.found.counters.count(failure.is_some());
         if self.writer.send(&response).is_err() {
             StatsCounters::bump(&stats.dropped_replies);
         }

@@ -90,8 +90,22 @@ impl fmt::Debug for Next<'_> {
     }
 }
 
+/// Runs `handler` with `call` current ([`CallContext::current`]) inside `chain`: how every
+/// call a server runs meets its middleware, whatever listener it came through.
+pub(crate) fn run_in_middleware(
+    chain: &[Arc<dyn ServerMiddleware>],
+    call: CallContext,
+    handler: &mut dyn FnMut() -> Result<(), DispatchError>,
+) -> Result<(), DispatchError> {
+    if chain.is_empty() {
+        return call.enter(handler);
+    }
+    call.clone()
+        .enter(|| run_server_chain(chain, &call, handler))
+}
+
 /// Runs `handler` inside `chain` for `call`.
-pub(crate) fn run_server_chain(
+fn run_server_chain(
     chain: &[Arc<dyn ServerMiddleware>],
     call: &CallContext,
     handler: &mut dyn FnMut() -> Result<(), DispatchError>,
