@@ -265,3 +265,50 @@ fn a_closed_retrying_client_fails_with_shutdown_and_does_not_redial() {
     assert_eq!(client.stats().dials, 1);
     assert_eq!(client.stats().attempts, 1);
 }
+
+#[test]
+fn callers_waiting_for_another_callers_dial_keep_their_own_deadline() {
+    // A TLS handshake with a peer that accepts and says nothing: each dial takes the whole
+    // connect timeout (1 s). Three callers with 1.5 s each start together; whoever waits for
+    // another's dial must still be answered by its own deadline.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let keep = thread::spawn(move || {
+        let held: Vec<_> = silent.incoming().take(8).collect();
+        thread::sleep(Duration::from_secs(5));
+        drop(held);
+    });
+    let tls = netrpc::tls::client_config(netrpc::tls::RootCertStore::empty(), None).unwrap();
+    let config = netrpc::core::ClientConfig {
+        tls: Some(netrpc::tls::ClientTls::new(tls, "localhost").unwrap()),
+        connect_timeout: Duration::from_secs(1),
+        ..netrpc::core::ClientConfig::default()
+    };
+    let client = RetryingClient::builder(addr.to_string())
+        .client_config(config)
+        .policy(RetryPolicy::default().max_attempts(1))
+        .build();
+    let started = std::time::Instant::now();
+    let callers: Vec<_> = (0..3)
+        .map(|_| {
+            let client = client.clone();
+            thread::spawn(move || {
+                let result = client.call_timeout::<_, i64>(
+                    "Arith.Multiply",
+                    &Args { a: 6, b: 7 },
+                    Duration::from_millis(1500),
+                );
+                (result, started.elapsed())
+            })
+        })
+        .collect();
+    for caller in callers {
+        let (result, took) = caller.join().unwrap();
+        assert!(result.is_err(), "{result:?}");
+        assert!(
+            took < Duration::from_millis(2000),
+            "answered after {took:?}: {result:?}"
+        );
+    }
+    drop(keep);
+}

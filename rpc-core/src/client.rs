@@ -72,6 +72,11 @@ struct ClientInner {
 }
 
 impl Client {
+    /// True if `other` is a clone of this client (the same connection).
+    pub(crate) fn same_connection(&self, other: &Client) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// A client over `conn`, whose replies are matched in `pending`.
     pub(crate) fn with_link(
         conn: Link,

@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,8 @@ use crate::error::RpcError;
 ///
 /// `Send + Sync`. The connection is dialed on the first call, and again before the next
 /// attempt after the connection ended (`ConnectionLost`, the server `ShuttingDown`, or found
-/// closed). Every call deposits into the client's [`RetryBudget`] and every retry withdraws
+/// closed). One caller dials at a time; callers arriving meanwhile wait for that dial, each
+/// no longer than its own deadline. Every call deposits into the client's [`RetryBudget`] and every retry withdraws
 /// from it, so retries stay a bounded share of the calls whatever the callers do. With a
 /// [`Breaker`], each attempt asks it first and reports to it; an open breaker ends the call
 /// with [`RpcError::CircuitOpen`] without dialing, and a failure that opens it ends the call
@@ -53,9 +54,12 @@ struct Inner {
     policy: RetryPolicy,
     budget: RetryBudget,
     breaker: Option<Arc<Breaker>>,
-    /// The current connection; `None` until dialed or after it ended. Held while dialing, so
-    /// concurrent callers share one dial.
-    connection: Mutex<Option<Client>>,
+    /// The current connection; `None` until dialed or after it ended. One caller dials at a
+    /// time, and callers arriving meanwhile wait for its dial, each no longer than its own
+    /// deadline.
+    connection: Mutex<Slot>,
+    /// Signalled when a dial ends, well or not.
+    dial_ended: Condvar,
     /// Jitter source; held only to draw one number.
     rng: Mutex<Rng>,
     on_retry: Option<RetryHook>,
@@ -272,7 +276,7 @@ impl RetryingClient {
     /// [`RpcError::Shutdown`], never retried. Idempotent.
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::Relaxed);
-        if let Some(client) = lock(&self.inner.connection).take() {
+        if let Some(client) = lock(&self.inner.connection).client.take() {
             client.close();
         }
     }
@@ -294,45 +298,88 @@ impl RetryingClient {
         if inner.closed.load(Ordering::Relaxed) {
             return Err(RpcError::Shutdown);
         }
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Err(RpcError::Timeout { after: timeout });
+        let timed_out = || RpcError::Timeout { after: timeout };
+        if Instant::now() >= deadline {
+            return Err(timed_out());
         }
         let permit = inner.breaker.as_deref().map(Breaker::allow).transpose()?;
         inner.counters.attempts.fetch_add(1, Ordering::Relaxed);
-        let attempt_timeout = policy
-            .attempt_timeout
-            .map_or(remaining, |t| t.min(remaining));
-        let result = self
-            .connection(remaining)
-            .and_then(|client| client.call_timeout(method, args, attempt_timeout));
-        if let Err(RpcError::ConnectionLost { .. } | RpcError::ShuttingDown | RpcError::Shutdown) =
-            &result
-        {
-            // Dial again before the next attempt (calls in flight keep their own clone).
-            lock(&inner.connection).take();
-        }
+        let result = self.connection(deadline, timed_out).and_then(|client| {
+            // What is left once the connection is there (a dial, or a wait for another
+            // caller's, may have taken some).
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(timed_out());
+            }
+            let attempt_timeout = policy
+                .attempt_timeout
+                .map_or(remaining, |t| t.min(remaining));
+            let result = client.call_timeout(method, args, attempt_timeout);
+            if let Err(
+                RpcError::ConnectionLost { .. } | RpcError::ShuttingDown | RpcError::Shutdown,
+            ) = &result
+            {
+                // Dial again before the next attempt (calls in flight keep their own
+                // clone), unless another caller has already put a new connection there.
+                let mut slot = lock(&inner.connection);
+                if slot
+                    .client
+                    .as_ref()
+                    .is_some_and(|c| c.same_connection(&client))
+                {
+                    slot.client = None;
+                }
+            }
+            result
+        });
         if let Some(permit) = permit {
             permit.record(&result);
         }
         result
     }
 
-    /// The current connection, dialed first if there is none or it has ended.
-    fn connection(&self, remaining: Duration) -> Result<Client, RpcError> {
+    /// The current connection, dialed first if there is none or it has ended. While another
+    /// caller dials, waits for its dial, but not past `deadline` (then `timed_out()`).
+    fn connection(
+        &self,
+        deadline: Instant,
+        timed_out: impl Fn() -> RpcError,
+    ) -> Result<Client, RpcError> {
         let inner = &*self.inner;
         let mut slot = lock(&inner.connection);
-        if let Some(client) = slot.as_ref().filter(|client| !client.is_closed()) {
-            return Ok(client.clone());
+        loop {
+            if let Some(client) = slot.client.as_ref().filter(|client| !client.is_closed()) {
+                return Ok(client.clone());
+            }
+            if !slot.dialing {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(timed_out());
+            }
+            slot = inner
+                .dial_ended
+                .wait_timeout(slot, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
-        *slot = None;
+        slot.client = None;
+        slot.dialing = true;
+        drop(slot);
         inner.counters.dials.fetch_add(1, Ordering::Relaxed);
+        let remaining = deadline.saturating_duration_since(Instant::now());
         let config = &inner.client_config;
-        let client = ClientBuilder::from(config.clone())
+        let dialed = ClientBuilder::from(config.clone())
             .connect_timeout(config.connect_timeout.min(remaining))
-            .dial(inner.addr.as_str())?;
-        *slot = Some(client.clone());
-        Ok(client)
+            .dial(inner.addr.as_str());
+        let mut slot = lock(&inner.connection);
+        slot.dialing = false;
+        if let Ok(client) = &dialed {
+            slot.client = Some(client.clone());
+        }
+        inner.dial_ended.notify_all();
+        dialed
     }
 }
 
@@ -405,7 +452,11 @@ impl RetryingClientBuilder {
                 policy: self.policy,
                 budget: self.budget,
                 breaker: self.breaker,
-                connection: Mutex::new(self.connection),
+                connection: Mutex::new(Slot {
+                    client: self.connection,
+                    dialing: false,
+                }),
+                dial_ended: Condvar::new(),
                 rng: Mutex::new(self.rng),
                 on_retry: self.on_retry,
                 closed: AtomicBool::new(false),
@@ -422,6 +473,12 @@ impl fmt::Debug for RetryingClientBuilder {
             .field("policy", &self.policy)
             .finish_non_exhaustive()
     }
+}
+
+/// A retrying client's connection, and whether a caller is dialing a new one.
+struct Slot {
+    client: Option<Client>,
+    dialing: bool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
