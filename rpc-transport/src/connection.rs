@@ -537,13 +537,14 @@ impl Connection {
     /// has taken everything (a graceful shutdown waits for that). Without TLS it takes no
     /// lock (it is read once per call).
     pub fn queued_len(&self) -> usize {
-        let queued = self.shared.out_len.load(Ordering::Relaxed);
+        // Held plaintext first: a handshake finishing between the two reads moves it into the
+        // queue, where it is counted twice for a moment rather than not at all.
         let early = self
             .shared
             .tls
             .as_ref()
             .map_or(0, |tls| tls.lock().early_len());
-        queued + early
+        early + self.shared.out_len.load(Ordering::Relaxed)
     }
 
     /// Closes the connection now; queued bytes are dropped. Idempotent.

@@ -624,9 +624,15 @@ impl EventLoop {
         make_handler: MakeHandler,
     ) -> io::Result<Connection> {
         let index = self.free.pop().unwrap_or(self.slots.len());
-        self.poll
-            .registry()
-            .register(&mut stream, Token(index), Interest::READABLE)?;
+        let registered =
+            self.poll
+                .registry()
+                .register(&mut stream, Token(index), Interest::READABLE);
+        if let Err(err) = registered {
+            // Out of memory or of epoll watches: the slot stays free for the next one.
+            self.free.push(index);
+            return Err(err);
+        }
         let key = ConnKey {
             index,
             generation: self.next_generation,

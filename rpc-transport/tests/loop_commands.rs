@@ -608,3 +608,35 @@ fn a_write_that_fails_on_a_senders_thread_closes_the_connection_with_that_error(
         "{reason:?}"
     );
 }
+
+#[test]
+fn bytes_held_for_a_tls_handshake_that_failed_no_longer_count_as_queued() {
+    let harness = Harness::new("tls-held-bytes");
+    let (ours, peer) = harness.pair();
+    let roots = rpc_transport::tls::RootCertStore::empty();
+    let tls = rpc_transport::tls::ClientTls::new(
+        rpc_transport::tls::client_config(roots, None).unwrap(),
+        "localhost",
+    )
+    .unwrap();
+    let conn = harness
+        .handle
+        .adopt_tls_and_wait(
+            ours,
+            FrameLimits::default(),
+            tls.session().unwrap(),
+            harness.echo(),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    // Sent during the handshake: held as plaintext until it finishes, which it never does.
+    conn.send(&[0u8; 1000]).unwrap();
+    drop(peer);
+    let (_, reason) = harness
+        .closed
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the connection closes");
+    // The peer's close reads as a reset (it left the client hello unread) or an end.
+    assert!(matches!(reason, CloseReason::Error(_)), "{reason:?}");
+    assert_eq!(conn.queued_len(), 0, "nothing will ever be written");
+}

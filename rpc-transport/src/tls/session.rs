@@ -49,6 +49,8 @@ impl TlsLayer {
     /// Loop side: the connection closed. A handshake not yet settled fails with the reason.
     pub(crate) fn handle_close(&self, reason: &CloseReason) {
         let mut session = self.lock();
+        // Plaintext held for the handshake will never be written now.
+        session.early_len = 0;
         if !session.settled && session.failure.is_none() {
             session.failure = Some(match reason {
                 CloseReason::Error(err) => err.clone(),
