@@ -614,6 +614,39 @@ impl ServerMiddleware for GateRef {
 }
 
 #[test]
+fn a_peer_that_reads_no_replies_holds_no_worker_other_connections_need() {
+    // Two workers, and a peer asking for 60 replies of a megabyte that it never reads: its
+    // replies must wait in its own connection, not in workers blocked writing them.
+    let server = Server::builder()
+        .max_workers(2)
+        .limits(FrameLimits {
+            frame_timeout: Some(Duration::from_secs(30)),
+            ..FrameLimits::default()
+        })
+        .build();
+    let (server, handle) = start_server(server);
+    let mut hog = Raw::connect(&handle);
+    let requests: String = (0..60)
+        .map(|id| format!(r#"{{"method":"Misc.Fill","params":[1000000],"id":{id}}}"#))
+        .collect();
+    hog.send(&requests);
+    thread::sleep(Duration::from_secs(1));
+    let client = JsonRpcClient::builder()
+        .call_timeout(Duration::from_secs(3))
+        .dial(handle.local_addr())
+        .unwrap();
+    assert_eq!(
+        client
+            .call::<_, i64>("Arith.Multiply", &Args { a: 6, b: 7 })
+            .unwrap(),
+        42
+    );
+    // The hog's reading waits while its unread replies pass the server's cap.
+    assert!(server.stats().in_flight_calls < 60, "{:?}", server.stats());
+    drop(hog);
+}
+
+#[test]
 fn bad_params_names_and_arguments_are_answered_and_the_connection_keeps_serving() {
     let (server, handle) = start_server(strict_server());
     let mut raw = Raw::connect(&handle);

@@ -35,6 +35,7 @@ mod client;
 mod client_pending;
 mod message;
 mod reader;
+mod reply_queue;
 mod server;
 mod server_conn;
 mod stream;

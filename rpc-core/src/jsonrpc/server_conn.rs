@@ -1,12 +1,12 @@
 //! One jsonrpc connection on the server (Go: `jsonrpc.ServeConn`): a thread reads requests,
 //! handlers run on the server's worker pool inside the server's middleware (as every native
 //! call does, with its `CallContext` current and its method's counters kept), and each
-//! finished call writes its whole response under the connection's write lock, so responses
-//! leave in any order.
+//! finished call queues its whole response for the connection's writer thread
+//! (`reply_queue.rs`), so responses leave in any order and no worker waits for the peer.
 //!
-//! The reading thread blocks on the socket, as Go's goroutine per connection does; the
-//! server's `max_connections` bounds how many there are. What a peer sends is handled as in
-//! Go's `net/rpc` server:
+//! The reading and writing threads block on the socket, as Go's goroutines per connection
+//! do; the server's `max_connections` bounds how many there are. What a peer sends is
+//! handled as in Go's `net/rpc` server:
 //!
 //! - a request that names no known service or method, lacks `params`, or whose argument does
 //!   not decode is answered with an error (Go's own texts where Go has one), and reading goes
@@ -17,15 +17,18 @@
 //! - a message still incomplete `limits.frame_timeout` after its first byte closes the
 //!   connection, as does `idle_timeout` with nothing in flight and no message arriving,
 //!   when set;
-//! - at `max_in_flight_per_conn` calls in flight the thread stops reading until one finishes
-//!   (TCP then slows the peer down); at the server's `max_calls` a request is refused;
+//! - at `max_in_flight_per_conn` calls in flight, or with more than `max_queued_bytes` of
+//!   responses unwritten (a peer that reads slowly or not at all), the thread stops reading
+//!   until that changes (TCP then slows the peer down); at the server's `max_calls` a
+//!   request is refused;
 //! - after the peer's last request (end of stream) the calls in flight are answered, then the
 //!   connection closes.
 
-use std::io::{self, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::io;
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -41,6 +44,7 @@ use crate::stats::StatsCounters;
 
 use super::message::{self, Params, NULL};
 use super::reader::{ReadError, ValueReader};
+use super::reply_queue::ReplyQueue;
 
 /// Serves jsonrpc requests read from `stream` until the peer leaves, the connection breaks a
 /// rule, or `stop` is set (and the socket shut down by whoever set it).
@@ -56,22 +60,30 @@ pub(crate) fn serve(
     let _ = stream.set_nodelay(true);
     let write_half = stream.try_clone()?;
     let limits = server.config.limits;
-    // A peer that reads nothing holds a writing worker for at most this long.
+    // A peer that reads nothing holds the writer thread for at most this long per write.
     write_half.set_write_timeout(limits.frame_timeout)?;
     let peer = stream
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let conn = JsonConn {
         server,
-        writer: Arc::new(ReplyWriter {
-            stream: Mutex::new(write_half),
-        }),
+        replies: Arc::new(ReplyQueue::default()),
         calls: Arc::new(CallsInFlight::default()),
         peer,
         requests_read: AtomicU64::new(0),
     };
     let mut reader = ValueReader::new(stream, limits.max_body_len, limits.frame_timeout);
-    conn.read_requests(&mut reader, stop);
+    thread::scope(|scope| {
+        let replies = Arc::clone(&conn.replies);
+        thread::Builder::new()
+            .name("netrpc-jsonrpc-write".to_owned())
+            .spawn_scoped(scope, move || replies.write_to(write_half))?;
+        conn.read_requests(&mut reader, stop);
+        // What is queued (an error response saying why, replies of calls finished) is
+        // written before the close; replies of calls still running are dropped, as before.
+        conn.replies.finish();
+        Ok::<(), io::Error>(())
+    })?;
     reader.shutdown();
     Ok(())
 }
@@ -79,18 +91,13 @@ pub(crate) fn serve(
 /// What the reading thread and the calls of one connection share.
 struct JsonConn {
     server: Arc<ServerShared>,
-    writer: Arc<ReplyWriter>,
+    replies: Arc<ReplyQueue>,
     calls: Arc<CallsInFlight>,
     /// The peer, for each call's [`CallContext`].
     peer: SocketAddr,
     /// Requests read so far: a call's `CallContext::seq` is its number on the connection
     /// (jsonrpc ids are any JSON value, so they cannot serve).
     requests_read: AtomicU64,
-}
-
-/// The write half of the socket. The lock guards whole responses: one is written at a time.
-struct ReplyWriter {
-    stream: Mutex<TcpStream>,
 }
 
 /// Calls in flight on one connection, with a signal when the count falls.
@@ -103,7 +110,7 @@ struct CallsInFlight {
 /// A request admitted for dispatch, carried to the worker that runs it.
 struct JsonCall {
     server: Arc<ServerShared>,
-    writer: Arc<ReplyWriter>,
+    replies: Arc<ReplyQueue>,
     calls: Arc<CallsInFlight>,
     found: FoundMethod,
     /// What middleware and the handler see of the call (`CallContext::current`).
@@ -126,6 +133,7 @@ impl JsonConn {
         let mut last_active = Instant::now();
         while !stop.load(Ordering::SeqCst) {
             self.calls.wait_below(config.max_in_flight_per_conn, stop);
+            self.replies.wait_at_most(config.max_queued_bytes, stop);
             let wait = config
                 .idle_timeout
                 .map(|idle| idle.saturating_sub(last_active.elapsed()));
@@ -153,7 +161,7 @@ impl JsonConn {
                 Err(ReadError::Split(err)) => {
                     StatsCounters::bump(&stats.frame_errors);
                     let text = format!("rpc: server cannot decode request: {err}");
-                    let _ = self.writer.send(&message::error_response(&NULL, &text));
+                    let _ = self.replies.push(message::error_response(&NULL, &text));
                     return;
                 }
                 Err(ReadError::Truncated) => {
@@ -172,7 +180,7 @@ impl JsonConn {
             Err(detail) => {
                 StatsCounters::bump(&self.server.stats.frame_errors);
                 let text = format!("rpc: server cannot decode request: {detail}");
-                let _ = self.writer.send(&message::error_response(&NULL, &text));
+                let _ = self.replies.push(message::error_response(&NULL, &text));
                 return Err(());
             }
         };
@@ -200,7 +208,7 @@ impl JsonConn {
         let dispatch = found.dispatch;
         let call = JsonCall {
             server: Arc::clone(&self.server),
-            writer: Arc::clone(&self.writer),
+            replies: Arc::clone(&self.replies),
             calls: Arc::clone(&self.calls),
             found,
             context: CallContext::new(name, Bytes::new(), self.peer, seq, received),
@@ -257,22 +265,11 @@ impl JsonConn {
     /// write fails.
     fn refuse(&self, id: &[u8], code: ErrorCode, text: &str) -> Result<(), ()> {
         self.server.stats.count_call_error(code);
-        self.writer
-            .send(&message::error_response(id, text))
-            .map_err(|_| ())
-    }
-}
-
-impl ReplyWriter {
-    /// Writes one whole response; on failure the connection is shut down (a response may
-    /// have been cut, and the peer is not reading or gone).
-    fn send(&self, bytes: &[u8]) -> io::Result<()> {
-        let mut stream = self.stream.lock().unwrap_or_else(|p| p.into_inner());
-        let written = stream.write_all(bytes);
-        if written.is_err() {
-            let _ = stream.shutdown(Shutdown::Both);
+        if self.replies.push(message::error_response(id, text)) {
+            Ok(())
+        } else {
+            Err(())
         }
-        written
     }
 }
 
@@ -345,7 +342,7 @@ impl JsonCall {
             stats.count_call_error(code);
         }
         self.found.counters.count(failure.is_some());
-        if self.writer.send(&response).is_err() {
+        if !self.replies.push(response) {
             StatsCounters::bump(&stats.dropped_replies);
         }
         stats.in_flight_calls.fetch_sub(1, Ordering::SeqCst);

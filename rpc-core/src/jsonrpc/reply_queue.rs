@@ -1,0 +1,168 @@
+//! The responses of one jsonrpc connection on their way out: the calls' workers queue whole
+//! responses and go back to the pool at once; the connection's own writer thread writes
+//! them; its reading thread waits while too many bytes wait unread.
+//!
+//! A worker that wrote its response itself would block in the write while the peer reads
+//! nothing (for up to the frame timeout per system call, and a peer reading a little now and
+//! then restarts that clock), and every other worker finishing a call of that connection
+//! would queue behind it: one connection asking for large replies it never reads could hold
+//! the whole pool, every other connection's calls waiting. Here only the connection's two
+//! threads wait for its peer, and what waits in memory is bounded by the server's
+//! `max_queued_bytes` plus the calls in flight when it was reached.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::BytesMut;
+
+/// The queue (see the module doc).
+#[derive(Debug, Default)]
+pub(crate) struct ReplyQueue {
+    state: Mutex<QueueState>,
+    /// Signalled when a response is queued, when one has been written, and at the end.
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    replies: VecDeque<BytesMut>,
+    /// Bytes queued or being written.
+    bytes: usize,
+    /// No response will be queued any more: the writer ends once the queue is empty.
+    finishing: bool,
+    /// A write failed (the socket is shut down): nothing more is written.
+    failed: bool,
+}
+
+impl ReplyQueue {
+    /// Queues one whole response for the writer. False if it will never be written (a write
+    /// failed, or the connection is ending): the caller counts it dropped.
+    pub(crate) fn push(&self, response: BytesMut) -> bool {
+        let mut state = self.lock();
+        if state.failed || state.finishing {
+            return false;
+        }
+        state.bytes += response.len();
+        state.replies.push_back(response);
+        drop(state);
+        self.changed.notify_all();
+        true
+    }
+
+    /// Blocks while more than `cap` bytes wait to be written, until `stop` is set or a write
+    /// fails: the reading thread asks before each request.
+    pub(crate) fn wait_at_most(&self, cap: usize, stop: &AtomicBool) {
+        let mut state = self.lock();
+        while state.bytes > cap && !state.failed && !stop.load(Ordering::SeqCst) {
+            state = self
+                .changed
+                .wait_timeout(state, STOP_CHECK)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// No more responses: the writer writes what is queued, then ends.
+    pub(crate) fn finish(&self) {
+        self.lock().finishing = true;
+        self.changed.notify_all();
+    }
+
+    /// The writer thread's work: writes queued responses to `stream`, in the order queued,
+    /// until [`ReplyQueue::finish`] and an empty queue, or a write fails (the socket is then
+    /// shut down both ways, so the reading thread stops too).
+    pub(crate) fn write_to(&self, mut stream: TcpStream) {
+        loop {
+            let batch = {
+                let mut state = self.lock();
+                while state.replies.is_empty() && !state.finishing && !state.failed {
+                    state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+                }
+                if state.replies.is_empty() || state.failed {
+                    return;
+                }
+                std::mem::take(&mut state.replies)
+            };
+            for response in batch {
+                if stream.write_all(&response).is_err() {
+                    let _ = stream.shutdown(Shutdown::Both);
+                    let mut state = self.lock();
+                    state.failed = true;
+                    state.replies.clear();
+                    state.bytes = 0;
+                    drop(state);
+                    self.changed.notify_all();
+                    return;
+                }
+                self.lock().bytes -= response.len();
+                self.changed.notify_all();
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // Plain counts and buffers: a poisoned lock still holds sound data.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// How often a waiting reader looks at the stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(50);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::TcpListener;
+    use std::sync::Arc;
+    use std::thread;
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ours = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (peer, _) = listener.accept().unwrap();
+        (ours, peer)
+    }
+
+    #[test]
+    fn responses_are_written_in_order_and_the_writer_ends_after_finish() {
+        let (ours, mut peer) = pair();
+        let queue = Arc::new(ReplyQueue::default());
+        let writer = {
+            let queue = Arc::clone(&queue);
+            thread::spawn(move || queue.write_to(ours))
+        };
+        assert!(queue.push(BytesMut::from(&b"one "[..])));
+        assert!(queue.push(BytesMut::from(&b"two"[..])));
+        queue.finish();
+        assert!(
+            !queue.push(BytesMut::from(&b"late"[..])),
+            "nothing is queued after finish"
+        );
+        writer.join().unwrap();
+        let mut written = String::new();
+        peer.read_to_string(&mut written).unwrap();
+        assert_eq!(written, "one two");
+    }
+
+    #[test]
+    fn a_failed_write_drops_the_queue_and_releases_a_waiting_reader() {
+        let (ours, peer) = pair();
+        drop(peer);
+        let queue = Arc::new(ReplyQueue::default());
+        let writer = {
+            let queue = Arc::clone(&queue);
+            thread::spawn(move || queue.write_to(ours))
+        };
+        // Writes to a closed peer fail once the reset arrives; keep queueing until then.
+        while queue.push(BytesMut::zeroed(64 * 1024)) {
+            thread::sleep(Duration::from_millis(1));
+        }
+        queue.wait_at_most(0, &AtomicBool::new(false));
+        writer.join().unwrap();
+    }
+}
