@@ -646,6 +646,43 @@ fn a_peer_that_reads_no_replies_holds_no_worker_other_connections_need() {
     drop(hog);
 }
 
+/// File descriptors this process has open.
+fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+#[test]
+fn a_jsonrpc_connection_costs_the_server_one_descriptor() {
+    // `default_max_connections` reckons one descriptor per connection, so a jsonrpc one
+    // must not take three (the socket, a clone to write, a clone to shut it down).
+    const CONNS: usize = 20;
+    let (_server, handle) = start_server(Server::new());
+    let before = open_descriptors();
+    let clients: Vec<BufReader<TcpStream>> = (0..CONNS)
+        .map(|id| {
+            let mut stream = TcpStream::connect(handle.local_addr()).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let request =
+                format!(r#"{{"method":"Arith.Sum","params":[{{"A":1,"B":2}}],"id":{id}}}"#);
+            stream.write_all(request.as_bytes()).unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            assert!(line.contains(r#""result":3"#), "{line}");
+            reader
+        })
+        .collect();
+    let added = open_descriptors() - before;
+    // Each client holds one; the server, one per connection.
+    assert!(
+        added <= 2 * CONNS + 2,
+        "{added} descriptors for {CONNS} connections"
+    );
+    drop(clients);
+}
+
 #[test]
 fn bad_params_names_and_arguments_are_answered_and_the_connection_keeps_serving() {
     let (server, handle) = start_server(strict_server());

@@ -159,7 +159,11 @@ impl JsonRpcClientBuilder {
             max_message_len: self.limits.max_body_len,
             peer_addr,
         });
-        let reader = ValueReader::new(stream, self.limits.max_body_len, self.limits.frame_timeout);
+        let reader = ValueReader::new(
+            Arc::new(stream),
+            self.limits.max_body_len,
+            self.limits.frame_timeout,
+        );
         let reading = Arc::clone(&shared);
         let thread = thread::Builder::new()
             .name("netrpc-jsonrpc-client".to_owned())

@@ -8,16 +8,19 @@
 use std::fmt;
 use std::io::{self, Read};
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rpc_transport::clock::deadline_after;
 
 use super::stream::{SplitError, ValueSplitter};
 
-/// Reads JSON objects from `stream`, one at a time.
+/// Reads JSON objects from `stream`, one at a time. The socket may be shared (a writer
+/// writes to it, another thread may shut it down): the reader only reads it and sets its
+/// read timeout.
 #[derive(Debug)]
 pub(crate) struct ValueReader {
-    stream: TcpStream,
+    stream: Arc<TcpStream>,
     splitter: ValueSplitter,
     frame_timeout: Option<Duration>,
     /// When the current partial value was first seen.
@@ -44,7 +47,11 @@ pub(crate) enum ReadError {
 impl ValueReader {
     /// A reader of `stream` refusing values over `max_len` bytes and values that take longer
     /// than `frame_timeout` to arrive.
-    pub(crate) fn new(stream: TcpStream, max_len: usize, frame_timeout: Option<Duration>) -> Self {
+    pub(crate) fn new(
+        stream: Arc<TcpStream>,
+        max_len: usize,
+        frame_timeout: Option<Duration>,
+    ) -> Self {
         ValueReader {
             stream,
             splitter: ValueSplitter::new(max_len),
@@ -97,7 +104,7 @@ impl ValueReader {
                 };
             }
             self.set_read_timeout(deadline.map(|deadline| deadline - now))?;
-            match self.stream.read(&mut chunk) {
+            match (&*self.stream).read(&mut chunk) {
                 Ok(0) if self.splitter.has_partial() => return Err(ReadError::Truncated),
                 Ok(0) => return Err(ReadError::Closed),
                 Ok(read) => self.splitter.handle_bytes(&chunk[..read]),

@@ -75,7 +75,7 @@ impl ReplyQueue {
     /// The writer thread's work: writes queued responses to `stream`, in the order queued,
     /// until [`ReplyQueue::finish`] and an empty queue, or a write fails (the socket is then
     /// shut down both ways, so the reading thread stops too).
-    pub(crate) fn write_to(&self, mut stream: TcpStream) {
+    pub(crate) fn write_to(&self, stream: &TcpStream) {
         loop {
             let batch = {
                 let mut state = self.lock();
@@ -88,6 +88,7 @@ impl ReplyQueue {
                 std::mem::take(&mut state.replies)
             };
             for response in batch {
+                let mut stream = stream;
                 if stream.write_all(&response).is_err() {
                     let _ = stream.shutdown(Shutdown::Both);
                     let mut state = self.lock();
@@ -134,7 +135,7 @@ mod tests {
         let queue = Arc::new(ReplyQueue::default());
         let writer = {
             let queue = Arc::clone(&queue);
-            thread::spawn(move || queue.write_to(ours))
+            thread::spawn(move || queue.write_to(&ours))
         };
         assert!(queue.push(BytesMut::from(&b"one "[..])));
         assert!(queue.push(BytesMut::from(&b"two"[..])));
@@ -156,7 +157,7 @@ mod tests {
         let queue = Arc::new(ReplyQueue::default());
         let writer = {
             let queue = Arc::clone(&queue);
-            thread::spawn(move || queue.write_to(ours))
+            thread::spawn(move || queue.write_to(&ours))
         };
         // Writes to a closed peer fail once the reset arrives; keep queueing until then.
         while queue.push(BytesMut::zeroed(64 * 1024)) {

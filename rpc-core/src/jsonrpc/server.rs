@@ -98,15 +98,15 @@ impl Server {
     ///
     /// # Errors
     ///
-    /// [`RpcError::Unreachable`] if the socket cannot be set up (cloned for writing, given a
-    /// write timeout).
+    /// [`RpcError::Unreachable`] if the socket cannot be set up (given a write timeout) or
+    /// its writing thread cannot start.
     pub fn serve_jsonrpc_conn(&self, stream: TcpStream) -> Result<(), RpcError> {
         let peer = stream
             .peer_addr()
             .map_or_else(|_| "peer".to_owned(), |addr| addr.to_string());
         let _slot = ConnectionSlot::open(&self.shared, JSONRPC_GROUP);
         let never = AtomicBool::new(false);
-        server_conn::serve(Arc::clone(&self.shared), stream, &never)
+        server_conn::serve(Arc::clone(&self.shared), Arc::new(stream), &never)
             .map_err(|err| unreachable(&peer, err))
     }
 }
@@ -179,7 +179,8 @@ struct Listening {
 }
 
 struct OpenConn {
-    stream: TcpStream,
+    /// The connection's one socket, shared with its threads: shut down to end them.
+    stream: Arc<TcpStream>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -206,12 +207,10 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<ServerShared>, listening: &A
             let _ = stream.write_all(&message::error_response(&NULL, &text));
             continue;
         };
-        let Ok(stream_to_close) = stream.try_clone() else {
-            continue;
-        };
+        let stream = Arc::new(stream);
         let id = listening.next_id.fetch_add(1, Ordering::Relaxed);
         let open = OpenConn {
-            stream: stream_to_close,
+            stream: Arc::clone(&stream),
             thread: None,
         };
         lock(&listening.conns).insert(id, open);

@@ -47,21 +47,23 @@ use super::reader::{ReadError, ValueReader};
 use super::reply_queue::ReplyQueue;
 
 /// Serves jsonrpc requests read from `stream` until the peer leaves, the connection breaks a
-/// rule, or `stop` is set (and the socket shut down by whoever set it).
+/// rule, or `stop` is set (and the socket shut down by whoever set it). The reading and
+/// writing threads share the one socket (one descriptor per connection, as
+/// `default_max_connections` reckons).
 ///
 /// # Errors
 ///
-/// An I/O error if the socket cannot be cloned for writing.
+/// An I/O error if the socket cannot be given its write timeout or the writing thread
+/// cannot start.
 pub(crate) fn serve(
     server: Arc<ServerShared>,
-    stream: TcpStream,
+    stream: Arc<TcpStream>,
     stop: &AtomicBool,
 ) -> io::Result<()> {
     let _ = stream.set_nodelay(true);
-    let write_half = stream.try_clone()?;
     let limits = server.config.limits;
     // A peer that reads nothing holds the writer thread for at most this long per write.
-    write_half.set_write_timeout(limits.frame_timeout)?;
+    stream.set_write_timeout(limits.frame_timeout)?;
     let peer = stream
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -72,12 +74,17 @@ pub(crate) fn serve(
         peer,
         requests_read: AtomicU64::new(0),
     };
-    let mut reader = ValueReader::new(stream, limits.max_body_len, limits.frame_timeout);
+    let mut reader = ValueReader::new(
+        Arc::clone(&stream),
+        limits.max_body_len,
+        limits.frame_timeout,
+    );
     thread::scope(|scope| {
         let replies = Arc::clone(&conn.replies);
+        let writing = Arc::clone(&stream);
         thread::Builder::new()
             .name("netrpc-jsonrpc-write".to_owned())
-            .spawn_scoped(scope, move || replies.write_to(write_half))?;
+            .spawn_scoped(scope, move || replies.write_to(&writing))?;
         conn.read_requests(&mut reader, stop);
         // What is queued (an error response saying why, replies of calls finished) is
         // written before the close; replies of calls still running are dropped, as before.
