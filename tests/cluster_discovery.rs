@@ -118,3 +118,56 @@ fn a_balanced_client_following_health_checks_drops_a_server_that_stopped_answeri
         assert_eq!(product, 42);
     }
 }
+
+/// A registry listing `count` instances that nobody serves.
+fn registry_of(count: usize) -> MemoryRegistry {
+    let registry = MemoryRegistry::new();
+    for port in 0..count {
+        let instance = Instance::new("Slow", format!("127.0.0.1:{}", 20_000 + port));
+        registry
+            .register(&instance, Duration::from_secs(60))
+            .unwrap();
+    }
+    registry
+}
+
+#[test]
+fn a_health_checker_stops_within_one_probe_timeout_even_mid_round() {
+    // 48 instances are three batches of 16 probes; each probe takes the whole timeout.
+    let registry = registry_of(48);
+    let checker = HealthChecker::builder()
+        .timeout(Duration::from_millis(200))
+        .probe(|_, timeout| {
+            std::thread::sleep(timeout);
+            Ok(())
+        })
+        .start(registry.watch("Slow").unwrap())
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let started = std::time::Instant::now();
+    drop(checker);
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(350), "stopped after {took:?}");
+}
+
+#[test]
+fn a_health_checker_whose_registry_closes_closes_its_own_watch() {
+    let registry = registry_of(1);
+    let checker = HealthChecker::builder()
+        .interval(Duration::from_millis(20))
+        .probe(|_, _| Ok(()))
+        .start(registry.watch("Slow").unwrap())
+        .unwrap();
+    let mut healthy = checker.watch();
+    drop(registry);
+    let started = std::time::Instant::now();
+    loop {
+        match healthy.changed(Duration::from_millis(100)) {
+            Err(netrpc::cluster::RegistryError::Closed) => break,
+            _ => assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "the healthy list never closed"
+            ),
+        }
+    }
+}

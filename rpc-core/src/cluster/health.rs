@@ -21,7 +21,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use crossbeam_channel::{RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use rpc_transport::clock::deadline_after;
 use rpc_transport::{Frame, FrameDecoder, FrameKind, FrameLimits};
 
@@ -183,7 +183,9 @@ impl HealthCheckerBuilder {
         let thread = thread::Builder::new()
             .name("netrpc-health".to_owned())
             .spawn(move || loop {
-                checking.round(&registered.current(), &self);
+                if !checking.round(&registered.current(), &self, &stopped) {
+                    return;
+                }
                 let next_round = deadline_after(Instant::now(), self.interval);
                 loop {
                     let left = next_round.saturating_duration_since(Instant::now());
@@ -194,8 +196,14 @@ impl HealthCheckerBuilder {
                         Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
                         Err(RecvTimeoutError::Timeout) => {}
                     }
-                    if let Ok(Some(now)) = registered.changed(Duration::ZERO) {
-                        checking.follow_registry(&now);
+                    match registered.changed(Duration::ZERO) {
+                        Ok(Some(now)) => checking.follow_registry(&now),
+                        Ok(None) => {}
+                        Err(_) => {
+                            // The registry is gone: so is what this list follows.
+                            checking.healthy.close();
+                            return;
+                        }
                     }
                 }
             })
@@ -226,7 +234,9 @@ impl fmt::Debug for HealthCheckerBuilder {
 /// Each round probes every instance (up to 16 at once, each bounded by the probe timeout), so
 /// a round lasts at most about `timeout × ceil(n / 16)`. Instances that appear in the registry
 /// are taken as healthy until probed; instances that leave it are dropped at once. Dropping
-/// the checker (or [`HealthChecker::stop`]) stops its thread within one probe timeout.
+/// the checker (or [`HealthChecker::stop`]) stops its thread within one probe timeout (it
+/// looks between batches of probes). When the registry behind its watcher closes, the
+/// checker's thread ends and its own watch closes too, so what follows it stops.
 ///
 /// ```no_run
 /// use rpc_core::cluster::{HealthChecker, MemoryRegistry, Registry};
@@ -320,10 +330,20 @@ impl Shared {
         self.statuses.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Probes every instance of `registered` once and publishes the healthy ones.
-    fn round(&self, registered: &[Instance], settings: &HealthCheckerBuilder) {
+    /// Probes every instance of `registered` once and publishes the healthy ones. Returns
+    /// false, leaving the round unfinished, if the checker is stopped meanwhile (`stopped`
+    /// disconnected): it looks between batches, so stopping waits one probe timeout at most.
+    fn round(
+        &self,
+        registered: &[Instance],
+        settings: &HealthCheckerBuilder,
+        stopped: &Receiver<()>,
+    ) -> bool {
         self.follow_registry(registered);
         for batch in registered.chunks(MAX_PARALLEL_PROBES) {
+            if matches!(stopped.try_recv(), Ok(()) | Err(TryRecvError::Disconnected)) {
+                return false;
+            }
             let results: Vec<Result<(), RpcError>> = thread::scope(|scope| {
                 let probe = |instance| (settings.probe)(instance, settings.timeout);
                 // A probe that cannot get a thread runs here instead, after the others start.
@@ -358,6 +378,7 @@ impl Shared {
         }
         self.publish();
         self.rounds.fetch_add(1, Ordering::Relaxed);
+        true
     }
 
     /// Takes the registry's new list: new instances start healthy, gone ones are forgotten.
