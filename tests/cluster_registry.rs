@@ -451,3 +451,74 @@ fn start_throwaway_etcd() -> Option<String> {
         dir.display()
     );
 }
+
+/// A memory registry whose renewals fail while `down` is set (the registry unreachable).
+#[derive(Debug)]
+struct Flaky {
+    inner: MemoryRegistry,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl Registry for Flaky {
+    fn register(
+        &self,
+        instance: &Instance,
+        ttl: Duration,
+    ) -> Result<netrpc::cluster::Lease, RegistryError> {
+        self.inner.register(instance, ttl)
+    }
+
+    fn renew(&self, lease: netrpc::cluster::Lease) -> Result<(), RegistryError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(RegistryError::Backend {
+                message: "registry unreachable".to_owned(),
+            });
+        }
+        self.inner.renew(lease)
+    }
+
+    fn deregister(&self, lease: netrpc::cluster::Lease) -> Result<(), RegistryError> {
+        self.inner.deregister(lease)
+    }
+
+    fn list(&self, service: &str) -> Result<Vec<Instance>, RegistryError> {
+        self.inner.list(service)
+    }
+
+    fn watch(&self, service: &str) -> Result<Watcher, RegistryError> {
+        self.inner.watch(service)
+    }
+}
+
+#[test]
+fn a_registry_outage_shorter_than_the_ttl_does_not_let_the_lease_lapse() {
+    // TTL 1 s: heartbeats at about 333 and 667 ms both fall in an outage from 300 to 700 ms,
+    // and the lease (last renewed at 0) runs out at 1 s, just as the third heartbeat comes:
+    // unless a renewal after the outage comes sooner than that, the instance goes and has to
+    // register again (a watcher sees it leave and come back).
+    let registry = Arc::new(Flaky {
+        inner: MemoryRegistry::new(),
+        down: std::sync::atomic::AtomicBool::new(false),
+    });
+    let instance = Instance::new("Arith", "127.0.0.1:7100");
+    let started = Instant::now();
+    let registration =
+        Registration::start(registry.clone(), instance, Duration::from_secs(1)).unwrap();
+    while started.elapsed() < Duration::from_millis(1600) {
+        let at = started.elapsed();
+        let outage = at >= Duration::from_millis(300) && at < Duration::from_millis(700);
+        registry
+            .down
+            .store(outage, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(
+            registry.list("Arith").unwrap().len(),
+            1,
+            "not listed at {at:?} ({} failures, {} renewals)",
+            registration.failures(),
+            registration.renewals()
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert!(registration.failures() >= 2, "{}", registration.failures());
+    assert_eq!(registration.reregistrations(), 0, "the lease lapsed");
+}

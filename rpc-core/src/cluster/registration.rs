@@ -13,8 +13,9 @@ use super::registry::{Instance, Lease, Registry, RegistryError};
 /// One instance kept alive in a registry by a heartbeat thread (Consul: a TTL check updated by
 /// the service; etcd: a lease keep-alive).
 ///
-/// The thread renews the lease every `ttl / 3` (of the TTL the registry granted). When a
-/// renewal finds the lease gone (it expired while the registry was unreachable, or someone
+/// The thread renews the lease every `ttl / 3` (of the TTL the registry granted), and after
+/// a failed renewal (the registry unreachable) tries again every tenth of the TTL, at most
+/// half a second apart, until one succeeds. When a renewal finds the lease gone (it expired while the registry was unreachable, or someone
 /// deregistered it), the thread registers the instance again under a new lease. Dropping the
 /// handle stops the thread and deregisters the instance; [`Registration::deregister`] does the
 /// same and reports the outcome.
@@ -67,11 +68,19 @@ impl Registration {
         let beating = Arc::clone(&shared);
         let heartbeat = thread::Builder::new()
             .name("netrpc-heartbeat".to_owned())
-            .spawn(move || loop {
-                let interval = (beating.lease().ttl / 3).max(MIN_HEARTBEAT_INTERVAL);
-                match stopped.recv_timeout(interval) {
-                    Err(RecvTimeoutError::Timeout) => beating.beat(),
-                    Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+            .spawn(move || {
+                let mut last_beat_failed = false;
+                loop {
+                    let ttl = beating.lease().ttl;
+                    let interval = if last_beat_failed {
+                        retry_interval(ttl)
+                    } else {
+                        (ttl / 3).max(MIN_HEARTBEAT_INTERVAL)
+                    };
+                    match stopped.recv_timeout(interval) {
+                        Err(RecvTimeoutError::Timeout) => last_beat_failed = !beating.beat(),
+                        Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+                    }
                 }
             });
         match heartbeat {
@@ -159,32 +168,45 @@ struct Shared {
 /// The shortest heartbeat interval, so a tiny TTL cannot make the thread spin.
 const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1);
 
+/// The longest wait before a heartbeat that failed is tried again (etcd's own client retries
+/// a keep-alive after half a second).
+const MAX_RETRY_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How soon a failed heartbeat is tried again: a tenth of the TTL, at most half a second.
+/// Waiting the usual third could let the lease run out (two heartbeats missed in an outage
+/// shorter than the TTL leave the third to come just as it expires).
+fn retry_interval(ttl: Duration) -> Duration {
+    (ttl / 10).clamp(MIN_HEARTBEAT_INTERVAL, MAX_RETRY_INTERVAL)
+}
+
 impl Shared {
     fn lease(&self) -> Lease {
         *self.lease.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// One heartbeat: renew, or register again if the lease is gone.
-    fn beat(&self) {
+    /// One heartbeat: renew, or register again if the lease is gone. False if it failed.
+    fn beat(&self) -> bool {
         let lease = self.lease();
-        match self.registry.renew(lease) {
+        let done = match self.registry.renew(lease) {
             Ok(()) => {
                 self.renewals.fetch_add(1, Ordering::Relaxed);
+                true
             }
             Err(RegistryError::LeaseNotFound { .. }) => {
                 match self.registry.register(&self.instance, self.ttl) {
                     Ok(fresh) => {
                         *self.lease.lock().unwrap_or_else(PoisonError::into_inner) = fresh;
                         self.reregistrations.fetch_add(1, Ordering::Relaxed);
+                        true
                     }
-                    Err(_) => {
-                        self.failures.fetch_add(1, Ordering::Relaxed);
-                    }
+                    Err(_) => false,
                 }
             }
-            Err(_) => {
-                self.failures.fetch_add(1, Ordering::Relaxed);
-            }
+            Err(_) => false,
+        };
+        if !done {
+            self.failures.fetch_add(1, Ordering::Relaxed);
         }
+        done
     }
 }
