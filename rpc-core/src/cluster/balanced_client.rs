@@ -238,7 +238,12 @@ impl BalancedClient {
                     }
                 },
             };
+            // The dial may have taken what was left: a call sent now could still run on
+            // the server while its caller is told `Timeout`.
             let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(RpcError::Timeout { after: timeout });
+            }
             choice.counters.calls.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
             let result = client.call_timeout(method, args, remaining);
