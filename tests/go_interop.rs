@@ -811,6 +811,38 @@ fn fake_server(script: impl FnOnce(TcpStream) + Send + 'static) -> String {
     addr
 }
 
+#[test]
+fn a_call_to_a_server_that_reads_nothing_times_out_by_its_own_deadline() {
+    // Its request (16 MiB, more than the sockets' buffers hold) cannot all be written: the
+    // call must still end at its timeout (plus the time to encode it), not when the
+    // socket's write timeout (5 s) gives up on the server.
+    let addr = fake_server(|stream| {
+        thread::sleep(Duration::from_secs(6));
+        drop(stream);
+    });
+    let client = JsonRpcClient::builder()
+        .limits(FrameLimits {
+            max_body_len: 64 * 1024 * 1024,
+            frame_timeout: Some(Duration::from_secs(5)),
+            ..FrameLimits::default()
+        })
+        .dial(addr.as_str())
+        .unwrap();
+    let big = "x".repeat(16 * 1024 * 1024);
+    let started = Instant::now();
+    let err = client
+        .call_timeout::<_, String>("Misc.Echo", &big, Duration::from_millis(200))
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(err, RpcError::Timeout { .. }), "{err:?}");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    // Its bytes still wait, past `max_unsent_bytes` (4 MiB): the next call is refused unsent.
+    let next = client
+        .call_timeout::<_, String>("Misc.Echo", "small", Duration::from_millis(200))
+        .unwrap_err();
+    assert!(matches!(next, RpcError::Throttled), "{next:?}");
+}
+
 fn read_request(stream: &TcpStream) -> String {
     let mut line = String::new();
     BufReader::new(stream)

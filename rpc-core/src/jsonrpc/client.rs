@@ -2,13 +2,14 @@
 //! program running `jsonrpc.ServeConn`, or [`crate::Server::serve_jsonrpc`] (Go:
 //! `jsonrpc.Dial` and the `rpc.Client` it returns).
 //!
-//! Callers write whole requests under the connection's write lock; one reader thread per
-//! client reads responses and completes calls by id, in whatever order they come. It also
-//! fails `go` calls whose deadline has passed, checking every 100 ms; a blocking `call` waits
-//! with its own deadline.
+//! Callers queue whole requests for the client's writer thread (`write_queue.rs`), so a
+//! call keeps its own deadline even while the server reads slowly or not at all; one reader
+//! thread per client reads responses and completes calls by id, in whatever order they come.
+//! It also fails `go` calls whose deadline has passed, checking every 100 ms; a blocking
+//! `call` waits with its own deadline. Both threads share the one socket.
 
 use std::fmt;
-use std::io::{self, Write};
+use std::io;
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,12 +28,14 @@ use crate::call::Call;
 use crate::catch_panic::catch_panic;
 use crate::client_builder::{
     DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_PENDING_CALLS,
+    DEFAULT_MAX_UNSENT_BYTES,
 };
 use crate::error::RpcError;
 
 use super::client_pending::{Completer, PendingCall, PendingCalls};
 use super::message;
 use super::reader::{ReadError, ValueReader};
+use super::write_queue::WriteQueue;
 
 /// A client of Go's `net/rpc/jsonrpc` wire (Go: the `*rpc.Client` from `jsonrpc.Dial`).
 ///
@@ -46,7 +49,8 @@ use super::reader::{ReadError, ValueReader};
 /// other text [`RpcError::Method`].
 pub struct JsonRpcClient {
     shared: Arc<ClientShared>,
-    reader: Mutex<Option<JoinHandle<()>>>,
+    /// The reading and writing threads, joined on drop.
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// Builds a [`JsonRpcClient`] with non-default settings.
@@ -56,14 +60,16 @@ pub struct JsonRpcClientBuilder {
     connect_timeout: Duration,
     limits: FrameLimits,
     max_pending_calls: usize,
+    max_unsent_bytes: usize,
 }
 
-/// What the callers and the reader thread share.
+/// What the callers and the client's threads share.
 struct ClientShared {
-    /// The write half; the lock guards whole requests, written one at a time.
-    writer: Mutex<TcpStream>,
-    /// Another handle on the socket, to shut it down without waiting for a writer.
-    socket: TcpStream,
+    /// Requests waiting for the writer thread.
+    requests: Arc<WriteQueue>,
+    /// The socket both threads use, to shut it down without waiting for either.
+    socket: Arc<TcpStream>,
+    max_unsent_bytes: usize,
     pending: PendingCalls,
     next_id: AtomicU64,
     /// `close` was called: calls still pending end with `Shutdown`.
@@ -102,6 +108,14 @@ impl JsonRpcClientBuilder {
         self
     }
 
+    /// Most request bytes waiting to be written (default [`DEFAULT_MAX_UNSENT_BYTES`]): past
+    /// it, while the server reads slowly or not at all, a call fails at once with
+    /// [`RpcError::Throttled`], unsent.
+    pub fn max_unsent_bytes(mut self, bytes: usize) -> Self {
+        self.max_unsent_bytes = bytes;
+        self
+    }
+
     /// Connects to `addr` (Go: `jsonrpc.Dial("tcp", addr)`).
     ///
     /// # Errors
@@ -130,8 +144,8 @@ impl JsonRpcClientBuilder {
     ///
     /// # Errors
     ///
-    /// [`RpcError::Unreachable`] if the socket cannot be set up or the reader thread cannot
-    /// start.
+    /// [`RpcError::Unreachable`] if the socket cannot be set up or the client's threads
+    /// cannot start.
     pub fn connect_stream(self, stream: TcpStream) -> Result<JsonRpcClient, RpcError> {
         let peer = stream.peer_addr();
         let shown = peer
@@ -143,14 +157,14 @@ impl JsonRpcClientBuilder {
         };
         let peer_addr = peer.map_err(unreachable)?;
         let _ = stream.set_nodelay(true);
-        let write_half = stream.try_clone().map_err(unreachable)?;
-        let socket = stream.try_clone().map_err(unreachable)?;
-        write_half
+        stream
             .set_write_timeout(self.limits.frame_timeout)
             .map_err(unreachable)?;
+        let socket = Arc::new(stream);
         let shared = Arc::new(ClientShared {
-            writer: Mutex::new(write_half),
-            socket,
+            requests: Arc::new(WriteQueue::default()),
+            socket: Arc::clone(&socket),
+            max_unsent_bytes: self.max_unsent_bytes,
             pending: PendingCalls::new(self.max_pending_calls),
             next_id: AtomicU64::new(0),
             closing: AtomicBool::new(false),
@@ -160,19 +174,29 @@ impl JsonRpcClientBuilder {
             peer_addr,
         });
         let reader = ValueReader::new(
-            Arc::new(stream),
+            Arc::clone(&socket),
             self.limits.max_body_len,
             self.limits.frame_timeout,
         );
-        let reading = Arc::clone(&shared);
-        let thread = thread::Builder::new()
+        // Made first, so that a failure to start a thread closes it (its drop) and the
+        // other thread ends too.
+        let client = JsonRpcClient {
+            shared,
+            threads: Mutex::new(Vec::new()),
+        };
+        let reading = Arc::clone(&client.shared);
+        let reader = thread::Builder::new()
             .name("netrpc-jsonrpc-client".to_owned())
             .spawn(move || read_responses(&reading, reader))
             .map_err(unreachable)?;
-        Ok(JsonRpcClient {
-            shared,
-            reader: Mutex::new(Some(thread)),
-        })
+        client.lock_threads().push(reader);
+        let requests = Arc::clone(&client.shared.requests);
+        let writer = thread::Builder::new()
+            .name("netrpc-jsonrpc-client-write".to_owned())
+            .spawn(move || requests.write_to(&socket))
+            .map_err(unreachable)?;
+        client.lock_threads().push(writer);
+        Ok(client)
     }
 }
 
@@ -183,6 +207,7 @@ impl Default for JsonRpcClientBuilder {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             limits: FrameLimits::default(),
             max_pending_calls: DEFAULT_MAX_PENDING_CALLS,
+            max_unsent_bytes: DEFAULT_MAX_UNSENT_BYTES,
         }
     }
 }
@@ -281,6 +306,7 @@ impl JsonRpcClient {
     /// ones (Go: `Client.Close`). Idempotent.
     pub fn close(&self) {
         self.shared.closing.store(true, Ordering::SeqCst);
+        self.shared.requests.finish();
         let _ = self.shared.socket.shutdown(Shutdown::Both);
     }
 
@@ -305,7 +331,7 @@ impl JsonRpcClient {
         self.shared.discarded_replies.load(Ordering::Relaxed)
     }
 
-    /// Registers the call and writes its request; returns its id.
+    /// Registers the call and queues its request for the writer; returns its id.
     fn start<A: Serialize + ?Sized>(
         &self,
         method: &str,
@@ -330,16 +356,19 @@ impl JsonRpcClient {
             timeout,
             complete,
         };
+        // The server reads slowly or not at all: refuse rather than queue without bound.
+        if shared.requests.queued_bytes() > shared.max_unsent_bytes {
+            return Err(RpcError::Throttled);
+        }
         // Registered before it is written, so the response cannot arrive first.
         shared.pending.insert(id, call)?;
-        let mut writer = shared.writer.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(err) = writer.write_all(&request) {
-            // Perhaps half written: the stream is broken. The reader ends the other calls.
-            let _ = writer.shutdown(Shutdown::Both);
-            drop(writer);
+        if !shared.requests.push(request) {
+            // A write failed (the reader ends the other calls) or the client is closing.
             shared.pending.remove(id);
-            let cause = Some(TransportError::Io(Arc::new(err)));
-            return Err(RpcError::ConnectionLost { cause });
+            return Err(match shared.closing.load(Ordering::SeqCst) {
+                true => RpcError::Shutdown,
+                false => RpcError::ConnectionLost { cause: None },
+            });
         }
         Ok(id)
     }
@@ -354,16 +383,18 @@ impl fmt::Debug for JsonRpcClient {
     }
 }
 
+impl JsonRpcClient {
+    fn lock_threads(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
+        // A list of handles: a poisoned lock still holds them all.
+        self.threads.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 impl Drop for JsonRpcClient {
     fn drop(&mut self) {
         self.close();
-        let reader = self
-            .reader
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(reader) = reader {
-            let _ = reader.join();
+        for thread in self.lock_threads().drain(..) {
+            let _ = thread.join();
         }
     }
 }
@@ -390,6 +421,7 @@ fn read_responses(shared: &ClientShared, mut reader: ValueReader) {
         shared.pending.fail_expired(Instant::now());
     };
     reader.shutdown();
+    shared.requests.finish();
     let closed_here = shared.closing.load(Ordering::SeqCst);
     shared.pending.end(|| match closed_here {
         true => RpcError::Shutdown,

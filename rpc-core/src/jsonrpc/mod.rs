@@ -35,10 +35,10 @@ mod client;
 mod client_pending;
 mod message;
 mod reader;
-mod reply_queue;
 mod server;
 mod server_conn;
 mod stream;
+mod write_queue;
 
 pub use client::{JsonRpcClient, JsonRpcClientBuilder};
 pub use server::JsonRpcHandle;

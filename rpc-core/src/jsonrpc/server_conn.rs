@@ -2,7 +2,7 @@
 //! handlers run on the server's worker pool inside the server's middleware (as every native
 //! call does, with its `CallContext` current and its method's counters kept), and each
 //! finished call queues its whole response for the connection's writer thread
-//! (`reply_queue.rs`), so responses leave in any order and no worker waits for the peer.
+//! (`write_queue.rs`), so responses leave in any order and no worker waits for the peer.
 //!
 //! The reading and writing threads block on the socket, as Go's goroutines per connection
 //! do; the server's `max_connections` bounds how many there are. What a peer sends is
@@ -44,7 +44,7 @@ use crate::stats::StatsCounters;
 
 use super::message::{self, Params, NULL};
 use super::reader::{ReadError, ValueReader};
-use super::reply_queue::ReplyQueue;
+use super::write_queue::WriteQueue;
 
 /// Serves jsonrpc requests read from `stream` until the peer leaves, the connection breaks a
 /// rule, or `stop` is set (and the socket shut down by whoever set it). The reading and
@@ -69,7 +69,7 @@ pub(crate) fn serve(
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let conn = JsonConn {
         server,
-        replies: Arc::new(ReplyQueue::default()),
+        replies: Arc::new(WriteQueue::default()),
         calls: Arc::new(CallsInFlight::default()),
         peer,
         requests_read: AtomicU64::new(0),
@@ -98,7 +98,7 @@ pub(crate) fn serve(
 /// What the reading thread and the calls of one connection share.
 struct JsonConn {
     server: Arc<ServerShared>,
-    replies: Arc<ReplyQueue>,
+    replies: Arc<WriteQueue>,
     calls: Arc<CallsInFlight>,
     /// The peer, for each call's [`CallContext`].
     peer: SocketAddr,
@@ -117,7 +117,7 @@ struct CallsInFlight {
 /// A request admitted for dispatch, carried to the worker that runs it.
 struct JsonCall {
     server: Arc<ServerShared>,
-    replies: Arc<ReplyQueue>,
+    replies: Arc<WriteQueue>,
     calls: Arc<CallsInFlight>,
     found: FoundMethod,
     /// What middleware and the handler see of the call (`CallContext::current`).

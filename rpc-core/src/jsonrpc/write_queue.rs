@@ -1,14 +1,15 @@
-//! The responses of one jsonrpc connection on their way out: the calls' workers queue whole
-//! responses and go back to the pool at once; the connection's own writer thread writes
-//! them; its reading thread waits while too many bytes wait unread.
+//! Whole jsonrpc messages on their way out of one connection: the threads that make them
+//! queue them and go on at once; the connection's own writer thread writes them.
 //!
-//! A worker that wrote its response itself would block in the write while the peer reads
-//! nothing (for up to the frame timeout per system call, and a peer reading a little now and
-//! then restarts that clock), and every other worker finishing a call of that connection
-//! would queue behind it: one connection asking for large replies it never reads could hold
-//! the whole pool, every other connection's calls waiting. Here only the connection's two
-//! threads wait for its peer, and what waits in memory is bounded by the server's
-//! `max_queued_bytes` plus the calls in flight when it was reached.
+//! On the server the messages are responses: a worker that wrote its response itself would
+//! block in the write while the peer reads nothing (for up to the frame timeout per system
+//! call, and a peer reading a little now and then restarts that clock), and every other
+//! worker finishing a call of that connection would queue behind it: one connection asking
+//! for large replies it never reads could hold the whole pool. Its reading thread waits
+//! while more than the server's `max_queued_bytes` wait here. On the client they are
+//! requests: a caller that wrote its request itself could not keep its own deadline while
+//! the server reads slowly; it refuses a call while more than `max_unsent_bytes` wait.
+//! Either way only the connection's own threads wait for its peer.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -21,40 +22,45 @@ use bytes::BytesMut;
 
 /// The queue (see the module doc).
 #[derive(Debug, Default)]
-pub(crate) struct ReplyQueue {
+pub(crate) struct WriteQueue {
     state: Mutex<QueueState>,
-    /// Signalled when a response is queued, when one has been written, and at the end.
+    /// Signalled when a message is queued, when one has been written, and at the end.
     changed: Condvar,
 }
 
 #[derive(Debug, Default)]
 struct QueueState {
-    replies: VecDeque<BytesMut>,
+    messages: VecDeque<BytesMut>,
     /// Bytes queued or being written.
     bytes: usize,
-    /// No response will be queued any more: the writer ends once the queue is empty.
+    /// No message will be queued any more: the writer ends once the queue is empty.
     finishing: bool,
     /// A write failed (the socket is shut down): nothing more is written.
     failed: bool,
 }
 
-impl ReplyQueue {
-    /// Queues one whole response for the writer. False if it will never be written (a write
-    /// failed, or the connection is ending): the caller counts it dropped.
-    pub(crate) fn push(&self, response: BytesMut) -> bool {
+impl WriteQueue {
+    /// Queues one whole message for the writer. False if it will never be written (a write
+    /// failed, or the connection is ending).
+    pub(crate) fn push(&self, message: BytesMut) -> bool {
         let mut state = self.lock();
         if state.failed || state.finishing {
             return false;
         }
-        state.bytes += response.len();
-        state.replies.push_back(response);
+        state.bytes += message.len();
+        state.messages.push_back(message);
         drop(state);
         self.changed.notify_all();
         true
     }
 
+    /// Bytes queued or being written.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
     /// Blocks while more than `cap` bytes wait to be written, until `stop` is set or a write
-    /// fails: the reading thread asks before each request.
+    /// fails: the server's reading thread asks before each request.
     pub(crate) fn wait_at_most(&self, cap: usize, stop: &AtomicBool) {
         let mut state = self.lock();
         while state.bytes > cap && !state.failed && !stop.load(Ordering::SeqCst) {
@@ -66,40 +72,40 @@ impl ReplyQueue {
         }
     }
 
-    /// No more responses: the writer writes what is queued, then ends.
+    /// No more messages: the writer writes what is queued, then ends.
     pub(crate) fn finish(&self) {
         self.lock().finishing = true;
         self.changed.notify_all();
     }
 
-    /// The writer thread's work: writes queued responses to `stream`, in the order queued,
-    /// until [`ReplyQueue::finish`] and an empty queue, or a write fails (the socket is then
+    /// The writer thread's work: writes queued messages to `stream`, in the order queued,
+    /// until [`WriteQueue::finish`] and an empty queue, or a write fails (the socket is then
     /// shut down both ways, so the reading thread stops too).
     pub(crate) fn write_to(&self, stream: &TcpStream) {
         loop {
             let batch = {
                 let mut state = self.lock();
-                while state.replies.is_empty() && !state.finishing && !state.failed {
+                while state.messages.is_empty() && !state.finishing && !state.failed {
                     state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
                 }
-                if state.replies.is_empty() || state.failed {
+                if state.messages.is_empty() || state.failed {
                     return;
                 }
-                std::mem::take(&mut state.replies)
+                std::mem::take(&mut state.messages)
             };
-            for response in batch {
+            for message in batch {
                 let mut stream = stream;
-                if stream.write_all(&response).is_err() {
+                if stream.write_all(&message).is_err() {
                     let _ = stream.shutdown(Shutdown::Both);
                     let mut state = self.lock();
                     state.failed = true;
-                    state.replies.clear();
+                    state.messages.clear();
                     state.bytes = 0;
                     drop(state);
                     self.changed.notify_all();
                     return;
                 }
-                self.lock().bytes -= response.len();
+                self.lock().bytes -= message.len();
                 self.changed.notify_all();
             }
         }
@@ -130,9 +136,9 @@ mod tests {
     }
 
     #[test]
-    fn responses_are_written_in_order_and_the_writer_ends_after_finish() {
+    fn messages_are_written_in_order_and_the_writer_ends_after_finish() {
         let (ours, mut peer) = pair();
-        let queue = Arc::new(ReplyQueue::default());
+        let queue = Arc::new(WriteQueue::default());
         let writer = {
             let queue = Arc::clone(&queue);
             thread::spawn(move || queue.write_to(&ours))
@@ -154,7 +160,7 @@ mod tests {
     fn a_failed_write_drops_the_queue_and_releases_a_waiting_reader() {
         let (ours, peer) = pair();
         drop(peer);
-        let queue = Arc::new(ReplyQueue::default());
+        let queue = Arc::new(WriteQueue::default());
         let writer = {
             let queue = Arc::clone(&queue);
             thread::spawn(move || queue.write_to(&ours))
