@@ -122,15 +122,18 @@ impl WatchSlot {
         })
     }
 
-    /// Replaces the snapshot and wakes the watcher, unless `instances` equals the current one.
-    pub(crate) fn publish(&self, mut instances: Vec<Instance>) {
+    /// Replaces the snapshot and wakes the watcher, unless `instances` equals the current one;
+    /// true if it was different.
+    pub(crate) fn publish(&self, mut instances: Vec<Instance>) -> bool {
         instances.sort();
         let mut state = self.lock();
-        if state.instances != instances {
-            state.instances = instances;
-            state.version += 1;
-            self.changed.notify_all();
+        if state.instances == instances {
+            return false;
         }
+        state.instances = instances;
+        state.version += 1;
+        self.changed.notify_all();
+        true
     }
 
     /// Marks the slot closed: its watcher's next wait returns [`RegistryError::Closed`].

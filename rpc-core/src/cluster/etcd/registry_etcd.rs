@@ -18,13 +18,18 @@
 //! milliseconds on a LAN. Expiry is etcd's: a lease is revoked by etcd's own checker, which
 //! runs every 500 ms, so an instance is gone between TTL and TTL + 0.5 s after its last
 //! renewal. If the stream breaks (etcd restarting), the thread retries every 250 ms, lists
-//! again, and the watcher keeps its last snapshot meanwhile. The thread ends within 250 ms
-//! of its [`Watcher`] being dropped.
+//! again, and the watcher keeps its last snapshot meanwhile. A stream that goes silent
+//! without breaking (a half-open connection) cannot be told from a quiet one, so the thread
+//! also lists every `RELIST_EVERY` (5 s) and, if the list changed without an event, opens
+//! a new stream: a change reaches the watcher within that much, whatever the network did.
+//! The thread ends within 250 ms of its [`Watcher`] being dropped, or within one HTTP
+//! timeout if it is in the middle of a request then.
 
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use rpc_transport::clock::deadline_after;
 use serde_json::{json, Value};
 
 use super::base64;
@@ -55,6 +60,8 @@ pub const DEFAULT_ETCD_PREFIX: &str = "/netrpc/services/";
 pub struct EtcdRegistry {
     http: HttpClient,
     prefix: String,
+    /// How often a watch reads the list itself, stream or no stream (`RELIST_EVERY`).
+    relist_every: Duration,
 }
 
 impl EtcdRegistry {
@@ -63,6 +70,7 @@ impl EtcdRegistry {
         EtcdRegistry {
             http: HttpClient::new(addr),
             prefix: DEFAULT_ETCD_PREFIX.to_owned(),
+            relist_every: RELIST_EVERY,
         }
     }
 
@@ -160,7 +168,20 @@ impl EtcdRegistry {
             });
         }
         let mut lines = Vec::new();
+        let mut relist_at = deadline_after(Instant::now(), self.relist_every);
         while slot.has_watcher() {
+            if Instant::now() >= relist_at {
+                // A stream over a half-open connection (a partition, a host gone without a
+                // reset) says nothing, and nothing here could tell it from a quiet one: the
+                // list itself, read now and then, can. A change the stream did not bring
+                // means it is dead: publish it and open a new one.
+                let (instances, now) = self.list_at(service)?;
+                relist_at = deadline_after(Instant::now(), self.relist_every);
+                if slot.publish(instances) {
+                    *revision = now.max(*revision);
+                    return Err(malformed("the watch stream missed a change"));
+                }
+            }
             let data = match stream.next_data(WATCH_RETRY) {
                 Ok(StreamEvent::Data(data)) => data,
                 Ok(StreamEvent::Idle) => continue,
@@ -332,6 +353,9 @@ fn lease_seconds(ttl: Duration) -> u64 {
 /// TTL with "too large lease TTL".
 const MAX_LEASE_TTL_SECS: u64 = 9_000_000_000;
 
+/// How often a watch thread lists the service itself, to catch a stream gone silent.
+const RELIST_EVERY: Duration = Duration::from_secs(5);
+
 /// How often a watch thread checks that its watcher still exists, and waits before
 /// reconnecting after the stream broke.
 const WATCH_RETRY: Duration = Duration::from_millis(250);
@@ -348,6 +372,71 @@ mod tests {
         assert_eq!(lease_seconds(Duration::from_millis(1500)), 2);
         assert_eq!(lease_seconds(Duration::from_nanos(1)), 1);
         assert_eq!(lease_seconds(Duration::MAX), MAX_LEASE_TTL_SECS);
+    }
+
+    /// A loopback stand-in for etcd's gateway: `/v3/kv/range` answers `listed`, at a revision
+    /// one higher each time; `/v3/watch` answers that the watch was created, then says
+    /// nothing more, as a stream over a half-open connection would.
+    fn silent_watch_etcd(listed: Arc<std::sync::Mutex<Vec<Instance>>>) -> String {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr").to_string();
+        thread::spawn(move || {
+            let mut revision = 10;
+            for conn in listener.incoming().take(64) {
+                let Ok(mut conn) = conn else { return };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if request.starts_with(b"POST /v3/watch") {
+                    let created = "{\"result\":{\"header\":{},\"created\":true}}\n";
+                    let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+                    let chunk = format!("{:x}\r\n{created}\r\n", created.len());
+                    let _ = conn.write_all(format!("{head}{chunk}").as_bytes());
+                    thread::spawn(move || {
+                        thread::sleep(Duration::from_secs(10));
+                        drop(conn);
+                    });
+                    continue;
+                }
+                revision += 1;
+                let kvs: Vec<Value> = listed
+                    .lock()
+                    .expect("lock")
+                    .iter()
+                    .map(|instance| {
+                        let value = serde_json::to_vec(instance).expect("encode");
+                        json!({ "value": base64::encode(&value) })
+                    })
+                    .collect();
+                let body = json!({ "header": { "revision": revision.to_string() }, "kvs": kvs });
+                let body = body.to_string();
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(answer.as_bytes());
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn a_watch_whose_stream_went_silent_still_sees_changes_by_listing_again() {
+        let listed = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut registry = EtcdRegistry::new(silent_watch_etcd(Arc::clone(&listed)));
+        registry.relist_every = Duration::from_millis(300);
+        let mut watcher = registry.watch("Arith").expect("watch");
+        assert!(watcher.current().is_empty());
+        let instance = Instance::new("Arith", "127.0.0.1:9000");
+        listed.lock().expect("lock").push(instance.clone());
+        let seen = watcher.changed(Duration::from_secs(3)).expect("open");
+        assert_eq!(seen, Some(vec![instance]));
     }
 
     #[test]
