@@ -405,6 +405,47 @@ fn a_handshake_that_stalls_is_closed_after_the_frame_timeout() {
 }
 
 #[test]
+fn half_a_tls_record_then_silence_is_closed_after_the_frame_timeout() {
+    let pki = Pki::new();
+    let limits = FrameLimits {
+        frame_timeout: Some(Duration::from_millis(300)),
+        ..FrameLimits::default()
+    };
+    let server = pki.serve(
+        false,
+        Server::builder().limits(limits).first_frame_timeout(None),
+    );
+    let config = tls::client_config(pki.ca.roots().unwrap(), None).unwrap();
+    let name = tls::ServerName::try_from("localhost").unwrap();
+    let mut conn = rustls::ClientConnection::new(config, name).unwrap();
+    let mut raw = TcpStream::connect(server.addr()).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut raw).unwrap();
+    }
+    // A whole frame, encrypted, of which only the record header and a few bytes are sent:
+    // the frame has begun, inside TLS, and the frame timeout holds it as any other.
+    let mut frame = bytes::BytesMut::new();
+    Frame::new(FrameKind::Ping, 7)
+        .encode(&mut frame, &FrameLimits::default())
+        .unwrap();
+    conn.writer().write_all(&frame).unwrap();
+    let mut record = Vec::new();
+    conn.write_tls(&mut record).unwrap();
+    raw.write_all(&record[..10]).unwrap();
+    let started = Instant::now();
+    assert_closed_by_peer(&mut raw);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(4),
+        "closed after {waited:?}, expected about 300 ms"
+    );
+    wait_until("the frame timeout counted", Duration::from_secs(5), || {
+        server.server.stats().frame_timeouts == 1
+    });
+}
+
+#[test]
 fn garbage_bytes_close_the_connection_and_count_a_tls_error() {
     let pki = Pki::new();
     let server = pki.serve(false, Server::builder());

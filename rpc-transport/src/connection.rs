@@ -27,13 +27,12 @@ use bytes::BytesMut;
 use mio::net::TcpStream;
 
 use crate::clock::deadline_after;
-use crate::decoder::FrameDecoder;
 use crate::error::TransportError;
 use crate::frame::Frame;
 use crate::handler::CloseReason;
 use crate::limits::FrameLimits;
 use crate::loop_handle::{Command, ConnCommand, ConnKey, LoopHandle};
-use crate::read_turn::{OnFrame, ReadHere, ReadSide, LOOP_TURN_WAIT};
+use crate::read_turn::{Inbox, OnFrame, ReadHere, ReadSide, LOOP_TURN_WAIT};
 use crate::tls::session::TlsLayer;
 
 /// A cheap, cloneable handle to one connection owned by an event loop.
@@ -450,8 +449,8 @@ impl Connection {
         let had_poller = self.shared.read.has_caller_poller();
         let unwinding = LoopReadsOnUnwind(self);
         let mut tls_records = false;
-        let mut feed = |bytes: &[u8], decoder: &mut FrameDecoder| {
-            tls_records |= self.handle_read(bytes, decoder)?;
+        let mut feed = |bytes: &[u8], inbox: &mut Inbox| {
+            tls_records |= self.handle_read(bytes, inbox)?;
             Ok(())
         };
         let (outcome, loop_must_read) = self.shared.read.read_here(
@@ -650,9 +649,10 @@ impl Connection {
         }
     }
 
-    /// Loop side: hands bytes read from the socket to `decoder`, through TLS on a TLS
-    /// connection. Returns true if TLS queued records to send (handshake messages, alerts):
-    /// the loop then writes them with [`Connection::flush_now`], since no send may come.
+    /// Loop side (or a reading caller's): hands bytes read from the socket to the inbox's
+    /// decoder, through TLS on a TLS connection (noting whether TLS now holds part of a
+    /// record). Returns true if TLS queued records to send (handshake messages, alerts): the
+    /// loop then writes them with [`Connection::flush_now`], since no send may come.
     ///
     /// # Errors
     ///
@@ -660,19 +660,21 @@ impl Connection {
     pub(crate) fn handle_read(
         &self,
         bytes: &[u8],
-        decoder: &mut FrameDecoder,
+        inbox: &mut Inbox,
     ) -> Result<bool, TransportError> {
         let Some(tls) = &self.shared.tls else {
-            decoder.handle_bytes(bytes);
+            inbox.decoder.handle_bytes(bytes);
             return Ok(false);
         };
         let mut session = tls.lock();
         let (result, queued) = {
             let mut out = self.lock_out();
             let before = out.buf.len();
-            let result = session.handle_ciphertext(bytes, decoder, &mut out.buf);
+            let result = session.handle_ciphertext(bytes, &mut inbox.decoder, &mut out.buf);
             (result, out.buf.len() > before)
         };
+        // During the handshake its own deadline holds the peer to time.
+        inbox.tls_mid_record = session.is_mid_record() && !session.is_handshaking();
         drop(session);
         let progress = result?; // the loop closes the connection, which wakes the waiters
         if progress.settled {

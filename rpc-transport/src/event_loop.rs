@@ -396,7 +396,7 @@ impl EventLoop {
                     Ok(n) => {
                         bytes_read = true;
                         read_this_turn += n;
-                        match conn.handle_read(&self.scratch[..n], &mut inbox.decoder) {
+                        match conn.handle_read(&self.scratch[..n], &mut inbox) {
                             Ok(queued) => tls_records |= queued,
                             Err(err) => break ReadOutcome::TlsFailed(err),
                         }
@@ -482,7 +482,7 @@ impl EventLoop {
         let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
             return;
         };
-        if !slot.conn.read_side().inbox().decoder.is_mid_frame() {
+        if !slot.conn.read_side().inbox().is_mid_message() {
             slot.frame_clock.stop();
             return;
         }

@@ -79,6 +79,17 @@ pub(crate) struct Inbox {
     pub(crate) decoder: FrameDecoder,
     /// How a caller's turn ended that only the loop can act on.
     pub(crate) handed_back: Option<HandedBack>,
+    /// TLS holds part of a record (`tls/record_cursor.rs`): a frame may have begun that the
+    /// decoder has not seen yet.
+    pub(crate) tls_mid_record: bool,
+}
+
+impl Inbox {
+    /// True while part of a message has arrived but not all of it: a frame the decoder
+    /// holds part of, or a TLS record that has begun.
+    pub(crate) fn is_mid_message(&self) -> bool {
+        self.tls_mid_record || self.decoder.is_mid_frame()
+    }
 }
 
 /// What a caller met and left for the loop.
@@ -97,7 +108,7 @@ pub(crate) enum HandedBack {
 /// Turns bytes read from the socket into decoder input: plaintext goes straight in, TLS
 /// records are decrypted first (`Connection::handle_read`). An error is TLS refusing the
 /// bytes: the connection must close.
-pub(crate) type Feed<'a> = dyn FnMut(&[u8], &mut FrameDecoder) -> Result<(), TransportError> + 'a;
+pub(crate) type Feed<'a> = dyn FnMut(&[u8], &mut Inbox) -> Result<(), TransportError> + 'a;
 
 /// Takes each whole frame a turn reads; `Break` ends the turn early, leaving the rest (in the
 /// decoder and the socket) for the loop.
@@ -141,6 +152,7 @@ impl ReadSide {
             inbox: Mutex::new(Inbox {
                 decoder: FrameDecoder::new(limits),
                 handed_back: None,
+                tls_mid_record: false,
             }),
             caller_poll: OnceLock::new(),
             busy_poll_nanos: AtomicU64::new(0),
@@ -280,7 +292,7 @@ impl ReadSide {
                     return (outcome, true);
                 }
             }
-            if self.inbox().decoder.is_mid_frame() {
+            if self.inbox().is_mid_message() {
                 hand_back = true; // half a frame: the loop's, with its frame timeout
                 break;
             }
@@ -318,7 +330,7 @@ impl ReadSide {
     /// decoder holds part of a frame.
     fn left_to_loop(&self) -> bool {
         let inbox = self.inbox();
-        inbox.handed_back.is_some() || inbox.decoder.is_mid_frame()
+        inbox.handed_back.is_some() || inbox.is_mid_message()
     }
 
     /// Gives the caller's turn back; if the loop saw readiness meanwhile, takes the turn once
@@ -342,7 +354,7 @@ impl ReadSide {
             let hand_back = match self.drain(stream, on_frame, feed) {
                 Drain::Frames(count) => {
                     *delivered += count;
-                    self.inbox().decoder.is_mid_frame()
+                    self.inbox().is_mid_message()
                 }
                 Drain::HandBack(count) | Drain::Stopped(count) => {
                     *delivered += count;
@@ -398,7 +410,7 @@ impl ReadSide {
                 }
                 Ok(n) => {
                     read += n;
-                    if let Err(err) = feed(&chunk[..n], &mut inbox.decoder) {
+                    if let Err(err) = feed(&chunk[..n], &mut inbox) {
                         inbox.handed_back = Some(HandedBack::TlsFailed(err));
                         return Drain::HandBack(delivered);
                     }
@@ -650,8 +662,8 @@ mod tests {
     }
 
     /// A plaintext connection's feed: bytes go straight to the decoder.
-    fn plain(bytes: &[u8], decoder: &mut FrameDecoder) -> Result<(), TransportError> {
-        decoder.handle_bytes(bytes);
+    fn plain(bytes: &[u8], inbox: &mut Inbox) -> Result<(), TransportError> {
+        inbox.decoder.handle_bytes(bytes);
         Ok(())
     }
 

@@ -48,6 +48,7 @@ use rustls::server::WebPkiClientVerifier;
 
 use crate::error::TransportError;
 
+pub(crate) mod record_cursor;
 pub(crate) mod session;
 
 /// What a client needs to open TLS on a connection: its rustls configuration and the name

@@ -15,6 +15,7 @@ use crate::clock::deadline_after;
 use crate::decoder::FrameDecoder;
 use crate::error::TransportError;
 use crate::handler::CloseReason;
+use crate::tls::record_cursor::RecordCursor;
 
 /// A connection's TLS session behind its lock, and the handshake's condition.
 #[derive(Debug)]
@@ -97,6 +98,8 @@ pub(crate) struct TlsSession {
     /// Plaintext accepted during the handshake: rustls holds it, and sends it when the
     /// handshake finishes. Counted in the connection's queued bytes meanwhile.
     early_len: usize,
+    /// Where the peer's records stand: a record begun and not ended is a message arriving.
+    cursor: RecordCursor,
     /// The handshake is over as the peer sees it too: it can no longer refuse this side.
     settled: bool,
     /// Why the handshake failed: set as the connection closes before it settled.
@@ -118,6 +121,7 @@ impl TlsSession {
         TlsSession {
             conn,
             early_len: 0,
+            cursor: RecordCursor::default(),
             settled: false,
             failure: None,
         }
@@ -130,6 +134,11 @@ impl TlsSession {
     /// Plaintext accepted before the handshake finished and not yet sent.
     pub(crate) fn early_len(&self) -> usize {
         self.early_len
+    }
+
+    /// True while the peer has sent part of a TLS record and not the rest.
+    pub(crate) fn is_mid_record(&self) -> bool {
+        self.cursor.is_mid_record()
     }
 
     /// Encrypts `plaintext` and appends the records to `out`. During the handshake rustls
@@ -180,9 +189,13 @@ impl TlsSession {
         let mut records_after_handshake = false;
         while !bytes.is_empty() {
             // rustls takes at most a few KiB per call: feed, process, drain, repeat.
+            let offered = bytes;
             match self.conn.read_tls(&mut bytes) {
                 Ok(0) => break, // after the peer's close_notify: nothing more is read
-                Ok(_) => records_after_handshake |= !self.conn.is_handshaking(),
+                Ok(taken) => {
+                    self.cursor.advance(&offered[..taken]);
+                    records_after_handshake |= !self.conn.is_handshaking();
+                }
                 Err(err) => {
                     result = Err(rustls::Error::General(err.to_string()));
                     break;
