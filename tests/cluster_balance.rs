@@ -423,3 +423,32 @@ fn every_endpoints_client_is_dialed_with_the_given_client_settings() {
     }
     assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 4);
 }
+
+#[test]
+fn an_endpoint_that_only_times_out_is_set_aside_after_a_few() {
+    // A host that accepts and then says nothing (hung, or its replies lost): every call
+    // routed there costs the whole timeout, so it must stop being picked.
+    let good = start_worker("good", Duration::ZERO);
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let hold = thread::spawn(move || {
+        let held: Vec<_> = silent.incoming().take(4).collect();
+        thread::sleep(Duration::from_secs(10));
+        drop(held);
+    });
+    let client = BalancedClient::builder()
+        .balancer(RoundRobin::new())
+        .call_timeout(Duration::from_millis(200))
+        .build(vec![
+            Endpoint::new(good.local_addr().to_string()),
+            Endpoint::new(silent_addr.to_string()),
+        ]);
+    let timeouts = (0..20)
+        .filter(|i| {
+            let outcome = client.call::<_, TaskReply>("WorkerService.DoTask", &task(*i));
+            matches!(outcome, Err(RpcError::Timeout { .. }))
+        })
+        .count();
+    assert!(timeouts <= 3, "{timeouts} of 20 calls timed out");
+    drop(hold);
+}

@@ -14,7 +14,8 @@
 //!     ├─ Unreachable / ShuttingDown ─ mark B down ─► try another endpoint
 //!     ├─ Throttled / connection already closed ───► try another endpoint
 //!     └─ ConnectionLost / Timeout ─── may have run ─► return it (ConnectionLost: mark B down;
-//!                                                  tried elsewhere only if `idempotent`)
+//!                                                  tried elsewhere only if `idempotent`;
+//!                                                  a third Timeout in a row: mark B down)
 //! ```
 //!
 //! Which errors move a call: those where the server cannot have run it. `Unreachable` (the
@@ -23,7 +24,8 @@
 //! already ended before the call was sent. `ConnectionLost` and `Timeout` are retryable in
 //! [`RpcError::is_retryable`]'s sense but the call **may have run**: a `ConnectionLost` call is
 //! moved only when the client is built with [`BalancedClientBuilder::idempotent`], and a
-//! `Timeout` never is, since the call's whole deadline is spent.
+//! `Timeout` never is, since the call's whole deadline is spent. An endpoint whose calls time
+//! out [`TIMEOUTS_BEFORE_DOWN`] times in a row is set aside as one whose connection was lost.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -48,6 +50,11 @@ pub const DEFAULT_DOWN_FOR: Duration = Duration::from_secs(2);
 
 /// Default most endpoints one call is tried on: 3.
 pub const DEFAULT_MAX_ATTEMPTS: usize = 3;
+
+/// Calls timed out in a row, with no answer between, that set an endpoint aside for
+/// `down_for` and drop its connection: a host that accepts and then says nothing would
+/// otherwise cost every call routed there its whole timeout until TCP gives up (minutes).
+pub const TIMEOUTS_BEFORE_DOWN: u64 = 3;
 
 /// A client over a list of endpoints that picks one per call with a [`Balancer`] and fails
 /// over between them.
@@ -142,6 +149,8 @@ struct Counters {
     in_flight: AtomicUsize,
     calls: AtomicU64,
     failures: AtomicU64,
+    /// Calls that timed out since the endpoint last answered one.
+    timeouts_in_a_row: AtomicU64,
 }
 
 /// The endpoint picked for one attempt. Holds one unit of its `in_flight` until dropped.
@@ -250,6 +259,10 @@ impl BalancedClient {
             let elapsed = started.elapsed();
             let err = match result {
                 Ok(reply) => {
+                    choice
+                        .counters
+                        .timeouts_in_a_row
+                        .store(0, Ordering::Relaxed);
                     shared.record(&choice.addr, elapsed);
                     return Ok(reply);
                 }
@@ -258,7 +271,28 @@ impl BalancedClient {
             if !err.is_method_error() {
                 choice.counters.failures.fetch_add(1, Ordering::Relaxed);
             }
-            let verdict = Verdict::of(&err, shared.settings.idempotent);
+            let mut verdict = Verdict::of(&err, shared.settings.idempotent);
+            if matches!(err, RpcError::Timeout { .. }) {
+                let in_a_row = choice
+                    .counters
+                    .timeouts_in_a_row
+                    .fetch_add(1, Ordering::Relaxed);
+                if in_a_row + 1 >= TIMEOUTS_BEFORE_DOWN {
+                    // Hung, or its replies lost: set it aside like a lost connection (the
+                    // call itself still ends here, since it may have run).
+                    choice
+                        .counters
+                        .timeouts_in_a_row
+                        .store(0, Ordering::Relaxed);
+                    verdict.mark_down = true;
+                    verdict.drop_connection = true;
+                }
+            } else if verdict.record_latency {
+                choice
+                    .counters
+                    .timeouts_in_a_row
+                    .store(0, Ordering::Relaxed);
+            }
             if verdict.record_latency {
                 shared.record(&choice.addr, elapsed);
             }

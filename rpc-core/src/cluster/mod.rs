@@ -41,6 +41,7 @@ pub use balance::{
 };
 pub use balanced_client::{
     BalancedClient, BalancedClientBuilder, EndpointStats, DEFAULT_DOWN_FOR, DEFAULT_MAX_ATTEMPTS,
+    TIMEOUTS_BEFORE_DOWN,
 };
 pub use breaker::{Breaker, BreakerPolicy, BreakerState, Permit, MAX_BREAKER_WINDOW};
 pub use discovery::{Discovery, DISCOVERY_STOP_CHECK};
