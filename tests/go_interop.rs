@@ -156,7 +156,8 @@ fn strict_server() -> Server {
         .build()
 }
 
-/// `Misc.Fill(n)` returns a string of `n` bytes; `Misc.Panic(text)` panics with it.
+/// `Misc.Fill(n)` returns a string of `n` bytes; `Misc.Panic(text)` panics with it;
+/// `Misc.Sleep(ms)` returns `ms` after sleeping that long.
 struct Misc;
 
 impl Service for Misc {
@@ -166,6 +167,10 @@ impl Service for Misc {
         let mut table = MethodTable::new();
         table.add("Fill", |len: usize| {
             Ok::<_, netrpc::ServiceError>("x".repeat(len))
+        });
+        table.add("Sleep", |ms: u64| {
+            thread::sleep(Duration::from_millis(ms));
+            Ok::<_, netrpc::ServiceError>(ms)
         });
         table.add(
             "Panic",
@@ -400,6 +405,40 @@ fn shutdown_closes_jsonrpc_connections_and_later_calls_fail_with_shutdown() {
         "listener closed"
     );
     assert_back_to_idle(&server);
+}
+
+#[test]
+fn a_graceful_shutdown_answers_the_calls_in_flight_then_closes() {
+    let (server, handle) = start_server(Server::new());
+    let client = JsonRpcClient::dial(handle.local_addr()).unwrap();
+    let sleeping = client.go::<_, u64>("Misc.Sleep", &300u64);
+    wait_until("the call in flight", Duration::from_secs(5), || {
+        server.stats().in_flight_calls == 1
+    });
+    let started = Instant::now();
+    assert!(handle.shutdown_gracefully(Duration::from_secs(5)));
+    assert_eq!(sleeping.wait().unwrap(), 300);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(handle.open_connections(), 0);
+    let later = client.call::<_, i64>("Arith.Sum", &Args { a: 1, b: 1 });
+    assert!(later.is_err(), "{later:?}");
+}
+
+#[test]
+fn a_graceful_shutdown_past_its_grace_closes_what_is_left() {
+    let (server, handle) = start_server(Server::new());
+    let client = JsonRpcClient::dial(handle.local_addr()).unwrap();
+    let sleeping = client.go::<_, u64>("Misc.Sleep", &2000u64);
+    wait_until("the call in flight", Duration::from_secs(5), || {
+        server.stats().in_flight_calls == 1
+    });
+    assert!(!handle.shutdown_gracefully(Duration::from_millis(200)));
+    assert!(sleeping.wait().is_err());
+    assert_eq!(handle.open_connections(), 0);
 }
 
 #[test]

@@ -15,7 +15,9 @@ use std::net::{
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use rpc_transport::clock::deadline_after;
 
 use crate::error::RpcError;
 use crate::server::{ConnectionSlot, Server, ServerShared};
@@ -76,6 +78,7 @@ impl Server {
             .local_addr()
             .map_err(|err| unreachable("listener", err))?;
         let listening = Arc::new(Listening {
+            accepting: AtomicBool::new(true),
             stop: AtomicBool::new(false),
             conns: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -128,16 +131,55 @@ impl JsonRpcHandle {
     /// Stops accepting, closes every connection of this listener (calls in flight on them
     /// finish, but their replies are dropped), and waits for its threads. Idempotent.
     pub fn shutdown(&self) {
+        self.stop_accepting();
+        self.close_connections();
+    }
+
+    /// Stops accepting and lets every connection of this listener end as if its peer had
+    /// sent its last request: nothing more is read, the calls in flight are answered, then
+    /// each connection closes. Those still open after `grace` are closed as
+    /// [`JsonRpcHandle::shutdown`] closes them. Returns true if every connection ended
+    /// within `grace`. (Go's jsonrpc has no go-away message: a client learns of the shutdown
+    /// when the connection closes.)
+    pub fn shutdown_gracefully(&self, grace: Duration) -> bool {
+        self.stop_accepting();
+        for conn in lock(&self.listening.conns).values() {
+            // Reading ends as at the peer's end of stream (`server_conn.rs`).
+            let _ = conn.stream.shutdown(Shutdown::Read);
+        }
+        let deadline = deadline_after(Instant::now(), grace);
+        let drained = loop {
+            if lock(&self.listening.conns).is_empty() {
+                break true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break false;
+            }
+            thread::sleep(DRAIN_POLL.min(left));
+        };
+        self.close_connections();
+        drained
+    }
+
+    /// Stops the accepting thread and waits for it. Idempotent.
+    fn stop_accepting(&self) {
         let accept_thread = lock(&self.accept_thread).take();
         let Some(accept_thread) = accept_thread else {
             return;
         };
-        self.listening.stop.store(true, Ordering::SeqCst);
+        self.listening.accepting.store(false, Ordering::SeqCst);
         // `accept` blocks: a connection of our own wakes it to see the flag.
         let woken = TcpStream::connect_timeout(&wake_addr(self.local_addr), WAKE_TIMEOUT).is_ok();
         if woken {
             let _ = accept_thread.join();
         }
+    }
+
+    /// Closes every connection still open (their calls' replies are dropped) and waits for
+    /// their threads.
+    fn close_connections(&self) {
+        self.listening.stop.store(true, Ordering::SeqCst);
         let conns = std::mem::take(&mut *lock(&self.listening.conns));
         for conn in conns.values() {
             let _ = conn.stream.shutdown(Shutdown::Both);
@@ -171,6 +213,9 @@ impl Drop for JsonRpcHandle {
 
 /// What the accepting thread, the connection threads and the handle share.
 struct Listening {
+    /// Cleared once the listener stops taking connections.
+    accepting: AtomicBool,
+    /// Set as the remaining connections are closed: their threads stop waiting.
     stop: AtomicBool,
     /// Guards the open connections, by id: a clone of each socket to shut it down, and its
     /// thread to join.
@@ -187,7 +232,7 @@ struct OpenConn {
 fn accept_loop(listener: &TcpListener, shared: &Arc<ServerShared>, listening: &Arc<Listening>) {
     let max_connections = shared.config.max_connections;
     for stream in listener.incoming() {
-        if listening.stop.load(Ordering::SeqCst) {
+        if !listening.accepting.load(Ordering::SeqCst) {
             return;
         }
         let mut stream = match stream {
@@ -273,3 +318,6 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// How long `shutdown` tries to connect to its own listener to wake it.
 const WAKE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How often a graceful shutdown looks whether every connection has ended.
+const DRAIN_POLL: Duration = Duration::from_millis(5);
