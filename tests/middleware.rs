@@ -234,3 +234,32 @@ fn server_middleware_nests_in_order_and_a_panic_in_one_is_contained() {
     assert!(matches!(err, RpcError::HandlerPanicked { .. }), "{err:?}");
     util::assert_healthy(server.addr());
 }
+
+/// Panics after every call it sees.
+#[derive(Debug)]
+struct PanicsAfter;
+
+impl netrpc::core::middleware::ClientMiddleware for PanicsAfter {
+    fn after_call(&self, _call: &netrpc::core::middleware::CallRecord<'_>) {
+        panic!("after_call panics");
+    }
+}
+
+#[test]
+fn a_client_middleware_panicking_after_a_call_loses_no_completion() {
+    let server = TestServer::start();
+    let client = Client::builder()
+        .middleware(PanicsAfter)
+        .dial(server.addr())
+        .unwrap();
+    let (done, completions) = netrpc::done_channel::<i64>();
+    let seq = client.go_with("Arith.Multiply", &Args { a: 6, b: 7 }, &done);
+    let completion = completions
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the completion arrives");
+    assert_eq!((completion.seq, completion.result.unwrap()), (seq, 42));
+    let call = client.go::<_, i64>("Arith.Multiply", &Args { a: 2, b: 3 });
+    assert_eq!(call.wait().unwrap(), 6);
+    let product: i64 = client.call("Arith.Multiply", &Args { a: 3, b: 3 }).unwrap();
+    assert_eq!(product, 9);
+}

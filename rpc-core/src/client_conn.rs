@@ -151,10 +151,11 @@ fn complete_all(calls: Vec<(Completer, RpcError)>) {
     }
 }
 
-/// Runs a completer on the loop thread; a panic in it is contained. The completers of `go`
-/// and `go_with` catch a panicking `Deserialize` themselves and deliver it as an error; this
-/// guards the loop against anything else (a `Drop` that panics, say), whose call then
-/// completes by its own deadline.
+/// Runs a completer on the loop thread; a panic in it is contained. The completers catch
+/// the panics of the user code they run themselves (a reply type's `Deserialize`, delivered
+/// as an error; a client middleware's `after_call`, after which the result is delivered as
+/// it came); this guards the loop against anything else (a `Drop` that panics, say), whose
+/// completion is then lost.
 fn complete_safely(complete: Completer, result: Result<Frame, RpcError>) {
     let _ = catch_panic(|| complete(result));
 }

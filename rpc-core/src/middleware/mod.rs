@@ -33,6 +33,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use rpc_transport::MetadataBuilder;
 
+use crate::catch_panic::catch_panic;
 use crate::error::RpcError;
 use crate::service::DispatchError;
 
@@ -133,7 +134,9 @@ pub trait ClientMiddleware: fmt::Debug + Send + Sync + 'static {
     }
 
     /// Called once the call completed (reply, error, timeout, connection loss), on the
-    /// caller's thread or the client event loop: keep it quick and never block.
+    /// caller's thread or the client event loop: keep it quick and never block. A panic here
+    /// is caught: the other middleware's `after_call` still run, and the call's result is
+    /// delivered as it came.
     fn after_call(&self, call: &CallRecord<'_>) {
         let _ = call;
     }
@@ -199,9 +202,10 @@ pub(crate) fn run_before_call(
     Ok(call.metadata.build())
 }
 
-/// Runs every `after_call` of `chain`.
+/// Runs every `after_call` of `chain`. A panic in one is contained: the others still run,
+/// and the call's completion, which runs after them, is still delivered.
 pub(crate) fn run_after_call(chain: &[Arc<dyn ClientMiddleware>], call: &CallRecord<'_>) {
     for middleware in chain {
-        middleware.after_call(call);
+        let _ = catch_panic(|| middleware.after_call(call));
     }
 }
