@@ -190,3 +190,22 @@ fn a_panicking_reply_type_fails_its_call_and_the_shared_client_loop_lives_on() {
     );
     assert_eq!(client.call::<_, i64>("Arith.Multiply", &args).unwrap(), 42);
 }
+
+#[test]
+fn try_result_returns_the_result_once_then_none() {
+    let server = TestServer::start();
+    let client = server.client();
+    let call = client.go::<_, i64>("Arith.Multiply", &Args { a: 6, b: 7 });
+    let started = std::time::Instant::now();
+    let result = loop {
+        if let Some(result) = call.try_result() {
+            break result;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "no result");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    assert_eq!(result.unwrap(), 42);
+    // The channel is empty and its sender gone now: that is not a second result.
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(call.try_result().is_none());
+}

@@ -10,6 +10,7 @@
 //! without a hand-off from the client's event loop.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,9 @@ pub struct Call<R> {
     /// The client's connection, for [`Call::wait`] to read its reply itself; weak, so that
     /// a `Call` never keeps a dropped client's connection open.
     reader: Option<Weak<dyn ReplyReader>>,
+    /// [`Call::try_result`] has returned the result: the channel, empty and disconnected
+    /// now, must not read as a second one.
+    taken: AtomicBool,
 }
 
 /// Reads a client's replies on the thread that waits for one (the client's connection).
@@ -48,6 +52,7 @@ impl<R> Call<R> {
             timeout,
             done,
             reader: None,
+            taken: AtomicBool::new(false),
         }
     }
 
@@ -63,6 +68,8 @@ impl<R> Call<R> {
     }
 
     /// The channel the result arrives on (Go: `Call.Done`); usable in `crossbeam_channel::select!`.
+    /// The result comes once; after it the channel is empty and disconnected, which a second
+    /// `recv` reports as an error: that is not a second result.
     pub fn done(&self) -> &Receiver<Result<R, RpcError>> {
         &self.done
     }
@@ -93,13 +100,19 @@ impl<R> Call<R> {
         }
     }
 
-    /// The result, if it has arrived.
+    /// The result, if it has arrived and was not taken already: it is returned once, and
+    /// `None` every time after.
     pub fn try_result(&self) -> Option<Result<R, RpcError>> {
-        match self.done.try_recv() {
-            Ok(result) => Some(result),
-            Err(TryRecvError::Empty) => None,
-            Err(TryRecvError::Disconnected) => Some(Err(RpcError::Shutdown)),
+        if self.taken.load(Ordering::Relaxed) {
+            return None;
         }
+        let result = match self.done.try_recv() {
+            Ok(result) => result,
+            Err(TryRecvError::Empty) => return None,
+            Err(TryRecvError::Disconnected) => Err(RpcError::Shutdown),
+        };
+        self.taken.store(true, Ordering::Relaxed);
+        Some(result)
     }
 }
 
