@@ -132,3 +132,28 @@ fn batches_from_many_threads_on_one_client_never_mix_up_replies() {
         thread.join().unwrap();
     }
 }
+
+#[test]
+fn waiting_on_a_call_of_a_batch_not_yet_sent_writes_the_batch() {
+    // Without the write, the wait would end at the deadline (and the Cancel the timeout
+    // sends would carry the request out after its caller was told it timed out).
+    let server = TestServer::start();
+    let client = server.client();
+    let batch = client.batch();
+    let first =
+        batch.go_timeout::<_, i64>("Arith.Sum", &Args { a: 1, b: 2 }, Duration::from_secs(2));
+    let (done, completions) = done_channel::<i64>();
+    batch.go_with("Arith.Sum", &Args { a: 3, b: 4 }, &done);
+    let started = std::time::Instant::now();
+    assert_eq!(first.wait().unwrap(), 3);
+    let completion = client
+        .recv_completion(&completions, Duration::from_secs(2))
+        .unwrap();
+    assert_eq!(completion.result.unwrap(), 7);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(batch);
+}

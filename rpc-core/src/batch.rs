@@ -5,7 +5,9 @@
 //! each reply that just arrived) can do better: in a batch, each frame is only queued
 //! ("corked"), and the batch writes them all from the caller's own thread when it is sent or
 //! dropped. One system call, and no wake-up of the event loop. Replies, timeouts and errors
-//! arrive exactly as for [`Client::go`]; only the writing differs.
+//! arrive exactly as for [`Client::go`]; only the writing differs. A thread that waits for
+//! one of the batch's calls before sending it (`Call::wait`, `Client::recv_completion`)
+//! writes what the batch has queued so far first.
 //!
 //! ```text
 //!  caller thread                           client event loop

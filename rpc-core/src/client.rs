@@ -556,6 +556,10 @@ impl ClientInner {
 
 impl ReplyReader for ClientInner {
     fn read_replies(&self, limit: Instant, arrived: &dyn Fn() -> bool) {
+        // The call waited for may sit in a batch not yet sent (`batch.rs`): no reply can
+        // come until it is written. A failed flush means the connection is closing, which
+        // the wait learns anyway.
+        let _ = self.conn.flush();
         // A `go` call's timeout is the loop's to deliver: stop reading when the first is due.
         let first_call_deadline = lock(&self.pending).next_deadline();
         self.read_replies_until(
