@@ -350,3 +350,38 @@ fn pull_mode_master_worker_completes_every_task_exactly_once_under_30_percent_lo
     assert!(net_stats.requests_dropped + net_stats.replies_dropped > 0);
     assert_eq!(net.rpc_count("master"), net_stats.requests_delivered);
 }
+
+#[test]
+fn the_servers_cap_on_calls_in_flight_holds_over_the_simulated_network_too() {
+    let (prober, release) = util::Prober::releasable();
+    let server = Server::builder().max_calls(2).build();
+    server.register(util::ProbeServer::new(prober)).unwrap();
+    let net = SimNetwork::new(7).unwrap();
+    net.add_server("probe", &server);
+    net.connect("a", "probe");
+    let client = net.client_with("a", Client::builder().call_timeout(Duration::from_secs(5)));
+    let calls: Vec<_> = (0..5u64)
+        .map(|i| client.go::<_, u64>("Probe.Block", &i))
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        server.stats().in_flight_calls <= 2,
+        "{} calls in flight past the cap of 2",
+        server.stats().in_flight_calls
+    );
+    for _ in 0..5 {
+        let _ = release.send(());
+    }
+    let throttled = calls
+        .into_iter()
+        .filter(|call| matches!(call_result(call), Err(RpcError::Throttled)))
+        .count();
+    assert_eq!(throttled, 3);
+}
+
+/// A `go` call's result, within 5 s.
+fn call_result(call: &netrpc::Call<u64>) -> Result<u64, RpcError> {
+    call.done()
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the call completes")
+}

@@ -383,6 +383,18 @@ impl fmt::Debug for Server {
 }
 
 impl ServerShared {
+    /// Counts one more call in flight on the whole server, unless `max_calls` are: then
+    /// false, and nothing is counted. Every way in (a connection, the jsonrpc listener, the
+    /// simulated network) admits its calls here.
+    pub(crate) fn admit_call(&self) -> bool {
+        let total = self.stats.in_flight_calls.fetch_add(1, Ordering::SeqCst);
+        if total >= self.config.max_calls {
+            self.stats.in_flight_calls.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
     /// The method table of service `name`.
     pub(crate) fn service(&self, name: &str) -> Option<Arc<MethodTable>> {
         let services = self.services.read().unwrap_or_else(|p| p.into_inner());

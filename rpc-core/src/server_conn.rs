@@ -303,7 +303,7 @@ impl ConnSite {
             Ok(found) => match self.admit(request.seq) {
                 Start::Started => return Some(found),
                 Start::Duplicate => return self.drop_duplicate(),
-                Start::Full => (ErrorCode::Throttled, "too many calls in flight".into()),
+                Start::Full => (ErrorCode::Throttled, TOO_MANY_CALLS.into()),
                 Start::Draining => (ErrorCode::ShuttingDown, "server is shutting down".into()),
             },
             Err(err) => (err.code, err.message),
@@ -326,15 +326,11 @@ impl ConnSite {
     /// Counts the request in, unless a cap on calls in flight is reached or its sequence id
     /// is in flight already.
     fn admit(&self, seq: u64) -> Start {
-        let (config, stats) = (&self.server.config, &self.server.stats);
-        self.calls.start(seq, config.max_in_flight_per_conn, || {
-            let total = stats.in_flight_calls.fetch_add(1, Ordering::SeqCst);
-            if total >= config.max_calls {
-                stats.in_flight_calls.fetch_sub(1, Ordering::SeqCst);
-                return false;
-            }
-            true
-        })
+        let server = &self.server;
+        self.calls
+            .start(seq, server.config.max_in_flight_per_conn, || {
+                server.admit_call()
+            })
     }
 
     /// Answers `seq` with an error frame at once, without dispatching it.
@@ -892,6 +888,10 @@ pub(crate) fn deadline_passed(request: &Frame, received: Instant) -> bool {
     let deadline = Duration::from_millis(u64::from(request.deadline_ms));
     request.deadline_ms > 0 && received.elapsed() >= deadline
 }
+
+/// The message of a request refused at a cap on calls in flight (`Throttled`). Shared with
+/// the simulated network.
+pub(crate) const TOO_MANY_CALLS: &str = "too many calls in flight";
 
 /// The error message of a call skipped because its deadline passed before it ran.
 pub(crate) const DEADLINE_PASSED: &str = "the deadline passed before the call ran";

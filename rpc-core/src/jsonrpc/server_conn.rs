@@ -258,10 +258,7 @@ impl JsonConn {
     /// Counts a call in; false if the server is at `max_calls`. (The per-connection cap was
     /// waited for before the request was read.)
     fn admit(&self) -> bool {
-        let stats = &self.server.stats;
-        let total = stats.in_flight_calls.fetch_add(1, Ordering::SeqCst);
-        if total >= self.server.config.max_calls {
-            stats.in_flight_calls.fetch_sub(1, Ordering::SeqCst);
+        if !self.server.admit_call() {
             return false;
         }
         *self.calls.lock() += 1;

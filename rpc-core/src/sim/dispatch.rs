@@ -3,8 +3,9 @@
 //! server's services, codecs, middleware (with the call's [`crate::middleware::CallContext`])
 //! and worker pool, and its per-error counters. The reply goes back through the network.
 //!
-//! Not applied: the caps of a connection (calls in flight per connection, queued bytes), which
-//! belong to sockets; and cancel frames, which the simulated end does not send. Every method
+//! The server's cap on calls in flight (`max_calls`) applies as over sockets. Not applied:
+//! the caps of a connection (calls in flight per connection, queued bytes), which belong to
+//! sockets; and cancel frames, which the simulated end does not send. Every method
 //! runs on the worker pool, inline services too (the scheduler thread must not run handlers).
 
 use std::sync::atomic::Ordering;
@@ -17,6 +18,7 @@ use crate::error_body::ErrorCode;
 use crate::middleware::CallContext;
 use crate::server_conn::{
     deadline_passed, encode_error, lookup, run_call, Found, ServerJob, DEADLINE_PASSED,
+    TOO_MANY_CALLS,
 };
 use crate::sim::end::SimEnd;
 use crate::sim::fate::Fate;
@@ -46,10 +48,15 @@ pub(crate) fn deliver_request(
             return net.send_reply(end, server.id, &reply, fate, seq);
         }
     };
+    if !shared.admit_call() {
+        let code = ErrorCode::Throttled;
+        shared.stats.count_call_error(code);
+        let reply = encode_error(seq, code, TOO_MANY_CALLS);
+        return net.send_reply(end, server.id, &reply, fate, seq);
+    }
     let net = Arc::clone(net);
     let server_id = server.id;
     let received = Instant::now();
-    shared.stats.in_flight_calls.fetch_add(1, Ordering::SeqCst);
     let pool = shared.pool.clone();
     pool.execute(ServerJob::Boxed(Box::new(move || {
         let (reply, failure) = if deadline_passed(&request, received) {
