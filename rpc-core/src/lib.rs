@@ -27,6 +27,8 @@ pub mod http;
 #[cfg(feature = "json")]
 pub mod jsonrpc;
 mod link;
+#[doc(hidden)]
+pub mod macro_support;
 mod macros;
 pub mod middleware;
 mod open_files;

@@ -25,6 +25,14 @@
 /// match Go services (`Arith.Multiply`). `go` and `const` name the generated non-blocking
 /// client method and name constant (`macro_rules!` cannot derive new names, so you choose).
 ///
+/// Any method name works (`clone`, `into`, `drop` included: the table calls the trait's
+/// method by its full path; a client method named like a by-value trait method such as
+/// `into` is then called with a path, `ArithClient::into(&client, &args)`, since method
+/// syntax finds the trait's first), except the typed client's own `new`, `with_service_name` and
+/// `client`: give such a method another Rust name and its wire name with `name = "New"`. A
+/// raw identifier (`r#type`) needs `name = "type"` too, or its wire name keeps the `r#`.
+/// Only doc comments may precede `#[rpc(...)]` on a method.
+///
 /// # What it generates
 ///
 /// For the input above:
@@ -216,7 +224,9 @@ macro_rules! service {
                     let shared = ::std::sync::Arc::clone(&service);
                     table.add(
                         $crate::service!(@wire $method $($wire)?),
-                        move |args: $arg| shared.$method(args),
+                        // Called through the trait: `Arc` has `clone`, `as_ref` and others
+                        // that a method of the same name must not reach.
+                        move |args: $arg| <T as $trait_name>::$method(&*shared, args),
                     );
                 )+
                 table
@@ -260,13 +270,6 @@ macro_rules! service {
                 &self.client
             }
 
-            fn full_name(&self, default: &'static str, wire: &'static str) -> ::std::borrow::Cow<'static, str> {
-                match &self.service_name {
-                    None => ::std::borrow::Cow::Borrowed(default),
-                    Some(name) => ::std::borrow::Cow::Owned(format!("{name}.{wire}")),
-                }
-            }
-
             $(
                 $($doc)*
                 ///
@@ -277,7 +280,8 @@ macro_rules! service {
                 /// Any `RpcError`; the method's own error is `RpcError::Method`.
                 $vis fn $method(&self, args: &$arg) -> ::core::result::Result<$reply, $crate::RpcError> {
                     let wire = $crate::service!(@wire $method $($wire)?);
-                    self.client.call(&self.full_name(Self::$const_name, wire), args)
+                    let name = $crate::macro_support::full_name(&self.service_name, Self::$const_name, wire);
+                    self.client.call(&name, args)
                 }
 
                 $($doc)*
@@ -285,7 +289,8 @@ macro_rules! service {
                 /// Returns at once; the result arrives on the `Call` (see `Client::go`).
                 $vis fn $go(&self, args: &$arg) -> $crate::Call<$reply> {
                     let wire = $crate::service!(@wire $method $($wire)?);
-                    self.client.go(&self.full_name(Self::$const_name, wire), args)
+                    let name = $crate::macro_support::full_name(&self.service_name, Self::$const_name, wire);
+                    self.client.go(&name, args)
                 }
             )+
         }

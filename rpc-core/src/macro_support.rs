@@ -1,0 +1,37 @@
+//! What the code `service!` generates calls at run time, kept here rather than in the
+//! generated types, so that no helper's name can collide with a service's method names.
+//! Not part of the API: used only through `$crate::macro_support` in `macros.rs`.
+
+use std::borrow::Cow;
+
+/// The full `Service.Method` name a typed client calls: `default` (its name constant), or
+/// the same method under the service name the client was given
+/// (`with_service_name`).
+pub fn full_name(
+    service_name: &Option<String>,
+    default: &'static str,
+    wire: &'static str,
+) -> Cow<'static, str> {
+    match service_name {
+        None => Cow::Borrowed(default),
+        Some(name) => Cow::Owned(format!("{name}.{wire}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_given_another_service_name_calls_under_it() {
+        assert_eq!(
+            full_name(&None, "Arith.Multiply", "Multiply"),
+            "Arith.Multiply"
+        );
+        let calc = Some("Calc".to_owned());
+        assert_eq!(
+            full_name(&calc, "Arith.Multiply", "Multiply"),
+            "Calc.Multiply"
+        );
+    }
+}

@@ -1,0 +1,81 @@
+//! The `service!` macro with method names that other items also carry: the methods of `Arc`
+//! (`clone`, `as_ref`, `to_owned`, `into`), `drop`, and the typed client's private helper
+//! before it became a function of the crate (`full_name`). Each must compile and dispatch to
+//! its own method.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod util;
+
+use netrpc::{service, ServiceError};
+use util::TestServer;
+
+service! {
+    /// Methods named like common trait methods.
+    pub trait Names {
+        const NAME = "Names";
+        type Server = NamesServer;
+        type Client = NamesClient;
+
+        /// Adds its own amount.
+        #[rpc(name = "Clone", go = clone_go, const = CLONE)]
+        fn clone(args: u8) -> u8;
+        /// Adds its own amount.
+        #[rpc(go = as_ref_go, const = AS_REF)]
+        fn as_ref(args: u8) -> u8;
+        /// Adds its own amount.
+        #[rpc(go = to_owned_go, const = TO_OWNED)]
+        fn to_owned(args: u8) -> u8;
+        /// Adds its own amount.
+        #[rpc(go = into_go, const = INTO)]
+        fn into(args: u8) -> u8;
+        /// Adds its own amount.
+        #[rpc(go = drop_go, const = DROP)]
+        fn drop(args: u8) -> u8;
+        /// Adds its own amount.
+        #[rpc(go = full_name_go, const = FULL_NAME)]
+        fn full_name(args: u8) -> u8;
+    }
+}
+
+/// Adds a different amount in each method, so a call reaching the wrong one shows.
+struct Adder;
+
+impl Names for Adder {
+    fn clone(&self, args: u8) -> Result<u8, ServiceError> {
+        Ok(args + 1)
+    }
+    fn as_ref(&self, args: u8) -> Result<u8, ServiceError> {
+        Ok(args + 2)
+    }
+    fn to_owned(&self, args: u8) -> Result<u8, ServiceError> {
+        Ok(args + 3)
+    }
+    fn into(&self, args: u8) -> Result<u8, ServiceError> {
+        Ok(args + 4)
+    }
+    fn drop(&self, args: u8) -> Result<u8, ServiceError> {
+        Ok(args + 5)
+    }
+    fn full_name(&self, args: u8) -> Result<u8, ServiceError> {
+        Ok(args + 6)
+    }
+}
+
+#[test]
+fn methods_named_like_trait_methods_compile_and_reach_their_own_handler() {
+    let server = TestServer::start();
+    server.server.register(NamesServer::new(Adder)).unwrap();
+    let names = NamesClient::new(server.client());
+    assert_eq!(names.clone(&10).unwrap(), 11);
+    assert_eq!(names.as_ref(&10).unwrap(), 12);
+    assert_eq!(names.to_owned(&10).unwrap(), 13);
+    // `names.into(..)` would find `Into::into` (it takes `self`, which method lookup tries
+    // before `&self`): a client method named like a by-value trait method needs a path.
+    assert_eq!(NamesClient::into(&names, &10).unwrap(), 14);
+    assert_eq!(names.drop(&10).unwrap(), 15);
+    assert_eq!(names.full_name(&10).unwrap(), 16);
+    assert_eq!(names.full_name_go(&20).wait().unwrap(), 26);
+    assert_eq!(NamesClient::CLONE, "Names.Clone");
+    assert_eq!(NamesClient::AS_REF, "Names.as_ref");
+}
