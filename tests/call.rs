@@ -249,3 +249,29 @@ fn serve_conn_connections_get_the_idle_timeout_like_served_ones() {
     let err = arith.multiply(&Args { a: 5, b: 5 }).unwrap_err();
     assert!(matches!(err, netrpc::RpcError::ShuttingDown), "{err:?}");
 }
+
+/// A service with one method of the given name.
+struct OneMethod(&'static str);
+
+impl netrpc::Service for OneMethod {
+    const NAME: &'static str = "One";
+
+    fn into_method_table(self) -> netrpc::core::MethodTable {
+        let mut table = netrpc::core::MethodTable::new();
+        table.add(self.0, |x: i64| Ok::<_, netrpc::ServiceError>(x));
+        table
+    }
+}
+
+#[test]
+fn a_method_name_with_a_dot_or_empty_is_refused_at_registration() {
+    // "One.Get.All" would be looked up as method "All" of service "One.Get": never reached.
+    for name in ["Get.All", ""] {
+        let err = Server::new().register(OneMethod(name)).unwrap_err();
+        assert!(
+            matches!(err, netrpc::RpcError::InvalidRegistration { .. }),
+            "{name:?}: {err:?}"
+        );
+    }
+    assert!(Server::new().register(OneMethod("Get")).is_ok());
+}

@@ -163,7 +163,8 @@ impl Server {
     ///
     /// # Errors
     ///
-    /// [`RpcError::InvalidRegistration`] if a service of that name is already registered.
+    /// [`RpcError::InvalidRegistration`] if a service of that name is already registered, or a
+    /// method name is empty or contains a dot.
     pub fn register<S: Service>(&self, service: S) -> Result<(), RpcError> {
         self.register_name(S::NAME, service)
     }
@@ -172,7 +173,8 @@ impl Server {
     ///
     /// # Errors
     ///
-    /// [`RpcError::InvalidRegistration`] if `name` is empty, contains a dot, or is taken.
+    /// [`RpcError::InvalidRegistration`] if `name` is empty, contains a dot, or is taken, or
+    /// a method name is empty or contains a dot.
     pub fn register_name<S: Service>(&self, name: &str, service: S) -> Result<(), RpcError> {
         self.register_table(name, service.into_method_table())
     }
@@ -186,7 +188,8 @@ impl Server {
     ///
     /// # Errors
     ///
-    /// [`RpcError::InvalidRegistration`] if a service of that name is already registered.
+    /// [`RpcError::InvalidRegistration`] if a service of that name is already registered, or a
+    /// method name is empty or contains a dot.
     pub fn register_inline<S: Service>(&self, service: S) -> Result<(), RpcError> {
         let mut table = service.into_method_table();
         table.set_dispatch(Dispatch::Inline);
@@ -198,6 +201,13 @@ impl Server {
         if name.is_empty() || name.contains('.') {
             return invalid(format!(
                 "service name `{name}` must be non-empty and have no dot"
+            ));
+        }
+        // A request names `Service.Method` and is split at its last dot: a method name with
+        // a dot in it, or none at all, could never be reached.
+        if let Some(method) = table.names().find(|m| m.is_empty() || m.contains('.')) {
+            return invalid(format!(
+                "method name `{method}` of `{name}` must be non-empty and have no dot"
             ));
         }
         let mut services = self
