@@ -66,6 +66,7 @@ impl Client {
     /// Starts a [`Batch`]: `go` calls made through it are written together, by this thread,
     /// when it is sent or dropped.
     pub fn batch(&self) -> Batch<'_> {
+        self.batch_opened(true);
         Batch { client: self }
     }
 }
@@ -126,6 +127,7 @@ impl Batch<'_> {
 impl Drop for Batch<'_> {
     fn drop(&mut self) {
         self.client.flush_batch();
+        self.client.batch_opened(false);
     }
 }
 

@@ -21,7 +21,7 @@
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -69,6 +69,8 @@ struct ClientInner {
     pending: Arc<Mutex<PendingCalls>>,
     next_seq: AtomicU64,
     config: ClientConfig,
+    /// [`crate::Batch`]es open now: their calls' frames wait unwritten until they are sent.
+    open_batches: AtomicUsize,
 }
 
 impl Client {
@@ -89,6 +91,7 @@ impl Client {
                 pending,
                 next_seq: AtomicU64::new(1),
                 config,
+                open_batches: AtomicUsize::new(0),
             }),
         }
     }
@@ -314,6 +317,15 @@ impl Client {
     /// failed write closes the connection, which fails those calls.
     pub(crate) fn flush_batch(&self) {
         let _ = self.inner.conn.flush();
+    }
+
+    /// Counts a batch open (`true`) or sent (`false`).
+    pub(crate) fn batch_opened(&self, open: bool) {
+        if open {
+            self.inner.open_batches.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.inner.open_batches.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Closes the connection (Go: `Client.Close`). Pending calls fail with
@@ -557,9 +569,11 @@ impl ClientInner {
 impl ReplyReader for ClientInner {
     fn read_replies(&self, limit: Instant, arrived: &dyn Fn() -> bool) {
         // The call waited for may sit in a batch not yet sent (`batch.rs`): no reply can
-        // come until it is written. A failed flush means the connection is closing, which
-        // the wait learns anyway.
-        let _ = self.conn.flush();
+        // come until it is written. Only then: other frames are the loop's to write. A
+        // failed flush means the connection is closing, which the wait learns anyway.
+        if self.open_batches.load(Ordering::Relaxed) > 0 {
+            let _ = self.conn.flush();
+        }
         // A `go` call's timeout is the loop's to deliver: stop reading when the first is due.
         let first_call_deadline = lock(&self.pending).next_deadline();
         self.read_replies_until(
