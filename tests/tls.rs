@@ -380,41 +380,21 @@ fn a_tls_client_gets_a_clear_error_from_a_plaintext_server() {
 #[test]
 fn a_handshake_that_stalls_is_closed_after_the_frame_timeout() {
     let pki = Pki::new();
-    let limits = FrameLimits {
-        frame_timeout: Some(Duration::from_millis(300)),
-        ..FrameLimits::default()
-    };
     // No first-frame timeout: the handshake deadline alone must close the connection.
-    let server = pki.serve(
-        false,
-        Server::builder().limits(limits).first_frame_timeout(None),
-    );
+    let server = serve_with_a_300_ms_frame_timeout(&pki);
 
     // A real client hello, cut short: the server waits for the rest, which never comes.
     let hello = client_hello(&pki);
     let mut raw = TcpStream::connect(server.addr()).unwrap();
     raw.write_all(&hello[..hello.len() / 2]).unwrap();
-    let started = Instant::now();
-    assert_closed_by_peer(&mut raw);
-    let waited = started.elapsed();
-    assert!(
-        waited >= Duration::from_millis(250) && waited < Duration::from_secs(4),
-        "closed after {waited:?}, expected about 300 ms"
-    );
+    assert_closed_after_about_300_ms(&mut raw);
     assert_counted_then_recovered(&pki, &server, 1, "the server counts the handshake timeout");
 }
 
 #[test]
 fn half_a_tls_record_then_silence_is_closed_after_the_frame_timeout() {
     let pki = Pki::new();
-    let limits = FrameLimits {
-        frame_timeout: Some(Duration::from_millis(300)),
-        ..FrameLimits::default()
-    };
-    let server = pki.serve(
-        false,
-        Server::builder().limits(limits).first_frame_timeout(None),
-    );
+    let server = serve_with_a_300_ms_frame_timeout(&pki);
     let config = tls::client_config(pki.ca.roots().unwrap(), None).unwrap();
     let name = tls::ServerName::try_from("localhost").unwrap();
     let mut conn = rustls::ClientConnection::new(config, name).unwrap();
@@ -433,13 +413,7 @@ fn half_a_tls_record_then_silence_is_closed_after_the_frame_timeout() {
     let mut record = Vec::new();
     conn.write_tls(&mut record).unwrap();
     raw.write_all(&record[..10]).unwrap();
-    let started = Instant::now();
-    assert_closed_by_peer(&mut raw);
-    let waited = started.elapsed();
-    assert!(
-        waited >= Duration::from_millis(250) && waited < Duration::from_secs(4),
-        "closed after {waited:?}, expected about 300 ms"
-    );
+    assert_closed_after_about_300_ms(&mut raw);
     wait_until("the frame timeout counted", Duration::from_secs(5), || {
         server.server.stats().frame_timeouts == 1
     });
@@ -605,6 +579,29 @@ fn rpc_over_http_connect_speaks_tls_after_the_connect_exchange() {
     drop(arith);
     http.shutdown();
     assert_back_to_idle(&server);
+}
+
+/// A TLS server whose frame timeout is 300 ms, with no first-frame timeout.
+fn serve_with_a_300_ms_frame_timeout(pki: &Pki) -> TestServer {
+    let limits = FrameLimits {
+        frame_timeout: Some(Duration::from_millis(300)),
+        ..FrameLimits::default()
+    };
+    pki.serve(
+        false,
+        Server::builder().limits(limits).first_frame_timeout(None),
+    )
+}
+
+/// Waits for the server to close `raw`, which must take about its 300 ms frame timeout.
+fn assert_closed_after_about_300_ms(raw: &mut TcpStream) {
+    let started = Instant::now();
+    assert_closed_by_peer(raw);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(4),
+        "closed after {waited:?}, expected about 300 ms"
+    );
 }
 
 /// A client hello as rustls's client sends it first.
