@@ -139,6 +139,11 @@ impl HttpClient {
         self
     }
 
+    /// The deadline of each request.
+    pub fn request_timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Sets the largest response body accepted, in bytes.
     pub fn max_body_len(mut self, bytes: usize) -> Self {
         self.max_body_len = bytes;

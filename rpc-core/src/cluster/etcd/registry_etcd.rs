@@ -240,7 +240,15 @@ impl Registry for EtcdRegistry {
     }
 
     fn renew(&self, lease: Lease) -> Result<(), RegistryError> {
-        let answer = self.call(
+        // A renewal that waits longer than a third of the lease leaves the heartbeat no
+        // time to try again before it lapses (etcd's shortest TTL is 2 s, the request
+        // timeout 5 s by default).
+        let within = self.http.request_timeout().min(lease.ttl / 3);
+        let renewing = EtcdRegistry {
+            http: self.http.clone().timeout(within),
+            ..self.clone()
+        };
+        let answer = renewing.call(
             "/v3/lease/keepalive",
             &json!({ "ID": lease.id.to_string() }),
         )?;
@@ -437,6 +445,29 @@ mod tests {
         listed.lock().expect("lock").push(instance.clone());
         let seen = watcher.changed(Duration::from_secs(3)).expect("open");
         assert_eq!(seen, Some(vec![instance]));
+    }
+
+    #[test]
+    fn a_renewal_gives_up_within_a_third_of_the_lease() {
+        // A gateway that accepts and never answers: the renewal must leave the heartbeat
+        // time to try again, not wait out the 5 s request timeout on a 3 s lease.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr").to_string();
+        let silent = thread::spawn(move || {
+            let held = listener.accept();
+            thread::sleep(Duration::from_secs(3));
+            drop(held);
+        });
+        let registry = EtcdRegistry::new(addr);
+        let lease = Lease {
+            id: 7,
+            ttl: Duration::from_secs(3),
+        };
+        let started = Instant::now();
+        assert!(registry.renew(lease).is_err());
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(1500), "gave up after {took:?}");
+        drop(silent);
     }
 
     #[test]
