@@ -442,6 +442,26 @@ fn a_graceful_shutdown_past_its_grace_closes_what_is_left() {
 }
 
 #[test]
+fn a_zero_frame_timeout_still_serves_jsonrpc() {
+    // A socket refuses a zero timeout: the connection must not fail to start for it.
+    let limits = FrameLimits {
+        frame_timeout: Some(Duration::ZERO),
+        ..FrameLimits::default()
+    };
+    let (_server, handle) = start_server(Server::builder().limits(limits).build());
+    let client = JsonRpcClient::builder()
+        .limits(limits)
+        .dial(handle.local_addr())
+        .unwrap();
+    assert_eq!(
+        client
+            .call::<_, i64>("Arith.Multiply", &Args { a: 6, b: 7 })
+            .unwrap(),
+        42
+    );
+}
+
+#[test]
 fn over_the_connection_cap_a_jsonrpc_client_is_told_and_closed() {
     let (server, handle) = start_server(Server::builder().max_connections(1).build());
     let first = JsonRpcClient::dial(handle.local_addr()).unwrap();

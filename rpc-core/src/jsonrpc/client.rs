@@ -34,7 +34,7 @@ use crate::error::RpcError;
 
 use super::client_pending::{Completer, PendingCall, PendingCalls};
 use super::message;
-use super::reader::{ReadError, ValueReader};
+use super::reader::{socket_timeout, ReadError, ValueReader};
 use super::write_queue::WriteQueue;
 
 /// A client of Go's `net/rpc/jsonrpc` wire (Go: the `*rpc.Client` from `jsonrpc.Dial`).
@@ -158,7 +158,7 @@ impl JsonRpcClientBuilder {
         let peer_addr = peer.map_err(unreachable)?;
         let _ = stream.set_nodelay(true);
         stream
-            .set_write_timeout(self.limits.frame_timeout)
+            .set_write_timeout(socket_timeout(self.limits.frame_timeout))
             .map_err(unreachable)?;
         let socket = Arc::new(stream);
         let shared = Arc::new(ClientShared {

@@ -121,8 +121,7 @@ impl ValueReader {
     }
 
     fn set_read_timeout(&mut self, timeout: Option<Duration>) -> Result<(), ReadError> {
-        // Zero means "block" to the socket: wait at least a millisecond instead.
-        let timeout = timeout.map(|timeout| timeout.max(Duration::from_millis(1)));
+        let timeout = socket_timeout(timeout);
         if timeout != self.read_timeout {
             self.stream
                 .set_read_timeout(timeout)
@@ -131,6 +130,12 @@ impl ValueReader {
         }
         Ok(())
     }
+}
+
+/// `timeout` as a socket's read or write timeout: zero, which a socket refuses (and which
+/// would mean "block" if it did not), becomes a millisecond.
+pub(super) fn socket_timeout(timeout: Option<Duration>) -> Option<Duration> {
+    timeout.map(|timeout| timeout.max(Duration::from_millis(1)))
 }
 
 impl fmt::Display for ReadError {

@@ -43,7 +43,7 @@ use crate::service::{Dispatch, MethodCounters, MethodHandler};
 use crate::stats::StatsCounters;
 
 use super::message::{self, Params, NULL};
-use super::reader::{ReadError, ValueReader};
+use super::reader::{socket_timeout, ReadError, ValueReader};
 use super::write_queue::WriteQueue;
 
 /// Serves jsonrpc requests read from `stream` until the peer leaves, the connection breaks a
@@ -63,7 +63,7 @@ pub(crate) fn serve(
     let _ = stream.set_nodelay(true);
     let limits = server.config.limits;
     // A peer that reads nothing holds the writer thread for at most this long per write.
-    stream.set_write_timeout(limits.frame_timeout)?;
+    stream.set_write_timeout(socket_timeout(limits.frame_timeout))?;
     let peer = stream
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
