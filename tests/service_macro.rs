@@ -1,7 +1,7 @@
 //! The `service!` macro with method names that other items also carry: the methods of `Arc`
 //! (`clone`, `as_ref`, `to_owned`, `into`), `drop`, and the typed client's private helper
 //! before it became a function of the crate (`full_name`). Each must compile and dispatch to
-//! its own method.
+//! its own method. One method also carries an attribute after its `#[rpc(...)]`.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -34,6 +34,8 @@ service! {
         fn drop(args: u8) -> u8;
         /// Adds its own amount.
         #[rpc(go = full_name_go, const = FULL_NAME)]
+        #[allow(clippy::needless_pass_by_value)]
+        /// Attributes and more docs may follow `#[rpc(...)]`.
         fn full_name(args: u8) -> u8;
     }
 }

@@ -31,7 +31,9 @@
 /// syntax finds the trait's first), except the typed client's own `new`, `with_service_name` and
 /// `client`: give such a method another Rust name and its wire name with `name = "New"`. A
 /// raw identifier (`r#type`) needs `name = "type"` too, or its wire name keeps the `r#`.
-/// Only doc comments may precede `#[rpc(...)]` on a method.
+/// Only doc comments may precede `#[rpc(...)]` on a method; other attributes (`#[allow]`,
+/// `#[deprecated]`, more docs) follow it, and go on the trait method and both client
+/// methods. `#[cfg]` is not supported there (the method table would still name the method).
 ///
 /// # What it generates
 ///
@@ -150,13 +152,14 @@ macro_rules! service {
             $(
                 $(#[doc = $method_doc:literal])*
                 #[rpc($(name = $wire:literal,)? go = $go:ident, const = $const_name:ident)]
+                $(#[$method_attr:meta])*
                 fn $method:ident($arg_name:ident : $arg:ty) -> $reply:ty;
             )+
         }
     ) => {
         $crate::service!(@trait
             [$(#[$trait_attr])*] $vis $trait_name
-            $( [$(#[doc = $method_doc])*] $method $arg_name $arg, $reply; )+
+            $( [$(#[doc = $method_doc])* $(#[$method_attr])*] $method $arg_name $arg, $reply; )+
         );
         $crate::service!(@server
             $vis $trait_name $service_name $server
@@ -164,7 +167,7 @@ macro_rules! service {
         );
         $crate::service!(@client
             [$vis] $service_name $client
-            $( [$(#[doc = $method_doc])*] $method $go $const_name [$($wire)?] $arg, $reply; )+
+            $( [$(#[doc = $method_doc])* $(#[$method_attr])*] $method $go $const_name [$($wire)?] $arg, $reply; )+
         );
     };
 
