@@ -219,8 +219,40 @@ impl Report {
     }
 }
 
+/// Every flag `USAGE` lists: anything else is refused, so that a run never reports figures
+/// for a setting it ignored (`benches/compare_revisions.sh` then says a revision lacks it).
+const KNOWN_FLAGS: &[&str] = &[
+    "addr",
+    "baseline",
+    "busy-poll-at",
+    "busy-poll-us",
+    "codec",
+    "conns",
+    "inflight",
+    "inline",
+    "inproc",
+    "loop-reads",
+    "loops",
+    "no-batch",
+    "payload",
+    "raw-unbatched",
+    "raw-work-ns",
+    "seconds",
+    "serve",
+    "thread-cpu",
+    "tls",
+    "warmup",
+    "worker-reads",
+];
+
 fn main() -> Result<(), Box<dyn Error>> {
     let flags = args::Flags::parse(USAGE)?;
+    flags.only(KNOWN_FLAGS)?;
+    if flags.has("baseline") && flags.get_str("addr").is_some() {
+        // The baseline would run here over loopback while netrpc's server runs elsewhere:
+        // neither the ratio nor the CPU per call would compare like with like.
+        return Err("--baseline measures raw TCP in this process: not with --addr".into());
+    }
     let plan = Plan {
         conns: flags.get("conns", 1usize)?.max(1),
         // A default server answers calls beyond its per-connection cap `Throttled`.

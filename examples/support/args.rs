@@ -67,4 +67,20 @@ impl Flags {
     pub fn get_str(&self, name: &str) -> Option<&str> {
         self.values.get(name).map(String::as_str)
     }
+
+    /// Refuses any flag not in `known`: a mistyped flag, or one this version of the tool
+    /// does not have, must not run with its defaults as if it had been understood.
+    pub fn only(&self, known: &[&str]) -> Result<(), Box<dyn Error>> {
+        let mut unknown: Vec<&str> = self
+            .values
+            .keys()
+            .map(String::as_str)
+            .filter(|name| !known.contains(name))
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        unknown.sort_unstable();
+        Err(format!("unknown flag(s): --{}", unknown.join(", --")).into())
+    }
 }
