@@ -597,3 +597,21 @@ fn a_connection_accepted_as_a_graceful_shutdown_begins_is_told_to_go_away_too() 
     });
     drop((keeper, first, second));
 }
+
+#[test]
+fn the_idle_timeout_counts_from_the_end_of_the_last_call_not_from_its_request() {
+    // A call of 250 ms under a 300 ms idle timeout: its request is the last frame, at 0,
+    // and the first idle check comes at 300 ms, 50 ms after the reply. The connection was
+    // busy until then, so it must stay open for a call right after.
+    let server = TestServer::start_with(
+        Server::builder()
+            .idle_timeout(Duration::from_millis(300))
+            .build(),
+    );
+    let client = server.client();
+    assert_eq!(client.call::<_, u64>("Probe.Sleep", &250u64).unwrap(), 250);
+    thread::sleep(Duration::from_millis(100));
+    let product: i64 = client.call("Arith.Multiply", &Args { a: 6, b: 7 }).unwrap();
+    assert_eq!(product, 42);
+    assert_eq!(server.server.stats().idle_closes, 0);
+}

@@ -156,6 +156,9 @@ pub(crate) struct ConnCalls {
     ///
     /// [`ServerConfig::worker_reads`]: crate::ServerConfig::worker_reads
     read_by_worker: AtomicBool,
+    /// A call ended since the idle check last looked: the connection was busy until then,
+    /// so the idle timeout counts from that check, not from the call's request.
+    call_ended: AtomicBool,
     /// The requests a worker read and runs in turn, watched by the loop.
     worker_batch: worker_read::WorkerBatch,
     /// When the workers' replies are corked and when written.
@@ -424,11 +427,12 @@ impl ConnCalls {
         Start::Started
     }
 
-    /// For the idle check: true if a call is in flight now, or a worker read a frame since
-    /// the last time this was asked (frames the loop reads it sees itself).
+    /// For the idle check: true if a call is in flight now, or one ended or a worker read a
+    /// frame since the last time this was asked (frames the loop reads it sees itself).
     fn was_active(&self) -> bool {
         let read_by_worker = self.read_by_worker.swap(false, Ordering::SeqCst);
-        read_by_worker || self.in_flight() > 0
+        let call_ended = self.call_ended.swap(false, Ordering::Relaxed);
+        read_by_worker || call_ended || self.in_flight() > 0
     }
 
     /// True if call `seq` is in flight.
@@ -453,6 +457,7 @@ impl ConnCalls {
     /// Takes `seq` out of flight; true if the connection should now close (half-closed and
     /// idle).
     fn finish(&self, seq: u64) -> bool {
+        self.call_ended.store(true, Ordering::Relaxed);
         let mut in_flight = self.lock();
         in_flight.remove(&seq);
         self.in_flight_len.store(in_flight.len(), Ordering::SeqCst);
