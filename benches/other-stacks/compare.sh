@@ -12,6 +12,13 @@
 # round's raw TCP figure. Builds both tools in
 # release first (tarpc-load in its own target directory: it is not part of the workspace).
 # Takes about 3 shapes x ROUNDS x 6 runs x (SECONDS + 0.5).
+#
+# Caveats (from a review of the benchmarks): raw TCP is measured once per round, in the
+# first run, and the tools always run in the order above, each in a new process, so the
+# tarpc figures are divided by a raw figure taken some 10 s earlier (raw TCP's own calls/s
+# moves up to twofold within an hour on the project's VM): read the absolute calls/s of one
+# round beside each other too. tarpc-load spawns a task per request, the counterpart of
+# netrpc's pool dispatch more than of its inline dispatch.
 set -euo pipefail
 
 rounds=${1:-3}
