@@ -1,5 +1,8 @@
-//! Frame benches: the 28-byte header written and parsed, and the frame decoder over a buffer
-//! of many pipelined frames. Ids read `frame/{header_write,header_parse,decode}/{case}`.
+//! Frame benches: the 28-byte header written and parsed, a whole request encoded, and the
+//! frame decoder over a buffer of many pipelined frames. Ids read
+//! `frame/{header_write,header_parse,decode}/{case}` and `frame/encode/request` (which times
+//! building the `Frame` too, its two allocations and its drop included, not the encoding
+//! alone).
 
 #![allow(clippy::unwrap_used)] // a bench that fails should stop loudly
 

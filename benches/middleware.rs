@@ -1,9 +1,12 @@
 //! Middleware bench: what the chain costs per call, measured end to end over loopback
 //! beside the same call with no middleware, so the difference is the chain's overhead.
 //!
-//! - `middleware/none/sequential`: one blocking `Arith.Multiply` round trip, no middleware.
+//! - `middleware/none/sequential`: one blocking `Arith.Multiply` round trip, no middleware,
+//!   against a service on the worker pool ("sequential" names the calls, one after another;
+//!   the dispatch is the pool's).
 //! - `middleware/chain3/sequential`: the same, with client `Tracing` + `Logging` (to a sink
-//!   that only counts) and server `Logging` + `RateLimit` (never reached) + `Logging`.
+//!   that only counts) and server `Logging` + `RateLimit` (never reached) + `Logging`: five
+//!   middleware in all, three of them on the server (hence the name).
 //! - `middleware/{none,chain3}/inline`: the same against an inline service (no thread hop),
 //!   where the chain's share of a call is largest.
 //!
