@@ -73,6 +73,11 @@ usage: cargo run --release --example loadgen -- [--addr HOST:PORT | --inproc] [o
   --inflight N       calls outstanding per connection: 1 = blocking calls back to back,
                      more = that many `go` calls kept in flight (default 1; at most
                      1,000, a server's default cap per connection)
+  --rate N           open loop: start N calls/s in all, spread evenly over the connections,
+                     whatever the replies do (at most --inflight outstanding per connection),
+                     and count each call's latency from when it was due, so a stall delays
+                     every call scheduled during it, as a fixed-rate client sees it (default:
+                     closed loop, a call started as one completes; not with --baseline)
   --seconds S        measured duration (default 5)
   --warmup S         unmeasured warm-up before it (default 1)
   --codec NAME       postcard (default) or json
@@ -144,6 +149,8 @@ struct Plan {
     busy_poll: BusyPollPlan,
     /// Measure and print CPU time per call by thread name too (`--thread-cpu`).
     thread_cpu: bool,
+    /// Open loop (`--rate`): calls per second in all, or `None` for a closed loop.
+    rate: Option<f64>,
 }
 
 /// Busy-poll budgets (`--busy-poll-us`, `--busy-poll-at`): the in-process server's loops and
@@ -237,6 +244,7 @@ const KNOWN_FLAGS: &[&str] = &[
     "loops",
     "no-batch",
     "payload",
+    "rate",
     "raw-unbatched",
     "raw-work-ns",
     "seconds",
@@ -254,6 +262,10 @@ fn main() -> Result<(), Box<dyn Error>> {
         // The baseline would run here over loopback while netrpc's server runs elsewhere:
         // neither the ratio nor the CPU per call would compare like with like.
         return Err("--baseline measures raw TCP in this process: not with --addr".into());
+    }
+    if flags.has("baseline") && flags.has("rate") {
+        // The raw baseline runs a closed loop only: a ratio would compare unlike loads.
+        return Err("--rate runs an open loop, which the raw baseline does not".into());
     }
     let plan = Plan {
         conns: flags.get("conns", 1usize)?.max(1),
@@ -273,6 +285,10 @@ fn main() -> Result<(), Box<dyn Error>> {
         read_here: !flags.has("loop-reads"),
         busy_poll: BusyPollPlan::parse(&flags)?,
         thread_cpu: flags.has("thread-cpu"),
+        rate: match flags.get("rate", 0.0f64)? {
+            rate if rate > 0.0 => Some(rate),
+            _ => None,
+        },
     };
     let shape = ServerShape {
         loops: flags.get("loops", 0usize)?,
@@ -474,6 +490,10 @@ fn run_netrpc(
         inflight: plan.inflight,
         batch: plan.batch,
         read_here: plan.read_here,
+        // Each connection's share of the rate, as the time between two of its calls.
+        interval: plan
+            .rate
+            .map(|rate| Duration::from_secs_f64(plan.conns as f64 / rate)),
     };
     let payload = plan.payload;
     run_drivers(plan, move |record_from, end, progress| {
@@ -510,6 +530,8 @@ struct Pace {
     batch: bool,
     /// Wait with `Client::recv_completion` rather than on the channel alone.
     read_here: bool,
+    /// Open loop: start a call every `interval`, whatever the replies do (`--rate`).
+    interval: Option<Duration>,
 }
 
 /// The time window of a run, shared by its drivers.
@@ -568,6 +590,9 @@ where
     A: Serialize,
     R: DeserializeOwned + PartialEq + Send + 'static,
 {
+    if let Some(interval) = pace.interval {
+        return drive_at_rate(client, method, args, expected, pace.inflight, interval, window);
+    }
     let mut report = Report::default();
     if pace.inflight == 1 {
         while Instant::now() < window.end {
@@ -620,6 +645,70 @@ where
         }
     }
     report
+}
+
+/// One connection's open-loop driver (`--rate`): a call is due every `interval` and starts
+/// when due, or as soon as one of the `inflight` outstanding calls completes if none can
+/// start then; its latency counts from when it was due. A closed loop hides a stall behind
+/// the calls it holds up, since those are not started until it ends (coordinated
+/// omission); here every call due during the stall waits it out and shows it.
+fn drive_at_rate<A, R>(
+    client: &Client,
+    method: &str,
+    args: &A,
+    expected: &R,
+    inflight: usize,
+    interval: Duration,
+    window: &Window<'_>,
+) -> Report
+where
+    A: Serialize,
+    R: DeserializeOwned + PartialEq + Send + 'static,
+{
+    let mut report = Report::default();
+    let (done, completions) = done_channel::<R>();
+    let mut due_at: HashMap<u64, Instant> = HashMap::with_capacity(inflight);
+    let mut next_due = Instant::now();
+    // As in the closed loop: only a bug in the framework could need this margin.
+    let stall_limit = client.config().call_timeout + Duration::from_secs(5);
+    loop {
+        let now = Instant::now();
+        if next_due <= now && next_due < window.end && due_at.len() < inflight {
+            // Every call due now starts in one write.
+            let batch = client.batch();
+            while next_due <= now && next_due < window.end && due_at.len() < inflight {
+                due_at.insert(batch.go_with(method, args, &done), next_due);
+                next_due += interval;
+            }
+        }
+        let sending = next_due < window.end;
+        if !sending && due_at.is_empty() {
+            return report;
+        }
+        let wait = if sending && due_at.len() < inflight {
+            next_due.saturating_duration_since(now)
+        } else {
+            stall_limit
+        };
+        // The channel's wait keeps time to the microsecond; the client's own poller (behind
+        // `recv_completion`) sleeps whole milliseconds, which would start calls late.
+        match completions.recv_timeout(wait) {
+            Ok(completion) => {
+                for completion in std::iter::once(completion).chain(completions.try_iter()) {
+                    let due = due_at.remove(&completion.seq).unwrap_or(now);
+                    window.complete(&mut report, due, completion.result, expected);
+                }
+            }
+            Err(_) if wait < stall_limit => {} // the next call is due
+            Err(_) => {
+                *report
+                    .errors
+                    .entry("stalled (no completion)".into())
+                    .or_default() += due_at.len() as u64;
+                return report;
+            }
+        }
+    }
 }
 
 /// Runs `plan.conns` driver threads over the warm-up and measured window, printing progress,
