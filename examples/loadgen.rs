@@ -591,7 +591,15 @@ where
     R: DeserializeOwned + PartialEq + Send + 'static,
 {
     if let Some(interval) = pace.interval {
-        return drive_at_rate(client, method, args, expected, pace.inflight, interval, window);
+        return drive_at_rate(
+            client,
+            method,
+            args,
+            expected,
+            pace.inflight,
+            interval,
+            window,
+        );
     }
     let mut report = Report::default();
     if pace.inflight == 1 {
