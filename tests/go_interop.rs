@@ -407,14 +407,20 @@ fn shutdown_closes_jsonrpc_connections_and_later_calls_fail_with_shutdown() {
     assert_back_to_idle(&server);
 }
 
-#[test]
-fn a_graceful_shutdown_answers_the_calls_in_flight_then_closes() {
+/// A jsonrpc server, a client of it, and that client's `Misc.Sleep(ms)` call, in flight.
+fn a_sleeping_call(ms: u64) -> (JsonRpcHandle, JsonRpcClient, Call<u64>) {
     let (server, handle) = start_server(Server::new());
     let client = JsonRpcClient::dial(handle.local_addr()).unwrap();
-    let sleeping = client.go::<_, u64>("Misc.Sleep", &300u64);
+    let sleeping = client.go::<_, u64>("Misc.Sleep", &ms);
     wait_until("the call in flight", Duration::from_secs(5), || {
         server.stats().in_flight_calls == 1
     });
+    (handle, client, sleeping)
+}
+
+#[test]
+fn a_graceful_shutdown_answers_the_calls_in_flight_then_closes() {
+    let (handle, client, sleeping) = a_sleeping_call(300);
     let started = Instant::now();
     assert!(handle.shutdown_gracefully(Duration::from_secs(5)));
     assert_eq!(sleeping.wait().unwrap(), 300);
@@ -430,12 +436,7 @@ fn a_graceful_shutdown_answers_the_calls_in_flight_then_closes() {
 
 #[test]
 fn a_graceful_shutdown_past_its_grace_closes_what_is_left() {
-    let (server, handle) = start_server(Server::new());
-    let client = JsonRpcClient::dial(handle.local_addr()).unwrap();
-    let sleeping = client.go::<_, u64>("Misc.Sleep", &2000u64);
-    wait_until("the call in flight", Duration::from_secs(5), || {
-        server.stats().in_flight_calls == 1
-    });
+    let (handle, _client, sleeping) = a_sleeping_call(2000);
     assert!(!handle.shutdown_gracefully(Duration::from_millis(200)));
     assert!(sleeping.wait().is_err());
     assert_eq!(handle.open_connections(), 0);
