@@ -259,6 +259,95 @@ pub fn drive(
     Ok(recorded)
 }
 
+/// The open-loop counterpart of [`drive`] (`loadgen --rate`): a request is due every
+/// `interval` and is written when due (those due together in one write), or as soon as a
+/// reply frees room if `inflight` are outstanding; each reply's latency counts from when its
+/// request was due. A thread of its own reads the replies, as netrpc's client loop does, so
+/// that sending keeps time whatever the replies do. Returns the number of replies recorded.
+pub fn drive_at_rate(
+    addr: SocketAddr,
+    shape: Shape,
+    inflight: usize,
+    interval: Duration,
+    window: (Instant, Instant),
+    histogram: &mut Histogram,
+    progress: &AtomicU64,
+) -> io::Result<u64> {
+    let (record_from, end) = window;
+    let stream = TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    let request = shape.request();
+    // When each request written was due, in order: replies come back in that order.
+    let due_times = std::sync::Mutex::new(VecDeque::<Instant>::with_capacity(inflight));
+    let outstanding = AtomicU64::new(0);
+    thread::scope(|scope| {
+        let reader = scope.spawn(|| -> io::Result<u64> {
+            let mut chunk = vec![0u8; (shape.reply_len * inflight).max(64 * 1024)];
+            let (mut buffered, mut recorded) = (0usize, 0u64);
+            loop {
+                let n = (&stream).read(&mut chunk)?;
+                if n == 0 {
+                    return Ok(recorded);
+                }
+                buffered += n;
+                let replies = buffered / shape.reply_len;
+                buffered %= shape.reply_len;
+                let now = Instant::now();
+                let mut due_times = due_times.lock().unwrap_or_else(|p| p.into_inner());
+                for _ in 0..replies {
+                    let due = due_times.pop_front().unwrap_or(now);
+                    if now >= record_from {
+                        histogram.record(now - due);
+                        recorded += 1;
+                    }
+                }
+                drop(due_times);
+                outstanding.fetch_sub(replies as u64, Ordering::SeqCst);
+                progress.fetch_add(replies as u64, Ordering::Relaxed);
+            }
+        });
+        let mut next_due = Instant::now();
+        let mut out = Vec::with_capacity(shape.request_len * inflight);
+        let sent = loop {
+            let now = Instant::now();
+            if next_due >= end {
+                break Ok(());
+            }
+            let room = inflight as u64 - outstanding.load(Ordering::SeqCst).min(inflight as u64);
+            if next_due <= now && room > 0 {
+                out.clear();
+                let mut due_times = due_times.lock().unwrap_or_else(|p| p.into_inner());
+                let mut count = 0;
+                while next_due <= now && next_due < end && count < room {
+                    out.extend_from_slice(&request);
+                    due_times.push_back(next_due);
+                    next_due += interval;
+                    count += 1;
+                }
+                drop(due_times);
+                outstanding.fetch_add(count, Ordering::SeqCst);
+                if let Err(err) = (&stream).write_all(&out) {
+                    break Err(err);
+                }
+            } else if room > 0 {
+                thread::sleep(next_due - now);
+            } else {
+                thread::yield_now(); // full: a reply frees room
+            }
+        };
+        // Let the last replies come (bounded), then end the reader.
+        let drained_by = Instant::now() + Duration::from_secs(5);
+        while outstanding.load(Ordering::SeqCst) > 0 && Instant::now() < drained_by {
+            thread::sleep(Duration::from_millis(1));
+        }
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+        let recorded = reader
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("reader panicked")));
+        sent.and(recorded)
+    })
+}
+
 fn send_requests(
     stream: &mut TcpStream,
     request: &[u8],
