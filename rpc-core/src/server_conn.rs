@@ -151,14 +151,12 @@ pub(crate) struct ConnCalls {
     /// The largest reply sent on this connection so far: what each call in flight may yet
     /// add to the queue, for backpressure.
     largest_reply: AtomicUsize,
-    /// A worker read a frame of this connection since the idle check last looked
-    /// ([`ServerConfig::worker_reads`]): the loop, which did not see it, counts it as activity.
+    /// Activity the loop did not see itself since the idle check last looked: a frame a
+    /// worker read ([`ServerConfig::worker_reads`]), or a call that ended (the connection was
+    /// busy until then, so the idle timeout counts from that check, not from the request).
     ///
     /// [`ServerConfig::worker_reads`]: crate::ServerConfig::worker_reads
-    read_by_worker: AtomicBool,
-    /// A call ended since the idle check last looked: the connection was busy until then,
-    /// so the idle timeout counts from that check, not from the call's request.
-    call_ended: AtomicBool,
+    unseen_activity: AtomicBool,
     /// The requests a worker read and runs in turn, watched by the loop.
     worker_batch: worker_read::WorkerBatch,
     /// When the workers' replies are corked and when written.
@@ -430,9 +428,12 @@ impl ConnCalls {
     /// For the idle check: true if a call is in flight now, or one ended or a worker read a
     /// frame since the last time this was asked (frames the loop reads it sees itself).
     fn was_active(&self) -> bool {
-        let read_by_worker = self.read_by_worker.swap(false, Ordering::SeqCst);
-        let call_ended = self.call_ended.swap(false, Ordering::Relaxed);
-        read_by_worker || call_ended || self.in_flight() > 0
+        self.unseen_activity.swap(false, Ordering::Relaxed) || self.in_flight() > 0
+    }
+
+    /// Notes activity the loop does not see itself, for its idle check ([`ConnCalls::was_active`]).
+    fn note_activity(&self) {
+        self.unseen_activity.store(true, Ordering::Relaxed);
     }
 
     /// True if call `seq` is in flight.
@@ -457,7 +458,7 @@ impl ConnCalls {
     /// Takes `seq` out of flight; true if the connection should now close (half-closed and
     /// idle).
     fn finish(&self, seq: u64) -> bool {
-        self.call_ended.store(true, Ordering::Relaxed);
+        self.note_activity();
         let mut in_flight = self.lock();
         in_flight.remove(&seq);
         self.in_flight_len.store(in_flight.len(), Ordering::SeqCst);
@@ -980,7 +981,7 @@ mod tests {
     fn the_idle_check_sees_frames_a_worker_read_once() {
         let calls = ConnCalls::default();
         assert!(!calls.was_active());
-        calls.read_by_worker.store(true, Ordering::SeqCst);
+        calls.note_activity();
         assert!(
             calls.was_active(),
             "a worker read a frame the loop never saw"

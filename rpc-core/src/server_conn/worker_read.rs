@@ -241,7 +241,7 @@ pub(super) fn read_next(site: &ConnSite) {
             .frames_read_by_workers
             .fetch_add(count, Ordering::Relaxed);
         if site.server.config.idle_timeout.is_some() {
-            site.calls.read_by_worker.store(true, Ordering::SeqCst);
+            site.calls.note_activity();
         }
         run_batch(site, &mut calls);
         if !matches!(outcome, ReadHere::Frames(_)) {
