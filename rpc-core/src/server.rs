@@ -582,16 +582,7 @@ impl ServerHandle {
         };
         group.stop_accepting();
         self.server.go_away(group.id);
-        let deadline = deadline_after(Instant::now(), grace);
-        let drained = loop {
-            if !self.server.is_busy(group.id) {
-                break true;
-            }
-            if Instant::now() >= deadline {
-                break false;
-            }
-            thread::sleep(DRAIN_POLL.min(deadline.saturating_duration_since(Instant::now())));
-        };
+        let drained = drain_within(grace, || !self.server.is_busy(group.id));
         let id = group.id;
         group.shutdown();
         self.server.forget_draining(id);
@@ -712,7 +703,24 @@ fn unreachable(addr: &str, err: io::Error) -> RpcError {
 /// The group id of connections served with `serve_conn`.
 const SERVE_CONN_GROUP: u64 = 0;
 
-/// How often a graceful shutdown checks whether the calls in flight have finished.
+/// Waits up to `grace` for `drained` to say so, looking every few milliseconds: how a
+/// graceful shutdown (of the event loops' connections, or of a jsonrpc listener's) waits for
+/// its calls to end. True if they did in time.
+pub(crate) fn drain_within(grace: Duration, mut drained: impl FnMut() -> bool) -> bool {
+    let deadline = deadline_after(Instant::now(), grace);
+    loop {
+        if drained() {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        thread::sleep(DRAIN_POLL.min(left));
+    }
+}
+
+/// How often a graceful shutdown looks whether the calls in flight have finished.
 const DRAIN_POLL: Duration = Duration::from_millis(5);
 
 /// How long `serve_conn` waits for a loop to take the socket.

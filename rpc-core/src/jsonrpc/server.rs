@@ -15,12 +15,10 @@ use std::net::{
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
-
-use rpc_transport::clock::deadline_after;
+use std::time::Duration;
 
 use crate::error::RpcError;
-use crate::server::{ConnectionSlot, Server, ServerShared};
+use crate::server::{drain_within, ConnectionSlot, Server, ServerShared};
 use crate::stats::StatsCounters;
 
 use super::message::{self, NULL};
@@ -147,17 +145,7 @@ impl JsonRpcHandle {
             // Reading ends as at the peer's end of stream (`server_conn.rs`).
             let _ = conn.stream.shutdown(Shutdown::Read);
         }
-        let deadline = deadline_after(Instant::now(), grace);
-        let drained = loop {
-            if lock(&self.listening.conns).is_empty() {
-                break true;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break false;
-            }
-            thread::sleep(DRAIN_POLL.min(left));
-        };
+        let drained = drain_within(grace, || lock(&self.listening.conns).is_empty());
         self.close_connections();
         drained
     }
@@ -318,6 +306,3 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// How long `shutdown` tries to connect to its own listener to wake it.
 const WAKE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// How often a graceful shutdown looks whether every connection has ended.
-const DRAIN_POLL: Duration = Duration::from_millis(5);
