@@ -66,7 +66,7 @@ impl Client {
     /// Starts a [`Batch`]: `go` calls made through it are written together, by this thread,
     /// when it is sent or dropped.
     pub fn batch(&self) -> Batch<'_> {
-        self.batch_opened(true);
+        self.batch_opened();
         Batch { client: self }
     }
 }
@@ -127,7 +127,7 @@ impl Batch<'_> {
 impl Drop for Batch<'_> {
     fn drop(&mut self) {
         self.client.flush_batch();
-        self.client.batch_opened(false);
+        self.client.batch_sent();
     }
 }
 

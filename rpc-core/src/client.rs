@@ -319,13 +319,14 @@ impl Client {
         let _ = self.inner.conn.flush();
     }
 
-    /// Counts a batch open (`true`) or sent (`false`).
-    pub(crate) fn batch_opened(&self, open: bool) {
-        if open {
-            self.inner.open_batches.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.inner.open_batches.fetch_sub(1, Ordering::Relaxed);
-        }
+    /// Counts a [`crate::Batch`] opened on this client.
+    pub(crate) fn batch_opened(&self) {
+        self.inner.open_batches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a [`crate::Batch`] sent (or dropped, which sends it).
+    pub(crate) fn batch_sent(&self) {
+        self.inner.open_batches.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Closes the connection (Go: `Client.Close`). Pending calls fail with
