@@ -94,8 +94,17 @@ impl EtcdRegistry {
 
     /// One gateway call: `body` posted to `path`, the JSON answer on status 200.
     fn call(&self, path: &str, body: &Value) -> Result<Value, RegistryError> {
-        let response = self
-            .http
+        self.call_with(&self.http, path, body)
+    }
+
+    /// [`EtcdRegistry::call`] through `http` (the registry's client with another timeout).
+    fn call_with(
+        &self,
+        http: &HttpClient,
+        path: &str,
+        body: &Value,
+    ) -> Result<Value, RegistryError> {
+        let response = http
             .post(path, body.to_string().as_bytes())
             .map_err(|source| self.unavailable(source))?;
         parse_answer(&response)
@@ -244,11 +253,8 @@ impl Registry for EtcdRegistry {
         // time to try again before it lapses (etcd's shortest TTL is 2 s, the request
         // timeout 5 s by default).
         let within = self.http.request_timeout().min(lease.ttl / 3);
-        let renewing = EtcdRegistry {
-            http: self.http.clone().timeout(within),
-            ..self.clone()
-        };
-        let answer = renewing.call(
+        let answer = self.call_with(
+            &self.http.clone().timeout(within),
             "/v3/lease/keepalive",
             &json!({ "ID": lease.id.to_string() }),
         )?;
