@@ -4,21 +4,22 @@
 #
 #   benches/other-stacks/compare.sh [ROUNDS] [SECONDS]
 #
-# Per shape and round: `loadgen --inline --baseline` (raw TCP, then netrpc inline), `loadgen`
-# (netrpc, pool dispatch), then tarpc-load with tokio's multi-thread runtime, with one
-# current-thread runtime for server and clients alike (no thread ever wakes another), and with
-# the server on a current-thread runtime of its own thread (apart from its callers, as
-# netrpc's server loop is and as two processes would be). Every figure is divided by that
-# round's raw TCP figure. Builds both tools in
-# release first (tarpc-load in its own target directory: it is not part of the workspace).
-# Takes about 3 shapes x ROUNDS x 6 runs x (SECONDS + 0.5).
+# Per shape and round: `loadgen --inline --baseline` (raw TCP, then netrpc inline), then, in
+# an order that rotates by one each round, `loadgen` (netrpc, pool dispatch) and tarpc-load
+# with tokio's multi-thread runtime, with one current-thread runtime for server and clients
+# alike (no thread ever wakes another), and with the server on a current-thread runtime of
+# its own thread (apart from its callers, as netrpc's server loop is and as two processes
+# would be), then `loadgen --inline --baseline` again. Every figure is divided by the mean of
+# the round's two raw TCP figures (netrpc inline's two figures are averaged too), and the
+# raw column shows both, so a round in which the machine's speed moved shows it. Builds
+# both tools in release first (tarpc-load in its own target directory: it is not part of
+# the workspace). Takes about 3 shapes x ROUNDS x 6 runs x (SECONDS + 0.5) plus one more
+# for the raw figure measured at each end of a round.
 #
-# Caveats (from a review of the benchmarks): raw TCP is measured once per round, in the
-# first run, and the tools always run in the order above, each in a new process, so the
-# tarpc figures are divided by a raw figure taken some 10 s earlier (raw TCP's own calls/s
-# moves up to twofold within an hour on the project's VM): read the absolute calls/s of one
-# round beside each other too. tarpc-load spawns a task per request, the counterpart of
-# netrpc's pool dispatch more than of its inline dispatch.
+# Caveats: raw TCP's calls/s moves up to twofold within an hour on the project's VM, and
+# each tool runs in a new process; the two raw figures of a round bracket the others but
+# do not pin them. tarpc-load spawns a task per request, the counterpart of netrpc's pool
+# dispatch more than of its inline dispatch.
 set -euo pipefail
 
 rounds=${1:-3}
@@ -43,21 +44,43 @@ ratio() {
     awk -v n="$1" -v raw="$2" 'BEGIN { printf "%.3f", n / raw }'
 }
 
-printf '%-6s %11s %14s %12s %12s %14s %14s\n' shape "raw calls/s" "netrpc inline" \
+# The mean of its two arguments.
+mean() {
+    awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", (a + b) / 2 }'
+}
+
+# Runs the tool named $1 on the current shape; prints its calls/s.
+run_tool() {
+    case "$1" in
+    pool) "$loadgen" --inproc "${flags[@]}" 2>&1 | calls_of "netrpc" ;;
+    multi) "$tarpc" "${flags[@]}" --runtime multi | calls_of "tarpc" ;;
+    current) "$tarpc" "${flags[@]}" --runtime current | calls_of "tarpc" ;;
+    apart) "$tarpc" "${flags[@]}" --runtime current --server-thread | calls_of "tarpc" ;;
+    esac
+}
+
+printf '%-6s %17s %14s %12s %12s %14s %14s\n' shape "raw calls/s" "netrpc inline" \
     "netrpc pool" "tarpc multi" "tarpc 1 thread" "tarpc 2 threads"
+tools=(pool multi current apart)
 for shape in "1 1" "1 64" "4 16"; do
     read -r conns inflight <<<"$shape"
     flags=(--conns "$conns" --inflight "$inflight" --seconds "$seconds" --warmup 0.5)
-    for _ in $(seq "$rounds"); do
-        inline_run=$("$loadgen" --inproc "${flags[@]}" --inline --baseline 2>&1)
-        raw=$(calls_of "raw" <<<"$inline_run")
-        inline=$(calls_of "netrpc" <<<"$inline_run")
-        pool=$("$loadgen" --inproc "${flags[@]}" 2>&1 | calls_of "netrpc")
-        multi=$("$tarpc" "${flags[@]}" --runtime multi | calls_of "tarpc")
-        current=$("$tarpc" "${flags[@]}" --runtime current | calls_of "tarpc")
-        apart=$("$tarpc" "${flags[@]}" --runtime current --server-thread | calls_of "tarpc")
-        printf '%-6s %11s %14s %12s %12s %14s %14s\n' "${conns}x${inflight}" "$raw" \
-            "$(ratio "$inline" "$raw")" "$(ratio "$pool" "$raw")" "$(ratio "$multi" "$raw")" \
-            "$(ratio "$current" "$raw")" "$(ratio "$apart" "$raw")"
+    for round in $(seq "$rounds"); do
+        first=$("$loadgen" --inproc "${flags[@]}" --inline --baseline 2>&1)
+        declare -A calls=()
+        for i in "${!tools[@]}"; do
+            tool=${tools[$(((i + round) % ${#tools[@]}))]}
+            calls[$tool]=$(run_tool "$tool")
+        done
+        last=$("$loadgen" --inproc "${flags[@]}" --inline --baseline 2>&1)
+        raw_first=$(calls_of "raw" <<<"$first")
+        raw_last=$(calls_of "raw" <<<"$last")
+        raw=$(mean "$raw_first" "$raw_last")
+        inline=$(mean "$(calls_of "netrpc" <<<"$first")" "$(calls_of "netrpc" <<<"$last")")
+        printf '%-6s %17s %14s %12s %12s %14s %14s\n' "${conns}x${inflight}" \
+            "$raw_first/$raw_last" "$(ratio "$inline" "$raw")" "$(ratio "${calls[pool]}" "$raw")" \
+            "$(ratio "${calls[multi]}" "$raw")" "$(ratio "${calls[current]}" "$raw")" \
+            "$(ratio "${calls[apart]}" "$raw")"
+        unset calls
     done
 done
