@@ -4,8 +4,9 @@
 //! The pool starts a thread whenever work waits and no thread is idle, up to as many threads
 //! as the machine has cores (`eager_threads`). Past that, a monitor thread (Go's `sysmon`)
 //! looks at the queue every [`MONITOR_TICK`]: if jobs queued a whole tick ago are still
-//! waiting, it asks the kernel which busy workers are blocked (`thread_state.rs`; blocked in
-//! the same job a tick before too, so a moment's wait for a lock does not count) and starts
+//! waiting, it asks the kernel which busy workers are blocked in a handler (`thread_state.rs`;
+//! blocked in the same job a tick before too, so a moment's wait for a lock does not count;
+//! a worker asleep in the job's own bookkeeping, outside [`as_handler`], never does) and starts
 //! one thread for each (no more than the jobs waiting that long), so while handlers sleep the
 //! count about doubles each tick, a tick behind, up to `max_threads`. So 64 concurrent calls
 //! of a 100 ms method still take about 100 ms (a few ticks more), as with Go's goroutine per
@@ -136,7 +137,11 @@ impl<J: PoolJob> WorkerPool<J> {
             return;
         }
         if threads < shared.eager_threads {
-            try_spawn(shared);
+            // Checked again as the count is raised: callers queuing at once (the loop, and
+            // workers queuing flushes) must not each start the last eager thread.
+            try_spawn(shared, |threads| {
+                threads.saturating_sub(shared.reading.load(Ordering::SeqCst)) < shared.eager_threads
+            });
         } else if !shared.monitor_running.load(Ordering::SeqCst)
             && !shared.monitor_running.swap(true, Ordering::SeqCst)
         {
@@ -221,9 +226,11 @@ impl<J> PoolShared<J> {
         self.workers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Busy workers that are neither running nor waiting for a core (asleep in their
-    /// handler) now and were so in the same job when last asked, counted up to `limit`.
-    /// Busy workers whose state cannot be told count as blocked. Only the monitor asks.
+    /// Busy workers asleep in a handler ([`as_handler`]: neither running nor waiting for a
+    /// core) now and so in the same job when last asked, counted up to `limit`. Busy workers
+    /// in a handler whose state cannot be told count as blocked. A worker asleep outside a
+    /// handler (on a lock of the job's own bookkeeping) does not count: its wait ends
+    /// without another job's help. Only the monitor asks.
     fn blocked_workers(&self, limit: usize) -> usize {
         // Workers take this lock only as they start and exit, so holding it for the probes
         // (a /proc read each) costs them no more than a brief wait.
@@ -236,6 +243,7 @@ impl<J> PoolShared<J> {
             let job = worker.job.load(Ordering::SeqCst);
             if job == NO_JOB
                 || worker.reading.load(Ordering::SeqCst)
+                || !worker.in_handler.load(Ordering::SeqCst)
                 || worker.probe.is_runnable() == Some(true)
             {
                 continue;
@@ -260,6 +268,8 @@ struct WorkerState {
     seen_blocked_in: AtomicU64,
     /// The worker reads a connection now ([`WorkerPool::begin_reading`]).
     reading: AtomicBool,
+    /// The worker runs a handler now ([`as_handler`]).
+    in_handler: AtomicBool,
 }
 
 thread_local! {
@@ -280,6 +290,37 @@ impl Drop for ReadingGuard<'_> {
     }
 }
 
+/// Runs `handler` (a call's handler, inside its middleware) marked, if this thread is a pool
+/// worker, as a handler: only a worker asleep in one may be blocked waiting for another call
+/// (a barrier, a channel, a nested call), so only such a worker makes the monitor start a
+/// thread. Off a worker (an inline handler on its event loop) it only runs `handler`.
+pub(crate) fn as_handler<T>(handler: impl FnOnce() -> T) -> T {
+    WORKER.with(|worker| match &*worker.borrow() {
+        Some(me) => {
+            let was_in_handler = me.in_handler.swap(true, Ordering::SeqCst);
+            // Unmarks it however the handler ends (a panic is caught further out).
+            let _unmark = HandlerMark {
+                in_handler: &me.in_handler,
+                was_in_handler,
+            };
+            handler()
+        }
+        None => handler(),
+    })
+}
+
+/// Puts back a worker's handler mark as [`as_handler`] found it.
+struct HandlerMark<'a> {
+    in_handler: &'a AtomicBool,
+    was_in_handler: bool,
+}
+
+impl Drop for HandlerMark<'_> {
+    fn drop(&mut self) {
+        self.in_handler.store(self.was_in_handler, Ordering::SeqCst);
+    }
+}
+
 /// A value alone on its cache line (128 bytes: x86 fetches lines in pairs), so that writes
 /// to its neighbours do not take it from the thread that updates it.
 #[derive(Debug)]
@@ -289,12 +330,13 @@ struct CacheLine<T>(T);
 /// `WorkerState::job` of an idle worker (jobs are numbered from 1).
 const NO_JOB: u64 = 0;
 
-/// Starts a worker unless the pool is at its cap; false if it started none.
-fn try_spawn<J: PoolJob>(shared: &Arc<PoolShared<J>>) -> bool {
+/// Starts a worker unless the pool is at its cap or `may_start` (given the threads alive,
+/// checked as their count is raised) says no; false if it started none.
+fn try_spawn<J: PoolJob>(shared: &Arc<PoolShared<J>>, may_start: impl Fn(usize) -> bool) -> bool {
     let mut threads = shared.threads.load(Ordering::SeqCst);
     loop {
-        if threads >= shared.max_threads {
-            return false; // at the cap: the job waits for a free thread
+        if threads >= shared.max_threads || !may_start(threads) {
+            return false; // the job waits for a free thread
         }
         match shared.threads.compare_exchange(
             threads,
@@ -358,7 +400,7 @@ fn monitor_loop<J: PoolJob>(shared: &Arc<PoolShared<J>>) {
                 stalled_ticks = 0;
             }
             for _ in 0..more {
-                if !try_spawn(shared) {
+                if !try_spawn(shared, |_| true) {
                     break;
                 }
             }
@@ -398,6 +440,7 @@ fn worker_loop<J: PoolJob>(shared: &PoolShared<J>) {
         job: AtomicU64::new(NO_JOB),
         seen_blocked_in: AtomicU64::new(NO_JOB),
         reading: AtomicBool::new(false),
+        in_handler: AtomicBool::new(false),
     });
     WORKER.with(|worker| *worker.borrow_mut() = Some(Arc::clone(&me)));
     shared.workers().push(Arc::clone(&me));
@@ -540,7 +583,7 @@ mod tests {
         for _ in 0..32 {
             let done_tx = done_tx.clone();
             pool.execute(Box::new(move || {
-                thread::sleep(Duration::from_millis(100));
+                as_handler(|| thread::sleep(Duration::from_millis(100)));
                 done_tx.send(()).unwrap();
             }));
         }
@@ -612,6 +655,39 @@ mod tests {
         assert!(threads <= eager + 1, "{threads} threads for {eager} cores");
     }
 
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn jobs_asleep_outside_a_handler_get_no_threads_beyond_the_cores() {
+        // A job's own bookkeeping around its handler (the server's in-flight table, a
+        // connection's queue) takes locks for a moment; a worker asleep on one while its
+        // holder waits for a core is no handler that blocks, and threads started for it
+        // would only compete for the same cores (and live on for `keep_alive`).
+        let pool = TestPool::new(64, Duration::from_secs(1));
+        let eager = pool.shared.eager_threads;
+        let lock = Arc::new(Mutex::new(()));
+        let held = lock.lock().unwrap();
+        let jobs = eager + 4;
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        for _ in 0..jobs {
+            let (lock, done_tx) = (Arc::clone(&lock), done_tx.clone());
+            pool.execute(Box::new(move || {
+                drop(lock.lock());
+                done_tx.send(()).unwrap();
+            }));
+        }
+        // Long enough for the monitor to find the workers asleep in the same job twice,
+        // well short of `STALLED_TICKS`.
+        thread::sleep(Duration::from_millis(25));
+        let threads = pool.threads();
+        drop(held);
+        for _ in 0..jobs {
+            done_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        }
+        // One more is allowed, as for jobs that compute: a loaded machine may stretch the
+        // wait past `STALLED_TICKS`.
+        assert!(threads <= eager + 1, "{threads} threads for {eager} cores");
+    }
+
     #[test]
     fn jobs_spinning_until_a_queued_job_runs_get_it_a_thread_once_the_queue_stalls() {
         // Every eager thread spins (never sleeping) until the job queued last has run.
@@ -665,7 +741,7 @@ mod tests {
         for job in jobs {
             let done_tx = done_tx.clone();
             pool.execute(Box::new(move || {
-                job.run();
+                as_handler(|| job.run());
                 done_tx.send(()).unwrap();
             }));
             count += 1;

@@ -92,17 +92,21 @@ impl fmt::Debug for Next<'_> {
 }
 
 /// Runs `handler` with `call` current ([`CallContext::current`]) inside `chain`: how every
-/// call a server runs meets its middleware, whatever listener it came through.
+/// call a server runs meets its middleware, whatever listener it came through. On a pool
+/// worker, the whole of it counts as the handler ([`crate::pool::as_handler`]): a
+/// middleware that waits may need another call's thread as much as a handler that does.
 pub(crate) fn run_in_middleware(
     chain: &[Arc<dyn ServerMiddleware>],
     call: CallContext,
     handler: &mut dyn FnMut() -> Result<(), DispatchError>,
 ) -> Result<(), DispatchError> {
-    if chain.is_empty() {
-        return call.enter(handler);
-    }
-    call.clone()
-        .enter(|| run_server_chain(chain, &call, handler))
+    crate::pool::as_handler(|| {
+        if chain.is_empty() {
+            return call.enter(handler);
+        }
+        call.clone()
+            .enter(|| run_server_chain(chain, &call, handler))
+    })
 }
 
 /// Runs `handler` inside `chain` for `call`.
