@@ -428,7 +428,12 @@ impl ConnCalls {
     /// For the idle check: true if a call is in flight now, or one ended or a worker read a
     /// frame since the last time this was asked (frames the loop reads it sees itself).
     fn was_active(&self) -> bool {
-        self.unseen_activity.swap(false, Ordering::Relaxed) || self.in_flight() > 0
+        // The count first: a call that ends between the two reads has noted its end before
+        // its count fell (`finish`), so a count seen at zero is followed by the flag seen
+        // set; read the other way round, the end would fall between them unseen.
+        let in_flight = self.in_flight() > 0;
+        let unseen = self.unseen_activity.swap(false, Ordering::Relaxed);
+        in_flight || unseen
     }
 
     /// Notes activity the loop does not see itself, for its idle check ([`ConnCalls::was_active`]).
