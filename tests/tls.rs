@@ -420,6 +420,51 @@ fn half_a_tls_record_then_silence_is_closed_after_the_frame_timeout() {
 }
 
 #[test]
+fn a_tls_record_that_carries_no_frame_stops_the_frame_clock_it_started() {
+    // A key update is a whole TLS record with no frame in it. Its first bytes start the
+    // frame clock (a record has begun); its last end the message without delivering a frame,
+    // and the clock must stop there, not close an idle, healthy connection a timeout later.
+    let pki = Pki::new();
+    let server = serve_with_a_300_ms_frame_timeout(&pki);
+    let config = tls::client_config(pki.ca.roots().unwrap(), None).unwrap();
+    let name = tls::ServerName::try_from("localhost").unwrap();
+    let mut conn = rustls::ClientConnection::new(config, name).unwrap();
+    let mut raw = TcpStream::connect(server.addr()).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut raw).unwrap();
+    }
+    conn.refresh_traffic_keys().unwrap();
+    let mut record = Vec::new();
+    conn.write_tls(&mut record).unwrap();
+    raw.write_all(&record[..3]).unwrap();
+    thread::sleep(Duration::from_millis(50));
+    raw.write_all(&record[3..]).unwrap();
+    thread::sleep(Duration::from_millis(600));
+
+    let mut frame = bytes::BytesMut::new();
+    Frame::new(FrameKind::Ping, 7)
+        .encode(&mut frame, &FrameLimits::default())
+        .unwrap();
+    conn.writer().write_all(&frame).unwrap();
+    conn.complete_io(&mut raw).unwrap();
+    let mut pong = [0u8; 1];
+    let answered = loop {
+        match conn.reader().read(&mut pong) {
+            Ok(n) => break n > 0,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                if conn.complete_io(&mut raw).is_err() {
+                    break false;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    assert!(answered, "the connection still answers a ping");
+    assert_eq!(server.server.stats().frame_timeouts, 0);
+}
+
+#[test]
 fn garbage_bytes_close_the_connection_and_count_a_tls_error() {
     let pki = Pki::new();
     let server = pki.serve(false, Server::builder());

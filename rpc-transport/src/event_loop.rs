@@ -408,8 +408,12 @@ impl EventLoop {
                     Err(err) => break ReadOutcome::Failed(err.into()),
                 }
             };
+            // The clock starts again with each frame delivered, and wherever it disagrees with
+            // the inbox: a message begun, or none left (a TLS record may end, a key update say,
+            // with no frame delivered and none begun).
+            let mid_message = inbox.is_mid_message();
             drop(inbox);
-            let restart_clock = frame_done || !slot.frame_clock.is_running();
+            let restart_clock = frame_done || slot.frame_clock.is_running() != mid_message;
             if tls_records {
                 // Handshake messages or an alert: nobody else may write them.
                 self.flush_now(index);

@@ -3,7 +3,8 @@
 //!
 //! A frame must arrive whole within the frame timeout of its first byte, so the loop starts
 //! the clock again with every read that delivers a frame and leaves part of the next in the
-//! decoder. A timer per restart piled up in the loop's heap: each lived the whole timeout, so
+//! decoder, and stops it after any read that leaves no message begun (over TLS a record can
+//! end with no frame in it). A timer per restart piled up in the loop's heap: each lived the whole timeout, so
 //! a busy pipelining connection (a read turn ending inside a frame tens of thousands of times
 //! a second) kept hundreds of thousands of them, and with a timeout of hours or
 //! `Duration::MAX` they never went. The clock keeps at most one timer pending instead: a
