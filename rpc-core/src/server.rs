@@ -602,18 +602,24 @@ impl ServerHandle {
     }
 
     /// Hands `stream`, counted in `slot`, to this handle's event loops, as its acceptor
-    /// would (spread over the loops by connection id).
+    /// would (spread over the loops by connection id), after `greet` has written to it what
+    /// must precede every frame (the HTTP listener's `200`). `greet` runs while the handle
+    /// cannot shut down, so a peer it greets is served.
     ///
-    /// Fails if the handle was shut down since the slot was reserved, or the socket cannot
-    /// be made non-blocking; the socket is then closed.
-    pub(crate) fn adopt(&self, stream: TcpStream, slot: ConnectionSlot) -> io::Result<()> {
+    /// Fails if the handle was shut down since the slot was reserved (`greet` has not run,
+    /// and the stream is given back), `greet` failed, or the socket cannot be made
+    /// non-blocking; except in the first case the socket is closed.
+    pub(crate) fn adopt_after(
+        &self,
+        mut stream: TcpStream,
+        slot: ConnectionSlot,
+        greet: impl FnOnce(&mut TcpStream) -> io::Result<()>,
+    ) -> Result<(), Adoption> {
         let group = self.group.lock().unwrap_or_else(|p| p.into_inner());
         let Some(group) = group.as_ref() else {
-            return Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "server is shut down",
-            ));
+            return Err(Adoption::ShutDown(stream));
         };
+        greet(&mut stream).map_err(|_| Adoption::GreetingFailed)?;
         let _ = stream.set_nodelay(true);
         // `handles` is never empty: `start_loops` starts loop 0 at least.
         let target = &group.handles[(slot.id() % group.handles.len() as u64) as usize];
@@ -621,8 +627,19 @@ impl ServerHandle {
         let make_handler = Box::new(move |conn: &Connection| {
             Box::new(ServerConn::new(server, conn, slot)) as Box<dyn FrameHandler>
         });
-        adopt_conn(target, stream, &self.server.config, make_handler)
+        adopt_conn(target, stream, &self.server.config, make_handler).map_err(|_| Adoption::Failed)
     }
+}
+
+/// Why [`ServerHandle::adopt_after`] did not hand a stream to the loops.
+#[derive(Debug)]
+pub(crate) enum Adoption {
+    /// The handle is shut down; the stream, untouched, is given back.
+    ShutDown(TcpStream),
+    /// The greeting could not be written: the peer is gone or not reading.
+    GreetingFailed,
+    /// The loop could not take the socket (see `adopt_conn`).
+    Failed,
 }
 
 /// Why [`ServerHandle::reserve`] refused a connection.

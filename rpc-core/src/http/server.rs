@@ -22,7 +22,7 @@ use crate::error::RpcError;
 use crate::http::debug_page::DebugSnapshot;
 use crate::http::head::{parse_request, read_head, HeadError, RequestLine};
 use crate::http::{HttpConfig, HttpStats, CONNECTED_STATUS};
-use crate::server::{Refused, Server, ServerHandle};
+use crate::server::{Adoption, Refused, Server, ServerHandle};
 
 impl Server {
     /// Binds `addr` and serves RPC over HTTP CONNECT on it, plus the debug page, with default
@@ -301,7 +301,7 @@ fn handshake(stream: TcpStream, shared: &HttpShared) {
 }
 
 /// A request on the RPC path: a CONNECT is accepted and handed to the event loops.
-fn connect(mut stream: TcpStream, shared: &HttpShared, request: &RequestLine) {
+fn connect(stream: TcpStream, shared: &HttpShared, request: &RequestLine) {
     if request.method != "CONNECT" {
         return reject(stream, shared, 405, "405 must CONNECT\n");
     }
@@ -317,17 +317,23 @@ fn connect(mut stream: TcpStream, shared: &HttpShared, request: &RequestLine) {
             return reject(stream, shared, 503, "server shutting down\n");
         }
     };
-    // Written before the loops take the socket, so it precedes every reply frame.
-    let accepted = format!("HTTP/1.0 {CONNECTED_STATUS}\n\n");
-    if stream.write_all(accepted.as_bytes()).is_err() {
-        Counters::bump(&shared.counters.abandoned_heads);
-        return;
-    }
-    let _ = stream.set_read_timeout(None);
-    let _ = stream.set_write_timeout(None);
+    // Written before the loops take the socket, so it precedes every reply frame, and while
+    // the handle cannot shut down, so a client told it is connected is taken by a loop. A
+    // fresh socket's send buffer takes these few bytes at once (its write timeout bounds the
+    // wait anyway).
+    let greet = |stream: &mut TcpStream| {
+        let accepted = format!("HTTP/1.0 {CONNECTED_STATUS}\n\n");
+        stream.write_all(accepted.as_bytes())?;
+        let _ = stream.set_read_timeout(None);
+        stream.set_write_timeout(None)
+    };
     // Bytes the client sent after its head are still in the socket: the loop reads them.
-    if shared.rpc.adopt(stream, slot).is_ok() {
-        Counters::bump(&shared.counters.rpc_connections);
+    match shared.rpc.adopt_after(stream, slot, greet) {
+        Ok(()) => Counters::bump(&shared.counters.rpc_connections),
+        Err(Adoption::GreetingFailed) => Counters::bump(&shared.counters.abandoned_heads),
+        // Shut down since the slot was reserved: nothing was written, so say so.
+        Err(Adoption::ShutDown(stream)) => reject(stream, shared, 503, "server shutting down\n"),
+        Err(Adoption::Failed) => {}
     }
 }
 
