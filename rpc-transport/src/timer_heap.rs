@@ -7,8 +7,9 @@
 //! far timer (an idle check an hour off, moved by a stall check every millisecond) added one
 //! per move: 3.6 million entries an hour per connection. So once the heap holds more than
 //! twice what it held after its last clean-up (and at least [`MIN_COMPACT_LEN`]), the loop
-//! asks which entries are still wanted and keeps only those: each clean-up costs at most the
-//! pushes since the last one, and the heap stays within twice the entries anyone waits for.
+//! asks which entries are still wanted and keeps one of each: each clean-up costs about the
+//! pushes since the last one (a sort of them), and the heap stays within twice the entries
+//! anyone waits for.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -53,10 +54,15 @@ impl<T: Ord + Copy> TimerHeap<T> {
         self.heap.len() > self.compact_above
     }
 
-    /// Keeps only the entries `wanted` says are; the next clean-up comes once the heap has
-    /// doubled again.
+    /// Keeps only the entries `wanted` says are, one of each (an entry twice over fires
+    /// twice for one thing to do: a handler's timer set again to the instant it had posts a
+    /// second); the next clean-up comes once the heap has doubled again.
     pub(crate) fn compact(&mut self, mut wanted: impl FnMut(Instant, T) -> bool) {
-        self.heap.retain(|Reverse((at, what))| wanted(*at, *what));
+        let mut entries = std::mem::take(&mut self.heap).into_vec();
+        entries.retain(|Reverse((at, what))| wanted(*at, *what));
+        entries.sort_unstable();
+        entries.dedup();
+        self.heap = BinaryHeap::from(entries);
         self.heap.shrink_to(2 * self.heap.len());
         self.compact_above = (2 * self.heap.len()).max(MIN_COMPACT_LEN);
     }
@@ -96,6 +102,20 @@ mod tests {
         assert!(!timers.wants_compacting());
         assert_eq!(timers.pop().map(|(_, i)| i), Some(0));
         assert_eq!(timers.pop().map(|(_, i)| i), Some(2));
+    }
+
+    #[test]
+    fn a_clean_up_keeps_one_of_entries_for_the_same_instant_and_reason() {
+        // A handler's timer set again and again to the instant it already has (a client's
+        // far deadline, named anew as each nearer one expires) posts an entry each time; the
+        // loop acts once at that instant, so one entry is all anyone waits for.
+        let later = Instant::now() + Duration::from_secs(60);
+        let mut timers = TimerHeap::new();
+        for _ in 0..5_000 {
+            timers.push(later, 'h');
+        }
+        timers.compact(|_, _| true);
+        assert_eq!(timers.len(), 1);
     }
 
     #[test]
