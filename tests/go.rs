@@ -209,3 +209,55 @@ fn try_result_returns_the_result_once_then_none() {
     std::thread::sleep(Duration::from_millis(20));
     assert!(call.try_result().is_none());
 }
+
+#[test]
+fn waiting_on_a_call_whose_result_was_taken_returns_at_once() {
+    let server = TestServer::start();
+    let client = Client::builder()
+        .call_timeout(Duration::from_secs(3))
+        .dial(server.addr())
+        .unwrap();
+    let call = client.go::<_, i64>("Arith.Multiply", &Args { a: 6, b: 7 });
+    let result = result_of(&call);
+    assert_eq!(result.unwrap(), 42);
+    let started = Instant::now();
+    assert!(matches!(call.wait(), Err(RpcError::Shutdown)));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "waited {:?} for a result already taken",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn threads_racing_for_a_calls_result_get_it_once_between_them() {
+    let server = TestServer::start();
+    let client = server.client();
+    for _ in 0..2_000 {
+        let call = client.go::<_, i64>("Arith.Multiply", &Args { a: 6, b: 7 });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while call.done().is_empty() {
+            assert!(Instant::now() < deadline, "no result");
+            thread::yield_now();
+        }
+        let results: Vec<_> = thread::scope(|scope| {
+            let racers: Vec<_> = (0..2).map(|_| scope.spawn(|| call.try_result())).collect();
+            racers.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        let got: Vec<_> = results.into_iter().flatten().collect();
+        assert_eq!(got.len(), 1, "one result between two threads: {got:?}");
+        assert_eq!(*got[0].as_ref().unwrap(), 42);
+    }
+}
+
+/// Polls `call` until its result arrives (within 5 s).
+fn result_of(call: &netrpc::Call<i64>) -> Result<i64, RpcError> {
+    let started = Instant::now();
+    loop {
+        if let Some(result) = call.try_result() {
+            return result;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "no result");
+        thread::sleep(Duration::from_millis(1));
+    }
+}

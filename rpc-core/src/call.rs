@@ -10,8 +10,7 @@
 //! without a hand-off from the client's event loop.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -33,8 +32,9 @@ pub struct Call<R> {
     /// a `Call` never keeps a dropped client's connection open.
     reader: Option<Weak<dyn ReplyReader>>,
     /// [`Call::try_result`] has returned the result: the channel, empty and disconnected
-    /// now, must not read as a second one.
-    taken: AtomicBool,
+    /// now, must not read as a second one. A lock, not a flag: two threads trying at once
+    /// must not see one the result and the other the emptied channel as `Shutdown`.
+    taken: Mutex<bool>,
 }
 
 /// Reads a client's replies on the thread that waits for one (the client's connection).
@@ -52,7 +52,7 @@ impl<R> Call<R> {
             timeout,
             done,
             reader: None,
-            taken: AtomicBool::new(false),
+            taken: Mutex::new(false),
         }
     }
 
@@ -82,7 +82,11 @@ impl<R> Call<R> {
     ///
     /// The call's error. The client's event loop fails the call at its deadline; should
     /// that loop be gone, this still returns [`RpcError::Timeout`] shortly after the deadline.
+    /// If [`Call::try_result`] has taken the result already, [`RpcError::Shutdown`] at once.
     pub fn wait(self) -> Result<R, RpcError> {
+        if *self.taken.lock().unwrap_or_else(PoisonError::into_inner) {
+            return Err(RpcError::Shutdown);
+        }
         let limit = deadline_after(Instant::now(), self.timeout.saturating_add(WAIT_GRACE));
         if let Some(reader) = self.reader.as_ref().and_then(Weak::upgrade) {
             // Once this wait holds the client's last handle, the client was dropped: stop
@@ -103,7 +107,9 @@ impl<R> Call<R> {
     /// The result, if it has arrived and was not taken already: it is returned once, and
     /// `None` every time after.
     pub fn try_result(&self) -> Option<Result<R, RpcError>> {
-        if self.taken.load(Ordering::Relaxed) {
+        // Only a flag is set under the lock: a panic cannot leave it half done.
+        let mut taken = self.taken.lock().unwrap_or_else(PoisonError::into_inner);
+        if *taken {
             return None;
         }
         let result = match self.done.try_recv() {
@@ -111,7 +117,7 @@ impl<R> Call<R> {
             Err(TryRecvError::Empty) => return None,
             Err(TryRecvError::Disconnected) => Err(RpcError::Shutdown),
         };
-        self.taken.store(true, Ordering::Relaxed);
+        *taken = true;
         Some(result)
     }
 }
