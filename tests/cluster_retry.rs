@@ -1,17 +1,23 @@
 //! Retries with backoff (SEEDS §6) over loopback: refusals where nothing ran are retried until
 //! the server has room or comes up, a method's own error never is, a timeout only for an
 //! idempotent method, the budget caps retries against a dead server, and a seeded client
-//! replays its waits.
+//! replays its waits; a client closed while it dials leaves no connection open.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 mod util;
 
-use std::net::{SocketAddr, TcpListener};
+#[path = "../examples/support/certs.rs"]
+mod certs;
+
+use std::io;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use certs::Authority;
 use netrpc::cluster::{Jitter, RetryBudget, RetryPolicy, RetryingClient, Rng};
 use netrpc::{ErrorCode, RpcError, Server, ServerHandle};
 use util::{wait_until, Args, ArithServer, Calculator, TestServer};
@@ -311,4 +317,104 @@ fn callers_waiting_for_another_callers_dial_keep_their_own_deadline() {
         );
     }
     drop(keep);
+}
+
+#[test]
+fn a_client_closed_while_dialing_fails_its_callers_with_shutdown_and_closes_the_new_connection() {
+    // TLS, so that the dial waits for the server's side of the handshake, which the proxy
+    // holds back until the test has closed the client.
+    let ca = Authority::new("netrpc test ca").unwrap();
+    let (chain, key) = ca.server().unwrap().pair();
+    let server_tls = netrpc::tls::server_config(chain, key, None).unwrap();
+    let server = TestServer::start_with(Server::builder().tls(server_tls).build());
+    let proxy = HeldProxy::start(server.addr());
+    let client_tls = netrpc::tls::client_config(ca.roots().unwrap(), None).unwrap();
+    let config = netrpc::core::ClientConfig {
+        tls: Some(netrpc::tls::ClientTls::new(client_tls, "localhost").unwrap()),
+        connect_timeout: Duration::from_secs(5),
+        ..netrpc::core::ClientConfig::default()
+    };
+    let client = RetryingClient::builder(proxy.addr.to_string())
+        .client_config(config)
+        .policy(quick_policy())
+        .build();
+    // One caller dials; the other waits for its dial.
+    let callers: Vec<_> = (0..2)
+        .map(|_| {
+            let client = client.clone();
+            thread::spawn(move || multiply(&client))
+        })
+        .collect();
+    proxy
+        .accepted
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the proxy accepted the dial");
+    wait_until(
+        "both callers past their first check",
+        Duration::from_secs(5),
+        || client.stats().attempts == 2,
+    );
+
+    client.close();
+    proxy.release.send(()).unwrap();
+    for caller in callers {
+        let result = caller.join().unwrap();
+        assert!(matches!(result, Err(RpcError::Shutdown)), "{result:?}");
+    }
+    assert_eq!(client.stats().dials, 1, "nobody dials after close");
+    wait_until(
+        "the server to see the connection end",
+        Duration::from_secs(5),
+        || {
+            let stats = server.server.stats();
+            stats.accepted_connections == 1 && stats.open_connections == 0
+        },
+    );
+}
+
+/// A proxy in front of `upstream` for one connection, which it accepts at once (so a dial's
+/// TCP connect succeeds) but joins to `upstream` only when told to, so that a TLS dial
+/// through it hangs in its handshake for as long as the test wants.
+struct HeldProxy {
+    addr: SocketAddr,
+    /// Fires when the proxy has accepted its connection.
+    accepted: Receiver<()>,
+    /// Joins the accepted connection to `upstream`.
+    release: Sender<()>,
+}
+
+impl HeldProxy {
+    fn start(upstream: SocketAddr) -> HeldProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (accepted_tx, accepted) = mpsc::channel();
+        let (release, released) = mpsc::channel::<()>();
+        thread::spawn(move || {
+            let (downstream, _) = listener.accept().unwrap();
+            accepted_tx.send(()).unwrap();
+            if released.recv_timeout(Duration::from_secs(10)).is_err() {
+                return;
+            }
+            let upstream = TcpStream::connect(upstream).unwrap();
+            pipe(
+                downstream.try_clone().unwrap(),
+                upstream.try_clone().unwrap(),
+            );
+            pipe(upstream, downstream);
+        });
+        HeldProxy {
+            addr,
+            accepted,
+            release,
+        }
+    }
+}
+
+/// Copies `from` to `to` on a thread until `from` ends, then ends `to`'s sending side, so
+/// that each end sees the other close.
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    thread::spawn(move || {
+        let _ = io::copy(&mut from, &mut to);
+        let _ = to.shutdown(Shutdown::Write);
+    });
 }

@@ -273,7 +273,9 @@ impl RetryingClient {
     }
 
     /// Closes the connection; calls in flight and every later call fail with
-    /// [`RpcError::Shutdown`], never retried. Idempotent.
+    /// [`RpcError::Shutdown`], never retried. A dial in progress is not interrupted, but the
+    /// connection it makes is closed at once and its callers fail with `Shutdown` too.
+    /// Idempotent.
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::Relaxed);
         if let Some(client) = lock(&self.inner.connection).client.take() {
@@ -348,6 +350,11 @@ impl RetryingClient {
         let inner = &*self.inner;
         let mut slot = lock(&inner.connection);
         loop {
+            // Checked under the lock, and again after every wait: `close` may come while
+            // this caller waits for another's dial.
+            if inner.closed.load(Ordering::Relaxed) {
+                return Err(RpcError::Shutdown);
+            }
             if let Some(client) = slot.client.as_ref().filter(|client| !client.is_closed()) {
                 return Ok(client.clone());
             }
@@ -375,11 +382,22 @@ impl RetryingClient {
             .dial(inner.addr.as_str());
         let mut slot = lock(&inner.connection);
         slot.dialing = false;
-        if let Ok(client) = &dialed {
+        // `close` takes the slot's connection under this lock: one that came during the dial
+        // found none to close, so the new connection is this caller's to close. (A `close`
+        // after this lock finds it in the slot.)
+        let closed_meanwhile = inner.closed.load(Ordering::Relaxed);
+        if let (Ok(client), false) = (&dialed, closed_meanwhile) {
             slot.client = Some(client.clone());
         }
         inner.dial_ended.notify_all();
-        dialed
+        drop(slot);
+        match dialed {
+            Ok(client) if closed_meanwhile => {
+                client.close();
+                Err(RpcError::Shutdown)
+            }
+            dialed => dialed,
+        }
     }
 }
 
