@@ -397,12 +397,15 @@ impl ServerShared {
     /// false, and nothing is counted. Every way in (a connection, the jsonrpc listener, the
     /// simulated network) admits its calls here.
     pub(crate) fn admit_call(&self) -> bool {
-        let total = self.stats.in_flight_calls.fetch_add(1, Ordering::SeqCst);
-        if total >= self.config.max_calls {
-            self.stats.in_flight_calls.fetch_sub(1, Ordering::SeqCst);
-            return false;
-        }
-        true
+        // Checked as it is raised: a count raised past the cap and lowered again would, for
+        // that moment, refuse another call with room for it, and show in the stats.
+        let max = self.config.max_calls;
+        self.stats
+            .in_flight_calls
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |calls| {
+                (calls < max).then_some(calls + 1)
+            })
+            .is_ok()
     }
 
     /// The method table of service `name`.
