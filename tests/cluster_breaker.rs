@@ -1,6 +1,7 @@
 //! Circuit breaker (SEEDS §6) over loopback: it opens after failures against a dead address,
 //! then fails fast without dialing; after the cooldown one trial goes through while the others
 //! fail fast, closing the breaker when the server is back and reopening it when it is not.
+//! A retrying caller that never reached the endpoint does not count against it.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -168,4 +169,44 @@ fn method_errors_through_the_breaker_keep_it_closed() {
         assert!(err.is_method_error(), "{err:?}");
     }
     assert_eq!(breaker.state(), BreakerState::Closed);
+}
+
+#[test]
+fn a_caller_out_of_time_while_another_dials_does_not_count_against_the_endpoint() {
+    // A TLS peer that accepts and says nothing: the dial hangs for its whole 1 s timeout.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let tls = netrpc::tls::client_config(netrpc::tls::RootCertStore::empty(), None).unwrap();
+    let config = netrpc::core::ClientConfig {
+        tls: Some(netrpc::tls::ClientTls::new(tls, "localhost").unwrap()),
+        connect_timeout: Duration::from_secs(1),
+        ..netrpc::core::ClientConfig::default()
+    };
+    // One failure would open it.
+    let breaker = Arc::new(breaker(addr, 1, Duration::from_secs(60)));
+    let client = RetryingClient::builder(addr.to_string())
+        .client_config(config)
+        .policy(RetryPolicy::default().max_attempts(1))
+        .breaker(Arc::clone(&breaker))
+        .build();
+    let multiply = |client: &RetryingClient, timeout| {
+        client.call_timeout::<_, i64>("Arith.Multiply", &Args { a: 6, b: 7 }, timeout)
+    };
+    let dialer = client.clone();
+    let dialing = thread::spawn(move || multiply(&dialer, Duration::from_secs(5)));
+    wait_until("the first caller dialing", Duration::from_secs(5), || {
+        client.stats().dials == 1
+    });
+
+    // This caller waits for that dial, runs out of time before it ends, and never dials.
+    let err = multiply(&client, Duration::from_millis(200)).unwrap_err();
+    assert!(matches!(err, RpcError::Timeout { .. }), "{err:?}");
+    assert_eq!(client.stats().dials, 1);
+    assert_eq!(
+        breaker.state(),
+        BreakerState::Closed,
+        "the endpoint was not tried"
+    );
+    dialing.join().unwrap().unwrap_err();
+    drop(silent);
 }

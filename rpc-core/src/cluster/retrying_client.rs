@@ -28,7 +28,9 @@ use crate::error::RpcError;
 /// from it, so retries stay a bounded share of the calls whatever the callers do. With a
 /// [`Breaker`], each attempt asks it first and reports to it; an open breaker ends the call
 /// with [`RpcError::CircuitOpen`] without dialing, and a failure that opens it ends the call
-/// at once with that failure (a retry would only fail fast).
+/// at once with that failure (a retry would only fail fast). A caller whose deadline passes
+/// before it dials (waiting for another caller's dial, say) ends with [`RpcError::Timeout`],
+/// which tells the breaker nothing: this caller never reached the endpoint.
 ///
 /// # Examples
 ///
@@ -306,7 +308,15 @@ impl RetryingClient {
         }
         let permit = inner.breaker.as_deref().map(Breaker::allow).transpose()?;
         inner.counters.attempts.fetch_add(1, Ordering::Relaxed);
-        let result = self.connection(deadline, timed_out).and_then(|client| {
+        let connected = match self.connection(deadline, timed_out) {
+            // This caller's deadline passed while it waited for another caller's dial, or
+            // before it could dial: it never reached the endpoint, so (as `Permit` says of
+            // such calls) the dropped permit counts for nothing. The dialer reports its own
+            // dial's outcome, once.
+            Err(err @ RpcError::Timeout { .. }) => return Err(err),
+            connected => connected,
+        };
+        let result = connected.and_then(|client| {
             // What is left once the connection is there (a dial, or a wait for another
             // caller's, may have taken some).
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -341,7 +351,9 @@ impl RetryingClient {
     }
 
     /// The current connection, dialed first if there is none or it has ended. While another
-    /// caller dials, waits for its dial, but not past `deadline` (then `timed_out()`).
+    /// caller dials, waits for its dial, but not past `deadline`; with no time left, returns
+    /// `timed_out()` without dialing. `Timeout` from here always means the endpoint was not
+    /// tried by this caller (a failed dial is `Unreachable`).
     fn connection(
         &self,
         deadline: Instant,
@@ -371,11 +383,16 @@ impl RetryingClient {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
+        // A caller that woke at its deadline as another's dial failed has no time left to
+        // dial: a dial with a zero timeout would fail `Unreachable`, blaming the endpoint.
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(timed_out());
+        }
         slot.client = None;
         slot.dialing = true;
         drop(slot);
         inner.counters.dials.fetch_add(1, Ordering::Relaxed);
-        let remaining = deadline.saturating_duration_since(Instant::now());
         let config = &inner.client_config;
         let dialed = ClientBuilder::from(config.clone())
             .connect_timeout(config.connect_timeout.min(remaining))
@@ -517,5 +534,23 @@ mod tests {
         assert_send_sync::<RetryingClientBuilder>();
         assert_send_sync::<Breaker>();
         assert_send_sync::<RetryBudget>();
+    }
+
+    #[test]
+    fn a_caller_whose_deadline_has_passed_gets_timeout_without_dialing() {
+        // The state a caller finds when it wakes at its deadline just as another caller's
+        // dial failed: no connection, nobody dialing, no time left. That moment cannot be
+        // timed from outside, so this asks for a connection with the deadline already gone.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = RetryingClient::new(listener.local_addr().unwrap().to_string());
+        let timeout = Duration::from_secs(1);
+
+        let result = client.connection(Instant::now(), || RpcError::Timeout { after: timeout });
+        assert!(
+            matches!(result, Err(RpcError::Timeout { .. })),
+            "{:?}",
+            result.map(|_| "a connection")
+        );
+        assert_eq!(client.stats().dials, 0);
     }
 }
