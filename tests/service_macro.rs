@@ -1,13 +1,14 @@
 //! The `service!` macro with method names that other items also carry: the methods of `Arc`
 //! (`clone`, `as_ref`, `to_owned`, `into`), `drop`, and the typed client's private helper
 //! before it became a function of the crate (`full_name`). Each must compile and dispatch to
-//! its own method. One method also carries an attribute after its `#[rpc(...)]`.
+//! its own method. One method also carries an attribute after its `#[rpc(...)]`. And methods
+//! compiled in and out with `#[cfg]`.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 mod util;
 
-use netrpc::{service, ServiceError};
+use netrpc::{service, RpcError, ServiceError};
 use util::TestServer;
 
 service! {
@@ -80,4 +81,45 @@ fn methods_named_like_trait_methods_compile_and_reach_their_own_handler() {
     assert_eq!(names.full_name_go(&20).wait().unwrap(), 26);
     assert_eq!(NamesClient::CLONE, "Names.Clone");
     assert_eq!(NamesClient::AS_REF, "Names.as_ref");
+}
+
+service! {
+    /// A method always compiled in and one never, by `#[cfg]`.
+    pub trait Gated {
+        const NAME = "Gated";
+        type Server = GatedServer;
+        type Client = GatedClient;
+
+        /// Always there.
+        #[cfg(all())]
+        #[rpc(name = "Kept", go = kept_go, const = KEPT)]
+        fn kept(args: u8) -> u8;
+        /// Never there: no trait method to implement, no table entry, no client method.
+        #[cfg(any())]
+        #[rpc(name = "Gone", go = gone_go, const = GONE)]
+        fn gone(args: u8) -> u8;
+    }
+}
+
+/// Implements only the method compiled in: the other is not in the trait.
+struct OnlyKept;
+
+impl Gated for OnlyKept {
+    fn kept(&self, args: u8) -> Result<u8, ServiceError> {
+        Ok(args + 1)
+    }
+}
+
+#[test]
+fn a_method_compiled_out_by_cfg_is_gone_from_the_trait_the_table_and_the_client() {
+    let server = TestServer::start();
+    server.server.register(GatedServer::new(OnlyKept)).unwrap();
+    let gated = GatedClient::new(server.client());
+    assert_eq!(gated.kept(&1).unwrap(), 2);
+    assert_eq!(GatedClient::KEPT, "Gated.Kept");
+    let gone = gated.client().call::<_, u8>("Gated.Gone", &1u8);
+    assert!(
+        matches!(gone, Err(RpcError::UnknownMethod { .. })),
+        "{gone:?}"
+    );
 }

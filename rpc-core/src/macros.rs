@@ -31,9 +31,11 @@
 /// syntax finds the trait's first), except the typed client's own `new`, `with_service_name` and
 /// `client`: give such a method another Rust name and its wire name with `name = "New"`. A
 /// raw identifier (`r#type`) needs `name = "type"` too, or its wire name keeps the `r#`.
-/// Only doc comments may precede `#[rpc(...)]` on a method; other attributes (`#[allow]`,
-/// `#[deprecated]`, more docs) follow it, and go on the trait method and both client
-/// methods. `#[cfg]` is not supported there (the method table would still name the method).
+/// Only doc comments, then `#[cfg(...)]`, may precede `#[rpc(...)]` on a method; other
+/// attributes (`#[allow]`, `#[deprecated]`, more docs) follow it, and go on the trait method
+/// and both client methods. A `#[cfg]` (before `#[rpc]`) compiles the method out of the
+/// trait, the method table, the client and its name constant alike: a server built without
+/// it answers its name `UnknownMethod`.
 ///
 /// # What it generates
 ///
@@ -151,6 +153,7 @@ macro_rules! service {
             type Client = $client:ident;
             $(
                 $(#[doc = $method_doc:literal])*
+                $(#[cfg($method_cfg:meta)])*
                 #[rpc($(name = $wire:literal,)? go = $go:ident, const = $const_name:ident)]
                 $(#[$method_attr:meta])*
                 fn $method:ident($arg_name:ident : $arg:ty) -> $reply:ty;
@@ -159,15 +162,18 @@ macro_rules! service {
     ) => {
         $crate::service!(@trait
             [$(#[$trait_attr])*] $vis $trait_name
-            $( [$(#[doc = $method_doc])* $(#[$method_attr])*] $method $arg_name $arg, $reply; )+
+            $( [$(#[doc = $method_doc])* $(#[cfg($method_cfg)])* $(#[$method_attr])*]
+                $method $arg_name $arg, $reply; )+
         );
         $crate::service!(@server
             $vis $trait_name $service_name $server
-            $( $method [$($wire)?] $arg; )+
+            $( [$(#[cfg($method_cfg)])*] $method [$($wire)?] $arg; )+
         );
         $crate::service!(@client
             [$vis] $service_name $client
-            $( [$(#[doc = $method_doc])* $(#[$method_attr])*] $method $go $const_name [$($wire)?] $arg, $reply; )+
+            $( [$(#[cfg($method_cfg)])*]
+                [$(#[doc = $method_doc])* $(#[cfg($method_cfg)])* $(#[$method_attr])*]
+                $method $go $const_name [$($wire)?] $arg, $reply; )+
         );
     };
 
@@ -201,7 +207,7 @@ macro_rules! service {
 
     // The server type: wraps an implementation and builds its dispatch table.
     (@server $vis:vis $trait_name:ident $service_name:literal $server:ident
-        $( $method:ident [$($wire:literal)?] $arg:ty; )+
+        $( [$($cfg:tt)*] $method:ident [$($wire:literal)?] $arg:ty; )+
     ) => {
         #[doc = concat!("Serves a `", stringify!($trait_name), "` implementation as service `",
             $service_name, "`; register it with `Server::register`.")]
@@ -224,13 +230,17 @@ macro_rules! service {
                 let service = ::std::sync::Arc::new(self.service);
                 let mut table = $crate::MethodTable::new();
                 $(
-                    let shared = ::std::sync::Arc::clone(&service);
-                    table.add(
-                        $crate::service!(@wire $method $($wire)?),
-                        // Called through the trait: `Arc` has `clone`, `as_ref` and others
-                        // that a method of the same name must not reach.
-                        move |args: $arg| <T as $trait_name>::$method(&*shared, args),
-                    );
+                    // A method compiled out (`#[cfg]`) has no entry either.
+                    $($cfg)*
+                    {
+                        let shared = ::std::sync::Arc::clone(&service);
+                        table.add(
+                            $crate::service!(@wire $method $($wire)?),
+                            // Called through the trait: `Arc` has `clone`, `as_ref` and others
+                            // that a method of the same name must not reach.
+                            move |args: $arg| <T as $trait_name>::$method(&*shared, args),
+                        );
+                    }
                 )+
                 table
             }
@@ -239,7 +249,8 @@ macro_rules! service {
 
     // The typed client: a blocking and a `go` method per RPC, and the name constants.
     (@client [$vis:vis] $service_name:literal $client:ident
-        $( [$($doc:tt)*] $method:ident $go:ident $const_name:ident [$($wire:literal)?] $arg:ty, $reply:ty; )+
+        $( [$($cfg:tt)*] [$($doc:tt)*]
+            $method:ident $go:ident $const_name:ident [$($wire:literal)?] $arg:ty, $reply:ty; )+
     ) => {
         #[doc = concat!("Typed client of service `", $service_name, "`.")]
         #[derive(Debug, Clone)]
@@ -254,6 +265,7 @@ macro_rules! service {
             $vis const SERVICE_NAME: &'static str = $service_name;
             $(
                 #[doc = concat!("Full name of `", stringify!($method), "` on the wire.")]
+                $($cfg)*
                 $vis const $const_name: &'static str =
                     concat!($service_name, ".", $crate::service!(@wire $method $($wire)?));
             )+
