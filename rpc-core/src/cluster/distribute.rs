@@ -393,8 +393,9 @@ enum Event<R> {
 }
 
 /// Waits for the next completion from any worker with calls in flight, or, while tasks are
-/// `waiting`, for the end of the first pause of a throttled worker. Every call has a deadline
-/// and every pause an end, so this never waits forever.
+/// `waiting`, for the end of the first pause of a throttled worker (at once if a pause has
+/// already ended and left that worker room). Every call has a deadline and every pause an
+/// end, so this never waits forever.
 fn next_event<R>(workers: &[Option<Worker<R>>], waiting: &VecDeque<usize>) -> Event<R> {
     let live = || {
         workers
@@ -403,8 +404,14 @@ fn next_event<R>(workers: &[Option<Worker<R>>], waiting: &VecDeque<usize>) -> Ev
             .filter_map(|(index, worker)| worker.as_ref().map(|worker| (index, worker)))
     };
     let busy: Vec<(usize, &Worker<R>)> = live().filter(|(_, w)| !w.tasks.is_empty()).collect();
-    // A pause already over is no reason to wake: its worker got what it had room for.
     let now = Instant::now();
+    // The loop sends waiting tasks whenever a worker has room, so room with tasks waiting
+    // means a pause ended after the loop last looked (it may have been preempted past the
+    // end). Send them now: waiting for a completion or a later pause could wait for none,
+    // and end the distribution with those tasks failed.
+    if !waiting.is_empty() && live().any(|(_, worker)| worker.has_room(now)) {
+        return Event::PauseOver;
+    }
     let pause_end = live()
         .filter_map(|(_, worker)| worker.paused_until.filter(|&until| until > now))
         .min()
@@ -458,5 +465,42 @@ impl<R> fmt::Debug for Worker<R> {
             .field("addr", &self.addr)
             .field("in_flight", &self.tasks.len())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::SimNetwork;
+
+    #[test]
+    fn a_pause_that_ended_with_tasks_waiting_leads_to_sending_them_never_to_idle() {
+        // The loop checked for room, then was preempted past the end of the only live
+        // worker's pause: that worker holds nothing and its pause is over, with a task waiting.
+        let network = SimNetwork::new(1).unwrap();
+        let (done, completions) = done_channel::<u64>();
+        let worker = Worker {
+            addr: "worker".to_owned(),
+            client: network.client("master"),
+            done,
+            completions,
+            tasks: HashMap::new(),
+            window: 1,
+            max_window: 1,
+            answered: 0,
+            paused_until: Some(Instant::now()),
+        };
+        let waiting = VecDeque::from([0]);
+
+        let event = next_event(&[Some(worker)], &waiting);
+        assert!(
+            matches!(event, Event::PauseOver),
+            "expected PauseOver, got {}",
+            match event {
+                Event::Completion(..) => "Completion",
+                Event::PauseOver => "PauseOver",
+                Event::Idle => "Idle",
+            }
+        );
     }
 }
