@@ -241,7 +241,7 @@ impl BalancedClient {
                     Ok(client) => client,
                     Err(err) => {
                         choice.counters.failures.fetch_add(1, Ordering::Relaxed);
-                        shared.after_failure(&choice.addr, Verdict::of(&err, false));
+                        shared.after_failure(&choice.addr, Verdict::of(&err, false), None);
                         last_error = Some(err);
                         continue;
                     }
@@ -296,7 +296,7 @@ impl BalancedClient {
             if verdict.record_latency {
                 shared.record(&choice.addr, elapsed);
             }
-            shared.after_failure(&choice.addr, verdict);
+            shared.after_failure(&choice.addr, verdict, Some(&client));
             if !verdict.fail_over || shared.closed.load(Ordering::Acquire) {
                 return Err(err);
             }
@@ -537,8 +537,11 @@ impl Shared {
         }
     }
 
-    /// Applies `verdict` to the endpoint at `addr`, if it is still listed.
-    fn after_failure(&self, addr: &str, verdict: Verdict) {
+    /// Applies `verdict` to the endpoint at `addr`, if it is still listed, after a call on
+    /// `failed` (None: the dial failed). Only that connection is dropped: another caller may
+    /// have dialed the endpoint again since, and its new connection is not the one that
+    /// failed.
+    fn after_failure(&self, addr: &str, verdict: Verdict, failed: Option<&Client>) {
         if !verdict.mark_down && !verdict.drop_connection {
             return;
         }
@@ -550,7 +553,9 @@ impl Shared {
             if verdict.mark_down {
                 slot.down_until = Some(deadline_after(Instant::now(), self.settings.down_for));
             }
-            if verdict.drop_connection {
+            let is_the_failed_one =
+                |client: &Client| failed.is_some_and(|f| f.same_connection(client));
+            if verdict.drop_connection && slot.client.as_ref().is_some_and(is_the_failed_one) {
                 slot.client.take()
             } else {
                 None
@@ -740,12 +745,12 @@ mod tests {
             drop_connection: true,
             record_latency: false,
         };
-        shared.after_failure("a:1", down);
+        shared.after_failure("a:1", down, None);
         for _ in 0..4 {
             let choice = shared.choose(&[]).expect("one endpoint is up");
             assert_eq!(choice.addr, "b:1");
         }
-        shared.after_failure("b:1", down);
+        shared.after_failure("b:1", down, None);
         let choice = shared
             .choose(&[])
             .expect("all down: the down ones are tried");
@@ -760,5 +765,28 @@ mod tests {
         assert_eq!(client.stats()[0].in_flight, 1);
         drop(choice);
         assert_eq!(client.stats()[0].in_flight, 0);
+    }
+
+    #[test]
+    fn a_failure_drops_the_connection_it_failed_on_not_one_dialed_since() {
+        let network = crate::sim::SimNetwork::new(1).unwrap();
+        let (failed, dialed_since) = (network.client("caller"), network.client("caller"));
+        let client = BalancedClient::new(vec!["a:1".into()]);
+        let shared = &client.shared;
+        lock(&shared.slots)[0].client = Some(dialed_since.clone());
+        let lost = Verdict {
+            fail_over: true,
+            mark_down: false,
+            drop_connection: true,
+            record_latency: false,
+        };
+        shared.after_failure("a:1", lost, Some(&failed));
+        let kept = lock(&shared.slots)[0].client.clone();
+        assert!(
+            kept.is_some_and(|kept| kept.same_connection(&dialed_since)),
+            "the connection dialed since was dropped"
+        );
+        shared.after_failure("a:1", lost, Some(&dialed_since));
+        assert!(lock(&shared.slots)[0].client.is_none(), "the failed one is");
     }
 }
