@@ -395,21 +395,10 @@ fn a_handshake_that_stalls_is_closed_after_the_frame_timeout() {
 fn half_a_tls_record_then_silence_is_closed_after_the_frame_timeout() {
     let pki = Pki::new();
     let server = serve_with_a_300_ms_frame_timeout(&pki);
-    let config = tls::client_config(pki.ca.roots().unwrap(), None).unwrap();
-    let name = tls::ServerName::try_from("localhost").unwrap();
-    let mut conn = rustls::ClientConnection::new(config, name).unwrap();
-    let mut raw = TcpStream::connect(server.addr()).unwrap();
-    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    while conn.is_handshaking() {
-        conn.complete_io(&mut raw).unwrap();
-    }
+    let (mut conn, mut raw) = handshake_by_hand(&pki, &server);
     // A whole frame, encrypted, of which only the record header and a few bytes are sent:
     // the frame has begun, inside TLS, and the frame timeout holds it as any other.
-    let mut frame = bytes::BytesMut::new();
-    Frame::new(FrameKind::Ping, 7)
-        .encode(&mut frame, &FrameLimits::default())
-        .unwrap();
-    conn.writer().write_all(&frame).unwrap();
+    conn.writer().write_all(&ping_frame()).unwrap();
     let mut record = Vec::new();
     conn.write_tls(&mut record).unwrap();
     raw.write_all(&record[..10]).unwrap();
@@ -426,14 +415,7 @@ fn a_tls_record_that_carries_no_frame_stops_the_frame_clock_it_started() {
     // and the clock must stop there, not close an idle, healthy connection a timeout later.
     let pki = Pki::new();
     let server = serve_with_a_300_ms_frame_timeout(&pki);
-    let config = tls::client_config(pki.ca.roots().unwrap(), None).unwrap();
-    let name = tls::ServerName::try_from("localhost").unwrap();
-    let mut conn = rustls::ClientConnection::new(config, name).unwrap();
-    let mut raw = TcpStream::connect(server.addr()).unwrap();
-    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    while conn.is_handshaking() {
-        conn.complete_io(&mut raw).unwrap();
-    }
+    let (mut conn, mut raw) = handshake_by_hand(&pki, &server);
     conn.refresh_traffic_keys().unwrap();
     let mut record = Vec::new();
     conn.write_tls(&mut record).unwrap();
@@ -442,11 +424,7 @@ fn a_tls_record_that_carries_no_frame_stops_the_frame_clock_it_started() {
     raw.write_all(&record[3..]).unwrap();
     thread::sleep(Duration::from_millis(600));
 
-    let mut frame = bytes::BytesMut::new();
-    Frame::new(FrameKind::Ping, 7)
-        .encode(&mut frame, &FrameLimits::default())
-        .unwrap();
-    conn.writer().write_all(&frame).unwrap();
+    conn.writer().write_all(&ping_frame()).unwrap();
     conn.complete_io(&mut raw).unwrap();
     let mut pong = [0u8; 1];
     let answered = loop {
@@ -647,6 +625,28 @@ fn assert_closed_after_about_300_ms(raw: &mut TcpStream) {
         waited >= Duration::from_millis(250) && waited < Duration::from_secs(4),
         "closed after {waited:?}, expected about 300 ms"
     );
+}
+
+/// A TLS session with `server` that this test drives by hand, its handshake done.
+fn handshake_by_hand(pki: &Pki, server: &TestServer) -> (rustls::ClientConnection, TcpStream) {
+    let config = tls::client_config(pki.ca.roots().unwrap(), None).unwrap();
+    let name = tls::ServerName::try_from("localhost").unwrap();
+    let mut conn = rustls::ClientConnection::new(config, name).unwrap();
+    let mut raw = TcpStream::connect(server.addr()).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut raw).unwrap();
+    }
+    (conn, raw)
+}
+
+/// A ping frame, encoded.
+fn ping_frame() -> bytes::BytesMut {
+    let mut frame = bytes::BytesMut::new();
+    Frame::new(FrameKind::Ping, 7)
+        .encode(&mut frame, &FrameLimits::default())
+        .unwrap();
+    frame
 }
 
 /// A client hello as rustls's client sends it first.
