@@ -332,6 +332,10 @@ impl JsonRpcClient {
     }
 
     /// Registers the call and queues its request for the writer; returns its id.
+    ///
+    /// The call's one result goes one way only: after `Ok` through `complete` (exactly once,
+    /// from whichever thread ends the call); after `Err` nowhere else, since `complete` has
+    /// been dropped unrun, and the caller reports the error itself.
     fn start<A: Serialize + ?Sized>(
         &self,
         method: &str,
@@ -364,7 +368,13 @@ impl JsonRpcClient {
         shared.pending.insert(id, call)?;
         if !shared.requests.push(request) {
             // A write failed (the reader ends the other calls) or the client is closing.
-            shared.pending.remove(id);
+            if shared.pending.remove(id).is_none() {
+                // The reader ended the connection between our insert and now, and failed
+                // this call with the rest: its completer has delivered the one result the
+                // caller gets. Reporting an error too would deliver a second, and `go`
+                // would block for ever sending it into the call's full one-slot channel.
+                return Ok(id);
+            }
             return Err(match shared.closing.load(Ordering::SeqCst) {
                 true => RpcError::Shutdown,
                 false => RpcError::ConnectionLost { cause: None },

@@ -1,0 +1,106 @@
+//! The jsonrpc client and server when connections end, stall or idle under them: a caller of
+//! `go` is never blocked.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use netrpc::core::MethodTable;
+use netrpc::{Call, JsonRpcClient, JsonRpcHandle, Server, Service, ServiceError};
+
+/// `Tally.Sleep(ms)` returns `ms` after sleeping that long; `Tally.Echo(text)` returns its
+/// argument; `Tally.Count(n)` returns `n` and counts its runs in `runs`, so a test can tell
+/// whether the server ever ran a call.
+struct Tally {
+    runs: Arc<AtomicUsize>,
+}
+
+impl Service for Tally {
+    const NAME: &'static str = "Tally";
+
+    fn into_method_table(self) -> MethodTable {
+        let mut table = MethodTable::new();
+        table.add("Sleep", |ms: u64| {
+            thread::sleep(Duration::from_millis(ms));
+            Ok::<_, ServiceError>(ms)
+        });
+        table.add("Echo", |text: String| Ok::<_, ServiceError>(text));
+        let runs = self.runs;
+        table.add("Count", move |n: u64| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, ServiceError>(n)
+        });
+        table
+    }
+}
+
+/// Registers `Tally` on `server`; returns the count of `Tally.Count` runs.
+fn register_tally(server: &Server) -> Arc<AtomicUsize> {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let tally = Tally {
+        runs: Arc::clone(&runs),
+    };
+    server.register(tally).expect("register Tally");
+    runs
+}
+
+/// `server`, with `Tally`, serving jsonrpc on 127.0.0.1:0.
+fn serve_tally(server: Server) -> (Server, JsonRpcHandle) {
+    register_tally(&server);
+    let handle = server.serve_jsonrpc("127.0.0.1:0").expect("serve jsonrpc");
+    (server, handle)
+}
+
+/// Runs `work` on a thread of its own and fails, naming `what`, if it has not returned
+/// within `limit`: a hang shows as a failure, not as a test run that never ends (the stuck
+/// threads are left behind).
+fn within(limit: Duration, what: &str, work: impl FnOnce() + Send + 'static) {
+    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+    thread::spawn(move || {
+        work();
+        let _ = done_tx.send(());
+    });
+    if done_rx.recv_timeout(limit).is_err() {
+        panic!("{what}: not done within {limit:?} (a thread is stuck)");
+    }
+}
+
+#[test]
+fn go_never_blocks_its_caller_while_the_connection_ends_under_it() {
+    // Callers keep starting calls while the client is closed under them: a call registered
+    // just before the connection ends is failed by the reader, and its caller learns of the
+    // end too; it must not also try to deliver a second result into its one-slot channel.
+    let (_server, handle) = serve_tally(Server::new());
+    let addr = handle.local_addr();
+    within(
+        Duration::from_secs(60),
+        "200 rounds of go() racing close()",
+        move || {
+            for _ in 0..200 {
+                let client = Arc::new(JsonRpcClient::dial(addr).unwrap());
+                let callers: Vec<_> = (0..4)
+                    .map(|_| {
+                        let client = Arc::clone(&client);
+                        thread::spawn(move || {
+                            let mut after_close = 0;
+                            while after_close < 200 {
+                                let _call: Call<u64> = client.go("Tally.Count", &1u64);
+                                if client.is_closed() {
+                                    after_close += 1;
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+                thread::sleep(Duration::from_millis(2));
+                client.close();
+                for caller in callers {
+                    caller.join().unwrap();
+                }
+            }
+        },
+    );
+}
