@@ -1,5 +1,5 @@
 //! The jsonrpc client and server when connections end, stall or idle under them: a caller of
-//! `go` is never blocked.
+//! `go` is never blocked, and a connection busy with a call is not closed as idle.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -103,4 +103,40 @@ fn go_never_blocks_its_caller_while_the_connection_ends_under_it() {
             }
         },
     );
+}
+
+#[test]
+fn the_idle_timeout_counts_from_the_end_of_the_last_call_not_from_its_request() {
+    // A call of 500 ms under a 600 ms idle timeout: its request is the last one read, at 0,
+    // and the connection was busy until 500 ms. Idle from then, it must stay open for a call
+    // at 650 ms.
+    let server = Server::builder()
+        .idle_timeout(Duration::from_millis(600))
+        .build();
+    let (server, handle) = serve_tally(server);
+    let client = JsonRpcClient::dial(handle.local_addr()).unwrap();
+    assert_eq!(client.call::<_, u64>("Tally.Sleep", &500u64).unwrap(), 500);
+    thread::sleep(Duration::from_millis(150));
+    let echoed: String = client.call("Tally.Echo", "still open").unwrap();
+    assert_eq!(echoed, "still open");
+    assert_eq!(server.stats().idle_closes, 0);
+}
+
+#[test]
+fn a_pipelined_request_waiting_out_a_long_call_is_read_not_closed_as_idle() {
+    // One call in flight at a time: the second request, sent 20 ms after the first, waits in
+    // the socket for 2 s while the first runs, longer than the 1 s idle timeout. The
+    // connection was busy all along; the second call must be read and answered.
+    let server = Server::builder()
+        .max_in_flight_per_conn(1)
+        .idle_timeout(Duration::from_secs(1))
+        .build();
+    let (server, handle) = serve_tally(server);
+    let client = JsonRpcClient::dial(handle.local_addr()).unwrap();
+    let first: Call<u64> = client.go("Tally.Sleep", &2000u64);
+    thread::sleep(Duration::from_millis(20));
+    let second: Call<String> = client.go("Tally.Echo", "second");
+    assert_eq!(first.wait().unwrap(), 2000);
+    assert_eq!(second.wait().unwrap(), "second");
+    assert_eq!(server.stats().idle_closes, 0);
 }

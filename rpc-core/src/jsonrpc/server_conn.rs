@@ -15,8 +15,8 @@
 //!   past the codec's limit get one error response with a `null` id (Go closes without one),
 //!   then the connection closes;
 //! - a message still incomplete `limits.frame_timeout` after its first byte closes the
-//!   connection, as does `idle_timeout` with nothing in flight and no message arriving,
-//!   when set;
+//!   connection, as does `idle_timeout`, when set, passing with no call in flight and no
+//!   message arriving (counted from the later of the last request and the last call's end);
 //! - at `max_in_flight_per_conn` calls in flight, or with more than `max_queued_bytes` of
 //!   responses unwritten (a peer that reads slowly or not at all), the thread stops reading
 //!   until that changes (TCP then slows the peer down); at the server's `max_calls` a
@@ -110,8 +110,17 @@ struct JsonConn {
 /// Calls in flight on one connection, with a signal when the count falls.
 #[derive(Default)]
 struct CallsInFlight {
-    count: Mutex<usize>,
+    /// Guards the count and when the last call ended.
+    state: Mutex<InFlight>,
     fell: Condvar,
+}
+
+/// What [`CallsInFlight`] guards.
+#[derive(Default)]
+struct InFlight {
+    count: usize,
+    /// When the last call ended (its response queued), for the idle timeout.
+    last_ended: Option<Instant>,
 }
 
 /// A request admitted for dispatch, carried to the worker that runs it.
@@ -137,22 +146,27 @@ impl JsonConn {
     fn read_requests(&self, reader: &mut ValueReader, stop: &AtomicBool) {
         let config = &self.server.config;
         let stats = &self.server.stats;
-        let mut last_active = Instant::now();
+        // When the last request was read (at first, when the connection was accepted).
+        let mut last_request = Instant::now();
         while !stop.load(Ordering::SeqCst) {
             self.calls.wait_below(config.max_in_flight_per_conn, stop);
             self.replies.wait_at_most(config.max_queued_bytes, stop);
             let wait = config
                 .idle_timeout
-                .map(|idle| idle.saturating_sub(last_active.elapsed()));
+                .map(|idle| idle.saturating_sub(self.idle_for(last_request)));
             match reader.next_value(wait) {
                 Ok(Some(request)) => {
-                    last_active = Instant::now();
+                    last_request = Instant::now();
                     if self.handle(request).is_err() {
                         return;
                     }
                 }
-                Ok(None) if self.calls.count() > 0 => last_active = Instant::now(),
                 Ok(None) => {
+                    // A call was in flight for part of the wait, or is now: not idle yet.
+                    let idle = config.idle_timeout;
+                    if idle.is_some_and(|idle| self.idle_for(last_request) < idle) {
+                        continue;
+                    }
                     StatsCounters::bump(&stats.idle_closes);
                     return;
                 }
@@ -178,6 +192,19 @@ impl JsonConn {
                 Err(ReadError::Io(_)) => return,
             }
         }
+    }
+
+    /// How long the connection has been idle in the sense of `ServerConfig::idle_timeout`
+    /// (no request and no call in flight): since the later of `last_request` and the end of
+    /// its last call; zero while a call is in flight. A call's end counts because the
+    /// connection was busy until then: counted from the request alone, a call longer than
+    /// the idle timeout would have its connection closed just after its reply.
+    fn idle_for(&self, last_request: Instant) -> Duration {
+        let since = match self.calls.busy_until() {
+            Some(busy) => busy.max(last_request),
+            None => last_request,
+        };
+        since.elapsed()
     }
 
     /// Answers or dispatches one request; `Err` if the connection must close.
@@ -261,7 +288,7 @@ impl JsonConn {
         if !self.server.admit_call() {
             return false;
         }
-        *self.calls.lock() += 1;
+        self.calls.lock().count += 1;
         true
     }
 
@@ -278,29 +305,39 @@ impl JsonConn {
 }
 
 impl CallsInFlight {
-    fn lock(&self) -> MutexGuard<'_, usize> {
-        // A plain counter: a poisoned lock still holds a sound number.
-        self.count.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, InFlight> {
+        // A counter and an instant: a poisoned lock still holds sound values.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn count(&self) -> usize {
-        *self.lock()
+    /// Until when the connection has been busy with calls: now while one is in flight,
+    /// else when the last one ended; `None` if none has run.
+    fn busy_until(&self) -> Option<Instant> {
+        let in_flight = self.lock();
+        match in_flight.count {
+            0 => in_flight.last_ended,
+            _ => Some(Instant::now()),
+        }
     }
 
     /// Blocks while `limit` or more calls are in flight, unless `stop` is set.
     fn wait_below(&self, limit: usize, stop: &AtomicBool) {
-        let mut count = self.lock();
-        while *count >= limit && !stop.load(Ordering::SeqCst) {
-            count = self
+        let mut in_flight = self.lock();
+        while in_flight.count >= limit && !stop.load(Ordering::SeqCst) {
+            in_flight = self
                 .fell
-                .wait_timeout(count, STOP_CHECK)
+                .wait_timeout(in_flight, STOP_CHECK)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
     }
 
+    /// Takes one call out of flight, noting when, and wakes a reader waiting for room.
     fn finish(&self) {
-        *self.lock() -= 1;
+        let mut in_flight = self.lock();
+        in_flight.count -= 1;
+        in_flight.last_ended = Some(Instant::now());
+        drop(in_flight);
         self.fell.notify_all();
     }
 }
