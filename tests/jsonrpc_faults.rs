@@ -1,14 +1,18 @@
 //! The jsonrpc client and server when connections end, stall or idle under them: a caller of
-//! `go` is never blocked, and a connection busy with a call is not closed as idle.
+//! `go` is never blocked, and a connection busy with a call, or with a request waiting to
+//! be read, is not closed as idle.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use netrpc::core::MethodTable;
+use netrpc::transport::FrameLimits;
 use netrpc::{Call, JsonRpcClient, JsonRpcHandle, Server, Service, ServiceError};
 
 /// `Tally.Sleep(ms)` returns `ms` after sleeping that long; `Tally.Echo(text)` returns its
@@ -138,5 +142,54 @@ fn a_pipelined_request_waiting_out_a_long_call_is_read_not_closed_as_idle() {
     let second: Call<String> = client.go("Tally.Echo", "second");
     assert_eq!(first.wait().unwrap(), 2000);
     assert_eq!(second.wait().unwrap(), "second");
+    assert_eq!(server.stats().idle_closes, 0);
+}
+
+#[test]
+fn a_request_sent_while_the_peer_reads_no_replies_is_read_once_it_does() {
+    // The peer asks for a 16 MiB reply and reads nothing: with more than 64 KiB of replies
+    // unwritten, the server stops reading requests (one call in flight at a time, so it
+    // stops as soon as that call ends). The peer's second request, sent once the reply has
+    // begun to arrive, waits in the socket while the peer reads nothing for 1.5 s, past the
+    // 1 s idle timeout. When the peer reads, the server must read that request and answer
+    // it, not close the connection as idle without looking.
+    let server = Server::builder()
+        .max_in_flight_per_conn(1)
+        .idle_timeout(Duration::from_secs(1))
+        .max_queued_bytes(64 * 1024)
+        .limits(FrameLimits {
+            max_body_len: 64 * 1024 * 1024,
+            ..FrameLimits::default()
+        })
+        .build();
+    let (server, handle) = serve_tally(server);
+    let mut stream = TcpStream::connect(handle.local_addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let large = "x".repeat(16 * 1024 * 1024);
+    let first = format!(r#"{{"method":"Tally.Echo","params":["{large}"],"id":1}}"#);
+    stream.write_all(first.as_bytes()).unwrap();
+    stream
+        .peek(&mut [0u8; 1])
+        .expect("the first reply beginning within 5 s");
+    stream
+        .write_all(br#"{"method":"Tally.Echo","params":["second"],"id":2}"#)
+        .unwrap();
+    thread::sleep(Duration::from_millis(1500));
+    let mut replies = BufReader::new(stream);
+    let mut reply = String::new();
+    replies.read_line(&mut reply).expect("the first reply");
+    assert!(
+        reply.starts_with(r#"{"id":1,"result":"xxx"#),
+        "{:.80}",
+        reply
+    );
+    reply.clear();
+    replies.read_line(&mut reply).expect("the second reply");
+    assert_eq!(
+        reply.trim_end(),
+        r#"{"id":2,"result":"second","error":null}"#
+    );
     assert_eq!(server.stats().idle_closes, 0);
 }

@@ -65,6 +65,10 @@ impl ValueReader {
     /// begun is waited for until the frame timeout, whatever `wait` says. `wait: None`
     /// waits as long as it takes.
     ///
+    /// The socket is read at least once, even if `wait` is zero or a deadline has passed:
+    /// after a caller's own long wait (the server's back-pressure) a request may be waiting
+    /// in the socket, and its silence is only known by looking.
+    ///
     /// # Errors
     ///
     /// [`ReadError`] when the connection can carry no more values.
@@ -75,6 +79,7 @@ impl ValueReader {
         let started = Instant::now();
         let wait_until = wait.map(|wait| deadline_after(started, wait));
         let mut chunk = [0u8; READ_CHUNK];
+        let mut looked = false;
         loop {
             if let Some(range) = self.splitter.poll_value().map_err(ReadError::Split)? {
                 self.partial_since = None;
@@ -97,13 +102,16 @@ impl ValueReader {
             } else {
                 wait_until
             };
-            if deadline.is_some_and(|deadline| now >= deadline) {
+            if looked && deadline.is_some_and(|deadline| now >= deadline) {
                 return match frame_deadline {
                     Some(_) => Err(ReadError::FrameTimeout),
                     None => Ok(None),
                 };
             }
-            self.set_read_timeout(deadline.map(|deadline| deadline - now))?;
+            // A deadline already passed gives the shortest read timeout (a millisecond).
+            let timeout = deadline.map(|deadline| deadline.saturating_duration_since(now));
+            self.set_read_timeout(timeout)?;
+            looked = true;
             match (&*self.stream).read(&mut chunk) {
                 Ok(0) if self.splitter.has_partial() => return Err(ReadError::Truncated),
                 Ok(0) => return Err(ReadError::Closed),
@@ -173,3 +181,29 @@ fn is_timeout(err: &io::Error) -> bool {
 
 /// Bytes read from the socket at a time (on the reading thread's stack).
 const READ_CHUNK: usize = 8 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::TcpListener;
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ours = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (peer, _) = listener.accept().unwrap();
+        (ours, peer)
+    }
+
+    #[test]
+    fn a_value_already_in_the_socket_is_read_even_with_no_time_left_to_wait() {
+        let (ours, mut peer) = pair();
+        peer.write_all(br#"{"id":1}"#).unwrap();
+        let mut reader = ValueReader::new(Arc::new(ours), 1024, None);
+        // Loopback delivers at once, but give the bytes a moment to reach our buffer.
+        std::thread::sleep(Duration::from_millis(50));
+        let value = reader.next_value(Some(Duration::ZERO)).unwrap();
+        assert_eq!(value, Some(&br#"{"id":1}"#[..]));
+        assert!(reader.next_value(Some(Duration::ZERO)).unwrap().is_none());
+    }
+}
