@@ -1,11 +1,11 @@
 //! The jsonrpc client and server when connections end, stall or idle under them: a caller of
-//! `go` is never blocked, and a connection busy with a call, or with a request waiting to
-//! be read, is not closed as idle.
+//! `go` is never blocked, a call that timed out is never sent late, and a connection busy
+//! with a call is not closed as idle.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use netrpc::core::MethodTable;
 use netrpc::transport::FrameLimits;
-use netrpc::{Call, JsonRpcClient, JsonRpcHandle, Server, Service, ServiceError};
+use netrpc::{Call, JsonRpcClient, JsonRpcHandle, RpcError, Server, Service, ServiceError};
 
 /// `Tally.Sleep(ms)` returns `ms` after sleeping that long; `Tally.Echo(text)` returns its
 /// argument; `Tally.Count(n)` returns `n` and counts its runs in `runs`, so a test can tell
@@ -192,4 +192,55 @@ fn a_request_sent_while_the_peer_reads_no_replies_is_read_once_it_does() {
         r#"{"id":2,"result":"second","error":null}"#
     );
     assert_eq!(server.stats().idle_closes, 0);
+}
+
+#[test]
+fn a_call_that_timed_out_while_queued_is_never_sent_to_the_server() {
+    // The server reads nothing for 1.5 s, then serves. A 16 MiB request fills the sockets'
+    // buffers first, so the next call's request waits in the client's queue; that call times
+    // out at 200 ms, long before the server reads again. Its caller was told it failed: the
+    // server must never run it.
+    let large = FrameLimits {
+        max_body_len: 64 * 1024 * 1024,
+        ..FrameLimits::default()
+    };
+    // One call in flight at a time, so the server reads the last request only once every
+    // call before it has run.
+    let server = Server::builder()
+        .limits(large)
+        .max_in_flight_per_conn(1)
+        .build();
+    let runs = register_tally(&server);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serving = thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        thread::sleep(Duration::from_millis(1500));
+        server.serve_jsonrpc_conn(stream).unwrap();
+    });
+    let client = JsonRpcClient::builder()
+        .limits(large)
+        .max_unsent_bytes(64 * 1024 * 1024)
+        .call_timeout(Duration::from_secs(30))
+        .dial(addr)
+        .unwrap();
+    let filler = "x".repeat(16 * 1024 * 1024);
+    let filling: Call<String> = client.go("Tally.Echo", &filler);
+    let timed_out = client.call_timeout::<_, u64>("Tally.Count", &1u64, Duration::from_millis(200));
+    assert!(
+        matches!(timed_out, Err(RpcError::Timeout { .. })),
+        "{timed_out:?}"
+    );
+    assert_eq!(filling.wait().unwrap().len(), filler.len());
+    // Requests are read in order, one call at a time: once a later call is answered, every
+    // request written before it has been read and run.
+    let echoed: String = client.call("Tally.Echo", "after").unwrap();
+    assert_eq!(echoed, "after");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        0,
+        "the server ran a call whose caller was told it timed out"
+    );
+    client.close();
+    serving.join().unwrap();
 }

@@ -3,10 +3,11 @@
 //! `jsonrpc.Dial` and the `rpc.Client` it returns).
 //!
 //! Callers queue whole requests for the client's writer thread (`write_queue.rs`), so a
-//! call keeps its own deadline even while the server reads slowly or not at all; one reader
-//! thread per client reads responses and completes calls by id, in whatever order they come.
-//! It also fails `go` calls whose deadline has passed, checking every 100 ms; a blocking
-//! `call` waits with its own deadline. Both threads share the one socket.
+//! call keeps its own deadline even while the server reads slowly or not at all, and a
+//! request whose call has timed out by its turn is not sent. One reader thread per client
+//! reads responses and completes calls by id, in whatever order they come. It also fails
+//! `go` calls whose deadline has passed, checking every 100 ms; a blocking `call` waits with
+//! its own deadline. Both threads share the one socket.
 
 use std::fmt;
 use std::io;
@@ -190,10 +191,14 @@ impl JsonRpcClientBuilder {
             .spawn(move || read_responses(&reading, reader))
             .map_err(unreachable)?;
         client.lock_threads().push(reader);
+        let writing = Arc::clone(&client.shared);
+        // A request whose call ended while it was queued (timed out behind a slow server) is
+        // not sent: its caller was told it failed, so the server must not run it.
+        let call_waits = move |id| writing.pending.is_waiting(id, Instant::now());
         let requests = Arc::clone(&client.shared.requests);
         let writer = thread::Builder::new()
             .name("netrpc-jsonrpc-client-write".to_owned())
-            .spawn(move || requests.write_to(&socket))
+            .spawn(move || requests.write_requests_to(&socket, call_waits))
             .map_err(unreachable)?;
         client.lock_threads().push(writer);
         Ok(client)
@@ -366,7 +371,7 @@ impl JsonRpcClient {
         }
         // Registered before it is written, so the response cannot arrive first.
         shared.pending.insert(id, call)?;
-        if !shared.requests.push(request) {
+        if !shared.requests.push_request(id, request) {
             // A write failed (the reader ends the other calls) or the client is closing.
             if shared.pending.remove(id).is_none() {
                 // The reader ended the connection between our insert and now, and failed

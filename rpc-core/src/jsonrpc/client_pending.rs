@@ -70,6 +70,16 @@ impl PendingCalls {
         self.lock().calls.remove(&id)
     }
 
+    /// True if call `id` is pending and its deadline, `now`, has not passed: its request is
+    /// still worth sending. (A call past its deadline is failed by its caller or the
+    /// reader's next sweep; the server must not run it meanwhile.)
+    pub(crate) fn is_waiting(&self, id: u64, now: Instant) -> bool {
+        self.lock()
+            .calls
+            .get(&id)
+            .is_some_and(|call| call.deadline > now)
+    }
+
     /// Calls pending now.
     pub(crate) fn len(&self) -> usize {
         self.lock().calls.len()
@@ -228,5 +238,20 @@ mod tests {
         ));
         assert!(alive_rx.try_recv().is_err());
         assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn a_call_waits_until_its_deadline_or_its_removal() {
+        let table = PendingCalls::new(10);
+        let now = Instant::now();
+        let (call, _rx) = pending("A.B", now + Duration::from_secs(1));
+        table.insert(1, call).unwrap();
+        assert!(table.is_waiting(1, now));
+        assert!(
+            !table.is_waiting(1, now + Duration::from_secs(1)),
+            "deadline passed"
+        );
+        table.remove(1);
+        assert!(!table.is_waiting(1, now), "removed (timed out)");
     }
 }

@@ -10,6 +10,10 @@
 //! requests: a caller that wrote its request itself could not keep its own deadline while
 //! the server reads slowly; it refuses a call while more than `max_unsent_bytes` wait.
 //! Either way only the connection's own threads wait for its peer.
+//!
+//! A client's request carries its call's id: one whose call has ended before the writer
+//! reaches it (timed out while the server read slowly) is dropped unwritten, so the server
+//! never runs a call its caller was told had failed. Once begun, a message is written whole.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -30,7 +34,7 @@ pub(crate) struct WriteQueue {
 
 #[derive(Debug, Default)]
 struct QueueState {
-    messages: VecDeque<BytesMut>,
+    messages: VecDeque<Queued>,
     /// Bytes queued or being written.
     bytes: usize,
     /// No message will be queued any more: the writer ends once the queue is empty.
@@ -39,19 +43,32 @@ struct QueueState {
     failed: bool,
 }
 
+/// One message waiting to be written.
+#[derive(Debug)]
+struct Queued {
+    bytes: BytesMut,
+    /// The id of the client call this request is for: written only while the call waits.
+    call_id: Option<u64>,
+}
+
 impl WriteQueue {
     /// Queues one whole message for the writer. False if it will never be written (a write
     /// failed, or the connection is ending).
     pub(crate) fn push(&self, message: BytesMut) -> bool {
-        let mut state = self.lock();
-        if state.failed || state.finishing {
-            return false;
-        }
-        state.bytes += message.len();
-        state.messages.push_back(message);
-        drop(state);
-        self.changed.notify_all();
-        true
+        self.enqueue(Queued {
+            bytes: message,
+            call_id: None,
+        })
+    }
+
+    /// Queues the request of client call `call_id`, to be written only if that call still
+    /// waits when the writer reaches it (see [`WriteQueue::write_requests_to`]). False as
+    /// for [`WriteQueue::push`].
+    pub(crate) fn push_request(&self, call_id: u64, request: BytesMut) -> bool {
+        self.enqueue(Queued {
+            bytes: request,
+            call_id: Some(call_id),
+        })
     }
 
     /// Bytes queued or being written.
@@ -82,6 +99,13 @@ impl WriteQueue {
     /// until [`WriteQueue::finish`] and an empty queue, or a write fails (the socket is then
     /// shut down both ways, so the reading thread stops too).
     pub(crate) fn write_to(&self, stream: &TcpStream) {
+        self.write_requests_to(stream, |_| true);
+    }
+
+    /// As [`WriteQueue::write_to`], but a request of a client call for which `call_waits`
+    /// is false when its turn comes (the call timed out, or the connection ended) is
+    /// dropped unwritten.
+    pub(crate) fn write_requests_to(&self, stream: &TcpStream, call_waits: impl Fn(u64) -> bool) {
         loop {
             let batch = {
                 let mut state = self.lock();
@@ -94,8 +118,13 @@ impl WriteQueue {
                 std::mem::take(&mut state.messages)
             };
             for message in batch {
+                if message.call_id.is_some_and(|id| !call_waits(id)) {
+                    self.lock().bytes -= message.bytes.len();
+                    self.changed.notify_all();
+                    continue;
+                }
                 let mut stream = stream;
-                if stream.write_all(&message).is_err() {
+                if stream.write_all(&message.bytes).is_err() {
                     let _ = stream.shutdown(Shutdown::Both);
                     let mut state = self.lock();
                     state.failed = true;
@@ -105,10 +134,22 @@ impl WriteQueue {
                     self.changed.notify_all();
                     return;
                 }
-                self.lock().bytes -= message.len();
+                self.lock().bytes -= message.bytes.len();
                 self.changed.notify_all();
             }
         }
+    }
+
+    fn enqueue(&self, message: Queued) -> bool {
+        let mut state = self.lock();
+        if state.failed || state.finishing {
+            return false;
+        }
+        state.bytes += message.bytes.len();
+        state.messages.push_back(message);
+        drop(state);
+        self.changed.notify_all();
+        true
     }
 
     fn lock(&self) -> MutexGuard<'_, QueueState> {
@@ -154,6 +195,27 @@ mod tests {
         let mut written = String::new();
         peer.read_to_string(&mut written).unwrap();
         assert_eq!(written, "one two");
+    }
+
+    #[test]
+    fn a_request_whose_call_has_ended_is_dropped_unwritten() {
+        let (ours, mut peer) = pair();
+        let queue = Arc::new(WriteQueue::default());
+        assert!(queue.push_request(1, BytesMut::from(&b"one "[..])));
+        assert!(queue.push_request(2, BytesMut::from(&b"two "[..])));
+        assert!(queue.push(BytesMut::from(&b"reply"[..])));
+        queue.finish();
+        let ended = 2;
+        queue.write_requests_to(&ours, |id| id != ended);
+        assert_eq!(
+            queue.queued_bytes(),
+            0,
+            "the dropped request's bytes are not counted"
+        );
+        drop(ours);
+        let mut written = String::new();
+        peer.read_to_string(&mut written).unwrap();
+        assert_eq!(written, "one reply");
     }
 
     #[test]
