@@ -21,6 +21,10 @@
 //!   responses unwritten (a peer that reads slowly or not at all), the thread stops reading
 //!   until that changes (TCP then slows the peer down); at the server's `max_calls` a
 //!   request is refused;
+//! - a response write that stalls for `limits.frame_timeout` fails, and the connection
+//!   closes; with `frame_timeout: None` it may stall for ever: a peer that never reads then
+//!   holds the connection until the listener shuts down (not fixed: how long a closing
+//!   connection may spend flushing its last responses is the owner's choice);
 //! - after the peer's last request (end of stream) the calls in flight are answered, then the
 //!   connection closes.
 
