@@ -297,7 +297,10 @@ impl Drop for ReadingGuard<'_> {
 pub(crate) fn as_handler<T>(handler: impl FnOnce() -> T) -> T {
     WORKER.with(|worker| match &*worker.borrow() {
         Some(me) => {
-            let was_in_handler = me.in_handler.swap(true, Ordering::SeqCst);
+            // Only this thread writes its mark, and the monitor only samples it: plain loads
+            // and stores do (no locked instruction per call).
+            let was_in_handler = me.in_handler.load(Ordering::Relaxed);
+            me.in_handler.store(true, Ordering::Relaxed);
             // Unmarks it however the handler ends (a panic is caught further out).
             let _unmark = HandlerMark {
                 in_handler: &me.in_handler,
@@ -317,7 +320,7 @@ struct HandlerMark<'a> {
 
 impl Drop for HandlerMark<'_> {
     fn drop(&mut self) {
-        self.in_handler.store(self.was_in_handler, Ordering::SeqCst);
+        self.in_handler.store(self.was_in_handler, Ordering::Relaxed);
     }
 }
 
