@@ -320,7 +320,8 @@ struct HandlerMark<'a> {
 
 impl Drop for HandlerMark<'_> {
     fn drop(&mut self) {
-        self.in_handler.store(self.was_in_handler, Ordering::Relaxed);
+        self.in_handler
+            .store(self.was_in_handler, Ordering::Relaxed);
     }
 }
 
