@@ -42,8 +42,11 @@ pub struct ServerConfig {
     pub max_calls: usize,
     /// Reply bytes a connection may have queued (unread by its peer) before the server stops
     /// reading its requests, until the peer reads. Checked before each request, counting what
-    /// the calls in flight may still add (each as large as the largest reply so far), so the
-    /// queue passes the cap by about one reply at most. Default [`DEFAULT_MAX_QUEUED_BYTES`].
+    /// the calls in flight may still add (each as large as the largest reply so far); and a
+    /// pooled call whose connection is past the cap waits, unrun, until the peer reads (no
+    /// worker waits meanwhile), so the queue passes the cap by at most a reply per handler
+    /// running then, however the first replies compare with the later ones. Default
+    /// [`DEFAULT_MAX_QUEUED_BYTES`].
     pub max_queued_bytes: usize,
     /// The codecs the server answers in; a request in any other gets `UnsupportedCodec`.
     /// Default: every codec this build has ([`CodecKind::all`]).

@@ -46,8 +46,10 @@ use crate::server::{ConnectionSlot, ServerShared};
 use crate::service::{Dispatch, DispatchError, MethodCounters, MethodHandler};
 use crate::stats::StatsCounters;
 
+mod parked;
 mod worker_read;
 
+use parked::ParkedCalls;
 use worker_read::BatchCheck;
 
 /// The [`FrameHandler`] of one accepted connection.
@@ -129,6 +131,8 @@ struct ConnSite {
     server: Arc<ServerShared>,
     calls: Arc<ConnCalls>,
     conn: Connection,
+    /// Pooled calls held back while the connection's unread replies are at the cap.
+    parked: ParkedCalls,
 }
 
 /// The calls of one connection, shared by its loop, its workers and graceful shutdown.
@@ -184,6 +188,7 @@ impl ServerConn {
                 server,
                 calls,
                 conn: conn.clone(),
+                parked: ParkedCalls::default(),
             }),
             slot,
             last_active: now,
@@ -207,7 +212,7 @@ impl ServerConn {
         now: Instant,
         idle_timeout: Duration,
     ) -> Option<Instant> {
-        if self.site.calls.was_active() {
+        if self.site.calls.was_active(self.site.parked.len()) {
             self.last_active = now;
         }
         let idle_from = deadline_after(self.last_active, idle_timeout);
@@ -267,15 +272,7 @@ impl ServerConn {
                 let (reply, failure) = call.run(&mut request);
                 call.finish(request.seq, &reply, failure, Sending::Batched);
             }
-            Dispatch::Pool => {
-                self.site.calls.reply_cork.call_queued();
-                self.site.server.pool.execute(ServerJob::Call(InFlight {
-                    site: Arc::clone(&self.site),
-                    found,
-                    received,
-                    request,
-                }));
-            }
+            Dispatch::Pool => self.site.queue_on_pool(request, found, received),
         }
     }
 }
@@ -369,6 +366,77 @@ impl ConnSite {
         }
     }
 
+    /// The connection's last waiting call was just taken, by this worker: the replies corked
+    /// behind it must not wait for its handler. A flush queued on the pool writes them, taken
+    /// at once by any idle worker; if this call's handler is quick, its reply is written
+    /// with them first and the flush finds nothing left (one write where there were two: 4 x
+    /// 16 pooled calls 6-21% more calls/s, docs/BENCHMARKS.md, change 20). At the pool's
+    /// thread cap a queued job may wait for a handler, so this worker writes them now.
+    fn release_corked(&self) {
+        if !self.conn.has_unflushed() {
+            return; // nothing corked, or another worker writes it, or already wrote it
+        }
+        if self.server.pool.is_at_thread_cap() {
+            // A failed flush means the connection is closing; the reply's send will say so.
+            let _ = self.conn.flush();
+        } else {
+            self.server
+                .pool
+                .execute(ServerJob::Flush(self.conn.clone()));
+        }
+    }
+
+    /// Queues an admitted call on the pool, for a worker to run.
+    fn queue_on_pool(self: &Arc<Self>, request: Frame, found: Arc<Found>, received: Instant) {
+        self.calls.reply_cork.call_queued();
+        self.server.pool.execute(ServerJob::Call(InFlight {
+            site: Arc::clone(self),
+            found,
+            received,
+            request,
+        }));
+    }
+
+    /// True if the connection's unread replies are past the server's cap: a pooled call
+    /// must not add to them now ([`ConnSite::park`]).
+    fn replies_at_cap(&self) -> bool {
+        self.conn.queued_len() > self.server.config.max_queued_bytes
+    }
+
+    /// Holds `call` back, unrun, until the connection's replies are under the cap again.
+    fn park(&self, call: InFlight) {
+        self.parked.park(call);
+        // The loop sends parked calls back to the pool when it finds the queue under the cap,
+        // which it asks before reading: have it ask now, so that it pauses reading and asks
+        // again as the queue drains. A look it made just before the park missed this call:
+        // the checks below, after the park, cover that.
+        self.conn.recheck_reading();
+        if self.conn.is_closed() {
+            self.abandon_parked();
+        } else if !self.replies_at_cap() {
+            self.release_parked();
+        }
+    }
+
+    /// Sends the parked calls back to the pool, each to be taken (and checked) anew.
+    fn release_parked(&self) {
+        for call in self.parked.take_all() {
+            self.calls.reply_cork.call_queued();
+            self.server.pool.execute(ServerJob::Call(call));
+        }
+    }
+
+    /// Drops the parked calls unrun (the connection has closed): counted out of flight, their
+    /// replies counted dropped, as a reply that finds its connection gone is.
+    fn abandon_parked(&self) {
+        let stats = &self.server.stats;
+        for call in self.parked.take_all() {
+            StatsCounters::bump(&stats.dropped_replies);
+            stats.in_flight_calls.fetch_sub(1, Ordering::SeqCst);
+            self.calls.finish(call.request.seq);
+        }
+    }
+
     /// Whether the connection's unread replies, with what its calls in flight may still add
     /// (each reckoned as large as the largest reply so far), pass the server's cap: reading
     /// its requests must then wait. One read can hold hundreds of small requests for large
@@ -425,13 +493,15 @@ impl ConnCalls {
         Start::Started
     }
 
-    /// For the idle check: true if a call is in flight now, or one ended or a worker read a
-    /// frame since the last time this was asked (frames the loop reads it sees itself).
-    fn was_active(&self) -> bool {
+    /// For the idle check: true if a call is in flight now, other than the `parked` ones
+    /// (read just before: they wait for the peer to read, which is no activity), or one
+    /// ended or a worker read a frame since the last time this was asked (frames the loop
+    /// reads it sees itself).
+    fn was_active(&self, parked: usize) -> bool {
         // The count first: a call that ends between the two reads has noted its end before
         // its count fell (`finish`), so a count seen at zero is followed by the flag seen
         // set; read the other way round, the end would fall between them unseen.
-        let in_flight = self.in_flight() > 0;
+        let in_flight = self.in_flight() > parked;
         let unseen = self.unseen_activity.swap(false, Ordering::Relaxed);
         in_flight || unseen
     }
@@ -510,7 +580,7 @@ enum Sending {
 pub(crate) enum ServerJob {
     /// A netrpc call, carried by value.
     Call(InFlight),
-    /// Write what the connection has queued ([`CallSite::release_corked`]).
+    /// Write what the connection has queued ([`ConnSite::release_corked`]).
     Flush(Connection),
     /// Any other work.
     Boxed(Box<dyn FnOnce() + Send>),
@@ -541,9 +611,18 @@ pub(crate) struct InFlight {
 
 impl InFlight {
     /// A worker's whole share of a pooled call: sees to the replies corked behind this call
-    /// if it was the connection's last waiting for a worker ([`CallSite::release_corked`]),
-    /// then runs the call (unless it expired while it waited) and sends its reply.
+    /// if it was the connection's last waiting for a worker ([`ConnSite::release_corked`]),
+    /// then runs the call (unless it expired while it waited) and sends its reply; or parks
+    /// it, unrun, while the connection's unread replies are at the cap (`parked.rs`).
     fn run_on_worker(self) {
+        if self.site.calls.reply_cork.call_taken() {
+            self.site.release_corked();
+        }
+        if self.site.replies_at_cap() {
+            let site = Arc::clone(&self.site);
+            site.park(self);
+            return;
+        }
         let InFlight {
             site,
             found,
@@ -555,9 +634,6 @@ impl InFlight {
             received,
             found: &found,
         };
-        if site.calls.reply_cork.call_taken() {
-            call.release_corked();
-        }
         let (reply, failure) = call.run_unless_expired(&mut request);
         call.finish(request.seq, &reply, failure, Sending::FromWorker);
         if site.server.config.worker_reads {
@@ -616,27 +692,6 @@ impl CallSite<'_> {
             context,
             self.site.conn.limits(),
         )
-    }
-
-    /// The connection's last waiting call was just taken, by this worker: the replies corked
-    /// behind it must not wait for its handler. A flush queued on the pool writes them, taken
-    /// at once by any idle worker; if this call's handler is quick, its reply is written
-    /// with them first and the flush finds nothing left (one write where there were two: 4 x
-    /// 16 pooled calls 6-21% more calls/s, docs/BENCHMARKS.md, change 20). At the pool's
-    /// thread cap a queued job may wait for a handler, so this worker writes them now.
-    fn release_corked(&self) {
-        if !self.site.conn.has_unflushed() {
-            return; // nothing corked, or another worker writes it, or already wrote it
-        }
-        if self.site.server.pool.is_at_thread_cap() {
-            // A failed flush means the connection is closing; the reply's send will say so.
-            let _ = self.site.conn.flush();
-        } else {
-            self.site
-                .server
-                .pool
-                .execute(ServerJob::Flush(self.site.conn.clone()));
-        }
     }
 
     /// Sends a worker's reply now, or corks it for a later write ([`ReplyCork`]).
@@ -756,7 +811,10 @@ impl FrameHandler for ServerConn {
     }
 
     fn pause_reading(&self, conn: &Connection) -> bool {
-        let paused = self.site.replies_over_budget();
+        if !self.site.parked.is_empty() && !self.site.replies_at_cap() {
+            self.site.release_parked();
+        }
+        let paused = self.site.replies_over_budget() || !self.site.parked.is_empty();
         // The loop asks again on every resume attempt: count only the start of a pause.
         if paused && !conn.is_read_paused() {
             StatsCounters::bump(&self.site.server.stats.read_pauses);
@@ -777,6 +835,8 @@ impl FrameHandler for ServerConn {
             }
             _ => {}
         }
+        // Parked calls hold the connection's site: dropping them here also frees it.
+        self.site.abandon_parked();
         self.site.server.deregister_connection(self.slot.id());
         if let Some(closed) = &self.closed {
             let _ = closed.send(());
@@ -985,15 +1045,15 @@ mod tests {
     #[test]
     fn the_idle_check_sees_frames_a_worker_read_once() {
         let calls = ConnCalls::default();
-        assert!(!calls.was_active());
+        assert!(!calls.was_active(0));
         calls.note_activity();
         assert!(
-            calls.was_active(),
+            calls.was_active(0),
             "a worker read a frame the loop never saw"
         );
-        assert!(!calls.was_active(), "and only since the last look");
+        assert!(!calls.was_active(0), "and only since the last look");
         assert_eq!(calls.start(1, 8, || true), Start::Started);
-        assert!(calls.was_active(), "a call in flight");
+        assert!(calls.was_active(0), "a call in flight");
     }
 
     #[test]

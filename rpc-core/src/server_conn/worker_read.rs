@@ -182,6 +182,13 @@ impl WorkerBatch {
         Some((call, state.received.unwrap_or(now), guarded))
     }
 
+    /// The requests still waiting, taken from the batch (its worker hands them on).
+    fn take_rest(&self) -> Vec<ReadCall> {
+        let mut state = self.lock();
+        state.guarded_since = None;
+        state.waiting.drain(..).collect()
+    }
+
     /// The loop's check, at `now`.
     pub(super) fn check(&self, now: Instant) -> BatchCheck {
         let mut state = self.lock();
@@ -203,7 +210,7 @@ impl WorkerBatch {
 
 /// Reads the connection on this worker, and runs what arrives, until it is quiet for
 /// [`LINGER`], [`MAX_READS`] reads are done, or reading is better left to the loop.
-pub(super) fn read_next(site: &ConnSite) {
+pub(super) fn read_next(site: &Arc<ConnSite>) {
     if site.calls.in_flight_len.load(Ordering::SeqCst) < MIN_IN_FLIGHT {
         return; // a shallow pipeline: its next requests come too late to wait for
     }
@@ -268,7 +275,7 @@ fn take_frame(site: &ConnSite, frame: Frame, lookups: &mut LookupCache, calls: &
 
 /// Runs the requests of one read in turn, under the loop's watch ([`WorkerBatch`]), then
 /// writes their replies.
-fn run_batch(site: &ConnSite, calls: &mut Vec<ReadCall>) {
+fn run_batch(site: &Arc<ConnSite>, calls: &mut Vec<ReadCall>) {
     if calls.is_empty() {
         return;
     }
@@ -281,6 +288,14 @@ fn run_batch(site: &ConnSite, calls: &mut Vec<ReadCall>) {
         let Some((call, received, guarded)) = batch.next(corked_replies > 0, now) else {
             break;
         };
+        if site.replies_at_cap() {
+            // The peer has the cap unread: the rest of the read goes to the pool, where a
+            // call waits (parked) until the peer reads, and this worker goes back to work.
+            for call in std::iter::once(call).chain(batch.take_rest()) {
+                site.queue_on_pool(call.request, call.found, received);
+            }
+            break;
+        }
         if guarded && !watched {
             // The loop looks in by then (once per batch; a timer already set sooner stays).
             site.conn.schedule_timer(now + STALL);
