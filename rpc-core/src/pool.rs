@@ -136,13 +136,16 @@ impl<J: PoolJob> WorkerPool<J> {
         if shared.jobs_waiting() <= shared.idle.load(Ordering::SeqCst) {
             return;
         }
-        if threads < shared.eager_threads {
-            // Checked again as the count is raised: callers queuing at once (the loop, and
-            // workers queuing flushes) must not each start the last eager thread.
-            try_spawn(shared, |threads| {
+        // Checked again as the count is raised: callers queuing at once (the loop, and
+        // workers queuing flushes) must not each start the last eager thread.
+        let started = threads < shared.eager_threads
+            && try_spawn(shared, |threads| {
                 threads.saturating_sub(shared.reading.load(Ordering::SeqCst)) < shared.eager_threads
             });
-        } else if !shared.monitor_running.load(Ordering::SeqCst)
+        // Not started (another caller started the last eager thread first, say): the monitor
+        // must watch this job, or it could wait for ever behind workers blocked in handlers.
+        if !started
+            && !shared.monitor_running.load(Ordering::SeqCst)
             && !shared.monitor_running.swap(true, Ordering::SeqCst)
         {
             start_monitor(shared);
