@@ -252,6 +252,46 @@ fn small_requests_for_large_replies_never_read_are_held_near_the_cap_with_worker
     );
 }
 
+#[test]
+fn calls_held_back_for_a_peer_that_never_reads_end_at_their_deadline_and_free_their_places() {
+    // The calls past the cap wait unrun for the peer to read; a peer that never does must
+    // not hold the server's places for calls in flight past the calls' own deadlines, or a
+    // few such peers would leave every other client `Throttled`.
+    let server = TestServer::start_with(
+        Server::builder()
+            .max_calls(100)
+            .max_queued_bytes(64 * 1024)
+            .build(),
+    );
+    let mut evil = EvilClient::connect(server.addr());
+    let frames: Vec<_> = (1..=90u64)
+        .map(|seq| {
+            let mut frame = request(seq, "Probe.Fill", &(128 * 1024u32));
+            frame.deadline_ms = 300;
+            frame
+        })
+        .collect();
+    evil.send_frames(&frames);
+    wait_until("calls wait for the peer", Duration::from_secs(5), || {
+        server.server.stats().in_flight_calls > 10
+    });
+    wait_until("their places freed", Duration::from_secs(5), || {
+        server.server.stats().in_flight_calls == 0
+    });
+    let others = server.client();
+    let calls: Vec<_> = (0..90)
+        .map(|i| others.go::<_, i64>("Arith.Multiply", &Args { a: i, b: 2 }))
+        .collect();
+    for (i, call) in (0..).zip(calls) {
+        assert_eq!(call.wait().unwrap(), i * 2);
+    }
+    let stats = server.server.stats();
+    assert!(
+        stats.call_errors(ErrorCode::DeadlineExceeded) > 0,
+        "{stats:?}"
+    );
+}
+
 /// How the requests of [`assert_large_replies_never_read_are_held_near_the_cap`] are sent.
 #[derive(Clone, Copy, PartialEq)]
 enum Sending {

@@ -520,15 +520,6 @@ impl Connection {
         }
     }
 
-    /// Has the loop ask the handler's [`crate::FrameHandler::pause_reading`] now, and read if
-    /// it says go on, whether or not reading is paused: for a handler that has found a new
-    /// reason to pause (one the loop would otherwise see only when the peer next sends), so
-    /// that the loop pauses now and, while paused, asks again as its writes drain and at
-    /// every recheck.
-    pub fn recheck_reading(&self) {
-        self.post(ConnCommand::ReadAgain);
-    }
-
     /// Whether the loop is holding back reading this connection because its handler asked.
     pub fn is_read_paused(&self) -> bool {
         self.shared.read_paused.load(Ordering::SeqCst)

@@ -257,8 +257,7 @@ pub(crate) enum ConnCommand {
     Close,
     /// Read the connection again if its handler had paused it.
     ResumeReading,
-    /// Read the connection now (asking its handler first whether to pause): a caller that
-    /// read it handed something back, or the handler has a new reason to pause.
+    /// Read the connection now: a caller that read it handed something back.
     ReadAgain,
     /// A caller's poller now watches the socket: register the loop's interest again, behind
     /// it, so that a reply wakes a sleeping caller alone (`exclusive_wake.rs`).

@@ -6,14 +6,17 @@
 //! requests for large replies before any reply says how large they are, and every one of
 //! them, once run, queues its reply: a thousand requests for a mebibyte each queued a
 //! gigabyte for a peer that read none. So a worker that takes a call of a connection whose
-//! queue is at the cap parks the call here instead of running it (the worker goes on to
-//! other work: it never waits for a peer), and the connection's loop sends parked calls back
-//! to the pool once the queue is under the cap again (it asks before reading, as the queue
-//! drains and every recheck interval while reading is paused). The replies queued are then
-//! bounded by the cap plus one reply per worker that passed the check at once. A call's
-//! deadline still counts while it is parked. A parked call is no activity for the idle
-//! timeout (its connection waits for the peer to read). When the connection closes, parked
-//! calls are dropped unrun, counted out of flight as dropped replies.
+//! queue is past the cap, after writing what the socket takes (so that replies this side has
+//! not written yet do not count), parks the call here instead of running it (the worker goes
+//! on to other work: it never waits for a peer). The connection's loop looks at its parked
+//! calls before it reads and on a timer every `PARKED_RECHECK` while any are parked: once
+//! the queue is under the cap it sends them back to the pool; until then it answers those
+//! whose deadline passed (or whose caller cancelled them) `DeadlineExceeded`, so that a peer
+//! that never reads does not hold the server's places for calls in flight past its calls'
+//! deadlines. The replies queued are then bounded by the cap plus one reply per worker that
+//! passed the check at once. A parked call is no activity for the idle timeout (its
+//! connection waits for the peer to read). When the connection closes, parked calls are
+//! dropped unrun, counted out of flight as dropped replies.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};

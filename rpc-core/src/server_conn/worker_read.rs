@@ -288,7 +288,7 @@ fn run_batch(site: &Arc<ConnSite>, calls: &mut Vec<ReadCall>) {
         let Some((call, received, guarded)) = batch.next(corked_replies > 0, now) else {
             break;
         };
-        if site.replies_at_cap() {
+        if site.replies_unread_at_cap() {
             // The peer has the cap unread: the rest of the read goes to the pool, where a
             // call waits (parked) until the peer reads, and this worker goes back to work.
             for call in std::iter::once(call).chain(batch.take_rest()) {
