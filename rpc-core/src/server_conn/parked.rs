@@ -20,8 +20,14 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use super::InFlight;
+use rpc_transport::clock::deadline_after;
+
+use crate::error_body::ErrorCode;
+use crate::stats::StatsCounters;
+
+use super::{encode_error, CallSite, ConnSite, InFlight, Sending, ServerJob};
 
 /// The parked calls of one connection.
 #[derive(Default)]
@@ -61,3 +67,94 @@ impl ParkedCalls {
         self.calls.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
+
+impl ConnSite {
+    /// The loop's look at the parked calls (see the module doc): sends them back to the pool once
+    /// the peer has read enough; otherwise answers those that expired meanwhile, and returns
+    /// when to look again while any stay parked.
+    pub(super) fn check_parked(&self, now: Instant) -> Option<Instant> {
+        if self.parked.is_empty() {
+            return None;
+        }
+        if !self.replies_unread_at_cap() {
+            self.release_parked();
+            return None;
+        }
+        self.expire_parked();
+        (!self.parked.is_empty()).then(|| deadline_after(now, PARKED_RECHECK))
+    }
+
+    /// True if the replies past the cap are the peer's to read: a pooled call must not add
+    /// to them now ([`ConnSite::park`]). Writes what the socket takes first, so that replies
+    /// this side has not written yet (corked, or queued a moment ago) do not count.
+    pub(super) fn replies_unread_at_cap(&self) -> bool {
+        if !self.replies_at_cap() {
+            return false;
+        }
+        // A failed write means the connection is closing; the loop is at it.
+        let _ = self.conn.flush();
+        self.replies_at_cap()
+    }
+
+    /// Holds `call` back, unrun, until the connection's replies are under the cap again:
+    /// the loop looks every [`PARKED_RECHECK`] while any call is parked (and before it
+    /// reads), whatever else the connection does.
+    pub(super) fn park(&self, call: InFlight) {
+        self.parked.park(call);
+        self.conn
+            .schedule_timer(deadline_after(Instant::now(), PARKED_RECHECK));
+        // A close, or a drain, between this worker's check and the park: the loop's own
+        // looks may have come before the park, so look once more after it.
+        if self.conn.is_closed() {
+            self.abandon_parked();
+        } else if !self.replies_at_cap() {
+            self.release_parked();
+        }
+    }
+
+    /// Answers the parked calls whose deadline passed or whose caller cancelled them while
+    /// they waited (`DeadlineExceeded`, as a pooled call that waited too long): they then
+    /// hold no place among the server's calls in flight. The others stay parked.
+    fn expire_parked(&self) {
+        for call in self.parked.take_all() {
+            let site = CallSite {
+                site: self,
+                received: call.received,
+                found: &call.found,
+            };
+            let seq = call.request.seq;
+            match site.expired(&call.request) {
+                Some(reason) => {
+                    let code = ErrorCode::DeadlineExceeded;
+                    let reply = encode_error(seq, code, reason);
+                    site.finish(seq, &reply, Some(code), Sending::FromWorker);
+                }
+                None => self.parked.park(call),
+            }
+        }
+    }
+
+    /// Sends the parked calls back to the pool, each to be taken (and checked) anew.
+    pub(super) fn release_parked(&self) {
+        for call in self.parked.take_all() {
+            self.calls.reply_cork.call_queued();
+            self.server.pool.execute(ServerJob::Call(call));
+        }
+    }
+
+    /// Drops the parked calls unrun (the connection has closed): counted out of flight, their
+    /// replies counted dropped, as a reply that finds its connection gone is.
+    pub(super) fn abandon_parked(&self) {
+        let stats = &self.server.stats;
+        for call in self.parked.take_all() {
+            StatsCounters::bump(&stats.dropped_replies);
+            stats.in_flight_calls.fetch_sub(1, Ordering::SeqCst);
+            self.calls.finish(call.request.seq);
+        }
+    }
+}
+
+/// How often the loop looks at a connection's parked calls (`parked.rs`): whether the peer
+/// has read enough for them to run, or they have expired. A look writes nothing unless the
+/// socket takes it, so a peer that never reads costs a system call per look.
+const PARKED_RECHECK: Duration = Duration::from_millis(10);
