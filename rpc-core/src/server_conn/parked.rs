@@ -69,9 +69,9 @@ impl ParkedCalls {
 }
 
 impl ConnSite {
-    /// The loop's look at the parked calls (see the module doc): sends them back to the pool once
-    /// the peer has read enough; otherwise answers those that expired meanwhile, and returns
-    /// when to look again while any stay parked.
+    /// The loop's look at the parked calls (see the module doc): sends them back to the pool
+    /// once the peer has read enough; otherwise answers those that expired meanwhile, and
+    /// returns when to look again while any stay parked.
     pub(super) fn check_parked(&self, now: Instant) -> Option<Instant> {
         if self.parked.is_empty() {
             return None;
@@ -154,7 +154,7 @@ impl ConnSite {
     }
 }
 
-/// How often the loop looks at a connection's parked calls (`parked.rs`): whether the peer
+/// How often the loop looks at a connection's parked calls: whether the peer
 /// has read enough for them to run, or they have expired. A look writes nothing unless the
 /// socket takes it, so a peer that never reads costs a system call per look.
 const PARKED_RECHECK: Duration = Duration::from_millis(10);
