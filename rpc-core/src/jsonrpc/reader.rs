@@ -186,14 +186,8 @@ const READ_CHUNK: usize = 8 * 1024;
 mod tests {
     use super::*;
     use std::io::Write;
-    use std::net::TcpListener;
 
-    fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let ours = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (peer, _) = listener.accept().unwrap();
-        (ours, peer)
-    }
+    use crate::jsonrpc::socket_pair as pair;
 
     #[test]
     fn a_value_already_in_the_socket_is_read_even_with_no_time_left_to_wait() {

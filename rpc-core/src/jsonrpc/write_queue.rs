@@ -165,16 +165,10 @@ const STOP_CHECK: Duration = Duration::from_millis(50);
 mod tests {
     use super::*;
     use std::io::Read;
-    use std::net::TcpListener;
     use std::sync::Arc;
     use std::thread;
 
-    fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let ours = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (peer, _) = listener.accept().unwrap();
-        (ours, peer)
-    }
+    use crate::jsonrpc::socket_pair as pair;
 
     #[test]
     fn messages_are_written_in_order_and_the_writer_ends_after_finish() {
