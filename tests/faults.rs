@@ -286,6 +286,57 @@ fn calls_held_back_for_a_peer_that_never_reads_end_at_their_deadline_and_free_th
     );
 }
 
+#[test]
+fn calls_held_back_for_a_peer_that_leaves_are_dropped_and_counted_out() {
+    // The peer asks for more than the cap and goes away without reading: its calls held
+    // back never run, and the server is left with nothing in flight.
+    let server = TestServer::start();
+    let evil = ask_past_the_cap_and_read_nothing(&server);
+    let before = server.server.stats().dropped_replies;
+    drop(evil);
+    assert_back_to_idle(&server.server);
+    let stats = server.server.stats();
+    assert!(stats.dropped_replies > before, "{stats:?}");
+    assert_healthy(server.addr());
+}
+
+#[test]
+fn a_graceful_shutdown_ends_calls_held_back_for_a_peer_that_never_reads() {
+    // The calls wait for a peer that never reads: the grace runs out (they did not
+    // finish), and the connection and its held-back calls go with the server.
+    let server = TestServer::start();
+    let evil = ask_past_the_cap_and_read_nothing(&server);
+    let started = Instant::now();
+    assert!(
+        !server
+            .handle
+            .shutdown_gracefully(Duration::from_millis(300)),
+        "calls waiting for a peer that never reads cannot finish"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_back_to_idle(&server.server);
+    drop(evil);
+}
+
+/// A raw client that asks `server` for 16 MiB of replies in 64 calls and reads none,
+/// returned once the replies queued for it have reached the server's cap.
+fn ask_past_the_cap_and_read_nothing(server: &TestServer) -> EvilClient {
+    let cap = server.server.config().max_queued_bytes;
+    let mut evil = EvilClient::connect(server.addr());
+    let frames: Vec<_> = (1..=64u64)
+        .map(|seq| request(seq, "Probe.Fill", &(256 * 1024u32)))
+        .collect();
+    evil.send_frames(&frames);
+    wait_until("replies queue up", Duration::from_secs(5), || {
+        server.server.stats().queued_outbound_bytes >= cap
+    });
+    evil
+}
+
 /// How the requests of [`assert_large_replies_never_read_are_held_near_the_cap`] are sent.
 #[derive(Clone, Copy, PartialEq)]
 enum Sending {
