@@ -20,7 +20,10 @@
 //! - at `max_in_flight_per_conn` calls in flight, or with more than `max_queued_bytes` of
 //!   responses unwritten (a peer that reads slowly or not at all), the thread stops reading
 //!   until that changes (TCP then slows the peer down); at the server's `max_calls` a
-//!   request is refused;
+//!   request is refused. The bytes are checked before each read, not per call: a peer that
+//!   pipelines many small requests for large responses and reads none can still have up to
+//!   `max_in_flight_per_conn` responses queued (a known defect, open; the native listener
+//!   holds such calls back unrun, `server_conn/parked.rs`);
 //! - a response write that stalls for `limits.frame_timeout` fails, and the connection
 //!   closes; with `frame_timeout: None` it may stall for ever: a peer that never reads then
 //!   holds the connection until the listener shuts down (not fixed: how long a closing
