@@ -363,12 +363,7 @@ fn serve_jsonrpc_conn_serves_one_accepted_connection_until_it_closes() {
         let _ = done_tx.send(serving.serve_jsonrpc_conn(stream));
     });
     let client = JsonRpcClient::dial(addr).unwrap();
-    assert_eq!(
-        client
-            .call::<_, i64>("Arith.Multiply", &Args { a: 6, b: 7 })
-            .unwrap(),
-        42
-    );
+    assert_multiplies(&client);
     assert!(
         done_rx.try_recv().is_err(),
         "still serving while the client is open"
@@ -454,12 +449,7 @@ fn a_zero_frame_timeout_still_serves_jsonrpc() {
         .limits(limits)
         .dial(handle.local_addr())
         .unwrap();
-    assert_eq!(
-        client
-            .call::<_, i64>("Arith.Multiply", &Args { a: 6, b: 7 })
-            .unwrap(),
-        42
-    );
+    assert_multiplies(&client);
 }
 
 #[test]
@@ -564,12 +554,7 @@ fn half_a_value_then_silence_is_closed_after_the_frame_timeout_while_others_are_
     let started = Instant::now();
     raw.send(r#"{"method":"Arith.Multiply","params":[{"A":7,"#);
     let client = JsonRpcClient::dial(handle.local_addr()).unwrap();
-    assert_eq!(
-        client
-            .call::<_, i64>("Arith.Multiply", &Args { a: 6, b: 7 })
-            .unwrap(),
-        42
-    );
+    assert_multiplies(&client);
     assert_eq!(raw.closed(), Vec::<String>::new());
     let waited = started.elapsed();
     assert!(
@@ -642,12 +627,7 @@ fn jsonrpc_calls_pass_through_the_servers_middleware_and_are_counted() {
         matches!(&refused, RpcError::Method { message } if message == "not allowed"),
         "{refused:?}"
     );
-    assert_eq!(
-        client
-            .call::<_, i64>("Arith.Multiply", &Args { a: 6, b: 7 })
-            .unwrap(),
-        42
-    );
+    assert_multiplies(&client);
     assert_eq!(
         *gate.seen.lock().unwrap(),
         vec![r#"Arith.Multiply Some("Arith.Multiply")"#.to_owned()]
@@ -695,12 +675,7 @@ fn a_peer_that_reads_no_replies_holds_no_worker_other_connections_need() {
         .call_timeout(Duration::from_secs(3))
         .dial(handle.local_addr())
         .unwrap();
-    assert_eq!(
-        client
-            .call::<_, i64>("Arith.Multiply", &Args { a: 6, b: 7 })
-            .unwrap(),
-        42
-    );
+    assert_multiplies(&client);
     // The hog's reading waits while its unread replies pass the server's cap.
     assert!(server.stats().in_flight_calls < 60, "{:?}", server.stats());
     drop(hog);
@@ -977,9 +952,14 @@ fn a_garbage_reply_fails_the_pending_call_and_closes_the_client() {
 /// A fresh jsonrpc client's call succeeds.
 fn util_healthy(handle: &JsonRpcHandle) {
     let client = JsonRpcClient::dial(handle.local_addr()).expect("dial for health probe");
+    assert_multiplies(&client);
+}
+
+/// `client` calls `Arith.Multiply` (6 x 7) and gets 42.
+fn assert_multiplies(client: &JsonRpcClient) {
     let product: i64 = client
         .call("Arith.Multiply", &Args { a: 6, b: 7 })
-        .expect("health probe call");
+        .expect("Arith.Multiply answers");
     assert_eq!(product, 42);
 }
 
