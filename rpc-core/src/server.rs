@@ -594,33 +594,26 @@ impl ServerHandle {
 }
 
 impl ServerHandle {
-    /// Counts one more connection for this handle's loops, within `max_connections` (the
-    /// check and the count are one step, as in the acceptor): the slot [`ServerHandle::adopt`]
-    /// then takes. A listener that must answer before it hands a socket over (HTTP
-    /// `CONNECT`) reserves first, so it never says yes to a connection the loops will refuse.
-    pub(crate) fn reserve(&self) -> Result<ConnectionSlot, Refused> {
-        let group = self.group.lock().unwrap_or_else(|p| p.into_inner());
-        let group = group.as_ref().ok_or(Refused::ShutDown)?;
-        ConnectionSlot::open_within_limit(&self.server, group.id).ok_or(Refused::AtLimit)
-    }
-
-    /// Hands `stream`, counted in `slot`, to this handle's event loops, as its acceptor
-    /// would (spread over the loops by connection id), after `greet` has written to it what
-    /// must precede every frame (the HTTP listener's `200`). `greet` runs while the handle
-    /// cannot shut down, so a peer it greets is served.
+    /// Hands `stream` to this handle's event loops, as its acceptor would (counted within
+    /// `max_connections` in one step, spread over the loops by connection id), after `greet`
+    /// has written to it what must precede every frame (the HTTP listener's `200`). The slot
+    /// is counted and `greet` runs while the handle cannot shut down, so a peer it greets is
+    /// served and never one the loops then refuse.
     ///
-    /// Fails if the handle was shut down since the slot was reserved (`greet` has not run,
-    /// and the stream is given back), `greet` failed, or the socket cannot be made
-    /// non-blocking; except in the first case the socket is closed.
-    pub(crate) fn adopt_after(
+    /// Fails if the handle is shut down or at `max_connections` (`greet` has not run, and the
+    /// stream is given back to be answered), `greet` failed, or the socket cannot be made
+    /// non-blocking; in the last two cases the socket is closed.
+    pub(crate) fn adopt_greeted(
         &self,
         mut stream: TcpStream,
-        slot: ConnectionSlot,
         greet: impl FnOnce(&mut TcpStream) -> io::Result<()>,
     ) -> Result<(), Adoption> {
         let group = self.group.lock().unwrap_or_else(|p| p.into_inner());
         let Some(group) = group.as_ref() else {
             return Err(Adoption::ShutDown(stream));
+        };
+        let Some(slot) = ConnectionSlot::open_within_limit(&self.server, group.id) else {
+            return Err(Adoption::AtLimit(stream));
         };
         greet(&mut stream).map_err(|_| Adoption::GreetingFailed)?;
         let _ = stream.set_nodelay(true);
@@ -634,24 +627,17 @@ impl ServerHandle {
     }
 }
 
-/// Why [`ServerHandle::adopt_after`] did not hand a stream to the loops.
+/// Why [`ServerHandle::adopt_greeted`] did not hand a stream to the loops.
 #[derive(Debug)]
 pub(crate) enum Adoption {
     /// The handle is shut down; the stream, untouched, is given back.
     ShutDown(TcpStream),
+    /// `max_connections` are open; the stream, untouched, is given back.
+    AtLimit(TcpStream),
     /// The greeting could not be written: the peer is gone or not reading.
     GreetingFailed,
     /// The loop could not take the socket (see `adopt_conn`).
     Failed,
-}
-
-/// Why [`ServerHandle::reserve`] refused a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refused {
-    /// The handle is shut down: its loops take no connection.
-    ShutDown,
-    /// `max_connections` are open.
-    AtLimit,
 }
 
 impl fmt::Debug for ServerHandle {

@@ -22,7 +22,7 @@ use crate::error::RpcError;
 use crate::http::debug_page::DebugSnapshot;
 use crate::http::head::{parse_request, read_head, HeadError, RequestLine};
 use crate::http::{HttpConfig, HttpStats, CONNECTED_STATUS};
-use crate::server::{Adoption, Refused, Server, ServerHandle};
+use crate::server::{Adoption, Server, ServerHandle};
 
 impl Server {
     /// Binds `addr` and serves RPC over HTTP CONNECT on it, plus the debug page, with default
@@ -305,18 +305,6 @@ fn connect(stream: TcpStream, shared: &HttpShared, request: &RequestLine) {
     if request.method != "CONNECT" {
         return reject(stream, shared, 405, "405 must CONNECT\n");
     }
-    let slot = match shared.rpc.reserve() {
-        Ok(slot) => slot,
-        Err(Refused::AtLimit) => {
-            Counters::bump(&shared.counters.refused_busy);
-            let max = shared.server.config().max_connections;
-            let body = format!("server at its limit of {max} connections; try again later\n");
-            return answer(stream, 503, TEXT, &body);
-        }
-        Err(Refused::ShutDown) => {
-            return reject(stream, shared, 503, "server shutting down\n");
-        }
-    };
     // Written before the loops take the socket, so it precedes every reply frame, and while
     // the handle cannot shut down, so a client told it is connected is taken by a loop. A
     // fresh socket's send buffer takes these few bytes at once (its write timeout bounds the
@@ -328,11 +316,16 @@ fn connect(stream: TcpStream, shared: &HttpShared, request: &RequestLine) {
         stream.set_write_timeout(None)
     };
     // Bytes the client sent after its head are still in the socket: the loop reads them.
-    match shared.rpc.adopt_after(stream, slot, greet) {
+    match shared.rpc.adopt_greeted(stream, greet) {
         Ok(()) => Counters::bump(&shared.counters.rpc_connections),
-        Err(Adoption::GreetingFailed) => Counters::bump(&shared.counters.abandoned_heads),
-        // Shut down since the slot was reserved: nothing was written, so say so.
+        Err(Adoption::AtLimit(stream)) => {
+            Counters::bump(&shared.counters.refused_busy);
+            let max = shared.server.config().max_connections;
+            let body = format!("server at its limit of {max} connections; try again later\n");
+            answer(stream, 503, TEXT, &body);
+        }
         Err(Adoption::ShutDown(stream)) => reject(stream, shared, 503, "server shutting down\n"),
+        Err(Adoption::GreetingFailed) => Counters::bump(&shared.counters.abandoned_heads),
         Err(Adoption::Failed) => {}
     }
 }
