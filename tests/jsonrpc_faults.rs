@@ -1,23 +1,28 @@
 //! The jsonrpc client and server when connections end, stall or idle under them: a caller of
-//! `go` is never blocked, a call that timed out is never sent late, and a connection busy
-//! with a call is not closed as idle.
+//! `go` is never blocked, a call that timed out is never sent late, a connection busy with a
+//! call is not closed as idle, and a peer that reads nothing cannot make the server queue
+//! more than its cap of responses.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
+mod util;
+
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use netrpc::core::MethodTable;
 use netrpc::transport::FrameLimits;
 use netrpc::{Call, JsonRpcClient, JsonRpcHandle, RpcError, Server, Service, ServiceError};
+use util::{assert_back_to_idle, wait_until};
 
 /// `Tally.Sleep(ms)` returns `ms` after sleeping that long; `Tally.Echo(text)` returns its
-/// argument; `Tally.Count(n)` returns `n` and counts its runs in `runs`, so a test can tell
-/// whether the server ever ran a call.
+/// argument; `Tally.Fill(len)` returns a string of `len` bytes; `Tally.Count(n)` returns `n`
+/// and counts its runs in `runs`, so a test can tell whether the server ever ran a call.
 struct Tally {
     runs: Arc<AtomicUsize>,
 }
@@ -32,6 +37,7 @@ impl Service for Tally {
             Ok::<_, ServiceError>(ms)
         });
         table.add("Echo", |text: String| Ok::<_, ServiceError>(text));
+        table.add("Fill", |len: usize| Ok::<_, ServiceError>("x".repeat(len)));
         let runs = self.runs;
         table.add("Count", move |n: u64| {
             runs.fetch_add(1, Ordering::SeqCst);
@@ -243,4 +249,112 @@ fn a_call_that_timed_out_while_queued_is_never_sent_to_the_server() {
     );
     client.close();
     serving.join().unwrap();
+}
+
+#[test]
+fn small_requests_for_large_responses_never_read_are_held_near_the_cap() {
+    // One write of small requests for large responses, and nothing read: the reading thread
+    // checks the cap before each request, but every request is read before any response is
+    // queued. Each call must look at the cap itself before it runs, or the server queues
+    // every response (here 48 MiB against a 1 MiB cap; 1.27 GB in the run that found it).
+    const REQUESTS: usize = 192;
+    const RESPONSE: usize = 256 * 1024;
+    let (server, handle) = serve_tally(Server::new());
+    let cap = server.config().max_queued_bytes;
+    let mut stream = TcpStream::connect(handle.local_addr()).unwrap();
+    let requests = fill_requests(REQUESTS, RESPONSE);
+    stream.write_all(requests.as_bytes()).unwrap();
+    wait_until_past_the_cap(&server);
+    thread::sleep(Duration::from_millis(500));
+    // The cap, plus a response for each handler that passed the check at once, plus one.
+    let stats = server.stats();
+    let bound = cap + (stats.max_running_handlers + 1) * (RESPONSE + 64);
+    assert!(
+        stats.queued_outbound_bytes <= bound,
+        "{} bytes queued, over {bound}: {stats:?}",
+        stats.queued_outbound_bytes
+    );
+
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut responses = BufReader::new(&stream);
+    let mut seen = HashSet::new();
+    for _ in 0..REQUESTS {
+        let mut line = String::new();
+        responses.read_line(&mut line).expect("every response");
+        // `{"id":N,"result":"xx...x","error":null}`, as Go's server writes it.
+        let (id, rest) = line
+            .strip_prefix(r#"{"id":"#)
+            .and_then(|line| line.split_once(r#","result":""#))
+            .unwrap_or_else(|| panic!("{line:.80}"));
+        let result = rest.trim_end().strip_suffix(r#"","error":null}"#);
+        assert_eq!(result.map(str::len), Some(RESPONSE), "{line:.80}");
+        assert!(seen.insert(id.to_owned()), "id {id} twice");
+    }
+    assert_eq!(seen.len(), REQUESTS);
+    drop(responses);
+    drop(stream);
+    assert_back_to_idle(&server);
+    assert_eq!(server.stats().queued_outbound_bytes, 0);
+}
+
+#[test]
+fn calls_held_for_a_peer_that_leaves_are_dropped_unrun_and_counted_out() {
+    let (server, handle) = serve_tally(Server::new());
+    let mut stream = TcpStream::connect(handle.local_addr()).unwrap();
+    stream
+        .write_all(fill_requests(64, 256 * 1024).as_bytes())
+        .unwrap();
+    wait_until_past_the_cap(&server);
+    let before = server.stats();
+    assert!(before.in_flight_calls > 0, "calls held: {before:?}");
+    drop(stream);
+    assert_back_to_idle(&server);
+    let after = server.stats();
+    assert!(after.dropped_replies > before.dropped_replies, "{after:?}");
+    assert_eq!(after.queued_outbound_bytes, 0);
+    let client = JsonRpcClient::dial(handle.local_addr()).unwrap();
+    let echoed: String = client.call("Tally.Echo", "still serving").unwrap();
+    assert_eq!(echoed, "still serving");
+}
+
+#[test]
+fn a_graceful_shutdown_ends_calls_held_for_a_peer_that_never_reads() {
+    // The held calls wait for a peer that never reads: the grace runs out, and the
+    // connection and its held calls go with the listener, counted out of flight.
+    let (server, handle) = serve_tally(Server::new());
+    let mut stream = TcpStream::connect(handle.local_addr()).unwrap();
+    stream
+        .write_all(fill_requests(64, 256 * 1024).as_bytes())
+        .unwrap();
+    wait_until_past_the_cap(&server);
+    let started = Instant::now();
+    assert!(
+        !handle.shutdown_gracefully(Duration::from_millis(300)),
+        "calls waiting for a peer that never reads cannot finish"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_back_to_idle(&server);
+    assert_eq!(server.stats().queued_outbound_bytes, 0);
+    drop(stream);
+}
+
+/// `count` requests (ids 1 to `count`) for `Tally.Fill` responses of `len` bytes each.
+fn fill_requests(count: usize, len: usize) -> String {
+    (1..=count)
+        .map(|id| format!(r#"{{"method":"Tally.Fill","params":[{len}],"id":{id}}}"#))
+        .collect()
+}
+
+/// Waits (at most 5 s) until `server` has more than its cap of responses queued.
+fn wait_until_past_the_cap(server: &Server) {
+    let cap = server.config().max_queued_bytes;
+    wait_until("responses queue up", Duration::from_secs(5), || {
+        server.stats().queued_outbound_bytes > cap
+    });
 }

@@ -126,7 +126,8 @@ impl Server {
             .conns
             .values()
             .map(|registered| registered.conn.queued_len())
-            .sum();
+            .sum::<usize>()
+            + shared.stats.jsonrpc_queued_bytes.load(Ordering::Relaxed);
         stats
     }
 

@@ -5,6 +5,7 @@
 //! [`ServerStats`] is a snapshot read with [`crate::Server::stats`].
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use crate::error_body::ErrorCode;
 
@@ -20,7 +21,7 @@ pub struct ServerStats {
     pub running_handlers: usize,
     /// The most handlers that ever ran at once (counted as `running_handlers` is).
     pub max_running_handlers: usize,
-    /// Reply bytes queued on open connections and not yet written.
+    /// Reply bytes queued on open connections (native and jsonrpc) and not yet written.
     pub queued_outbound_bytes: usize,
     /// Connections accepted since the server started.
     pub accepted_connections: u64,
@@ -105,6 +106,8 @@ pub(crate) struct StatsCounters {
     pub(crate) cancels: AtomicU64,
     pub(crate) tls_errors: AtomicU64,
     pub(crate) frames_read_by_workers: AtomicU64,
+    /// Response bytes queued on jsonrpc connections (each queue adds its own).
+    pub(crate) jsonrpc_queued_bytes: Arc<AtomicUsize>,
 }
 
 impl StatsCounters {

@@ -20,10 +20,13 @@
 //! - at `max_in_flight_per_conn` calls in flight, or with more than `max_queued_bytes` of
 //!   responses unwritten (a peer that reads slowly or not at all), the thread stops reading
 //!   until that changes (TCP then slows the peer down); at the server's `max_calls` a
-//!   request is refused. The bytes are checked before each read, not per call: a peer that
-//!   pipelines many small requests for large responses and reads none can still have up to
-//!   `max_in_flight_per_conn` responses queued (a known defect, open; the native listener
-//!   holds such calls back unrun, `server_conn/parked.rs`);
+//!   request is refused. Requests already read when the queue passes the cap (one write can
+//!   hold hundreds of small requests for large responses) are held unrun by the queue until
+//!   the peer reads, as the native listener holds them (`server_conn/parked.rs`): a worker
+//!   checks the cap before it runs a call, so the responses queued stay within the cap plus
+//!   one per worker that passed the check at once. Held calls stay in flight (jsonrpc
+//!   requests carry no deadline); a peer that never reads has its connection closed by the
+//!   write timeout below, and its held calls are dropped unrun, counted as dropped replies;
 //! - a response write that stalls for `limits.frame_timeout` fails, and the connection
 //!   closes; with `frame_timeout: None` it may stall for ever: a peer that never reads then
 //!   holds the connection until the listener shuts down (not fixed: how long a closing
@@ -51,7 +54,7 @@ use crate::stats::StatsCounters;
 
 use super::message::{self, Params, NULL};
 use super::reader::{socket_timeout, ReadError, ValueReader};
-use super::write_queue::WriteQueue;
+use super::write_queue::{Release, WriteQueue};
 
 /// Serves jsonrpc requests read from `stream` until the peer leaves, the connection breaks a
 /// rule, or `stop` is set (and the socket shut down by whoever set it). The reading and
@@ -74,9 +77,13 @@ pub(crate) fn serve(
     let peer = stream
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let replies = WriteQueue::for_responses(
+        server.config.max_queued_bytes,
+        Arc::clone(&server.stats.jsonrpc_queued_bytes),
+    );
     let conn = JsonConn {
         server,
-        replies: Arc::new(WriteQueue::default()),
+        replies: Arc::new(replies),
         calls: Arc::new(CallsInFlight::default()),
         peer,
         requests_read: AtomicU64::new(0),
@@ -258,10 +265,7 @@ impl JsonConn {
         };
         match dispatch {
             Dispatch::Inline => call.run(),
-            Dispatch::Pool => self
-                .server
-                .pool
-                .execute(ServerJob::Boxed(Box::new(move || call.run()))),
+            Dispatch::Pool => call.queue_on_pool(),
         }
         Ok(())
     }
@@ -339,8 +343,10 @@ impl CallsInFlight {
         }
     }
 
-    /// Takes one call out of flight, noting when, and wakes a reader waiting for room.
-    fn finish(&self) {
+    /// Takes one call out of flight, on the server (its count in `stats`) and here, noting
+    /// when, and wakes a reader waiting for room.
+    fn finish(&self, stats: &StatsCounters) {
+        stats.in_flight_calls.fetch_sub(1, Ordering::SeqCst);
         let mut in_flight = self.lock();
         in_flight.count -= 1;
         in_flight.last_ended = Some(Instant::now());
@@ -350,6 +356,33 @@ impl CallsInFlight {
 }
 
 impl JsonCall {
+    /// Hands the call to the server's worker pool, to run when its connection has room.
+    fn queue_on_pool(self) {
+        let server = Arc::clone(&self.server);
+        server
+            .pool
+            .execute(ServerJob::Boxed(Box::new(move || self.run_when_room())));
+    }
+
+    /// A worker's start of a pooled call: runs it, unless its connection's unwritten
+    /// responses are past the cap; then the connection's queue holds it (the worker goes on
+    /// with other work) and gives it back to the pool once the peer has read enough, or
+    /// drops it unrun when the connection ends (see `write_queue`).
+    fn run_when_room(self) {
+        if !self.replies.is_past_cap() {
+            return self.run();
+        }
+        let replies = Arc::clone(&self.replies);
+        replies.hold(Box::new(move |release| match release {
+            Release::Room => self.queue_on_pool(),
+            Release::Closed => {
+                let stats = &self.server.stats;
+                StatsCounters::bump(&stats.dropped_replies);
+                self.calls.finish(stats);
+            }
+        }));
+    }
+
     /// Runs the handler inside the server's middleware, writes the response, and takes the
     /// call out of flight.
     fn run(self) {
@@ -393,8 +426,7 @@ impl JsonCall {
         if !self.replies.push(response) {
             StatsCounters::bump(&stats.dropped_replies);
         }
-        stats.in_flight_calls.fetch_sub(1, Ordering::SeqCst);
-        self.calls.finish();
+        self.calls.finish(stats);
     }
 }
 

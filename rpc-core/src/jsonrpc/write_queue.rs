@@ -14,33 +14,66 @@
 //! A client's request carries its call's id: one whose call has ended before the writer
 //! reaches it (timed out while the server read slowly) is dropped unwritten, so the server
 //! never runs a call its caller was told had failed. Once begun, a message is written whole.
+//!
+//! A server's queue has a cap (`max_queued_bytes`) and holds calls as well as messages. Its
+//! reading thread waits before each request while the queue is past the cap, but one read
+//! can bring hundreds of small requests for large responses before any response is queued;
+//! so a worker about to run a call of a connection whose queue is past the cap hands the call
+//! to the queue ([`WriteQueue::hold`]) and goes on with other work. The writer releases the
+//! held calls once what it has written brings the queue back under the cap (each is checked
+//! again before it runs), and at the end (a failed write, or `finish`) releases them as
+//! [`Release::Closed`], never to run. The queue's bytes are also counted in the server's
+//! total, for `ServerStats::queued_outbound_bytes`.
 
 use std::collections::VecDeque;
 use std::io::Write;
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::BytesMut;
 
 /// The queue (see the module doc).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct WriteQueue {
     state: Mutex<QueueState>,
     /// Signalled when a message is queued, when one has been written, and at the end.
     changed: Condvar,
+    /// A server's: past how many bytes calls are held, and the server's count of queued
+    /// bytes this queue adds to. A client's queue has none.
+    responses: Option<ResponseCap>,
 }
 
-#[derive(Debug, Default)]
+/// What a server's queue of responses answers to.
+struct ResponseCap {
+    cap: usize,
+    server_total: Arc<AtomicUsize>,
+}
+
+#[derive(Default)]
 struct QueueState {
     messages: VecDeque<Queued>,
     /// Bytes queued or being written.
     bytes: usize,
+    /// Calls held while the queue is past its cap, in the order held.
+    held: Vec<HeldCall>,
     /// No message will be queued any more: the writer ends once the queue is empty.
     finishing: bool,
     /// A write failed (the socket is shut down): nothing more is written.
     failed: bool,
+}
+
+/// A call held by [`WriteQueue::hold`]: called once, when released.
+pub(crate) type HeldCall = Box<dyn FnOnce(Release) + Send>;
+
+/// Why a held call is released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Release {
+    /// The queue is back under its cap: the call may run.
+    Room,
+    /// The connection is ending (or the write failed): its response could never be sent.
+    Closed,
 }
 
 /// One message waiting to be written.
@@ -52,6 +85,15 @@ struct Queued {
 }
 
 impl WriteQueue {
+    /// A server's queue of responses: calls are held past `cap` bytes, and the bytes queued
+    /// are also counted in `server_total`.
+    pub(crate) fn for_responses(cap: usize, server_total: Arc<AtomicUsize>) -> Self {
+        WriteQueue {
+            responses: Some(ResponseCap { cap, server_total }),
+            ..WriteQueue::default()
+        }
+    }
+
     /// Queues one whole message for the writer. False if it will never be written (a write
     /// failed, or the connection is ending).
     pub(crate) fn push(&self, message: BytesMut) -> bool {
@@ -76,6 +118,29 @@ impl WriteQueue {
         self.lock().bytes
     }
 
+    /// True if a server's queue holds more than its cap (a worker's look before it runs a
+    /// call; [`WriteQueue::hold`] looks again under the lock).
+    pub(crate) fn is_past_cap(&self) -> bool {
+        self.responses.is_some() && self.past_cap(&self.lock())
+    }
+
+    /// Holds `call` until the writer brings the queue back under its cap (then releases it
+    /// as [`Release::Room`]) or the connection ends ([`Release::Closed`]). If the queue is
+    /// under its cap already, or has ended, `call` is released at once, on this thread.
+    pub(crate) fn hold(&self, call: HeldCall) {
+        let mut state = self.lock();
+        let release = if state.failed || state.finishing {
+            Release::Closed
+        } else if self.past_cap(&state) {
+            state.held.push(call);
+            return;
+        } else {
+            Release::Room
+        };
+        drop(state);
+        call(release);
+    }
+
     /// Blocks while more than `cap` bytes wait to be written, until `stop` is set or a write
     /// fails: the server's reading thread asks before each request.
     pub(crate) fn wait_at_most(&self, cap: usize, stop: &AtomicBool) {
@@ -89,10 +154,15 @@ impl WriteQueue {
         }
     }
 
-    /// No more messages: the writer writes what is queued, then ends.
+    /// No more messages: the writer writes what is queued, then ends. Held calls are
+    /// released as [`Release::Closed`], on this thread.
     pub(crate) fn finish(&self) {
-        self.lock().finishing = true;
+        let mut state = self.lock();
+        state.finishing = true;
+        let held = std::mem::take(&mut state.held);
+        drop(state);
         self.changed.notify_all();
+        release_all(held, Release::Closed);
     }
 
     /// The writer thread's work: writes queued messages to `stream`, in the order queued,
@@ -118,26 +188,39 @@ impl WriteQueue {
                 std::mem::take(&mut state.messages)
             };
             for message in batch {
-                if message.call_id.is_some_and(|id| !call_waits(id)) {
-                    self.lock().bytes -= message.bytes.len();
-                    self.changed.notify_all();
-                    continue;
-                }
+                let unwanted = message.call_id.is_some_and(|id| !call_waits(id));
                 let mut stream = stream;
-                if stream.write_all(&message.bytes).is_err() {
+                if !unwanted && stream.write_all(&message.bytes).is_err() {
                     let _ = stream.shutdown(Shutdown::Both);
                     let mut state = self.lock();
                     state.failed = true;
                     state.messages.clear();
-                    state.bytes = 0;
+                    let all = state.bytes;
+                    self.uncount(&mut state, all);
+                    let held = std::mem::take(&mut state.held);
                     drop(state);
                     self.changed.notify_all();
+                    release_all(held, Release::Closed);
                     return;
                 }
-                self.lock().bytes -= message.bytes.len();
-                self.changed.notify_all();
+                self.written(message.bytes.len());
             }
         }
+    }
+
+    /// `len` bytes are off the queue (written, or dropped unwritten): wakes whoever waits
+    /// for room, and releases the held calls if the queue is back under its cap.
+    fn written(&self, len: usize) {
+        let mut state = self.lock();
+        self.uncount(&mut state, len);
+        let held = if state.held.is_empty() || self.past_cap(&state) {
+            Vec::new()
+        } else {
+            std::mem::take(&mut state.held)
+        };
+        drop(state);
+        self.changed.notify_all();
+        release_all(held, Release::Room);
     }
 
     fn enqueue(&self, message: Queued) -> bool {
@@ -145,16 +228,42 @@ impl WriteQueue {
         if state.failed || state.finishing {
             return false;
         }
-        state.bytes += message.bytes.len();
+        let len = message.bytes.len();
+        state.bytes += len;
+        if let Some(responses) = &self.responses {
+            responses.server_total.fetch_add(len, Ordering::Relaxed);
+        }
         state.messages.push_back(message);
         drop(state);
         self.changed.notify_all();
         true
     }
 
+    /// Takes `len` bytes off the queue's count and the server's.
+    fn uncount(&self, state: &mut QueueState, len: usize) {
+        state.bytes -= len;
+        if let Some(responses) = &self.responses {
+            responses.server_total.fetch_sub(len, Ordering::Relaxed);
+        }
+    }
+
+    /// True if a server's queue holds more than its cap.
+    fn past_cap(&self, state: &QueueState) -> bool {
+        self.responses
+            .as_ref()
+            .is_some_and(|responses| state.bytes > responses.cap)
+    }
+
     fn lock(&self) -> MutexGuard<'_, QueueState> {
         // Plain counts and buffers: a poisoned lock still holds sound data.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Releases each of `held`, in the order held.
+fn release_all(held: Vec<HeldCall>, release: Release) {
+    for call in held {
+        call(release);
     }
 }
 
@@ -210,6 +319,66 @@ mod tests {
         let mut written = String::new();
         peer.read_to_string(&mut written).unwrap();
         assert_eq!(written, "one reply");
+    }
+
+    /// A held call that reports how it was released on `released`.
+    fn reporting(released: &crossbeam_channel::Sender<Release>) -> HeldCall {
+        let released = released.clone();
+        Box::new(move |release| {
+            let _ = released.send(release);
+        })
+    }
+
+    #[test]
+    fn a_held_call_is_released_once_the_writer_brings_the_queue_under_its_cap() {
+        let (ours, mut peer) = pair();
+        let total = Arc::new(AtomicUsize::new(0));
+        let queue = Arc::new(WriteQueue::for_responses(10, Arc::clone(&total)));
+        let (released, release) = crossbeam_channel::unbounded();
+        queue.hold(reporting(&released));
+        assert_eq!(
+            release.try_recv(),
+            Ok(Release::Room),
+            "under the cap: at once"
+        );
+        assert!(queue.push(BytesMut::from(&b"more than ten bytes"[..])));
+        assert!(queue.is_past_cap());
+        assert_eq!(
+            total.load(Ordering::SeqCst),
+            19,
+            "counted in the server's total"
+        );
+        queue.hold(reporting(&released));
+        assert!(release.try_recv().is_err(), "held while past the cap");
+        let writer = {
+            let queue = Arc::clone(&queue);
+            thread::spawn(move || queue.write_to(&ours))
+        };
+        let timeout = Duration::from_secs(5);
+        assert_eq!(release.recv_timeout(timeout), Ok(Release::Room));
+        assert_eq!(total.load(Ordering::SeqCst), 0);
+        queue.finish();
+        writer.join().unwrap();
+        let mut written = String::new();
+        peer.read_to_string(&mut written).unwrap();
+        assert_eq!(written, "more than ten bytes");
+    }
+
+    #[test]
+    fn held_calls_are_released_as_closed_at_the_end_and_none_is_held_after_it() {
+        let queue = WriteQueue::for_responses(0, Arc::new(AtomicUsize::new(0)));
+        let (released, release) = crossbeam_channel::unbounded();
+        assert!(queue.push(BytesMut::from(&b"unwritten"[..])));
+        queue.hold(reporting(&released));
+        assert!(release.try_recv().is_err());
+        queue.finish();
+        assert_eq!(release.try_recv(), Ok(Release::Closed));
+        queue.hold(reporting(&released));
+        assert_eq!(
+            release.try_recv(),
+            Ok(Release::Closed),
+            "after the end: at once"
+        );
     }
 
     #[test]
