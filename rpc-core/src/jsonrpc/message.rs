@@ -156,8 +156,11 @@ struct Members<const N: usize> {
 }
 
 impl<const N: usize> Members<N> {
-    /// Checks `message` as JSON, then finds the value of each of `names` in it.
+    /// Checks `message` as JSON (UTF-8 throughout, as RFC 8259 asks: the parser does not
+    /// look inside strings it skips, and an id is echoed back verbatim), then finds the value
+    /// of each of `names` in it.
     fn read(message: &[u8], names: &[&str; N]) -> Result<Self, String> {
+        std::str::from_utf8(message).map_err(|err| format!("message is not UTF-8: {err}"))?;
         CodecKind::Json
             .decode::<IgnoredAny>(message)
             .map_err(|err| err.to_string())?;
@@ -327,6 +330,20 @@ mod tests {
         assert_eq!(request.id, b"null");
         let request = parse_request(br#"{"\u006dethod":"A.B","id":"s","id":7}"#).unwrap();
         assert_eq!((request.method.as_str(), request.id), ("A.B", &b"7"[..]));
+    }
+
+    #[test]
+    fn a_message_that_is_not_utf8_is_refused_whole_not_echoed() {
+        // An id is echoed verbatim: one holding a byte that is not UTF-8 would make the
+        // response invalid JSON.
+        let message = b"{\"method\":\"A.B\",\"params\":[1],\"id\":\"\xff\"}";
+        let refused = parse_request(message).map(|request| request.id);
+        assert!(
+            matches!(&refused, Err(text) if text.starts_with("message is not UTF-8")),
+            "{refused:?}"
+        );
+        let response = b"{\"id\":1,\"result\":\"\xc3\",\"error\":null}";
+        assert!(parse_response(response).is_err());
     }
 
     #[test]
