@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use netrpc::transport::{Frame, FrameDecoder, FrameKind, FrameLimits};
-use netrpc::{Client, Codec, CodecKind, ErrorBody, ErrorCode, RpcError, Server};
+use netrpc::{done_channel, Client, Codec, CodecKind, ErrorBody, ErrorCode, RpcError, Server};
 use util::evil::EvilClient;
-use util::{assert_healthy, Args, ArithClient, Colour, Label, ProbeClient, TestServer};
+use util::{
+    assert_back_to_idle, assert_healthy, Args, ArithClient, Colour, Label, ProbeClient, TestServer,
+};
 
 fn assert_still_serving(client: &Client) {
     let product: i64 = client.call("Arith.Multiply", &Args { a: 6, b: 7 }).unwrap();
@@ -162,6 +164,46 @@ fn a_reply_over_the_servers_limit_fails_only_that_call() {
     assert!(matches!(err, RpcError::FrameTooLarge { .. }), "{err:?}");
     assert_eq!(probe.fill(&1000).unwrap().len(), 1000);
     assert_still_serving(&client);
+}
+
+#[test]
+fn a_request_over_the_servers_limit_fails_that_call_with_frame_too_large() {
+    // The server answers the request's header with an error frame and closes while the
+    // client is still writing the body; its close resets the connection, and the client's
+    // write fails. The error frame waits in the client's socket: the caller must be told
+    // why (not `ConnectionLost`, which most tries gave before the client read it first).
+    let server = TestServer::start_with(
+        Server::builder()
+            .limits(FrameLimits::with_max_body_len(64 * 1024))
+            .build(),
+    );
+    // A string encodes in one piece (a `Vec<u8>` byte by byte, slow in a debug build).
+    let large = Label {
+        name: "x".repeat(3 * 1024 * 1024),
+        colour: Colour::Red,
+        weight: 1,
+    };
+    for round in 0..200 {
+        let client = server.client();
+        // A lone blocking call is written and read by its caller (the case that failed); a
+        // `go_with` call is written by its caller and the loop, and read by the loop.
+        let result = match round % 4 {
+            3 => {
+                let (done, completions) = done_channel::<String>();
+                client.go_with("Probe.Label", &large, &done);
+                let completion = completions.recv_timeout(Duration::from_secs(10));
+                completion.expect("the call ends").result
+            }
+            _ => ProbeClient::new(client).label(&large),
+        };
+        let err = result.unwrap_err();
+        assert!(
+            matches!(&err, RpcError::FrameTooLarge { detail, .. } if detail.contains("65536")),
+            "round {round}: {err:?}"
+        );
+    }
+    assert_back_to_idle(&server.server);
+    assert_healthy(server.addr());
 }
 
 #[test]

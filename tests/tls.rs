@@ -24,8 +24,8 @@ use netrpc::tls::{self, ClientTls};
 use netrpc::transport::{Frame, FrameDecoder, FrameKind, FrameLimits, TransportError};
 use netrpc::{done_channel, Client, ClientBuilder, RpcError, Server, ServerBuilder};
 use util::{
-    assert_back_to_idle, sorted_results, wait_until, Args, ArithClient, DecodedOn, ProbeClient,
-    TestServer,
+    assert_back_to_idle, sorted_results, wait_until, Args, ArithClient, Colour, DecodedOn, Label,
+    ProbeClient, TestServer,
 };
 
 /// Everything a test needs: a CA, a server and a client certificate signed by it, and a
@@ -375,6 +375,32 @@ fn a_tls_client_gets_a_clear_error_from_a_plaintext_server() {
     // The plaintext server saw bad magic and closed; it goes on serving.
     util::assert_healthy(server.addr());
     assert_back_to_idle(&server.server);
+}
+
+#[test]
+fn a_request_over_the_servers_limit_fails_with_frame_too_large_over_tls_too() {
+    // As in tests/errors.rs: the server's close, while the request is still being written,
+    // fails the client's write; the error frame saying why must still reach the caller.
+    let pki = Pki::new();
+    let server = pki.serve(
+        false,
+        Server::builder().limits(FrameLimits::with_max_body_len(64 * 1024)),
+    );
+    for round in 0..20 {
+        let probe = ProbeClient::new(pki.dial(&server, None).unwrap());
+        let large = Label {
+            name: "x".repeat(3 * 1024 * 1024),
+            colour: Colour::Red,
+            weight: 1,
+        };
+        let err = probe.label(&large).unwrap_err();
+        assert!(
+            matches!(&err, RpcError::FrameTooLarge { detail, .. } if detail.contains("65536")),
+            "round {round}: {err:?}"
+        );
+    }
+    assert_back_to_idle(&server.server);
+    assert_tls_healthy(&pki, &server);
 }
 
 #[test]

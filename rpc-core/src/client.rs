@@ -29,7 +29,7 @@ use bytes::{Bytes, BytesMut};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use rpc_codec::{Codec, CodecError, CodecKind};
 use rpc_transport::clock::deadline_after;
-use rpc_transport::{Frame, FrameBuilder, FrameHead, FrameKind, ReadHere};
+use rpc_transport::{Frame, FrameBuilder, FrameHead, FrameKind, ReadHere, TransportError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -442,10 +442,17 @@ impl Client {
             CallKind::Blocking | CallKind::Go => self.inner.conn.send_batched(&frame),
             CallKind::InBatch => self.inner.conn.send_corked(&frame),
         };
-        if let Err(err) = sent {
-            // If the connection's close already failed the call, it has been completed.
-            if let Some(complete) = lock(&self.inner.pending).remove(seq) {
-                complete(Err(err.into()));
+        match sent {
+            Ok(()) => {}
+            // This thread's write failed, and the connection's close (which it has asked
+            // the loop for) ends the call: first the loop reads what the server sent, which
+            // may say why it closed (an error frame for a request over its limits).
+            Err(TransportError::Io(_)) => {}
+            Err(err) => {
+                // If the connection's close already failed the call, it has been completed.
+                if let Some(complete) = lock(&self.inner.pending).remove(seq) {
+                    complete(Err(err.into()));
+                }
             }
         }
     }

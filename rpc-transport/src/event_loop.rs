@@ -526,7 +526,7 @@ impl EventLoop {
                 }
             }
             Ok(FlushOutcome::CloseNow) => self.close_slot_with_pending_reason(index),
-            Err(err) => self.close_slot(index, CloseReason::Error(err.into())),
+            Err(err) => self.close_after_failed_write(index, err.into()),
         }
     }
 
@@ -552,8 +552,22 @@ impl EventLoop {
             Ok(FlushOutcome::Done) => {}
             Ok(FlushOutcome::Blocked) => self.want_write(index),
             Ok(FlushOutcome::CloseNow) => self.close_slot_with_pending_reason(index),
-            Err(err) => self.close_slot(index, CloseReason::Error(err.into())),
+            Err(err) => self.close_after_failed_write(index, err.into()),
         }
+    }
+
+    /// A write failed: the peer closed or reset the connection, perhaps after saying why in
+    /// a frame that waits unread in the socket (a server's error frame for a request over
+    /// its limits, sent as it closed while the request was still being written). The
+    /// handler gets what can still be read, then the connection closes, with the write's
+    /// error as the reason (not the end of stream or reset the read may meet).
+    fn close_after_failed_write(&mut self, index: usize, err: TransportError) {
+        let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
+            return;
+        };
+        slot.close_reason = Some(CloseReason::Error(err));
+        self.read_ready(index);
+        self.close_slot_with_pending_reason(index);
     }
 
     /// Runs queued commands; returns false when asked to shut down.
@@ -608,7 +622,7 @@ impl EventLoop {
             ConnCommand::WantWrite => self.want_write(index),
             ConnCommand::Flush => self.flush_requested(index),
             ConnCommand::Close => self.close_slot_with_pending_reason(index),
-            ConnCommand::Fail(err) => self.close_slot(index, CloseReason::Error(err)),
+            ConnCommand::Fail(err) => self.close_after_failed_write(index, err),
             ConnCommand::CloseBy(at) => self.timers.push(at, (key, LoopTimer::CloseGrace)),
             ConnCommand::ResumeReading => self.resume_reading(index),
             ConnCommand::ReadAgain => self.read_ready(index),
