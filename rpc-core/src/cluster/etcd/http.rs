@@ -113,6 +113,11 @@ pub enum HttpError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// The trailer section after a chunked body exceeds the limit.
+    TrailersTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
     /// The body is (or declares it is) larger than the limit.
     BodyTooLarge {
         /// The limit in bytes.
@@ -300,19 +305,28 @@ impl ResponseStream {
     /// Waits up to `wait` for body bytes. Cheap to call in a loop: a wait that ends with
     /// nothing read loses nothing.
     ///
+    /// The wait is one deadline for the whole call: bytes that arrive but complete no body
+    /// data (a chunk line or trailers trickled a byte at a time) do not extend it, so the
+    /// call returns [`StreamEvent::Idle`] within about `wait` whatever the peer sends.
+    ///
     /// # Errors
     ///
     /// [`HttpError::Io`], [`HttpError::MalformedChunk`], [`HttpError::BodyTooLarge`] (one
-    /// chunk over the limit), [`HttpError::UnexpectedEof`].
+    /// chunk over the limit), [`HttpError::TrailersTooLarge`], [`HttpError::UnexpectedEof`].
     pub fn next_data(&mut self, wait: Duration) -> Result<StreamEvent, HttpError> {
+        let deadline = deadline_after(Instant::now(), wait.max(Duration::from_millis(1)));
         loop {
             match self.decoder.poll_body()? {
                 BodyEvent::Data(data) => return Ok(StreamEvent::Data(data)),
                 BodyEvent::End => return Ok(StreamEvent::End),
                 BodyEvent::NeedMore => {}
             }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(StreamEvent::Idle);
+            }
             self.stream
-                .set_read_timeout(Some(wait.max(Duration::from_millis(1))))
+                .set_read_timeout(Some(left))
                 .map_err(HttpError::Io)?;
             let mut buf = [0u8; READ_BUF_LEN];
             match self.stream.read(&mut buf) {
@@ -342,6 +356,9 @@ impl fmt::Display for HttpError {
             HttpError::MalformedChunk { detail } => write!(f, "malformed http chunk: {detail}"),
             HttpError::HeadTooLarge { limit } => {
                 write!(f, "http response head exceeds the {limit}-byte limit")
+            }
+            HttpError::TrailersTooLarge { limit } => {
+                write!(f, "http trailers exceed the {limit}-byte limit")
             }
             HttpError::BodyTooLarge { limit } => {
                 write!(f, "http response body exceeds the {limit}-byte limit")
@@ -457,6 +474,35 @@ mod tests {
         server.join().expect("server");
         let err = client.post("/x HTTP/1.0\r\n", b"").expect_err("bad path");
         assert!(matches!(err, HttpError::InvalidRequest { .. }), "{err}");
+    }
+
+    #[test]
+    fn next_data_returns_within_its_wait_while_trailers_trickle() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr").to_string();
+        let server = thread::spawn(move || {
+            let (mut conn, _) = listener.accept().expect("accept");
+            let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n";
+            let _ = conn.write_all(head);
+            // A trailer line every 50 ms, for at most 3 s: each read completes nothing.
+            let until = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < until && conn.write_all(b"X-T: 1\r\n").is_ok() {
+                thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let mut stream = HttpClient::new(addr)
+            .post_streaming("/v3/watch", b"{}")
+            .expect("head");
+        let started = Instant::now();
+        let event = stream.next_data(Duration::from_millis(200));
+        let took = started.elapsed();
+        assert!(
+            matches!(event, Ok(StreamEvent::Idle)),
+            "{event:?} after {took:?}"
+        );
+        assert!(took < Duration::from_secs(1), "returned after {took:?}");
+        drop(stream);
+        server.join().expect("server");
     }
 
     #[test]

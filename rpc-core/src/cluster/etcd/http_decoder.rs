@@ -3,7 +3,8 @@
 //! connection. Owns no socket; the blocking client in `http.rs` feeds it.
 //!
 //! Every buffer is capped: the head at [`MAX_HEAD_LEN`] bytes, a chunk-size line at
-//! [`MAX_CHUNK_LINE_LEN`], a declared body at the caller's limit. Body bytes are handed out as
+//! [`MAX_CHUNK_LINE_LEN`], the trailers at [`MAX_TRAILERS_LEN`], a declared body at the
+//! caller's limit. Body bytes are handed out as
 //! soon as they are decoded, so a chunk is never buffered whole.
 
 use super::http::HttpError;
@@ -12,6 +13,9 @@ use super::http::HttpError;
 pub const MAX_HEAD_LEN: usize = 16 * 1024;
 /// Longest chunk-size line (size and extensions) or trailer line accepted, in bytes.
 pub const MAX_CHUNK_LINE_LEN: usize = 1024;
+/// Most trailer bytes (every line after the last chunk, CRLFs counted) accepted; past it the
+/// body fails with [`HttpError::TrailersTooLarge`], so endless trailers cannot hold a reader.
+pub const MAX_TRAILERS_LEN: usize = 4 * 1024;
 
 /// A response's status line and headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +54,8 @@ pub struct ResponseDecoder {
     state: State,
     eof: bool,
     max_body_len: usize,
+    /// Trailer bytes taken so far, against [`MAX_TRAILERS_LEN`].
+    trailers_len: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +78,7 @@ impl ResponseDecoder {
             state: State::Head,
             eof: false,
             max_body_len,
+            trailers_len: 0,
         }
     }
 
@@ -127,7 +134,8 @@ impl ResponseDecoder {
     /// # Errors
     ///
     /// [`HttpError::MalformedChunk`], [`HttpError::BodyTooLarge`] for a chunk over the limit,
-    /// [`HttpError::UnexpectedEof`] if the connection closed mid-body.
+    /// [`HttpError::TrailersTooLarge`], [`HttpError::UnexpectedEof`] if the connection closed
+    /// mid-body.
     pub fn poll_body(&mut self) -> Result<BodyEvent, HttpError> {
         let mut data = Vec::new();
         loop {
@@ -174,6 +182,12 @@ impl ResponseDecoder {
                 }
                 State::Trailers => {
                     let Some(line) = self.take_line()? else { break };
+                    self.trailers_len += line.len() + 2;
+                    if self.trailers_len > MAX_TRAILERS_LEN {
+                        return Err(HttpError::TrailersTooLarge {
+                            limit: MAX_TRAILERS_LEN,
+                        });
+                    }
                     if line.is_empty() {
                         self.state = State::Done;
                     }
@@ -442,5 +456,30 @@ mod tests {
             decoder.poll_body(),
             Err(HttpError::MalformedChunk { .. })
         ));
+    }
+
+    #[test]
+    fn endless_trailers_are_refused_at_their_cap() {
+        let mut decoder = ResponseDecoder::new(1024);
+        decoder.handle_bytes(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n");
+        assert!(decoder.poll_head().expect("head").is_some());
+        let mut fed = 0;
+        let outcome = loop {
+            decoder.handle_bytes(b"X-T: 1\r\n");
+            fed += 8;
+            match decoder.poll_body() {
+                Ok(BodyEvent::NeedMore) if fed <= 2 * MAX_TRAILERS_LEN => continue,
+                other => break other,
+            }
+        };
+        assert!(
+            matches!(
+                outcome,
+                Err(HttpError::TrailersTooLarge {
+                    limit: MAX_TRAILERS_LEN
+                })
+            ),
+            "{outcome:?} after {fed} trailer bytes"
+        );
     }
 }

@@ -18,6 +18,6 @@ pub use http::{
     DEFAULT_MAX_BODY_LEN,
 };
 pub use http_decoder::{
-    BodyEvent, ResponseDecoder, ResponseHead, MAX_CHUNK_LINE_LEN, MAX_HEAD_LEN,
+    BodyEvent, ResponseDecoder, ResponseHead, MAX_CHUNK_LINE_LEN, MAX_HEAD_LEN, MAX_TRAILERS_LEN,
 };
 pub use registry_etcd::{EtcdRegistry, DEFAULT_ETCD_PREFIX};

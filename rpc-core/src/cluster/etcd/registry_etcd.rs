@@ -392,6 +392,44 @@ mod tests {
     /// one higher each time; `/v3/watch` answers that the watch was created, then says
     /// nothing more, as a stream over a half-open connection would.
     fn silent_watch_etcd(listed: Arc<std::sync::Mutex<Vec<Instance>>>) -> String {
+        fake_etcd(listed, |conn| {
+            thread::spawn(move || {
+                thread::sleep(Duration::from_secs(10));
+                drop(conn);
+            });
+        })
+    }
+
+    /// Like [`silent_watch_etcd`], but each watch stream then ends its body (`0\r\n`) and
+    /// trickles a trailer line every 50 ms for up to 10 s, never finishing them; `open`
+    /// counts the watch streams the client still holds.
+    fn trickling_watch_etcd(
+        listed: Arc<std::sync::Mutex<Vec<Instance>>>,
+        open: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> String {
+        use std::io::Write;
+        use std::sync::atomic::Ordering;
+        fake_etcd(listed, move |mut conn| {
+            let open = Arc::clone(&open);
+            open.fetch_add(1, Ordering::SeqCst);
+            thread::spawn(move || {
+                let until = Instant::now() + Duration::from_secs(10);
+                let mut trailer: &[u8] = b"0\r\n";
+                while Instant::now() < until && conn.write_all(trailer).is_ok() {
+                    trailer = b"X-T: 1\r\n";
+                    thread::sleep(Duration::from_millis(50));
+                }
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        })
+    }
+
+    /// The gateway of [`silent_watch_etcd`], handing each watch stream, once created, to
+    /// `watch_stream`.
+    fn fake_etcd(
+        listed: Arc<std::sync::Mutex<Vec<Instance>>>,
+        watch_stream: impl Fn(std::net::TcpStream) + Send + 'static,
+    ) -> String {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let addr = listener.local_addr().expect("local addr").to_string();
@@ -412,10 +450,7 @@ mod tests {
                     let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
                     let chunk = format!("{:x}\r\n{created}\r\n", created.len());
                     let _ = conn.write_all(format!("{head}{chunk}").as_bytes());
-                    thread::spawn(move || {
-                        thread::sleep(Duration::from_secs(10));
-                        drop(conn);
-                    });
+                    watch_stream(conn);
                     continue;
                 }
                 revision += 1;
@@ -451,6 +486,31 @@ mod tests {
         listed.lock().expect("lock").push(instance.clone());
         let seen = watcher.changed(Duration::from_secs(3)).expect("open");
         assert_eq!(seen, Some(vec![instance]));
+    }
+
+    #[test]
+    fn a_watch_whose_stream_trickles_trailers_sees_changes_and_ends_with_its_watcher() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listed = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let open = Arc::new(AtomicUsize::new(0));
+        let addr = trickling_watch_etcd(Arc::clone(&listed), Arc::clone(&open));
+        let mut registry = EtcdRegistry::new(addr);
+        registry.relist_every = Duration::from_millis(300);
+        let mut watcher = registry.watch("Arith").expect("watch");
+        let instance = Instance::new("Arith", "127.0.0.1:9000");
+        listed.lock().expect("lock").push(instance.clone());
+        let seen = watcher.changed(Duration::from_secs(3)).expect("open");
+        assert_eq!(seen, Some(vec![instance]));
+        drop(watcher);
+        let dropped = Instant::now();
+        while open.load(Ordering::SeqCst) > 0 {
+            assert!(
+                dropped.elapsed() < Duration::from_secs(2),
+                "the watch thread still holds its stream {:?} after the watcher dropped",
+                dropped.elapsed()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     #[test]
