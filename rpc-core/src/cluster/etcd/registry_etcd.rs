@@ -125,10 +125,13 @@ impl EtcdRegistry {
             &json!({ "key": base64::encode(&key), "range_end": base64::encode(&range_end) }),
         )?;
         let revision = int_field(&answer["header"], "revision").unwrap_or(0);
-        let mut instances: Vec<Instance> = answer["kvs"]
-            .as_array()
-            .map(|kvs| kvs.iter().filter_map(decode_instance).collect())
-            .unwrap_or_default();
+        // The gateway omits empty fields: no `kvs` is no keys. Anything else must be a list.
+        let kvs = match &answer["kvs"] {
+            Value::Null => &[][..],
+            Value::Array(kvs) => kvs.as_slice(),
+            _ => return Err(malformed("range answer whose `kvs` is not a list")),
+        };
+        let mut instances: Vec<Instance> = kvs.iter().filter_map(decode_instance).collect();
         instances.retain(|instance| instance.service == service);
         instances.sort();
         Ok((instances, revision))
@@ -258,10 +261,25 @@ impl Registry for EtcdRegistry {
             "/v3/lease/keepalive",
             &json!({ "ID": lease.id.to_string() }),
         )?;
-        // etcd answers an unknown or expired lease with a TTL of 0, which JSON omits.
-        match int_field(&answer["result"], "TTL") {
-            Some(ttl) if ttl > 0 => Ok(()),
-            _ => Err(RegistryError::LeaseNotFound { lease: lease.id }),
+        // etcd answers an unknown or expired lease with a TTL of 0, which JSON omits; an
+        // answer without a `result`, or with a TTL that is no number, is not etcd's.
+        if let Some(error) = answer.get("error") {
+            // A streamed call's failure arrives as `{"error":{"message":...}}` with status 200.
+            let message = error["message"].as_str().or(error.as_str()).unwrap_or("");
+            return Err(RegistryError::Backend {
+                message: format!("keepalive failed: {message}"),
+            });
+        }
+        let result = &answer["result"];
+        if !result.is_object() {
+            return Err(malformed("keepalive answer without a `result` object"));
+        }
+        match (int_field(result, "TTL"), &result["TTL"]) {
+            (Some(ttl), _) if ttl > 0 => Ok(()),
+            (Some(_), _) | (None, Value::Null) => {
+                Err(RegistryError::LeaseNotFound { lease: lease.id })
+            }
+            (None, _) => Err(malformed("keepalive answer whose `TTL` is not a number")),
         }
     }
 
@@ -302,7 +320,8 @@ impl Registry for EtcdRegistry {
 fn parse_answer(response: &Response) -> Result<Value, RegistryError> {
     let parsed: Result<Value, _> = serde_json::from_slice(&response.body);
     match (response.status, parsed) {
-        (200, Ok(answer)) => Ok(answer),
+        (200, Ok(answer)) if answer.is_object() => Ok(answer),
+        (200, Ok(_)) => Err(malformed("not a JSON object")),
         (200, Err(err)) => Err(malformed(&format!("not JSON: {err}"))),
         (status, Ok(answer)) if answer["error"].is_string() => Err(RegistryError::Backend {
             message: format!("{} (http {status})", answer["error"].as_str().unwrap_or("")),
