@@ -2,16 +2,46 @@
 //! no etcd would grant, oversized answers. Each test runs a fake gateway on loopback; no etcd
 //! is needed. What a caller relies on: a typed error (`RegistryError::Malformed`) instead of
 //! a wrong answer taken as right, bounded memory and no heartbeat spinning.
+//!
+//! Memory is counted by a global allocator (`peak_alloc`) over the whole process, so the tests
+//! take turns (one lock) and the bounds leave room for the fake gateway's own copies.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::Duration;
 
-use netrpc::cluster::{EtcdRegistry, Lease, Registry, RegistryError};
+use netrpc::cluster::etcd::base64;
+use netrpc::cluster::{EtcdRegistry, Instance, Lease, Registry, RegistryError};
+use peak_alloc::PeakAlloc;
+
+#[global_allocator]
+static COUNTING: PeakAlloc = PeakAlloc;
+
+/// One test at a time, so a measurement sees no other test's allocations.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn exclusive() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Bytes allocated at the peak of `work`, above what was allocated when it started.
+fn peak_extra_allocation(work: impl FnOnce()) -> usize {
+    let before = COUNTING.current_usage();
+    COUNTING.reset_peak_usage();
+    work();
+    COUNTING.peak_usage().saturating_sub(before)
+}
+
+/// What reading a 4 MiB answer may cost at most: the body, its buffers and the fake
+/// gateway's copy, not a tree of its JSON (which took some 350 MiB).
+const BIG_ANSWER_BUDGET: usize = 32 * 1024 * 1024;
 
 /// What the fake gateway answers to one request: the response bytes, given the path.
 type Answer = dyn Fn(&str) -> Vec<u8> + Send + Sync;
@@ -81,8 +111,91 @@ fn registry_answering(body: &'static str) -> EtcdRegistry {
     EtcdRegistry::new(addr).timeout(Duration::from_secs(2))
 }
 
+/// `{"a":0}` `count` times, comma-separated: a JSON list's items that are tiny objects.
+fn tiny_objects(count: usize) -> String {
+    let mut items = "{\"a\":0},".repeat(count);
+    items.pop();
+    items
+}
+
+/// The JSON of a range answer listing `instances` (each with no metadata).
+fn range_body(instances: &[Instance]) -> String {
+    let kvs: Vec<String> = instances
+        .iter()
+        .map(|instance| {
+            let json = format!(
+                "{{\"service\":\"{}\",\"addr\":\"{}\",\"metadata\":{{}},\"weight\":{}}}",
+                instance.service, instance.addr, instance.weight
+            );
+            let value = base64::encode(json.as_bytes());
+            format!("{{\"key\":\"eA==\",\"value\":\"{value}\"}}")
+        })
+        .collect();
+    format!(
+        "{{\"header\":{{\"revision\":\"5\"}},\"kvs\":[{}]}}",
+        kvs.join(",")
+    )
+}
+
+#[test]
+fn a_range_answer_of_many_small_objects_is_read_in_little_memory() {
+    let _alone = exclusive();
+    let body = format!("{{\"kvs\":[{}]}}", tiny_objects(480_000));
+    let answer = ok_json(&body);
+    let (addr, _) = fake_gateway(Arc::new(move |_: &str| answer.clone()));
+    let registry = EtcdRegistry::new(addr);
+    let mut listed = None;
+    let peak = peak_extra_allocation(|| listed = Some(registry.list("Arith")));
+    assert_eq!(listed.unwrap().unwrap(), Vec::new());
+    assert!(
+        peak < BIG_ANSWER_BUDGET,
+        "listing a {}-byte answer took {peak} bytes at its peak",
+        body.len()
+    );
+}
+
+#[test]
+fn a_watch_message_of_many_small_objects_is_read_in_little_memory() {
+    let _alone = exclusive();
+    let instance = Instance::new("Arith", "127.0.0.1:9000");
+    let watched = Arc::new(AtomicBool::new(false));
+    let mut stream = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let line = format!(
+        "{{\"result\":{{\"header\":{{}},\"events\":[{}]}}}}\n",
+        tiny_objects(480_000)
+    );
+    for piece in line.as_bytes().chunks(64 * 1024) {
+        stream.extend(format!("{:x}\r\n", piece.len()).bytes());
+        stream.extend(piece);
+        stream.extend(b"\r\n");
+    }
+    let (empty, listed) = (range_body(&[]), range_body(std::slice::from_ref(&instance)));
+    let seen_watch = Arc::clone(&watched);
+    let (addr, _) = fake_gateway(Arc::new(move |path: &str| match path {
+        "/v3/watch" => {
+            seen_watch.store(true, Ordering::SeqCst);
+            stream.clone()
+        }
+        _ if seen_watch.load(Ordering::SeqCst) => ok_json(&listed),
+        _ => ok_json(&empty),
+    }));
+    let registry = EtcdRegistry::new(addr);
+    let mut seen = None;
+    let peak = peak_extra_allocation(|| {
+        let mut watcher = registry.watch("Arith").unwrap();
+        seen = Some(watcher.changed(Duration::from_secs(10)));
+    });
+    assert_eq!(seen.unwrap().unwrap(), Some(vec![instance]));
+    assert!(
+        peak < BIG_ANSWER_BUDGET,
+        "a {}-byte watch message took {peak} bytes at its peak",
+        line.len()
+    );
+}
+
 #[test]
 fn a_range_answer_of_the_wrong_shape_is_malformed_not_an_empty_list() {
+    let _alone = exclusive();
     for body in [r#"[1,2,3]"#, r#""hello""#, r#"{"kvs":"oops"}"#, "null"] {
         let outcome = registry_answering(body).list("Arith");
         assert!(
@@ -97,6 +210,7 @@ fn a_range_answer_of_the_wrong_shape_is_malformed_not_an_empty_list() {
 
 #[test]
 fn a_keepalive_answer_without_a_result_is_malformed_not_a_lost_lease() {
+    let _alone = exclusive();
     let lease = Lease {
         id: 7,
         ttl: Duration::from_secs(3),

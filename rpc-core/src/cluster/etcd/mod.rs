@@ -6,8 +6,10 @@
 //! | `registry_etcd.rs` | [`EtcdRegistry`]: the key layout, leases, list and watch |
 //! | `http.rs` | [`HttpClient`]: one blocking `POST` per connection, with a deadline |
 //! | `http_decoder.rs` | [`ResponseDecoder`]: status line, headers, `Content-Length` and chunked bodies, sans I/O |
+//! | `answers.rs` | the gateway's JSON answers as typed structs, reading only the fields used |
 //! | `base64.rs` | the base64 the gateway wraps keys and values in |
 
+mod answers;
 pub mod base64;
 mod http;
 mod http_decoder;

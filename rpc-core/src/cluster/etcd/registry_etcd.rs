@@ -30,10 +30,14 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rpc_transport::clock::deadline_after;
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde_json::{json, Value};
 
+use super::answers::{
+    malformed, parse, parse_answer, GrantAnswer, KeepAliveAnswer, RangeAnswer, WatchMessage,
+};
 use super::base64;
-use super::http::{HttpClient, HttpError, Response, StreamEvent};
+use super::http::{HttpClient, HttpError, StreamEvent};
 use crate::cluster::registry::{check_ttl, Instance, Lease, Registry, RegistryError};
 use crate::cluster::watch::{WatchSlot, Watcher};
 
@@ -92,22 +96,22 @@ impl EtcdRegistry {
         format!("{}{}/{}", self.prefix, instance.service, instance.addr)
     }
 
-    /// One gateway call: `body` posted to `path`, the JSON answer on status 200.
-    fn call(&self, path: &str, body: &Value) -> Result<Value, RegistryError> {
+    /// One gateway call: `body` posted to `path`, the answer on status 200 read as `T`.
+    fn call<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T, RegistryError> {
         self.call_with(&self.http, path, body)
     }
 
     /// [`EtcdRegistry::call`] through `http` (the registry's client with another timeout).
-    fn call_with(
+    fn call_with<T: DeserializeOwned>(
         &self,
         http: &HttpClient,
         path: &str,
         body: &Value,
-    ) -> Result<Value, RegistryError> {
+    ) -> Result<T, RegistryError> {
         let response = http
             .post(path, body.to_string().as_bytes())
             .map_err(|source| self.unavailable(source))?;
-        parse_answer(&response)
+        parse_answer(&response, &format!("answer to {path}"))
     }
 
     fn unavailable(&self, source: HttpError) -> RegistryError {
@@ -120,21 +124,14 @@ impl EtcdRegistry {
     /// The instances of `service` and the store revision they were read at.
     fn list_at(&self, service: &str) -> Result<(Vec<Instance>, u64), RegistryError> {
         let (key, range_end) = self.service_range(service);
-        let answer = self.call(
+        let answer: RangeAnswer = self.call(
             "/v3/kv/range",
             &json!({ "key": base64::encode(&key), "range_end": base64::encode(&range_end) }),
         )?;
-        let revision = int_field(&answer["header"], "revision").unwrap_or(0);
-        // The gateway omits empty fields: no `kvs` is no keys. Anything else must be a list.
-        let kvs = match &answer["kvs"] {
-            Value::Null => &[][..],
-            Value::Array(kvs) => kvs.as_slice(),
-            _ => return Err(malformed("range answer whose `kvs` is not a list")),
-        };
-        let mut instances: Vec<Instance> = kvs.iter().filter_map(decode_instance).collect();
+        let mut instances = answer.instances;
         instances.retain(|instance| instance.service == service);
         instances.sort();
-        Ok((instances, revision))
+        Ok((instances, answer.header.revision))
     }
 
     /// The key range `[key, range_end)` holding every instance of `service`.
@@ -206,13 +203,12 @@ impl EtcdRegistry {
             }
             while let Some(end) = lines.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = lines.drain(..=end).collect();
-                let message: Value = serde_json::from_slice(&line)
-                    .map_err(|err| malformed(&format!("watch message: {err}")))?;
-                let result = &message["result"];
-                if result["canceled"].as_bool() == Some(true) || message.get("error").is_some() {
+                let message: WatchMessage = parse(&line, "watch message")?;
+                let result = message.result.as_ref();
+                if result.is_some_and(|result| result.canceled) || message.error.is_some() {
                     return Err(malformed("the watch was cancelled by etcd"));
                 }
-                if result["events"].as_array().is_some_and(|e| !e.is_empty()) {
+                if result.is_some_and(|result| !result.events.is_empty()) {
                     let (instances, now) = self.list_at(service)?;
                     slot.publish(instances);
                     *revision = now.max(*revision);
@@ -228,9 +224,13 @@ impl Registry for EtcdRegistry {
         instance.validate()?;
         check_ttl(ttl)?;
         let seconds = lease_seconds(ttl);
-        let grant = self.call("/v3/lease/grant", &json!({ "TTL": seconds.to_string() }))?;
-        let id = int_field(&grant, "ID").ok_or_else(|| malformed("lease grant without an ID"))?;
-        let granted = int_field(&grant, "TTL").unwrap_or(seconds);
+        let grant: GrantAnswer =
+            self.call("/v3/lease/grant", &json!({ "TTL": seconds.to_string() }))?;
+        if grant.id == 0 {
+            return Err(malformed("lease grant without an ID"));
+        }
+        let granted = if grant.ttl == 0 { seconds } else { grant.ttl };
+        let id = grant.id;
         let lease = Lease {
             id,
             ttl: Duration::from_secs(granted),
@@ -243,7 +243,7 @@ impl Registry for EtcdRegistry {
             "value": base64::encode(&value),
             "lease": id.to_string(),
         });
-        if let Err(err) = self.call("/v3/kv/put", &put) {
+        if let Err(err) = self.call::<IgnoredAny>("/v3/kv/put", &put) {
             // Best effort: an orphan lease holds no key and expires by itself anyway.
             let _ = self.deregister(lease);
             return Err(err);
@@ -256,35 +256,28 @@ impl Registry for EtcdRegistry {
         // time to try again before it lapses (etcd's shortest TTL is 2 s, the request
         // timeout 5 s by default).
         let within = self.http.request_timeout().min(lease.ttl / 3);
-        let answer = self.call_with(
+        let answer: KeepAliveAnswer = self.call_with(
             &self.http.clone().timeout(within),
             "/v3/lease/keepalive",
             &json!({ "ID": lease.id.to_string() }),
         )?;
-        // etcd answers an unknown or expired lease with a TTL of 0, which JSON omits; an
-        // answer without a `result`, or with a TTL that is no number, is not etcd's.
-        if let Some(error) = answer.get("error") {
+        if let Some(error) = answer.error {
             // A streamed call's failure arrives as `{"error":{"message":...}}` with status 200.
-            let message = error["message"].as_str().or(error.as_str()).unwrap_or("");
             return Err(RegistryError::Backend {
-                message: format!("keepalive failed: {message}"),
+                message: format!("keepalive failed: {}", error.message),
             });
         }
-        let result = &answer["result"];
-        if !result.is_object() {
-            return Err(malformed("keepalive answer without a `result` object"));
-        }
-        match (int_field(result, "TTL"), &result["TTL"]) {
-            (Some(ttl), _) if ttl > 0 => Ok(()),
-            (Some(_), _) | (None, Value::Null) => {
-                Err(RegistryError::LeaseNotFound { lease: lease.id })
-            }
-            (None, _) => Err(malformed("keepalive answer whose `TTL` is not a number")),
+        // etcd answers an unknown or expired lease with a TTL of 0, which JSON omits; an
+        // answer without a `result` is not etcd's.
+        match answer.result {
+            Some(result) if result.ttl > 0 => Ok(()),
+            Some(_) => Err(RegistryError::LeaseNotFound { lease: lease.id }),
+            None => Err(malformed("keepalive answer without a `result` object")),
         }
     }
 
     fn deregister(&self, lease: Lease) -> Result<(), RegistryError> {
-        match self.call("/v3/lease/revoke", &json!({ "ID": lease.id.to_string() })) {
+        match self.call::<IgnoredAny>("/v3/lease/revoke", &json!({ "ID": lease.id.to_string() })) {
             Err(RegistryError::Backend { message }) if message.contains("lease not found") => {
                 Err(RegistryError::LeaseNotFound { lease: lease.id })
             }
@@ -316,43 +309,6 @@ impl Registry for EtcdRegistry {
     }
 }
 
-/// The JSON answer of a gateway call, or the error etcd sent.
-fn parse_answer(response: &Response) -> Result<Value, RegistryError> {
-    let parsed: Result<Value, _> = serde_json::from_slice(&response.body);
-    match (response.status, parsed) {
-        (200, Ok(answer)) if answer.is_object() => Ok(answer),
-        (200, Ok(_)) => Err(malformed("not a JSON object")),
-        (200, Err(err)) => Err(malformed(&format!("not JSON: {err}"))),
-        (status, Ok(answer)) if answer["error"].is_string() => Err(RegistryError::Backend {
-            message: format!("{} (http {status})", answer["error"].as_str().unwrap_or("")),
-        }),
-        (status, _) => Err(RegistryError::Backend {
-            message: format!(
-                "http {status}: {}",
-                String::from_utf8_lossy(&response.body[..response.body.len().min(80)]).trim()
-            ),
-        }),
-    }
-}
-
-/// Decodes one `kvs` entry's value; `None` for anything not written by a netrpc registry (a
-/// foreign or corrupt key under the prefix must not hide the valid ones).
-fn decode_instance(kv: &Value) -> Option<Instance> {
-    let bytes = base64::decode(kv["value"].as_str()?).ok()?;
-    let instance: Instance = serde_json::from_slice(&bytes).ok()?;
-    instance.validate().ok()?;
-    Some(instance)
-}
-
-/// An int64 field, which the gateway writes as a JSON string (or a number).
-fn int_field(object: &Value, name: &str) -> Option<u64> {
-    match &object[name] {
-        Value::String(text) => text.parse().ok(),
-        Value::Number(number) => number.as_u64(),
-        _ => None,
-    }
-}
-
 /// The first key after every key starting with `prefix` (etcd's `range_end` for a prefix).
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
@@ -364,12 +320,6 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     }
     // Only a prefix of all 0xff bytes gets here; "\0" means "to the end of the keyspace".
     vec![0]
-}
-
-fn malformed(detail: &str) -> RegistryError {
-    RegistryError::Malformed {
-        detail: detail.to_owned(),
-    }
 }
 
 /// A lease TTL in etcd's whole seconds: rounded up, and at most the longest lease etcd
@@ -563,33 +513,5 @@ mod tests {
         );
         assert_eq!(prefix_end(b"a\xff"), b"b");
         assert_eq!(prefix_end(b"\xff\xff"), b"\0");
-    }
-
-    #[test]
-    fn etcd_error_answers_become_typed_errors() {
-        let response = Response {
-            status: 404,
-            headers: Vec::new(),
-            body: br#"{"error":"etcdserver: requested lease not found","code":5}"#.to_vec(),
-        };
-        let err = parse_answer(&response).expect_err("an error answer");
-        assert!(err.to_string().contains("lease not found"), "{err}");
-        let response = Response {
-            status: 200,
-            headers: Vec::new(),
-            body: b"<html>".to_vec(),
-        };
-        assert!(matches!(
-            parse_answer(&response),
-            Err(RegistryError::Malformed { .. })
-        ));
-    }
-
-    #[test]
-    fn foreign_values_under_the_prefix_are_skipped() {
-        assert!(decode_instance(&json!({ "value": "not base64!" })).is_none());
-        assert!(decode_instance(&json!({ "value": base64::encode(b"{}") })).is_none());
-        let good = serde_json::to_vec(&Instance::new("A", "h:1")).expect("encode");
-        assert!(decode_instance(&json!({ "value": base64::encode(&good) })).is_some());
     }
 }
