@@ -13,7 +13,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use netrpc::cluster::etcd::base64;
 use netrpc::cluster::{EtcdRegistry, Instance, Lease, Registry, RegistryError};
@@ -158,28 +158,11 @@ fn a_range_answer_of_many_small_objects_is_read_in_little_memory() {
 fn a_watch_message_of_many_small_objects_is_read_in_little_memory() {
     let _alone = exclusive();
     let instance = Instance::new("Arith", "127.0.0.1:9000");
-    let watched = Arc::new(AtomicBool::new(false));
-    let mut stream = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     let line = format!(
         "{{\"result\":{{\"header\":{{}},\"events\":[{}]}}}}\n",
         tiny_objects(480_000)
     );
-    for piece in line.as_bytes().chunks(64 * 1024) {
-        stream.extend(format!("{:x}\r\n", piece.len()).bytes());
-        stream.extend(piece);
-        stream.extend(b"\r\n");
-    }
-    let (empty, listed) = (range_body(&[]), range_body(std::slice::from_ref(&instance)));
-    let seen_watch = Arc::clone(&watched);
-    let (addr, _) = fake_gateway(Arc::new(move |path: &str| match path {
-        "/v3/watch" => {
-            seen_watch.store(true, Ordering::SeqCst);
-            stream.clone()
-        }
-        _ if seen_watch.load(Ordering::SeqCst) => ok_json(&listed),
-        _ => ok_json(&empty),
-    }));
-    let registry = EtcdRegistry::new(addr);
+    let registry = EtcdRegistry::new(gateway_watching(&line, &instance));
     let mut seen = None;
     let peak = peak_extra_allocation(|| {
         let mut watcher = registry.watch("Arith").unwrap();
@@ -191,6 +174,50 @@ fn a_watch_message_of_many_small_objects_is_read_in_little_memory() {
         "a {}-byte watch message took {peak} bytes at its peak",
         line.len()
     );
+}
+
+#[test]
+fn a_long_watch_message_arriving_in_many_reads_is_seen_within_seconds() {
+    let _alone = exclusive();
+    let instance = Instance::new("Arith", "127.0.0.1:9000");
+    // One event padded to 3.8 MB: the client reads it some 8 KiB at a time.
+    let line = format!(
+        "{{\"result\":{{\"header\":{{}},\"events\":[{{}}]}},\"pad\":\"{}\"}}\n",
+        "x".repeat(3_800_000)
+    );
+    let registry = EtcdRegistry::new(gateway_watching(&line, &instance));
+    let mut watcher = registry.watch("Arith").unwrap();
+    let started = Instant::now();
+    // Within 3 s: before the 5 s relist could show the change without the message.
+    let seen = watcher.changed(Duration::from_secs(3)).unwrap();
+    assert_eq!(
+        seen,
+        Some(vec![instance]),
+        "the event was not taken within {:?}",
+        started.elapsed()
+    );
+}
+
+/// A fake gateway whose watch stream sends `line` (in 64 KiB chunks) once created, and whose
+/// `range` lists nothing until the watch was asked for, then `instance`.
+fn gateway_watching(line: &str, instance: &Instance) -> String {
+    let mut stream = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for piece in line.as_bytes().chunks(64 * 1024) {
+        stream.extend(format!("{:x}\r\n", piece.len()).bytes());
+        stream.extend(piece);
+        stream.extend(b"\r\n");
+    }
+    let (empty, listed) = (range_body(&[]), range_body(std::slice::from_ref(instance)));
+    let watched = AtomicBool::new(false);
+    let (addr, _) = fake_gateway(Arc::new(move |path: &str| match path {
+        "/v3/watch" => {
+            watched.store(true, Ordering::SeqCst);
+            stream.clone()
+        }
+        _ if watched.load(Ordering::SeqCst) => ok_json(&listed),
+        _ => ok_json(&empty),
+    }));
+    addr
 }
 
 #[test]

@@ -177,6 +177,9 @@ impl EtcdRegistry {
             });
         }
         let mut lines = Vec::new();
+        // How many bytes at the front of `lines` are known to hold no newline: each read's
+        // bytes are searched once, not the whole of a long line again after every read.
+        let mut scanned = 0;
         let mut relist_at = deadline_after(Instant::now(), self.relist_every);
         while slot.has_watcher() {
             if Instant::now() >= relist_at {
@@ -201,9 +204,12 @@ impl EtcdRegistry {
             if lines.len() > MAX_WATCH_LINE_LEN {
                 return Err(malformed("a watch message over the size limit"));
             }
-            while let Some(end) = lines.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = lines.drain(..=end).collect();
-                let message: WatchMessage = parse(&line, "watch message")?;
+            let mut taken = 0;
+            while let Some(at) = lines[scanned..].iter().position(|&b| b == b'\n') {
+                let line = &lines[taken..=scanned + at];
+                taken = scanned + at + 1;
+                scanned = taken;
+                let message: WatchMessage = parse(line, "watch message")?;
                 let result = message.result.as_ref();
                 if result.is_some_and(|result| result.canceled) || message.error.is_some() {
                     return Err(malformed("the watch was cancelled by etcd"));
@@ -214,6 +220,8 @@ impl EtcdRegistry {
                     *revision = now.max(*revision);
                 }
             }
+            lines.drain(..taken);
+            scanned = lines.len();
         }
         Ok(())
     }
