@@ -522,3 +522,69 @@ fn a_registry_outage_shorter_than_the_ttl_does_not_let_the_lease_lapse() {
     assert!(registration.failures() >= 2, "{}", registration.failures());
     assert_eq!(registration.reregistrations(), 0, "the lease lapsed");
 }
+
+/// A memory registry that claims to grant every lease for `granted`, whatever was asked.
+#[derive(Debug)]
+struct Granting {
+    inner: MemoryRegistry,
+    granted: Duration,
+}
+
+impl Registry for Granting {
+    fn register(
+        &self,
+        instance: &Instance,
+        ttl: Duration,
+    ) -> Result<netrpc::cluster::Lease, RegistryError> {
+        let lease = self.inner.register(instance, ttl)?;
+        Ok(netrpc::cluster::Lease {
+            ttl: self.granted,
+            ..lease
+        })
+    }
+
+    fn renew(&self, lease: netrpc::cluster::Lease) -> Result<(), RegistryError> {
+        self.inner.renew(lease)
+    }
+
+    fn deregister(&self, lease: netrpc::cluster::Lease) -> Result<(), RegistryError> {
+        self.inner.deregister(lease)
+    }
+
+    fn list(&self, service: &str) -> Result<Vec<Instance>, RegistryError> {
+        self.inner.list(service)
+    }
+
+    fn watch(&self, service: &str) -> Result<Watcher, RegistryError> {
+        self.inner.watch(service)
+    }
+}
+
+#[test]
+fn a_heartbeat_paces_itself_by_the_ttl_asked_when_the_granted_one_is_zero_or_longer() {
+    let instance = Instance::new("Arith", "127.0.0.1:7110");
+    // Granted zero on a 3 s ask: renewals every second, not in a tight loop.
+    let zero = Arc::new(Granting {
+        inner: MemoryRegistry::new(),
+        granted: Duration::ZERO,
+    });
+    let registration = Registration::start(zero, instance.clone(), Duration::from_secs(3)).unwrap();
+    thread::sleep(Duration::from_millis(500));
+    assert!(
+        registration.renewals() + registration.failures() <= 5,
+        "{} renewals and {} failures in 500 ms",
+        registration.renewals(),
+        registration.failures()
+    );
+    drop(registration);
+    // Granted "for ever" on a 600 ms ask: renewed every 200 ms, so the real lease never lapses.
+    let forever = Arc::new(Granting {
+        inner: MemoryRegistry::new(),
+        granted: Duration::from_secs(u64::MAX),
+    });
+    let registration =
+        Registration::start(forever.clone(), instance, Duration::from_millis(600)).unwrap();
+    thread::sleep(Duration::from_millis(1000));
+    assert_eq!(forever.list("Arith").unwrap().len(), 1, "the lease lapsed");
+    assert!(registration.renewals() >= 3, "{}", registration.renewals());
+}

@@ -268,3 +268,40 @@ fn a_keepalive_answer_without_a_result_is_malformed_not_a_lost_lease() {
     let alive = registry_answering(r#"{"result":{"header":{},"ID":"7","TTL":"3"}}"#);
     alive.renew(lease).unwrap();
 }
+
+#[test]
+fn a_lease_granted_for_zero_or_impossibly_many_seconds_is_malformed() {
+    let _alone = exclusive();
+    let instance = Instance::new("Arith", "127.0.0.1:9000");
+    for granted in ["0", "18446744073709551615"] {
+        let grant = format!("{{\"header\":{{}},\"ID\":\"7\",\"TTL\":\"{granted}\"}}");
+        let (addr, paths) = fake_gateway(Arc::new(move |path: &str| match path {
+            "/v3/lease/grant" => ok_json(&grant),
+            _ => ok_json("{\"header\":{}}"),
+        }));
+        let outcome = EtcdRegistry::new(addr).register(&instance, Duration::from_secs(5));
+        assert!(
+            matches!(outcome, Err(RegistryError::Malformed { .. })),
+            "a grant of {granted} s registered as {outcome:?}"
+        );
+        let paths = paths.lock().unwrap();
+        assert!(
+            !paths.contains(&"/v3/kv/put".to_owned()),
+            "the instance was put under a lease of {granted} s: {paths:?}"
+        );
+    }
+}
+
+#[test]
+fn a_renewal_of_a_lease_with_a_tiny_ttl_still_waits_for_its_answer() {
+    let _alone = exclusive();
+    let (addr, _) = fake_gateway(Arc::new(|_: &str| {
+        thread::sleep(Duration::from_millis(30));
+        ok_json(r#"{"result":{"header":{},"ID":"7","TTL":"5"}}"#)
+    }));
+    let lease = Lease {
+        id: 7,
+        ttl: Duration::ZERO,
+    };
+    EtcdRegistry::new(addr).renew(lease).unwrap();
+}

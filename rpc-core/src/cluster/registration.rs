@@ -13,9 +13,11 @@ use super::registry::{Instance, Lease, Registry, RegistryError};
 /// One instance kept alive in a registry by a heartbeat thread (Consul: a TTL check updated by
 /// the service; etcd: a lease keep-alive).
 ///
-/// The thread renews the lease every `ttl / 3` (of the TTL the registry granted), and after
-/// a failed renewal (the registry unreachable) tries again every tenth of the TTL, at most
-/// half a second apart, until one succeeds. When a renewal finds the lease gone (it expired while the registry was unreachable, or someone
+/// The thread renews the lease every `ttl / 3`, and after a failed renewal (the registry
+/// unreachable) tries again every tenth of the TTL, at most half a second apart, until one
+/// succeeds. The TTL it paces itself by is the one the registry granted, but never longer
+/// than the one asked (a registry claiming a longer lease is not trusted to keep it) and,
+/// if a registry granted zero, the one asked. When a renewal finds the lease gone (it expired while the registry was unreachable, or someone
 /// deregistered it), the thread registers the instance again under a new lease. Dropping the
 /// handle stops the thread and deregisters the instance; [`Registration::deregister`] does the
 /// same and reports the outcome.
@@ -71,7 +73,7 @@ impl Registration {
             .spawn(move || {
                 let mut last_beat_failed = false;
                 loop {
-                    let ttl = beating.lease().ttl;
+                    let ttl = pacing_ttl(beating.lease().ttl, beating.ttl);
                     let interval = if last_beat_failed {
                         retry_interval(ttl)
                     } else {
@@ -157,6 +159,7 @@ impl Drop for Registration {
 struct Shared {
     registry: Arc<dyn Registry>,
     instance: Instance,
+    /// The TTL asked for, at every registration.
     ttl: Duration,
     /// Guards the current lease, replaced when the instance registers again.
     lease: Mutex<Lease>,
@@ -166,11 +169,21 @@ struct Shared {
 }
 
 /// The shortest heartbeat interval, so a tiny TTL cannot make the thread spin.
-const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1);
+const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The longest wait before a heartbeat that failed is tried again (etcd's own client retries
 /// a keep-alive after half a second).
 const MAX_RETRY_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The TTL the heartbeat paces itself by: the `granted` one, but at most the `asked` one,
+/// and the `asked` one if the registry granted zero.
+fn pacing_ttl(granted: Duration, asked: Duration) -> Duration {
+    if granted.is_zero() {
+        asked
+    } else {
+        granted.min(asked)
+    }
+}
 
 /// How soon a failed heartbeat is tried again: a tenth of the TTL, at most half a second.
 /// Waiting the usual third could let the lease run out (two heartbeats missed in an outage

@@ -237,12 +237,21 @@ impl Registry for EtcdRegistry {
         if grant.id == 0 {
             return Err(malformed("lease grant without an ID"));
         }
-        let granted = if grant.ttl == 0 { seconds } else { grant.ttl };
         let id = grant.id;
         let lease = Lease {
             id,
-            ttl: Duration::from_secs(granted),
+            ttl: Duration::from_secs(grant.ttl),
         };
+        // etcd grants at least the TTL asked and at most its MaxLeaseTTL; a TTL of 0 (which
+        // the gateway writes by omitting it) would be renewed in a tight loop, and one past
+        // etcd's longest is no lease etcd keeps.
+        if grant.ttl == 0 || grant.ttl > MAX_LEASE_TTL_SECS {
+            let _ = self.deregister(lease);
+            return Err(malformed(&format!(
+                "lease granted for {} s, not within 1 to {MAX_LEASE_TTL_SECS} s",
+                grant.ttl
+            )));
+        }
         let value = serde_json::to_vec(instance).map_err(|err| RegistryError::InvalidInstance {
             detail: err.to_string(),
         })?;
@@ -263,7 +272,10 @@ impl Registry for EtcdRegistry {
         // A renewal that waits longer than a third of the lease leaves the heartbeat no
         // time to try again before it lapses (etcd's shortest TTL is 2 s, the request
         // timeout 5 s by default).
-        let within = self.http.request_timeout().min(lease.ttl / 3);
+        // Never under MIN_RENEW_WAIT, so a lease of a tiny TTL does not fail at once.
+        let within = (lease.ttl / 3)
+            .max(MIN_RENEW_WAIT)
+            .min(self.http.request_timeout());
         let answer: KeepAliveAnswer = self.call_with(
             &self.http.clone().timeout(within),
             "/v3/lease/keepalive",
@@ -343,6 +355,9 @@ fn lease_seconds(ttl: Duration) -> u64 {
 /// The longest lease etcd grants (its `MaxLeaseTTL`, about 285 years); it refuses a longer
 /// TTL with "too large lease TTL".
 const MAX_LEASE_TTL_SECS: u64 = 9_000_000_000;
+
+/// The shortest wait a renewal gets, whatever the lease's TTL.
+const MIN_RENEW_WAIT: Duration = Duration::from_millis(100);
 
 /// How often a watch thread lists the service itself, to catch a stream gone silent.
 const RELIST_EVERY: Duration = Duration::from_secs(5);
