@@ -162,7 +162,7 @@ fn a_watch_message_of_many_small_objects_is_read_in_little_memory() {
         "{{\"result\":{{\"header\":{{}},\"events\":[{}]}}}}\n",
         tiny_objects(480_000)
     );
-    let registry = EtcdRegistry::new(gateway_watching(&line, &instance));
+    let registry = EtcdRegistry::new(gateway_watching(&line, &instance).0);
     let mut seen = None;
     let peak = peak_extra_allocation(|| {
         let mut watcher = registry.watch("Arith").unwrap();
@@ -185,7 +185,7 @@ fn a_long_watch_message_arriving_in_many_reads_is_seen_within_seconds() {
         "{{\"result\":{{\"header\":{{}},\"events\":[{{}}]}},\"pad\":\"{}\"}}\n",
         "x".repeat(3_800_000)
     );
-    let registry = EtcdRegistry::new(gateway_watching(&line, &instance));
+    let registry = EtcdRegistry::new(gateway_watching(&line, &instance).0);
     let mut watcher = registry.watch("Arith").unwrap();
     let started = Instant::now();
     // Within 3 s: before the 5 s relist could show the change without the message.
@@ -198,9 +198,25 @@ fn a_long_watch_message_arriving_in_many_reads_is_seen_within_seconds() {
     );
 }
 
+#[test]
+fn a_burst_of_watch_events_in_one_read_costs_one_list() {
+    let _alone = exclusive();
+    let instance = Instance::new("Arith", "127.0.0.1:9000");
+    let event = "{\"result\":{\"header\":{},\"events\":[{\"kv\":{}}]}}\n";
+    let (addr, paths) = gateway_watching(&event.repeat(50), &instance);
+    let mut watcher = EtcdRegistry::new(addr).watch("Arith").unwrap();
+    let seen = watcher.changed(Duration::from_secs(3)).unwrap();
+    assert_eq!(seen, Some(vec![instance]));
+    thread::sleep(Duration::from_millis(200));
+    let paths = paths.lock().unwrap();
+    let lists = paths.iter().filter(|path| *path == "/v3/kv/range").count();
+    // The first list, then one for the burst (two if the burst was split across reads).
+    assert!(lists <= 3, "{lists} lists for 50 events: {paths:?}");
+}
+
 /// A fake gateway whose watch stream sends `line` (in 64 KiB chunks) once created, and whose
-/// `range` lists nothing until the watch was asked for, then `instance`.
-fn gateway_watching(line: &str, instance: &Instance) -> String {
+/// `range` lists nothing until the watch was asked for, then `instance`; and its path log.
+fn gateway_watching(line: &str, instance: &Instance) -> (String, Arc<Mutex<Vec<String>>>) {
     let mut stream = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     for piece in line.as_bytes().chunks(64 * 1024) {
         stream.extend(format!("{:x}\r\n", piece.len()).bytes());
@@ -209,15 +225,14 @@ fn gateway_watching(line: &str, instance: &Instance) -> String {
     }
     let (empty, listed) = (range_body(&[]), range_body(std::slice::from_ref(instance)));
     let watched = AtomicBool::new(false);
-    let (addr, _) = fake_gateway(Arc::new(move |path: &str| match path {
+    fake_gateway(Arc::new(move |path: &str| match path {
         "/v3/watch" => {
             watched.store(true, Ordering::SeqCst);
             stream.clone()
         }
         _ if watched.load(Ordering::SeqCst) => ok_json(&listed),
         _ => ok_json(&empty),
-    }));
-    addr
+    }))
 }
 
 #[test]

@@ -12,7 +12,8 @@
 //! | watch | `/v3/watch` from the listed revision + 1, held open as a chunked stream |
 //!
 //! Watch: a thread per [`Watcher`] keeps a `/v3/watch` stream open (etcd pushes each event as
-//! one JSON line); every event makes it list the prefix again and publish the result, so the
+//! one JSON line); events make it list the prefix again (once for all the events that one
+//! read brought) and publish the result, so the
 //! watcher always holds a full, consistent snapshot rather than applying deltas. The delay
 //! from a change in etcd to the watcher is one event delivery plus one `range` round trip:
 //! milliseconds on a LAN. Expiry is etcd's: a lease is revoked by etcd's own checker, which
@@ -205,6 +206,8 @@ impl EtcdRegistry {
                 return Err(malformed("a watch message over the size limit"));
             }
             let mut taken = 0;
+            // One list for all the events of a read, not one per event: the list is whole.
+            let mut events = false;
             while let Some(at) = lines[scanned..].iter().position(|&b| b == b'\n') {
                 let line = &lines[taken..=scanned + at];
                 taken = scanned + at + 1;
@@ -214,14 +217,15 @@ impl EtcdRegistry {
                 if result.is_some_and(|result| result.canceled) || message.error.is_some() {
                     return Err(malformed("the watch was cancelled by etcd"));
                 }
-                if result.is_some_and(|result| !result.events.is_empty()) {
-                    let (instances, now) = self.list_at(service)?;
-                    slot.publish(instances);
-                    *revision = now.max(*revision);
-                }
+                events |= result.is_some_and(|result| !result.events.is_empty());
             }
             lines.drain(..taken);
             scanned = lines.len();
+            if events {
+                let (instances, now) = self.list_at(service)?;
+                slot.publish(instances);
+                *revision = now.max(*revision);
+            }
         }
         Ok(())
     }
