@@ -101,6 +101,7 @@ impl ResponseDecoder {
     /// the limit, [`HttpError::UnexpectedEof`].
     pub fn poll_head(&mut self) -> Result<Option<ResponseHead>, HttpError> {
         loop {
+            check_status_line_start(&self.buf)?;
             let Some(end) = find(&self.buf, b"\r\n\r\n") else {
                 if self.buf.len() > MAX_HEAD_LEN {
                     return Err(HttpError::HeadTooLarge {
@@ -290,6 +291,24 @@ fn parse_head(bytes: &[u8]) -> Result<ResponseHead, HttpError> {
     Ok(ResponseHead { status, headers })
 }
 
+/// Refuses, as soon as its first bytes show it, a head that cannot be HTTP/1.x: one not
+/// starting `HTTP/1.1 ` or `HTTP/1.0 `, or whose status line ends in a bare LF. Without this,
+/// such a response would be waited on until the head's cap or the deadline.
+fn check_status_line_start(buf: &[u8]) -> Result<(), HttpError> {
+    let start = &buf[..buf.len().min(9)];
+    let versioned = [&b"HTTP/1.1 "[..], b"HTTP/1.0 "]
+        .iter()
+        .any(|version| version.starts_with(start));
+    let first_line = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+    let bare_lf = first_line < buf.len() && (first_line == 0 || buf[first_line - 1] != b'\r');
+    if versioned && !bare_lf {
+        return Ok(());
+    }
+    Err(HttpError::MalformedStatusLine {
+        line: String::from_utf8_lossy(&buf[..first_line.min(80)]).into_owned(),
+    })
+}
+
 /// `HTTP/1.x NNN reason` to `NNN`.
 fn parse_status_line(line: &str) -> Option<u16> {
     let rest = line
@@ -456,6 +475,27 @@ mod tests {
             decoder.poll_body(),
             Err(HttpError::MalformedChunk { .. })
         ));
+    }
+
+    #[test]
+    fn a_head_that_cannot_be_http_1_is_refused_before_it_ends() {
+        for start in [
+            &b"HTTP/1.1 200 OK\nContent-Length: 2\n"[..],
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+            b"SSH-2.0-OpenSSH_9.6",
+        ] {
+            let mut decoder = ResponseDecoder::new(1024);
+            decoder.handle_bytes(start);
+            let outcome = decoder.poll_head();
+            assert!(
+                matches!(outcome, Err(HttpError::MalformedStatusLine { .. })),
+                "{:?} gave {outcome:?}",
+                String::from_utf8_lossy(start)
+            );
+        }
+        let mut decoder = ResponseDecoder::new(1024);
+        decoder.handle_bytes(b"HTTP/1.");
+        assert_eq!(decoder.poll_head().expect("a valid start"), None);
     }
 
     #[test]
