@@ -511,10 +511,16 @@ fn with_other_calls_in_flight_the_loop_decrypts_tls_replies() {
     assert_eq!(slow.wait().unwrap().ms, 300);
 }
 
-/// A TLS server by hand (rustls over a blocking socket): it completes the handshake, answers
-/// the client's hello with a Pong, waits for the first request, and then writes bytes that
-/// are not TLS onto the socket beneath.
-fn serve_tls_then_garbage(pki: &Pki) -> (std::net::SocketAddr, thread::JoinHandle<()>) {
+/// The server side of a TLS stream by hand (rustls over a blocking socket).
+type HandServer = rustls::StreamOwned<rustls::ServerConnection, TcpStream>;
+
+/// A TLS server by hand: it completes the handshake, answers the client's hello with a Pong,
+/// waits for the first request, then does `misbehave` and holds the socket open until the
+/// client hangs up (at most 5 s).
+fn serve_tls_then(
+    pki: &Pki,
+    misbehave: fn(&mut HandServer),
+) -> (std::net::SocketAddr, thread::JoinHandle<()>) {
     let (chain, key) = pki.server.pair();
     let config = tls::server_config(chain, key, None).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -527,7 +533,7 @@ fn serve_tls_then_garbage(pki: &Pki) -> (std::net::SocketAddr, thread::JoinHandl
         let session = rustls::ServerConnection::new(config).unwrap();
         let mut stream = rustls::StreamOwned::new(session, socket);
         let mut decoder = FrameDecoder::new(FrameLimits::default());
-        let mut next_frame = |stream: &mut rustls::StreamOwned<_, TcpStream>| loop {
+        let mut next_frame = |stream: &mut HandServer| loop {
             if let Some(frame) = decoder.poll_frame().unwrap() {
                 return frame;
             }
@@ -544,11 +550,58 @@ fn serve_tls_then_garbage(pki: &Pki) -> (std::net::SocketAddr, thread::JoinHandl
             .unwrap();
         stream.write_all(&pong).unwrap();
         assert_eq!(next_frame(&mut stream).kind, FrameKind::Request);
-        stream.sock.write_all(&[0x42; 64]).unwrap();
-        // Hold the socket open until the client hangs up (after TLS's alert), at most 5 s.
+        misbehave(&mut stream);
         let _ = stream.sock.read(&mut [0u8; 256]);
     });
     (addr, serving)
+}
+
+/// A server that writes bytes that are not TLS onto the socket beneath TLS.
+fn serve_tls_then_garbage(pki: &Pki) -> (std::net::SocketAddr, thread::JoinHandle<()>) {
+    serve_tls_then(pki, |stream| stream.sock.write_all(&[0x42; 64]).unwrap())
+}
+
+#[test]
+fn a_close_notify_without_a_tcp_close_ends_the_connection_at_once() {
+    // TLS's close_notify says the peer will send nothing more, whether or not its TCP FIN
+    // follows. Taken as the end of the stream, it fails the calls in flight at once (and the
+    // client learns it must redial); ignored, every call waited out its timeout on a
+    // connection that was still "open".
+    let pki = Pki::new();
+    for caller_reads in [true, false] {
+        let (addr, serving) = serve_tls_then(&pki, |stream| {
+            stream.conn.send_close_notify();
+            stream.conn.complete_io(&mut stream.sock).unwrap();
+        });
+        let client = bounded_builder()
+            .tls(pki.client_tls(&pki.ca, None))
+            .dial(addr)
+            .unwrap();
+        let started = Instant::now();
+        let result = if caller_reads {
+            client.call::<_, u64>("Probe.Sleep", &1u64)
+        } else {
+            // Read by the loop: nobody waits on the connection.
+            let (done, completions) = done_channel::<u64>();
+            client.go_with("Probe.Sleep", &1u64, &done);
+            let completion = completions.recv_timeout(Duration::from_secs(15));
+            completion.expect("the call ends").result
+        };
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "caller reads {caller_reads}: failed only after {:?}",
+            started.elapsed()
+        );
+        assert!(
+            matches!(result, Err(RpcError::ConnectionLost { .. })),
+            "caller reads {caller_reads}: {result:?}"
+        );
+        wait_until("the client sees its end", Duration::from_secs(5), || {
+            client.is_closed()
+        });
+        drop(client);
+        serving.join().unwrap();
+    }
 }
 
 #[test]

@@ -675,6 +675,7 @@ impl Connection {
         };
         // During the handshake its own deadline holds the peer to time.
         inbox.tls_mid_record = session.is_mid_record() && !session.is_handshaking();
+        inbox.tls_closed = session.peer_closed();
         drop(session);
         let progress = result?; // the loop closes the connection, which wakes the waiters
         if progress.settled {

@@ -391,6 +391,10 @@ impl EventLoop {
                 if read_this_turn >= MAX_READ_PER_TURN {
                     break ReadOutcome::Yielded;
                 }
+                // The peer's close_notify ends its stream, whether or not TCP's end follows.
+                if inbox.tls_closed {
+                    break ReadOutcome::Eof;
+                }
                 match stream.read(&mut self.scratch) {
                     Ok(0) => break ReadOutcome::Eof,
                     Ok(n) => {

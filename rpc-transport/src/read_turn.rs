@@ -82,6 +82,10 @@ pub(crate) struct Inbox {
     /// TLS holds part of a record (`tls/record_cursor.rs`): a frame may have begun that the
     /// decoder has not seen yet.
     pub(crate) tls_mid_record: bool,
+    /// The peer's TLS close_notify has arrived: once the frames before it are delivered,
+    /// its stream has ended, as at the socket's end of stream (its TCP close may never
+    /// come).
+    pub(crate) tls_closed: bool,
 }
 
 impl Inbox {
@@ -153,6 +157,7 @@ impl ReadSide {
                 decoder: FrameDecoder::new(limits),
                 handed_back: None,
                 tls_mid_record: false,
+                tls_closed: false,
             }),
             caller_poll: OnceLock::new(),
             busy_poll_nanos: AtomicU64::new(0),
@@ -401,6 +406,10 @@ impl ReadSide {
             }
             if read >= CALLER_DRAIN_BUDGET {
                 return Drain::Stopped(delivered);
+            }
+            if inbox.tls_closed {
+                inbox.handed_back = Some(HandedBack::Eof);
+                return Drain::HandBack(delivered);
             }
             match stream.read(&mut chunk) {
                 // End of stream: the loop reads it again and closes as it always does.

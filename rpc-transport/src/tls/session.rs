@@ -104,6 +104,9 @@ pub(crate) struct TlsSession {
     settled: bool,
     /// Why the handshake failed: set as the connection closes before it settled.
     failure: Option<TransportError>,
+    /// The peer sent its close_notify: it will send nothing more, whether or not its TCP
+    /// close follows.
+    peer_closed: bool,
 }
 
 /// What [`TlsSession::handle_ciphertext`] did besides delivering plaintext.
@@ -124,6 +127,7 @@ impl TlsSession {
             cursor: RecordCursor::default(),
             settled: false,
             failure: None,
+            peer_closed: false,
         }
     }
 
@@ -139,6 +143,12 @@ impl TlsSession {
     /// True while the peer has sent part of a TLS record and not the rest.
     pub(crate) fn is_mid_record(&self) -> bool {
         self.cursor.is_mid_record()
+    }
+
+    /// True once the peer's close_notify has arrived: its stream has ended, as at the
+    /// socket's end of stream (what it sent before is delivered first).
+    pub(crate) fn peer_closed(&self) -> bool {
+        self.peer_closed
     }
 
     /// Encrypts `plaintext` and appends the records to `out`. During the handshake rustls
@@ -201,9 +211,12 @@ impl TlsSession {
                     break;
                 }
             }
-            if let Err(err) = self.conn.process_new_packets() {
-                result = Err(err);
-                break;
+            match self.conn.process_new_packets() {
+                Ok(state) => self.peer_closed |= state.peer_has_closed(),
+                Err(err) => {
+                    result = Err(err);
+                    break;
+                }
             }
             self.drain_plaintext(decoder);
         }
@@ -239,7 +252,7 @@ impl TlsSession {
         let mut reader = self.conn.reader();
         loop {
             let taken = match reader.fill_buf() {
-                Ok([]) => return, // the peer's close_notify: the socket's EOF follows
+                Ok([]) => return, // the peer's close_notify: `peer_closed` says so
                 Ok(chunk) => {
                     decoder.handle_bytes(chunk);
                     chunk.len()
