@@ -263,3 +263,44 @@ fn a_client_middleware_panicking_after_a_call_loses_no_completion() {
     let product: i64 = client.call("Arith.Multiply", &Args { a: 3, b: 3 }).unwrap();
     assert_eq!(product, 9);
 }
+
+/// Panics before the calls whose argument's `a` is negative.
+#[derive(Debug)]
+struct PanicsBeforeNegative;
+
+impl netrpc::core::middleware::ClientMiddleware for PanicsBeforeNegative {
+    fn before_call(
+        &self,
+        _call: &mut netrpc::core::middleware::OutgoingCall<'_>,
+    ) -> Result<(), RpcError> {
+        if NEXT_IS_NEGATIVE.with(std::cell::Cell::get) {
+            panic!("before_call panics");
+        }
+        Ok(())
+    }
+}
+
+thread_local! {
+    /// Whether `PanicsBeforeNegative` panics for this thread's next call.
+    static NEXT_IS_NEGATIVE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+#[test]
+fn a_client_middleware_panicking_before_a_call_reaches_its_caller_and_leaves_nothing_pending() {
+    // `before_call` runs on the caller's thread: its panic is the caller's, as the docs say,
+    // and the client goes on serving (nothing was registered or sent).
+    let server = TestServer::start();
+    let client = Client::builder()
+        .middleware(PanicsBeforeNegative)
+        .dial(server.addr())
+        .unwrap();
+    NEXT_IS_NEGATIVE.with(|next| next.set(true));
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        client.call::<_, i64>("Arith.Multiply", &Args { a: -1, b: 7 })
+    }));
+    NEXT_IS_NEGATIVE.with(|next| next.set(false));
+    assert!(panicked.is_err(), "the panic reaches the caller");
+    assert_eq!(client.pending_calls(), 0);
+    let product: i64 = client.call("Arith.Multiply", &Args { a: 6, b: 7 }).unwrap();
+    assert_eq!(product, 42);
+}

@@ -127,7 +127,11 @@ fn run_server_chain(
 /// [`crate::ClientBuilder::middleware`]; they run in the order registered.
 pub trait ClientMiddleware: fmt::Debug + Send + Sync + 'static {
     /// Called before the call is encoded and sent; may add metadata. Returning an error
-    /// fails the call at once with it (nothing is sent, and no `after_call` follows).
+    /// fails the call at once with it (nothing is sent, and no `after_call` follows). It
+    /// runs on the caller's thread, inside `call`, `go`, `go_with` or a `Batch`'s calls: a
+    /// panic in it is not caught, and reaches the caller as a panic of its own code would
+    /// (nothing has been sent or registered by then, and the client goes on serving its
+    /// other callers).
     ///
     /// # Errors
     ///
