@@ -344,6 +344,80 @@ fn a_graceful_shutdown_ends_calls_held_for_a_peer_that_never_reads() {
     drop(stream);
 }
 
+#[test]
+fn calls_held_for_a_peer_that_reads_a_trickle_are_refused_after_the_hold_limit() {
+    // A peer that reads a little now and then keeps every write making progress, so the
+    // write timeout never ends its connection; its held calls must not keep their places
+    // among the server's `max_calls` for as long as it trickles (here about a minute): after
+    // `frame_timeout` held, each is answered `Throttled`, unrun, and its place is free.
+    const REQUESTS: usize = 200;
+    const RESPONSE: usize = 32 * 1024;
+    let server = Server::builder()
+        .max_calls(300)
+        .max_queued_bytes(64 * 1024)
+        .limits(FrameLimits {
+            frame_timeout: Some(Duration::from_secs(1)),
+            ..FrameLimits::default()
+        })
+        .build();
+    let (server, handle) = serve_tally(server);
+    let mut stream = TcpStream::connect(handle.local_addr()).unwrap();
+    stream
+        .write_all(fill_requests(REQUESTS, RESPONSE).as_bytes())
+        .unwrap();
+    wait_until_past_the_cap(&server);
+    assert!(server.stats().in_flight_calls > 20, "{:?}", server.stats());
+    let mut responses = BufReader::new(stream);
+    let mut lines = Vec::new();
+    let started = Instant::now();
+    // 8 KiB every 50 ms: 160 KiB/s, where the responses asked for are 6.4 MB.
+    let throttled = || server.stats().call_errors(netrpc::ErrorCode::Throttled);
+    while throttled() == 0 || server.stats().in_flight_calls > 10 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "places still held after 5 s: {:?}",
+            server.stats()
+        );
+        let mut chunk = vec![0u8; 8 * 1024];
+        let read = std::io::Read::read(&mut responses, &mut chunk).unwrap();
+        lines.extend_from_slice(&chunk[..read]);
+        thread::sleep(Duration::from_millis(50));
+    }
+    responses
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answered = HashSet::new();
+    let mut refused = 0;
+    let mut pending = String::from_utf8(lines).unwrap();
+    while answered.len() < REQUESTS {
+        if !pending.contains('\n') {
+            responses.read_line(&mut pending).expect("every response");
+            continue;
+        }
+        let (line, rest) = pending.split_once('\n').unwrap();
+        let id: String = line
+            .strip_prefix(r#"{"id":"#)
+            .and_then(|line| line.split(',').next())
+            .unwrap_or_else(|| panic!("{line:.80}"))
+            .to_owned();
+        if line.contains("unrun: the client left") {
+            refused += 1;
+        } else {
+            assert!(line.contains(r#""error":null"#), "{line:.120}");
+        }
+        assert!(answered.insert(id.clone()), "id {id} twice");
+        pending = rest.to_owned();
+    }
+    assert!(refused > 0);
+    assert_eq!(
+        server.stats().call_errors(netrpc::ErrorCode::Throttled),
+        refused
+    );
+    drop(responses);
+    assert_back_to_idle(&server);
+}
+
 /// `count` requests (ids 1 to `count`) for `Tally.Fill` responses of `len` bytes each.
 fn fill_requests(count: usize, len: usize) -> String {
     (1..=count)

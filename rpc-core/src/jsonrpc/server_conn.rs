@@ -25,8 +25,11 @@
 //!   the peer reads, as the native listener holds them (`server_conn/parked.rs`): a worker
 //!   checks the cap before it runs a call, so the responses queued stay within the cap plus
 //!   one per worker that passed the check at once. Held calls stay in flight (jsonrpc
-//!   requests carry no deadline); a peer that never reads has its connection closed by the
-//!   write timeout below, and its held calls are dropped unrun, counted as dropped replies;
+//!   requests carry no deadline) for `limits.frame_timeout` at most: then each is answered
+//!   `Throttled`, unrun, so that a peer reading a trickle (every write making progress, so
+//!   the write timeout below never ends its connection) does not keep their places among
+//!   the server's `max_calls`. A peer that never reads has its connection closed by the
+//!   write timeout, and its held calls are dropped unrun, counted as dropped replies;
 //! - a response write that stalls for `limits.frame_timeout` fails, and the connection
 //!   closes; with `frame_timeout: None` it may stall for ever: a peer that never reads then
 //!   holds the connection until the listener shuts down (not fixed: how long a closing
@@ -79,6 +82,7 @@ pub(crate) fn serve(
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let replies = WriteQueue::for_responses(
         server.config.max_queued_bytes,
+        limits.frame_timeout,
         Arc::clone(&server.stats.jsonrpc_queued_bytes),
     );
     let conn = JsonConn {
@@ -147,6 +151,8 @@ struct JsonCall {
     context: CallContext,
     id: Vec<u8>,
     argument: Vec<u8>,
+    /// When its connection's queue first held it, if it has.
+    held_since: Option<Instant>,
 }
 
 /// A method a request names: its handler, where it runs, and its counters.
@@ -262,6 +268,7 @@ impl JsonConn {
             context: CallContext::new(name, Bytes::new(), self.peer, seq, received),
             id: id.to_vec(),
             argument: argument.to_vec(),
+            held_since: None,
         };
         match dispatch {
             Dispatch::Inline => call.run(),
@@ -368,31 +375,51 @@ impl JsonCall {
     /// responses are past the cap; then the connection's queue holds it (the worker goes on
     /// with other work) and gives it back to the pool once the peer has read enough, or
     /// drops it unrun when the connection ends (see `write_queue`).
-    fn run_when_room(self) {
+    fn run_when_room(mut self) {
         if !self.replies.is_past_cap() {
             return self.run();
         }
+        let since = *self.held_since.get_or_insert_with(Instant::now);
         let replies = Arc::clone(&self.replies);
-        replies.hold(Box::new(move |release| match release {
-            Release::Room => self.queue_on_pool(),
-            Release::Closed => {
-                let stats = &self.server.stats;
-                StatsCounters::bump(&stats.dropped_replies);
-                self.calls.finish(stats);
-            }
-        }));
+        replies.hold(
+            since,
+            Box::new(move |release| match release {
+                Release::Room => self.queue_on_pool(),
+                Release::Closed => {
+                    let stats = &self.server.stats;
+                    StatsCounters::bump(&stats.dropped_replies);
+                    self.calls.finish(stats);
+                }
+                Release::Expired => self.refuse_held_too_long(since),
+            }),
+        );
+    }
+
+    /// Answers a call held since `since` for as long as the hold limit allows with
+    /// `Throttled`, unrun, so that a peer reading too slowly for its calls to run does not
+    /// keep their places among the server's calls in flight.
+    fn refuse_held_too_long(self, since: Instant) {
+        let cap = self.server.config.max_queued_bytes;
+        let text = format!(
+            "server held this call {:?} unrun: the client left more than {cap} bytes of \
+             responses unread all that time; try again later",
+            since.elapsed()
+        );
+        let response = message::error_response(&self.id, &text);
+        self.answer(response, Some(ErrorCode::Throttled));
     }
 
     /// Runs the handler inside the server's middleware, writes the response, and takes the
     /// call out of flight.
     fn run(self) {
-        let stats = &self.server.stats;
         let mut out = BytesMut::new();
         message::start_response(&mut out, &self.id);
         let handler = &self.found.handler;
+        // Cheap: the context's name and metadata are shared buffers.
+        let context = self.context.clone();
         let outcome = catch_panic(|| {
             let mut method = || handler(CodecKind::Json, &self.argument, &mut out);
-            run_in_middleware(&self.server.config.middleware, self.context, &mut method)
+            run_in_middleware(&self.server.config.middleware, context, &mut method)
         });
         let max_len = self.server.config.limits.max_body_len;
         let (response, failure) = match outcome {
@@ -419,6 +446,13 @@ impl JsonCall {
                 (message::error_response(&self.id, &text), Some(code))
             }
         };
+        self.answer(response, failure);
+    }
+
+    /// Counts the call's outcome (`failure`: the error code it was answered with), queues
+    /// its `response`, and takes it out of flight.
+    fn answer(&self, response: BytesMut, failure: Option<ErrorCode>) {
+        let stats = &self.server.stats;
         if let Some(code) = failure {
             stats.count_call_error(code);
         }

@@ -22,7 +22,9 @@
 //! to the queue ([`WriteQueue::hold`]) and goes on with other work. The writer releases the
 //! held calls once what it has written brings the queue back under the cap (each is checked
 //! again before it runs), and at the end (a failed write, or `finish`) releases them as
-//! [`Release::Closed`], never to run. The queue's bytes are also counted in the server's
+//! [`Release::Closed`], never to run; a call held longer than the queue's hold limit is
+//! released as [`Release::Expired`] (looked at while the reading thread waits for room, and
+//! as responses are written), to be answered with an error unrun. The queue's bytes are also counted in the server's
 //! total, for `ServerStats::queued_outbound_bytes`.
 
 use std::collections::VecDeque;
@@ -30,7 +32,7 @@ use std::io::Write;
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
@@ -49,6 +51,9 @@ pub(crate) struct WriteQueue {
 struct ResponseCap {
     cap: usize,
     server_total: Arc<AtomicUsize>,
+    /// How long a call may be held (counted from when it was first held); `None`: as long
+    /// as the connection lasts.
+    hold_limit: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -57,7 +62,7 @@ struct QueueState {
     /// Bytes queued or being written.
     bytes: usize,
     /// Calls held while the queue is past its cap, in the order held.
-    held: Vec<HeldCall>,
+    held: Vec<Held>,
     /// No message will be queued any more: the writer ends once the queue is empty.
     finishing: bool,
     /// A write failed (the socket is shut down): nothing more is written.
@@ -67,6 +72,12 @@ struct QueueState {
 /// A call held by [`WriteQueue::hold`]: called once, when released.
 pub(crate) type HeldCall = Box<dyn FnOnce(Release) + Send>;
 
+/// A held call, and since when it has been held (first held, if it was held before).
+struct Held {
+    since: Instant,
+    call: HeldCall,
+}
+
 /// Why a held call is released.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Release {
@@ -74,6 +85,10 @@ pub(crate) enum Release {
     Room,
     /// The connection is ending (or the write failed): its response could never be sent.
     Closed,
+    /// Held past the queue's hold limit: the peer reads too slowly for the call to run;
+    /// it should be answered with an error, so that it frees its place among the calls in
+    /// flight.
+    Expired,
 }
 
 /// One message waiting to be written.
@@ -85,11 +100,20 @@ struct Queued {
 }
 
 impl WriteQueue {
-    /// A server's queue of responses: calls are held past `cap` bytes, and the bytes queued
-    /// are also counted in `server_total`.
-    pub(crate) fn for_responses(cap: usize, server_total: Arc<AtomicUsize>) -> Self {
+    /// A server's queue of responses: calls are held past `cap` bytes, for `hold_limit` at
+    /// most, and the bytes queued are also counted in `server_total`.
+    pub(crate) fn for_responses(
+        cap: usize,
+        hold_limit: Option<Duration>,
+        server_total: Arc<AtomicUsize>,
+    ) -> Self {
+        let responses = ResponseCap {
+            cap,
+            server_total,
+            hold_limit,
+        };
         WriteQueue {
-            responses: Some(ResponseCap { cap, server_total }),
+            responses: Some(responses),
             ..WriteQueue::default()
         }
     }
@@ -124,21 +148,40 @@ impl WriteQueue {
         self.responses.is_some() && self.past_cap(&self.lock())
     }
 
-    /// Holds `call` until the writer brings the queue back under its cap (then releases it
-    /// as [`Release::Room`]) or the connection ends ([`Release::Closed`]). If the queue is
-    /// under its cap already, or has ended, `call` is released at once, on this thread.
-    pub(crate) fn hold(&self, call: HeldCall) {
+    /// Holds `call`, held since `since`, until the writer brings the queue back under its
+    /// cap (then releases it as [`Release::Room`]), the connection ends
+    /// ([`Release::Closed`]), or the hold limit passes ([`Release::Expired`], looked at as
+    /// the reading thread waits and as responses are written). If one of these holds
+    /// already, `call` is released at once, on this thread.
+    pub(crate) fn hold(&self, since: Instant, call: HeldCall) {
         let mut state = self.lock();
         let release = if state.failed || state.finishing {
             Release::Closed
+        } else if self.expired(since, Instant::now()) {
+            Release::Expired
         } else if self.past_cap(&state) {
-            state.held.push(call);
+            state.held.push(Held { since, call });
             return;
         } else {
             Release::Room
         };
         drop(state);
         call(release);
+    }
+
+    /// Releases the calls held past the hold limit as [`Release::Expired`].
+    pub(crate) fn expire_held(&self) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        if !state.held.iter().any(|held| self.expired(held.since, now)) {
+            return;
+        }
+        let (expired, kept) = std::mem::take(&mut state.held)
+            .into_iter()
+            .partition(|held| self.expired(held.since, now));
+        state.held = kept;
+        drop(state);
+        release_all(expired, Release::Expired);
     }
 
     /// Blocks while more than `cap` bytes wait to be written, until `stop` is set or a write
@@ -151,6 +194,11 @@ impl WriteQueue {
                 .wait_timeout(state, STOP_CHECK)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+            if !state.held.is_empty() {
+                drop(state);
+                self.expire_held();
+                state = self.lock();
+            }
         }
     }
 
@@ -213,14 +261,19 @@ impl WriteQueue {
     fn written(&self, len: usize) {
         let mut state = self.lock();
         self.uncount(&mut state, len);
-        let held = if state.held.is_empty() || self.past_cap(&state) {
+        let past_cap = self.past_cap(&state);
+        let held = if state.held.is_empty() || past_cap {
             Vec::new()
         } else {
             std::mem::take(&mut state.held)
         };
+        let any_held = past_cap && !state.held.is_empty();
         drop(state);
         self.changed.notify_all();
         release_all(held, Release::Room);
+        if any_held {
+            self.expire_held();
+        }
     }
 
     fn enqueue(&self, message: Queued) -> bool {
@@ -247,6 +300,12 @@ impl WriteQueue {
         }
     }
 
+    /// True if a call held since `since` is past the hold limit at `now`.
+    fn expired(&self, since: Instant, now: Instant) -> bool {
+        let limit = self.responses.as_ref().and_then(|r| r.hold_limit);
+        limit.is_some_and(|limit| now.saturating_duration_since(since) >= limit)
+    }
+
     /// True if a server's queue holds more than its cap.
     fn past_cap(&self, state: &QueueState) -> bool {
         self.responses
@@ -261,9 +320,9 @@ impl WriteQueue {
 }
 
 /// Releases each of `held`, in the order held.
-fn release_all(held: Vec<HeldCall>, release: Release) {
-    for call in held {
-        call(release);
+fn release_all(held: Vec<Held>, release: Release) {
+    for held in held {
+        (held.call)(release);
     }
 }
 
@@ -333,9 +392,9 @@ mod tests {
     fn a_held_call_is_released_once_the_writer_brings_the_queue_under_its_cap() {
         let (ours, mut peer) = pair();
         let total = Arc::new(AtomicUsize::new(0));
-        let queue = Arc::new(WriteQueue::for_responses(10, Arc::clone(&total)));
+        let queue = Arc::new(WriteQueue::for_responses(10, None, Arc::clone(&total)));
         let (released, release) = crossbeam_channel::unbounded();
-        queue.hold(reporting(&released));
+        queue.hold(Instant::now(), reporting(&released));
         assert_eq!(
             release.try_recv(),
             Ok(Release::Room),
@@ -348,7 +407,7 @@ mod tests {
             19,
             "counted in the server's total"
         );
-        queue.hold(reporting(&released));
+        queue.hold(Instant::now(), reporting(&released));
         assert!(release.try_recv().is_err(), "held while past the cap");
         let writer = {
             let queue = Arc::clone(&queue);
@@ -366,19 +425,44 @@ mod tests {
 
     #[test]
     fn held_calls_are_released_as_closed_at_the_end_and_none_is_held_after_it() {
-        let queue = WriteQueue::for_responses(0, Arc::new(AtomicUsize::new(0)));
+        let queue = WriteQueue::for_responses(0, None, Arc::new(AtomicUsize::new(0)));
         let (released, release) = crossbeam_channel::unbounded();
         assert!(queue.push(BytesMut::from(&b"unwritten"[..])));
-        queue.hold(reporting(&released));
+        queue.hold(Instant::now(), reporting(&released));
         assert!(release.try_recv().is_err());
         queue.finish();
         assert_eq!(release.try_recv(), Ok(Release::Closed));
-        queue.hold(reporting(&released));
+        queue.hold(Instant::now(), reporting(&released));
         assert_eq!(
             release.try_recv(),
             Ok(Release::Closed),
             "after the end: at once"
         );
+    }
+
+    #[test]
+    fn a_call_held_past_the_hold_limit_is_released_as_expired() {
+        let limit = Duration::from_millis(100);
+        let queue = WriteQueue::for_responses(0, Some(limit), Arc::new(AtomicUsize::new(0)));
+        let (released, release) = crossbeam_channel::unbounded();
+        assert!(queue.push(BytesMut::from(&b"unwritten"[..])));
+        let long_ago = Instant::now() - limit;
+        queue.hold(long_ago, reporting(&released));
+        assert_eq!(
+            release.try_recv(),
+            Ok(Release::Expired),
+            "held too long: at once"
+        );
+        queue.hold(Instant::now(), reporting(&released));
+        queue.expire_held();
+        assert!(release.try_recv().is_err(), "not yet");
+        // The reading thread's wait for room looks at the held calls as it waits.
+        let stop = AtomicBool::new(false);
+        thread::scope(|scope| {
+            scope.spawn(|| queue.wait_at_most(0, &stop));
+            assert_eq!(release.recv_timeout(5 * limit), Ok(Release::Expired));
+            stop.store(true, Ordering::SeqCst);
+        });
     }
 
     #[test]
