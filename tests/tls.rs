@@ -404,6 +404,45 @@ fn a_request_over_the_servers_limit_fails_with_frame_too_large_over_tls_too() {
 }
 
 #[test]
+fn a_dial_to_a_server_silent_after_the_handshake_says_so_not_that_the_handshake_stalled() {
+    // In TLS 1.3 a client learns that the server accepted it only from the server's next
+    // record (a session ticket, the hello's answer). A server that sends neither leaves the
+    // dial waiting; when it gives up, the error must say what happened: the handshake
+    // finished and the server then said nothing.
+    let pki = Pki::new();
+    let (certificates, key) = pki.server.pair();
+    let mut config = (*tls::server_config(certificates, key, None).unwrap()).clone();
+    config.send_tls13_tickets = 0;
+    let config = Arc::new(config);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serving = thread::spawn(move || {
+        let (mut socket, _) = listener.accept().unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut session = rustls::ServerConnection::new(config).unwrap();
+        while session.is_handshaking() {
+            session.complete_io(&mut socket).unwrap();
+        }
+        // Reads the hello and everything after it, answering nothing, until the client goes.
+        while matches!(socket.read(&mut [0u8; 4096]), Ok(n) if n > 0) {}
+    });
+    let err = Client::builder()
+        .connect_timeout(Duration::from_millis(500))
+        .tls(pki.client_tls(&pki.ca, None))
+        .dial(addr)
+        .unwrap_err();
+    let text = chain(&err);
+    assert!(
+        matches!(&err, RpcError::Tls { cause, .. } if cause.is_tls()),
+        "{err:?}"
+    );
+    assert!(text.contains("sent nothing after"), "{text}");
+    serving.join().unwrap();
+}
+
+#[test]
 fn a_handshake_that_stalls_is_closed_after_the_frame_timeout() {
     let pki = Pki::new();
     // No first-frame timeout: the handshake deadline alone must close the connection.

@@ -49,8 +49,8 @@ pub enum RpcError {
         /// The address dialed.
         addr: String,
         /// What failed: [`TransportError::Tls`] (with rustls's reason, such as
-        /// `UnknownIssuer`), [`TransportError::TlsHandshakeClosed`] or
-        /// [`TransportError::TlsHandshakeTimeout`].
+        /// `UnknownIssuer`), [`TransportError::TlsHandshakeClosed`],
+        /// [`TransportError::TlsHandshakeTimeout`] or [`TransportError::TlsServerSilent`].
         cause: TransportError,
     },
     /// The method ran and returned its own error, whose text this is (Go: `ServerError`).

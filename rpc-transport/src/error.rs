@@ -96,6 +96,13 @@ pub enum TransportError {
     /// The peer closed the connection before the TLS handshake finished: typically a
     /// plaintext server, which closes on the TLS client's first bytes.
     TlsHandshakeClosed,
+    /// A TLS 1.3 client's handshake finished, but the server sent nothing after it within
+    /// the timeout (no session ticket, no answer to the first frame), so whether it accepted
+    /// this client cannot be known: a server that is stuck, or not a netrpc server.
+    TlsServerSilent {
+        /// The timeout that passed.
+        after: Duration,
+    },
 }
 
 impl TransportError {
@@ -116,6 +123,7 @@ impl TransportError {
             TransportError::Tls { .. }
                 | TransportError::TlsHandshakeTimeout { .. }
                 | TransportError::TlsHandshakeClosed
+                | TransportError::TlsServerSilent { .. }
         )
     }
 }
@@ -179,6 +187,12 @@ impl fmt::Display for TransportError {
             TransportError::TlsHandshakeTimeout { after } => write!(
                 f,
                 "tls handshake did not finish within {:.3} s",
+                after.as_secs_f64()
+            ),
+            TransportError::TlsServerSilent { after } => write!(
+                f,
+                "tls handshake finished, but the server sent nothing after it within {:.3} s \
+                 (no session ticket, no answer to the first frame)",
                 after.as_secs_f64()
             ),
             TransportError::TlsHandshakeClosed => write!(

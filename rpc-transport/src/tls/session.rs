@@ -68,7 +68,9 @@ impl TlsLayer {
     ///
     /// # Errors
     ///
-    /// The error that ended the handshake, or [`TransportError::TlsHandshakeTimeout`].
+    /// The error that ended the handshake, or [`TransportError::TlsHandshakeTimeout`]
+    /// ([`TransportError::TlsServerSilent`] if the handshake finished and only the server's
+    /// next record was missing).
     pub(crate) fn wait_for_handshake(&self, timeout: Duration) -> Result<(), TransportError> {
         let deadline = deadline_after(Instant::now(), timeout);
         let mut session = self.lock();
@@ -81,7 +83,10 @@ impl TlsLayer {
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(TransportError::TlsHandshakeTimeout { after: timeout });
+                return Err(match session.is_handshaking() {
+                    true => TransportError::TlsHandshakeTimeout { after: timeout },
+                    false => TransportError::TlsServerSilent { after: timeout },
+                });
             }
             session = self
                 .handshake_changed
