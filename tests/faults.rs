@@ -13,8 +13,8 @@ use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use netrpc::transport::FrameKind;
-use netrpc::{done_channel, service, Client, ErrorCode, RpcError, Server};
+use netrpc::transport::{FrameKind, FrameLimits};
+use netrpc::{done_channel, service, Client, ErrorBody, ErrorCode, RpcError, Server};
 use util::evil::{request, EvilClient};
 use util::{assert_back_to_idle, assert_healthy, wait_until, Args, Colour, Label, TestServer};
 
@@ -284,6 +284,58 @@ fn calls_held_back_for_a_peer_that_never_reads_end_at_their_deadline_and_free_th
         stats.call_errors(ErrorCode::DeadlineExceeded) > 0,
         "{stats:?}"
     );
+}
+
+#[test]
+fn calls_held_back_for_a_peer_that_reads_a_trickle_are_refused_after_the_frame_timeout() {
+    // A peer that reads a little now and then keeps every write making progress, so no
+    // write timeout ends its connection; its calls sent with no deadline must not keep their
+    // places among the server's calls in flight for as long as it trickles (here about a
+    // minute): after the frame timeout, each is answered `Throttled`, unrun.
+    const REQUESTS: u64 = 200;
+    let server = TestServer::start_with(
+        Server::builder()
+            .max_queued_bytes(64 * 1024)
+            .limits(FrameLimits {
+                frame_timeout: Some(Duration::from_secs(1)),
+                ..FrameLimits::default()
+            })
+            .build(),
+    );
+    let mut evil = EvilClient::connect(server.addr());
+    let frames: Vec<_> = (1..=REQUESTS)
+        .map(|seq| request(seq, "Probe.Fill", &(32 * 1024u32)))
+        .collect();
+    evil.send_frames(&frames);
+    wait_until("calls wait for the peer", Duration::from_secs(5), || {
+        server.server.stats().in_flight_calls > 20
+    });
+    let started = Instant::now();
+    let throttled = || server.server.stats().call_errors(ErrorCode::Throttled);
+    // 8 KiB every 50 ms: 160 KiB/s, where the replies asked for are 6.4 MB.
+    while throttled() == 0 || server.server.stats().in_flight_calls > 10 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "places still held after 5 s: {:?}",
+            server.server.stats()
+        );
+        evil.read_some(8 * 1024);
+        thread::sleep(Duration::from_millis(50));
+    }
+    let mut seen = HashSet::new();
+    let mut refused = 0;
+    for reply in evil.read_frames(REQUESTS as usize) {
+        assert!(seen.insert(reply.seq), "seq {} twice", reply.seq);
+        if reply.kind == FrameKind::Error {
+            let body = ErrorBody::decode(&reply.body).unwrap();
+            assert_eq!(body.code, ErrorCode::Throttled, "{}", body.message);
+            refused += 1;
+        }
+    }
+    assert!(refused > 0);
+    assert_eq!(throttled(), refused);
+    drop(evil);
+    assert_back_to_idle(&server.server);
 }
 
 #[test]

@@ -79,6 +79,14 @@ impl EvilClient {
         }
     }
 
+    /// Reads at most `max` bytes (waiting for some), keeping them for the next
+    /// [`EvilClient::read_frames`]: a peer that reads a trickle.
+    pub fn read_some(&mut self, max: usize) {
+        let mut buf = vec![0u8; max];
+        let n = self.stream.read(&mut buf).expect("server sends in time");
+        self.decoder.handle_bytes(&buf[..n]);
+    }
+
     /// Reads frames until the server closes; panics if it does not within the read timeout.
     pub fn read_until_closed(&mut self) -> Vec<Frame> {
         let mut frames = Vec::new();

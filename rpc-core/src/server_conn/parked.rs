@@ -11,10 +11,11 @@
 //! on to other work: it never waits for a peer). The connection's loop looks at its parked
 //! calls before it reads and on a timer every `PARKED_RECHECK` while any are parked: once
 //! the queue is under the cap it sends them back to the pool; until then it answers those
-//! whose deadline passed (or whose caller cancelled them) `DeadlineExceeded`, so that a peer
-//! that never reads does not hold the server's places for calls in flight past its calls'
-//! deadlines. The replies queued are then bounded by the cap plus one reply per worker that
-//! passed the check at once. A parked call is no activity for the idle timeout (its
+//! whose deadline passed (or whose caller cancelled them) `DeadlineExceeded`, and those held
+//! for the frame timeout since they arrived `Throttled`, so that a peer that never reads, or
+//! reads a trickle, does not hold the server's places for calls in flight. The replies
+//! queued are then bounded by the cap plus one reply per worker that passed the check at
+//! once. A parked call is no activity for the idle timeout (its
 //! connection waits for the peer to read). When the connection closes, parked calls are
 //! dropped unrun, counted out of flight as dropped replies.
 
@@ -113,9 +114,13 @@ impl ConnSite {
     }
 
     /// Answers the parked calls whose deadline passed or whose caller cancelled them while
-    /// they waited (`DeadlineExceeded`, as a pooled call that waited too long): they then
-    /// hold no place among the server's calls in flight. The others stay parked.
+    /// they waited (`DeadlineExceeded`, as a pooled call that waited too long), and those
+    /// held for the frame timeout since they arrived (`Throttled`: a peer that reads a
+    /// trickle keeps every write making progress, so no write timeout ends its connection,
+    /// and a call may carry no deadline or a long one): they then hold no place among the
+    /// server's calls in flight. The others stay parked.
     fn expire_parked(&self) {
+        let hold_limit = self.server.config.limits.frame_timeout;
         for call in self.parked.take_all() {
             let site = CallSite {
                 site: self,
@@ -123,14 +128,24 @@ impl ConnSite {
                 found: &call.found,
             };
             let seq = call.request.seq;
-            match site.expired(&call.request) {
-                Some(reason) => {
-                    let code = ErrorCode::DeadlineExceeded;
-                    let reply = encode_error(seq, code, reason);
-                    site.finish(seq, &reply, Some(code), Sending::FromWorker);
+            let held = call.received.elapsed();
+            let (code, reason) = match site.expired(&call.request) {
+                Some(reason) => (ErrorCode::DeadlineExceeded, reason.to_owned()),
+                None if hold_limit.is_some_and(|limit| held >= limit) => {
+                    let cap = self.server.config.max_queued_bytes;
+                    let reason = format!(
+                        "server held this call {held:?} unrun: the client left more than {cap} \
+                         bytes of replies unread all that time; try again later"
+                    );
+                    (ErrorCode::Throttled, reason)
                 }
-                None => self.parked.park(call),
-            }
+                None => {
+                    self.parked.park(call);
+                    continue;
+                }
+            };
+            let reply = encode_error(seq, code, &reason);
+            site.finish(seq, &reply, Some(code), Sending::FromWorker);
         }
     }
 
