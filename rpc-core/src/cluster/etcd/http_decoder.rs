@@ -7,6 +7,8 @@
 //! caller's limit. Body bytes are handed out as
 //! soon as they are decoded, so a chunk is never buffered whole.
 
+use bytes::{Buf, BytesMut};
+
 use super::http::HttpError;
 
 /// Longest response head (status line and headers) accepted, in bytes.
@@ -50,7 +52,9 @@ pub enum BodyEvent {
 /// Decodes one HTTP/1.1 response from bytes fed in any chunking.
 #[derive(Debug)]
 pub struct ResponseDecoder {
-    buf: Vec<u8>,
+    /// Bytes fed and not yet decoded: taken from the front in O(1) (a body of one-byte
+    /// chunks takes thousands of pieces from each read).
+    buf: BytesMut,
     state: State,
     eof: bool,
     max_body_len: usize,
@@ -74,7 +78,7 @@ impl ResponseDecoder {
     /// A decoder refusing bodies declared longer than `max_body_len` bytes.
     pub fn new(max_body_len: usize) -> Self {
         ResponseDecoder {
-            buf: Vec::new(),
+            buf: BytesMut::new(),
             state: State::Head,
             eof: false,
             max_body_len,
@@ -119,7 +123,7 @@ impl ResponseDecoder {
                     limit: MAX_HEAD_LEN,
                 });
             }
-            let head_bytes: Vec<u8> = self.buf.drain(..end + 4).collect();
+            let head_bytes = self.buf.split_to(end + 4);
             let head = parse_head(&head_bytes[..end])?;
             if (100..200).contains(&head.status) {
                 continue;
@@ -145,7 +149,8 @@ impl ResponseDecoder {
                 State::Done => break,
                 State::Length { remaining } | State::ChunkData { remaining } => {
                     let take = remaining.min(self.buf.len());
-                    data.extend(self.buf.drain(..take));
+                    data.extend_from_slice(&self.buf[..take]);
+                    self.buf.advance(take);
                     let left = remaining - take;
                     self.state = match (self.state, left) {
                         (State::Length { .. }, 0) => State::Done,
@@ -164,7 +169,7 @@ impl ResponseDecoder {
                     if &self.buf[..2] != b"\r\n" {
                         return Err(malformed_chunk("chunk data not followed by CRLF"));
                     }
-                    self.buf.drain(..2);
+                    self.buf.advance(2);
                     self.state = State::ChunkSize;
                 }
                 State::ChunkSize => {
@@ -194,7 +199,8 @@ impl ResponseDecoder {
                     }
                 }
                 State::UntilClose => {
-                    data.append(&mut self.buf);
+                    data.extend_from_slice(&self.buf);
+                    self.buf.clear();
                     if self.eof {
                         self.state = State::Done;
                     }
@@ -253,8 +259,8 @@ impl ResponseDecoder {
     fn take_line(&mut self) -> Result<Option<String>, HttpError> {
         match find(&self.buf, b"\r\n") {
             Some(end) if end <= MAX_CHUNK_LINE_LEN => {
-                let line: Vec<u8> = self.buf.drain(..end + 2).take(end).collect();
-                String::from_utf8(line)
+                let line = self.buf.split_to(end + 2);
+                String::from_utf8(line[..end].to_vec())
                     .map(Some)
                     .map_err(|_| malformed_chunk("a chunk line is not UTF-8"))
             }
