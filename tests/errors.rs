@@ -178,16 +178,21 @@ fn a_request_over_the_servers_limit_fails_that_call_with_frame_too_large() {
             .build(),
     );
     // A string encodes in one piece (a `Vec<u8>` byte by byte, slow in a debug build).
-    let large = Label {
-        name: "x".repeat(3 * 1024 * 1024),
+    let label = |len| Label {
+        name: "x".repeat(len),
         colour: Colour::Red,
         weight: 1,
     };
-    for round in 0..200 {
+    // 3 MiB: the caller's own write fails. Nearly the client's 4 MiB limit: the socket takes
+    // less than the request, the loop writes the rest, and its write fails while the caller
+    // reads the socket.
+    let (large, larger) = (label(3 * 1024 * 1024), label(4000 * 1024));
+    for round in 0..300 {
         let client = server.client();
-        // A lone blocking call is written and read by its caller (the case that failed); a
-        // `go_with` call is written by its caller and the loop, and read by the loop.
+        // A lone blocking call is read by its caller (the case that failed); a `go_with`
+        // call is read by the loop.
         let result = match round % 4 {
+            0 => ProbeClient::new(client).label(&larger),
             3 => {
                 let (done, completions) = done_channel::<String>();
                 client.go_with("Probe.Label", &large, &done);

@@ -443,6 +443,40 @@ fn a_dial_to_a_server_silent_after_the_handshake_says_so_not_that_the_handshake_
 }
 
 #[test]
+fn a_server_that_answers_the_hello_with_garbage_then_resets_leaves_the_client_loop_serving() {
+    // The evil server writes bytes that are not TLS and closes without reading the client's
+    // hello, so its kernel resets the connection: the client's loop reads the garbage, and
+    // its write of the alert saying why fails. That failed write, inside the loop's own read,
+    // must close the connection, not make the loop wait for its own read turn (which spun
+    // for ever, and took every connection of the process's client loop with it).
+    let pki = Pki::new();
+    let good = pki.serve(false, Server::builder());
+    let evil = TcpListener::bind("127.0.0.1:0").unwrap();
+    let evil_addr = evil.local_addr().unwrap();
+    thread::spawn(move || {
+        for stream in evil.incoming().take(30) {
+            let mut stream = stream.unwrap();
+            let _ = stream.write_all(&[0x42; 64]);
+        }
+    });
+    for attempt in 0..30 {
+        let dialed = bounded_builder()
+            .connect_timeout(Duration::from_secs(2))
+            .tls(pki.client_tls(&pki.ca, None))
+            .dial(evil_addr);
+        assert!(dialed.is_err(), "attempt {attempt}");
+        let arith = ArithClient::new(
+            bounded_builder()
+                .connect_timeout(Duration::from_secs(2))
+                .tls(pki.client_tls(&pki.ca, None))
+                .dial(good.addr())
+                .unwrap_or_else(|err| panic!("attempt {attempt}: {err}")),
+        );
+        assert_eq!(arith.multiply(&Args { a: 6, b: 7 }).unwrap(), 42);
+    }
+}
+
+#[test]
 fn a_handshake_that_stalls_is_closed_after_the_frame_timeout() {
     let pki = Pki::new();
     // No first-frame timeout: the handshake deadline alone must close the connection.

@@ -564,14 +564,32 @@ impl EventLoop {
     /// a frame that waits unread in the socket (a server's error frame for a request over
     /// its limits, sent as it closed while the request was still being written). The
     /// handler gets what can still be read, then the connection closes, with the write's
-    /// error as the reason (not the end of stream or reset the read may meet).
+    /// error as the reason (unless an earlier error was already waiting to close it; not
+    /// the end of stream or reset the read may meet).
+    ///
+    /// Who reads: if the loop is reading this connection already (the write was its own,
+    /// of TLS records, from inside that read), it has read what there is, and the
+    /// connection closes now; if a caller holds the read turn, the caller reads those
+    /// frames and hands the end of stream back to the loop, which then closes it, or the
+    /// close comes after [`CLOSE_GRACE`]; otherwise the loop reads, then closes.
     fn close_after_failed_write(&mut self, index: usize, err: TransportError) {
         let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
             return;
         };
-        slot.close_reason = Some(CloseReason::Error(err));
-        self.read_ready(index);
-        self.close_slot_with_pending_reason(index);
+        if !matches!(slot.close_reason, Some(CloseReason::Error(_))) {
+            slot.close_reason = Some(CloseReason::Error(err));
+        }
+        let conn = slot.conn.clone();
+        if conn.read_side().loop_reads() {
+            self.close_slot_with_pending_reason(index);
+        } else if conn.read_side().begin_loop() {
+            self.read_in_turn(index);
+            conn.read_side().end_loop();
+            self.close_slot_with_pending_reason(index);
+        } else {
+            let at = deadline_after(Instant::now(), CLOSE_GRACE);
+            self.timers.push(at, (conn.key(), LoopTimer::CloseGrace));
+        }
     }
 
     /// Runs queued commands; returns false when asked to shut down.

@@ -191,14 +191,23 @@ impl ReadSide {
 
     /// Loop side: takes the turn; false if a caller has it (the caller then reads again
     /// before it gives the turn back, so this readiness is not lost).
+    ///
+    /// # Panics
+    ///
+    /// In debug builds, if the loop holds the turn already (see [`ReadSide::loop_reads`]):
+    /// it would wait for itself.
     pub(crate) fn begin_loop(&self) -> bool {
         loop {
-            if self
+            match self
                 .turn
                 .compare_exchange(FREE, LOOP, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
             {
-                return true;
+                Ok(_) => return true,
+                Err(LOOP) => {
+                    debug_assert!(false, "the loop asked for the read turn it holds");
+                    return false;
+                }
+                Err(_) => {}
             }
             self.missed.store(true, Ordering::SeqCst);
             // The caller may have given the turn back before it could see `missed`.
@@ -206,6 +215,12 @@ impl ReadSide {
                 return false;
             }
         }
+    }
+
+    /// Loop side: true while the loop holds the turn (it is reading the connection now,
+    /// further up its own stack).
+    pub(crate) fn loop_reads(&self) -> bool {
+        self.turn.load(Ordering::SeqCst) == LOOP
     }
 
     /// Loop side: gives the turn back.
