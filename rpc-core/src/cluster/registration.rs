@@ -175,13 +175,15 @@ const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(10);
 /// a keep-alive after half a second).
 const MAX_RETRY_INTERVAL: Duration = Duration::from_millis(500);
 
-/// The TTL the heartbeat paces itself by: the `granted` one, but at most the `asked` one,
-/// and the `asked` one if the registry granted zero.
+/// The TTL the heartbeat paces itself by: the `granted` one (etcd rounds a TTL up to whole
+/// seconds, and to its minimum of 2 s: a 100 ms ask is granted 2 s, and renewing every 33 ms
+/// would be forty requests a second for nothing), or the `asked` one if the registry granted
+/// zero. A registry's grant is its word: `EtcdRegistry` refuses grants etcd cannot make.
 fn pacing_ttl(granted: Duration, asked: Duration) -> Duration {
     if granted.is_zero() {
         asked
     } else {
-        granted.min(asked)
+        granted
     }
 }
 
