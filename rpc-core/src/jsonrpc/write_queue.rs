@@ -237,8 +237,7 @@ impl WriteQueue {
             };
             for message in batch {
                 let unwanted = message.call_id.is_some_and(|id| !call_waits(id));
-                let mut stream = stream;
-                if !unwanted && stream.write_all(&message.bytes).is_err() {
+                if !unwanted && self.write_whole(stream, &message.bytes).is_err() {
                     let _ = stream.shutdown(Shutdown::Both);
                     let mut state = self.lock();
                     state.failed = true;
@@ -254,6 +253,25 @@ impl WriteQueue {
                 self.written(message.bytes.len());
             }
         }
+    }
+
+    /// Writes `bytes` whole, [`WRITE_PIECE`] at most per system call. A peer reading a
+    /// trickle can hold one large message for many seconds, every write making progress (a
+    /// blocking write returns only once it has taken all it was given): the hold limit is
+    /// looked at after each piece, so calls held meanwhile are refused in time.
+    fn write_whole(&self, mut stream: &TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
+        while !bytes.is_empty() {
+            match stream.write(&bytes[..bytes.len().min(WRITE_PIECE)]) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(written) => bytes = &bytes[written..],
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(err),
+            }
+            if !bytes.is_empty() {
+                self.expire_held();
+            }
+        }
+        Ok(())
     }
 
     /// `len` bytes are off the queue (written, or dropped unwritten): wakes whoever waits
@@ -325,6 +343,9 @@ fn release_all(held: Vec<Held>, release: Release) {
         (held.call)(release);
     }
 }
+
+/// The most one write system call is given (see [`WriteQueue::write_whole`]).
+const WRITE_PIECE: usize = 256 * 1024;
 
 /// How often a waiting reader looks at the stop flag.
 const STOP_CHECK: Duration = Duration::from_millis(50);
@@ -463,6 +484,47 @@ mod tests {
             assert_eq!(release.recv_timeout(5 * limit), Ok(Release::Expired));
             stop.store(true, Ordering::SeqCst);
         });
+    }
+
+    #[test]
+    fn the_hold_limit_is_kept_while_one_long_message_is_written() {
+        // A peer reading a trickle holds the writer inside one message for as long as it
+        // likes: a call held meanwhile must be refused at the limit, not when the message
+        // ends (here after seconds).
+        let (ours, mut peer) = pair();
+        let limit = Duration::from_millis(100);
+        let queue = Arc::new(WriteQueue::for_responses(
+            0,
+            Some(limit),
+            Arc::new(AtomicUsize::new(0)),
+        ));
+        let (released, release) = crossbeam_channel::unbounded();
+        assert!(queue.push(BytesMut::zeroed(32 * 1024 * 1024)));
+        queue.hold(Instant::now(), reporting(&released));
+        let writer = {
+            let queue = Arc::clone(&queue);
+            thread::spawn(move || queue.write_to(&ours))
+        };
+        let started = Instant::now();
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut read = 0;
+        while release.try_recv().is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "not refused after 5 s"
+            );
+            read += peer.read(&mut chunk).unwrap();
+            thread::sleep(Duration::from_millis(5));
+        }
+        // Before the limit was kept inside a message: refused only when the writer had
+        // written it all, the peer having read 29.8 of its 32 MiB.
+        assert!(
+            read < 16 * 1024 * 1024,
+            "refused after {read} bytes were read"
+        );
+        queue.finish();
+        drop(peer);
+        writer.join().unwrap();
     }
 
     #[test]
