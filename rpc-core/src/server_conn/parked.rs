@@ -133,9 +133,11 @@ impl ConnSite {
                 Some(reason) => (ErrorCode::DeadlineExceeded, reason.to_owned()),
                 None if hold_limit.is_some_and(|limit| held >= limit) => {
                     let cap = self.server.config.max_queued_bytes;
+                    // Counted from its arrival (a call parked again after a release keeps
+                    // its age), which includes any wait for a worker before it was parked.
                     let reason = format!(
-                        "server held this call {held:?} unrun: the client left more than {cap} \
-                         bytes of replies unread all that time; try again later"
+                        "server held this call {held:?} since it arrived, unrun while the client \
+                         left more than {cap} bytes of replies unread; try again later"
                     );
                     (ErrorCode::Throttled, reason)
                 }
