@@ -11,41 +11,21 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
+mod peak;
 mod util;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use netrpc::transport::{
     spawn_loop, CloseReason, Connection, Frame, FrameHandler, FrameKind, FrameLimits,
 };
 use netrpc::{Codec, CodecKind};
-use peak_alloc::PeakAlloc;
+use peak::{exclusive, peak_extra_allocation};
 use util::evil::{header_declaring, valid_request_bytes, EvilClient};
 use util::{assert_back_to_idle, assert_healthy, TestServer};
-
-#[global_allocator]
-static COUNTING: PeakAlloc = PeakAlloc;
-
-/// One test at a time: the counter sees every thread of the process, so another test
-/// starting or stopping its server would show up in a measurement.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn exclusive() -> MutexGuard<'static, ()> {
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Bytes allocated at the peak of `work`, above what was allocated when it started.
-fn peak_extra_allocation(work: impl FnOnce()) -> usize {
-    let before = COUNTING.current_usage();
-    COUNTING.reset_peak_usage();
-    work();
-    COUNTING.peak_usage().saturating_sub(before)
-}
 
 /// What a hostile header may cost the server at most (the matrix's goal for row 4).
 const HEADER_ATTACK_BUDGET: usize = 64 * 1024;
@@ -194,7 +174,7 @@ fn a_timer_moved_earlier_again_and_again_leaves_no_pile_of_stale_timers() {
         rounds.store(count, Ordering::SeqCst);
         conn.schedule_timer(Instant::now());
         done.recv_timeout(Duration::from_secs(30)).unwrap();
-        COUNTING.current_usage()
+        peak::current_usage()
     };
     // Rounds to settle what the loop allocates once (its command queue's blocks), then the
     // measured ones: each left a stale hour-long entry in the loop's timer heap, 40 bytes.

@@ -452,20 +452,37 @@ fn start_throwaway_etcd() -> Option<String> {
     );
 }
 
-/// A memory registry whose renewals fail while `down` is set (the registry unreachable).
+/// A memory registry with faults to order: its renewals fail while `down` is set (the
+/// registry unreachable), and with `granted` set it claims to grant every lease for that
+/// long, whatever was asked.
 #[derive(Debug)]
-struct Flaky {
+struct Tweaked {
     inner: MemoryRegistry,
     down: std::sync::atomic::AtomicBool,
+    granted: Option<Duration>,
 }
 
-impl Registry for Flaky {
+impl Tweaked {
+    fn new(granted: Option<Duration>) -> Tweaked {
+        Tweaked {
+            inner: MemoryRegistry::new(),
+            down: std::sync::atomic::AtomicBool::new(false),
+            granted,
+        }
+    }
+}
+
+impl Registry for Tweaked {
     fn register(
         &self,
         instance: &Instance,
         ttl: Duration,
     ) -> Result<netrpc::cluster::Lease, RegistryError> {
-        self.inner.register(instance, ttl)
+        let lease = self.inner.register(instance, ttl)?;
+        Ok(netrpc::cluster::Lease {
+            ttl: self.granted.unwrap_or(lease.ttl),
+            ..lease
+        })
     }
 
     fn renew(&self, lease: netrpc::cluster::Lease) -> Result<(), RegistryError> {
@@ -496,10 +513,7 @@ fn a_registry_outage_shorter_than_the_ttl_does_not_let_the_lease_lapse() {
     // and the lease (last renewed at 0) runs out at 1 s, just as the third heartbeat comes:
     // unless a renewal after the outage comes sooner than that, the instance goes and has to
     // register again (a watcher sees it leave and come back).
-    let registry = Arc::new(Flaky {
-        inner: MemoryRegistry::new(),
-        down: std::sync::atomic::AtomicBool::new(false),
-    });
+    let registry = Arc::new(Tweaked::new(None));
     let instance = Instance::new("Arith", "127.0.0.1:7100");
     let started = Instant::now();
     let registration =
@@ -523,51 +537,11 @@ fn a_registry_outage_shorter_than_the_ttl_does_not_let_the_lease_lapse() {
     assert_eq!(registration.reregistrations(), 0, "the lease lapsed");
 }
 
-/// A memory registry that claims to grant every lease for `granted`, whatever was asked.
-#[derive(Debug)]
-struct Granting {
-    inner: MemoryRegistry,
-    granted: Duration,
-}
-
-impl Registry for Granting {
-    fn register(
-        &self,
-        instance: &Instance,
-        ttl: Duration,
-    ) -> Result<netrpc::cluster::Lease, RegistryError> {
-        let lease = self.inner.register(instance, ttl)?;
-        Ok(netrpc::cluster::Lease {
-            ttl: self.granted,
-            ..lease
-        })
-    }
-
-    fn renew(&self, lease: netrpc::cluster::Lease) -> Result<(), RegistryError> {
-        self.inner.renew(lease)
-    }
-
-    fn deregister(&self, lease: netrpc::cluster::Lease) -> Result<(), RegistryError> {
-        self.inner.deregister(lease)
-    }
-
-    fn list(&self, service: &str) -> Result<Vec<Instance>, RegistryError> {
-        self.inner.list(service)
-    }
-
-    fn watch(&self, service: &str) -> Result<Watcher, RegistryError> {
-        self.inner.watch(service)
-    }
-}
-
 #[test]
 fn a_heartbeat_paces_itself_by_the_granted_ttl_or_the_asked_one_when_zero_was_granted() {
     let instance = Instance::new("Arith", "127.0.0.1:7110");
     // Granted zero on a 3 s ask: renewals every second, not in a tight loop.
-    let zero = Arc::new(Granting {
-        inner: MemoryRegistry::new(),
-        granted: Duration::ZERO,
-    });
+    let zero = Arc::new(Tweaked::new(Some(Duration::ZERO)));
     let registration = Registration::start(zero, instance.clone(), Duration::from_secs(3)).unwrap();
     thread::sleep(Duration::from_millis(500));
     assert!(
@@ -578,10 +552,7 @@ fn a_heartbeat_paces_itself_by_the_granted_ttl_or_the_asked_one_when_zero_was_gr
     );
     drop(registration);
     // Granted 3 s on a 100 ms ask, as etcd rounds up: renewed every second, not every 33 ms.
-    let longer = Arc::new(Granting {
-        inner: MemoryRegistry::new(),
-        granted: Duration::from_secs(3),
-    });
+    let longer = Arc::new(Tweaked::new(Some(Duration::from_secs(3))));
     let registration = Registration::start(longer, instance, Duration::from_millis(100)).unwrap();
     thread::sleep(Duration::from_millis(500));
     assert!(

@@ -8,36 +8,18 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
+mod peak;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use netrpc::cluster::etcd::base64;
 use netrpc::cluster::{EtcdRegistry, Instance, Lease, Registry, RegistryError};
-use peak_alloc::PeakAlloc;
-
-#[global_allocator]
-static COUNTING: PeakAlloc = PeakAlloc;
-
-/// One test at a time, so a measurement sees no other test's allocations.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn exclusive() -> MutexGuard<'static, ()> {
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Bytes allocated at the peak of `work`, above what was allocated when it started.
-fn peak_extra_allocation(work: impl FnOnce()) -> usize {
-    let before = COUNTING.current_usage();
-    COUNTING.reset_peak_usage();
-    work();
-    COUNTING.peak_usage().saturating_sub(before)
-}
+use peak::{exclusive, peak_extra_allocation};
 
 /// What reading a 4 MiB answer may cost at most: the body, its buffers and the fake
 /// gateway's copy, not a tree of its JSON (which took some 350 MiB).

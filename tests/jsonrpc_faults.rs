@@ -302,11 +302,7 @@ fn small_requests_for_large_responses_never_read_are_held_near_the_cap() {
 #[test]
 fn calls_held_for_a_peer_that_leaves_are_dropped_unrun_and_counted_out() {
     let (server, handle) = serve_tally(Server::new());
-    let mut stream = TcpStream::connect(handle.local_addr()).unwrap();
-    stream
-        .write_all(fill_requests(64, 256 * 1024).as_bytes())
-        .unwrap();
-    wait_until_past_the_cap(&server);
+    let stream = ask_past_the_cap_and_read_nothing(&server, &handle);
     let before = server.stats();
     assert!(before.in_flight_calls > 0, "calls held: {before:?}");
     drop(stream);
@@ -324,11 +320,7 @@ fn a_graceful_shutdown_ends_calls_held_for_a_peer_that_never_reads() {
     // The held calls wait for a peer that never reads: the grace runs out, and the
     // connection and its held calls go with the listener, counted out of flight.
     let (server, handle) = serve_tally(Server::new());
-    let mut stream = TcpStream::connect(handle.local_addr()).unwrap();
-    stream
-        .write_all(fill_requests(64, 256 * 1024).as_bytes())
-        .unwrap();
-    wait_until_past_the_cap(&server);
+    let stream = ask_past_the_cap_and_read_nothing(&server, &handle);
     let started = Instant::now();
     assert!(
         !handle.shutdown_gracefully(Duration::from_millis(300)),
@@ -416,6 +408,17 @@ fn calls_held_for_a_peer_that_reads_a_trickle_are_refused_after_the_hold_limit()
     );
     drop(responses);
     assert_back_to_idle(&server);
+}
+
+/// A connection to `handle` that asks for 64 responses of 256 KiB and reads none: returned
+/// once `server` holds more than its cap of them.
+fn ask_past_the_cap_and_read_nothing(server: &Server, handle: &JsonRpcHandle) -> TcpStream {
+    let mut stream = TcpStream::connect(handle.local_addr()).unwrap();
+    stream
+        .write_all(fill_requests(64, 256 * 1024).as_bytes())
+        .unwrap();
+    wait_until_past_the_cap(server);
+    stream
 }
 
 /// `count` requests (ids 1 to `count`) for `Tally.Fill` responses of `len` bytes each.
