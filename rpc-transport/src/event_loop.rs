@@ -444,7 +444,8 @@ impl EventLoop {
                     Ok(()) => {
                         if slot.handler.handle_eof(&slot.conn) == EofAction::Close {
                             self.close_slot(index, CloseReason::PeerClosed);
-                        } else {
+                        } else if !matches!(slot.close_reason, Some(CloseReason::Error(_))) {
+                            // An error found earlier (a failed write) stays the reason.
                             slot.close_reason = Some(CloseReason::PeerClosed);
                         }
                     }
