@@ -1,7 +1,8 @@
 //! Scale checks (ignored by default: run with
-//! `cargo test --release --test scale -- --ignored --nocapture`): 10,000 idle connections held
-//! by one server, with its memory growth per connection, and 1,000 connections each declaring
-//! a body just under the limit and sending a few bytes of it, and 1,000 clients vanishing
+//! `cargo test --release --test scale -- --ignored --nocapture --test-threads=1`, one at a
+//! time, since each measures the process's RSS): 10,000 idle connections held by one
+//! server, with its memory growth per connection, and 1,000 connections each declaring a
+//! body just under the limit and sending a few bytes of it, and 1,000 clients vanishing
 //! mid-call (FIN and RST) with descriptors and RSS checked before and after, and a client
 //! that never reads 10,000 64 KiB replies. (8,000 concurrent `go` calls run in the ordinary
 //! suite, in `tests/faults.rs`.)
