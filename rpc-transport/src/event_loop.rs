@@ -146,8 +146,9 @@ struct Slot {
     write_interest: bool,
     /// The socket is registered behind a caller's poller (`exclusive_wake.rs`).
     behind_caller: bool,
-    /// Why the connection is closing, once known, for when the close completes.
-    close_reason: Option<CloseReason>,
+    /// Why the connection is closing, once known, for when the close completes. Boxed: it
+    /// is rare, and every idle connection's slot should not carry an error's size.
+    close_reason: Option<Box<CloseReason>>,
     /// A `ResumeReading` timer is pending for this paused connection.
     recheck_armed: bool,
     /// When the frame now arriving started (the read that began it), and its one timer.
@@ -173,6 +174,23 @@ enum LoopTimer {
 }
 
 impl Slot {
+    /// Records why the connection is closing.
+    fn set_close_reason(&mut self, reason: CloseReason) {
+        self.close_reason = Some(Box::new(reason));
+    }
+
+    /// Records why the connection is closing, unless an error found earlier already says.
+    fn set_close_reason_unless_error(&mut self, reason: CloseReason) {
+        if !matches!(self.close_reason.as_deref(), Some(CloseReason::Error(_))) {
+            self.set_close_reason(reason);
+        }
+    }
+
+    /// Why the connection is closing, if known, taken for the close.
+    fn take_close_reason(&mut self) -> Option<CloseReason> {
+        self.close_reason.take().map(|reason| *reason)
+    }
+
     /// Readiness the loop watches the socket for: reading always, writing while a write is
     /// unfinished.
     fn interest(&self) -> Interest {
@@ -373,7 +391,7 @@ impl EventLoop {
             let mut inbox = conn.read_side().inbox();
             let outcome = loop {
                 // What a caller reading this connection left for the loop goes first.
-                match inbox.handed_back.take() {
+                match inbox.take_handed_back() {
                     Some(HandedBack::FrameError(err)) => break ReadOutcome::FrameError(err),
                     Some(HandedBack::TlsFailed(err)) => break ReadOutcome::TlsFailed(err),
                     Some(HandedBack::Failed(err)) => break ReadOutcome::Failed(err),
@@ -444,15 +462,15 @@ impl EventLoop {
                     Ok(()) => {
                         if slot.handler.handle_eof(&slot.conn) == EofAction::Close {
                             self.close_slot(index, CloseReason::PeerClosed);
-                        } else if !matches!(slot.close_reason, Some(CloseReason::Error(_))) {
+                        } else {
                             // An error found earlier (a failed write) stays the reason.
-                            slot.close_reason = Some(CloseReason::PeerClosed);
+                            slot.set_close_reason_unless_error(CloseReason::PeerClosed);
                         }
                     }
                 },
                 ReadOutcome::FrameError(err) => {
                     slot.handler.handle_frame_error(&slot.conn, &err);
-                    slot.close_reason = Some(CloseReason::Error(err));
+                    slot.set_close_reason(CloseReason::Error(err));
                     // Let an error frame queued by the handler reach the peer before closing,
                     // or close after a grace period if the peer does not read it (nor what
                     // was queued before it).
@@ -461,7 +479,7 @@ impl EventLoop {
                 ReadOutcome::TlsFailed(err) => {
                     // Close once the alert telling the peer why is written (whoever writes
                     // it), or after a grace period if the peer does not read it.
-                    slot.close_reason = Some(CloseReason::Error(err));
+                    slot.set_close_reason(CloseReason::Error(err));
                     slot.conn.close_when_flushed_within(CLOSE_GRACE);
                     self.flush_now(index);
                 }
@@ -577,9 +595,7 @@ impl EventLoop {
         let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
             return;
         };
-        if !matches!(slot.close_reason, Some(CloseReason::Error(_))) {
-            slot.close_reason = Some(CloseReason::Error(err));
-        }
+        slot.set_close_reason_unless_error(CloseReason::Error(err));
         let conn = slot.conn.clone();
         if conn.read_side().loop_reads() {
             self.close_slot_with_pending_reason(index);
@@ -857,7 +873,7 @@ impl EventLoop {
             .slots
             .get_mut(index)
             .and_then(Option::as_mut)
-            .and_then(|slot| slot.close_reason.take())
+            .and_then(Slot::take_close_reason)
             .unwrap_or(CloseReason::Local);
         self.close_slot(index, reason);
     }
@@ -869,7 +885,7 @@ impl EventLoop {
         let Some(mut slot) = self.slots.get_mut(index).and_then(Option::take) else {
             return;
         };
-        let reason = match slot.close_reason.take() {
+        let reason = match slot.take_close_reason() {
             Some(first @ CloseReason::Error(_)) => first,
             _ => reason,
         };

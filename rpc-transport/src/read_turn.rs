@@ -67,8 +67,9 @@ pub(crate) struct ReadSide {
     inbox: Mutex<Inbox>,
     /// A caller's own poller on this socket, made on the first caller turn; `None` if it
     /// could not be made (out of file descriptors), and callers then leave reading to the
-    /// loop.
-    caller_poll: OnceLock<Option<Mutex<CallerPoll>>>,
+    /// loop. Boxed: only a client's callers read, and a server's connections should not
+    /// carry a poller's size.
+    caller_poll: OnceLock<Option<Box<Mutex<CallerPoll>>>>,
     /// A waiting caller's busy-poll budget, in nanoseconds ([`crate::busy_poll`]).
     busy_poll_nanos: AtomicU64,
 }
@@ -77,8 +78,9 @@ pub(crate) struct ReadSide {
 #[derive(Debug)]
 pub(crate) struct Inbox {
     pub(crate) decoder: FrameDecoder,
-    /// How a caller's turn ended that only the loop can act on.
-    pub(crate) handed_back: Option<HandedBack>,
+    /// How a caller's turn ended that only the loop can act on. Boxed: it is rare, and an
+    /// idle connection should not carry an error's size (`tests/scale.rs`).
+    handed_back: Option<Box<HandedBack>>,
     /// TLS holds part of a record (`tls/record_cursor.rs`): a frame may have begun that the
     /// decoder has not seen yet.
     pub(crate) tls_mid_record: bool,
@@ -89,6 +91,21 @@ pub(crate) struct Inbox {
 }
 
 impl Inbox {
+    /// Leaves `what` for the loop: callers keep off the socket until it has acted.
+    fn hand_back(&mut self, what: HandedBack) {
+        self.handed_back = Some(Box::new(what));
+    }
+
+    /// True while a caller's hand-back waits for the loop.
+    pub(crate) fn has_handed_back(&self) -> bool {
+        self.handed_back.is_some()
+    }
+
+    /// What a caller left for the loop, taken (the loop acts on it).
+    pub(crate) fn take_handed_back(&mut self) -> Option<HandedBack> {
+        self.handed_back.take().map(|what| *what)
+    }
+
     /// True while part of a message has arrived but not all of it: a frame the decoder
     /// holds part of, or a TLS record that has begun.
     pub(crate) fn is_mid_message(&self) -> bool {
@@ -350,7 +367,7 @@ impl ReadSide {
     /// decoder holds part of a frame.
     fn left_to_loop(&self) -> bool {
         let inbox = self.inbox();
-        inbox.handed_back.is_some() || inbox.is_mid_message()
+        inbox.has_handed_back() || inbox.is_mid_message()
     }
 
     /// Gives the caller's turn back; if the loop saw readiness meanwhile, takes the turn once
@@ -398,7 +415,7 @@ impl ReadSide {
     ) -> Drain {
         let mut chunk = [0u8; CALLER_READ_CHUNK];
         let mut inbox = self.inbox();
-        if inbox.handed_back.is_some() {
+        if inbox.has_handed_back() {
             return Drain::HandBack(0); // not read past what the loop has yet to see
         }
         let mut delivered = 0;
@@ -414,7 +431,7 @@ impl ReadSide {
                     }
                     Ok(None) => break,
                     Err(err) => {
-                        inbox.handed_back = Some(HandedBack::FrameError(err));
+                        inbox.hand_back(HandedBack::FrameError(err));
                         return Drain::HandBack(delivered);
                     }
                 }
@@ -423,19 +440,19 @@ impl ReadSide {
                 return Drain::Stopped(delivered);
             }
             if inbox.tls_closed {
-                inbox.handed_back = Some(HandedBack::Eof);
+                inbox.hand_back(HandedBack::Eof);
                 return Drain::HandBack(delivered);
             }
             match stream.read(&mut chunk) {
                 // End of stream: the loop reads it again and closes as it always does.
                 Ok(0) => {
-                    inbox.handed_back = Some(HandedBack::Eof);
+                    inbox.hand_back(HandedBack::Eof);
                     return Drain::HandBack(delivered);
                 }
                 Ok(n) => {
                     read += n;
                     if let Err(err) = feed(&chunk[..n], &mut inbox) {
-                        inbox.handed_back = Some(HandedBack::TlsFailed(err));
+                        inbox.hand_back(HandedBack::TlsFailed(err));
                         return Drain::HandBack(delivered);
                     }
                 }
@@ -444,7 +461,7 @@ impl ReadSide {
                 }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) => {
-                    inbox.handed_back = Some(HandedBack::Failed(err.into()));
+                    inbox.hand_back(HandedBack::Failed(err.into()));
                     return Drain::HandBack(delivered);
                 }
             }
@@ -467,7 +484,7 @@ enum Drain {
 /// edge-triggered like the loop's, and exclusive where the system allows, so that the loop,
 /// once it registers behind it, is not woken for what a sleeping caller reads
 /// (`exclusive_wake.rs`). `None` if the system refuses one.
-fn new_poller(stream: &TcpStream) -> Option<Mutex<CallerPoll>> {
+fn new_poller(stream: &TcpStream) -> Option<Box<Mutex<CallerPoll>>> {
     let poll = Poll::new().ok()?;
     let fd = stream.as_raw_fd();
     let exclusive = exclusive_wake::register(poll.registry(), stream, 0, Interest::READABLE);
@@ -476,10 +493,10 @@ fn new_poller(stream: &TcpStream) -> Option<Mutex<CallerPoll>> {
             .register(&mut SourceFd(&fd), Token(0), Interest::READABLE)
             .ok()?;
     }
-    Some(Mutex::new(CallerPoll {
+    Some(Box::new(Mutex::new(CallerPoll {
         poll,
         events: Events::with_capacity(4),
-    }))
+    })))
 }
 
 #[cfg(test)]
@@ -588,7 +605,10 @@ mod tests {
         let (outcome, loop_must_read) = read_no_frame(&side, &ours, deadline);
         assert_eq!(outcome, ReadHere::Elsewhere);
         assert!(loop_must_read);
-        assert!(matches!(side.inbox().handed_back, Some(HandedBack::Eof)));
+        assert!(matches!(
+            side.inbox().handed_back.as_deref(),
+            Some(HandedBack::Eof)
+        ));
         let (again, _) = read_no_frame(&side, &ours, deadline);
         assert_eq!(
             again,

@@ -121,9 +121,12 @@ impl std::fmt::Debug for ReadCall {
 
 /// The requests a worker read and runs in turn, shared with the connection's loop, which
 /// takes them over once the read's calls have held the worker longer than [`STALL`].
+///
+/// Made on a worker's first read: a connection no worker reads (every one, unless
+/// `worker_reads` is on) carries only an empty box's pointer (`tests/scale.rs`).
 #[derive(Debug, Default)]
 pub(super) struct WorkerBatch {
-    inner: Mutex<BatchState>,
+    inner: Mutex<Option<Box<BatchState>>>,
 }
 
 #[derive(Debug, Default)]
@@ -155,14 +158,15 @@ pub(super) enum BatchCheck {
 }
 
 impl WorkerBatch {
-    fn lock(&self) -> MutexGuard<'_, BatchState> {
+    fn lock(&self) -> MutexGuard<'_, Option<Box<BatchState>>> {
         // Every update is a push, a pop or an assignment: a poisoned lock holds sound state.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The worker's read, to run in turn.
     fn load(&self, calls: &mut Vec<ReadCall>, received: Instant) {
-        let mut state = self.lock();
+        let mut batch = self.lock();
+        let state = batch.get_or_insert_with(Box::default);
         state.waiting.extend(calls.drain(..));
         state.received = Some(received);
     }
@@ -172,7 +176,8 @@ impl WorkerBatch {
     /// the loop then watches the read. `None` once the batch is done (or taken over by the
     /// loop).
     fn next(&self, corked: bool, now: Instant) -> Option<(ReadCall, Instant, bool)> {
-        let mut state = self.lock();
+        let mut batch = self.lock();
+        let state = batch.as_deref_mut()?;
         let Some(call) = state.waiting.pop_front() else {
             state.guarded_since = None;
             return None;
@@ -184,14 +189,20 @@ impl WorkerBatch {
 
     /// The requests still waiting, taken from the batch (its worker hands them on).
     fn take_rest(&self) -> Vec<ReadCall> {
-        let mut state = self.lock();
+        let mut batch = self.lock();
+        let Some(state) = batch.as_deref_mut() else {
+            return Vec::new();
+        };
         state.guarded_since = None;
         state.waiting.drain(..).collect()
     }
 
     /// The loop's check, at `now`.
     pub(super) fn check(&self, now: Instant) -> BatchCheck {
-        let mut state = self.lock();
+        let mut batch = self.lock();
+        let Some(state) = batch.as_deref_mut() else {
+            return BatchCheck::Idle;
+        };
         let Some(since) = state.guarded_since else {
             return BatchCheck::Idle;
         };
