@@ -8,7 +8,7 @@
 mod util;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -113,6 +113,35 @@ fn go_never_blocks_its_caller_while_the_connection_ends_under_it() {
             }
         },
     );
+}
+
+#[test]
+fn a_connection_that_sends_nothing_is_closed_after_the_first_frame_timeout() {
+    // Each jsonrpc connection holds a slot and two threads: a socket that never speaks must
+    // not hold them for ever, as on the native listener.
+    let first_frame_timeout = Duration::from_millis(300);
+    let server = Server::builder()
+        .first_frame_timeout(Some(first_frame_timeout))
+        .build();
+    let (server, handle) = serve_tally(server);
+    let opened = Instant::now();
+    let mut silent = TcpStream::connect(handle.local_addr()).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let read = silent.read(&mut [0u8; 64]);
+    assert!(matches!(read, Ok(0)), "the server closes it: {read:?}");
+    assert!(
+        opened.elapsed() >= first_frame_timeout,
+        "not before its time"
+    );
+    assert_eq!(server.stats().first_frame_timeouts, 1);
+    // A connection whose first request came in time stays open past the timeout.
+    let client = JsonRpcClient::dial(handle.local_addr()).unwrap();
+    assert_eq!(client.call::<_, u64>("Tally.Count", &1u64).unwrap(), 1);
+    thread::sleep(first_frame_timeout * 2);
+    assert_eq!(client.call::<_, u64>("Tally.Count", &2u64).unwrap(), 2);
+    assert_eq!(server.stats().first_frame_timeouts, 1);
 }
 
 #[test]

@@ -14,6 +14,8 @@
 //! - bytes that are not a JSON object, a message over `limits.max_body_len`, or one nesting
 //!   past the codec's limit get one error response with a `null` id (Go closes without one),
 //!   then the connection closes;
+//! - a connection whose first request has not begun `first_frame_timeout` after it was
+//!   accepted is closed (a silent socket would hold a slot and two threads for ever);
 //! - a message still incomplete `limits.frame_timeout` after its first byte closes the
 //!   connection, as does `idle_timeout`, when set, passing with no call in flight and no
 //!   message arriving (counted from the later of the last request and the last call's end);
@@ -54,6 +56,7 @@ use crate::server::ServerShared;
 use crate::server_conn::ServerJob;
 use crate::service::{Dispatch, MethodCounters, MethodHandler};
 use crate::stats::StatsCounters;
+use rpc_transport::clock::deadline_after;
 
 use super::message::{self, Params, NULL};
 use super::reader::{socket_timeout, ReadError, ValueReader};
@@ -168,18 +171,32 @@ impl JsonConn {
         let stats = &self.server.stats;
         // When the last request was read (at first, when the connection was accepted).
         let mut last_request = Instant::now();
+        // When the first request must have begun, until one has come.
+        let mut first_request_by = config
+            .first_frame_timeout
+            .map(|timeout| deadline_after(last_request, timeout));
         while !stop.load(Ordering::SeqCst) {
             self.calls.wait_below(config.max_in_flight_per_conn, stop);
             self.replies.wait_at_most(config.max_queued_bytes, stop);
-            let wait = config
+            let idle_wait = config
                 .idle_timeout
                 .map(|idle| idle.saturating_sub(self.idle_for(last_request)));
+            let first_wait =
+                first_request_by.map(|by| by.saturating_duration_since(Instant::now()));
+            let wait = [idle_wait, first_wait].into_iter().flatten().min();
             match reader.next_value(wait) {
                 Ok(Some(request)) => {
                     last_request = Instant::now();
+                    first_request_by = None;
                     if self.handle(request).is_err() {
                         return;
                     }
+                }
+                Ok(None) if first_request_by.is_some_and(|by| Instant::now() >= by) => {
+                    // Not one request since accept: a silent socket holding a slot and
+                    // two threads.
+                    StatsCounters::bump(&stats.first_frame_timeouts);
+                    return;
                 }
                 Ok(None) => {
                     // A call was in flight for part of the wait, or is now: not idle yet.
