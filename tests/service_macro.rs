@@ -1,7 +1,8 @@
 //! The `service!` macro with method names that other items also carry: the methods of `Arc`
 //! (`clone`, `as_ref`, `to_owned`, `into`), `drop`, and the typed client's private helper
 //! before it became a function of the crate (`full_name`). Each must compile and dispatch to
-//! its own method. One method also carries an attribute after its `#[rpc(...)]`. And methods
+//! its own method. One method also carries an attribute after its `#[rpc(...)]`, and one is a raw
+//! identifier (`r#type`) with its wire name given. And methods
 //! compiled in and out with `#[cfg]`.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
@@ -38,6 +39,10 @@ service! {
         #[allow(clippy::needless_pass_by_value)]
         /// Attributes and more docs may follow `#[rpc(...)]`.
         fn full_name(args: u8) -> u8;
+        /// Adds its own amount; a raw identifier, so its wire name is given (without it,
+        /// the macro refuses to compile: see its documentation's `compile_fail` example).
+        #[rpc(name = "type", go = type_go, const = TYPE)]
+        fn r#type(args: u8) -> u8;
     }
 }
 
@@ -63,6 +68,9 @@ impl Names for Adder {
     fn full_name(&self, args: u8) -> Result<u8, ServiceError> {
         Ok(args + 6)
     }
+    fn r#type(&self, args: u8) -> Result<u8, ServiceError> {
+        Ok(args + 7)
+    }
 }
 
 #[test]
@@ -81,6 +89,10 @@ fn methods_named_like_trait_methods_compile_and_reach_their_own_handler() {
     assert_eq!(names.full_name_go(&20).wait().unwrap(), 26);
     assert_eq!(NamesClient::CLONE, "Names.Clone");
     assert_eq!(NamesClient::AS_REF, "Names.as_ref");
+    assert_eq!(names.r#type(&10).unwrap(), 17);
+    assert_eq!(NamesClient::TYPE, "Names.type");
+    let untyped: u8 = names.client().call("Names.type", &30u8).unwrap();
+    assert_eq!(untyped, 37);
 }
 
 service! {

@@ -18,9 +18,24 @@ pub fn full_name(
     }
 }
 
+/// True if `name`, a method's name as `stringify!` spells it, is a raw identifier
+/// (`r#type`), which cannot be its wire name.
+pub const fn is_raw_identifier(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    bytes.len() > 2 && bytes[0] == b'r' && bytes[1] == b'#'
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raw_identifiers_are_told_from_names_that_begin_with_r() {
+        assert!(is_raw_identifier("r#type"));
+        assert!(!is_raw_identifier("run"));
+        assert!(!is_raw_identifier("r"));
+        assert!(!is_raw_identifier("type"));
+    }
 
     #[test]
     fn a_client_given_another_service_name_calls_under_it() {

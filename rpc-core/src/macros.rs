@@ -30,7 +30,8 @@
 /// `into` is then called with a path, `ArithClient::into(&client, &args)`, since method
 /// syntax finds the trait's first), except the typed client's own `new`, `with_service_name` and
 /// `client`: give such a method another Rust name and its wire name with `name = "New"`. A
-/// raw identifier (`r#type`) needs `name = "type"` too, or its wire name keeps the `r#`.
+/// raw identifier (`r#type`) needs `name = "type"` too: without it, a compile error says so
+/// (its Rust name, `r#type`, is no wire name).
 /// Only doc comments, then `#[cfg(...)]`, may precede `#[rpc(...)]` on a method; other
 /// attributes (`#[allow]`, `#[deprecated]`, more docs) follow it, and go on the trait method
 /// and both client methods. A `#[cfg]` (before `#[rpc]`) compiles the method out of the
@@ -128,6 +129,19 @@
 ///         // two arguments: Go's rule is one argument type, so wrap them in a struct
 ///         #[rpc(go = add_go, const = ADD)]
 ///         fn add(a: i64, b: i64) -> i64;
+///     }
+/// }
+/// ```
+///
+/// ```compile_fail
+/// rpc_core::service! {
+///     pub trait Lexer {
+///         const NAME = "Lexer";
+///         type Server = LexerServer;
+///         type Client = LexerClient;
+///         // a raw identifier needs its wire name: `#[rpc(name = "type", ...)]`
+///         #[rpc(go = type_go, const = TYPE)]
+///         fn r#type(text: String) -> String;
 ///     }
 /// }
 /// ```
@@ -233,6 +247,7 @@ macro_rules! service {
                     // A method compiled out (`#[cfg]`) has no entry either.
                     $($cfg)*
                     {
+                        $crate::service!(@not_raw $method $($wire)?);
                         let shared = ::std::sync::Arc::clone(&service);
                         table.add(
                             $crate::service!(@wire $method $($wire)?),
@@ -314,6 +329,17 @@ macro_rules! service {
     // The wire name of a method: given, or the Rust name.
     (@wire $method:ident $wire:literal) => { $wire };
     (@wire $method:ident) => { stringify!($method) };
+
+    // A raw identifier's Rust name is no wire name (`stringify!` keeps its `r#`), and
+    // `concat!` cannot strip it: without `name = "..."`, a compile error says so.
+    (@not_raw $method:ident $wire:literal) => {};
+    (@not_raw $method:ident) => {
+        const _: () = ::core::assert!(
+            !$crate::macro_support::is_raw_identifier(stringify!($method)),
+            concat!("service!: `", stringify!($method), "` is a raw identifier; give its wire ",
+                "name with `#[rpc(name = \"...\", ...)]`")
+        );
+    };
 
     // Anything else.
     ($($anything:tt)*) => {
