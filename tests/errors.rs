@@ -168,10 +168,12 @@ fn a_reply_over_the_servers_limit_fails_only_that_call() {
 
 #[test]
 fn a_request_over_the_servers_limit_fails_that_call_with_frame_too_large() {
-    // The server answers the request's header with an error frame and closes while the
-    // client is still writing the body; its close resets the connection, and the client's
-    // write fails. The error frame waits in the client's socket: the caller must be told
-    // why (not `ConnectionLost`, which most tries gave before the client read it first).
+    // The server answers the request's header with an error frame while the client is
+    // still writing the body, then drains the rest before it closes. Were the close to reset
+    // the connection (it did before the drain; it still may if the drain ends first), the
+    // client's write would fail with the error frame waiting in its socket: the caller must
+    // be told why (not `ConnectionLost`, which most tries gave before the client read it
+    // first).
     let server = TestServer::start_with(
         Server::builder()
             .limits(FrameLimits::with_max_body_len(64 * 1024))
@@ -207,6 +209,88 @@ fn a_request_over_the_servers_limit_fails_that_call_with_frame_too_large() {
             "round {round}: {err:?}"
         );
     }
+    assert_back_to_idle(&server.server);
+    assert_healthy(server.addr());
+}
+
+/// Sends a request header declaring a body over `server`'s 64 KiB limit, and reads the
+/// error frame the server answers with; returns the socket.
+fn declare_too_much_and_read_the_answer(server: &TestServer) -> TcpStream {
+    let mut socket = TcpStream::connect(server.addr()).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    socket
+        .write_all(&util::evil::header_declaring(3, 1024 * 1024))
+        .unwrap();
+    let mut decoder = FrameDecoder::new(FrameLimits::default());
+    let mut chunk = [0u8; 4096];
+    let frame = loop {
+        if let Some(frame) = decoder.poll_frame().unwrap() {
+            break frame;
+        }
+        let read = socket.read(&mut chunk).unwrap();
+        assert!(read > 0, "the connection ended before the error frame");
+        decoder.handle_bytes(&chunk[..read]);
+    };
+    assert_eq!((frame.kind, frame.seq), (FrameKind::Error, 3));
+    socket
+}
+
+#[test]
+fn after_an_error_frame_the_server_ends_its_stream_and_takes_what_the_peer_still_sends() {
+    let server = TestServer::start_with(
+        Server::builder()
+            .limits(FrameLimits::with_max_body_len(64 * 1024))
+            .build(),
+    );
+    let mut socket = declare_too_much_and_read_the_answer(&server);
+    // The end of the server's stream follows the error frame, before any close.
+    assert_eq!(socket.read(&mut [0u8; 64]).unwrap(), 0);
+    // What the peer still sends is taken (no reset), until its own end closes the connection.
+    socket.write_all(&[0u8; 256 * 1024]).unwrap();
+    socket.shutdown(std::net::Shutdown::Write).unwrap();
+    util::wait_until(
+        "the drained connection closed",
+        Duration::from_secs(5),
+        || server.server.stats().open_connections == 0,
+    );
+    assert_back_to_idle(&server.server);
+    assert_healthy(server.addr());
+}
+
+#[test]
+fn a_peer_that_never_ends_its_stream_after_an_error_frame_is_closed_after_the_grace() {
+    let server = TestServer::start_with(
+        Server::builder()
+            .limits(FrameLimits::with_max_body_len(64 * 1024))
+            .build(),
+    );
+    // One peer stays silent and open, another writes for ever: neither holds its slot past
+    // the close grace (1 s).
+    let silent = declare_too_much_and_read_the_answer(&server);
+    let mut endless = declare_too_much_and_read_the_answer(&server);
+    let started = std::time::Instant::now();
+    let write_failed = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the server still takes the endless peer's bytes after 10 s"
+        );
+        if let Err(err) = endless.write_all(&[0u8; 64 * 1024]) {
+            break err;
+        }
+    };
+    assert!(
+        matches!(
+            write_failed.kind(),
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+        ),
+        "{write_failed:?}"
+    );
+    util::wait_until("both connections closed", Duration::from_secs(5), || {
+        server.server.stats().open_connections == 0
+    });
+    drop(silent);
     assert_back_to_idle(&server.server);
     assert_healthy(server.addr());
 }

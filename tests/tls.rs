@@ -404,6 +404,51 @@ fn a_request_over_the_servers_limit_fails_with_frame_too_large_over_tls_too() {
 }
 
 #[test]
+fn a_client_that_writes_its_whole_oversized_request_before_reading_gets_the_error_frame() {
+    // A TLS client built on rustls's `StreamOwned` writes all it has before it reads (its
+    // reads first flush what is unwritten). Over the server's limit, the server answers at
+    // the header; had it then closed with the body still arriving, the close would reset
+    // the connection: the client's write fails, its read flushes again and fails too, and
+    // the error frame waiting in its socket is never read (37 of 40 before the server
+    // drained what the peer still sent before closing).
+    let pki = Pki::new();
+    let server = pki.serve(
+        false,
+        Server::builder().limits(FrameLimits::with_max_body_len(64 * 1024)),
+    );
+    let config = tls::client_config(pki.ca.roots().unwrap(), None).unwrap();
+    let declared: u32 = 3 * 1024 * 1024;
+    let mut request = util::evil::header_declaring(7, declared);
+    request.resize(request.len() + declared as usize, 0);
+    for round in 0..20 {
+        let socket = TcpStream::connect(server.addr()).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let name = "localhost".try_into().unwrap();
+        let session = rustls::ClientConnection::new(Arc::clone(&config), name).unwrap();
+        let mut stream = rustls::StreamOwned::new(session, socket);
+        let written = stream.write_all(&request).and_then(|()| stream.flush());
+        assert!(
+            written.is_ok(),
+            "round {round}: writing failed: {written:?}"
+        );
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer); // the server's end comes without close_notify
+        let mut decoder = FrameDecoder::new(FrameLimits::default());
+        decoder.handle_bytes(&answer);
+        let frame = decoder.poll_frame();
+        assert!(
+            matches!(&frame, Ok(Some(frame)) if frame.kind == FrameKind::Error && frame.seq == 7),
+            "round {round}: {} bytes read, {frame:?}",
+            answer.len()
+        );
+    }
+    assert_back_to_idle(&server.server);
+    assert_tls_healthy(&pki, &server);
+}
+
+#[test]
 fn a_dial_to_a_server_silent_after_the_handshake_says_so_not_that_the_handshake_stalled() {
     // In TLS 1.3 a client learns that the server accepted it only from the server's next
     // record (a session ticket, the hello's answer). A server that sends neither leaves the

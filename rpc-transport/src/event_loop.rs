@@ -153,6 +153,21 @@ struct Slot {
     recheck_armed: bool,
     /// When the frame now arriving started (the read that began it), and its one timer.
     frame_clock: FrameClock,
+    /// Whether the connection drains what its peer still sends before it closes.
+    linger: Linger,
+}
+
+/// A connection's drain before closing, after a frame error whose handler asks for one
+/// ([`FrameHandler::drain_after_frame_error`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Linger {
+    /// Close when asked.
+    Off,
+    /// Drain once what is queued (the error frame) is written, instead of closing then.
+    AfterFlush,
+    /// Shut for writing; the peer's bytes are read and dropped until its end of stream or
+    /// the close grace.
+    Draining,
 }
 
 /// What a loop timer is for.
@@ -351,14 +366,14 @@ impl EventLoop {
     /// handler, and acts on how the reading ended. Skipped while a caller reads the
     /// connection itself (`read_turn.rs`): it reads again before it gives the turn back.
     fn read_ready(&mut self, index: usize) {
-        let Some(conn) = self
-            .slots
-            .get(index)
-            .and_then(Option::as_ref)
-            .map(|s| s.conn.clone())
-        else {
+        let Some(slot) = self.slots.get(index).and_then(Option::as_ref) else {
             return; // spurious or stale event
         };
+        if slot.linger == Linger::Draining {
+            self.drain(index);
+            return;
+        }
+        let conn = slot.conn.clone();
         if conn.read_side().begin_loop() {
             self.read_in_turn(index);
             conn.read_side().end_loop();
@@ -470,6 +485,9 @@ impl EventLoop {
                 },
                 ReadOutcome::FrameError(err) => {
                     slot.handler.handle_frame_error(&slot.conn, &err);
+                    if slot.handler.drain_after_frame_error(&err) {
+                        slot.linger = Linger::AfterFlush;
+                    }
                     slot.set_close_reason(CloseReason::Error(err));
                     // Let an error frame queued by the handler reach the peer before closing,
                     // or close after a grace period if the peer does not read it (nor what
@@ -548,7 +566,7 @@ impl EventLoop {
                     self.read_ready(index);
                 }
             }
-            Ok(FlushOutcome::CloseNow) => self.close_slot_with_pending_reason(index),
+            Ok(FlushOutcome::CloseNow) => self.close_when_flushed(index),
             Err(err) => self.close_after_failed_write(index, err.into()),
         }
     }
@@ -574,7 +592,7 @@ impl EventLoop {
         match outcome {
             Ok(FlushOutcome::Done) => {}
             Ok(FlushOutcome::Blocked) => self.want_write(index),
-            Ok(FlushOutcome::CloseNow) => self.close_slot_with_pending_reason(index),
+            Ok(FlushOutcome::CloseNow) => self.close_when_flushed(index),
             Err(err) => self.close_after_failed_write(index, err.into()),
         }
     }
@@ -660,7 +678,7 @@ impl EventLoop {
         match command {
             ConnCommand::WantWrite => self.want_write(index),
             ConnCommand::Flush => self.flush_requested(index),
-            ConnCommand::Close => self.close_slot_with_pending_reason(index),
+            ConnCommand::Close => self.close_when_flushed(index),
             ConnCommand::Fail(err) => self.close_after_failed_write(index, err),
             ConnCommand::CloseBy(at) => self.timers.push(at, (key, LoopTimer::CloseGrace)),
             ConnCommand::ResumeReading => self.resume_reading(index),
@@ -711,6 +729,7 @@ impl EventLoop {
             write_interest: false,
             behind_caller: false,
             close_reason: None,
+            linger: Linger::Off,
             recheck_armed: false,
             frame_clock: FrameClock::default(),
         };
@@ -866,6 +885,55 @@ impl EventLoop {
                 }
             }
         }
+    }
+
+    /// Closes a connection whose queue is written (or that was asked to close): at once,
+    /// unless it drains first ([`Linger`]); a second request while it drains changes
+    /// nothing (its end of stream or the close grace ends the drain).
+    fn close_when_flushed(&mut self, index: usize) {
+        let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
+            return;
+        };
+        match slot.linger {
+            Linger::Off => self.close_slot_with_pending_reason(index),
+            Linger::AfterFlush => {
+                slot.linger = Linger::Draining;
+                // The peer reads the end of our stream after the error frame.
+                let _ = slot.conn.stream().shutdown(Shutdown::Write);
+                if slot.write_interest {
+                    slot.write_interest = false;
+                    let _ = self.set_interest(index);
+                }
+                self.drain(index);
+            }
+            Linger::Draining => {}
+        }
+    }
+
+    /// Reads and drops what a draining connection's peer sent, up to the turn's read budget
+    /// (then again at the end of the turn); closes it at the peer's end of stream or a
+    /// failed read. The close grace set with the error bounds how long this goes on.
+    fn drain(&mut self, index: usize) {
+        let Some(slot) = self.slots.get(index).and_then(Option::as_ref) else {
+            return;
+        };
+        let conn = slot.conn.clone();
+        let mut stream = conn.stream();
+        let mut drained = 0;
+        loop {
+            if drained >= MAX_READ_PER_TURN {
+                self.read_again.push(conn.key());
+                return;
+            }
+            match stream.read(&mut self.scratch) {
+                Ok(0) => break,
+                Ok(n) => drained += n,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        self.close_slot_with_pending_reason(index);
     }
 
     fn close_slot_with_pending_reason(&mut self, index: usize) {
