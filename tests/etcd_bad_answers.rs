@@ -196,6 +196,23 @@ fn a_burst_of_watch_events_in_one_read_costs_one_list() {
     assert!(lists <= 3, "{lists} lists for 50 events: {paths:?}");
 }
 
+#[test]
+fn a_burst_of_watch_events_longer_than_one_read_costs_one_list() {
+    let _alone = exclusive();
+    let instance = Instance::new("Arith", "127.0.0.1:9000");
+    let event = "{\"result\":{\"header\":{},\"events\":[{\"kv\":{}}]}}\n";
+    // 1,000 events, about 48 KB: several of the client's 8 KiB reads, sent in one go.
+    let (addr, paths) = gateway_watching(&event.repeat(1_000), &instance);
+    let mut watcher = EtcdRegistry::new(addr).watch("Arith").unwrap();
+    let seen = watcher.changed(Duration::from_secs(3)).unwrap();
+    assert_eq!(seen, Some(vec![instance]));
+    thread::sleep(Duration::from_millis(200));
+    let paths = paths.lock().unwrap();
+    let lists = paths.iter().filter(|path| *path == "/v3/kv/range").count();
+    // The first list, then one for the burst (two if it was split on its way).
+    assert!(lists <= 3, "{lists} lists for 1,000 events: {paths:?}");
+}
+
 /// A fake gateway whose watch stream sends `line` (in 64 KiB chunks) once created, and whose
 /// `range` lists nothing until the watch was asked for, then `instance`; and its path log.
 fn gateway_watching(line: &str, instance: &Instance) -> (String, Arc<Mutex<Vec<String>>>) {

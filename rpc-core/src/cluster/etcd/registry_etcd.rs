@@ -12,8 +12,8 @@
 //! | watch | `/v3/watch` from the listed revision + 1, held open as a chunked stream |
 //!
 //! Watch: a thread per [`Watcher`] keeps a `/v3/watch` stream open (etcd pushes each event as
-//! one JSON line); events make it list the prefix again (once for all the events that one
-//! read brought) and publish the result, so the
+//! one JSON line); events make it list the prefix again (once for a burst: the list waits
+//! until the stream pauses for a millisecond, 50 ms at most) and publish the result, so the
 //! watcher always holds a full, consistent snapshot rather than applying deltas. The delay
 //! from a change in etcd to the watcher is one event delivery plus one `range` round trip:
 //! milliseconds on a LAN. Expiry is etcd's: a lease is revoked by etcd's own checker, which
@@ -142,6 +142,19 @@ impl EtcdRegistry {
         (key, range_end)
     }
 
+    /// Lists the service and publishes the list, moving `revision` up to the list's; true
+    /// if the list differed from what the watcher held.
+    fn list_and_publish(
+        &self,
+        service: &str,
+        slot: &WatchSlot,
+        revision: &mut u64,
+    ) -> Result<bool, RegistryError> {
+        let (instances, now) = self.list_at(service)?;
+        *revision = now.max(*revision);
+        Ok(slot.publish(instances))
+    }
+
     /// The watch thread's body: follow the stream, and after any break list and start again.
     fn follow_until_unwatched(&self, service: &str, slot: &Arc<WatchSlot>, mut revision: u64) {
         while slot.has_watcher() {
@@ -182,22 +195,33 @@ impl EtcdRegistry {
         // bytes are searched once, not the whole of a long line again after every read.
         let mut scanned = 0;
         let mut relist_at = deadline_after(Instant::now(), self.relist_every);
+        // When the first event not yet listed for arrived: the list waits until the stream
+        // pauses (a burst longer than one read is listed once), or `EVENTS_SETTLE_MAX`.
+        let mut events_since: Option<Instant> = None;
         while slot.has_watcher() {
             if Instant::now() >= relist_at {
                 // A stream over a half-open connection (a partition, a host gone without a
                 // reset) says nothing, and nothing here could tell it from a quiet one: the
                 // list itself, read now and then, can. A change the stream did not bring
                 // means it is dead: publish it and open a new one.
-                let (instances, now) = self.list_at(service)?;
                 relist_at = deadline_after(Instant::now(), self.relist_every);
-                if slot.publish(instances) {
-                    *revision = now.max(*revision);
+                if self.list_and_publish(service, slot, revision)? && events_since.is_none() {
                     return Err(malformed("the watch stream missed a change"));
                 }
+                events_since = None;
             }
-            let data = match stream.next_data(WATCH_RETRY) {
+            let wait = match events_since {
+                Some(_) => EVENTS_SETTLE,
+                None => WATCH_RETRY,
+            };
+            let data = match stream.next_data(wait) {
                 Ok(StreamEvent::Data(data)) => data,
-                Ok(StreamEvent::Idle) => continue,
+                Ok(StreamEvent::Idle) => {
+                    if events_since.take().is_some() {
+                        self.list_and_publish(service, slot, revision)?;
+                    }
+                    continue;
+                }
                 Ok(StreamEvent::End) => return Err(malformed("the watch stream ended")),
                 Err(source) => return Err(self.unavailable(source)),
             };
@@ -206,8 +230,6 @@ impl EtcdRegistry {
                 return Err(malformed("a watch message over the size limit"));
             }
             let mut taken = 0;
-            // One list for all the events of a read, not one per event: the list is whole.
-            let mut events = false;
             while let Some(at) = lines[scanned..].iter().position(|&b| b == b'\n') {
                 let line = &lines[taken..=scanned + at];
                 taken = scanned + at + 1;
@@ -217,14 +239,16 @@ impl EtcdRegistry {
                 if result.is_some_and(|result| result.canceled) || message.error.is_some() {
                     return Err(malformed("the watch was cancelled by etcd"));
                 }
-                events |= result.is_some_and(|result| !result.events.is_empty());
+                if result.is_some_and(|result| !result.events.is_empty()) {
+                    events_since.get_or_insert_with(Instant::now);
+                }
             }
             lines.drain(..taken);
             scanned = lines.len();
-            if events {
-                let (instances, now) = self.list_at(service)?;
-                slot.publish(instances);
-                *revision = now.max(*revision);
+            if events_since.is_some_and(|since| since.elapsed() >= EVENTS_SETTLE_MAX) {
+                // Events that never pause are listed for this often.
+                events_since = None;
+                self.list_and_publish(service, slot, revision)?;
             }
         }
         Ok(())
@@ -369,6 +393,13 @@ const RELIST_EVERY: Duration = Duration::from_secs(5);
 /// How often a watch thread checks that its watcher still exists, and waits before
 /// reconnecting after the stream broke.
 const WATCH_RETRY: Duration = Duration::from_millis(250);
+/// How long a watch stream must pause after an event before the service is listed: the
+/// rest of a burst (one write of etcd's, read a few KiB at a time) comes first.
+const EVENTS_SETTLE: Duration = Duration::from_millis(1);
+
+/// The longest events wait for their list while the stream brings more without pausing.
+const EVENTS_SETTLE_MAX: Duration = Duration::from_millis(50);
+
 /// Longest watch message accepted (etcd's events here are a few hundred bytes each).
 const MAX_WATCH_LINE_LEN: usize = 4 * 1024 * 1024;
 
