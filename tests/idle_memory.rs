@@ -15,7 +15,6 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::Duration;
 
-use netrpc::Server;
 use util::{assert_healthy, wait_until, TestServer};
 
 /// Few enough for a default descriptor limit of 1,024 (each connection takes two here).
@@ -43,13 +42,7 @@ fn settled_usage() -> usize {
 #[test]
 fn an_idle_connection_costs_the_server_under_a_kilobyte_of_heap() {
     let _alone = peak::exclusive();
-    // Idle on purpose: no first-frame timeout closes them while they are counted.
-    let server = TestServer::start_with(
-        Server::builder()
-            .max_connections(CONNECTIONS + 10)
-            .first_frame_timeout(None)
-            .build(),
-    );
+    let server = TestServer::start_for_idle(CONNECTIONS);
     assert_healthy(server.addr());
     let mut held = Vec::with_capacity(CONNECTIONS);
     let before = settled_usage();

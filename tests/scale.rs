@@ -97,14 +97,7 @@ impl HeldConnections {
 #[test]
 #[ignore = "scale check: run explicitly"]
 fn ten_thousand_idle_connections_cost_little_memory() {
-    // Idle on purpose: the first-frame timeout (which closes sockets that never send a frame)
-    // would start closing them while the rest still connect.
-    let server = TestServer::start_with(
-        Server::builder()
-            .max_connections(CONNECTIONS + 10)
-            .first_frame_timeout(None)
-            .build(),
-    );
+    let server = TestServer::start_for_idle(CONNECTIONS);
     assert_healthy(server.addr());
     let before = resident_kib();
     let started = Instant::now();

@@ -181,6 +181,18 @@ impl TestServer {
         TestServer::start_with(Server::new())
     }
 
+    /// A server for `connections` idle sockets: room for them all, and no first-frame
+    /// timeout (which closes sockets that never send a frame) closing the first while the
+    /// rest still connect or while their cost is measured.
+    pub fn start_for_idle(connections: usize) -> TestServer {
+        TestServer::start_with(
+            Server::builder()
+                .max_connections(connections + 10)
+                .first_frame_timeout(None)
+                .build(),
+        )
+    }
+
     /// Registers `Arith` and `Probe` on `server` and serves on 127.0.0.1:0.
     pub fn start_with(server: Server) -> TestServer {
         let (prober, release_tx) = Prober::releasable();
