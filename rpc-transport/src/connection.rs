@@ -343,7 +343,7 @@ impl Connection {
                 Ok(())
             }
             Ok(FlushOutcome::CloseNow) => {
-                self.post(ConnCommand::Close);
+                self.post(ConnCommand::Flushed);
                 Ok(())
             }
             Err(err) => {
@@ -581,7 +581,7 @@ impl Connection {
             out.buf.is_empty() && !out.flushing && !out.loop_flushes
         };
         if close_now {
-            self.post(ConnCommand::Close);
+            self.post(ConnCommand::Flushed);
         }
     }
 

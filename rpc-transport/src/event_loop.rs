@@ -487,6 +487,11 @@ impl EventLoop {
                     slot.handler.handle_frame_error(&slot.conn, &err);
                     if slot.handler.drain_after_frame_error(&err) {
                         slot.linger = Linger::AfterFlush;
+                        // The drain's own bound: the grace below is not set on a connection
+                        // already told to close, which the drain would then hold open.
+                        let at = deadline_after(Instant::now(), CLOSE_GRACE);
+                        self.timers
+                            .push(at, (slot.conn.key(), LoopTimer::CloseGrace));
                     }
                     slot.set_close_reason(CloseReason::Error(err));
                     // Let an error frame queued by the handler reach the peer before closing,
@@ -678,7 +683,8 @@ impl EventLoop {
         match command {
             ConnCommand::WantWrite => self.want_write(index),
             ConnCommand::Flush => self.flush_requested(index),
-            ConnCommand::Close => self.close_when_flushed(index),
+            ConnCommand::Close => self.close_slot_with_pending_reason(index),
+            ConnCommand::Flushed => self.close_when_flushed(index),
             ConnCommand::Fail(err) => self.close_after_failed_write(index, err),
             ConnCommand::CloseBy(at) => self.timers.push(at, (key, LoopTimer::CloseGrace)),
             ConnCommand::ResumeReading => self.resume_reading(index),
@@ -887,9 +893,9 @@ impl EventLoop {
         }
     }
 
-    /// Closes a connection whose queue is written (or that was asked to close): at once,
-    /// unless it drains first ([`Linger`]); a second request while it drains changes
-    /// nothing (its end of stream or the close grace ends the drain).
+    /// Closes a connection whose queue is written, as it was told to then: at once, unless
+    /// it drains first ([`Linger`]); told again while it drains, nothing changes (its end of
+    /// stream or the close grace ends the drain, and `Connection::close` at once).
     fn close_when_flushed(&mut self, index: usize) {
         let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
             return;

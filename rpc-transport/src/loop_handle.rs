@@ -254,7 +254,15 @@ pub(crate) enum ConnCommand {
     WantWrite,
     /// Write what `send_batched` queued on this connection.
     Flush,
+    /// Close now ([`Connection::close`]).
+    ///
+    /// [`Connection::close`]: crate::Connection::close
     Close,
+    /// Everything queued is written, and the connection was to close then
+    /// ([`Connection::close_when_flushed`]): close, or drain first after a frame error.
+    ///
+    /// [`Connection::close_when_flushed`]: crate::Connection::close_when_flushed
+    Flushed,
     /// Read the connection again if its handler had paused it.
     ResumeReading,
     /// Read the connection now: a caller that read it handed something back.

@@ -367,7 +367,10 @@ impl ReadSide {
     /// decoder holds part of a frame.
     fn left_to_loop(&self) -> bool {
         let inbox = self.inbox();
-        inbox.has_handed_back() || inbox.is_mid_message()
+        // A failed decoder reads nothing more: the connection is closing, and what its peer
+        // still sends is the loop's to drop (a caller feeding it through TLS meanwhile would
+        // break the session the loop's close still writes through).
+        inbox.has_handed_back() || inbox.is_mid_message() || inbox.decoder.is_failed()
     }
 
     /// Gives the caller's turn back; if the loop saw readiness meanwhile, takes the turn once
@@ -614,6 +617,26 @@ mod tests {
             again,
             ReadHere::Elsewhere,
             "a caller read past the hand-back"
+        );
+    }
+
+    #[test]
+    fn after_a_frame_error_no_caller_reads_the_socket() {
+        let (ours, mut peer) = pair();
+        let side = ReadSide::new(FrameLimits::default());
+        side.inbox().decoder.handle_bytes(b"GET / HTTP/1.1\r\n\r\n");
+        assert!(side.inbox().decoder.poll_frame().is_err(), "bad magic");
+        peer.write_all(b"more bytes the loop drains").unwrap();
+        thread_wait_readable(&ours);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (outcome, loop_must_read) = read_no_frame(&side, &ours, deadline);
+        assert_eq!((outcome, loop_must_read), (ReadHere::Elsewhere, true));
+        let mut unread = [0u8; 64];
+        let left = (&ours).read(&mut unread).unwrap();
+        assert_eq!(
+            &unread[..left],
+            b"more bytes the loop drains",
+            "a caller read them"
         );
     }
 

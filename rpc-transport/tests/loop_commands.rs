@@ -4,8 +4,9 @@
 //! leave before the loop's turn ends once enough wait, deadlines so far off that
 //! `Instant + Duration` would overflow, a caller that unwinds while it holds the read turn,
 //! a peer that closes while a frame error's close waits for its flush, a peer whose last
-//! frame and end arrive together while the loop is busy, and a sender whose write meets the
-//! peer's reset before the loop does.
+//! frame and end arrive together while the loop is busy, a sender whose write meets the
+//! peer's reset before the loop does, and the drain after a frame error ending however the
+//! connection was told to close.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -579,6 +580,102 @@ fn a_peer_closing_after_a_frame_error_leaves_the_error_as_the_reason() {
     assert!(
         matches!(reason, CloseReason::Error(TransportError::BadMagic { .. })),
         "the frame error, not the peer's close that followed it: {reason:?}"
+    );
+}
+
+/// Answers a frame error with a small frame and asks for the drain before the close; with
+/// `close_on_frame`, closes the connection on every whole frame; reports each close.
+struct DrainOnError {
+    close_on_frame: bool,
+    closed: Sender<CloseReason>,
+}
+
+impl FrameHandler for DrainOnError {
+    fn handle_frame(&mut self, conn: &Connection, _frame: Frame) {
+        if self.close_on_frame {
+            conn.close();
+        }
+    }
+
+    fn handle_frame_error(&mut self, conn: &Connection, _error: &TransportError) {
+        let _ = conn.send_frame(&Frame::request(0, "Drain.Why", 1, &b"bad magic"[..]));
+    }
+
+    fn drain_after_frame_error(&self, _error: &TransportError) -> bool {
+        true
+    }
+
+    fn handle_close(&mut self, _conn: &Connection, reason: CloseReason) {
+        let _ = self.closed.send(reason);
+    }
+}
+
+/// Adopts one end of a new pair with a [`DrainOnError`] handler; returns the connection,
+/// the peer and the handler's closes.
+fn adopt_draining(
+    harness: &Harness,
+    close_on_frame: bool,
+) -> (Connection, TcpStream, Receiver<CloseReason>) {
+    let (ours, peer) = harness.pair();
+    let (closed_tx, closed) = crossbeam_channel::unbounded();
+    let make_handler: MakeHandler = Box::new(move |_| {
+        Box::new(DrainOnError {
+            close_on_frame,
+            closed: closed_tx,
+        })
+    });
+    let conn = harness
+        .handle
+        .adopt_and_wait(
+            ours,
+            FrameLimits::default(),
+            make_handler,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    (conn, peer, closed)
+}
+
+#[test]
+fn a_connection_told_to_close_before_a_frame_error_in_the_same_read_still_closes() {
+    // The frame closes the connection, and the bad bytes behind it in the same read ask
+    // for a drain. The peer then stays silent: the drain must still end.
+    let harness = Harness::new("close-then-drain");
+    let (_conn, mut peer, closed) = adopt_draining(&harness, true);
+    let mut bytes = encode(&Frame::request(1, "Echo.Echo", 1, &b"hi"[..]));
+    bytes.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+    peer.write_all(&bytes).unwrap();
+    let reason = closed
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the connection closes within the grace, not held by the drain");
+    assert!(
+        matches!(reason, CloseReason::Error(TransportError::BadMagic { .. })),
+        "{reason:?}"
+    );
+}
+
+#[test]
+fn a_draining_connection_closes_at_once_when_told_to() {
+    let harness = Harness::new("close-while-draining");
+    let (conn, mut peer, closed) = adopt_draining(&harness, false);
+    peer.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    // The answer, then the end of the loop's stream: the drain has begun. The peer stays
+    // open and silent, so only the grace (1 s) or a close ends it.
+    assert_eq!(read_frame(&mut peer).name, "Drain.Why");
+    assert_sees_eof(&mut peer, "the drain shuts the loop's side for writing");
+    let told = Instant::now();
+    conn.close();
+    let reason = closed
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the loop closes");
+    assert!(
+        told.elapsed() < rpc_transport::CLOSE_GRACE,
+        "closed {:?} after Connection::close: at the grace, not at once",
+        told.elapsed()
+    );
+    assert!(
+        matches!(reason, CloseReason::Error(TransportError::BadMagic { .. })),
+        "the frame error stays the reason: {reason:?}"
     );
 }
 
