@@ -48,6 +48,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rpc_codec::CodecKind;
+use rpc_transport::clock::deadline_after;
 
 use crate::catch_panic::catch_panic;
 use crate::error_body::ErrorCode;
@@ -56,7 +57,6 @@ use crate::server::ServerShared;
 use crate::server_conn::ServerJob;
 use crate::service::{Dispatch, MethodCounters, MethodHandler};
 use crate::stats::StatsCounters;
-use rpc_transport::clock::deadline_after;
 
 use super::message::{self, Params, NULL};
 use super::reader::{socket_timeout, ReadError, ValueReader};
