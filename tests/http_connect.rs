@@ -161,7 +161,42 @@ fn get_on_the_rpc_path_is_answered_405_must_connect() {
     assert!(response
         .headers
         .contains("Content-Type: text/plain; charset=utf-8"));
+    // A 405 says which method the path takes (RFC 9110 §15.5.6).
+    assert!(
+        response.headers.contains("Allow: CONNECT\r\n"),
+        "{}",
+        response.headers
+    );
     assert_eq!(http.stats().rejected_requests, 1);
+    let response = exchange(http.local_addr(), b"POST /debug/rpc HTTP/1.1\r\n\r\n");
+    assert_eq!(response.status, "HTTP/1.1 405 Method Not Allowed");
+    assert!(
+        response.headers.contains("Allow: GET\r\n"),
+        "{}",
+        response.headers
+    );
+}
+
+#[test]
+fn requests_in_absolute_form_or_after_an_empty_line_are_served() {
+    // RFC 9112: a server must accept a target in absolute form (§3.2.2), and should ignore
+    // an empty line before the request line (§2.2).
+    let (_server, http) = start_default();
+    for request in [
+        &b"GET http://rpc.example/debug/rpc HTTP/1.1\r\nHost: rpc.example\r\n\r\n"[..],
+        b"GET HTTP://rpc.example:8080/debug/rpc.json?x=1 HTTP/1.1\r\n\r\n",
+        b"\r\nGET /debug/rpc HTTP/1.1\r\n\r\n",
+        b"\n\r\nGET /debug/rpc HTTP/1.0\n\n",
+    ] {
+        let response = exchange(http.local_addr(), request);
+        assert_eq!(
+            response.status,
+            "HTTP/1.1 200 OK",
+            "{:?}",
+            String::from_utf8_lossy(request)
+        );
+    }
+    assert_eq!(http.stats().rejected_requests, 0);
 }
 
 #[test]
@@ -508,4 +543,11 @@ fn a_connect_arriving_after_shutdown_is_refused_not_told_connected() {
         "told connected to a shut-down server: {head:?}"
     );
     assert!(head.contains("503"), "{head:?}");
+    // Counted with the other 503s, not as a bad request.
+    let stats = http.stats();
+    assert_eq!(
+        (stats.refused_busy, stats.rejected_requests),
+        (1, 0),
+        "{stats:?}"
+    );
 }

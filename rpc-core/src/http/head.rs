@@ -84,7 +84,8 @@ pub(crate) fn read_head(
 /// at least look like `name: value`. `None` for anything else.
 pub(crate) fn parse_request(head: &[u8]) -> Option<RequestLine> {
     let text = std::str::from_utf8(head).ok()?;
-    let mut lines = text.lines();
+    // Empty lines before the request line are ignored (RFC 9112 §2.2).
+    let mut lines = text.trim_start_matches(['\r', '\n']).lines();
     let first = lines.next()?;
     for header in lines.filter(|line| !line.is_empty()) {
         let (name, _) = header.split_once(':')?;
@@ -94,6 +95,7 @@ pub(crate) fn parse_request(head: &[u8]) -> Option<RequestLine> {
     }
     let mut parts = first.split(' ');
     let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    let target = origin_form(target);
     let well_formed = parts.next().is_none()
         && !method.is_empty()
         && method.bytes().all(is_token_byte)
@@ -110,6 +112,24 @@ pub(crate) fn parse_request(head: &[u8]) -> Option<RequestLine> {
     })
 }
 
+/// The path and query of a request target in absolute form (`http://host:port/path?q`),
+/// which a server must accept (RFC 9112 §3.2.2): the target less its scheme and authority
+/// (`/` if it has no path). Any other target as it is.
+fn origin_form(target: &str) -> &str {
+    let scheme_len = ["http://", "https://"].into_iter().find_map(|scheme| {
+        let prefix = target.get(..scheme.len())?;
+        prefix.eq_ignore_ascii_case(scheme).then_some(scheme.len())
+    });
+    let Some(scheme_len) = scheme_len else {
+        return target;
+    };
+    let rest = &target[scheme_len..];
+    match rest.find(['/', '?']) {
+        Some(at) if rest[at..].starts_with('/') => &rest[at..],
+        _ => "/",
+    }
+}
+
 /// The status of a response head (`HTTP/1.x SP status`): e.g. `200 Connected to Go RPC`.
 pub(crate) fn parse_status(head: &[u8]) -> Option<&str> {
     let text = std::str::from_utf8(head).ok()?;
@@ -119,9 +139,11 @@ pub(crate) fn parse_status(head: &[u8]) -> Option<&str> {
 }
 
 /// Where the head in `buf` ends (just past its blank line), looking at line ends from `from`
-/// on (earlier ones were checked already).
+/// on (earlier ones were checked already). Empty lines before the request line are not its
+/// end: they are ignored (RFC 9112 §2.2).
 fn head_end(buf: &[u8], from: usize) -> Option<usize> {
-    (from..buf.len()).find_map(|i| {
+    let request_line = buf.iter().position(|&b| b != b'\r' && b != b'\n')?;
+    (from.max(request_line)..buf.len()).find_map(|i| {
         let blank_line = buf[i] == b'\n'
             && ((i >= 1 && buf[i - 1] == b'\n')
                 || (i >= 2 && buf[i - 1] == b'\r' && buf[i - 2] == b'\n'));
@@ -156,6 +178,19 @@ mod tests {
         assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r", 0), None);
         // Found even when the blank line straddles the point scanning resumes from.
         assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\n", 17), Some(18));
+        // Empty lines before the request line are not the head's end.
+        assert_eq!(head_end(b"\r\n\r\n", 0), None);
+        assert_eq!(head_end(b"\n\nGET / HTTP/1.0\n\n", 0), Some(18));
+    }
+
+    #[test]
+    fn targets_in_absolute_form_are_read_as_their_path() {
+        assert_eq!(origin_form("http://h/debug/rpc?x=1"), "/debug/rpc?x=1");
+        assert_eq!(origin_form("HTTPS://h:443/_goRPC_"), "/_goRPC_");
+        assert_eq!(origin_form("http://h"), "/");
+        assert_eq!(origin_form("http://h?q=/x"), "/");
+        assert_eq!(origin_form("/debug/rpc"), "/debug/rpc");
+        assert_eq!(origin_form("ftp://h/x"), "ftp://h/x");
     }
 
     #[test]

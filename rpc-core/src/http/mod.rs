@@ -92,7 +92,7 @@ pub struct HttpStats {
     /// Connections closed without an answer: the head did not arrive within the timeout, or
     /// the peer closed first.
     pub abandoned_heads: u64,
-    /// Connections answered `503`: too many handshakes at once, or the RPC server at its
-    /// connection limit.
+    /// Connections answered `503`: too many handshakes at once, the RPC server at its
+    /// connection limit, or a CONNECT arriving as the listener shuts down.
     pub refused_busy: u64,
 }

@@ -280,7 +280,7 @@ fn handshake(stream: TcpStream, shared: &HttpShared) {
         return reject(stream, shared, 404, "not found\n");
     }
     if request.method != "GET" {
-        return reject(stream, shared, 405, "405 must GET\n");
+        return refuse_method(stream, shared, "GET");
     }
     let methods = shared.server.method_stats();
     let server_stats = shared.server.stats();
@@ -297,13 +297,13 @@ fn handshake(stream: TcpStream, shared: &HttpShared) {
         ("text/html; charset=utf-8", snapshot.to_html())
     };
     Counters::bump(&counters.pages_served);
-    answer(stream, 200, content_type, &body);
+    answer(stream, 200, "", content_type, &body);
 }
 
 /// A request on the RPC path: a CONNECT is accepted and handed to the event loops.
 fn connect(stream: TcpStream, shared: &HttpShared, request: &RequestLine) {
     if request.method != "CONNECT" {
-        return reject(stream, shared, 405, "405 must CONNECT\n");
+        return refuse_method(stream, shared, "CONNECT");
     }
     // Written before the loops take the socket, so it precedes every reply frame, and while
     // the handle cannot shut down, so a client told it is connected is taken by a loop. A
@@ -322,9 +322,12 @@ fn connect(stream: TcpStream, shared: &HttpShared, request: &RequestLine) {
             Counters::bump(&shared.counters.refused_busy);
             let max = shared.server.config().max_connections;
             let body = format!("server at its limit of {max} connections; try again later\n");
-            answer(stream, 503, TEXT, &body);
+            answer(stream, 503, "", TEXT, &body);
         }
-        Err(Adoption::ShutDown(stream)) => reject(stream, shared, 503, "server shutting down\n"),
+        Err(Adoption::ShutDown(stream)) => {
+            Counters::bump(&shared.counters.refused_busy);
+            answer(stream, 503, "", TEXT, "server shutting down\n");
+        }
         Err(Adoption::GreetingFailed) => Counters::bump(&shared.counters.abandoned_heads),
         Err(Adoption::Failed) => {}
     }
@@ -333,16 +336,25 @@ fn connect(stream: TcpStream, shared: &HttpShared, request: &RequestLine) {
 /// Answers a request the listener will not serve, and counts it.
 fn reject(stream: TcpStream, shared: &HttpShared, status: u16, body: &str) {
     Counters::bump(&shared.counters.rejected_requests);
-    answer(stream, status, TEXT, body);
+    answer(stream, status, "", TEXT, body);
 }
 
-/// Writes one whole response, then closes without resetting what the peer may still be
-/// sending (closing a socket with unread input resets it, and the peer could lose the
-/// answer): our side is shut for writing, and input is drained for a moment first.
-fn answer(mut stream: TcpStream, status: u16, content_type: &str, body: &str) {
+/// Answers `405` to a request whose path takes only `allowed`, saying so (RFC 9110
+/// §15.5.6), and counts it.
+fn refuse_method(stream: TcpStream, shared: &HttpShared, allowed: &str) {
+    Counters::bump(&shared.counters.rejected_requests);
+    let allow = format!("Allow: {allowed}\r\n");
+    answer(stream, 405, &allow, TEXT, &format!("405 must {allowed}\n"));
+}
+
+/// Writes one whole response (`extra_headers`: whole header lines, each ending in CRLF, or
+/// nothing), then closes without resetting what the peer may still be sending (closing a
+/// socket with unread input resets it, and the peer could lose the answer): our side is shut
+/// for writing, and input is drained for a moment first.
+fn answer(mut stream: TcpStream, status: u16, extra_headers: &str, content_type: &str, body: &str) {
     let head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Connection: close\r\nCache-Control: no-store\r\n\r\n",
+        "HTTP/1.1 {status} {}\r\n{extra_headers}Content-Type: {content_type}\r\n\
+         Content-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n",
         reason(status),
         body.len()
     );
