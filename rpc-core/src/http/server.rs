@@ -3,9 +3,11 @@
 //! server's event loops (a CONNECT to the RPC path) or answers it once (the debug page, an
 //! error status) and closes it.
 //!
-//! Nothing here runs on an event loop, so a slow HTTP peer never holds up RPC traffic; a slow
-//! peer holds one handshake thread until [`HttpConfig::head_timeout`], and at most
-//! [`HttpConfig::max_handshakes`] such threads exist.
+//! Nothing here runs on an event loop, so a slow HTTP peer never holds up RPC traffic on
+//! connections already open; a slow peer holds one handshake thread until
+//! [`HttpConfig::head_timeout`], and at most [`HttpConfig::max_handshakes`] such threads
+//! exist. That many sockets that send nothing therefore keep every new HTTP client out
+//! (`503`) until the timeout frees them: there is no limit per peer (a front proxy's job).
 
 use std::fmt;
 use std::io::{self, Read, Write};
