@@ -47,8 +47,8 @@ pub trait FrameHandler: Send + 'static {
     /// Whether a connection whose peer broke the frame format or a limit (`error`) drains
     /// before it closes: once what was queued (say, an error frame sent from
     /// [`FrameHandler::handle_frame_error`]) is written, the connection is shut for writing,
-    /// and what the peer still sends is read and dropped until its end of stream, for
-    /// [`crate::CLOSE_GRACE`] at most. Closing with the peer's bytes unread would reset the
+    /// and what the peer still sends is read and dropped (not decrypted, over TLS) until its
+    /// TCP end of stream, for [`crate::CLOSE_GRACE`] at most. Closing with the peer's bytes unread would reset the
     /// connection, and a peer still writing the rest of its message (a body over the limit)
     /// could then fail its write and never read the error frame. The handler is told of the
     /// close when the drain ends. The default, false, closes at once (a client, whose
