@@ -95,12 +95,16 @@ pub(crate) fn parse_request(head: &[u8]) -> Option<RequestLine> {
     }
     let mut parts = first.split(' ');
     let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
-    let target = origin_form(target);
+    // CONNECT's target is never in absolute form (RFC 9112 §3.2.3): Go's is a path.
+    let target = match method {
+        "CONNECT" => target,
+        _ => origin_form(target)?,
+    };
     let well_formed = parts.next().is_none()
         && !method.is_empty()
         && method.bytes().all(is_token_byte)
         && target.starts_with('/')
-        && target.bytes().all(|b| b.is_ascii_graphic())
+        && target.bytes().all(|b| b.is_ascii_graphic() && b != b'#')
         && matches!(version, "HTTP/1.0" | "HTTP/1.1");
     if !well_formed {
         return None;
@@ -114,19 +118,29 @@ pub(crate) fn parse_request(head: &[u8]) -> Option<RequestLine> {
 
 /// The path and query of a request target in absolute form (`http://host:port/path?q`),
 /// which a server must accept (RFC 9112 §3.2.2): the target less its scheme and authority
-/// (`/` if it has no path). Any other target as it is.
-fn origin_form(target: &str) -> &str {
+/// (`/` if it has no path). `None` if the authority is empty, holds user information (`@`)
+/// or bytes that are not printable ASCII, or a fragment (`#`) follows it. Any other target
+/// as it is.
+fn origin_form(target: &str) -> Option<&str> {
     let scheme_len = ["http://", "https://"].into_iter().find_map(|scheme| {
         let prefix = target.get(..scheme.len())?;
         prefix.eq_ignore_ascii_case(scheme).then_some(scheme.len())
     });
     let Some(scheme_len) = scheme_len else {
-        return target;
+        return Some(target);
     };
     let rest = &target[scheme_len..];
-    match rest.find(['/', '?']) {
-        Some(at) if rest[at..].starts_with('/') => &rest[at..],
-        _ => "/",
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, after) = rest.split_at(authority_len);
+    let authority_ok =
+        !authority.is_empty() && authority.bytes().all(|b| b.is_ascii_graphic() && b != b'@');
+    if !authority_ok {
+        return None;
+    }
+    match after.as_bytes().first() {
+        None | Some(b'?') => Some("/"),
+        Some(b'/') => Some(after),
+        _ => None, // a fragment, which is no part of a request target
     }
 }
 
@@ -142,7 +156,13 @@ pub(crate) fn parse_status(head: &[u8]) -> Option<&str> {
 /// on (earlier ones were checked already). Empty lines before the request line are not its
 /// end: they are ignored (RFC 9112 §2.2).
 fn head_end(buf: &[u8], from: usize) -> Option<usize> {
-    let request_line = buf.iter().position(|&b| b != b'\r' && b != b'\n')?;
+    // At most a few bytes of them, so that a flood of line ends is not searched again from
+    // its start at every read: past that, the next blank line ends the head (then `400`).
+    let request_line = buf
+        .iter()
+        .take(MAX_EMPTY_LINES_LEN)
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(MAX_EMPTY_LINES_LEN);
     (from.max(request_line)..buf.len()).find_map(|i| {
         let blank_line = buf[i] == b'\n'
             && ((i >= 1 && buf[i - 1] == b'\n')
@@ -150,6 +170,9 @@ fn head_end(buf: &[u8], from: usize) -> Option<usize> {
         blank_line.then_some(i + 1)
     })
 }
+
+/// The most bytes of empty lines ignored before a request line (four CRLFs).
+const MAX_EMPTY_LINES_LEN: usize = 8;
 
 /// A byte allowed in a method or header name (RFC 9110 `tchar`).
 fn is_token_byte(byte: u8) -> bool {
@@ -185,12 +208,48 @@ mod tests {
 
     #[test]
     fn targets_in_absolute_form_are_read_as_their_path() {
-        assert_eq!(origin_form("http://h/debug/rpc?x=1"), "/debug/rpc?x=1");
-        assert_eq!(origin_form("HTTPS://h:443/_goRPC_"), "/_goRPC_");
-        assert_eq!(origin_form("http://h"), "/");
-        assert_eq!(origin_form("http://h?q=/x"), "/");
-        assert_eq!(origin_form("/debug/rpc"), "/debug/rpc");
-        assert_eq!(origin_form("ftp://h/x"), "ftp://h/x");
+        assert_eq!(
+            origin_form("http://h/debug/rpc?x=1"),
+            Some("/debug/rpc?x=1")
+        );
+        assert_eq!(origin_form("HTTPS://h:443/_goRPC_"), Some("/_goRPC_"));
+        assert_eq!(origin_form("http://h"), Some("/"));
+        assert_eq!(origin_form("http://h?q=/x"), Some("/"));
+        assert_eq!(origin_form("/debug/rpc"), Some("/debug/rpc"));
+        assert_eq!(origin_form("ftp://h/x"), Some("ftp://h/x"));
+        for bad in [
+            "http:///_goRPC_",
+            "http://u:p@h/x",
+            "http://h\u{7f}/x",
+            "http://hé/x",
+        ] {
+            assert_eq!(origin_form(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_connect_in_absolute_form_or_a_target_with_a_fragment_is_malformed() {
+        for bad in [
+            &b"CONNECT http://h/_goRPC_ HTTP/1.0\n\n"[..],
+            b"GET http://h#/debug/rpc HTTP/1.1\r\n\r\n",
+            b"GET /debug/rpc#x HTTP/1.1\r\n\r\n",
+        ] {
+            assert_eq!(
+                parse_request(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn a_flood_of_line_ends_ends_the_head_early_not_after_a_search_per_read() {
+        // Past four CRLFs of empty lines, the next blank line ends the head (a 400).
+        assert_eq!(head_end(&[b'\n'; 64], 0), Some(9));
+        let mut head = b"\r\n\r\n\r\n\r\n".to_vec();
+        head.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(head_end(&head, 0), Some(head.len()));
     }
 
     #[test]
