@@ -487,23 +487,20 @@ impl EventLoop {
                     slot.handler.handle_frame_error(&slot.conn, &err);
                     if slot.handler.drain_after_frame_error(&err) {
                         slot.linger = Linger::AfterFlush;
-                        // The drain's own bound: the grace below is not set on a connection
-                        // already told to close, which the drain would then hold open.
-                        let at = deadline_after(Instant::now(), CLOSE_GRACE);
-                        self.timers
-                            .push(at, (slot.conn.key(), LoopTimer::CloseGrace));
                     }
                     slot.set_close_reason(CloseReason::Error(err));
-                    // Let an error frame queued by the handler reach the peer before closing,
-                    // or close after a grace period if the peer does not read it (nor what
-                    // was queued before it).
-                    slot.conn.close_when_flushed_within(CLOSE_GRACE);
+                    // Let an error frame queued by the handler reach the peer before closing
+                    // (draining first, if asked), or close after a grace period if the peer
+                    // does not read it (nor what was queued before it), or does not end.
+                    slot.conn.close_when_flushed();
+                    self.close_after_grace(index);
                 }
                 ReadOutcome::TlsFailed(err) => {
                     // Close once the alert telling the peer why is written (whoever writes
                     // it), or after a grace period if the peer does not read it.
                     slot.set_close_reason(CloseReason::Error(err));
-                    slot.conn.close_when_flushed_within(CLOSE_GRACE);
+                    slot.conn.close_when_flushed();
+                    self.close_after_grace(index);
                     self.flush_now(index);
                 }
                 ReadOutcome::Failed(err) => self.close_slot(index, CloseReason::Error(err)),
@@ -627,9 +624,22 @@ impl EventLoop {
             conn.read_side().end_loop();
             self.close_slot_with_pending_reason(index);
         } else {
-            let at = deadline_after(Instant::now(), CLOSE_GRACE);
-            self.timers.push(at, (conn.key(), LoopTimer::CloseGrace));
+            self.close_after_grace(index);
         }
+    }
+
+    /// Closes the connection at `index` [`CLOSE_GRACE`] from now if it is still open then:
+    /// the bound on a close that waits for its peer (to read an error frame or an alert, to
+    /// end a drain) or for a caller to hand its read turn back. The loop's own timer, set
+    /// whatever the connection was told before (a `Connection::close_when_flushed_within`
+    /// asks for one only of a connection not yet closed).
+    fn close_after_grace(&mut self, index: usize) {
+        let Some(slot) = self.slots.get(index).and_then(Option::as_ref) else {
+            return;
+        };
+        let at = deadline_after(Instant::now(), CLOSE_GRACE);
+        self.timers
+            .push(at, (slot.conn.key(), LoopTimer::CloseGrace));
     }
 
     /// Runs queued commands; returns false when asked to shut down.
