@@ -166,6 +166,15 @@ fn a_reply_over_the_servers_limit_fails_only_that_call() {
     assert_still_serving(&client);
 }
 
+/// A test server that takes request bodies of 64 KiB at most.
+fn server_with_a_64_kib_limit() -> TestServer {
+    TestServer::start_with(
+        Server::builder()
+            .limits(FrameLimits::with_max_body_len(64 * 1024))
+            .build(),
+    )
+}
+
 #[test]
 fn a_request_over_the_servers_limit_fails_that_call_with_frame_too_large() {
     // The server answers the request's header with an error frame while the client is
@@ -174,11 +183,7 @@ fn a_request_over_the_servers_limit_fails_that_call_with_frame_too_large() {
     // client's write would fail with the error frame waiting in its socket: the caller must
     // be told why (not `ConnectionLost`, which most tries gave before the client read it
     // first).
-    let server = TestServer::start_with(
-        Server::builder()
-            .limits(FrameLimits::with_max_body_len(64 * 1024))
-            .build(),
-    );
+    let server = server_with_a_64_kib_limit();
     // A string encodes in one piece (a `Vec<u8>` byte by byte, slow in a debug build).
     let label = |len| Label {
         name: "x".repeat(len),
@@ -216,34 +221,16 @@ fn a_request_over_the_servers_limit_fails_that_call_with_frame_too_large() {
 /// Sends a request header declaring a body over `server`'s 64 KiB limit, and reads the
 /// error frame the server answers with; returns the socket.
 fn declare_too_much_and_read_the_answer(server: &TestServer) -> TcpStream {
-    let mut socket = TcpStream::connect(server.addr()).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    socket
-        .write_all(&util::evil::header_declaring(3, 1024 * 1024))
-        .unwrap();
-    let mut decoder = FrameDecoder::new(FrameLimits::default());
-    let mut chunk = [0u8; 4096];
-    let frame = loop {
-        if let Some(frame) = decoder.poll_frame().unwrap() {
-            break frame;
-        }
-        let read = socket.read(&mut chunk).unwrap();
-        assert!(read > 0, "the connection ended before the error frame");
-        decoder.handle_bytes(&chunk[..read]);
-    };
-    assert_eq!((frame.kind, frame.seq), (FrameKind::Error, 3));
-    socket
+    let mut client = EvilClient::connect(server.addr());
+    client.send_raw(&util::evil::header_declaring(3, 1024 * 1024));
+    let answer = client.read_frames(1);
+    assert_eq!((answer[0].kind, answer[0].seq), (FrameKind::Error, 3));
+    client.stream
 }
 
 #[test]
 fn after_an_error_frame_the_server_ends_its_stream_and_takes_what_the_peer_still_sends() {
-    let server = TestServer::start_with(
-        Server::builder()
-            .limits(FrameLimits::with_max_body_len(64 * 1024))
-            .build(),
-    );
+    let server = server_with_a_64_kib_limit();
     let mut socket = declare_too_much_and_read_the_answer(&server);
     // The end of the server's stream follows the error frame, before any close.
     assert_eq!(socket.read(&mut [0u8; 64]).unwrap(), 0);
@@ -261,11 +248,7 @@ fn after_an_error_frame_the_server_ends_its_stream_and_takes_what_the_peer_still
 
 #[test]
 fn a_peer_that_never_ends_its_stream_after_an_error_frame_is_closed_after_the_grace() {
-    let server = TestServer::start_with(
-        Server::builder()
-            .limits(FrameLimits::with_max_body_len(64 * 1024))
-            .build(),
-    );
+    let server = server_with_a_64_kib_limit();
     // One peer stays silent and open, another writes for ever: neither holds its slot past
     // the close grace (1 s).
     let silent = declare_too_much_and_read_the_answer(&server);
