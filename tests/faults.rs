@@ -233,7 +233,10 @@ fn a_client_that_never_reads_is_held_back_and_gets_every_reply_later() {
 #[test]
 fn small_requests_for_large_replies_never_read_are_held_near_the_cap() {
     // All in one write: the loop reads them all before any reply says how large they are.
-    assert_large_replies_never_read_are_held_near_the_cap(Server::new(), Sending::AllAtOnce);
+    assert_large_replies_never_read_are_held_near_the_cap(
+        Server::builder().limits(slow_reader_limits()).build(),
+        Sending::AllAtOnce,
+    );
 }
 
 #[test]
@@ -241,7 +244,10 @@ fn small_requests_for_large_replies_never_read_are_held_near_the_cap_with_worker
     // In bursts, the first for small replies: a worker reading the later ones as they come
     // (up to 64 at a time, run in turn) finds nothing yet that says how large they are.
     assert_large_replies_never_read_are_held_near_the_cap(
-        Server::builder().worker_reads(true).build(),
+        Server::builder()
+            .worker_reads(true)
+            .limits(slow_reader_limits())
+            .build(),
         Sending::SmallFirstThenBursts,
     );
 }
@@ -399,6 +405,16 @@ enum Sending {
 /// Each request is a few bytes and asks for a quarter mebibyte, and a peer reads none of
 /// the replies. The cap must hold anyway: a call whose connection has the cap unread waits
 /// to run. Then every reply is read, each once.
+/// Limits for a test whose client reads 64 MB in the end: a call held for it is refused
+/// after the frame timeout (10 s by default), and in a debug build on a loaded machine the
+/// reading alone can take that long. Refusing held calls is another test's subject.
+fn slow_reader_limits() -> FrameLimits {
+    FrameLimits {
+        frame_timeout: Some(Duration::from_secs(60)),
+        ..FrameLimits::default()
+    }
+}
+
 fn assert_large_replies_never_read_are_held_near_the_cap(server: Server, sending: Sending) {
     const REQUESTS: u64 = 256;
     const BURST: usize = 16;
@@ -780,25 +796,41 @@ fn a_connection_accepted_as_a_graceful_shutdown_begins_is_told_to_go_away_too() 
         .unwrap();
     server.register(HoldServer::new(Holder(hold))).unwrap();
     let handle = server.serve("127.0.0.1:0").unwrap();
-    let block = |seq: u64| request(seq, "Probe.Block", &seq);
+    let block = |seq: u64| request(seq + 1, "Probe.Block", &seq);
     let mut keeper = EvilClient::connect(handle.local_addr());
     keeper.send_frames(&[request(1, "Hold.Wait", &1u64)]);
-    let mut first = EvilClient::connect(handle.local_addr());
-    let mut second = EvilClient::connect(handle.local_addr());
     wait_until("the pooled call in flight", Duration::from_secs(5), || {
         server.stats().in_flight_calls == 1
     });
+    // Each step is waited for, not slept on. A connection answers a call before the test
+    // goes on with it: the loop reads a socket it adopts at once, from its commands, so a
+    // request sent before then would block the loop there, with the commands behind it
+    // (`second`'s adoption, `first`'s reply flush) waiting.
+    let adopted = || {
+        let mut client = EvilClient::connect(handle.local_addr());
+        client.send_frames(&[request(1, "Probe.Echo", &vec![1u8])]);
+        assert_eq!(client.read_frames(1)[0].kind, FrameKind::Response);
+        client
+    };
+    let (mut first, mut second) = (adopted(), adopted());
+    let calls_running = |count: usize| {
+        wait_until(
+            "the inline call holds the loop",
+            Duration::from_secs(5),
+            || server.stats().in_flight_calls == count,
+        )
+    };
     first.send_frames(&[block(1)]);
-    thread::sleep(Duration::from_millis(200)); // the loop blocks in `first`'s call
+    calls_running(2); // the loop blocks in `first`'s call
     second.send_frames(&[block(2)]);
-    thread::sleep(Duration::from_millis(50));
     let mut late = EvilClient::connect(handle.local_addr());
-    thread::sleep(Duration::from_millis(50));
     release.send(()).unwrap(); // the next turn: `second`'s call and `late`'s accept
-    thread::sleep(Duration::from_millis(200)); // the loop blocks in `second`'s call
+    assert_eq!(first.read_frames(1)[0].kind, FrameKind::Response);
+    calls_running(2); // the loop blocks in `second`'s call
     thread::scope(|scope| {
         let shutting = scope.spawn(|| handle.shutdown_gracefully(Duration::from_secs(5)));
-        thread::sleep(Duration::from_millis(200)); // the go-away pass has run
+        // The go-away pass has run once `keeper` is told (the shutdown thread writes it).
+        assert_eq!(keeper.read_frames(1)[0].kind, FrameKind::GoAway);
         release.send(()).unwrap(); // the loop goes on, and takes `late` in
         late.send_frames(&[request(1, "Probe.Echo", &vec![1u8])]);
         let frames = late.read_frames(2);
