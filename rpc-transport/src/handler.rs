@@ -48,11 +48,11 @@ pub trait FrameHandler: Send + 'static {
     /// before it closes: once what was queued (say, an error frame sent from
     /// [`FrameHandler::handle_frame_error`]) is written, the connection is shut for writing,
     /// and what the peer still sends is read and dropped (not decrypted, over TLS) until its
-    /// TCP end of stream, for [`crate::CLOSE_GRACE`] at most. Closing with the peer's bytes unread would reset the
-    /// connection, and a peer still writing the rest of its message (a body over the limit)
-    /// could then fail its write and never read the error frame. The handler is told of the
-    /// close when the drain ends. The default, false, closes at once (a client, whose
-    /// calls fail with the close, has no answer to wait for).
+    /// TCP end of stream, for [`crate::CLOSE_GRACE`] at most. Closing with the peer's bytes
+    /// unread would reset the connection, and a peer still writing the rest of its message
+    /// (a body over the limit) could then fail its write and never read the error frame.
+    /// The handler is told of the close when the drain ends. The default, false, closes at
+    /// once (a client, whose calls fail with the close, has no answer to wait for).
     fn drain_after_frame_error(&self, error: &TransportError) -> bool {
         let _ = error;
         false
