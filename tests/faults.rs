@@ -299,8 +299,14 @@ fn calls_held_back_for_a_peer_that_reads_a_trickle_are_refused_after_the_frame_t
     // places among the server's calls in flight for as long as it trickles (here about a
     // minute): after the frame timeout, each is answered `Throttled`, unrun.
     const REQUESTS: u64 = 200;
+    // One worker, held by a blocked call while the requests are read: every one of them is
+    // in flight before any reply says how large they are. (Were the replies' size known
+    // first, as a worker free to run one while the loop is still reading can make it on a
+    // loaded machine, the loop would pause reading after a few, whose replies the sockets'
+    // buffers then take whole: nothing would wait for the peer, which is not this test.)
     let server = TestServer::start_with(
         Server::builder()
+            .max_workers(1)
             .max_queued_bytes(64 * 1024)
             .limits(FrameLimits {
                 frame_timeout: Some(Duration::from_secs(1)),
@@ -309,13 +315,19 @@ fn calls_held_back_for_a_peer_that_reads_a_trickle_are_refused_after_the_frame_t
             .build(),
     );
     let mut evil = EvilClient::connect(server.addr());
+    let block = request(REQUESTS + 1, "Probe.Block", &0u64);
+    evil.send_frames(&[block]);
+    wait_until("the worker blocked", Duration::from_secs(5), || {
+        server.server.stats().running_handlers == 1
+    });
     let frames: Vec<_> = (1..=REQUESTS)
         .map(|seq| request(seq, "Probe.Fill", &(32 * 1024u32)))
         .collect();
     evil.send_frames(&frames);
-    wait_until("calls wait for the peer", Duration::from_secs(5), || {
-        server.server.stats().in_flight_calls > 20
+    wait_until("every request in flight", Duration::from_secs(5), || {
+        server.server.stats().in_flight_calls == REQUESTS as usize + 1
     });
+    server.release(1);
     let started = Instant::now();
     let throttled = || server.server.stats().call_errors(ErrorCode::Throttled);
     // 8 KiB every 50 ms: 160 KiB/s, where the replies asked for are 6.4 MB.
@@ -330,7 +342,7 @@ fn calls_held_back_for_a_peer_that_reads_a_trickle_are_refused_after_the_frame_t
     }
     let mut seen = HashSet::new();
     let mut refused = 0;
-    for reply in evil.read_frames(REQUESTS as usize) {
+    for reply in evil.read_frames(REQUESTS as usize + 1) {
         assert!(seen.insert(reply.seq), "seq {} twice", reply.seq);
         if reply.kind == FrameKind::Error {
             let body = ErrorBody::decode(&reply.body).unwrap();
