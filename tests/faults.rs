@@ -414,9 +414,6 @@ enum Sending {
     SmallFirstThenBursts,
 }
 
-/// Each request is a few bytes and asks for a quarter mebibyte, and a peer reads none of
-/// the replies. The cap must hold anyway: a call whose connection has the cap unread waits
-/// to run. Then every reply is read, each once.
 /// Limits for a test whose client reads 64 MB in the end: a call held for it is refused
 /// after the frame timeout (10 s by default), and in a debug build on a loaded machine the
 /// reading alone can take that long. Refusing held calls is another test's subject.
@@ -427,6 +424,9 @@ fn slow_reader_limits() -> FrameLimits {
     }
 }
 
+/// Each request is a few bytes and asks for a quarter mebibyte, and a peer reads none of
+/// the replies. The cap must hold anyway: a call whose connection has the cap unread waits
+/// to run. Then every reply is read, each once.
 fn assert_large_replies_never_read_are_held_near_the_cap(server: Server, sending: Sending) {
     const REQUESTS: u64 = 256;
     const BURST: usize = 16;
