@@ -321,15 +321,11 @@ fn connect(stream: TcpStream, shared: &HttpShared, request: &RequestLine) {
     match shared.rpc.adopt_greeted(stream, greet) {
         Ok(()) => Counters::bump(&shared.counters.rpc_connections),
         Err(Adoption::AtLimit(stream)) => {
-            Counters::bump(&shared.counters.refused_busy);
             let max = shared.server.config().max_connections;
             let body = format!("server at its limit of {max} connections; try again later\n");
-            answer(stream, 503, "", TEXT, &body);
+            refuse_busy(stream, shared, &body);
         }
-        Err(Adoption::ShutDown(stream)) => {
-            Counters::bump(&shared.counters.refused_busy);
-            answer(stream, 503, "", TEXT, "server shutting down\n");
-        }
+        Err(Adoption::ShutDown(stream)) => refuse_busy(stream, shared, "server shutting down\n"),
         Err(Adoption::GreetingFailed) => Counters::bump(&shared.counters.abandoned_heads),
         Err(Adoption::Failed) => {}
     }
@@ -339,6 +335,12 @@ fn connect(stream: TcpStream, shared: &HttpShared, request: &RequestLine) {
 fn reject(stream: TcpStream, shared: &HttpShared, status: u16, body: &str) {
     Counters::bump(&shared.counters.rejected_requests);
     answer(stream, status, "", TEXT, body);
+}
+
+/// Answers `503` to a CONNECT the RPC server cannot take now, and counts it.
+fn refuse_busy(stream: TcpStream, shared: &HttpShared, body: &str) {
+    Counters::bump(&shared.counters.refused_busy);
+    answer(stream, 503, "", TEXT, body);
 }
 
 /// Answers `405` to a request whose path takes only `allowed`, saying so (RFC 9110
