@@ -102,10 +102,12 @@ fn start_go_server(programs: &GoPrograms) -> (ChildGuard, String) {
     (guard, addr)
 }
 
-/// Runs the Go client against `addr`; returns its exit success and its output.
-fn run_go_client(programs: &GoPrograms, addr: &str) -> (bool, String, String) {
+/// Runs the Go client against `addr`, its first call `wait` after it dials; returns its
+/// exit success and its output.
+fn run_go_client(programs: &GoPrograms, addr: &str, wait: Duration) -> (bool, String, String) {
     let child = Command::new(&programs.client)
         .arg(addr)
+        .arg(format!("{}ms", wait.as_millis()))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -245,9 +247,19 @@ fn a_go_client_calls_a_netrpc_jsonrpc_server() {
         return;
     };
     let (server, handle) = start_server(Server::new());
-    let (ok, stdout, stderr) = run_go_client(programs, &handle.local_addr().to_string());
+    let addr = handle.local_addr().to_string();
+    let (ok, stdout, stderr) = run_go_client(programs, &addr, Duration::ZERO);
     assert!(ok, "the Go client failed:\n{stdout}{stderr}");
-    let expected = "\
+    assert_eq!(stdout, GO_CLIENT_OUTPUT);
+    let stats = server.stats();
+    assert_eq!(stats.call_errors(ErrorCode::Service), 1);
+    assert_eq!(stats.call_errors(ErrorCode::UnknownMethod), 1);
+    assert_eq!(stats.call_errors(ErrorCode::UnknownService), 1);
+    assert_back_to_idle(&server);
+}
+
+/// What the Go client prints when every check passes.
+const GO_CLIENT_OUTPUT: &str = "\
 multiply 56
 sum 15
 divide 3 2
@@ -257,12 +269,24 @@ unknown_service error: rpc: can't find service Nope.Foo
 after_errors 42
 concurrent 1000 ok
 ";
-    assert_eq!(stdout, expected);
-    let stats = server.stats();
-    assert_eq!(stats.call_errors(ErrorCode::Service), 1);
-    assert_eq!(stats.call_errors(ErrorCode::UnknownMethod), 1);
-    assert_eq!(stats.call_errors(ErrorCode::UnknownService), 1);
-    assert_back_to_idle(&server);
+
+#[test]
+fn a_go_client_that_dials_ahead_and_calls_later_is_served() {
+    // Go's client sends nothing until its first call: past the first-frame timeout, with the
+    // server far from its connection limit, its connection must still be open.
+    let Some(programs) = go_programs() else {
+        return;
+    };
+    let first_frame_timeout = Duration::from_millis(200);
+    let server = Server::builder()
+        .first_frame_timeout(Some(first_frame_timeout))
+        .build();
+    let (server, handle) = start_server(server);
+    let addr = handle.local_addr().to_string();
+    let (ok, stdout, stderr) = run_go_client(programs, &addr, first_frame_timeout * 4);
+    assert!(ok, "the Go client failed:\n{stdout}{stderr}");
+    assert_eq!(stdout, GO_CLIENT_OUTPUT);
+    assert_eq!(server.stats().first_frame_timeouts, 0);
 }
 
 // ---- (b) netrpc calling a Go server ----

@@ -116,12 +116,13 @@ fn go_never_blocks_its_caller_while_the_connection_ends_under_it() {
 }
 
 #[test]
-fn a_connection_that_sends_nothing_is_closed_after_the_first_frame_timeout() {
+fn a_connection_that_sends_nothing_is_closed_after_the_first_frame_timeout_when_slots_run_short() {
     // Each jsonrpc connection holds a slot and two threads: a socket that never speaks must
-    // not hold them for ever, as on the native listener.
+    // not hold them for ever once the server is short of slots (here it holds one of two).
     let first_frame_timeout = Duration::from_millis(300);
     let server = Server::builder()
         .first_frame_timeout(Some(first_frame_timeout))
+        .max_connections(2)
         .build();
     let (server, handle) = serve_tally(server);
     let opened = Instant::now();
@@ -142,6 +143,39 @@ fn a_connection_that_sends_nothing_is_closed_after_the_first_frame_timeout() {
     thread::sleep(first_frame_timeout * 2);
     assert_eq!(client.call::<_, u64>("Tally.Count", &2u64).unwrap(), 2);
     assert_eq!(server.stats().first_frame_timeouts, 1);
+}
+
+#[test]
+fn a_client_that_dials_ahead_and_calls_later_keeps_its_connection_while_the_server_has_room() {
+    // Go's jsonrpc client sends nothing until its first call: a program that dials at start
+    // and calls minutes later must find its connection open, unless the server needs the
+    // slot (at half its connections or more, checked once per first-frame timeout).
+    let first_frame_timeout = Duration::from_millis(200);
+    let server = Server::builder()
+        .first_frame_timeout(Some(first_frame_timeout))
+        .max_connections(5)
+        .build();
+    let (server, handle) = serve_tally(server);
+    let ahead = JsonRpcClient::dial(handle.local_addr()).unwrap();
+    thread::sleep(first_frame_timeout * 3);
+    assert_eq!(ahead.call::<_, u64>("Tally.Count", &7u64).unwrap(), 7);
+
+    // One that is still silent when the server runs short (three of five open) is closed at
+    // its next check.
+    let mut silent = TcpStream::connect(handle.local_addr()).unwrap();
+    thread::sleep(first_frame_timeout * 3);
+    assert_eq!(server.stats().first_frame_timeouts, 0, "room enough so far");
+    let third = JsonRpcClient::dial(handle.local_addr()).unwrap();
+    assert_eq!(third.call::<_, u64>("Tally.Count", &8u64).unwrap(), 8);
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let read = silent.read(&mut [0u8; 64]);
+    assert!(matches!(read, Ok(0)), "closed at its next check: {read:?}");
+    assert_eq!(server.stats().first_frame_timeouts, 1);
+    // The clients that had called are untouched.
+    assert_eq!(ahead.call::<_, u64>("Tally.Count", &9u64).unwrap(), 9);
+    assert_eq!(third.call::<_, u64>("Tally.Count", &10u64).unwrap(), 10);
 }
 
 #[test]

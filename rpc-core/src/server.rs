@@ -394,6 +394,14 @@ impl fmt::Debug for Server {
 }
 
 impl ServerShared {
+    /// True once half the server's `max_connections` or more are open: a connection that
+    /// has sent nothing (the jsonrpc listener's are allowed to, see
+    /// `jsonrpc::server_conn`) should then give its slot up to one that will.
+    pub(crate) fn short_of_connections(&self) -> bool {
+        let open = self.stats.open_connections.load(Ordering::SeqCst);
+        open.saturating_mul(2) >= self.config.max_connections
+    }
+
     /// Counts one more call in flight on the whole server, unless `max_calls` are: then
     /// false, and nothing is counted. Every way in (a connection, the jsonrpc listener, the
     /// simulated network) admits its calls here.

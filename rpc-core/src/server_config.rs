@@ -32,9 +32,11 @@ pub struct ServerConfig {
     /// Closes a connection that has not sent one whole frame this long after it was accepted,
     /// after a go-away frame, so sockets that never speak cannot hold connection slots for
     /// ever. netrpc's client sends a ping as soon as it connects, so its connections always
-    /// pass. On the jsonrpc listener, a connection whose first request has not begun by then
-    /// is closed (no go-away: jsonrpc has none); Go's jsonrpc client sends nothing until its
-    /// first call, so a Go program that dials long before it calls needs a longer timeout.
+    /// pass. On the jsonrpc listener, whose Go clients send nothing until their first call,
+    /// a connection whose first request has not begun by then is closed (no go-away: jsonrpc
+    /// has none) only while half the server's `max_connections` or more are open, checked
+    /// again every timeout: a Go program that dials ahead keeps its connection while the
+    /// server has room.
     /// Default `Some(`[`DEFAULT_FIRST_FRAME_TIMEOUT`]`)`; `None` turns it off.
     pub first_frame_timeout: Option<Duration>,
     /// Most calls in flight on one connection; beyond it a request is answered `Throttled`

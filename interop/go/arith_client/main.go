@@ -1,9 +1,11 @@
 // Command arith_client calls Arith over Go's net/rpc/jsonrpc, for netrpc's interop tests
 // (tests/go_interop.rs) and by hand against examples/go_interop.rs.
 //
-//	go run ./arith_client 127.0.0.1:1234
+//	go run ./arith_client 127.0.0.1:1234 [WAIT]
 //
-// It prints one line per check and exits 0 only if every result is right.
+// WAIT (a Go duration, such as 500ms) is how long it waits after dialling before its first
+// call, as a program that dials at start and calls later does. It prints one line per check
+// and exits 0 only if every result is right.
 package main
 
 import (
@@ -20,15 +22,24 @@ import (
 const concurrentCalls = 1000
 
 func main() {
-	if len(os.Args) != 2 {
-		fmt.Fprintln(os.Stderr, "usage: arith_client HOST:PORT")
+	if len(os.Args) < 2 || len(os.Args) > 3 {
+		fmt.Fprintln(os.Stderr, "usage: arith_client HOST:PORT [WAIT]")
 		os.Exit(2)
+	}
+	var wait time.Duration
+	if len(os.Args) == 3 {
+		parsed, err := time.ParseDuration(os.Args[2])
+		if err != nil {
+			fail("WAIT: %v", err)
+		}
+		wait = parsed
 	}
 	client, err := jsonrpc.Dial("tcp", os.Args[1])
 	if err != nil {
 		fail("dial: %v", err)
 	}
 	defer client.Close()
+	time.Sleep(wait)
 
 	var product, sum int
 	call(client, "Arith.Multiply", &arith.Args{A: 7, B: 8}, &product)

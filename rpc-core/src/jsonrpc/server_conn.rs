@@ -15,7 +15,10 @@
 //!   past the codec's limit get one error response with a `null` id (Go closes without one),
 //!   then the connection closes;
 //! - a connection whose first request has not begun `first_frame_timeout` after it was
-//!   accepted is closed (a silent socket would hold a slot and two threads for ever);
+//!   accepted is closed if half the server's `max_connections` or more are open then, or
+//!   at any later check (one per `first_frame_timeout`): a silent socket must not hold a
+//!   slot and two threads for ever, but Go's client sends nothing until its first call, so
+//!   a Go program that dials ahead keeps its connection while the server has room;
 //! - a message still incomplete `limits.frame_timeout` after its first byte closes the
 //!   connection, as does `idle_timeout`, when set, passing with no call in flight and no
 //!   message arriving (counted from the later of the last request and the last call's end);
@@ -193,8 +196,16 @@ impl JsonConn {
                     }
                 }
                 Ok(None) if first_request_by.is_some_and(|by| Instant::now() >= by) => {
-                    // Not one request since accept: a silent socket holding a slot and
-                    // two threads.
+                    // Not one request since accept. Go's client sends nothing until its
+                    // first call, so this may be a program that dialled ahead: it keeps
+                    // its slot and two threads while the server has room, and is looked
+                    // at again a timeout later.
+                    if !self.server.short_of_connections() {
+                        first_request_by = config
+                            .first_frame_timeout
+                            .map(|timeout| deadline_after(Instant::now(), timeout));
+                        continue;
+                    }
                     StatsCounters::bump(&stats.first_frame_timeouts);
                     return;
                 }
