@@ -402,9 +402,11 @@ fn dial_http_reports_any_other_answer_as_unreachable() {
 
 #[test]
 fn too_many_heads_at_once_are_answered_503() {
+    // Heads evictable after 3 s: the two silent ones are too young to give their places up.
     let config = HttpConfig {
         max_handshakes: 2,
-        ..short_timeouts()
+        head_timeout: Duration::from_secs(30),
+        ..HttpConfig::default()
     };
     let (_server, http) = start(config);
     let silent: Vec<_> = (0..2)
@@ -428,6 +430,55 @@ fn too_many_heads_at_once_are_answered_503() {
         get(http.local_addr(), "/debug/rpc").status,
         "HTTP/1.1 200 OK"
     );
+}
+
+#[test]
+fn silent_sockets_at_the_handshake_limit_give_their_places_up_to_new_clients() {
+    // Two sockets that send nothing fill both handshake places. Once they have been silent a
+    // tenth of the head timeout, each new client takes the place of the oldest (closed
+    // unanswered) instead of being refused until the timeout frees them.
+    let head_timeout = Duration::from_secs(2);
+    let config = HttpConfig {
+        max_handshakes: 2,
+        head_timeout,
+        ..HttpConfig::default()
+    };
+    let (_server, http) = start(config);
+    let mut oldest = TcpStream::connect(http.local_addr()).expect("connect");
+    wait_until("the first head being read", Duration::from_secs(5), || {
+        http.stats().handshakes_in_progress == 1
+    });
+    let mut younger = TcpStream::connect(http.local_addr()).expect("connect");
+    wait_until("both heads being read", Duration::from_secs(5), || {
+        http.stats().handshakes_in_progress == 2
+    });
+    thread::sleep(head_timeout / 10 + Duration::from_millis(50));
+
+    let page = get(http.local_addr(), "/debug/rpc");
+    assert_eq!(page.status, "HTTP/1.1 200 OK");
+    let stats = http.stats();
+    assert_eq!((stats.evicted_heads, stats.refused_busy), (1, 0));
+    oldest
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("set a read timeout");
+    assert_eq!(
+        oldest.read(&mut [0u8; 16]).expect("read"),
+        0,
+        "closed unanswered"
+    );
+    // The younger one still has its place: it sends its head late, and is answered.
+    younger
+        .write_all(b"GET /debug/rpc HTTP/1.1\r\n\r\n")
+        .expect("send the head");
+    let mut answer = String::new();
+    younger
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("set a read timeout");
+    younger
+        .read_to_string(&mut answer)
+        .expect("read the answer");
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert_eq!(http.stats().abandoned_heads, 0);
 }
 
 #[test]

@@ -143,6 +143,7 @@ fn http_figures(stats: &HttpStats) -> Vec<(String, u64)> {
         ("pages_served", stats.pages_served),
         ("rejected_requests", stats.rejected_requests),
         ("abandoned_heads", stats.abandoned_heads),
+        ("evicted_heads", stats.evicted_heads),
         ("refused_busy", stats.refused_busy),
     ]
     .into_iter()

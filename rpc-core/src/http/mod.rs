@@ -20,6 +20,7 @@
 mod client;
 mod debug_page;
 mod head;
+mod heads_reading;
 mod server;
 
 use std::time::Duration;
@@ -60,8 +61,10 @@ pub struct HttpConfig {
     /// slower than that is closed without an answer.
     pub head_timeout: Duration,
     /// Most connections being read or answered at once (default [`DEFAULT_MAX_HANDSHAKES`]),
-    /// each on its own short-lived thread; beyond it a new connection is answered `503` and
-    /// closed. Connections handed to the RPC server no longer count.
+    /// each on its own short-lived thread. Beyond it a new connection takes the place of the
+    /// oldest one still sending its head after a tenth of `head_timeout` (closed unanswered,
+    /// counted in [`HttpStats::evicted_heads`]), or is answered `503` and closed if none is
+    /// that old. Connections handed to the RPC server no longer count.
     pub max_handshakes: usize,
 }
 
@@ -92,6 +95,9 @@ pub struct HttpStats {
     /// Connections closed without an answer: the head did not arrive within the timeout, or
     /// the peer closed first.
     pub abandoned_heads: u64,
+    /// Connections closed without an answer to make room for a new one: at
+    /// `max_handshakes`, the oldest still sending its head after a tenth of `head_timeout`.
+    pub evicted_heads: u64,
     /// Connections answered `503`: too many handshakes at once, the RPC server at its
     /// connection limit, or a CONNECT arriving as the listener shuts down.
     pub refused_busy: u64,

@@ -6,8 +6,11 @@
 //! Nothing here runs on an event loop, so a slow HTTP peer never holds up RPC traffic on
 //! connections already open; a slow peer holds one handshake thread until
 //! [`HttpConfig::head_timeout`], and at most [`HttpConfig::max_handshakes`] such threads
-//! exist. That many sockets that send nothing therefore keep every new HTTP client out
-//! (`503`) until the timeout frees them: there is no limit per peer (a front proxy's job).
+//! take new connections. Past that, a new connection takes the place of the oldest one
+//! still sending its head after a tenth of the timeout (`heads_reading.rs`), or is answered
+//! `503` if none is that old: sockets that send nothing cannot keep new clients out for
+//! long, though a flood of new connections still can (there is no limit per peer: a front
+//! proxy's job).
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -23,6 +26,7 @@ use rpc_transport::clock::deadline_after;
 use crate::error::RpcError;
 use crate::http::debug_page::DebugSnapshot;
 use crate::http::head::{parse_request, read_head, HeadError, RequestLine};
+use crate::http::heads_reading::{HeadsReading, EVICTABLE_AFTER};
 use crate::http::{HttpConfig, HttpStats, CONNECTED_STATUS};
 use crate::server::{Adoption, Server, ServerHandle};
 
@@ -79,6 +83,7 @@ impl Server {
             config,
             stopping: AtomicBool::new(false),
             counters: Counters::default(),
+            heads: HeadsReading::default(),
         });
         let accepting = Arc::clone(&shared);
         let accept_thread = thread::Builder::new()
@@ -176,6 +181,8 @@ struct HttpShared {
     config: HttpConfig,
     stopping: AtomicBool,
     counters: Counters,
+    /// The connections whose head is still being read, to evict the oldest at the limit.
+    heads: HeadsReading,
 }
 
 /// The live counters behind [`HttpStats`].
@@ -186,6 +193,7 @@ struct Counters {
     pages_served: AtomicU64,
     rejected_requests: AtomicU64,
     abandoned_heads: AtomicU64,
+    evicted_heads: AtomicU64,
     refused_busy: AtomicU64,
 }
 
@@ -198,6 +206,7 @@ impl Counters {
             pages_served: load(&self.pages_served),
             rejected_requests: load(&self.rejected_requests),
             abandoned_heads: load(&self.abandoned_heads),
+            evicted_heads: load(&self.evicted_heads),
             refused_busy: load(&self.refused_busy),
         }
     }
@@ -217,7 +226,8 @@ impl Drop for HandshakeSlot {
 }
 
 /// Accepts until told to stop; each connection gets a handshake thread, or a 503 when
-/// `max_handshakes` are running.
+/// `max_handshakes` are running and none of them has been reading its head long enough to
+/// give its place up.
 fn accept_loop(listener: &TcpListener, shared: &Arc<HttpShared>) {
     loop {
         let accepted = listener.accept();
@@ -232,23 +242,46 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<HttpShared>) {
                 continue;
             }
         };
-        let counters = &shared.counters;
-        if counters.handshakes.load(Ordering::SeqCst) >= shared.config.max_handshakes {
-            Counters::bump(&counters.refused_busy);
+        if !make_room(shared) {
+            Counters::bump(&shared.counters.refused_busy);
             refuse_at_accept(stream);
             continue;
         }
-        counters.handshakes.fetch_add(1, Ordering::SeqCst);
+        shared.counters.handshakes.fetch_add(1, Ordering::SeqCst);
         let slot = HandshakeSlot(Arc::clone(shared));
-        // If the thread cannot start, the closure (socket and slot) is dropped: closed, uncounted.
-        let _ = thread::Builder::new()
+        let ticket = shared.heads.start(&stream);
+        let spawned = thread::Builder::new()
             .name("netrpc-http-conn".to_owned())
-            .spawn(move || handshake(stream, &slot.0));
+            .spawn(move || handshake(stream, ticket, &slot.0));
+        if spawned.is_err() {
+            // The closure (socket and slot) is dropped: closed and uncounted; so is the
+            // ticket's handle on the socket.
+            shared.heads.finish(ticket);
+        }
     }
 }
 
-/// Reads one request head and acts on it.
-fn handshake(stream: TcpStream, shared: &HttpShared) {
+/// True if a new connection may have a handshake thread: fewer than `max_handshakes` run,
+/// or the oldest head still being read past its evictable age was closed to make room
+/// (threads then number up to twice the limit for the moment the evicted ones take to end).
+fn make_room(shared: &HttpShared) -> bool {
+    let config = &shared.config;
+    let running = shared.counters.handshakes.load(Ordering::SeqCst);
+    if running < config.max_handshakes {
+        return true;
+    }
+    let evicted = running < config.max_handshakes.saturating_mul(2)
+        && shared
+            .heads
+            .evict_oldest(config.head_timeout / EVICTABLE_AFTER);
+    if evicted {
+        Counters::bump(&shared.counters.evicted_heads);
+    }
+    evicted
+}
+
+/// Reads one request head (`ticket` in the heads being read) and acts on it.
+fn handshake(stream: TcpStream, ticket: Option<u64>, shared: &HttpShared) {
     let config = &shared.config;
     let counters = &shared.counters;
     let deadline = deadline_after(Instant::now(), config.head_timeout);
@@ -256,7 +289,12 @@ fn handshake(stream: TcpStream, shared: &HttpShared) {
         .head_timeout
         .clamp(MIN_WRITE_TIMEOUT, MAX_WRITE_TIMEOUT);
     let _ = stream.set_write_timeout(Some(write_timeout));
-    let head = match read_head(&stream, config.max_head_len, deadline) {
+    let read = read_head(&stream, config.max_head_len, deadline);
+    if !shared.heads.finish(ticket) {
+        // Closed to make room for a newer connection, and counted then.
+        return;
+    }
+    let head = match read {
         Ok(head) => head,
         Err(HeadError::TooLarge) => {
             let limit = config.max_head_len;
