@@ -7,7 +7,7 @@
 
 mod util;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -119,7 +119,8 @@ fn go_never_blocks_its_caller_while_the_connection_ends_under_it() {
 fn a_connection_that_sends_nothing_is_closed_after_the_first_frame_timeout_when_slots_run_short() {
     // Each jsonrpc connection holds a slot and two threads: a socket that never speaks must
     // not hold them for ever once the server is short of slots (here it holds one of two).
-    let first_frame_timeout = Duration::from_millis(300);
+    // The timeout leaves the client dialled below a second to send its first request.
+    let first_frame_timeout = Duration::from_secs(1);
     let server = Server::builder()
         .first_frame_timeout(Some(first_frame_timeout))
         .max_connections(2)
@@ -150,7 +151,9 @@ fn a_client_that_dials_ahead_and_calls_later_keeps_its_connection_while_the_serv
     // Go's jsonrpc client sends nothing until its first call: a program that dials at start
     // and calls minutes later must find its connection open, unless the server needs the
     // slot (at half its connections or more, checked once per first-frame timeout).
-    let first_frame_timeout = Duration::from_millis(200);
+    // Half a second: `third` below, dialled once the server is short, has that long to send
+    // its first request before its own check would close it.
+    let first_frame_timeout = Duration::from_millis(500);
     let server = Server::builder()
         .first_frame_timeout(Some(first_frame_timeout))
         .max_connections(5)
@@ -176,6 +179,69 @@ fn a_client_that_dials_ahead_and_calls_later_keeps_its_connection_while_the_serv
     // The clients that had called are untouched.
     assert_eq!(ahead.call::<_, u64>("Tally.Count", &9u64).unwrap(), 9);
     assert_eq!(third.call::<_, u64>("Tally.Count", &10u64).unwrap(), 10);
+}
+
+/// Time on a CPU of each thread of this process whose name starts with `prefix`, by thread
+/// id, from `/proc/self/task/*/schedstat` (nanoseconds, where `stat` counts 10 ms ticks and
+/// misses threads that wake often for a moment each); `None` without `/proc`.
+fn cpu_of_threads_named(prefix: &str) -> Option<HashMap<u32, Duration>> {
+    let mut threads = HashMap::new();
+    for entry in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let path = entry.path();
+        let named =
+            std::fs::read_to_string(path.join("comm")).is_ok_and(|name| name.starts_with(prefix));
+        let tid = entry.file_name().to_str().and_then(|tid| tid.parse().ok());
+        let on_cpu = std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|stat| stat.split_whitespace().next()?.parse().ok());
+        if let (true, Some(tid), Some(on_cpu)) = (named, tid, on_cpu) {
+            threads.insert(tid, Duration::from_nanos(on_cpu));
+        }
+    }
+    Some(threads)
+}
+
+#[test]
+fn silent_connections_kept_under_a_zero_first_frame_timeout_do_not_poll() {
+    // With room on the server a silent connection is looked at again every timeout, but a
+    // second apart at least: a zero (or tiny) timeout must not make each of them a loop
+    // that reads with a 1 ms timeout, over and over.
+    const SILENT: usize = 100;
+    let Some(before) = cpu_of_threads_named("netrpc-jsonrpc-") else {
+        eprintln!("no /proc/self/task here: nothing to check");
+        return;
+    };
+    let server = Server::builder()
+        .first_frame_timeout(Some(Duration::ZERO))
+        .max_connections(1_000)
+        .build();
+    let (server, handle) = serve_tally(server);
+    let silent: Vec<_> = (0..SILENT)
+        .map(|_| TcpStream::connect(handle.local_addr()).unwrap())
+        .collect();
+    wait_until(
+        "every silent connection accepted",
+        Duration::from_secs(10),
+        || server.stats().open_connections == SILENT,
+    );
+    let start = cpu_of_threads_named("netrpc-jsonrpc-").unwrap();
+    thread::sleep(Duration::from_secs(1));
+    let end = cpu_of_threads_named("netrpc-jsonrpc-").unwrap();
+    // The threads started since `before` and alive all second (this server's, and perhaps a
+    // few of a test running beside this one) that were on a CPU for half a millisecond or
+    // more: each of 100 polling readers took 2 ms; a reader that waits, a few microseconds.
+    let busy = end
+        .iter()
+        .filter(|(tid, _)| !before.contains_key(tid))
+        .filter_map(|(tid, now)| Some(now.saturating_sub(*start.get(tid)?)))
+        .filter(|spent| *spent >= Duration::from_micros(500))
+        .count();
+    assert!(
+        busy < SILENT / 2,
+        "{busy} of {SILENT} silent connections' threads were busy for 0.5 ms or more"
+    );
+    assert_eq!(server.stats().first_frame_timeouts, 0, "room enough: kept");
+    drop(silent);
 }
 
 #[test]

@@ -35,8 +35,8 @@ pub struct ServerConfig {
     /// pass. On the jsonrpc listener, whose Go clients send nothing until their first call,
     /// a connection whose first request has not begun by then is closed (no go-away: jsonrpc
     /// has none) only while half the server's `max_connections` or more are open, checked
-    /// again every timeout: a Go program that dials ahead keeps its connection while the
-    /// server has room.
+    /// again every timeout (a second apart at least): a Go program that dials ahead keeps
+    /// its connection while the server has room, and so may a silent socket.
     /// Default `Some(`[`DEFAULT_FIRST_FRAME_TIMEOUT`]`)`; `None` turns it off.
     pub first_frame_timeout: Option<Duration>,
     /// Most calls in flight on one connection; beyond it a request is answered `Throttled`

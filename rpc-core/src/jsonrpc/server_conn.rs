@@ -16,9 +16,11 @@
 //!   then the connection closes;
 //! - a connection whose first request has not begun `first_frame_timeout` after it was
 //!   accepted is closed if half the server's `max_connections` or more are open then, or
-//!   at any later check (one per `first_frame_timeout`): a silent socket must not hold a
-//!   slot and two threads for ever, but Go's client sends nothing until its first call, so
-//!   a Go program that dials ahead keeps its connection while the server has room;
+//!   at any later check (one per `first_frame_timeout`, a second apart at least): silent
+//!   sockets cannot hold the last half of the slots, but Go's client sends nothing until
+//!   its first call, so a Go program that dials ahead keeps its connection while the server
+//!   has room (and so may a silent socket: up to half the slots, two threads each, as a
+//!   connection idle after one request may);
 //! - a message still incomplete `limits.frame_timeout` after its first byte closes the
 //!   connection, as does `idle_timeout`, when set, passing with no call in flight and no
 //!   message arriving (counted from the later of the last request and the last call's end);
@@ -199,11 +201,12 @@ impl JsonConn {
                     // Not one request since accept. Go's client sends nothing until its
                     // first call, so this may be a program that dialled ahead: it keeps
                     // its slot and two threads while the server has room, and is looked
-                    // at again a timeout later.
+                    // at again a timeout later (a second at least: a tiny timeout must not
+                    // make every silent connection poll).
                     if !self.server.short_of_connections() {
-                        first_request_by = config
-                            .first_frame_timeout
-                            .map(|timeout| deadline_after(Instant::now(), timeout));
+                        first_request_by = config.first_frame_timeout.map(|timeout| {
+                            deadline_after(Instant::now(), timeout.max(MIN_FIRST_FRAME_RECHECK))
+                        });
                         continue;
                     }
                     StatsCounters::bump(&stats.first_frame_timeouts);
@@ -494,3 +497,7 @@ impl JsonCall {
 
 /// How often a waiting reader looks at the stop flag.
 const STOP_CHECK: Duration = Duration::from_millis(50);
+
+/// The shortest time between two looks at a connection that has sent nothing yet and kept
+/// its place because the server had room, whatever `first_frame_timeout` says.
+const MIN_FIRST_FRAME_RECHECK: Duration = Duration::from_secs(1);
