@@ -482,6 +482,60 @@ fn silent_sockets_at_the_handshake_limit_give_their_places_up_to_new_clients() {
 }
 
 #[test]
+fn a_client_still_sending_its_head_keeps_its_place_over_a_younger_silent_one() {
+    // The older connection sends its head a line every 50 ms (a slow link); the younger sends
+    // nothing. At the limit, a new client takes the silent one's place, not the older one's.
+    let head_timeout = Duration::from_secs(5);
+    let config = HttpConfig {
+        max_handshakes: 2,
+        head_timeout,
+        ..HttpConfig::default()
+    };
+    let (_server, http) = start(config);
+    let mut trickling = TcpStream::connect(http.local_addr()).expect("connect");
+    wait_until("the first head being read", Duration::from_secs(5), || {
+        http.stats().handshakes_in_progress == 1
+    });
+    let trickler = thread::spawn(move || {
+        trickling
+            .write_all(b"GET /debug/rpc HTTP/1.1\r\n")
+            .expect("send the request line");
+        for line in 0..30 {
+            thread::sleep(Duration::from_millis(50));
+            let header = format!("X-Line: {line}\r\n");
+            trickling.write_all(header.as_bytes()).expect("send a line");
+        }
+        trickling.write_all(b"\r\n").expect("end the head");
+        let mut answer = String::new();
+        trickling
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("set a read timeout");
+        trickling
+            .read_to_string(&mut answer)
+            .expect("read the answer");
+        answer
+    });
+    let mut silent = TcpStream::connect(http.local_addr()).expect("connect");
+    wait_until("both heads being read", Duration::from_secs(5), || {
+        http.stats().handshakes_in_progress == 2
+    });
+    // Past the tenth of the head timeout for the silent one; the other is sending all along.
+    thread::sleep(head_timeout / 10 + Duration::from_millis(100));
+
+    assert_eq!(
+        get(http.local_addr(), "/debug/rpc").status,
+        "HTTP/1.1 200 OK"
+    );
+    assert_eq!(http.stats().evicted_heads, 1);
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("set a read timeout");
+    assert_eq!(silent.read(&mut [0u8; 16]).expect("read"), 0, "evicted");
+    let answer = trickler.join().expect("the trickling client");
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+}
+
+#[test]
 fn shutdown_closes_connections_that_came_over_http_and_stops_accepting() {
     let (server, http) = start_default();
     let arith = ArithClient::new(Client::dial_http(http.local_addr()).expect("dial_http"));

@@ -114,20 +114,21 @@ impl Client {
 fn handshake(mut stream: &TcpStream, path: &str, deadline: Instant) -> io::Result<()> {
     stream.set_write_timeout(Some(time_left(deadline)?))?;
     stream.write_all(format!("CONNECT {path} HTTP/1.0\n\n").as_bytes())?;
-    let head = read_head(stream, MAX_RESPONSE_HEAD_LEN, deadline).map_err(|err| match err {
-        HeadError::TooLarge => io::Error::other(format!(
-            "HTTP response head over {MAX_RESPONSE_HEAD_LEN} bytes"
-        )),
-        HeadError::TimedOut => io::Error::new(
-            io::ErrorKind::TimedOut,
-            "no whole HTTP response before the connect timeout",
-        ),
-        HeadError::Closed => io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "connection closed before the HTTP response",
-        ),
-        HeadError::Io(err) => err,
-    })?;
+    let head =
+        read_head(stream, MAX_RESPONSE_HEAD_LEN, deadline, || {}).map_err(|err| match err {
+            HeadError::TooLarge => io::Error::other(format!(
+                "HTTP response head over {MAX_RESPONSE_HEAD_LEN} bytes"
+            )),
+            HeadError::TimedOut => io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no whole HTTP response before the connect timeout",
+            ),
+            HeadError::Closed => io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed before the HTTP response",
+            ),
+            HeadError::Io(err) => err,
+        })?;
     match parse_status(&head) {
         Some(CONNECTED_STATUS) => {}
         Some(status) => {

@@ -36,11 +36,13 @@ pub(crate) struct RequestLine {
 /// byte more, so what the peer sent after it (say, RPC frames pipelined after a CONNECT)
 /// stays in the socket for whoever reads next. Gives up at `max_len` bytes or at `deadline`.
 ///
-/// The socket must be in blocking mode; its read timeout is changed.
+/// The socket must be in blocking mode; its read timeout is changed. `on_bytes` runs each
+/// time more of the head has arrived.
 pub(crate) fn read_head(
     mut stream: &TcpStream,
     max_len: usize,
     deadline: Instant,
+    mut on_bytes: impl FnMut(),
 ) -> Result<Vec<u8>, HeadError> {
     let mut head = Vec::new();
     let mut chunk = [0u8; 1024];
@@ -74,6 +76,7 @@ pub(crate) fn read_head(
         stream
             .read_exact(&mut chunk[..take])
             .map_err(HeadError::Io)?;
+        on_bytes();
         if end.is_some() {
             return Ok(head);
         }

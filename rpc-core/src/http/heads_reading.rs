@@ -1,23 +1,24 @@
-//! The HTTP listener's connections whose request head is still being read, oldest first, so
-//! that when [`HttpConfig::max_handshakes`](super::HttpConfig::max_handshakes) are running a
-//! new connection can take the place of the oldest one that has been silent too long,
-//! instead of being refused: sockets that send nothing then cannot keep every new client out
-//! until the head timeout frees them.
+//! The HTTP listener's connections whose request head is still being read, with when each
+//! last sent a byte, so that when [`HttpConfig::max_handshakes`](super::HttpConfig::max_handshakes)
+//! are running a new connection can take the place of the one silent longest, instead of
+//! being refused: sockets that send nothing then cannot keep every new client out until the
+//! head timeout frees them.
 //!
-//! A head is evictable once it has been read for [`EVICTABLE_AFTER`] of the head timeout:
-//! an honest client sends its head at once, so it is never the oldest past that age unless
-//! it is slower than that, while a burst of new connections cannot push each other out.
+//! A head is evictable once its connection has sent nothing for [`EVICTABLE_AFTER`] of the
+//! head timeout (since it was accepted, or since its last byte): an honest client sends its
+//! head at once, and one on a slow link that keeps sending is never silent that long, while
+//! a burst of new connections cannot push each other out.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::net::{Shutdown, TcpStream};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// The part of the head timeout after which a head still unread may be closed to make room:
-/// a tenth (1 s of the default 10 s).
+/// The part of the head timeout a connection must have been silent for before it may be
+/// closed to make room: a tenth (1 s of the default 10 s).
 pub(super) const EVICTABLE_AFTER: u32 = 10;
 
-/// The heads being read, by ticket (tickets rise with accept time, so the first is oldest).
+/// The heads being read, by ticket (tickets rise with accept time).
 #[derive(Default)]
 pub(super) struct HeadsReading {
     heads: Mutex<Heads>,
@@ -25,49 +26,74 @@ pub(super) struct HeadsReading {
 
 #[derive(Default)]
 struct Heads {
-    reading: BTreeMap<u64, Reading>,
+    reading: HashMap<u64, Reading>,
     next_ticket: u64,
 }
 
-/// One head being read: since when, and a handle on its socket to close it by.
+/// One head being read: its socket (shared with the thread reading it, to shut it down by)
+/// and when its peer last sent something.
 struct Reading {
-    since: Instant,
-    socket: TcpStream,
+    socket: Arc<TcpStream>,
+    last_heard: Instant,
 }
 
 impl HeadsReading {
-    /// Notes that a head is about to be read from `stream`; returns its ticket, or `None` if
-    /// the socket could not be shared (out of descriptors): that head cannot be evicted.
-    pub(super) fn start(&self, stream: &TcpStream) -> Option<u64> {
-        let socket = stream.try_clone().ok()?;
+    /// Notes that a head is about to be read from `stream`; returns its ticket and the socket,
+    /// now shared with this register until [`HeadsReading::finish`].
+    pub(super) fn start(&self, stream: TcpStream) -> (u64, Arc<TcpStream>) {
+        let socket = Arc::new(stream);
         let mut heads = self.lock();
         let ticket = heads.next_ticket;
         heads.next_ticket += 1;
-        let since = Instant::now();
-        heads.reading.insert(ticket, Reading { since, socket });
-        Some(ticket)
-    }
-
-    /// Notes that the head of `ticket` is read (or its reading failed). False if it was
-    /// evicted first: its socket is shut down, and the connection must end unanswered.
-    pub(super) fn finish(&self, ticket: Option<u64>) -> bool {
-        let Some(ticket) = ticket else {
-            return true;
+        let reading = Reading {
+            socket: Arc::clone(&socket),
+            last_heard: Instant::now(),
         };
-        self.lock().reading.remove(&ticket).is_some()
+        heads.reading.insert(ticket, reading);
+        (ticket, socket)
     }
 
-    /// Shuts down the socket of the oldest head still being read if its reading began at
-    /// least `min_age` ago (its thread then finds it closed and ends); true if one was.
-    pub(super) fn evict_oldest(&self, min_age: Duration) -> bool {
+    /// Notes that the peer of `ticket` sent more of its head just now.
+    pub(super) fn heard(&self, ticket: u64) {
+        if let Some(reading) = self.lock().reading.get_mut(&ticket) {
+            reading.last_heard = Instant::now();
+        }
+    }
+
+    /// Notes that the head of `ticket` is read (or its reading failed), and hands its socket
+    /// back whole: `None` if it was evicted first (its socket is shut down, and the
+    /// connection must end unanswered).
+    pub(super) fn finish(&self, ticket: u64, socket: Arc<TcpStream>) -> Option<TcpStream> {
+        let registered = self.lock().reading.remove(&ticket)?;
+        drop(registered);
+        // The register's share is gone, and nobody else takes one.
+        Arc::try_unwrap(socket).ok()
+    }
+
+    /// Forgets `ticket` without its socket (its thread never started): the register's share
+    /// of the socket goes, which closes it.
+    pub(super) fn forget(&self, ticket: u64) {
+        self.lock().reading.remove(&ticket);
+    }
+
+    /// Shuts down the socket of the head whose peer has been silent longest, if that is
+    /// `min_silence` or more (its thread then finds it closed and ends); true if one was.
+    pub(super) fn evict_most_silent(&self, min_silence: Duration) -> bool {
         let mut heads = self.lock();
-        let Some(oldest) = heads.reading.first_entry() else {
+        let most_silent = heads
+            .reading
+            .iter()
+            .min_by_key(|(ticket, reading)| (reading.last_heard, **ticket))
+            .map(|(ticket, reading)| (*ticket, reading.last_heard));
+        let Some((ticket, last_heard)) = most_silent else {
             return false;
         };
-        if oldest.get().since.elapsed() < min_age {
+        if last_heard.elapsed() < min_silence {
             return false;
         }
-        let _ = oldest.remove().socket.shutdown(Shutdown::Both);
+        if let Some(evicted) = heads.reading.remove(&ticket) {
+            let _ = evicted.socket.shutdown(Shutdown::Both);
+        }
         true
     }
 
@@ -79,10 +105,13 @@ impl HeadsReading {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
     use std::net::TcpListener;
+    use std::thread;
 
     use super::*;
 
+    /// A connected pair over loopback: (client end, server end).
     fn pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
@@ -91,29 +120,54 @@ mod tests {
     }
 
     #[test]
-    fn only_a_head_older_than_the_age_is_evicted_and_the_oldest_first() {
+    fn the_head_silent_longest_goes_first_and_only_past_the_silence() {
         let heads = HeadsReading::default();
         let (_first_client, first) = pair();
         let (_second_client, second) = pair();
-        let first_ticket = heads.start(&first);
-        let second_ticket = heads.start(&second);
-        assert!(!heads.evict_oldest(Duration::from_secs(60)), "too young");
-        assert!(heads.evict_oldest(Duration::ZERO));
-        assert!(!heads.finish(first_ticket), "the oldest went");
-        assert!(heads.finish(second_ticket), "the younger stayed");
-        assert!(!heads.evict_oldest(Duration::ZERO), "none left");
+        let (first_ticket, first) = heads.start(first);
+        thread::sleep(Duration::from_millis(20));
+        let (second_ticket, second) = heads.start(second);
+        // The older connection has just sent something: the younger is now the most silent.
+        thread::sleep(Duration::from_millis(20));
+        heads.heard(first_ticket);
+        assert!(
+            !heads.evict_most_silent(Duration::from_secs(60)),
+            "too recent"
+        );
+        assert!(heads.evict_most_silent(Duration::ZERO));
+        assert!(
+            heads.finish(second_ticket, second).is_none(),
+            "the silent one went"
+        );
+        assert!(
+            heads.finish(first_ticket, first).is_some(),
+            "the talking one stayed"
+        );
+        assert!(!heads.evict_most_silent(Duration::ZERO), "none left");
     }
 
     #[test]
     fn an_evicted_head_reads_the_end_of_its_stream() {
-        use std::io::Read;
         let heads = HeadsReading::default();
-        let (_client, mut server) = pair();
-        let _ticket = heads.start(&server);
-        assert!(heads.evict_oldest(Duration::ZERO));
+        let (_client, server) = pair();
+        let (_ticket, server) = heads.start(server);
+        assert!(heads.evict_most_silent(Duration::ZERO));
         server
             .set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
-        assert_eq!(server.read(&mut [0u8; 8]).expect("read"), 0);
+        assert_eq!((&*server).read(&mut [0u8; 8]).expect("read"), 0);
+    }
+
+    #[test]
+    fn a_forgotten_head_closes_its_socket() {
+        let heads = HeadsReading::default();
+        let (mut client, server) = pair();
+        let (ticket, server) = heads.start(server);
+        drop(server);
+        heads.forget(ticket);
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        assert_eq!(client.read(&mut [0u8; 8]).expect("read"), 0);
     }
 }

@@ -62,9 +62,10 @@ pub struct HttpConfig {
     pub head_timeout: Duration,
     /// Most connections being read or answered at once (default [`DEFAULT_MAX_HANDSHAKES`]),
     /// each on its own short-lived thread. Beyond it a new connection takes the place of the
-    /// oldest one still sending its head after a tenth of `head_timeout` (closed unanswered,
-    /// counted in [`HttpStats::evicted_heads`]), or is answered `503` and closed if none is
-    /// that old. Connections handed to the RPC server no longer count.
+    /// one silent longest among those sending their heads, if it has sent nothing for a
+    /// tenth of `head_timeout` (closed unanswered, counted in [`HttpStats::evicted_heads`]),
+    /// or is answered `503` and closed if none has. Connections handed to the RPC server no
+    /// longer count.
     pub max_handshakes: usize,
 }
 
@@ -96,7 +97,8 @@ pub struct HttpStats {
     /// the peer closed first.
     pub abandoned_heads: u64,
     /// Connections closed without an answer to make room for a new one: at
-    /// `max_handshakes`, the oldest still sending its head after a tenth of `head_timeout`.
+    /// `max_handshakes`, the one silent longest among those sending their heads, once silent
+    /// for a tenth of `head_timeout`.
     pub evicted_heads: u64,
     /// Connections answered `503`: too many handshakes at once, the RPC server at its
     /// connection limit, or a CONNECT arriving as the listener shuts down.

@@ -6,11 +6,11 @@
 //! Nothing here runs on an event loop, so a slow HTTP peer never holds up RPC traffic on
 //! connections already open; a slow peer holds one handshake thread until
 //! [`HttpConfig::head_timeout`], and at most [`HttpConfig::max_handshakes`] such threads
-//! take new connections. Past that, a new connection takes the place of the oldest one
-//! still sending its head after a tenth of the timeout (`heads_reading.rs`), or is answered
-//! `503` if none is that old: sockets that send nothing cannot keep new clients out for
-//! long, though a flood of new connections still can (there is no limit per peer: a front
-//! proxy's job).
+//! take new connections. Past that, a new connection takes the place of the one silent
+//! longest among those still sending their heads, if it has sent nothing for a tenth of the
+//! timeout (`heads_reading.rs`), or is answered `503` if none has: sockets that send nothing
+//! cannot keep new clients out for long, though a flood of new connections still can (there
+//! is no limit per peer: a front proxy's job).
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -249,21 +249,22 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<HttpShared>) {
         }
         shared.counters.handshakes.fetch_add(1, Ordering::SeqCst);
         let slot = HandshakeSlot(Arc::clone(shared));
-        let ticket = shared.heads.start(&stream);
+        let (ticket, socket) = shared.heads.start(stream);
         let spawned = thread::Builder::new()
             .name("netrpc-http-conn".to_owned())
-            .spawn(move || handshake(stream, ticket, &slot.0));
+            .spawn(move || handshake(socket, ticket, &slot.0));
         if spawned.is_err() {
-            // The closure (socket and slot) is dropped: closed and uncounted; so is the
-            // ticket's handle on the socket.
-            shared.heads.finish(ticket);
+            // The closure (its share of the socket, and the slot) is dropped, uncounted; the
+            // register's share goes too, which closes the socket.
+            shared.heads.forget(ticket);
         }
     }
 }
 
 /// True if a new connection may have a handshake thread: fewer than `max_handshakes` run,
-/// or the oldest head still being read past its evictable age was closed to make room
-/// (threads then number up to twice the limit for the moment the evicted ones take to end).
+/// or the connection silent longest among those sending their heads, silent for a tenth of
+/// the head timeout at least, was closed to make room (threads then number up to twice the
+/// limit for the moment the evicted ones take to end).
 fn make_room(shared: &HttpShared) -> bool {
     let config = &shared.config;
     let running = shared.counters.handshakes.load(Ordering::SeqCst);
@@ -273,27 +274,29 @@ fn make_room(shared: &HttpShared) -> bool {
     let evicted = running < config.max_handshakes.saturating_mul(2)
         && shared
             .heads
-            .evict_oldest(config.head_timeout / EVICTABLE_AFTER);
+            .evict_most_silent(config.head_timeout / EVICTABLE_AFTER);
     if evicted {
         Counters::bump(&shared.counters.evicted_heads);
     }
     evicted
 }
 
-/// Reads one request head (`ticket` in the heads being read) and acts on it.
-fn handshake(stream: TcpStream, ticket: Option<u64>, shared: &HttpShared) {
+/// Reads one request head from `socket` (`ticket` in the heads being read) and acts on it.
+fn handshake(socket: Arc<TcpStream>, ticket: u64, shared: &HttpShared) {
     let config = &shared.config;
     let counters = &shared.counters;
     let deadline = deadline_after(Instant::now(), config.head_timeout);
     let write_timeout = config
         .head_timeout
         .clamp(MIN_WRITE_TIMEOUT, MAX_WRITE_TIMEOUT);
-    let _ = stream.set_write_timeout(Some(write_timeout));
-    let read = read_head(&stream, config.max_head_len, deadline);
-    if !shared.heads.finish(ticket) {
+    let _ = socket.set_write_timeout(Some(write_timeout));
+    let read = read_head(&socket, config.max_head_len, deadline, || {
+        shared.heads.heard(ticket);
+    });
+    let Some(stream) = shared.heads.finish(ticket, socket) else {
         // Closed to make room for a newer connection, and counted then.
         return;
-    }
+    };
     let head = match read {
         Ok(head) => head,
         Err(HeadError::TooLarge) => {
