@@ -432,27 +432,100 @@ fn a_server_that_pings_without_reading_cannot_grow_the_clients_queue_of_pongs() 
     drop(done_tx);
 }
 
-/// An evil server that writes replies for no call (seq 999,999), as fast as it can, for
-/// `seconds` (or until the client goes).
-fn flooding_server(seconds: u64) -> std::net::SocketAddr {
+/// Held by each test that floods a client: the client loop is shared by every client of the
+/// process, so two floods at once (tests run side by side) would load it twice over, and
+/// each test checks what one flood leaves to the others.
+fn one_flood_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static FLOODS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    FLOODS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A reply for no call (seq 999,999).
+fn stray_reply() -> Frame {
+    let mut reply = Frame::new(FrameKind::Response, 999_999);
+    reply.body = bytes::Bytes::from_static(b"junk");
+    reply
+}
+
+/// An evil server that writes `frame` over and over, as fast as it can, for `seconds` (or
+/// until the client goes), and reads whatever the client sends meanwhile (pongs).
+fn flooding_server(frame: Frame, seconds: u64) -> std::net::SocketAddr {
     evil_server(move |peer| {
-        let mut replies = bytes::BytesMut::new();
-        while replies.len() < 64 * 1024 {
-            let mut reply = Frame::new(FrameKind::Response, 999_999);
-            reply.body = bytes::Bytes::from_static(b"junk");
-            reply.encode(&mut replies, &FrameLimits::default()).unwrap();
+        let mut frames = bytes::BytesMut::new();
+        while frames.len() < 64 * 1024 {
+            frame.encode(&mut frames, &FrameLimits::default()).unwrap();
         }
+        let mut reading = peer.stream.try_clone().unwrap();
+        thread::spawn(move || std::io::copy(&mut reading, &mut std::io::sink()));
         let until = Instant::now() + Duration::from_secs(seconds);
-        while Instant::now() < until && peer.stream.write_all(&replies).is_ok() {}
+        while Instant::now() < until && peer.stream.write_all(&frames).is_ok() {}
     })
 }
 
 #[test]
 fn a_server_flooding_one_connection_leaves_the_client_loop_serving_the_others() {
-    // The client loop reads the flooded connection (no caller waits on it); it must still
-    // get round to the timers of the other connections it serves: a call to a server that
-    // never answers times out on time.
-    let flooding = Client::dial(flooding_server(5)).unwrap();
+    timers_keep_their_time_beside(flooding_server(stray_reply(), 5));
+}
+
+#[test]
+fn a_server_flooding_pings_and_reading_the_pongs_leaves_the_client_loop_serving_the_others() {
+    // Each pong was written as its ping was read: one system call per 24-byte frame kept
+    // the loop on this connection for seconds (replies to a neighbour 1.5-5.9 s late).
+    timers_keep_their_time_beside(flooding_server(Frame::new(FrameKind::Ping, 5), 5));
+}
+
+#[test]
+fn a_client_flooding_pings_and_reading_the_pongs_leaves_the_server_loop_serving_the_others() {
+    // The server's side of the same: one loop, one client pinging as fast as it can (and
+    // reading the pongs, so that no back-pressure stops it), another client calling.
+    let _alone = one_flood_at_a_time();
+    let server = TestServer::start_with(Server::builder().event_loops(1).build());
+    let flooder = EvilClient::connect(server.addr());
+    let mut reading = flooder.stream.try_clone().unwrap();
+    thread::spawn(move || std::io::copy(&mut reading, &mut std::io::sink()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pinging = {
+        let stop = std::sync::Arc::clone(&stop);
+        let mut stream = flooder.stream;
+        thread::spawn(move || {
+            let mut pings = bytes::BytesMut::new();
+            while pings.len() < 64 * 1024 {
+                Frame::new(FrameKind::Ping, 5)
+                    .encode(&mut pings, &FrameLimits::default())
+                    .unwrap();
+            }
+            let until = Instant::now() + Duration::from_secs(20);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < until {
+                if stream.write_all(&pings).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    thread::sleep(Duration::from_millis(200)); // the flood is on
+    let client = Client::builder()
+        .call_timeout(Duration::from_secs(2))
+        .dial(server.addr())
+        .expect("a new client is greeted while the other one floods");
+    for a in 0..10 {
+        let product: i64 = client
+            .call("Arith.Multiply", &Args { a, b: 2 })
+            .expect("answered while the other client floods");
+        assert_eq!(product, a * 2);
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    pinging.join().unwrap();
+}
+
+/// The client loop reads the `flooding` server's connection (no caller waits on it); it must
+/// still get round to the other connections it serves: a call to a server that never
+/// answers times out on time, and calls to a healthy server complete promptly (within 2 s,
+/// a hang detector).
+fn timers_keep_their_time_beside(flooding: std::net::SocketAddr) {
+    let _alone = one_flood_at_a_time();
+    let flooding = Client::dial(flooding).unwrap();
     let silent = evil_server(|_| thread::sleep(Duration::from_secs(5)));
     let client = Client::builder()
         .call_timeout(Duration::from_millis(300))
@@ -475,6 +548,16 @@ fn a_server_flooding_one_connection_leaves_the_client_loop_serving_the_others() 
         "{:?}",
         started.elapsed()
     );
+    let healthy = TestServer::start();
+    let neighbour = Client::dial(healthy.addr()).unwrap();
+    for a in 0..10 {
+        let (done, completions) = done_channel::<i64>();
+        neighbour.go_with("Arith.Multiply", &Args { a, b: 2 }, &done);
+        let completion = completions
+            .recv_timeout(Duration::from_secs(2))
+            .expect("a healthy server's reply is delivered while the other connection floods");
+        assert_eq!(completion.result.unwrap(), a * 2);
+    }
     drop(flooding);
 }
 
@@ -482,9 +565,10 @@ fn a_server_flooding_one_connection_leaves_the_client_loop_serving_the_others() 
 fn a_server_flooding_a_waiting_callers_connection_cannot_hold_the_call_past_its_deadline() {
     // A blocking call reads its own connection; the server answers with an endless stream of
     // replies for no call. The caller must give up at its deadline, not read for ever.
+    let _alone = one_flood_at_a_time();
     let client = Client::builder()
         .call_timeout(Duration::from_millis(300))
-        .dial(flooding_server(5))
+        .dial(flooding_server(stray_reply(), 5))
         .unwrap();
     let started = Instant::now();
     let err = client

@@ -36,7 +36,7 @@ use serde::Serialize;
 use crate::call::{Call, Completion, DoneSender, ReplyReader};
 use crate::catch_panic::catch_panic;
 use crate::client_builder::{ClientBuilder, ClientConfig};
-use crate::client_conn::{handle_reply_frame, lock, may_answer};
+use crate::client_conn::{handle_reply_frame, lock, queue_answer};
 use crate::error::RpcError;
 use crate::link::Link;
 use crate::middleware::{run_after_call, run_before_call, CallRecord};
@@ -560,13 +560,17 @@ impl ClientInner {
             return;
         }
         while !arrived() && Instant::now() < deadline {
+            // Answers (pongs) are corked while this thread reads, and leave in one write.
+            let mut answered = false;
             let read = conn.read_here(deadline, arrived, &mut |frame| {
                 if let Some(answer) = handle_reply_frame(pending, frame) {
-                    if may_answer(conn.queued_len()) {
-                        let _ = conn.send_frame(&answer);
-                    }
+                    let unsent = conn.queued_len();
+                    answered |= queue_answer(&answer, unsent, |bytes| conn.send_corked(bytes));
                 }
             });
+            if answered {
+                let _ = conn.flush();
+            }
             if read == ReadHere::Elsewhere {
                 return;
             }

@@ -10,7 +10,10 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use rpc_transport::{CloseReason, Connection, Frame, FrameHandler, FrameKind, TransportError};
+use bytes::BytesMut;
+use rpc_transport::{
+    CloseReason, Connection, Frame, FrameHandler, FrameKind, FrameLimits, TransportError,
+};
 
 use crate::catch_panic::catch_panic;
 use crate::error::RpcError;
@@ -30,9 +33,8 @@ impl ClientConn {
 impl FrameHandler for ClientConn {
     fn handle_frame(&mut self, conn: &Connection, frame: Frame) {
         if let Some(answer) = handle_reply_frame(&self.pending, frame) {
-            if may_answer(conn.queued_len()) {
-                let _ = conn.send_frame(&answer);
-            }
+            // On the loop thread: the answers of a turn leave in one write at its end.
+            queue_answer(&answer, conn.queued_len(), |bytes| conn.send_batched(bytes));
         }
     }
 
@@ -109,8 +111,26 @@ const MAX_UNSENT_FOR_PONG: usize = 64 * 1024;
 /// `unsent` bytes queued: not while the server leaves more than [`MAX_UNSENT_FOR_PONG`]
 /// unread. (A failed send of the answer means the connection is closing; its loop is at
 /// it.)
-pub(crate) fn may_answer(unsent: usize) -> bool {
+fn may_answer(unsent: usize) -> bool {
     unsent <= MAX_UNSENT_FOR_PONG
+}
+
+/// Queues what [`handle_reply_frame`] answered (a pong) on a connection with `unsent` bytes
+/// queued, with `send` (batched or corked: a write per pong let a server pinging as fast as
+/// it could keep the client loop writing for seconds, `tests/bad_input.rs`), unless
+/// [`may_answer`] says the server reads too little. True if it was queued. (A failed send
+/// means the connection is closing; its loop is at it.)
+pub(crate) fn queue_answer(
+    answer: &Frame,
+    unsent: usize,
+    send: impl FnOnce(&[u8]) -> Result<(), TransportError>,
+) -> bool {
+    if !may_answer(unsent) {
+        return false;
+    }
+    let mut bytes = BytesMut::with_capacity(answer.encoded_len());
+    // A pong has no name, metadata or body: no limit refuses it.
+    answer.encode(&mut bytes, &FrameLimits::default()).is_ok() && send(&bytes).is_ok()
 }
 
 /// Fails call `seq` with `err`, if it is still pending.

@@ -363,9 +363,11 @@ impl ConnSite {
                     // Both ends spin: a turn's replies leave together (see the constant).
                     self.conn.set_batched_write_at(usize::MAX);
                 }
+                // Batched: a client pinging as fast as it can gets its pongs a turn's worth
+                // to a write, and cannot keep the loop writing one each.
                 let _ = self
                     .conn
-                    .send_frame(&Frame::new(FrameKind::Pong, frame.seq));
+                    .send_frame_batched(&Frame::new(FrameKind::Pong, frame.seq));
             }
             // Advisory: a call not yet started is skipped; a running one finishes and its
             // reply is discarded by the client.

@@ -237,6 +237,19 @@ impl Connection {
         self.send(&bytes)
     }
 
+    /// Encodes one frame and queues it as [`Connection::send_batched`] does: for answers that
+    /// may come in floods (pongs), one write per turn of the loop instead of one each.
+    ///
+    /// # Errors
+    ///
+    /// A limit error from [`Frame::encode`] (nothing is queued), or as
+    /// [`Connection::send_batched`].
+    pub fn send_frame_batched(&self, frame: &Frame) -> Result<(), TransportError> {
+        let mut bytes = BytesMut::with_capacity(frame.encoded_len());
+        frame.encode(&mut bytes, &self.shared.limits)?;
+        self.send_batched(&bytes)
+    }
+
     /// Sends already-encoded bytes (one or more whole frames). Never blocks on the socket: what
     /// cannot be written now is queued and written by the event loop when the peer reads.
     ///

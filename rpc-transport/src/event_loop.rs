@@ -389,6 +389,7 @@ impl EventLoop {
         // that keeps changing its mind cannot hold the loop. The bytes read count across
         // passes against the turn's budget.
         let mut read_this_turn = 0;
+        let mut frames_this_turn = 0;
         loop {
             let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
                 return; // spurious or stale event
@@ -412,12 +413,22 @@ impl EventLoop {
                     Some(HandedBack::Failed(err)) => break ReadOutcome::Failed(err),
                     Some(HandedBack::Eof) | None => {}
                 }
-                // Frames left in the decoder by an earlier pause go first.
-                match deliver_frames(&mut slot.handler, &conn, &mut inbox.decoder) {
-                    Ok(Delivered::All(count)) => frame_done |= count > 0,
+                // Frames left in the decoder by an earlier pause or turn go first.
+                let budget = MAX_FRAMES_PER_TURN - frames_this_turn;
+                let delivered =
+                    deliver_frames(&mut slot.handler, &conn, &mut inbox.decoder, budget);
+                match delivered {
+                    Ok(Delivered::All(count)) => {
+                        frame_done |= count > 0;
+                        frames_this_turn += count;
+                    }
                     Ok(Delivered::Paused(count)) => {
                         frame_done |= count > 0;
                         break ReadOutcome::Paused;
+                    }
+                    Ok(Delivered::OutOfTurn) => {
+                        frame_done = true;
+                        break ReadOutcome::Yielded;
                     }
                     Err(err) => break ReadOutcome::FrameError(err),
                 }
@@ -1020,27 +1031,34 @@ enum ReadOutcome {
     Failed(TransportError),
 }
 
-/// How many frames [`deliver_frames`] handed over, and whether it stopped for a pause.
+/// How many frames [`deliver_frames`] handed over, and why it stopped.
 enum Delivered {
     /// Every whole frame buffered was delivered.
     All(usize),
     /// The handler asked to stop reading: the rest stay in the decoder for later.
     Paused(usize),
+    /// The turn's budget of frames was used up (and at least one frame delivered): the rest
+    /// stay in the decoder for the connection's next turn.
+    OutOfTurn,
 }
 
-/// Hands the whole frames buffered in the decoder to the handler, asking before each one
-/// whether it wants reading paused: one read can hold hundreds of small requests, and each
-/// may add a reply to the connection's queue.
+/// Hands the whole frames buffered in the decoder to the handler, `budget` of them at most,
+/// asking before each one whether it wants reading paused: one read can hold hundreds of
+/// small requests, and each may add a reply to the connection's queue.
 fn deliver_frames(
     handler: &mut Box<dyn FrameHandler>,
     conn: &Connection,
     decoder: &mut FrameDecoder,
+    budget: usize,
 ) -> Result<Delivered, TransportError> {
     let mut delivered = 0;
     loop {
         if handler.pause_reading(conn) {
             conn.set_read_paused(true);
             return Ok(Delivered::Paused(delivered));
+        }
+        if delivered >= budget {
+            return Ok(Delivered::OutOfTurn);
         }
         let Some(frame) = decoder.poll_frame()? else {
             return Ok(Delivered::All(delivered));
@@ -1072,6 +1090,12 @@ const READ_CHUNK: usize = 64 * 1024;
 /// the loop, and every deadline, waiting (`tests/bad_input.rs`). A megabyte is sixteen reads,
 /// far more than a turn of ordinary traffic.
 const MAX_READ_PER_TURN: usize = 16 * READ_CHUNK;
+
+/// Most frames the loop hands over from one connection before it serves the others and its
+/// timers: a megabyte of the smallest frames is 43,000 of them (a flood of pings, each
+/// answered), which kept a neighbour's replies waiting for a second and more in a debug
+/// build (`tests/bad_input.rs`). Pipelined calls arrive a few dozen to a read.
+const MAX_FRAMES_PER_TURN: usize = 1024;
 
 /// Most connections the loop accepts in one go before it serves its connections, commands
 /// and timers: a flood of connecting sockets (each refused at once, say, over the server's
