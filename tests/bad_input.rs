@@ -306,6 +306,49 @@ fn a_server_answering_garbage_fails_call_and_go_with_protocol() {
 }
 
 #[test]
+fn a_server_that_dies_mid_reply_fails_its_calls_with_the_retryable_connection_lost() {
+    // A server killed while writing a reply leaves part of a frame and then its end of
+    // stream. That is a lost connection, as an end between frames is, not a broken protocol:
+    // a retrying client may try again elsewhere, and later calls get `Shutdown`.
+    for in_header in [true, false] {
+        let addr = evil_server(move |peer| {
+            let requests = peer.read_frames(1);
+            let mut reply = request(requests[0].seq, "", &7i64);
+            reply.kind = FrameKind::Response;
+            reply.name = bytes::Bytes::new();
+            let mut bytes = bytes::BytesMut::new();
+            reply.encode(&mut bytes, &FrameLimits::default()).unwrap();
+            let cut = if in_header {
+                HEADER_LEN - 4
+            } else {
+                bytes.len() - 1
+            };
+            peer.send_raw(&bytes[..cut]);
+            peer.stream.shutdown(std::net::Shutdown::Write).unwrap();
+            thread::sleep(Duration::from_secs(1));
+        });
+        let client = Client::dial(addr).unwrap();
+        let err = client
+            .call::<_, i64>("Arith.Multiply", &Args { a: 1, b: 2 })
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RpcError::ConnectionLost {
+                    cause: Some(netrpc::transport::TransportError::Truncated { .. })
+                }
+            ),
+            "cut in the header: {in_header}; {err:?}"
+        );
+        assert!(err.is_retryable(), "{err:?}");
+        let later = client
+            .call::<_, i64>("Arith.Multiply", &Args { a: 1, b: 2 })
+            .unwrap_err();
+        assert!(matches!(later, RpcError::Shutdown), "{later:?}");
+    }
+}
+
+#[test]
 fn a_server_that_stalls_mid_reply_fails_the_reading_caller_at_the_frame_timeout() {
     // The waiting caller reads the socket itself; half a frame is the loop's to time out.
     for waiter in ["plain recv", "blocking call", "recv_completion"] {

@@ -62,6 +62,11 @@ impl FrameHandler for ClientConn {
         let ended = match reason {
             CloseReason::Local => Ended::Closed,
             CloseReason::PeerClosed => Ended::Lost(RpcError::ConnectionLost { cause: None }),
+            // The server's stream ended inside a frame: what a server killed while writing a
+            // reply leaves. The connection is lost (retryable), not the protocol broken.
+            CloseReason::Error(err @ TransportError::Truncated { .. }) => {
+                Ended::Lost(RpcError::ConnectionLost { cause: Some(err) })
+            }
             CloseReason::Error(err) if err.is_protocol_violation() => {
                 Ended::Lost(RpcError::Protocol {
                     detail: format!("server sent bad frames: {err}"),
