@@ -941,6 +941,31 @@ fn a_silent_server_times_out_calls_and_a_late_reply_is_discarded() {
 }
 
 #[test]
+fn a_go_calls_timeout_is_delivered_while_a_response_arrives_half_written() {
+    // The server starts a response and stops: the reader thread is inside a value, which its
+    // frame timeout (10 s) would end. The call's own timeout must still be delivered on its
+    // channel by its time, not at the frame timeout.
+    let addr = fake_server(|mut stream| {
+        read_request(&stream);
+        let _ = stream.write_all(b"{\"id\":");
+        thread::sleep(Duration::from_secs(12));
+    });
+    let client = JsonRpcClient::builder()
+        .call_timeout(Duration::from_millis(300))
+        .dial(addr.as_str())
+        .unwrap();
+    let started = Instant::now();
+    let call: Call<i64> = client.go("Arith.Multiply", &Args { a: 1, b: 1 });
+    let done = call
+        .done()
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the timeout is delivered before the frame timeout");
+    assert!(matches!(done, Err(RpcError::Timeout { .. })), "{done:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(client.pending_calls(), 0);
+}
+
+#[test]
 fn a_server_closing_mid_call_fails_it_with_connection_lost_then_later_calls_shutdown() {
     let addr = fake_server(|stream| {
         read_request(&stream);

@@ -6,8 +6,9 @@
 //! call keeps its own deadline even while the server reads slowly or not at all, and a
 //! request whose call has timed out by its turn is not sent. One reader thread per client
 //! reads responses and completes calls by id, in whatever order they come. It also fails
-//! `go` calls whose deadline has passed, checking every 100 ms; a blocking `call` waits with
-//! its own deadline. Both threads share the one socket.
+//! `go` calls whose deadline has passed, checking every 100 ms, also while a response is
+//! arriving slowly (a half-written one is kept and held to its frame timeout); a blocking
+//! `call` waits with its own deadline. Both threads share the one socket.
 
 use std::fmt;
 use std::io;
@@ -417,8 +418,12 @@ impl Drop for JsonRpcClient {
 /// The reader thread: completes calls from responses until the connection ends, then fails
 /// the rest.
 fn read_responses(shared: &ClientShared, mut reader: ValueReader) {
+    let mut next_sweep = deadline_after(Instant::now(), SWEEP_INTERVAL);
     let cause = loop {
-        match reader.next_value(Some(SWEEP_INTERVAL)) {
+        // Back by the next sweep even in the middle of a response arriving slowly (its
+        // frame timeout still counts from its first byte), so that no `go` call waits on it.
+        let wait = next_sweep.saturating_duration_since(Instant::now());
+        match reader.next_value_within(wait) {
             Ok(Some(bytes)) => match message::parse_response(bytes) {
                 Ok(response) => {
                     if !shared.pending.complete(&response) {
@@ -433,7 +438,12 @@ fn read_responses(shared: &ClientShared, mut reader: ValueReader) {
             Err(ReadError::Io(err)) => break TransportError::Io(Arc::new(err)),
             Err(err) => break invalid_data(err.to_string()),
         }
-        shared.pending.fail_expired(Instant::now());
+        // Once per interval, not per response: the sweep walks every pending call.
+        let now = Instant::now();
+        if now >= next_sweep {
+            shared.pending.fail_expired(now);
+            next_sweep = deadline_after(now, SWEEP_INTERVAL);
+        }
     };
     reader.shutdown();
     shared.requests.finish();

@@ -62,8 +62,9 @@ impl ValueReader {
     }
 
     /// The next whole value; `Ok(None)` once `wait` has passed with no value begun. A value
-    /// begun is waited for until the frame timeout, whatever `wait` says. `wait: None`
-    /// waits as long as it takes.
+    /// begun is waited for until the frame timeout, whatever `wait` says (the server: an idle
+    /// timeout must not cut off a request that is coming). `wait: None` waits as long as it
+    /// takes.
     ///
     /// The socket is read at least once, even if `wait` is zero or a deadline has passed:
     /// after a caller's own long wait (the server's back-pressure) a request may be waiting
@@ -75,6 +76,26 @@ impl ValueReader {
     pub(crate) fn next_value(
         &mut self,
         wait: Option<Duration>,
+    ) -> Result<Option<&[u8]>, ReadError> {
+        self.read_value(wait, Within::StartOfValue)
+    }
+
+    /// As [`ValueReader::next_value`], but `Ok(None)` once `wait` has passed even in the
+    /// middle of a value, which is kept and goes on counting its frame timeout from its first
+    /// byte: for a reader that has other work on a clock (the client's deadlines), which a
+    /// response arriving slowly must not hold up.
+    ///
+    /// # Errors
+    ///
+    /// As [`ValueReader::next_value`].
+    pub(crate) fn next_value_within(&mut self, wait: Duration) -> Result<Option<&[u8]>, ReadError> {
+        self.read_value(Some(wait), Within::AnyByte)
+    }
+
+    fn read_value(
+        &mut self,
+        wait: Option<Duration>,
+        within: Within,
     ) -> Result<Option<&[u8]>, ReadError> {
         let started = Instant::now();
         let wait_until = wait.map(|wait| deadline_after(started, wait));
@@ -95,18 +116,18 @@ impl ValueReader {
                 .partial_since
                 .zip(self.frame_timeout)
                 .map(|(since, timeout)| deadline_after(since, timeout));
-            // A value arriving is held to the frame timeout alone: `wait` is for the start
-            // of one (an idle timeout must not cut off a request that is coming).
-            let deadline = if self.partial_since.is_some() {
-                frame_deadline
-            } else {
-                wait_until
+            if looked && frame_deadline.is_some_and(|deadline| now >= deadline) {
+                return Err(ReadError::FrameTimeout);
+            }
+            // A value arriving is held to the frame timeout alone, unless the caller asked
+            // to be back by `wait` whatever arrives.
+            let deadline = match (self.partial_since, within) {
+                (Some(_), Within::StartOfValue) => frame_deadline,
+                (Some(_), Within::AnyByte) => earliest(frame_deadline, wait_until),
+                (None, _) => wait_until,
             };
             if looked && deadline.is_some_and(|deadline| now >= deadline) {
-                return match frame_deadline {
-                    Some(_) => Err(ReadError::FrameTimeout),
-                    None => Ok(None),
-                };
+                return Ok(None);
             }
             // A deadline already passed gives the shortest read timeout (a millisecond).
             let timeout = deadline.map(|deadline| deadline.saturating_duration_since(now));
@@ -179,6 +200,23 @@ fn is_timeout(err: &io::Error) -> bool {
     )
 }
 
+/// Where [`ValueReader::read_value`]'s `wait` applies.
+#[derive(Debug, Clone, Copy)]
+enum Within {
+    /// Only before a value begins.
+    StartOfValue,
+    /// Anywhere, in the middle of a value too.
+    AnyByte,
+}
+
+/// The earlier of two optional deadlines (`None` is never).
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Bytes read from the socket at a time (on the reading thread's stack).
 const READ_CHUNK: usize = 8 * 1024;
 
@@ -199,5 +237,30 @@ mod tests {
         let value = reader.next_value(Some(Duration::ZERO)).unwrap();
         assert_eq!(value, Some(&br#"{"id":1}"#[..]));
         assert!(reader.next_value(Some(Duration::ZERO)).unwrap().is_none());
+    }
+
+    #[test]
+    fn within_a_wait_the_reader_comes_back_in_the_middle_of_a_value_and_keeps_it() {
+        let (ours, mut peer) = pair();
+        let frame_timeout = Duration::from_millis(400);
+        let mut reader = ValueReader::new(Arc::new(ours), 1024, Some(frame_timeout));
+        peer.write_all(br#"{"id":"#).unwrap();
+        let half = Instant::now();
+        let wait = Duration::from_millis(50);
+        assert!(reader.next_value_within(wait).unwrap().is_none());
+        assert!(half.elapsed() < frame_timeout, "back by its wait");
+        peer.write_all(br#"1}"#).unwrap();
+        let value = reader.next_value_within(Duration::from_secs(1)).unwrap();
+        assert_eq!(value, Some(&br#"{"id":1}"#[..]));
+        // A value left half-written still ends at its frame timeout, from its first byte.
+        peer.write_all(br#"{"id":"#).unwrap();
+        let begun = Instant::now();
+        let ended = loop {
+            match reader.next_value_within(wait) {
+                Ok(None) => assert!(begun.elapsed() < Duration::from_secs(5)),
+                other => break other.map(|value| value.map(<[u8]>::to_vec)),
+            }
+        };
+        assert!(matches!(ended, Err(ReadError::FrameTimeout)), "{ended:?}");
     }
 }
