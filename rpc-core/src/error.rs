@@ -112,7 +112,8 @@ pub enum RpcError {
     /// The server failed for another reason (for example, the reply failed to encode), or
     /// answered with an error code this version does not know.
     Internal {
-        /// The server's message.
+        /// The server's message; for a code this version does not know, `error code N: `
+        /// and the message.
         detail: String,
     },
     /// The service name given to `register_name` is empty, contains a dot, or is taken.
@@ -199,7 +200,11 @@ impl RpcError {
                 after: Duration::ZERO,
             },
             ErrorCode::Protocol => RpcError::Protocol { detail: message },
-            _ => RpcError::Internal { detail: message },
+            ErrorCode::Internal => RpcError::Internal { detail: message },
+            // A newer server's code: kept in the text, so that it can be told apart.
+            ErrorCode::Other(code) => RpcError::Internal {
+                detail: format!("error code {code}: {message}"),
+            },
         }
     }
 }
@@ -301,6 +306,25 @@ mod tests {
     #[test]
     fn rpc_error_is_send_sync_static() {
         assert_send_sync::<RpcError>();
+    }
+
+    #[test]
+    fn an_error_code_this_version_does_not_know_keeps_its_number() {
+        let body = |code: ErrorCode| {
+            let mut bytes = bytes::BytesMut::new();
+            ErrorBody::new(code, "from a newer server").encode(&mut bytes);
+            bytes
+        };
+        let unknown = RpcError::from_error_body("A.b", &body(ErrorCode::Other(999)));
+        let RpcError::Internal { detail } = &unknown else {
+            panic!("{unknown:?}");
+        };
+        assert_eq!(detail, "error code 999: from a newer server");
+        let internal = RpcError::from_error_body("A.b", &body(ErrorCode::Internal));
+        let RpcError::Internal { detail } = &internal else {
+            panic!("{internal:?}");
+        };
+        assert_eq!(detail, "from a newer server");
     }
 
     #[test]
