@@ -14,8 +14,10 @@
 //! The threshold is either a run of consecutive failures or a failure ratio over a sliding
 //! window of the last calls (with a minimum number of calls, so two failures out of three
 //! calls do not open it). Only failures that say something about the endpoint's health
-//! count: timeouts, lost connections, failed dials, `Throttled` and `ShuttingDown`. A
-//! method's own error, a bad request or a handler's panic are answers: the endpoint is up.
+//! count: timeouts, lost connections, failed dials (a failed TLS handshake too), `Throttled`
+//! and `ShuttingDown`. A method's own error, a bad request or a handler's panic are answers:
+//! the endpoint is up. Outcomes of calls let through before the breaker last opened count
+//! for nothing once it has closed again: its trial spoke for the endpoint since.
 //!
 //! The breaker holds no connection and sends nothing: ask it with [`Breaker::allow`] before a
 //! call and give the outcome to the returned [`Permit`], or wrap the call in
@@ -219,13 +221,17 @@ impl Breaker {
         Ok(Permit {
             breaker: self,
             trial,
+            generation: machine.generation,
             recorded: false,
         })
     }
 
-    fn record_at(&self, health: Health, trial: bool, now: Instant) {
+    fn record_at(&self, health: Health, permit: &Permit<'_>, now: Instant) {
         let mut machine = self.lock();
-        match (machine.phase, trial) {
+        match (machine.phase, permit.trial) {
+            // Outcomes of calls let through before the breaker last opened say nothing of
+            // the endpoint since its trial: a run of them must not open it again.
+            (Phase::Closed, _) if permit.generation != machine.generation => {}
             (Phase::Closed, _) => {
                 let must_open = health != Health::Ignored && machine.push(health, &self.policy);
                 if must_open {
@@ -257,6 +263,7 @@ impl Breaker {
 
     fn open(&self, machine: &mut Machine, now: Instant) {
         machine.reset();
+        machine.generation = machine.generation.wrapping_add(1);
         machine.phase = Phase::Open {
             until: deadline_after(now, self.policy.cooldown),
         };
@@ -298,12 +305,15 @@ impl fmt::Debug for Breaker {
 pub struct Permit<'a> {
     breaker: &'a Breaker,
     trial: bool,
+    /// The breaker's opening count when this permit was given.
+    generation: u64,
     recorded: bool,
 }
 
 impl Permit<'_> {
     /// Records the call's outcome: a failure that says the endpoint is unhealthy (timeout,
-    /// lost connection, failed dial, `Throttled`, `ShuttingDown`) counts against it; a
+    /// lost connection, failed dial or TLS handshake, `Throttled`, `ShuttingDown`) counts
+    /// against it, if the breaker has not opened since this permit was given; a
     /// success or any answer from the server counts for it; a call that never reached the
     /// server (cancelled, shut down by this side, failed to encode) counts for nothing.
     pub fn record<T>(self, result: &Result<T, RpcError>) {
@@ -317,7 +327,7 @@ impl Permit<'_> {
 
     fn finish(mut self, health: Health, now: Instant) {
         self.recorded = true;
-        self.breaker.record_at(health, self.trial, now);
+        self.breaker.record_at(health, &self, now);
     }
 }
 
@@ -325,7 +335,7 @@ impl Drop for Permit<'_> {
     fn drop(&mut self) {
         if !self.recorded {
             self.breaker
-                .record_at(Health::Ignored, self.trial, Instant::now());
+                .record_at(Health::Ignored, self, Instant::now());
         }
     }
 }
@@ -349,6 +359,7 @@ impl Health {
                 RpcError::Timeout { .. }
                 | RpcError::ConnectionLost { .. }
                 | RpcError::Unreachable { .. }
+                | RpcError::Tls { .. }
                 | RpcError::Throttled
                 | RpcError::ShuttingDown,
             ) => Health::Failure,
@@ -368,6 +379,8 @@ impl Health {
 #[derive(Default)]
 struct Machine {
     phase: Phase,
+    /// Times opened: a permit given before the last opening carries an older count.
+    generation: u64,
     consecutive_failures: u32,
     /// The last calls' outcomes, true for a failure; at most the policy's window.
     recent: VecDeque<bool>,
@@ -464,6 +477,43 @@ mod tests {
         );
         assert_eq!(breaker.rejected_calls(), 1);
         assert_eq!(breaker.times_opened(), 1);
+    }
+
+    #[test]
+    fn outcomes_of_calls_let_through_before_it_opened_do_not_reopen_it_after_its_trial() {
+        // Three slow calls and three fast ones go out; the fast ones time out and open it;
+        // the trial after the cooldown succeeds; then the slow ones end, timed out too.
+        let breaker = consecutive(3);
+        let now = Instant::now();
+        let slow: Vec<_> = (0..3)
+            .map(|_| breaker.allow_at(now).expect("closed"))
+            .collect();
+        for _ in 0..3 {
+            fail(&breaker, now);
+        }
+        assert_eq!(breaker.state_at(now), BreakerState::Open);
+        let later = now + Duration::from_secs(1);
+        succeed(&breaker, later);
+        assert_eq!(breaker.state_at(later), BreakerState::Closed);
+        for permit in slow {
+            permit.finish(Health::of(&timeout()), later);
+        }
+        assert_eq!(breaker.state_at(later), BreakerState::Closed);
+        assert_eq!(breaker.times_opened(), 1);
+        // Calls let through since count as ever.
+        for _ in 0..3 {
+            fail(&breaker, later);
+        }
+        assert_eq!(breaker.state_at(later), BreakerState::Open);
+    }
+
+    #[test]
+    fn a_failed_tls_handshake_counts_against_the_endpoint() {
+        let tls_failed: Result<(), RpcError> = Err(RpcError::Tls {
+            addr: "127.0.0.1:1".to_owned(),
+            cause: rpc_transport::TransportError::TlsHandshakeClosed,
+        });
+        assert!(Health::of(&tls_failed) == Health::Failure);
     }
 
     #[test]
