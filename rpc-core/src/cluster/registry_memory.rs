@@ -149,13 +149,16 @@ impl Registry for MemoryRegistry {
     fn deregister(&self, lease: Lease) -> Result<(), RegistryError> {
         let now = Instant::now();
         let mut state = self.inner.lock();
-        match state.remove(lease.id) {
-            Some(entry) if !entry.is_expired(now) => {
-                state.publish(&entry.instance.service, now);
-                Ok(())
-            }
-            _ => Err(RegistryError::LeaseNotFound { lease: lease.id }),
+        let Some(entry) = state.remove(lease.id) else {
+            return Err(RegistryError::LeaseNotFound { lease: lease.id });
+        };
+        // Expired but not yet reaped, it is gone now, and the reaper will not find it: its
+        // watchers hear of it here either way.
+        state.publish(&entry.instance.service, now);
+        if entry.is_expired(now) {
+            return Err(RegistryError::LeaseNotFound { lease: lease.id });
         }
+        Ok(())
     }
 
     fn list(&self, service: &str) -> Result<Vec<Instance>, RegistryError> {
@@ -321,6 +324,31 @@ mod tests {
         assert!(registry
             .register(&Instance::new("A", "h:2"), Duration::ZERO)
             .is_err());
+    }
+
+    #[test]
+    fn a_lease_deregistered_after_it_expired_but_before_the_reaper_ran_reaches_the_watchers() {
+        let registry = MemoryRegistry::new();
+        let instance = Instance::new("A", "h:1");
+        let lease = registry
+            .register(&instance, Duration::from_secs(60))
+            .expect("register");
+        let mut watcher = registry.watch("A").expect("watch");
+        assert_eq!(watcher.current(), vec![instance]);
+        // Expired a moment ago; the reaper sleeps until the expiry it was told of (60 s).
+        registry
+            .inner
+            .lock()
+            .leases
+            .get_mut(&lease.id)
+            .expect("the entry")
+            .expires = Some(Instant::now());
+        assert!(matches!(
+            registry.deregister(lease),
+            Err(RegistryError::LeaseNotFound { .. })
+        ));
+        let seen = watcher.changed(Duration::from_secs(5)).expect("open");
+        assert_eq!(seen, Some(Vec::new()), "the watcher hears it is gone");
     }
 
     #[test]
