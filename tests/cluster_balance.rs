@@ -452,3 +452,43 @@ fn an_endpoint_that_only_times_out_is_set_aside_after_a_few() {
     assert!(timeouts <= 3, "{timeouts} of 20 calls timed out");
     drop(hold);
 }
+
+#[test]
+fn close_fails_a_call_whose_dial_is_under_way_and_it_is_never_sent() {
+    // A listener whose accept queue is full drops new SYNs: a dial to it waits for the
+    // retransmission (about a second). `close` meanwhile: the call must end with `Shutdown`
+    // when its dial completes, not be sent on the new connection.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..1_000 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(50)) {
+            Ok(stream) => queued.push(stream),
+            Err(_) => break, // the queue is full
+        }
+    }
+    let client = BalancedClient::builder()
+        .call_timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(8))
+        .build(vec![Endpoint::new(addr)]);
+    let caller = {
+        let client = client.clone();
+        thread::spawn(move || client.call::<_, TaskReply>("WorkerService.DoTask", &task(1)))
+    };
+    thread::sleep(Duration::from_millis(300));
+    client.close();
+    // The server takes the listener; the waiting SYN gets through on its retransmission.
+    let server = Server::new();
+    server
+        .register(WorkerServiceServer::new(Worker {
+            id: "late".to_owned(),
+            delay: Duration::ZERO,
+        }))
+        .unwrap();
+    let _serving = server.serve_listener(listener).unwrap();
+    drop(queued);
+    let result = caller.join().unwrap();
+    assert!(matches!(result, Err(RpcError::Shutdown)), "{result:?}");
+    let ran: u64 = server.method_stats().iter().map(|stats| stats.calls).sum();
+    assert_eq!(ran, 0, "the call was never sent");
+}

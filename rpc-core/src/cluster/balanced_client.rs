@@ -239,6 +239,7 @@ impl BalancedClient {
                 Some(client) => client.clone(),
                 None => match shared.dial(&choice.addr, remaining) {
                     Ok(client) => client,
+                    Err(RpcError::Shutdown) => return Err(RpcError::Shutdown),
                     Err(err) => {
                         choice.counters.failures.fetch_add(1, Ordering::Relaxed);
                         shared.after_failure(&choice.addr, Verdict::of(&err, false), None);
@@ -514,6 +515,11 @@ impl Shared {
 
     /// Dials `addr` within `remaining` and keeps the connection for later calls, unless
     /// another thread kept one first (then that one is used and this one closed).
+    ///
+    /// # Errors
+    ///
+    /// The dial's, or [`RpcError::Shutdown`] if the client was closed while it dialed (the
+    /// new connection is closed: `close` fails the calls in flight).
     fn dial(&self, addr: &str, remaining: Duration) -> Result<Client, RpcError> {
         let dialed = self
             .settings
@@ -522,9 +528,15 @@ impl Shared {
             .connect_timeout(self.settings.connect_timeout.min(remaining))
             .dial(addr)?;
         let mut slots = lock(&self.slots);
+        // Checked under the slots' lock, which `close` takes to close every connection:
+        // a connection kept below is closed by it.
+        if self.closed.load(Ordering::Acquire) {
+            dialed.close();
+            return Err(RpcError::Shutdown);
+        }
         let listed = slots.iter_mut().find(|slot| slot.endpoint.addr == addr);
-        let Some(slot) = listed.filter(|_| !self.closed.load(Ordering::Acquire)) else {
-            // Removed from the list or closed meanwhile: serve this call, keep nothing.
+        let Some(slot) = listed else {
+            // Removed from the list meanwhile: serve this call, keep nothing.
             return Ok(dialed);
         };
         match &slot.client {
