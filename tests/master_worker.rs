@@ -583,3 +583,36 @@ impl BusyWorker {
         }
     }
 }
+
+#[test]
+fn push_mode_dials_again_a_worker_whose_connection_was_refused_at_its_servers_cap() {
+    // The worker's server holds one connection, another client's, for 200 ms: the
+    // distributor's connection is refused (told `Throttled`, then closed). Once the slot is
+    // free, the worker must take the tasks over a new connection, not answer `Throttled`
+    // from the closed one until the call timeout.
+    let server = Server::builder().max_connections(1).build();
+    server
+        .register(WorkerServiceServer::new(Worker::new("capped".to_owned())))
+        .unwrap();
+    let handle = server.serve("127.0.0.1:0").unwrap();
+    let addr = handle.local_addr().to_string();
+    let holder = Client::dial(handle.local_addr()).unwrap();
+    let _: TaskReply = holder
+        .call("WorkerService.DoTask", &tutorial_tasks(1)[0])
+        .unwrap();
+    let freer = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(200));
+        holder.close();
+    });
+    let tasks = tutorial_tasks(5);
+    let run = Distributor::new([addr])
+        .call_timeout(Duration::from_secs(5))
+        .run::<_, TaskReply>("WorkerService.DoTask", &tasks);
+    freer.join().unwrap();
+    for (task, result) in tasks.iter().zip(&run.results) {
+        let reply = result.result.as_ref().expect("done once the slot was free");
+        assert_eq!(reply.result, task.text.to_uppercase());
+    }
+    assert!(run.dead_workers.is_empty(), "{:?}", run.dead_workers);
+    assert!(server.stats().refused_connections >= 1, "it was refused");
+}

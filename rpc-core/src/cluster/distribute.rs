@@ -8,7 +8,9 @@
 //! queue, and that worker's window shrinks to the calls it still holds (growing back by one
 //! per window of successes), so the task is sent again once a call completes, never in a hot
 //! loop. A worker holding nothing when throttled gets no task for a short pause. A task
-//! still refused after one call timeout of retries ends with `Throttled`.
+//! still refused after one call timeout of retries ends with `Throttled`. A server at its
+//! connection cap refuses the whole connection that way and closes it: that worker is
+//! dialed again (no sooner than [`REDIAL_PAUSE`] after its last dial).
 //!
 //! When a worker cannot be reached or its connection fails, the tasks it held go to the next
 //! live worker instead of being lost: a task ends with its result, with the method's own error
@@ -92,6 +94,8 @@ struct Worker<R> {
     answered: usize,
     /// No task is sent before this moment: the worker refused one while holding none.
     paused_until: Option<Instant>,
+    /// When its connection was last dialed.
+    dialed_at: Instant,
 }
 
 impl<R> Worker<R> {
@@ -250,10 +254,16 @@ impl Distributor {
                         sending.waiting.push_front(task);
                     } else {
                         results[task] = Some(TaskResult {
-                            worker: addr,
+                            worker: addr.clone(),
                             result: Err(RpcError::Throttled),
                             attempts: sending.attempts[task],
                         });
+                    }
+                    if let Err(err) = self.redial_if_refused(worker, now) {
+                        // Refused before, unreachable now: gone, holding no task.
+                        workers[from] = None;
+                        dead_workers.push(addr);
+                        last_error = err;
                     }
                 }
                 Err(err) if is_worker_failure(&err) => {
@@ -297,6 +307,23 @@ impl Distributor {
         }
     }
 
+    /// Dials `worker` again if its connection was refused at its server's connection cap
+    /// (closed, with every call since answered `Throttled` at once, so it would never take
+    /// a task again), once the calls it held have all come back and [`REDIAL_PAUSE`] has
+    /// passed since its last dial; a connection that is open is left alone.
+    ///
+    /// # Errors
+    ///
+    /// The dial's: the worker is then unreachable.
+    fn redial_if_refused<R>(&self, worker: &mut Worker<R>, now: Instant) -> Result<(), RpcError> {
+        let due = now.saturating_duration_since(worker.dialed_at) >= REDIAL_PAUSE;
+        if worker.client.is_closed() && worker.tasks.is_empty() && due {
+            worker.dialed_at = now;
+            worker.client = self.client.clone().dial(&worker.addr)?;
+        }
+        Ok(())
+    }
+
     fn dial<R>(&self, addr: &str) -> Result<Worker<R>, RpcError> {
         let client = self.client.clone().dial(addr)?;
         let (done, completions) = done_channel();
@@ -315,6 +342,7 @@ impl Distributor {
             max_window,
             answered: 0,
             paused_until: None,
+            dialed_at: Instant::now(),
         })
     }
 }
@@ -459,6 +487,10 @@ fn failed<R>(err: &RpcError, dead_workers: &[String], attempts: u32) -> TaskResu
 /// How long a worker that answered `Throttled` while holding no other task gets no task.
 const THROTTLE_PAUSE: Duration = Duration::from_millis(10);
 
+/// The shortest time between two dials of a worker whose connection its server refused at
+/// its connection cap: ten a second at most, while the server stays full.
+const REDIAL_PAUSE: Duration = Duration::from_millis(100);
+
 impl<R> fmt::Debug for Worker<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Worker")
@@ -489,6 +521,7 @@ mod tests {
             max_window: 1,
             answered: 0,
             paused_until: Some(Instant::now()),
+            dialed_at: Instant::now(),
         };
         let waiting = VecDeque::from([0]);
 
