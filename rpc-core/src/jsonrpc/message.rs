@@ -92,7 +92,7 @@ pub(crate) fn parse_response(message: &[u8]) -> Result<Response<'_>, String> {
         None => return Err("response has no `id`".to_owned()),
     };
     let error = match error {
-        Some(range) => decode::<Option<String>>(&message[range], "error")?,
+        Some(range) => decode_error_text(&message[range])?,
         None => None,
     };
     // Go's client reads an empty error text as "unspecified error".
@@ -227,6 +227,19 @@ fn decode<T: serde::de::DeserializeOwned>(value: &[u8], member: &str) -> Result<
         .map_err(|_| format!("`{member}` is {}, not of the expected type", kind_of(value)))
 }
 
+/// A response's `error` member: a string or `null`. Bytes that are not UTF-8 inside the
+/// string are read as U+FFFD, as Go's client reads them, rather than ending the connection.
+///
+/// # Errors
+///
+/// A description if the member is neither a string nor `null`.
+fn decode_error_text(value: &[u8]) -> Result<Option<String>, String> {
+    decode::<Option<String>>(value, "error").or_else(|err| match String::from_utf8_lossy(value) {
+        std::borrow::Cow::Owned(repaired) => decode(repaired.as_bytes(), "error"),
+        std::borrow::Cow::Borrowed(_) => Err(err),
+    })
+}
+
 /// True if the member name `quoted` (with its quotes) is `wanted`, ignoring ASCII case.
 fn name_matches(quoted: &[u8], wanted: &str) -> bool {
     let inner = &quoted[1..quoted.len() - 1];
@@ -308,6 +321,16 @@ mod tests {
         /// A value of any depth: nested arrays.
         #[derive(Debug, serde::Deserialize)]
         pub(super) struct Nested(#[allow(dead_code)] pub(super) Vec<Nested>);
+    }
+
+    #[test]
+    fn an_error_text_with_bytes_that_are_not_utf8_is_read_with_replacement_characters() {
+        let message = b"{\"id\":3,\"result\":null,\"error\":\"bad \xff byte\"}";
+        let response = parse_response(message).expect("read as Go reads it");
+        assert_eq!(response.error.as_deref(), Some("bad \u{fffd} byte"));
+        // Not a string at all is still refused.
+        let message = b"{\"id\":3,\"result\":null,\"error\":7}";
+        assert!(parse_response(message).is_err());
     }
 
     #[test]
