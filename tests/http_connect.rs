@@ -536,6 +536,50 @@ fn a_client_still_sending_its_head_keeps_its_place_over_a_younger_silent_one() {
 }
 
 #[test]
+fn sockets_trickling_their_heads_at_the_handshake_limit_give_their_places_up_once_overdue() {
+    // Two sockets send a byte of a head every 100 ms, never silent for a tenth of the head
+    // timeout (200 ms): once they have been at it for half of it (1 s), the oldest gives its
+    // place up to a new client, instead of both holding the listener until the timeout.
+    let head_timeout = Duration::from_secs(2);
+    let config = HttpConfig {
+        max_handshakes: 2,
+        head_timeout,
+        ..HttpConfig::default()
+    };
+    let (_server, http) = start(config);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tricklers: Vec<_> = (0..2)
+        .map(|_| {
+            let mut stream = TcpStream::connect(http.local_addr()).expect("connect");
+            let stop = std::sync::Arc::clone(&stop);
+            thread::spawn(move || {
+                for byte in b"GET /debug/rpc HTTP/1.1\r\nX-Slow: ".iter().cycle() {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst)
+                        || stream.write_all(&[*byte]).is_err()
+                    {
+                        return;
+                    }
+                    thread::sleep(Duration::from_millis(100));
+                }
+            })
+        })
+        .collect();
+    wait_until("both heads being read", Duration::from_secs(5), || {
+        http.stats().handshakes_in_progress == 2
+    });
+    thread::sleep(head_timeout / 2 + Duration::from_millis(200));
+    assert_eq!(
+        get(http.local_addr(), "/debug/rpc").status,
+        "HTTP/1.1 200 OK"
+    );
+    assert_eq!(http.stats().evicted_heads, 1);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for trickler in tricklers {
+        trickler.join().expect("a trickling client");
+    }
+}
+
+#[test]
 fn shutdown_closes_connections_that_came_over_http_and_stops_accepting() {
     let (server, http) = start_default();
     let arith = ArithClient::new(Client::dial_http(http.local_addr()).expect("dial_http"));

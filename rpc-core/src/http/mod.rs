@@ -61,10 +61,11 @@ pub struct HttpConfig {
     /// slower than that is closed without an answer.
     pub head_timeout: Duration,
     /// Most connections being read or answered at once (default [`DEFAULT_MAX_HANDSHAKES`]),
-    /// each on its own short-lived thread. Beyond it a new connection takes the place of the
-    /// one silent longest among those sending their heads, if it has sent nothing for a
-    /// tenth of `head_timeout` (closed unanswered, counted in [`HttpStats::evicted_heads`]),
-    /// or is answered `503` and closed if none has. Connections handed to the RPC server no
+    /// each on its own short-lived thread. Beyond it a new connection takes the place of one
+    /// still sending its head (closed unanswered, counted in [`HttpStats::evicted_heads`]):
+    /// the one silent longest, if it has sent nothing for a tenth of `head_timeout`, or else
+    /// the oldest, if it has been at it for half of `head_timeout`; if none qualifies, the new
+    /// connection is answered `503` and closed. Connections handed to the RPC server no
     /// longer count.
     pub max_handshakes: usize,
 }
@@ -98,7 +99,7 @@ pub struct HttpStats {
     pub abandoned_heads: u64,
     /// Connections closed without an answer to make room for a new one: at
     /// `max_handshakes`, the one silent longest among those sending their heads, once silent
-    /// for a tenth of `head_timeout`.
+    /// for a tenth of `head_timeout`, or else the oldest, once at it for half of it.
     pub evicted_heads: u64,
     /// Connections answered `503`: too many handshakes at once, the RPC server at its
     /// connection limit, or a CONNECT arriving as the listener shuts down.

@@ -6,9 +6,10 @@
 //! Nothing here runs on an event loop, so a slow HTTP peer never holds up RPC traffic on
 //! connections already open; a slow peer holds one handshake thread until
 //! [`HttpConfig::head_timeout`], and at most [`HttpConfig::max_handshakes`] such threads
-//! take new connections. Past that, a new connection takes the place of the one silent
-//! longest among those still sending their heads, if it has sent nothing for a tenth of the
-//! timeout (`heads_reading.rs`), or is answered `503` if none has: sockets that send nothing
+//! take new connections. Past that, a new connection takes the place of one still sending
+//! its head (`heads_reading.rs`): the one silent longest, if it has sent nothing for a tenth
+//! of the timeout, or else the oldest, if it has been at it for half the timeout; or it is
+//! answered `503` if none qualifies. Sockets that send nothing, or a byte now and then,
 //! cannot keep new clients out for long, though a flood of new connections still can (there
 //! is no limit per peer: a front proxy's job).
 
@@ -26,7 +27,7 @@ use rpc_transport::clock::deadline_after;
 use crate::error::RpcError;
 use crate::http::debug_page::DebugSnapshot;
 use crate::http::head::{parse_request, read_head, HeadError, RequestLine};
-use crate::http::heads_reading::{HeadsReading, EVICTABLE_AFTER};
+use crate::http::heads_reading::{HeadsReading, EVICTABLE_AFTER, OVERDUE_AFTER};
 use crate::http::{HttpConfig, HttpStats, CONNECTED_STATUS};
 use crate::server::{Adoption, Server, ServerHandle};
 
@@ -262,9 +263,9 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<HttpShared>) {
 }
 
 /// True if a new connection may have a handshake thread: fewer than `max_handshakes` run,
-/// or the connection silent longest among those sending their heads, silent for a tenth of
-/// the head timeout at least, was closed to make room (threads then number up to twice the
-/// limit for the moment the evicted ones take to end).
+/// or one of those sending their heads was closed to make room: the one silent longest, if
+/// silent for a tenth of the head timeout, or else the oldest, if read for half of it
+/// (threads then number up to twice the limit for the moment the evicted ones take to end).
 fn make_room(shared: &HttpShared) -> bool {
     let config = &shared.config;
     let running = shared.counters.handshakes.load(Ordering::SeqCst);
@@ -272,9 +273,10 @@ fn make_room(shared: &HttpShared) -> bool {
         return true;
     }
     let evicted = running < config.max_handshakes.saturating_mul(2)
-        && shared
-            .heads
-            .evict_most_silent(config.head_timeout / EVICTABLE_AFTER);
+        && shared.heads.evict(
+            config.head_timeout / EVICTABLE_AFTER,
+            config.head_timeout / OVERDUE_AFTER,
+        );
     if evicted {
         Counters::bump(&shared.counters.evicted_heads);
     }
