@@ -475,7 +475,11 @@ fn close_fails_a_call_whose_dial_is_under_way_and_it_is_never_sent() {
         let client = client.clone();
         thread::spawn(move || client.call::<_, TaskReply>("WorkerService.DoTask", &task(1)))
     };
-    thread::sleep(Duration::from_millis(300));
+    util::wait_until(
+        "the dial to wait on its SYN",
+        Duration::from_secs(5),
+        || a_connect_waits_on(addr.port()),
+    );
     client.close();
     // The server takes the listener; the waiting SYN gets through on its retransmission.
     let server = Server::new();
@@ -491,4 +495,20 @@ fn close_fails_a_call_whose_dial_is_under_way_and_it_is_never_sent() {
     assert!(matches!(result, Err(RpcError::Shutdown)), "{result:?}");
     let ran: u64 = server.method_stats().iter().map(|stats| stats.calls).sum();
     assert_eq!(ran, 0, "the call was never sent");
+}
+
+/// True while a connect to `port` waits for its SYN to be answered (`SYN_SENT`, state 02,
+/// in `/proc/net/tcp`); true if the table cannot be read (nothing to wait for then).
+fn a_connect_waits_on(port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return true;
+    };
+    let remote_port = format!(":{port:04X}");
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let to_port = fields
+            .get(2)
+            .is_some_and(|remote| remote.ends_with(&remote_port));
+        to_port && fields.get(3) == Some(&"02")
+    })
 }

@@ -368,8 +368,10 @@ impl BalancedClient {
             .collect()
     }
 
-    /// Closes every connection; calls in flight and every later call fail with
-    /// [`RpcError::Shutdown`]. Idempotent.
+    /// Closes every connection; calls in flight on them, a call whose dial is under way, and
+    /// every later call fail with [`RpcError::Shutdown`]. A call already on an endpoint that
+    /// [`BalancedClient::set_endpoints`] removed finishes on its connection, which nothing
+    /// keeps after it. Idempotent.
     pub fn close(&self) {
         self.shared.closed.store(true, Ordering::Release);
         let clients: Vec<Client> = lock(&self.shared.slots)

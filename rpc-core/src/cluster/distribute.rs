@@ -10,7 +10,9 @@
 //! loop. A worker holding nothing when throttled gets no task for a short pause. A task
 //! still refused after one call timeout of retries ends with `Throttled`. A server at its
 //! connection cap refuses the whole connection that way and closes it: that worker is
-//! dialed again (no sooner than [`REDIAL_PAUSE`] after its last dial).
+//! dialed again (no sooner than [`REDIAL_PAUSE`] after its last dial). Over TLS such a
+//! server closes the socket without a word, so the dial fails and the worker is retired
+//! as unreachable.
 //!
 //! When a worker cannot be reached or its connection fails, the tasks it held go to the next
 //! live worker instead of being lost: a task ends with its result, with the method's own error
@@ -250,7 +252,9 @@ impl Distributor {
                     worker.throttled(now);
                     sending.attempts[task] -= 1;
                     let since = *first_throttled[task].get_or_insert(now);
-                    if now.duration_since(since) < self.client.settings().call_timeout {
+                    let call_timeout = self.client.settings().call_timeout;
+                    let left = call_timeout.saturating_sub(now.duration_since(since));
+                    if !left.is_zero() {
                         sending.waiting.push_front(task);
                     } else {
                         results[task] = Some(TaskResult {
@@ -259,7 +263,7 @@ impl Distributor {
                             attempts: sending.attempts[task],
                         });
                     }
-                    if let Err(err) = self.redial_if_refused(worker, now) {
+                    if let Err(err) = self.redial_if_refused(worker, now, left) {
                         // Refused before, unreachable now: gone, holding no task.
                         workers[from] = None;
                         dead_workers.push(addr);
@@ -310,16 +314,26 @@ impl Distributor {
     /// Dials `worker` again if its connection was refused at its server's connection cap
     /// (closed, with every call since answered `Throttled` at once, so it would never take
     /// a task again), once the calls it held have all come back and [`REDIAL_PAUSE`] has
-    /// passed since its last dial; a connection that is open is left alone.
+    /// passed since its last dial; a connection that is open is left alone. The dial holds
+    /// up the whole distribution, so it waits no longer than `left` (the refused task's time
+    /// left; [`REDIAL_PAUSE`] at least) or the connect timeout.
     ///
     /// # Errors
     ///
     /// The dial's: the worker is then unreachable.
-    fn redial_if_refused<R>(&self, worker: &mut Worker<R>, now: Instant) -> Result<(), RpcError> {
+    fn redial_if_refused<R>(
+        &self,
+        worker: &mut Worker<R>,
+        now: Instant,
+        left: Duration,
+    ) -> Result<(), RpcError> {
         let due = now.saturating_duration_since(worker.dialed_at) >= REDIAL_PAUSE;
         if worker.client.is_closed() && worker.tasks.is_empty() && due {
             worker.dialed_at = now;
-            worker.client = self.client.clone().dial(&worker.addr)?;
+            let connect_timeout = self.client.settings().connect_timeout;
+            worker.client = (self.client.clone())
+                .connect_timeout(connect_timeout.min(left.max(REDIAL_PAUSE)))
+                .dial(&worker.addr)?;
         }
         Ok(())
     }

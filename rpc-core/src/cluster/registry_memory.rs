@@ -43,18 +43,24 @@ pub struct MemoryRegistry {
 impl MemoryRegistry {
     /// An empty registry with its reaper thread.
     pub fn new() -> Self {
-        let (nudge, nudged) = crossbeam_channel::unbounded();
-        let inner = Arc::new(Inner {
-            state: Mutex::new(State::default()),
-            nudge,
-        });
-        let weak = Arc::downgrade(&inner);
+        let (registry, nudged) = MemoryRegistry::unreaped();
+        let weak = Arc::downgrade(&registry.inner);
         // If the thread cannot start, expiry still holds for readers (`list` and every later
         // snapshot skip expired entries); only the watchers' wake-up at the expiry is lost.
         let _reaper = thread::Builder::new()
             .name("netrpc-registry-reaper".to_owned())
             .spawn(move || reap(&weak, &nudged));
-        MemoryRegistry { inner }
+        registry
+    }
+
+    /// An empty registry without its reaper, and the channel that nudges one.
+    fn unreaped() -> (Self, Receiver<()>) {
+        let (nudge, nudged) = crossbeam_channel::unbounded();
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State::default()),
+            nudge,
+        });
+        (MemoryRegistry { inner }, nudged)
     }
 
     /// A registry holding `instances` for ever: a static service list behind the same trait.
@@ -328,14 +334,15 @@ mod tests {
 
     #[test]
     fn a_lease_deregistered_after_it_expired_but_before_the_reaper_ran_reaches_the_watchers() {
-        let registry = MemoryRegistry::new();
+        // No reaper: it cannot remove the entry (and tell the watchers) first.
+        let (registry, _nudged) = MemoryRegistry::unreaped();
         let instance = Instance::new("A", "h:1");
         let lease = registry
             .register(&instance, Duration::from_secs(60))
             .expect("register");
         let mut watcher = registry.watch("A").expect("watch");
         assert_eq!(watcher.current(), vec![instance]);
-        // Expired a moment ago; the reaper sleeps until the expiry it was told of (60 s).
+        // Expired a moment ago.
         registry
             .inner
             .lock()
