@@ -508,6 +508,58 @@ fn flooding_server(frame: Frame, seconds: u64) -> std::net::SocketAddr {
 }
 
 #[test]
+fn a_caller_reading_its_connection_answers_every_ping_of_a_server_that_reads_the_pongs() {
+    // 20,000 pings in one write while a blocking call reads its own connection: the pongs
+    // are corked as it reads, and must leave before they pass the cap on unsent bytes meant
+    // for a server that reads nothing (they were dropped past 2,341).
+    const PINGS: u64 = 20_000;
+    let pongs = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = std::sync::Arc::clone(&pongs);
+    let addr = evil_server(move |peer| {
+        peer.read_frames(1); // the call's request
+        let mut reading = peer.stream.try_clone().unwrap();
+        thread::spawn(move || {
+            let mut decoder = netrpc::transport::FrameDecoder::new(FrameLimits::default());
+            let mut buf = [0u8; 16 * 1024];
+            let until = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < until {
+                match std::io::Read::read(&mut reading, &mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => decoder.handle_bytes(&buf[..n]),
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(err) if err.kind() == std::io::ErrorKind::TimedOut => continue,
+                    Err(_) => return,
+                }
+                while let Ok(Some(frame)) = decoder.poll_frame() {
+                    if frame.kind == FrameKind::Pong {
+                        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+            }
+        });
+        let mut pings = bytes::BytesMut::new();
+        for seq in 1..=PINGS {
+            Frame::new(FrameKind::Ping, seq)
+                .encode(&mut pings, &FrameLimits::default())
+                .unwrap();
+        }
+        peer.send_raw(&pings);
+        thread::sleep(Duration::from_secs(5)); // never answers the call
+    });
+    let client = Client::builder()
+        .call_timeout(Duration::from_millis(1_500))
+        .dial(addr)
+        .unwrap();
+    let err = client
+        .call::<_, i64>("Arith.Multiply", &Args { a: 1, b: 2 })
+        .unwrap_err();
+    assert!(matches!(err, RpcError::Timeout { .. }), "{err:?}");
+    util::wait_until("every ping answered", Duration::from_secs(5), || {
+        pongs.load(std::sync::atomic::Ordering::SeqCst) == PINGS
+    });
+}
+
+#[test]
 fn a_server_flooding_one_connection_leaves_the_client_loop_serving_the_others() {
     timers_keep_their_time_beside(flooding_server(stray_reply(), 5));
 }

@@ -560,15 +560,23 @@ impl ClientInner {
             return;
         }
         while !arrived() && Instant::now() < deadline {
-            // Answers (pongs) are corked while this thread reads, and leave in one write.
-            let mut answered = false;
+            // Answers (pongs) are corked while this thread reads, and leave a few hundred to
+            // a write: never so many at once that the cap on unsent bytes, meant for a server
+            // that reads nothing, refuses the next ones.
+            let mut corked = 0;
             let read = conn.read_here(deadline, arrived, &mut |frame| {
                 if let Some(answer) = handle_reply_frame(pending, frame) {
                     let unsent = conn.queued_len();
-                    answered |= queue_answer(&answer, unsent, |bytes| conn.send_corked(bytes));
+                    if queue_answer(&answer, unsent, |bytes| conn.send_corked(bytes)) {
+                        corked += 1;
+                    }
+                    if corked >= ANSWERS_PER_WRITE {
+                        let _ = conn.flush();
+                        corked = 0;
+                    }
                 }
             });
-            if answered {
+            if corked > 0 {
                 let _ = conn.flush();
             }
             if read == ReadHere::Elsewhere {
@@ -696,6 +704,11 @@ pub(crate) enum CallKind {
 
 /// How long a blocking call that lost the race to its reply waits for that reply's completer.
 const COMPLETER_GRACE: Duration = Duration::from_secs(5);
+
+/// Most answers (pongs, 28 bytes each) a caller reading its connection corks before it
+/// writes them: about 14 KiB, well under the 64 KiB of unsent bytes past which a client
+/// stops answering a server that reads nothing.
+const ANSWERS_PER_WRITE: usize = 512;
 
 #[cfg(test)]
 mod tests {

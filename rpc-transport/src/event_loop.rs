@@ -151,6 +151,9 @@ struct Slot {
     close_reason: Option<Box<CloseReason>>,
     /// A `ResumeReading` timer is pending for this paused connection.
     recheck_armed: bool,
+    /// A write failed: the connection closes once the loop has read what the socket still
+    /// holds, over as many turns as its frames take (`close_after_failed_write`).
+    close_once_read: bool,
     /// When the frame now arriving started (the read that began it), and its one timer.
     frame_clock: FrameClock,
     /// Whether the connection drains what its peer still sends before it closes.
@@ -424,6 +427,7 @@ impl EventLoop {
                     }
                     Ok(Delivered::Paused(count)) => {
                         frame_done |= count > 0;
+                        frames_this_turn += count;
                         break ReadOutcome::Paused;
                     }
                     Ok(Delivered::OutOfTurn) => {
@@ -472,6 +476,9 @@ impl EventLoop {
             let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
                 return;
             };
+            // A connection closing after a failed write closes once its reading has not
+            // stopped at the turn's budget (a paused one, too: its replies cannot be sent).
+            let close_once_read = slot.close_once_read && !matches!(outcome, ReadOutcome::Yielded);
             match outcome {
                 ReadOutcome::Drained => {}
                 ReadOutcome::Yielded => self.read_again.push(slot.conn.key()),
@@ -515,6 +522,9 @@ impl EventLoop {
                     self.flush_now(index);
                 }
                 ReadOutcome::Failed(err) => self.close_slot(index, CloseReason::Error(err)),
+            }
+            if close_once_read {
+                self.close_slot_with_pending_reason(index);
             }
             return;
         }
@@ -617,25 +627,23 @@ impl EventLoop {
     /// error as the reason (unless an earlier error was already waiting to close it; not
     /// the end of stream or reset the read may meet).
     ///
-    /// Who reads: if the loop is reading this connection already (the write was its own,
-    /// of TLS records, from inside that read), it has read what there is, and the
-    /// connection closes now; if a caller holds the read turn, the caller reads those
-    /// frames and hands the end of stream back to the loop, which then closes it, or the
-    /// close comes after [`CLOSE_GRACE`]; otherwise the loop reads, then closes.
+    /// Who reads: the loop, which closes the connection once a read of it has not stopped
+    /// at the turn's budget of bytes or frames (more frames than a turn takes are read over
+    /// the next turns, `close_once_read`): now, or when the read it is in the middle of
+    /// ends (the failed write was its own, of TLS records). If a caller holds the read turn,
+    /// the caller reads those frames and hands the end of stream back to the loop, which
+    /// then closes it. Either way the close comes after [`CLOSE_GRACE`] at the latest.
     fn close_after_failed_write(&mut self, index: usize, err: TransportError) {
         let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
             return;
         };
         slot.set_close_reason_unless_error(CloseReason::Error(err));
+        slot.close_once_read = true;
         let conn = slot.conn.clone();
-        if conn.read_side().loop_reads() {
-            self.close_slot_with_pending_reason(index);
-        } else if conn.read_side().begin_loop() {
+        self.close_after_grace(index);
+        if !conn.read_side().loop_reads() && conn.read_side().begin_loop() {
             self.read_in_turn(index);
             conn.read_side().end_loop();
-            self.close_slot_with_pending_reason(index);
-        } else {
-            self.close_after_grace(index);
         }
     }
 
@@ -758,6 +766,7 @@ impl EventLoop {
             close_reason: None,
             linger: Linger::Off,
             recheck_armed: false,
+            close_once_read: false,
             frame_clock: FrameClock::default(),
         };
         if index == self.slots.len() {

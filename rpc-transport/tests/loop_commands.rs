@@ -737,3 +737,83 @@ fn bytes_held_for_a_tls_handshake_that_failed_no_longer_count_as_queued() {
     assert!(matches!(reason, CloseReason::Error(_)), "{reason:?}");
     assert_eq!(conn.queued_len(), 0, "nothing will ever be written");
 }
+
+/// Counts the frames it is handed; reports its close.
+struct CountFrames {
+    frames: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    closed: Sender<CloseReason>,
+}
+
+impl FrameHandler for CountFrames {
+    fn handle_frame(&mut self, _conn: &Connection, _frame: Frame) {
+        self.frames
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn handle_close(&mut self, _conn: &Connection, reason: CloseReason) {
+        let _ = self.closed.send(reason);
+    }
+}
+
+#[test]
+fn every_frame_waiting_in_the_socket_when_a_write_fails_is_handed_over_before_the_close() {
+    // The peer sends more frames than a turn of the loop hands over, then resets; a send
+    // fails. The handler must still get every frame that arrived (say, replies to calls
+    // that ran), over as many turns as they take, and then the close.
+    const FRAMES: u64 = 2_000;
+    let harness = Harness::new("failed-write");
+    let (ours, mut peer) = harness.pair();
+    let frames = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (closed_tx, closed) = crossbeam_channel::bounded(1);
+    let counting = {
+        let frames = std::sync::Arc::clone(&frames);
+        Box::new(move |_: &Connection| -> Box<dyn FrameHandler> {
+            Box::new(CountFrames {
+                frames,
+                closed: closed_tx,
+            })
+        })
+    };
+    let conn = harness
+        .handle
+        .adopt_and_wait(
+            ours,
+            FrameLimits::default(),
+            counting,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    // The loop is held, so the frames wait in the socket.
+    let (release, _stalling_peer) = stall_the_loop(&harness);
+    // A byte the peer never reads makes its close a reset.
+    conn.send_frame(&Frame::new(rpc_transport::FrameKind::Ping, 1))
+        .unwrap();
+    let mut burst = BytesMut::new();
+    for seq in 1..=FRAMES {
+        Frame::new(rpc_transport::FrameKind::Ping, seq)
+            .encode(&mut burst, &FrameLimits::default())
+            .unwrap();
+    }
+    peer.write_all(&burst).unwrap();
+    drop(peer);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while conn
+        .send_frame(&Frame::new(rpc_transport::FrameKind::Ping, 2))
+        .is_ok()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "a send fails once the peer reset"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    release.send(()).unwrap();
+    closed
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the connection closes");
+    assert_eq!(
+        frames.load(std::sync::atomic::Ordering::SeqCst) as u64,
+        FRAMES,
+        "every frame that arrived was handed over"
+    );
+}
