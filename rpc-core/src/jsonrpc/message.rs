@@ -228,16 +228,55 @@ fn decode<T: serde::de::DeserializeOwned>(value: &[u8], member: &str) -> Result<
 }
 
 /// A response's `error` member: a string or `null`. Bytes that are not UTF-8 inside the
-/// string are read as U+FFFD, as Go's client reads them, rather than ending the connection.
+/// string, and `\u` escapes of half a surrogate pair, are read as U+FFFD, as Go's client
+/// reads them, rather than ending the connection.
 ///
 /// # Errors
 ///
 /// A description if the member is neither a string nor `null`.
 fn decode_error_text(value: &[u8]) -> Result<Option<String>, String> {
-    decode::<Option<String>>(value, "error").or_else(|err| match String::from_utf8_lossy(value) {
-        std::borrow::Cow::Owned(repaired) => decode(repaired.as_bytes(), "error"),
-        std::borrow::Cow::Borrowed(_) => Err(err),
+    decode::<Option<String>>(value, "error").or_else(|err| {
+        let repaired = replace_lone_surrogates(&String::from_utf8_lossy(value));
+        decode(repaired.as_bytes(), "error").map_err(|_| err)
     })
+}
+
+/// `json` with every `\uD800`-`\uDFFF` escape that is not half of a high-then-low pair
+/// replaced by `\uFFFD` (which serde_json refuses and Go reads as U+FFFD).
+fn replace_lone_surrogates(json: &str) -> String {
+    let escaped_unit = |at: usize| {
+        let hex = json.get(at..at + 6)?.strip_prefix("\\u")?;
+        u16::from_str_radix(hex, 16).ok()
+    };
+    let mut out = String::with_capacity(json.len());
+    let mut at = 0;
+    while let Some(offset) = json[at..].find('\\') {
+        out.push_str(&json[at..at + offset]);
+        at += offset;
+        match escaped_unit(at) {
+            Some(0xD800..=0xDBFF)
+                if escaped_unit(at + 6).is_some_and(|low| (0xDC00..=0xDFFF).contains(&low)) =>
+            {
+                out.push_str(&json[at..at + 12]);
+                at += 12;
+            }
+            Some(0xD800..=0xDFFF) => {
+                out.push_str("\\ufffd");
+                at += 6;
+            }
+            // Any other escape, its backslash and the character after it as they are.
+            _ => {
+                let end = json[at + 1..]
+                    .chars()
+                    .next()
+                    .map_or(at + 1, |c| at + 1 + c.len_utf8());
+                out.push_str(&json[at..end]);
+                at = end;
+            }
+        }
+    }
+    out.push_str(&json[at..]);
+    out
 }
 
 /// True if the member name `quoted` (with its quotes) is `wanted`, ignoring ASCII case.
@@ -331,6 +370,17 @@ mod tests {
         // Not a string at all is still refused.
         let message = b"{\"id\":3,\"result\":null,\"error\":7}";
         assert!(parse_response(message).is_err());
+    }
+
+    #[test]
+    fn an_error_text_with_half_a_surrogate_pair_is_read_with_replacement_characters() {
+        let message =
+            br#"{"id":3,"result":null,"error":"a \ud800 b \udc00 c \ud83d\ude00 \\ud800"}"#;
+        let response = parse_response(message).expect("read as Go reads it");
+        assert_eq!(
+            response.error.as_deref(),
+            Some("a \u{fffd} b \u{fffd} c \u{1f600} \\ud800")
+        );
     }
 
     #[test]
