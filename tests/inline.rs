@@ -81,6 +81,10 @@ fn start_inline_probe(busy_poll: Duration) -> (ServerHandle, Sender<()>) {
 /// `Probe.Sleep(0)` and then one `Probe.Block` in one write, so that the server's loop reads
 /// them in one turn and is held by the last; returns the client and the channel their
 /// completions arrive on.
+///
+/// A call answered first makes sure the server read the client's hello in an earlier turn:
+/// read with the burst, its pong (batched too) would be one of the 32 frames of the first
+/// write.
 fn burst_ending_in_a_block(
     running: &ServerHandle,
     busy_poll: Duration,
@@ -89,6 +93,8 @@ fn burst_ending_in_a_block(
         .busy_poll(busy_poll)
         .dial(running.local_addr())
         .unwrap();
+    let slept: u64 = client.call(ProbeClient::SLEEP, &0u64).unwrap();
+    assert_eq!(slept, 0);
     let completions = util::send_burst_with_a_block(&client, QUICK_CALLS, QUICK_CALLS);
     (client, completions)
 }
