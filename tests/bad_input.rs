@@ -305,6 +305,17 @@ fn a_server_answering_garbage_fails_call_and_go_with_protocol() {
     assert!(started.elapsed() < Duration::from_secs(1));
 }
 
+/// Reads the client's first request from `peer` and encodes a reply to it (the answer 7).
+fn reply_to_the_first_request(peer: &mut EvilClient) -> bytes::BytesMut {
+    let requests = peer.read_frames(1);
+    let mut reply = request(requests[0].seq, "", &7i64);
+    reply.kind = FrameKind::Response;
+    reply.name = bytes::Bytes::new();
+    let mut bytes = bytes::BytesMut::new();
+    reply.encode(&mut bytes, &FrameLimits::default()).unwrap();
+    bytes
+}
+
 #[test]
 fn a_server_that_dies_mid_reply_fails_its_calls_with_the_retryable_connection_lost() {
     // A server killed while writing a reply leaves part of a frame and then its end of
@@ -312,12 +323,7 @@ fn a_server_that_dies_mid_reply_fails_its_calls_with_the_retryable_connection_lo
     // a retrying client may try again elsewhere, and later calls get `Shutdown`.
     for in_header in [true, false] {
         let addr = evil_server(move |peer| {
-            let requests = peer.read_frames(1);
-            let mut reply = request(requests[0].seq, "", &7i64);
-            reply.kind = FrameKind::Response;
-            reply.name = bytes::Bytes::new();
-            let mut bytes = bytes::BytesMut::new();
-            reply.encode(&mut bytes, &FrameLimits::default()).unwrap();
+            let bytes = reply_to_the_first_request(peer);
             let cut = if in_header {
                 HEADER_LEN - 4
             } else {
@@ -353,12 +359,7 @@ fn a_server_that_stalls_mid_reply_fails_the_reading_caller_at_the_frame_timeout(
     // The waiting caller reads the socket itself; half a frame is the loop's to time out.
     for waiter in ["plain recv", "blocking call", "recv_completion"] {
         let addr = evil_server(|peer| {
-            let requests = peer.read_frames(1);
-            let mut reply = request(requests[0].seq, "", &7i64);
-            reply.kind = FrameKind::Response;
-            reply.name = bytes::Bytes::new();
-            let mut bytes = bytes::BytesMut::new();
-            reply.encode(&mut bytes, &FrameLimits::default()).unwrap();
+            let bytes = reply_to_the_first_request(peer);
             peer.send_raw(&bytes[..HEADER_LEN - 4]);
             thread::sleep(Duration::from_secs(3));
         });

@@ -432,51 +432,57 @@ fn too_many_heads_at_once_are_answered_503() {
     );
 }
 
+/// A listener with two handshake places and `head_timeout`.
+fn two_places(head_timeout: Duration) -> (Server, HttpHandle) {
+    start(HttpConfig {
+        max_handshakes: 2,
+        head_timeout,
+        ..HttpConfig::default()
+    })
+}
+
+/// Connects to `http` and waits until the listener reads heads from `reading` sockets.
+fn connect_as_head(http: &HttpHandle, reading: usize) -> TcpStream {
+    let stream = TcpStream::connect(http.local_addr()).expect("connect");
+    wait_until("the head being read", Duration::from_secs(5), || {
+        http.stats().handshakes_in_progress == reading
+    });
+    stream
+}
+
+/// Everything `stream` receives until the listener closes it (5 s at most).
+fn read_to_close(stream: &mut TcpStream) -> String {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("set a read timeout");
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .expect("read to the close");
+    answer
+}
+
 #[test]
 fn silent_sockets_at_the_handshake_limit_give_their_places_up_to_new_clients() {
     // Two sockets that send nothing fill both handshake places. Once they have been silent a
     // tenth of the head timeout, each new client takes the place of the oldest (closed
     // unanswered) instead of being refused until the timeout frees them.
     let head_timeout = Duration::from_secs(2);
-    let config = HttpConfig {
-        max_handshakes: 2,
-        head_timeout,
-        ..HttpConfig::default()
-    };
-    let (_server, http) = start(config);
-    let mut oldest = TcpStream::connect(http.local_addr()).expect("connect");
-    wait_until("the first head being read", Duration::from_secs(5), || {
-        http.stats().handshakes_in_progress == 1
-    });
-    let mut younger = TcpStream::connect(http.local_addr()).expect("connect");
-    wait_until("both heads being read", Duration::from_secs(5), || {
-        http.stats().handshakes_in_progress == 2
-    });
+    let (_server, http) = two_places(head_timeout);
+    let mut oldest = connect_as_head(&http, 1);
+    let mut younger = connect_as_head(&http, 2);
     thread::sleep(head_timeout / 10 + Duration::from_millis(50));
 
     let page = get(http.local_addr(), "/debug/rpc");
     assert_eq!(page.status, "HTTP/1.1 200 OK");
     let stats = http.stats();
     assert_eq!((stats.evicted_heads, stats.refused_busy), (1, 0));
-    oldest
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("set a read timeout");
-    assert_eq!(
-        oldest.read(&mut [0u8; 16]).expect("read"),
-        0,
-        "closed unanswered"
-    );
+    assert_eq!(read_to_close(&mut oldest), "", "closed unanswered");
     // The younger one still has its place: it sends its head late, and is answered.
     younger
         .write_all(b"GET /debug/rpc HTTP/1.1\r\n\r\n")
         .expect("send the head");
-    let mut answer = String::new();
-    younger
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("set a read timeout");
-    younger
-        .read_to_string(&mut answer)
-        .expect("read the answer");
+    let answer = read_to_close(&mut younger);
     assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
     assert_eq!(http.stats().abandoned_heads, 0);
 }
@@ -486,16 +492,8 @@ fn a_client_still_sending_its_head_keeps_its_place_over_a_younger_silent_one() {
     // The older connection sends its head a line every 50 ms (a slow link); the younger sends
     // nothing. At the limit, a new client takes the silent one's place, not the older one's.
     let head_timeout = Duration::from_secs(5);
-    let config = HttpConfig {
-        max_handshakes: 2,
-        head_timeout,
-        ..HttpConfig::default()
-    };
-    let (_server, http) = start(config);
-    let mut trickling = TcpStream::connect(http.local_addr()).expect("connect");
-    wait_until("the first head being read", Duration::from_secs(5), || {
-        http.stats().handshakes_in_progress == 1
-    });
+    let (_server, http) = two_places(head_timeout);
+    let mut trickling = connect_as_head(&http, 1);
     let trickler = thread::spawn(move || {
         trickling
             .write_all(b"GET /debug/rpc HTTP/1.1\r\n")
@@ -506,19 +504,9 @@ fn a_client_still_sending_its_head_keeps_its_place_over_a_younger_silent_one() {
             trickling.write_all(header.as_bytes()).expect("send a line");
         }
         trickling.write_all(b"\r\n").expect("end the head");
-        let mut answer = String::new();
-        trickling
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("set a read timeout");
-        trickling
-            .read_to_string(&mut answer)
-            .expect("read the answer");
-        answer
+        read_to_close(&mut trickling)
     });
-    let mut silent = TcpStream::connect(http.local_addr()).expect("connect");
-    wait_until("both heads being read", Duration::from_secs(5), || {
-        http.stats().handshakes_in_progress == 2
-    });
+    let mut silent = connect_as_head(&http, 2);
     // Past the tenth of the head timeout for the silent one; the other is sending all along.
     thread::sleep(head_timeout / 10 + Duration::from_millis(100));
 
@@ -527,10 +515,7 @@ fn a_client_still_sending_its_head_keeps_its_place_over_a_younger_silent_one() {
         "HTTP/1.1 200 OK"
     );
     assert_eq!(http.stats().evicted_heads, 1);
-    silent
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("set a read timeout");
-    assert_eq!(silent.read(&mut [0u8; 16]).expect("read"), 0, "evicted");
+    assert_eq!(read_to_close(&mut silent), "", "evicted");
     let answer = trickler.join().expect("the trickling client");
     assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
 }
@@ -541,16 +526,11 @@ fn sockets_trickling_their_heads_at_the_handshake_limit_give_their_places_up_onc
     // timeout (200 ms): once they have been at it for half of it (1 s), the oldest gives its
     // place up to a new client, instead of both holding the listener until the timeout.
     let head_timeout = Duration::from_secs(2);
-    let config = HttpConfig {
-        max_handshakes: 2,
-        head_timeout,
-        ..HttpConfig::default()
-    };
-    let (_server, http) = start(config);
+    let (_server, http) = two_places(head_timeout);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let tricklers: Vec<_> = (0..2)
-        .map(|_| {
-            let mut stream = TcpStream::connect(http.local_addr()).expect("connect");
+    let tricklers: Vec<_> = (1..=2)
+        .map(|reading| {
+            let mut stream = connect_as_head(&http, reading);
             let stop = std::sync::Arc::clone(&stop);
             thread::spawn(move || {
                 for byte in b"GET /debug/rpc HTTP/1.1\r\nX-Slow: ".iter().cycle() {
@@ -564,9 +544,6 @@ fn sockets_trickling_their_heads_at_the_handshake_limit_give_their_places_up_onc
             })
         })
         .collect();
-    wait_until("both heads being read", Duration::from_secs(5), || {
-        http.stats().handshakes_in_progress == 2
-    });
     thread::sleep(head_timeout / 2 + Duration::from_millis(200));
     assert_eq!(
         get(http.local_addr(), "/debug/rpc").status,

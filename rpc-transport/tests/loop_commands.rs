@@ -73,10 +73,15 @@ impl Harness {
 
     /// Adopts one end of a new pair with an echo handler; returns its connection and the peer.
     fn adopt_echo(&self, limits: FrameLimits) -> (Connection, TcpStream) {
+        self.adopt(limits, self.echo())
+    }
+
+    /// Adopts one end of a new pair with `make_handler`; returns its connection and the peer.
+    fn adopt(&self, limits: FrameLimits, make_handler: MakeHandler) -> (Connection, TcpStream) {
         let (ours, peer) = self.pair();
         let conn = self
             .handle
-            .adopt_and_wait(ours, limits, self.echo(), Duration::from_secs(5))
+            .adopt_and_wait(ours, limits, make_handler, Duration::from_secs(5))
             .expect("the loop adopts within 5 s");
         (conn, peer)
     }
@@ -616,7 +621,6 @@ fn adopt_draining(
     harness: &Harness,
     close_on_frame: bool,
 ) -> (Connection, TcpStream, Receiver<CloseReason>) {
-    let (ours, peer) = harness.pair();
     let (closed_tx, closed) = crossbeam_channel::unbounded();
     let make_handler: MakeHandler = Box::new(move |_| {
         Box::new(DrainOnError {
@@ -624,15 +628,7 @@ fn adopt_draining(
             closed: closed_tx,
         })
     });
-    let conn = harness
-        .handle
-        .adopt_and_wait(
-            ours,
-            FrameLimits::default(),
-            make_handler,
-            Duration::from_secs(5),
-        )
-        .unwrap();
+    let (conn, peer) = harness.adopt(FrameLimits::default(), make_handler);
     (conn, peer, closed)
 }
 
@@ -762,27 +758,18 @@ fn every_frame_waiting_in_the_socket_when_a_write_fails_is_handed_over_before_th
     // that ran), over as many turns as they take, and then the close.
     const FRAMES: u64 = 2_000;
     let harness = Harness::new("failed-write");
-    let (ours, mut peer) = harness.pair();
     let frames = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (closed_tx, closed) = crossbeam_channel::bounded(1);
-    let counting = {
+    let counting: MakeHandler = {
         let frames = std::sync::Arc::clone(&frames);
-        Box::new(move |_: &Connection| -> Box<dyn FrameHandler> {
+        Box::new(move |_| {
             Box::new(CountFrames {
                 frames,
                 closed: closed_tx,
             })
         })
     };
-    let conn = harness
-        .handle
-        .adopt_and_wait(
-            ours,
-            FrameLimits::default(),
-            counting,
-            Duration::from_secs(5),
-        )
-        .unwrap();
+    let (conn, mut peer) = harness.adopt(FrameLimits::default(), counting);
     // The loop is held, so the frames wait in the socket.
     let (release, _stalling_peer) = stall_the_loop(&harness);
     // A byte the peer never reads makes its close a reset.
