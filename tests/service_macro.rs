@@ -3,7 +3,8 @@
 //! before it became a function of the crate (`full_name`). Each must compile and dispatch to
 //! its own method. One method also carries an attribute after its `#[rpc(...)]`, and one is a raw
 //! identifier (`r#type`) with its wire name given. And methods
-//! compiled in and out with `#[cfg]`.
+//! compiled in and out with `#[cfg]`, and a trait, and an argument type, named `T` (the name
+//! the generated server's type parameter had).
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -134,4 +135,79 @@ fn a_method_compiled_out_by_cfg_is_gone_from_the_trait_the_table_and_the_client(
         matches!(gone, Err(RpcError::UnknownMethod { .. })),
         "{gone:?}"
     );
+}
+
+/// A service trait named `T`: the generated server's own type parameter must not be it.
+mod trait_named_t {
+    netrpc::service! {
+        /// Named `T`.
+        pub trait T {
+            const NAME = "T";
+            type Server = TServer;
+            type Client = TClient;
+
+            /// Adds one.
+            #[rpc(go = succ_go, const = SUCC)]
+            fn succ(args: u8) -> u8;
+            /// Kept out of the build: its wire name may repeat another's.
+            #[cfg(any())]
+            #[rpc(name = "succ", go = again_go, const = AGAIN)]
+            fn again(args: u8) -> u8;
+        }
+    }
+
+    /// Implements `T`.
+    pub(crate) struct Succ;
+
+    impl T for Succ {
+        fn succ(&self, args: u8) -> Result<u8, netrpc::ServiceError> {
+            Ok(args + 1)
+        }
+    }
+}
+
+/// An argument type named `T`.
+mod argument_named_t {
+    /// A byte, named `T`.
+    #[derive(serde::Serialize, serde::Deserialize)]
+    pub(crate) struct T(pub(crate) u8);
+
+    netrpc::service! {
+        /// Takes a `T`.
+        pub trait Unwrap {
+            const NAME = "Unwrap";
+            type Server = UnwrapServer;
+            type Client = UnwrapClient;
+
+            /// The byte inside.
+            #[rpc(go = unwrap_go, const = UNWRAP)]
+            fn unwrap(args: T) -> u8;
+        }
+    }
+
+    /// Implements `Unwrap`.
+    pub(crate) struct Inside;
+
+    impl Unwrap for Inside {
+        fn unwrap(&self, args: T) -> Result<u8, netrpc::ServiceError> {
+            Ok(args.0)
+        }
+    }
+}
+
+#[test]
+fn a_trait_or_an_argument_named_t_compiles_and_reaches_its_handler() {
+    let server = TestServer::start();
+    (server.server)
+        .register(trait_named_t::TServer::new(trait_named_t::Succ))
+        .unwrap();
+    (server.server)
+        .register(argument_named_t::UnwrapServer::new(
+            argument_named_t::Inside,
+        ))
+        .unwrap();
+    let t = trait_named_t::TClient::new(server.client());
+    assert_eq!(t.succ(&1).unwrap(), 2);
+    let unwrap = argument_named_t::UnwrapClient::new(server.client());
+    assert_eq!(unwrap.unwrap(&argument_named_t::T(9)).unwrap(), 9);
 }

@@ -25,9 +25,48 @@ pub const fn is_raw_identifier(name: &str) -> bool {
     bytes.len() > 2 && bytes[0] == b'r' && bytes[1] == b'#'
 }
 
+/// True if no two of `names` (the methods' wire names) are the same.
+pub const fn all_distinct(names: &[&str]) -> bool {
+    let mut i = 0;
+    while i < names.len() {
+        let mut j = i + 1;
+        while j < names.len() {
+            if same_bytes(names[i].as_bytes(), names[j].as_bytes()) {
+                return false;
+            }
+            j += 1;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// `a == b`, in a `const fn`.
+const fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut at = 0;
+    while at < a.len() {
+        if a[at] != b[at] {
+            return false;
+        }
+        at += 1;
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wire_names_are_distinct_unless_two_are_the_same() {
+        assert!(all_distinct(&["Multiply", "Divide", "multiply"]));
+        assert!(!all_distinct(&["audit", "Divide", "audit"]));
+        assert!(all_distinct(&["a"]));
+        assert!(!all_distinct(&["ab", "ab"]));
+    }
 
     #[test]
     fn raw_identifiers_are_told_from_names_that_begin_with_r() {

@@ -148,6 +148,21 @@
 ///
 /// ```compile_fail
 /// rpc_core::service! {
+///     pub trait Bank {
+///         const NAME = "Bank";
+///         type Server = BankServer;
+///         type Client = BankClient;
+///         // two methods under one wire name: calls to one would run the other
+///         #[rpc(name = "audit", go = transfer_go, const = TRANSFER)]
+///         fn transfer(amount: u32) -> String;
+///         #[rpc(go = audit_go, const = AUDIT)]
+///         fn audit(amount: u32) -> String;
+///     }
+/// }
+/// ```
+///
+/// ```compile_fail
+/// rpc_core::service! {
 ///     pub trait Arith {
 ///         type Server = ArithServer;   // `const NAME = "...";` is missing
 ///         type Client = ArithClient;
@@ -225,19 +240,32 @@ macro_rules! service {
     ) => {
         #[doc = concat!("Serves a `", stringify!($trait_name), "` implementation as service `",
             $service_name, "`; register it with `Server::register`.")]
+        // The implementation's type parameter has a name no user type takes: `macro_rules!`
+        // hygiene does not cover type names, so a trait or type the user named `T` would
+        // be taken for it.
         #[derive(Debug)]
-        $vis struct $server<T> {
-            service: T,
+        $vis struct $server<NetrpcImpl> {
+            service: NetrpcImpl,
         }
 
-        impl<T: $trait_name> $server<T> {
+        impl<NetrpcImpl: $trait_name> $server<NetrpcImpl> {
             #[doc = concat!("Wraps `service` for registration.")]
-            $vis fn new(service: T) -> Self {
+            $vis fn new(service: NetrpcImpl) -> Self {
                 $server { service }
             }
         }
 
-        impl<T: $trait_name> $crate::Service for $server<T> {
+        // Two methods under one wire name would share one table entry: calls to one
+        // would run the other.
+        const _: () = ::core::assert!(
+            $crate::macro_support::all_distinct(&[
+                $( $($cfg)* $crate::service!(@wire $method $($wire)?), )+
+            ]),
+            concat!("service!: two methods of `", stringify!($trait_name), "` have the same ",
+                "wire name; give one of them another with `#[rpc(name = \"...\", ...)]`")
+        );
+
+        impl<NetrpcImpl: $trait_name> $crate::Service for $server<NetrpcImpl> {
             const NAME: &'static str = $service_name;
 
             fn into_method_table(self) -> $crate::MethodTable {
@@ -253,7 +281,9 @@ macro_rules! service {
                             $crate::service!(@wire $method $($wire)?),
                             // Called through the trait: `Arc` has `clone`, `as_ref` and others
                             // that a method of the same name must not reach.
-                            move |args: $arg| <T as $trait_name>::$method(&*shared, args),
+                            move |args: $arg| {
+                                <NetrpcImpl as $trait_name>::$method(&*shared, args)
+                            },
                         );
                     }
                 )+
