@@ -5,6 +5,7 @@
 //! carry, so the wire format is exercised) and hands it to the network; replies come back
 //! through the same reply matching as a socket client's ([`crate::client_conn`]).
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,9 +35,10 @@ pub(crate) struct SimEnd {
     pub(crate) limits: FrameLimits,
     /// Set once the client is closed: replies for it are discarded.
     pub(crate) closed: AtomicBool,
-    /// When the next deadline check is due, if one is scheduled; guards against scheduling
-    /// one timer event per call.
-    pub(crate) timer: Mutex<Option<Instant>>,
+    /// The instants of the deadline checks scheduled and not yet run: a check is scheduled
+    /// only before the earliest of them, never once per call, nor again for an instant
+    /// already queued (a far deadline re-armed after every short call's check piled up).
+    pub(crate) timers: Mutex<BTreeSet<Instant>>,
 }
 
 impl SimLink {

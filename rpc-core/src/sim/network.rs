@@ -1,7 +1,7 @@
 //! `SimNetwork`: the handle a test holds on a simulated network (labrpc's `Network`): it makes
 //! client ends, adds servers, wires and unwires them, sets the conditions, and reads counters.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -118,7 +118,7 @@ impl SimNetwork {
             pending: Arc::clone(&pending),
             limits: config.limits,
             closed: Default::default(),
-            timer: Mutex::new(None),
+            timers: Mutex::new(BTreeSet::new()),
         });
         shared.track(&sim_end);
         let link = SimLink::new(Arc::clone(shared), sim_end);

@@ -43,7 +43,8 @@ pub(crate) struct NetState {
     /// Group of each name while partitioned: an end reaches a server only in the same group.
     partition: Option<HashMap<String, usize>>,
     rpc_counts: HashMap<String, u64>,
-    next_id: u16,
+    /// Numbers the ends and servers as they are made; never reused.
+    next_id: u64,
 }
 
 /// An end's place in the network, shared by every client attached to it.
@@ -235,9 +236,12 @@ impl NetShared {
                 }
             }
             Event::Fail { end, seq, error } => fail_call(&end.pending, seq, error),
-            Event::Timer(end) => {
+            Event::Timer(end, at) => {
                 let Some(end) = end.upgrade() else { return };
-                *end.timer.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                end.timers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&at);
                 // Cancels are advisory and the simulated server ignores them: none is sent.
                 if let Some(next) = expire_calls(&end.pending, Instant::now(), |_| {}) {
                     self.arm_timer(&end, next);
@@ -249,16 +253,16 @@ impl NetShared {
     /// Makes sure `end`'s deadlines are checked at `at` or earlier.
     pub(crate) fn arm_timer(&self, end: &Arc<SimEnd>, at: Instant) {
         {
-            let mut timer = end.timer.lock().unwrap_or_else(|p| p.into_inner());
-            if matches!(*timer, Some(current) if current <= at) {
+            let mut timers = end.timers.lock().unwrap_or_else(|p| p.into_inner());
+            if timers.first().is_some_and(|earliest| *earliest <= at) {
                 return;
             }
-            *timer = Some(at);
+            timers.insert(at);
         }
         // Refused only once stopped, when every pending call has been failed already.
         let _ = self
             .scheduler
-            .schedule(at, Event::Timer(Arc::downgrade(end)));
+            .schedule(at, Event::Timer(Arc::downgrade(end), at));
     }
 
     /// The made-up address of the server `end` is connected to; `0.0.0.0:0` if none.
@@ -293,7 +297,7 @@ impl NetState {
     /// The record of end `name`, made (enabled, connected to nothing) if new.
     fn end_record(&mut self, name: &str) -> &mut EndRecord {
         if !self.ends.contains_key(name) {
-            let addr = made_up_addr(2, self.take_id());
+            let addr = made_up_addr(END_HOSTS, self.take_id());
             let record = EndRecord {
                 enabled: true,
                 server: None,
@@ -323,9 +327,9 @@ impl NetState {
     pub(crate) fn add_server(&mut self, name: &str, shared: Arc<ServerShared>) {
         let id = self.take_id();
         let entry = ServerEntry {
-            id: u64::from(id),
+            id,
             shared,
-            addr: made_up_addr(1, id),
+            addr: made_up_addr(SERVER_HOSTS, id),
         };
         self.servers.insert(name.to_owned(), entry);
     }
@@ -378,15 +382,81 @@ impl NetState {
         Ok((server, entry.clone()))
     }
 
-    fn take_id(&mut self) -> u16 {
+    fn take_id(&mut self) -> u64 {
         let id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1).max(1);
+        self.next_id += 1;
         id
     }
 }
 
-/// An address in TEST-NET-1 (192.0.2.0/24, reserved for documentation, so never a real
-/// peer): host 1 for servers, host 2 for client ends, the port numbering them.
-fn made_up_addr(host: u8, id: u16) -> SocketAddr {
-    SocketAddr::from(([192, 0, 2, host], id))
+/// The documentation network servers' made-up addresses are in (TEST-NET-2).
+const SERVER_HOSTS: [u8; 3] = [198, 51, 100];
+
+/// The documentation network client ends' made-up addresses are in (TEST-NET-3).
+const END_HOSTS: [u8; 3] = [203, 0, 113];
+
+/// The address numbered `id` in `network`, a /24 reserved for documentation (so never a
+/// real peer): the host byte and the port together number 16.7 million ends or servers
+/// before an address repeats (the ids, which tell a replaced server apart, never do).
+fn made_up_addr(network: [u8; 3], id: u64) -> SocketAddr {
+    let [.., host, port_high, port_low] = id.to_be_bytes();
+    let [a, b, c] = network;
+    SocketAddr::from(([a, b, c, host], u16::from_be_bytes([port_high, port_low])))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn a_far_deadline_is_queued_once_however_many_near_checks_come_and_go() {
+        // A `go` call with a long timeout stays pending while short calls come and go:
+        // each short call's check ran, found the far deadline next, and queued it again.
+        let net = Arc::new(NetShared::new(1));
+        let end = Arc::new(SimEnd {
+            name: "end".to_owned(),
+            addr: made_up_addr(END_HOSTS, 1),
+            pending: Arc::new(Mutex::new(crate::pending::PendingCalls::with_limit(1))),
+            limits: rpc_transport::FrameLimits::default(),
+            closed: std::sync::atomic::AtomicBool::new(false),
+            timers: Mutex::new(std::collections::BTreeSet::new()),
+        });
+        let now = Instant::now();
+        let far = now + std::time::Duration::from_secs(3600);
+        net.arm_timer(&end, far);
+        for short in 1..=1_000 {
+            let near = now + std::time::Duration::from_millis(short);
+            net.arm_timer(&end, near);
+            // The near check runs (no call is due), and the far deadline is armed again,
+            // as the check does when it finds it next.
+            net.handle(Event::Timer(Arc::downgrade(&end), near));
+            net.arm_timer(&end, far);
+        }
+        // (The near checks stay queued too: no scheduler thread runs here to pop them.)
+        let far_checks = net
+            .scheduler
+            .stop()
+            .into_iter()
+            .filter(|event| matches!(event, Event::Timer(_, at) if *at == far))
+            .count();
+        assert_eq!(far_checks, 1, "the far check is queued once");
+    }
+
+    #[test]
+    fn made_up_addresses_do_not_repeat_past_sixty_five_thousand_ends() {
+        // The labrpc habit: one end with a fresh random name per clerk, for ever. Ids were
+        // 16 bits once, and the 65,536th end (or a replacement server) took an old one's.
+        const ENDS: usize = 70_000;
+        let net = NetShared::new(1);
+        let mut state = net.state.lock().expect("not poisoned");
+        let addrs: HashSet<SocketAddr> = (0..ENDS)
+            .map(|end| state.end_addr(&format!("end-{end}")))
+            .collect();
+        assert_eq!(addrs.len(), ENDS);
+        assert!(addrs
+            .iter()
+            .all(|addr| addr.ip().to_string().starts_with("203.0.113.")));
+    }
 }

@@ -35,13 +35,14 @@ pub(crate) enum Event {
         seq: u64,
         error: RpcError,
     },
-    /// The end's pending calls' deadlines are checked (for `go` calls).
-    Timer(Weak<SimEnd>),
+    /// The end's pending calls' deadlines are checked (for `go` calls); the instant it was
+    /// scheduled for.
+    Timer(Weak<SimEnd>, Instant),
 }
 
 impl Event {
     fn is_message(&self) -> bool {
-        !matches!(self, Event::Timer(_))
+        !matches!(self, Event::Timer(..))
     }
 }
 
@@ -222,7 +223,7 @@ mod tests {
             pending: Arc::new(Mutex::new(PendingCalls::with_limit(1))),
             limits: FrameLimits::default(),
             closed: AtomicBool::new(false),
-            timer: Mutex::new(None),
+            timers: Mutex::new(std::collections::BTreeSet::new()),
         })
     }
 
@@ -278,7 +279,7 @@ mod tests {
             scheduler.schedule(later, fail(&end, 0)).err(),
             Some(Refused::Full)
         );
-        let timer = Event::Timer(Arc::downgrade(&end));
+        let timer = Event::Timer(Arc::downgrade(&end), later);
         assert!(scheduler.schedule(later, timer).is_ok());
         assert_eq!(scheduler.stop().len(), MAX_QUEUED_MESSAGES + 1);
     }
