@@ -4,7 +4,8 @@
 //! its own method. One method also carries an attribute after its `#[rpc(...)]`, and one is a raw
 //! identifier (`r#type`) with its wire name given. And methods
 //! compiled in and out with `#[cfg]`, and a trait, and an argument type, named `T` (the name
-//! the generated server's type parameter had).
+//! the generated server's type parameter had). A service with two methods under one wire name
+//! is refused at registration.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -210,4 +211,48 @@ fn a_trait_or_an_argument_named_t_compiles_and_reaches_its_handler() {
     assert_eq!(t.succ(&1).unwrap(), 2);
     let unwrap = argument_named_t::UnwrapClient::new(server.client());
     assert_eq!(unwrap.unwrap(&argument_named_t::T(9)).unwrap(), 9);
+}
+
+service! {
+    /// Two methods under one wire name, by mistake.
+    pub trait Bank {
+        const NAME = "Bank";
+        type Server = BankServer;
+        type Client = BankClient;
+
+        /// Meant as `transfer` on the wire.
+        #[rpc(name = "audit", go = transfer_go, const = TRANSFER)]
+        fn transfer(args: u32) -> String;
+        /// `audit` on the wire.
+        #[rpc(go = audit_go, const = AUDIT)]
+        fn audit(args: u32) -> String;
+    }
+}
+
+/// Implements `Bank`.
+struct Teller;
+
+impl Bank for Teller {
+    fn transfer(&self, args: u32) -> Result<String, ServiceError> {
+        Ok(format!("transfer({args})"))
+    }
+
+    fn audit(&self, args: u32) -> Result<String, ServiceError> {
+        Ok(format!("audit({args})"))
+    }
+}
+
+#[test]
+fn two_methods_under_one_wire_name_are_refused_at_registration() {
+    // Registered, one table entry would serve both names' calls: `transfer`'s would run
+    // `audit`.
+    let server = netrpc::Server::new();
+    let refused = server.register(BankServer::new(Teller)).unwrap_err();
+    let RpcError::InvalidRegistration { detail } = &refused else {
+        panic!("{refused:?}");
+    };
+    assert!(
+        detail.contains("`Bank`") && detail.contains("`audit`"),
+        "{detail}"
+    );
 }

@@ -4,6 +4,11 @@
 
 use std::borrow::Cow;
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::service::{MethodTable, ServiceError};
+
 /// The full `Service.Method` name a typed client calls: `default` (its name constant), or
 /// the same method under the service name the client was given
 /// (`with_service_name`).
@@ -25,48 +30,21 @@ pub const fn is_raw_identifier(name: &str) -> bool {
     bytes.len() > 2 && bytes[0] == b'r' && bytes[1] == b'#'
 }
 
-/// True if no two of `names` (the methods' wire names) are the same.
-pub const fn all_distinct(names: &[&str]) -> bool {
-    let mut i = 0;
-    while i < names.len() {
-        let mut j = i + 1;
-        while j < names.len() {
-            if same_bytes(names[i].as_bytes(), names[j].as_bytes()) {
-                return false;
-            }
-            j += 1;
-        }
-        i += 1;
-    }
-    true
-}
-
-/// `a == b`, in a `const fn`.
-const fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut at = 0;
-    while at < a.len() {
-        if a[at] != b[at] {
-            return false;
-        }
-        at += 1;
-    }
-    true
+/// Adds the method `name` to `table`, as [`MethodTable::add`] does, unless a method of
+/// that name is there already: then the table remembers the name, and `Server::register`
+/// refuses the service (two methods of a `service!` under one wire name).
+pub fn add_method<A, R, F>(table: &mut MethodTable, name: &'static str, method: F)
+where
+    A: DeserializeOwned,
+    R: Serialize,
+    F: Fn(A) -> Result<R, ServiceError> + Send + Sync + 'static,
+{
+    table.add_once(name, method);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn wire_names_are_distinct_unless_two_are_the_same() {
-        assert!(all_distinct(&["Multiply", "Divide", "multiply"]));
-        assert!(!all_distinct(&["audit", "Divide", "audit"]));
-        assert!(all_distinct(&["a"]));
-        assert!(!all_distinct(&["ab", "ab"]));
-    }
 
     #[test]
     fn raw_identifiers_are_told_from_names_that_begin_with_r() {

@@ -36,7 +36,11 @@
 /// attributes (`#[allow]`, `#[deprecated]`, more docs) follow it, and go on the trait method
 /// and both client methods. A `#[cfg]` (before `#[rpc]`) compiles the method out of the
 /// trait, the method table, the client and its name constant alike: a server built without
-/// it answers its name `UnknownMethod`.
+/// it answers its name `UnknownMethod`. Two methods compiled in under one wire name (a
+/// `name = "..."` repeating another method's) make [`Server::register`](crate::Server::register)
+/// refuse the service with [`RpcError::InvalidRegistration`](crate::RpcError) naming it.
+/// `NetrpcImpl`, the generated server's type parameter, is the one name an argument or
+/// reply type may not have.
 ///
 /// # What it generates
 ///
@@ -44,7 +48,7 @@
 ///
 /// - `pub trait Arith: Send + Sync + 'static` with
 ///   `fn multiply(&self, args: Args) -> Result<i64, ServiceError>`: implement it for your type.
-/// - `pub struct ArithServer<T: Arith>` with `ArithServer::new(impl)`, which implements
+/// - `pub struct ArithServer<NetrpcImpl: Arith>` with `ArithServer::new(impl)`, which implements
 ///   [`Service`](crate::Service): `Service::NAME` is `"Arith"`, and its method table maps
 ///   `"Multiply"` to a monomorphic closure that decodes `Args`, calls `multiply` and encodes
 ///   the `i64`. Register it with `server.register(ArithServer::new(impl))`.
@@ -148,21 +152,6 @@
 ///
 /// ```compile_fail
 /// rpc_core::service! {
-///     pub trait Bank {
-///         const NAME = "Bank";
-///         type Server = BankServer;
-///         type Client = BankClient;
-///         // two methods under one wire name: calls to one would run the other
-///         #[rpc(name = "audit", go = transfer_go, const = TRANSFER)]
-///         fn transfer(amount: u32) -> String;
-///         #[rpc(go = audit_go, const = AUDIT)]
-///         fn audit(amount: u32) -> String;
-///     }
-/// }
-/// ```
-///
-/// ```compile_fail
-/// rpc_core::service! {
 ///     pub trait Arith {
 ///         type Server = ArithServer;   // `const NAME = "...";` is missing
 ///         type Client = ArithClient;
@@ -255,16 +244,6 @@ macro_rules! service {
             }
         }
 
-        // Two methods under one wire name would share one table entry: calls to one
-        // would run the other.
-        const _: () = ::core::assert!(
-            $crate::macro_support::all_distinct(&[
-                $( $($cfg)* $crate::service!(@wire $method $($wire)?), )+
-            ]),
-            concat!("service!: two methods of `", stringify!($trait_name), "` have the same ",
-                "wire name; give one of them another with `#[rpc(name = \"...\", ...)]`")
-        );
-
         impl<NetrpcImpl: $trait_name> $crate::Service for $server<NetrpcImpl> {
             const NAME: &'static str = $service_name;
 
@@ -277,7 +256,10 @@ macro_rules! service {
                     {
                         $crate::service!(@not_raw $method $($wire)?);
                         let shared = ::std::sync::Arc::clone(&service);
-                        table.add(
+                        // Two methods under one wire name make `Server::register` refuse the
+                        // service, rather than one method's calls run the other.
+                        $crate::macro_support::add_method(
+                            &mut table,
                             $crate::service!(@wire $method $($wire)?),
                             // Called through the trait: `Arc` has `clone`, `as_ref` and others
                             // that a method of the same name must not reach.

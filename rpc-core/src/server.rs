@@ -211,6 +211,13 @@ impl Server {
                 "method name `{method}` of `{name}` must be non-empty and have no dot"
             ));
         }
+        // One entry per name: calls to one of two such methods would run the other.
+        if let Some(method) = table.repeated().first() {
+            return invalid(format!(
+                "two methods of `{name}` have the wire name `{method}`; give one of them \
+                 another with `#[rpc(name = \"...\", ...)]`"
+            ));
+        }
         let mut services = self
             .shared
             .services

@@ -104,6 +104,9 @@ pub struct MethodTable {
     methods: HashMap<&'static str, MethodHandler>,
     counters: HashMap<&'static str, Arc<MethodCounters>>,
     dispatch: Dispatch,
+    /// Names [`MethodTable::add_once`] was given again: `Server::register` refuses the
+    /// table.
+    repeated: Vec<&'static str>,
 }
 
 /// Calls and failed calls of one method, counted where the server finishes a call.
@@ -161,6 +164,26 @@ impl MethodTable {
         self.methods.insert(name, Arc::new(handler));
         self.counters.insert(name, Arc::default());
         self
+    }
+
+    /// As [`MethodTable::add`], unless `name` is taken: then the first method stays, and the
+    /// name is remembered as [`MethodTable::repeated`] (what `service!` adds with).
+    pub(crate) fn add_once<A, R, F>(&mut self, name: &'static str, method: F)
+    where
+        A: DeserializeOwned,
+        R: Serialize,
+        F: Fn(A) -> Result<R, ServiceError> + Send + Sync + 'static,
+    {
+        if self.methods.contains_key(name) {
+            self.repeated.push(name);
+        } else {
+            self.add(name, method);
+        }
+    }
+
+    /// Names given to more than one method of a `service!` definition, if any.
+    pub(crate) fn repeated(&self) -> &[&'static str] {
+        &self.repeated
     }
 
     /// The handler of method `name`.
