@@ -398,7 +398,13 @@ impl EventLoop {
                 return; // spurious or stale event
             };
             if slot.handler.pause_reading(&slot.conn) {
-                self.hold_back_reading(index);
+                // Closing after a failed write: its replies cannot be sent, so there is no
+                // resuming to wait for.
+                if slot.close_once_read {
+                    self.close_slot_with_pending_reason(index);
+                } else {
+                    self.hold_back_reading(index);
+                }
                 return;
             }
             slot.conn.set_read_paused(false);
@@ -476,9 +482,7 @@ impl EventLoop {
             let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
                 return;
             };
-            // A connection closing after a failed write closes once its reading has not
-            // stopped at the turn's budget (a paused one, too: its replies cannot be sent).
-            let close_once_read = slot.close_once_read && !matches!(outcome, ReadOutcome::Yielded);
+            let yielded = matches!(outcome, ReadOutcome::Yielded);
             match outcome {
                 ReadOutcome::Drained => {}
                 ReadOutcome::Yielded => self.read_again.push(slot.conn.key()),
@@ -523,7 +527,15 @@ impl EventLoop {
                 }
                 ReadOutcome::Failed(err) => self.close_slot(index, CloseReason::Error(err)),
             }
-            if close_once_read {
+            // A connection closing after a failed write (found before this read, or by a
+            // write the outcome's handling made: an alert, say) closes once its reading has
+            // not stopped at the turn's budget.
+            let closing = self
+                .slots
+                .get(index)
+                .and_then(Option::as_ref)
+                .is_some_and(|slot| slot.close_once_read);
+            if closing && !yielded {
                 self.close_slot_with_pending_reason(index);
             }
             return;

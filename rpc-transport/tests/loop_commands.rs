@@ -734,9 +734,11 @@ fn bytes_held_for_a_tls_handshake_that_failed_no_longer_count_as_queued() {
     assert_eq!(conn.queued_len(), 0, "nothing will ever be written");
 }
 
-/// Counts the frames it is handed; reports its close.
+/// Counts the frames it is handed; asks for reading paused once it has `pause_after`;
+/// reports its close.
 struct CountFrames {
     frames: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pause_after: usize,
     closed: Sender<CloseReason>,
 }
 
@@ -746,25 +748,28 @@ impl FrameHandler for CountFrames {
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
+    fn pause_reading(&self, _conn: &Connection) -> bool {
+        self.frames.load(std::sync::atomic::Ordering::SeqCst) >= self.pause_after
+    }
+
     fn handle_close(&mut self, _conn: &Connection, reason: CloseReason) {
         let _ = self.closed.send(reason);
     }
 }
 
-#[test]
-fn every_frame_waiting_in_the_socket_when_a_write_fails_is_handed_over_before_the_close() {
-    // The peer sends more frames than a turn of the loop hands over, then resets; a send
-    // fails. The handler must still get every frame that arrived (say, replies to calls
-    // that ran), over as many turns as they take, and then the close.
-    const FRAMES: u64 = 2_000;
+/// The peer of a `CountFrames` connection sends `frames` pings and resets; a send then
+/// fails while the loop is held. Returns the frames handed over, and how long after the
+/// loop was let go the connection closed.
+fn frames_then_a_failed_write(frames: u64, pause_after: usize) -> (u64, Duration) {
     let harness = Harness::new("failed-write");
-    let frames = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let handed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (closed_tx, closed) = crossbeam_channel::bounded(1);
     let counting: MakeHandler = {
-        let frames = std::sync::Arc::clone(&frames);
+        let handed = std::sync::Arc::clone(&handed);
         Box::new(move |_| {
             Box::new(CountFrames {
-                frames,
+                frames: handed,
+                pause_after,
                 closed: closed_tx,
             })
         })
@@ -776,7 +781,7 @@ fn every_frame_waiting_in_the_socket_when_a_write_fails_is_handed_over_before_th
     conn.send_frame(&Frame::new(rpc_transport::FrameKind::Ping, 1))
         .unwrap();
     let mut burst = BytesMut::new();
-    for seq in 1..=FRAMES {
+    for seq in 1..=frames {
         Frame::new(rpc_transport::FrameKind::Ping, seq)
             .encode(&mut burst, &FrameLimits::default())
             .unwrap();
@@ -794,13 +799,33 @@ fn every_frame_waiting_in_the_socket_when_a_write_fails_is_handed_over_before_th
         );
         thread::sleep(Duration::from_millis(10));
     }
+    let released = Instant::now();
     release.send(()).unwrap();
     closed
         .recv_timeout(Duration::from_secs(5))
         .expect("the connection closes");
-    assert_eq!(
-        frames.load(std::sync::atomic::Ordering::SeqCst) as u64,
-        FRAMES,
-        "every frame that arrived was handed over"
+    let handed = handed.load(std::sync::atomic::Ordering::SeqCst) as u64;
+    (handed, released.elapsed())
+}
+
+#[test]
+fn every_frame_waiting_in_the_socket_when_a_write_fails_is_handed_over_before_the_close() {
+    // The peer sends more frames than a turn of the loop hands over, then resets; a send
+    // fails. The handler must still get every frame that arrived (say, replies to calls
+    // that ran), over as many turns as they take, and then the close.
+    const FRAMES: u64 = 2_000;
+    let (handed, _) = frames_then_a_failed_write(FRAMES, usize::MAX);
+    assert_eq!(handed, FRAMES, "every frame that arrived was handed over");
+}
+
+#[test]
+fn a_paused_connection_whose_write_failed_closes_without_waiting_out_the_grace() {
+    // Its handler paused reading (its replies were backing up); a failed write means they
+    // will never be sent, so nothing can resume it: it closes now, not after CLOSE_GRACE.
+    let (handed, took) = frames_then_a_failed_write(100, 10);
+    assert_eq!(handed, 10, "no frame past the pause");
+    assert!(
+        took < rpc_transport::CLOSE_GRACE / 2,
+        "closed {took:?} after the loop was let go"
     );
 }
