@@ -395,13 +395,18 @@ const SERVER_HOSTS: [u8; 3] = [198, 51, 100];
 /// The documentation network client ends' made-up addresses are in (TEST-NET-3).
 const END_HOSTS: [u8; 3] = [203, 0, 113];
 
-/// The address numbered `id` in `network`, a /24 reserved for documentation (so never a
-/// real peer): the host byte and the port together number 16.7 million ends or servers
-/// before an address repeats (the ids, which tell a replaced server apart, never do).
+/// The address numbered `id` (from 1) in `network`, a /24 reserved for documentation (so
+/// never a real peer): hosts 1 to 254 and ports 1 to 65,535 number 16.6 million ends or
+/// servers before an address repeats (the ids, which tell a replaced server apart, never
+/// do).
 fn made_up_addr(network: [u8; 3], id: u64) -> SocketAddr {
-    let [.., host, port_high, port_low] = id.to_be_bytes();
+    const PORTS: u64 = 65_535;
+    const HOSTS: u64 = 254;
+    let n = id.saturating_sub(1);
+    let host = u8::try_from(1 + (n / PORTS) % HOSTS).unwrap_or(1);
+    let port = u16::try_from(1 + n % PORTS).unwrap_or(1);
     let [a, b, c] = network;
-    SocketAddr::from(([a, b, c, host], u16::from_be_bytes([port_high, port_low])))
+    SocketAddr::from(([a, b, c, host], port))
 }
 
 #[cfg(test)]
@@ -455,8 +460,13 @@ mod tests {
             .map(|end| state.end_addr(&format!("end-{end}")))
             .collect();
         assert_eq!(addrs.len(), ENDS);
-        assert!(addrs
-            .iter()
-            .all(|addr| addr.ip().to_string().starts_with("203.0.113.")));
+        for addr in &addrs {
+            let SocketAddr::V4(addr) = addr else {
+                panic!("{addr}")
+            };
+            let [a, b, c, host] = addr.ip().octets();
+            assert_eq!([a, b, c], END_HOSTS);
+            assert!((1..=254).contains(&host) && addr.port() != 0, "{addr}");
+        }
     }
 }
