@@ -497,6 +497,38 @@ fn close_fails_a_call_whose_dial_is_under_way_and_it_is_never_sent() {
     assert_eq!(ran, 0, "the call was never sent");
 }
 
+#[test]
+fn close_fails_a_call_on_an_endpoint_the_list_no_longer_has() {
+    // A slow call runs on an endpoint; `set_endpoints` removes it (its connection stays for
+    // the call); `close` must still end that call with `Shutdown`.
+    let slow = start_worker("slow", Duration::from_secs(2));
+    let client = BalancedClient::builder()
+        .call_timeout(Duration::from_secs(10))
+        .build(vec![Endpoint::new(slow.local_addr())]);
+    let caller = {
+        let client = client.clone();
+        thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let result = client.call::<_, TaskReply>("WorkerService.DoTask", &task(1));
+            (result, started.elapsed())
+        })
+    };
+    util::wait_until("the call in flight", Duration::from_secs(5), || {
+        client
+            .stats()
+            .iter()
+            .any(|endpoint| endpoint.in_flight == 1)
+    });
+    client.set_endpoints(Vec::new());
+    client.close();
+    let (result, took) = caller.join().unwrap();
+    assert!(matches!(result, Err(RpcError::Shutdown)), "{result:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "ended by the close: {took:?}"
+    );
+}
+
 /// True while a connect to `port` waits for its SYN to be answered (`SYN_SENT`, state 02,
 /// in `/proc/net/tcp`); true if the table cannot be read (nothing to wait for then).
 fn a_connect_waits_on(port: u16) -> bool {

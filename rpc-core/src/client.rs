@@ -63,6 +63,17 @@ pub struct Client {
     inner: Arc<ClientInner>,
 }
 
+/// A [`Client`] that does not keep it alive ([`Client::downgrade`]).
+#[derive(Debug)]
+pub(crate) struct WeakClient(std::sync::Weak<ClientInner>);
+
+impl WeakClient {
+    /// The client, while a clone of it lives.
+    pub(crate) fn upgrade(&self) -> Option<Client> {
+        self.0.upgrade().map(|inner| Client { inner })
+    }
+}
+
 struct ClientInner {
     /// A socket connection, or an end of a simulated network.
     conn: Link,
@@ -333,6 +344,12 @@ impl Client {
     /// [`RpcError::Shutdown`]; later calls fail at once. Idempotent.
     pub fn close(&self) {
         self.inner.conn.close();
+    }
+
+    /// A handle that reaches this client while another clone of it lives, without keeping
+    /// its connection open.
+    pub(crate) fn downgrade(&self) -> WeakClient {
+        WeakClient(Arc::downgrade(&self.inner))
     }
 
     /// True once the connection is closed, by this side or the peer.

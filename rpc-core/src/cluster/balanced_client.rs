@@ -39,7 +39,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::balance::{Balancer, Candidate, Endpoint, RoundRobin};
-use crate::client::Client;
+use crate::client::{Client, WeakClient};
 use crate::client_builder::{ClientBuilder, DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT};
 use crate::error::RpcError;
 
@@ -132,6 +132,10 @@ struct Shared {
     /// The policy; fed picks under `slots`, and latencies alone.
     balancer: Mutex<Box<dyn Balancer>>,
     closed: AtomicBool,
+    /// Connections of endpoints removed from the list that calls may still be using, for
+    /// `close` to close; locked after `slots`. Entries whose clients have gone are dropped as
+    /// others are added.
+    retired: Mutex<Vec<WeakClient>>,
 }
 
 /// One endpoint of the list.
@@ -336,6 +340,9 @@ impl BalancedClient {
         }
         let list: Vec<Endpoint> = slots.iter().map(|slot| slot.endpoint.clone()).collect();
         lock(&self.shared.balancer).retain(&list);
+        // Under the slots' lock, which `close` takes first: no connection slips between.
+        self.shared
+            .retire(old.values().filter_map(|slot| slot.client.as_ref()));
         drop(slots);
         // Removed endpoints' clients are dropped here, outside the lock.
         drop(old);
@@ -368,16 +375,18 @@ impl BalancedClient {
             .collect()
     }
 
-    /// Closes every connection; calls in flight on them, a call whose dial is under way, and
-    /// every later call fail with [`RpcError::Shutdown`]. A call already on an endpoint that
-    /// [`BalancedClient::set_endpoints`] removed finishes on its connection, which nothing
-    /// keeps after it. Idempotent.
+    /// Closes every connection; calls in flight (also on an endpoint that
+    /// [`BalancedClient::set_endpoints`] removed), a call whose dial is under way, and every
+    /// later call fail with [`RpcError::Shutdown`]. Idempotent.
     pub fn close(&self) {
         self.shared.closed.store(true, Ordering::Release);
-        let clients: Vec<Client> = lock(&self.shared.slots)
-            .iter_mut()
-            .filter_map(|slot| slot.client.take())
-            .collect();
+        let clients: Vec<Client> = {
+            let mut slots = lock(&self.shared.slots);
+            let retired = std::mem::take(&mut *lock(&self.shared.retired));
+            let kept = slots.iter_mut().filter_map(|slot| slot.client.take());
+            kept.chain(retired.iter().filter_map(WeakClient::upgrade))
+                .collect()
+        };
         for client in clients {
             client.close();
         }
@@ -456,6 +465,7 @@ impl BalancedClientBuilder {
                 slots: Mutex::new(Vec::new()),
                 balancer: Mutex::new(self.balancer),
                 closed: AtomicBool::new(false),
+                retired: Mutex::new(Vec::new()),
             }),
         };
         client.set_endpoints(endpoints);
@@ -480,6 +490,13 @@ impl Default for BalancedClientBuilder {
 }
 
 impl Shared {
+    /// Remembers `clients`, of endpoints no longer listed, for `close`; forgets those gone.
+    fn retire<'a>(&self, clients: impl Iterator<Item = &'a Client>) {
+        let mut retired = lock(&self.retired);
+        retired.retain(|weak| weak.upgrade().is_some());
+        retired.extend(clients.map(Client::downgrade));
+    }
+
     /// Picks the endpoint for the next attempt among those not in `tried`: the ones up, or
     /// if none is up, the down ones. Counts the attempt in flight there.
     fn choose(&self, tried: &[String]) -> Option<Choice> {
@@ -538,7 +555,9 @@ impl Shared {
         }
         let listed = slots.iter_mut().find(|slot| slot.endpoint.addr == addr);
         let Some(slot) = listed else {
-            // Removed from the list meanwhile: serve this call, keep nothing.
+            // Removed from the list meanwhile: serve this call, keep nothing (but `close`
+            // reaches it).
+            self.retire(std::iter::once(&dialed));
             return Ok(dialed);
         };
         match &slot.client {
