@@ -64,3 +64,12 @@ pub use server_config::{
 };
 pub use service::{Dispatch, DispatchError, MethodHandler, MethodTable, Service, ServiceError};
 pub use stats::{MethodStats, ServerStats, ERROR_CODE_SLOTS};
+
+/// Two ends of one loopback TCP connection (ours, the peer's), for the modules' tests.
+#[cfg(test)]
+fn socket_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ours = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (peer, _) = listener.accept().unwrap();
+    (ours, peer)
+}

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use crossbeam_channel::Sender;
 use rpc_codec::CodecKind;
-use rpc_transport::clock::deadline_after;
+use rpc_transport::clock::{deadline_after, earliest};
 use rpc_transport::{
     CloseReason, Connection, EofAction, Frame, FrameBuilder, FrameHandler, FrameHead, FrameKind,
     FrameLimits, TransportError, CLOSE_GRACE,
@@ -956,14 +956,6 @@ fn frame_error_reply(error: &TransportError) -> Option<Frame> {
             Some(error_frame(0, ErrorCode::Protocol, &error.to_string()))
         }
         _ => None,
-    }
-}
-
-/// The earlier of two optional moments.
-fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
     }
 }
 

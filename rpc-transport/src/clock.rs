@@ -23,6 +23,14 @@ pub fn deadline_after(at: Instant, after: Duration) -> Instant {
         .unwrap_or(at)
 }
 
+/// The earlier of two optional deadlines (`None`: no deadline).
+pub fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// How far off a saturated deadline lies: about a hundred years.
 const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 

@@ -120,18 +120,10 @@ impl HeadsReading {
 #[cfg(test)]
 mod tests {
     use std::io::Read;
-    use std::net::TcpListener;
     use std::thread;
 
     use super::*;
-
-    /// A connected pair over loopback: (client end, server end).
-    fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        let (server, _) = listener.accept().expect("accept");
-        (client, server)
-    }
+    use crate::socket_pair as pair;
 
     #[test]
     fn the_head_silent_longest_goes_first_and_only_past_the_silence() {

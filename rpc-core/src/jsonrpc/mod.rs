@@ -40,14 +40,5 @@ mod server_conn;
 mod stream;
 mod write_queue;
 
-/// Two ends of one loopback TCP connection (ours, the peer's), for the modules' tests.
-#[cfg(test)]
-fn socket_pair() -> (std::net::TcpStream, std::net::TcpStream) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let ours = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let (peer, _) = listener.accept().unwrap();
-    (ours, peer)
-}
-
 pub use client::{JsonRpcClient, JsonRpcClientBuilder};
 pub use server::JsonRpcHandle;

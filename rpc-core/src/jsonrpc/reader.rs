@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rpc_transport::clock::deadline_after;
+use rpc_transport::clock::{deadline_after, earliest};
 
 use super::stream::{SplitError, ValueSplitter};
 
@@ -209,14 +209,6 @@ enum Within {
     AnyByte,
 }
 
-/// The earlier of two optional deadlines (`None` is never).
-fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
 /// Bytes read from the socket at a time (on the reading thread's stack).
 const READ_CHUNK: usize = 8 * 1024;
 
@@ -225,7 +217,7 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    use crate::jsonrpc::socket_pair as pair;
+    use crate::socket_pair as pair;
 
     #[test]
     fn a_value_already_in_the_socket_is_read_even_with_no_time_left_to_wait() {

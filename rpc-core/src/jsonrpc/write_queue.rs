@@ -357,7 +357,7 @@ mod tests {
     use std::sync::Arc;
     use std::thread;
 
-    use crate::jsonrpc::socket_pair as pair;
+    use crate::socket_pair as pair;
 
     #[test]
     fn messages_are_written_in_order_and_the_writer_ends_after_finish() {
