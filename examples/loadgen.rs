@@ -95,6 +95,8 @@ usage: cargo run --release --example loadgen -- [--addr HOST:PORT | --inproc] [o
   --inline           serve Arith and Bench inline, on the event loop (Server::register_inline)
   --worker-reads     a pool worker that answered a call reads and runs its connection's next
                      requests itself (ServerBuilder::worker_reads)
+  --loop-calls       an event loop's thread runs the pooled calls it read after its turn,
+                     handing the loop over if one runs long (ServerBuilder::loop_runs_calls)
   --busy-poll-us N   the in-process server's loops and the clients' waiting callers poll
                      N µs without blocking before they sleep (ServerBuilder::busy_poll,
                      ClientBuilder::busy_poll; default 0)
@@ -254,6 +256,7 @@ const KNOWN_FLAGS: &[&str] = &[
     "tls",
     "warmup",
     "worker-reads",
+    "loop-calls",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {
@@ -291,6 +294,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         loops: flags.get("loops", 0usize)?,
         inline: flags.has("inline"),
         worker_reads: flags.has("worker-reads"),
+        loop_calls: flags.has("loop-calls"),
         busy_poll: plan.busy_poll.server,
     };
     let server = build_server(&shape, None)?;
@@ -405,6 +409,8 @@ struct ServerShape {
     inline: bool,
     /// Pool workers read their connections' next requests.
     worker_reads: bool,
+    /// Event loops run the pooled calls they read.
+    loop_calls: bool,
     /// The loops' busy-poll budget.
     busy_poll: Duration,
 }
@@ -415,7 +421,8 @@ fn build_server(
 ) -> Result<Server, RpcError> {
     let mut builder = Server::builder()
         .busy_poll(shape.busy_poll)
-        .worker_reads(shape.worker_reads);
+        .worker_reads(shape.worker_reads)
+        .loop_runs_calls(shape.loop_calls);
     if shape.loops > 0 {
         builder = builder.event_loops(shape.loops);
     }

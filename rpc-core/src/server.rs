@@ -20,13 +20,16 @@ use std::time::{Duration, Instant};
 
 use rpc_transport::clock::deadline_after;
 use rpc_transport::tls;
-use rpc_transport::{spawn_loop_with, BusyPoll, Connection, FrameHandler, LoopHandle, MakeHandler};
+use rpc_transport::{
+    spawn_loop_handing_off, spawn_loop_with, BusyPoll, Connection, FrameHandler, LoopHandle,
+    LoopThread, MakeHandler,
+};
 
 use crate::error::RpcError;
 use crate::error_body::ErrorCode;
 use crate::pool::WorkerPool;
 use crate::server_config::{ServerBuilder, ServerConfig};
-use crate::server_conn::{encode_error, ConnCalls, ServerConn, ServerJob};
+use crate::server_conn::{encode_error, ConnCalls, LoopCalls, ServerConn, ServerJob};
 use crate::service::{Dispatch, MethodTable, Service};
 use crate::stats::{MethodStats, ServerStats, StatsCounters};
 
@@ -335,12 +338,12 @@ impl Server {
         // Loops 1.. have no listener; loop 0 accepts and spreads connections over all of them.
         for index in 1..count {
             let name = format!("netrpc-server-loop-{index}");
-            let (handle, thread) = spawn_loop_with(&name, None, busy_poll)?;
+            let (handle, thread) = self.spawn_loop(&name, None, busy_poll)?;
             handles.push(handle);
             threads.push(thread);
         }
         let listener = listener.map(|listener| (listener, self.acceptor(handles.clone(), group)));
-        let (handle, thread) = spawn_loop_with("netrpc-server-loop-0", listener, busy_poll)?;
+        let (handle, thread) = self.spawn_loop("netrpc-server-loop-0", listener, busy_poll)?;
         handles.insert(0, handle);
         threads.insert(0, thread);
         Ok(LoopGroup {
@@ -348,6 +351,24 @@ impl Server {
             handles,
             threads,
         })
+    }
+
+    /// Starts one event loop; with [`ServerConfig::loop_runs_calls`], one whose thread runs
+    /// the pooled calls it reads ([`LoopCalls`]).
+    fn spawn_loop(
+        &self,
+        name: &str,
+        listener: Option<(TcpListener, rpc_transport::Acceptor)>,
+        busy_poll: BusyPoll,
+    ) -> io::Result<(LoopHandle, LoopJoin)> {
+        if self.shared.config.loop_runs_calls {
+            let calls = LoopCalls::new(Arc::clone(&self.shared.stats.loop_hand_offs));
+            let (handle, thread) = spawn_loop_handing_off(name, listener, busy_poll, calls)?;
+            Ok((handle, LoopJoin::HandingOff(thread)))
+        } else {
+            let (handle, thread) = spawn_loop_with(name, listener, busy_poll)?;
+            Ok((handle, LoopJoin::Plain(thread)))
+        }
     }
 
     /// Round-robin over the accepting loop itself and `others`; over `max_connections`, the
@@ -675,7 +696,31 @@ impl Drop for ServerHandle {
 struct LoopGroup {
     id: u64,
     handles: Vec<LoopHandle>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Vec<LoopJoin>,
+}
+
+/// What waits for one event loop to exit.
+#[derive(Debug)]
+enum LoopJoin {
+    /// A loop on one thread.
+    Plain(JoinHandle<()>),
+    /// A loop that may move between threads ([`ServerConfig::loop_runs_calls`]).
+    HandingOff(LoopThread),
+}
+
+impl LoopJoin {
+    /// Waits for the loop to exit, unless called on the loop's own thread (it would wait
+    /// for itself: a loop thread dropping the last handle).
+    fn join(self) {
+        match self {
+            LoopJoin::Plain(thread) => {
+                if thread.thread().id() != thread::current().id() {
+                    let _ = thread.join();
+                }
+            }
+            LoopJoin::HandingOff(thread) => thread.join(),
+        }
+    }
 }
 
 impl LoopGroup {
@@ -689,12 +734,8 @@ impl LoopGroup {
         for handle in &self.handles {
             handle.shutdown();
         }
-        let current = thread::current().id();
         for thread in self.threads {
-            // A loop thread dropping the last handle must not wait for itself.
-            if thread.thread().id() != current {
-                let _ = thread.join();
-            }
+            thread.join();
         }
     }
 }

@@ -93,6 +93,13 @@ pub struct ServerConfig {
     /// grows (4 x 16: p99 about 1.6 times, while p50 halves). Services dispatched inline are
     /// unaffected. Default false.
     pub worker_reads: bool,
+    /// Whether an event loop's own thread runs the pooled calls it read, once its turn is
+    /// done, instead of sending each to a worker (`server_conn/loop_calls.rs`). A quick
+    /// handler then costs about what an inline one does (no wake-up of another thread);
+    /// one that blocks or computes for long hands the loop to a new thread after 2-3 ms
+    /// (`rpc_transport::hand_off`), and the calls read with it go to the pool, so the
+    /// loop's other connections wait that long at most. Default false.
+    pub loop_runs_calls: bool,
 }
 
 impl Default for ServerConfig {
@@ -114,6 +121,7 @@ impl Default for ServerConfig {
             tls: None,
             busy_poll: Duration::ZERO,
             worker_reads: false,
+            loop_runs_calls: false,
         }
     }
 }
@@ -144,6 +152,15 @@ impl ServerBuilder {
     /// connections that each keep many calls in flight to quick pooled handlers.
     pub fn worker_reads(mut self, enabled: bool) -> Self {
         self.config.worker_reads = enabled;
+        self
+    }
+
+    /// Whether an event loop's thread runs the pooled calls it read after its turn, handing
+    /// the loop to a new thread if one runs long (default false; see
+    /// [`ServerConfig::loop_runs_calls`]). For quick pooled handlers that may still block
+    /// now and then.
+    pub fn loop_runs_calls(mut self, enabled: bool) -> Self {
+        self.config.loop_runs_calls = enabled;
         self
     }
 

@@ -46,8 +46,11 @@ use crate::server::{ConnectionSlot, ServerShared};
 use crate::service::{Dispatch, DispatchError, MethodCounters, MethodHandler};
 use crate::stats::StatsCounters;
 
+mod loop_calls;
 mod parked;
 mod worker_read;
+
+pub(crate) use loop_calls::LoopCalls;
 
 use parked::ParkedCalls;
 use worker_read::BatchCheck;
@@ -400,15 +403,24 @@ impl ConnSite {
         }
     }
 
-    /// Queues an admitted call on the pool, for a worker to run.
+    /// Queues an admitted call on the pool, for a worker to run; or, with
+    /// [`crate::ServerConfig::loop_runs_calls`] and on the loop's thread, for that thread to
+    /// run after its turn ([`LoopCalls`]).
     fn queue_on_pool(self: &Arc<Self>, request: Frame, found: Arc<Found>, received: Instant) {
-        self.calls.reply_cork.call_queued();
-        self.server.pool.execute(ServerJob::Call(InFlight {
+        let mut call = InFlight {
             site: Arc::clone(self),
             found,
             received,
             request,
-        }));
+        };
+        if self.server.config.loop_runs_calls {
+            match LoopCalls::queue_here(call) {
+                None => return,
+                Some(for_the_pool) => call = for_the_pool,
+            }
+        }
+        self.calls.reply_cork.call_queued();
+        self.server.pool.execute(ServerJob::Call(call));
     }
 
     /// True if the connection's queued replies are past the server's cap.

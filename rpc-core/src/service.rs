@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -109,14 +109,28 @@ pub struct MethodTable {
     repeated: Vec<&'static str>,
 }
 
-/// Calls and failed calls of one method, counted where the server finishes a call.
+/// Calls and failed calls of one method, counted where the server finishes a call; and
+/// whether its pooled calls keep off the event loops' threads.
 #[derive(Debug, Default)]
 pub(crate) struct MethodCounters {
     calls: AtomicU64,
     errors: AtomicU64,
+    /// A call of the method ran so long on a loop's thread that the loop was handed over
+    /// (`server_conn/loop_calls.rs`): its calls go to the pool from then on.
+    off_loop: AtomicBool,
 }
 
 impl MethodCounters {
+    /// Sends the method's pooled calls to the pool from now on, never to a loop's thread.
+    pub(crate) fn keep_off_loop(&self) {
+        self.off_loop.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the method's pooled calls keep off the loops' threads.
+    pub(crate) fn keeps_off_loop(&self) -> bool {
+        self.off_loop.load(Ordering::Relaxed)
+    }
+
     /// Counts one answered call, and one error if it `failed`.
     pub(crate) fn count(&self, failed: bool) {
         self.calls.fetch_add(1, Ordering::Relaxed);

@@ -56,6 +56,10 @@ pub struct ServerStats {
     /// Frames (requests, mostly) read by a pool worker after it answered a call, instead of
     /// by the event loop ([`crate::ServerConfig::worker_reads`]).
     pub frames_read_by_workers: u64,
+    /// Times an event loop went to a new thread because a pooled call its thread ran after
+    /// its turn ran long ([`crate::ServerConfig::loop_runs_calls`]); each also keeps that
+    /// call's method off the loops from then on.
+    pub loop_hand_offs: u64,
 }
 
 impl ServerStats {
@@ -106,6 +110,8 @@ pub(crate) struct StatsCounters {
     pub(crate) cancels: AtomicU64,
     pub(crate) tls_errors: AtomicU64,
     pub(crate) frames_read_by_workers: AtomicU64,
+    /// Shared with each loop's `LoopCalls`, which counts its hand-offs.
+    pub(crate) loop_hand_offs: Arc<AtomicU64>,
     /// Response bytes queued on jsonrpc connections (each queue adds its own).
     pub(crate) jsonrpc_queued_bytes: Arc<AtomicUsize>,
 }
@@ -142,6 +148,7 @@ impl StatsCounters {
             cancels: load(&self.cancels),
             tls_errors: load(&self.tls_errors),
             frames_read_by_workers: load(&self.frames_read_by_workers),
+            loop_hand_offs: load(&self.loop_hand_offs),
             ..ServerStats::default()
         }
     }

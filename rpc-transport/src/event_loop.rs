@@ -25,7 +25,7 @@
 use std::io::{self, Read};
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,7 @@ use crate::decoder::FrameDecoder;
 use crate::error::TransportError;
 use crate::exclusive_wake;
 use crate::frame_clock::{Fired, FrameClock};
+use crate::hand_off::{self, AfterTurn, Phase, Watched};
 use crate::handler::{CloseReason, EofAction, FrameHandler};
 use crate::limits::FrameLimits;
 use crate::loop_handle::{Acceptor, Command, ConnCommand, ConnKey, LoopHandle, MakeHandler};
@@ -72,38 +73,8 @@ pub fn spawn_loop_with(
     listener: Option<(std::net::TcpListener, Acceptor)>,
     busy_poll: BusyPoll,
 ) -> io::Result<(LoopHandle, JoinHandle<()>)> {
-    let poll = Poll::new()?;
-    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-    let (handle, commands_rx) = LoopHandle::new(waker);
-    let listener = match listener {
-        Some((listener, acceptor)) => {
-            listener.set_nonblocking(true)?;
-            let mut listener = TcpListener::from_std(listener);
-            poll.registry()
-                .register(&mut listener, LISTENER, Interest::READABLE)?;
-            Some(ListenerState {
-                listener,
-                acceptor,
-                paused_until: None,
-                more_waiting: false,
-            })
-        }
-        None => None,
-    };
-    let mut event_loop = EventLoop {
-        poll,
-        handle: handle.clone(),
-        commands: commands_rx,
-        slots: Vec::new(),
-        next_generation: 0,
-        free: Vec::new(),
-        closed_this_turn: Vec::new(),
-        read_again: Vec::new(),
-        listener,
-        timers: TimerHeap::new(),
-        scratch: vec![0; READ_CHUNK],
-        busy_poll,
-    };
+    let mut event_loop = EventLoop::new(listener, busy_poll)?;
+    let handle = event_loop.handle.clone();
     let thread = thread::Builder::new()
         .name(name.to_owned())
         .spawn(move || {
@@ -111,6 +82,208 @@ pub fn spawn_loop_with(
             event_loop.run();
         })?;
     Ok((handle, thread))
+}
+
+/// [`spawn_loop_with`] for a loop whose thread runs `work` after each turn, away from the
+/// loop, and which a new thread takes over when that work runs long (`hand_off.rs`).
+///
+/// # Errors
+///
+/// As [`spawn_loop`].
+pub fn spawn_loop_handing_off(
+    name: &str,
+    listener: Option<(std::net::TcpListener, Acceptor)>,
+    busy_poll: BusyPoll,
+    work: Arc<dyn AfterTurn>,
+) -> io::Result<(LoopHandle, LoopThread)> {
+    let event_loop = EventLoop::new(listener, busy_poll)?;
+    let handle = event_loop.handle.clone();
+    let seat = Arc::new(SeatedLoop {
+        name: name.to_owned(),
+        event_loop: Mutex::new(event_loop),
+        work,
+        phase: Phase::default(),
+        ended: Mutex::new(false),
+        ended_signal: Condvar::new(),
+        runner: Mutex::new(None),
+    });
+    let first = Arc::clone(&seat);
+    thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || first.run())?;
+    hand_off::watch(Arc::downgrade(&seat) as Weak<dyn Watched>);
+    Ok((handle, LoopThread { seat }))
+}
+
+/// The thread, or in turn the threads, running a loop of [`spawn_loop_handing_off`].
+#[derive(Debug)]
+pub struct LoopThread {
+    seat: Arc<SeatedLoop>,
+}
+
+impl LoopThread {
+    /// Waits until the loop has exited (after [`LoopHandle::shutdown`]); returns at once
+    /// when called on the loop's own thread, which would wait for itself.
+    pub fn join(self) {
+        if self.seat.runs_on_current_thread() {
+            return;
+        }
+        let mut ended = self
+            .seat
+            .ended
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        while !*ended {
+            ended = self
+                .seat
+                .ended_signal
+                .wait(ended)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// How many times the loop went to a new thread because its after-turn work ran long.
+    pub fn hand_offs(&self) -> u64 {
+        self.seat.hand_offs()
+    }
+}
+
+/// A loop that threads take turns at running ([`spawn_loop_handing_off`]).
+struct SeatedLoop {
+    name: String,
+    /// The loop, held by the thread that runs it (and let go while it runs the work).
+    event_loop: Mutex<EventLoop>,
+    work: Arc<dyn AfterTurn>,
+    phase: Phase,
+    /// The loop has exited.
+    ended: Mutex<bool>,
+    ended_signal: Condvar,
+    /// The thread running the loop now.
+    runner: Mutex<Option<thread::ThreadId>>,
+}
+
+impl std::fmt::Debug for SeatedLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SeatedLoop")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SeatedLoop {
+    /// A thread's time at the loop: turns, each followed by the work if any waits, until
+    /// the loop exits or another thread takes it over during a run of the work.
+    fn run(self: Arc<Self>) {
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        let mut event_loop = self.take_seat();
+        loop {
+            if !event_loop.turn(&mut events) {
+                drop(event_loop);
+                self.exited();
+                return;
+            }
+            if !self.work.has_work() {
+                continue;
+            }
+            let run = self.phase.begin();
+            event_loop.handle.unmark_current_thread();
+            self.work.leave();
+            drop(event_loop);
+            self.work.run();
+            if !self.phase.end(run) {
+                return; // the loop runs on another thread now
+            }
+            event_loop = self.take_seat();
+        }
+    }
+
+    /// Takes the loop for the calling thread.
+    fn take_seat(&self) -> std::sync::MutexGuard<'_, EventLoop> {
+        let event_loop = self
+            .event_loop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *self.runner.lock().unwrap_or_else(PoisonError::into_inner) = Some(thread::current().id());
+        event_loop.handle.mark_current_thread();
+        Arc::clone(&self.work).enter();
+        event_loop
+    }
+
+    fn exited(&self) {
+        *self.ended.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.ended_signal.notify_all();
+    }
+
+    fn runs_on_current_thread(&self) -> bool {
+        *self.runner.lock().unwrap_or_else(PoisonError::into_inner) == Some(thread::current().id())
+    }
+
+    fn hand_offs(&self) -> u64 {
+        self.phase.hand_offs()
+    }
+}
+
+impl Watched for SeatedLoop {
+    fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    fn work(&self) -> &dyn AfterTurn {
+        &*self.work
+    }
+
+    fn start_taker(self: Arc<Self>, go: Receiver<bool>) -> bool {
+        let name = self.name.clone();
+        thread::Builder::new()
+            .name(name)
+            .spawn(move || {
+                if go.recv() == Ok(true) {
+                    self.run();
+                }
+            })
+            .is_ok()
+    }
+}
+
+impl EventLoop {
+    /// A loop with its poller, its waker and, if given, its listener registered.
+    fn new(
+        listener: Option<(std::net::TcpListener, Acceptor)>,
+        busy_poll: BusyPoll,
+    ) -> io::Result<EventLoop> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (handle, commands_rx) = LoopHandle::new(waker);
+        let listener = match listener {
+            Some((listener, acceptor)) => {
+                listener.set_nonblocking(true)?;
+                let mut listener = TcpListener::from_std(listener);
+                poll.registry()
+                    .register(&mut listener, LISTENER, Interest::READABLE)?;
+                Some(ListenerState {
+                    listener,
+                    acceptor,
+                    paused_until: None,
+                    more_waiting: false,
+                })
+            }
+            None => None,
+        };
+        Ok(EventLoop {
+            poll,
+            handle: handle.clone(),
+            commands: commands_rx,
+            slots: Vec::new(),
+            next_generation: 0,
+            free: Vec::new(),
+            closed_this_turn: Vec::new(),
+            read_again: Vec::new(),
+            listener,
+            timers: TimerHeap::new(),
+            scratch: vec![0; READ_CHUNK],
+            busy_poll,
+        })
+    }
 }
 
 struct EventLoop {
@@ -232,7 +405,13 @@ struct ListenerState {
 impl EventLoop {
     fn run(&mut self) {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
-        loop {
+        while self.turn(&mut events) {}
+    }
+
+    /// One turn: waits for readiness (or the next timer), handles the events, the commands
+    /// and the due timers. False once the loop has shut down (every connection closed).
+    fn turn(&mut self, events: &mut Events) -> bool {
+        {
             // Commands this thread queued for itself (after `run_commands`, say from a timer
             // handler) did not wake the poller, nor will reads and accepts left for later:
             // do not sleep on them.
@@ -245,14 +424,14 @@ impl EventLoop {
                     .map(|at| at.saturating_duration_since(Instant::now()))
             };
             let busy_poll = self.busy_poll;
-            if let Err(err) = busy_poll.poll(&mut self.poll, &mut events, timeout) {
+            if let Err(err) = busy_poll.poll(&mut self.poll, events, timeout) {
                 if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
+                    return true;
                 }
                 // Poll itself failing is unrecoverable for this loop: close everything so no
                 // caller waits forever, then exit.
                 self.close_all();
-                return;
+                return false;
             }
             for event in events.iter() {
                 match event.token() {
@@ -270,7 +449,7 @@ impl EventLoop {
             }
             if !self.run_commands() {
                 self.close_all();
-                return;
+                return false;
             }
             self.fire_timers();
             for key in std::mem::take(&mut self.read_again) {
@@ -286,6 +465,7 @@ impl EventLoop {
             }
             self.free.append(&mut self.closed_this_turn);
         }
+        true
     }
 
     /// Drops the timers nobody waits for any more: those of connections gone (or going: a

@@ -51,6 +51,7 @@ pub mod event_loop;
 mod exclusive_wake;
 pub mod frame;
 mod frame_clock;
+pub mod hand_off;
 pub mod handler;
 pub mod header;
 pub mod limits;
@@ -64,8 +65,11 @@ pub use busy_poll::{BusyPoll, MAX_BUSY_POLL};
 pub use connection::{Connection, CLOSE_GRACE};
 pub use decoder::FrameDecoder;
 pub use error::TransportError;
-pub use event_loop::{spawn_loop, spawn_loop_with, READ_PAUSE_RECHECK};
+pub use event_loop::{
+    spawn_loop, spawn_loop_handing_off, spawn_loop_with, LoopThread, READ_PAUSE_RECHECK,
+};
 pub use frame::{Frame, FrameBuilder, FrameHead};
+pub use hand_off::AfterTurn;
 pub use handler::{CloseReason, EofAction, FrameHandler};
 pub use header::{FrameHeader, FrameKind, HEADER_LEN, MAGIC, VERSION};
 pub use limits::{

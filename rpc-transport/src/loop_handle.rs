@@ -53,6 +53,12 @@ impl LoopHandle {
         CURRENT_LOOP.with(|current| current.set(self.loop_id));
     }
 
+    /// Unmarks the calling thread, which lets go of the loop (`hand_off.rs`): its commands
+    /// wake the loop again, wherever it runs.
+    pub(crate) fn unmark_current_thread(&self) {
+        CURRENT_LOOP.with(|current| current.set(NO_LOOP));
+    }
+
     /// Hands an already-connected socket to the loop, which builds its handler with
     /// `make_handler` and starts reading. Returns at once.
     ///
@@ -308,11 +314,14 @@ impl AdoptWaiter {
 }
 
 thread_local! {
-    /// The id of the loop running on this thread; 0 on threads that run no loop.
-    static CURRENT_LOOP: Cell<usize> = const { Cell::new(0) };
+    /// The id of the loop running on this thread; `NO_LOOP` on threads that run none.
+    static CURRENT_LOOP: Cell<usize> = const { Cell::new(NO_LOOP) };
 }
 
-/// Ids for loops, from 1.
+/// `CURRENT_LOOP` of a thread that runs no loop.
+const NO_LOOP: usize = 0;
+
+/// Ids for loops, from 1 (`NO_LOOP` is 0).
 static NEXT_LOOP_ID: AtomicUsize = AtomicUsize::new(1);
 
 /// [`AdoptWaiter`] states: the waiter waits, the loop claimed the socket, the waiter gave up.

@@ -120,6 +120,7 @@ fn server_figures(stats: &ServerStats) -> Vec<(String, u64)> {
         ("cancels", stats.cancels),
         ("tls_errors", stats.tls_errors),
         ("frames_read_by_workers", stats.frames_read_by_workers),
+        ("loop_hand_offs", stats.loop_hand_offs),
     ]
     .into_iter()
     .map(|(name, value)| (name.to_owned(), value))
