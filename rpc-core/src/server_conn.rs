@@ -614,6 +614,15 @@ impl InFlight {
             site.park(self);
             return;
         }
+        let site = self.run_and_send(Sending::FromWorker);
+        if site.server.config.worker_reads {
+            worker_read::read_next(&site);
+        }
+    }
+
+    /// Runs the call (unless it expired while it waited) and sends its reply `sending`;
+    /// returns its connection.
+    fn run_and_send(self, sending: Sending) -> Arc<ConnSite> {
         let InFlight {
             site,
             found,
@@ -626,10 +635,8 @@ impl InFlight {
             found: &found,
         };
         let (reply, failure) = call.run_unless_expired(&mut request);
-        call.finish(request.seq, &reply, failure, Sending::FromWorker);
-        if site.server.config.worker_reads {
-            worker_read::read_next(&site);
-        }
+        call.finish(request.seq, &reply, failure, sending);
+        site
     }
 }
 

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use rpc_transport::AfterTurn;
 
-use super::{CallSite, ConnSite, InFlight, Sending, ServerJob};
+use super::{ConnSite, InFlight, Sending, ServerJob};
 use crate::service::MethodCounters;
 
 /// A connection's replies corked by one run that the one making them this many writes at
@@ -191,18 +191,5 @@ fn run_call(call: InFlight) -> Option<Arc<ConnSite>> {
         site.park(call);
         return None;
     }
-    let InFlight {
-        site,
-        found,
-        received,
-        mut request,
-    } = call;
-    let call = CallSite {
-        site: &site,
-        received,
-        found: &found,
-    };
-    let (reply, failure) = call.run_unless_expired(&mut request);
-    call.finish(request.seq, &reply, failure, Sending::Corked);
-    Some(site)
+    Some(call.run_and_send(Sending::Corked))
 }
