@@ -32,6 +32,31 @@ fn start_with_loop_calls() -> TestServer {
     )
 }
 
+/// Starts `method(arg)` (a call that runs until released) on `client`, checks that a call
+/// on `other`, another connection, is answered meanwhile, then releases it and checks its
+/// answer.
+fn other_is_served_while_it_runs(
+    server: &TestServer,
+    client: &Client,
+    other: &Client,
+    method: &str,
+    arg: u64,
+) {
+    let call = client.go::<_, u64>(method, &arg);
+    let answer: u64 = other
+        .call_timeout(ProbeClient::SLEEP, &0u64, PROMPTLY)
+        .unwrap_or_else(|err| {
+            panic!(
+                "{method}({arg}): {err:?}, {:?} {:?}",
+                server.server.stats(),
+                server.server.method_stats()
+            )
+        });
+    assert_eq!(answer, 0);
+    server.release(1);
+    assert_eq!(call.wait().unwrap(), arg);
+}
+
 #[test]
 fn every_call_of_four_pipelining_connections_is_answered() {
     let server = start_with_loop_calls();
@@ -81,18 +106,7 @@ fn a_method_that_ran_long_on_the_loop_keeps_off_it_after_one_hand_off() {
     let client = server.client();
     let other = server.client();
     for round in 0..5u64 {
-        let call = client.go::<_, u64>(ProbeClient::BLOCK, &round);
-        let _: u64 = other
-            .call_timeout(ProbeClient::SLEEP, &0u64, PROMPTLY)
-            .unwrap_or_else(|err| {
-                panic!(
-                    "round {round}: {err:?}, {:?} {:?}",
-                    server.server.stats(),
-                    server.server.method_stats()
-                )
-            });
-        server.release(1);
-        assert_eq!(call.wait().unwrap(), round);
+        other_is_served_while_it_runs(&server, &client, &other, ProbeClient::BLOCK, round);
     }
     // One for `Block`; on a loaded machine perhaps one more, for a `Sleep` call whose quick
     // run was kept off its core for two ticks (its method then keeps off the loop too).
@@ -124,15 +138,8 @@ fn calls_read_with_a_blocked_one_are_answered_while_it_blocks() {
 fn a_call_that_spins_does_not_hold_up_the_loop() {
     // `BusyBlock` computes (spins) until released: the loop's thread is never asleep in it.
     let server = start_with_loop_calls();
-    let spinning = server.client();
-    let call = spinning.go::<_, u64>(ProbeClient::BUSY_BLOCK, &3u64);
-    let other = server.client();
-    let answer: u64 = other
-        .call_timeout(ProbeClient::SLEEP, &1u64, PROMPTLY)
-        .expect("served while a call spins");
-    assert_eq!(answer, 1);
-    server.release(1);
-    assert_eq!(call.wait().unwrap(), 3);
+    let (spinning, other) = (server.client(), server.client());
+    other_is_served_while_it_runs(&server, &spinning, &other, ProbeClient::BUSY_BLOCK, 3);
 }
 
 #[test]
@@ -157,14 +164,7 @@ fn a_server_whose_loop_changed_threads_shuts_down_and_returns_to_idle() {
     for round in 0..3u64 {
         // `BusyBlock` first, then `Block`, and again: two hand-offs, each method's first run.
         let method = [ProbeClient::BUSY_BLOCK, ProbeClient::BLOCK][round as usize % 2];
-        let call = client.go::<_, u64>(method, &round);
-        // Another call answered means the loop went on while this one blocks.
-        let _: u64 = server
-            .client()
-            .call_timeout(ProbeClient::SLEEP, &0u64, PROMPTLY)
-            .unwrap();
-        server.release(1);
-        assert_eq!(call.wait().unwrap(), round);
+        other_is_served_while_it_runs(&server, &client, &server.client(), method, round);
     }
     // One for each method that ran long (perhaps one more, for `Sleep`, on a loaded machine).
     let hand_offs = server.server.stats().loop_hand_offs;

@@ -419,6 +419,11 @@ impl ConnSite {
                 Some(for_the_pool) => call = for_the_pool,
             }
         }
+        self.send_to_pool(call);
+    }
+
+    /// Queues `call`, one of this connection's, on the pool.
+    fn send_to_pool(&self, call: InFlight) {
         self.calls.reply_cork.call_queued();
         self.server.pool.execute(ServerJob::Call(call));
     }
@@ -609,20 +614,23 @@ impl InFlight {
         if self.site.calls.reply_cork.call_taken() {
             self.site.release_corked();
         }
-        if self.site.replies_unread_at_cap() {
-            let site = Arc::clone(&self.site);
-            site.park(self);
+        let Some(site) = self.run_unless_parked(Sending::FromWorker) else {
             return;
-        }
-        let site = self.run_and_send(Sending::FromWorker);
+        };
         if site.server.config.worker_reads {
             worker_read::read_next(&site);
         }
     }
 
     /// Runs the call (unless it expired while it waited) and sends its reply `sending`;
-    /// returns its connection.
-    fn run_and_send(self, sending: Sending) -> Arc<ConnSite> {
+    /// returns its connection. Or parks it, unrun, while the connection's unread replies
+    /// are at the cap (`parked.rs`), and returns `None`.
+    fn run_unless_parked(self, sending: Sending) -> Option<Arc<ConnSite>> {
+        if self.site.replies_unread_at_cap() {
+            let site = Arc::clone(&self.site);
+            site.park(self);
+            return None;
+        }
         let InFlight {
             site,
             found,
@@ -636,7 +644,7 @@ impl InFlight {
         };
         let (reply, failure) = call.run_unless_expired(&mut request);
         call.finish(request.seq, &reply, failure, sending);
-        site
+        Some(site)
     }
 }
 

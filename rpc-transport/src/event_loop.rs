@@ -141,11 +141,6 @@ impl LoopThread {
                 .unwrap_or_else(PoisonError::into_inner);
         }
     }
-
-    /// How many times the loop went to a new thread because its after-turn work ran long.
-    pub fn hand_offs(&self) -> u64 {
-        self.seat.hand_offs()
-    }
 }
 
 /// A loop that threads take turns at running ([`spawn_loop_handing_off`]).
@@ -217,10 +212,6 @@ impl SeatedLoop {
     fn runs_on_current_thread(&self) -> bool {
         *self.runner.lock().unwrap_or_else(PoisonError::into_inner) == Some(thread::current().id())
     }
-
-    fn hand_offs(&self) -> u64 {
-        self.phase.hand_offs()
-    }
 }
 
 impl Watched for SeatedLoop {
@@ -271,7 +262,7 @@ impl EventLoop {
         };
         Ok(EventLoop {
             poll,
-            handle: handle.clone(),
+            handle,
             commands: commands_rx,
             slots: Vec::new(),
             next_generation: 0,
@@ -411,60 +402,58 @@ impl EventLoop {
     /// One turn: waits for readiness (or the next timer), handles the events, the commands
     /// and the due timers. False once the loop has shut down (every connection closed).
     fn turn(&mut self, events: &mut Events) -> bool {
-        {
-            // Commands this thread queued for itself (after `run_commands`, say from a timer
-            // handler) did not wake the poller, nor will reads and accepts left for later:
-            // do not sleep on them.
-            let work_left =
-                !self.commands.is_empty() || !self.read_again.is_empty() || self.accept_again();
-            let timeout = if work_left {
-                Some(Duration::ZERO)
-            } else {
-                self.next_wakeup()
-                    .map(|at| at.saturating_duration_since(Instant::now()))
-            };
-            let busy_poll = self.busy_poll;
-            if let Err(err) = busy_poll.poll(&mut self.poll, events, timeout) {
-                if err.kind() == io::ErrorKind::Interrupted {
-                    return true;
-                }
-                // Poll itself failing is unrecoverable for this loop: close everything so no
-                // caller waits forever, then exit.
-                self.close_all();
-                return false;
+        // Commands this thread queued for itself (after `run_commands`, say from a timer
+        // handler) did not wake the poller, nor will reads and accepts left for later:
+        // do not sleep on them.
+        let work_left =
+            !self.commands.is_empty() || !self.read_again.is_empty() || self.accept_again();
+        let timeout = if work_left {
+            Some(Duration::ZERO)
+        } else {
+            self.next_wakeup()
+                .map(|at| at.saturating_duration_since(Instant::now()))
+        };
+        let busy_poll = self.busy_poll;
+        if let Err(err) = busy_poll.poll(&mut self.poll, events, timeout) {
+            if err.kind() == io::ErrorKind::Interrupted {
+                return true;
             }
-            for event in events.iter() {
-                match event.token() {
-                    WAKER => {} // commands are drained below on every turn
-                    LISTENER => self.accept_ready(),
-                    Token(index) => {
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.read_ready(index);
-                        }
-                        if event.is_writable() {
-                            self.write_ready(index);
-                        }
+            // Poll itself failing is unrecoverable for this loop: close everything so no
+            // caller waits forever, then exit.
+            self.close_all();
+            return false;
+        }
+        for event in events.iter() {
+            match event.token() {
+                WAKER => {} // commands are drained below on every turn
+                LISTENER => self.accept_ready(),
+                Token(index) => {
+                    if event.is_readable() || event.is_read_closed() || event.is_error() {
+                        self.read_ready(index);
+                    }
+                    if event.is_writable() {
+                        self.write_ready(index);
                     }
                 }
             }
-            if !self.run_commands() {
-                self.close_all();
-                return false;
-            }
-            self.fire_timers();
-            for key in std::mem::take(&mut self.read_again) {
-                if self.is_open(key) {
-                    self.read_ready(key.index);
-                }
-            }
-            if self.accept_again() {
-                self.accept_ready();
-            }
-            if self.timers.wants_compacting() {
-                self.drop_stale_timers();
-            }
-            self.free.append(&mut self.closed_this_turn);
         }
+        if !self.run_commands() {
+            self.close_all();
+            return false;
+        }
+        self.fire_timers();
+        for key in std::mem::take(&mut self.read_again) {
+            if self.is_open(key) {
+                self.read_ready(key.index);
+            }
+        }
+        if self.accept_again() {
+            self.accept_ready();
+        }
+        if self.timers.wants_compacting() {
+            self.drop_stale_timers();
+        }
+        self.free.append(&mut self.closed_this_turn);
         true
     }
 

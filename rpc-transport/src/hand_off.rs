@@ -64,8 +64,6 @@ const QUIET_TICKS: u32 = 100;
 #[derive(Debug, Default)]
 pub(crate) struct Phase {
     runs: AtomicU64,
-    /// Runs the watchdog claimed.
-    hand_offs: AtomicU64,
 }
 
 impl Phase {
@@ -88,23 +86,13 @@ impl Phase {
     /// The value it leaves (`run + 3`) differs from what [`Phase::end`] would leave
     /// (`run + 1`), and is even, so the loop's next run, on the new thread, is odd again.
     fn claim(&self, run: u64) -> bool {
-        let claimed = self
-            .runs
+        self.runs
             .compare_exchange(run, run + 3, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok();
-        if claimed {
-            self.hand_offs.fetch_add(1, Ordering::Relaxed);
-        }
-        claimed
+            .is_ok()
     }
 
     fn current(&self) -> u64 {
         self.runs.load(Ordering::SeqCst)
-    }
-
-    /// How many runs the watchdog claimed.
-    pub(crate) fn hand_offs(&self) -> u64 {
-        self.hand_offs.load(Ordering::Relaxed)
     }
 }
 
@@ -157,16 +145,8 @@ fn watchdog() -> &'static Watchdog {
     WATCHDOG.get_or_init(|| {
         let thread = thread::Builder::new()
             .name("netrpc-hand-off".to_owned())
-            .spawn(|| {
-                // `get` waits for the initialisation to finish.
-                let watchdog = loop {
-                    if let Some(watchdog) = WATCHDOG.get() {
-                        break watchdog;
-                    }
-                    thread::park_timeout(WATCH_TICK);
-                };
-                watchdog.watch_forever();
-            })
+            // `watchdog()` on the new thread waits for this initialisation to finish.
+            .spawn(|| watchdog().watch_forever())
             .expect("a thread for the hand-off watchdog");
         Watchdog {
             seats: Mutex::new(Vec::new()),

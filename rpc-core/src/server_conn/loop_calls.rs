@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use rpc_transport::AfterTurn;
 
-use super::{ConnSite, InFlight, Sending, ServerJob};
+use super::{ConnSite, InFlight, Sending};
 use crate::service::MethodCounters;
 
 /// A connection's replies corked by one run that the one making them this many writes at
@@ -155,7 +155,7 @@ impl AfterTurn for LoopCalls {
         let began = self.hand_offs.load(Ordering::SeqCst);
         while self.hand_offs.load(Ordering::SeqCst) == began {
             let Some(call) = self.take_next() else { break };
-            if let Some(site) = self.ended(run_call(call)) {
+            if let Some(site) = self.ended(call.run_unless_parked(Sending::Corked)) {
                 // A failed flush means the connection is closing; its loop is at it.
                 let _ = site.conn.flush();
             }
@@ -176,20 +176,7 @@ impl AfterTurn for LoopCalls {
         };
         self.write_corked();
         for call in calls {
-            call.site.calls.reply_cork.call_queued();
-            let site = Arc::clone(&call.site);
-            site.server.pool.execute(ServerJob::Call(call));
+            Arc::clone(&call.site).send_to_pool(call);
         }
     }
-}
-
-/// Runs one loop call as a worker would, its reply corked; returns its connection, or
-/// `None` if the call was parked (its connection's unread replies are at the cap).
-fn run_call(call: InFlight) -> Option<Arc<ConnSite>> {
-    if call.site.replies_unread_at_cap() {
-        let site = Arc::clone(&call.site);
-        site.park(call);
-        return None;
-    }
-    Some(call.run_and_send(Sending::Corked))
 }
