@@ -32,9 +32,19 @@ fn start_with_loop_calls() -> TestServer {
     )
 }
 
+/// Waits until a call that runs until released is running: on a loop's thread, which the
+/// loop was then handed away from (more hand-offs than `hand_offs_before`), or on a worker.
+/// A release sent before the call starts would let it return at once.
+fn wait_until_it_runs(server: &TestServer, hand_offs_before: u64) {
+    wait_until("the long call runs", PROMPTLY, || {
+        let stats = server.server.stats();
+        stats.loop_hand_offs > hand_offs_before || stats.running_handlers > 0
+    });
+}
+
 /// Starts `method(arg)` (a call that runs until released) on `client`, checks that a call
-/// on `other`, another connection, is answered meanwhile, then releases it and checks its
-/// answer.
+/// on `other`, another connection, is answered while it runs, then releases it and checks
+/// its answer.
 fn other_is_served_while_it_runs(
     server: &TestServer,
     client: &Client,
@@ -42,7 +52,9 @@ fn other_is_served_while_it_runs(
     method: &str,
     arg: u64,
 ) {
+    let hand_offs_before = server.server.stats().loop_hand_offs;
     let call = client.go::<_, u64>(method, &arg);
+    wait_until_it_runs(server, hand_offs_before);
     let answer: u64 = other
         .call_timeout(ProbeClient::SLEEP, &0u64, PROMPTLY)
         .unwrap_or_else(|err| {
@@ -80,6 +92,7 @@ fn a_blocked_call_does_not_hold_up_another_connections_calls() {
     let blocked = server.client();
     let call = blocked.go::<_, u64>(ProbeClient::BLOCK, &7u64);
     // Until the loop is handed over, the blocked handler holds the loop's only thread.
+    wait_until_it_runs(&server, 0);
     let other = server.client();
     for round in 0..20u64 {
         let answer: u64 = other

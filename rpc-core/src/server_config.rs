@@ -98,7 +98,11 @@ pub struct ServerConfig {
     /// handler then costs about what an inline one does (no wake-up of another thread);
     /// one that blocks or computes for long hands the loop to a new thread after 2-3 ms
     /// (`rpc_transport::hand_off`), and the calls read with it go to the pool, so the
-    /// loop's other connections wait that long at most. Default false.
+    /// loop's other connections wait that long at most; that method's calls go to the
+    /// pool from then on. Calls run on a loop's thread count, as inline ones do, neither in
+    /// `ServerStats::running_handlers` nor against `max_workers`: the thread a hand-off
+    /// leaves in a call is one beyond the pool's (one per such method at most). Default
+    /// false.
     pub loop_runs_calls: bool,
 }
 
